@@ -1,0 +1,418 @@
+"""``datasets`` builder for a Mosaic Library: ``tiles.db`` + bucket folders -> image/ClassLabel rows.
+
+Modelled on ``datasets``' packaged ``imagefolder`` builder, but driven by ``tiles.db`` rather
+than a folder walk, so that ``label`` is the bucket id itself (a ``ClassLabel`` with all 5,000
+names ``bucket_0000`` .. ``bucket_4999``; imagefolder only names the buckets it finds, so its
+indices shift whenever a new bucket fills) and the LAB, pHash and provenance columns come along.
+
+``datasets`` 4 and later no longer run dataset scripts through ``load_dataset``, so this class
+is used directly; the published Hub repo holds Parquet files and needs no code::
+
+    from mosaic_library import MosaicLibrary
+
+    builder = MosaicLibrary(data_dir="mosaic_library", cache_dir="/tmp/mosaic_cache")
+    builder.download_and_prepare(num_proc=2)
+    ds = builder.as_dataset(split="train")
+    ds.features["label"].int2str(ds[0]["label"])     # 'bucket_0042'
+
+Configs: ``default`` (with images) and ``metadata`` (no image column; fast).  Options:
+``skip_bad=True`` logs and skips rows whose PNG is missing or unreadable instead of failing;
+``db_path`` reads rows from a consistent snapshot of ``tiles.db`` (``builder.publish`` passes
+the copy it ships, so the Parquet files and the shipped database agree even while a harvest
+writes).  The cache folder's hash is a fingerprint of the library's rows and centroids, so a
+grown library is regenerated rather than served stale from the cache.
+
+Security: a tile's file is derived from ``(bucket_id, id)`` after validating both (uuid4,
+``0 <= bucket_id < 5000``); the ``filepath`` column is never opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+import datasets
+from datasets.builder import Key
+from datasets.exceptions import DatasetGenerationError
+
+try:
+    from builder import db as _db
+    from builder.color import N_BUCKETS
+    from builder.errors import LibraryError, MosaicError, UnsafePath
+except ModuleNotFoundError as _exc:  # imported by file path from outside the repository
+    if _exc.name != "builder":
+        raise
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from builder import db as _db
+    from builder.color import N_BUCKETS
+    from builder.errors import LibraryError, MosaicError, UnsafePath
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = (
+    "256x256 satellite tiles routed into 5,000 CIE LAB colour buckets (at most 100 per bucket, "
+    "perceptual duplicates dropped). label == bucket_id; label names are bucket_0000..bucket_4999."
+)
+_LICENSE = "other"
+
+# Bumped whenever the rows or features this builder writes change, so caches and staging
+# folders made by an older builder are treated as stale.
+BUILD_FORMAT = 1
+
+LABEL_NAMES = [f"bucket_{i:04d}" for i in range(N_BUCKETS)]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TILE_SIZE = 256
+DEFAULT_SHARD_ROWS = 1000
+
+# Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``).
+_ROW_COLUMNS = ("id", "bucket_id", "phash", "mean_l", "mean_a", "mean_b") + _db.PROVENANCE_COLUMNS
+
+
+def dataset_features(with_images: bool = True) -> datasets.Features:
+    """The dataset's columns (a contract: the Hub card, users and restore rely on them)."""
+    columns: dict[str, object] = {}
+    if with_images:
+        columns["image"] = datasets.Image()
+    columns.update(
+        label=datasets.ClassLabel(names=LABEL_NAMES),
+        id=datasets.Value("string"),
+        phash=datasets.Value("string"),
+        mean_l=datasets.Value("float64"),
+        mean_a=datasets.Value("float64"),
+        mean_b=datasets.Value("float64"),
+        source=datasets.Value("string"),
+        z=datasets.Value("int32"),
+        x=datasets.Value("int64"),
+        y=datasets.Value("int64"),
+        lon=datasets.Value("float64"),
+        lat=datasets.Value("float64"),
+        region=datasets.Value("string"),
+        harvested_at=datasets.Value("string"),
+    )
+    return datasets.Features(columns)
+
+
+class BadTile(LibraryError):
+    """A row's PNG is missing, unreadable or not a 256x256 RGB PNG."""
+
+    def __init__(self, tile_id: str, path: Path | str, problem: str) -> None:
+        self.tile_id, self.path, self.problem = tile_id, str(path), problem
+        super().__init__(f"tile {tile_id}: {problem}: {path}")
+
+    def __reduce__(self):  # survive the trip back from a num_proc worker
+        return (type(self), (self.tile_id, self.path, self.problem))
+
+
+class Shard(NamedTuple):
+    """A half-open range of buckets ``[lo, hi)`` read by one generator call."""
+
+    lo: int
+    hi: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (also used by builder.publish and restore)
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_tile_id(tile_id: object) -> str:
+    """Return ``tile_id`` if it is a canonical uuid4 string; raise :class:`UnsafePath` otherwise.
+
+    Ids come from data (a database or a downloaded Parquet file) and become file names, so
+    anything but the canonical lower-case form (no ``../``, no separators, no braces) is refused.
+    """
+    if not isinstance(tile_id, str):
+        raise UnsafePath(f"tile id must be a uuid4 string, got {tile_id!r}")
+    try:
+        parsed = uuid.UUID(tile_id)
+    except ValueError:
+        raise UnsafePath(f"tile id is not a uuid4: {tile_id!r}") from None
+    if parsed.version != 4 or str(parsed) != tile_id:
+        raise UnsafePath(f"tile id is not a canonical uuid4: {tile_id!r}")
+    return tile_id
+
+
+def validate_bucket_id(bucket_id: object) -> int:
+    """Return ``bucket_id`` if it is an int in ``0..4999``; raise :class:`UnsafePath` otherwise."""
+    if isinstance(bucket_id, bool) or not isinstance(bucket_id, int) or not 0 <= bucket_id < N_BUCKETS:
+        raise UnsafePath(f"bucket_id must be an integer in 0..{N_BUCKETS - 1}, got {bucket_id!r}")
+    return bucket_id
+
+
+def tile_relpath(bucket_id: object, tile_id: object) -> str:
+    """``bucket_XXXX/<id>.png`` for a validated ``(bucket_id, id)``, relative to the library root."""
+    return f"bucket_{validate_bucket_id(bucket_id):04d}/{validate_tile_id(tile_id)}.png"
+
+
+def tile_file(root: Path, bucket_id: object, tile_id: object) -> Path:
+    """The PNG of a tile, derived from validated ``(bucket_id, id)`` and checked to stay in ``root``.
+
+    ``root`` must already be resolved.  The containment check also catches a bucket folder
+    that is a symlink leading out of the library.
+    """
+    path = root / tile_relpath(bucket_id, tile_id)
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise UnsafePath(f"tile {tile_id}: {path} resolves outside the library ({resolved})")
+    return path
+
+
+def check_png(data: bytes) -> str | None:
+    """Why ``data`` is not a 256x256 8-bit RGB PNG, or ``None`` if its header says it is.
+
+    Reads only the signature and IHDR chunk: a full decode would cost more than the rest of
+    the build per tile.  Truncated or corrupt bodies are caught by ``verify``, not here.
+    """
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return "not a PNG file"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if (width, height) != (TILE_SIZE, TILE_SIZE):
+        return f"PNG is {width}x{height}, expected {TILE_SIZE}x{TILE_SIZE}"
+    bit_depth, colour_type = data[24], data[25]
+    if (bit_depth, colour_type) != (8, 2):
+        return f"PNG has bit depth {bit_depth} and colour type {colour_type}, expected 8-bit RGB (2)"
+    return None
+
+
+def read_tile(root: Path, bucket_id: object, tile_id: object) -> bytes:
+    """The checked PNG bytes of one tile; :class:`BadTile` names the id and path on failure."""
+    path = tile_file(root, bucket_id, tile_id)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadTile(tile_id, path, "file missing") from None
+    except OSError as exc:
+        raise BadTile(tile_id, path, f"unreadable ({exc.strerror or exc})") from None
+    problem = check_png(data)
+    if problem:
+        raise BadTile(tile_id, path, problem)
+    return data
+
+
+def open_tiles_db(db_path: Path) -> sqlite3.Connection:
+    """Open a ``tiles.db`` read-only (never migrates, never takes the writer's lock)."""
+    if not Path(db_path).is_file():
+        raise LibraryError(f"tiles.db not found: {db_path}")
+    try:
+        conn = _db.connect(Path(db_path), readonly=True)
+        columns = _db.table_columns(conn, "tiles")
+    except sqlite3.DatabaseError as exc:
+        raise LibraryError(f"{db_path}: not a readable SQLite database ({exc})") from None
+    missing = [c for c in _db.SEED_COLUMNS if c not in columns]
+    if missing:
+        conn.close()
+        raise LibraryError(f"{db_path}: table 'tiles' lacks the card's columns {missing}")
+    return conn
+
+
+def _select_list(conn: sqlite3.Connection) -> str:
+    """SELECT list for :data:`_ROW_COLUMNS`; provenance columns an old schema lacks read as NULL."""
+    present = set(_db.table_columns(conn, "tiles"))
+    return ", ".join(c if c in present else f"NULL AS {c}" for c in _ROW_COLUMNS)
+
+
+def bucket_counts(conn: sqlite3.Connection) -> dict[object, int]:
+    """Rows per ``bucket_id`` value as stored (including invalid values, so none go unseen)."""
+    return dict(conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id"))
+
+
+def plan_shards(counts: dict[int, int], shard_rows: int = DEFAULT_SHARD_ROWS, min_shards: int = 16) -> list[Shard]:
+    """Split buckets ``0..4999`` into contiguous ranges of about ``shard_rows`` rows.
+
+    Every bucket belongs to exactly one range, so no valid row can fall between shards.  Small
+    libraries are still cut into up to ``min_shards`` ranges so that ``num_proc`` has work to
+    share; a range is cheap (one indexed query).
+
+    >>> plan_shards({0: 5, 7: 5, 4000: 5}, shard_rows=10, min_shards=1)
+    [Shard(lo=0, hi=8), Shard(lo=8, hi=5000)]
+    """
+    total = sum(n for b, n in counts.items() if isinstance(b, int) and 0 <= b < N_BUCKETS)
+    if total == 0:
+        return [Shard(0, N_BUCKETS)]
+    target = max(1, min(shard_rows, -(-total // min_shards)))
+    shards: list[Shard] = []
+    lo, acc = 0, 0
+    for bucket in range(N_BUCKETS):
+        acc += counts.get(bucket, 0)
+        if acc >= target and bucket + 1 < N_BUCKETS:
+            shards.append(Shard(lo, bucket + 1))
+            lo, acc = bucket + 1, 0
+    if acc or not shards:
+        shards.append(Shard(lo, N_BUCKETS))
+    else:  # the last bucket range holds no rows: fold it into the previous shard
+        shards[-1] = Shard(shards[-1].lo, N_BUCKETS)
+    return shards
+
+
+def library_fingerprint(db_path: Path, centroids_path: Path | None = None) -> str:
+    """A sha256 over every ``tiles`` row (ordered by id), the centroids file and BUILD_FORMAT.
+
+    Equal fingerprints mean a build would produce the same rows, so caches and staging folders
+    keyed on it are never served stale.  Costs one scan of the table (about 1 s per 500k rows).
+    """
+    digest = hashlib.sha256(f"mosaic-library-build-{BUILD_FORMAT}\n".encode())
+    conn = open_tiles_db(db_path)
+    try:
+        columns = ", ".join(_db.table_columns(conn, "tiles"))
+        digest.update(columns.encode() + b"\n")
+        for row in conn.execute(f"SELECT {columns} FROM tiles ORDER BY id"):
+            digest.update(repr(row).encode())
+    finally:
+        conn.close()
+    if centroids_path is not None:
+        digest.update(b"\ncentroids:" + hashlib.sha256(Path(centroids_path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MosaicLibraryConfig(datasets.BuilderConfig):
+    """BuilderConfig for MosaicLibrary.
+
+    Args:
+        with_images: include the ``image`` column (the ``metadata`` config sets it False).
+        skip_bad: skip (and log) rows whose PNG is missing or unreadable instead of failing.
+        db_path: read rows from this ``tiles.db`` (e.g. a consistent snapshot) instead of
+            ``<data_dir>/tiles.db``; image files are still read from ``data_dir``.
+        shard_rows: rows per generator shard; shards are what ``num_proc`` distributes.
+    """
+
+    with_images: bool = True
+    skip_bad: bool = False
+    db_path: str | None = None
+    shard_rows: int = DEFAULT_SHARD_ROWS
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.shard_rows, int) or self.shard_rows < 1:
+            raise ValueError(f"shard_rows must be a positive integer, got {self.shard_rows!r}")
+
+
+class MosaicLibrary(datasets.GeneratorBasedBuilder):
+    """Mosaic Library tiles as an image/ClassLabel dataset with one ``train`` split."""
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = MosaicLibraryConfig
+    BUILDER_CONFIGS: ClassVar[list[MosaicLibraryConfig]] = [
+        MosaicLibraryConfig(name="default", version=VERSION, description="Tiles with images."),
+        MosaicLibraryConfig(
+            name="metadata", version=VERSION, with_images=False, description="Tile rows without images."
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "default"
+
+    def __init__(self, *args, hash: str | None = None, **kwargs):
+        if hash is None and kwargs.get("data_dir"):
+            # Key the cache on the library's content: a grown library must not be served stale.
+            root = Path(kwargs["data_dir"])
+            db_path = Path(kwargs.get("db_path") or root / "tiles.db")
+            centroids = root / "centroids.npy"
+            hash = library_fingerprint(db_path, centroids if centroids.is_file() else None)[:16]
+        super().__init__(*args, hash=hash, **kwargs)
+
+    # -- datasets API -------------------------------------------------------------------------
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION,
+            features=dataset_features(with_images=self.config.with_images),
+            license=_LICENSE,
+        )
+
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        root = self._library_root()
+        db_path = Path(self.config.db_path) if self.config.db_path else root / "tiles.db"
+        conn = open_tiles_db(db_path)
+        try:
+            counts = bucket_counts(conn)
+        finally:
+            conn.close()
+        invalid = {b: n for b, n in counts.items() if not (isinstance(b, int) and 0 <= b < N_BUCKETS)}
+        if invalid:
+            detail = ", ".join(f"{b!r} ({n} rows)" for b, n in sorted(invalid.items(), key=repr))
+            if not self.config.skip_bad:
+                raise LibraryError(f"{db_path}: rows with bucket_id outside 0..{N_BUCKETS - 1}: {detail}")
+            logger.warning("skipping %d rows with invalid bucket_id: %s", sum(invalid.values()), detail)
+        shards = plan_shards(counts, self.config.shard_rows)
+        logger.info("%s: %d rows in %d shards", db_path, sum(counts.values()), len(shards))
+        return [
+            datasets.SplitGenerator(
+                name=datasets.Split.TRAIN,
+                gen_kwargs={"root": str(root), "db_path": str(db_path), "shards": shards},
+            )
+        ]
+
+    def _generate_shards(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[dict]:
+        for shard in shards:
+            yield {"db_path": db_path, "buckets": (shard.lo, shard.hi)}
+
+    def _generate_examples(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[tuple[Key, dict]]:
+        root_path = Path(root).resolve()
+        conn = open_tiles_db(Path(db_path))
+        try:
+            select = _select_list(conn)
+            for shard_idx, (lo, hi) in enumerate(shards):
+                skipped = 0
+                rows = conn.execute(
+                    f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ? ORDER BY bucket_id, id",
+                    (lo, hi),
+                )
+                for sample_idx, row in enumerate(rows):
+                    try:
+                        example = self._example(root_path, row)
+                    except (BadTile, UnsafePath) as exc:
+                        if not self.config.skip_bad:
+                            raise
+                        skipped += 1
+                        logger.warning("skipping bad tile: %s", exc)
+                        continue
+                    yield Key(shard_idx, sample_idx), example
+                if skipped:
+                    logger.warning("buckets %d..%d: skipped %d bad tiles", lo, hi - 1, skipped)
+        finally:
+            conn.close()
+
+    def _prepare_split_single(self, *args, **kwargs):
+        """Re-raise our own errors unwrapped, so the caller (and a num_proc parent) sees the
+        message naming the tile rather than datasets' generic "error while generating"."""
+        try:
+            yield from super()._prepare_split_single(*args, **kwargs)
+        except DatasetGenerationError as exc:
+            if isinstance(exc.__cause__, MosaicError):
+                raise exc.__cause__ from None
+            raise
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _library_root(self) -> Path:
+        if not self.config.data_dir:
+            raise LibraryError("MosaicLibrary needs data_dir=<library folder>")
+        root = Path(self.config.data_dir).expanduser().resolve()
+        if not root.is_dir():
+            raise LibraryError(f"library folder not found: {self.config.data_dir}")
+        return root
+
+    def _example(self, root: Path, row: tuple) -> dict:
+        record = dict(zip(_ROW_COLUMNS, row))
+        tile_id, bucket_id = record.pop("id"), record.pop("bucket_id")
+        example: dict[str, object] = {}
+        if self.config.with_images:
+            data = read_tile(root, bucket_id, tile_id)
+            example["image"] = {"bytes": data, "path": f"{tile_id}.png"}
+        else:
+            tile_relpath(bucket_id, tile_id)  # same validation, no file access
+        example["label"] = bucket_id
+        example["id"] = tile_id
+        example.update(record)
+        return example
