@@ -1,0 +1,307 @@
+"""The card's six-step assignment pipeline, batched and spread over a process pool.
+
+Per tile, in the order that makes a rejected tile cheapest:
+
+1. read and decode once (:func:`builder.decode.decode_tile`: size, format and dimension
+   checks before the full decode);
+2. optional ``prefilter`` on the pixels (harvest uses it to drop blank/nodata tiles);
+3. 64x64 resize (Pillow's default filter, as the card), mean RGB, LAB, nearest centroid;
+4. bucket full?  (indexed ``COUNT(*)`` against the committed library) -> ``bucket_full``;
+5. pHash, then a duplicate in the same bucket? -> ``duplicate``;
+6. write ``temp/<uuid4>.png``: the source bytes when they already are a 256x256 RGB PNG,
+   else a PNG encoded from the decoded pixels.
+
+Steps 1-6 run in worker processes (decode-bound work scales with cores).  The parent then
+re-checks cap and duplicates against the batch itself (workers only see committed rows) and
+stores the batch atomically (see :mod:`builder.library` for the commit protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from . import db
+from .color import CentroidIndex, rgb_to_lab
+from .decode import MAX_BYTES, decode_tile, encode_png
+from .errors import ImageRejected
+from .library import JOURNAL, Library, new_tile_id
+from .phash import phash
+
+logger = logging.getLogger(__name__)
+
+# Below this many candidates in a batch the pool's start-up costs more than it saves.
+POOL_THRESHOLD = 16
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One input tile: raw ``data`` bytes, or a ``path`` the worker reads itself."""
+
+    name: str
+    data: bytes | None = None
+    path: str | None = None
+    provenance: dict | None = None
+
+
+class Outcome(NamedTuple):
+    """What became of a candidate.  ``reason`` is None for accepted tiles."""
+
+    name: str
+    accepted: bool
+    reason: str | None
+    tile_id: str | None = None
+    bucket_id: int | None = None
+    phash: str | None = None
+    lab: tuple[float, float, float] | None = None
+    detail: str = ""
+
+
+class Analysis(NamedTuple):
+    """A worker's verdict; ``tile_id`` set means ``temp/<tile_id>.png`` was written."""
+
+    reason: str | None
+    detail: str = ""
+    bucket_id: int | None = None
+    lab: tuple[float, float, float] | None = None
+    phash: str | None = None
+    tile_id: str | None = None
+
+
+def mean_rgb_64(image) -> np.ndarray:
+    """Mean RGB of the 64x64 resize, exactly ``np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)``."""
+    small = np.asarray(image.resize((64, 64)))
+    return small.reshape(-1, 3).sum(axis=0, dtype=np.uint32) / float(64 * 64)
+
+
+def read_candidate(candidate: Candidate) -> bytes:
+    """The candidate's bytes; files are size-checked before they are read."""
+    if candidate.data is not None:
+        return candidate.data
+    try:
+        with open(candidate.path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageRejected("not_a_file", candidate.path)
+            if info.st_size > MAX_BYTES:
+                raise ImageRejected("too_large", f"{info.st_size} bytes > {MAX_BYTES}")
+            return fh.read(MAX_BYTES + 1)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise ImageRejected("unreadable", f"{candidate.path}: {exc.strerror}") from None
+
+
+class Worker:
+    """Per-process state: the KD-tree and a read-only view of the committed library."""
+
+    def __init__(self, root: str, centroids: np.ndarray, cap: int, prefilter: Callable | None) -> None:
+        self.root = Path(root)
+        self.temp = self.root / "temp"
+        self.index = CentroidIndex(centroids, validate=False)
+        self.cap = cap
+        self.prefilter = prefilter
+        self._conn = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = db.connect(self.root / "tiles.db", readonly=True)
+        return self._conn
+
+    def analyse(self, candidate: Candidate) -> Analysis:
+        try:
+            data = read_candidate(candidate)
+            decoded = decode_tile(data)
+        except ImageRejected as exc:
+            return Analysis(exc.reason, exc.detail)
+        image = decoded.image
+        if self.prefilter is not None:
+            reason = self.prefilter(np.asarray(image))
+            if reason:
+                return Analysis(reason)
+        lab = rgb_to_lab(mean_rgb_64(image))
+        bucket_ids, _ = self.index.assign_lab(lab)
+        bucket_id = int(bucket_ids[0])
+        lab_t = (float(lab[0]), float(lab[1]), float(lab[2]))
+        (count,) = self.conn.execute("SELECT COUNT(*) FROM tiles WHERE bucket_id = ?", (bucket_id,)).fetchone()
+        if count >= self.cap:
+            return Analysis("bucket_full", "", bucket_id, lab_t)
+        tile_hash = phash(image)
+        if self.conn.execute(
+            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", (bucket_id, tile_hash)
+        ).fetchone():
+            return Analysis("duplicate", "", bucket_id, lab_t, tile_hash)
+        tile_id = new_tile_id()
+        payload = data if decoded.png_passthrough else encode_png(image)
+        part = self.temp / f"{tile_id}.part"
+        with open(part, "wb") as fh:
+            fh.write(payload)
+        os.replace(part, self.temp / f"{tile_id}.png")
+        return Analysis(None, "resized" if decoded.resized else "", bucket_id, lab_t, tile_hash, tile_id)
+
+
+_WORKER: Worker | None = None
+
+
+def _init_pool_worker(root: str, centroids: np.ndarray, cap: int, prefilter: Callable | None) -> None:
+    global _WORKER
+    _WORKER = Worker(root, centroids, cap, prefilter)
+
+
+def _pool_analyse(candidate: Candidate) -> Analysis:
+    assert _WORKER is not None
+    return _WORKER.analyse(candidate)
+
+
+def pool_context():
+    """``fork``: works from scripts without a ``__main__`` guard, stdin and notebooks alike.
+
+    Forking beside running threads is unsafe, so :class:`Pipeline` starts every worker
+    when it is created, before a harvest starts its fetch threads; 3.11's executor launches
+    all fork workers at once and never forks again.
+    """
+    return multiprocessing.get_context("fork")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Pipeline:
+    """Assign and store batches of candidates into a library opened for writing.
+
+    >>> # with Pipeline(lib) as pipe: outcomes = pipe.process([Candidate("a.png", data=...)])
+    """
+
+    def __init__(self, lib: Library, workers: int | None = None, prefilter: Callable | None = None,
+                 default_provenance: dict | None = None) -> None:
+        lib._require_writer()
+        self.lib = lib
+        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self.prefilter = prefilter
+        self.default_provenance = default_provenance or {}
+        self._pool: ProcessPoolExecutor | None = None
+        self._inline: Worker | None = None
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=pool_context(),
+                initializer=_init_pool_worker,
+                initargs=(str(lib.root), lib.centroids, lib.cap, prefilter),
+            )
+            self._pool.submit(int).result()  # start every worker now, before callers start threads
+        self.counts = lib.bucket_counts()
+        self.insert_sql = (
+            f"INSERT INTO tiles ({', '.join(db.TILE_COLUMNS)}) VALUES ({', '.join('?' * len(db.TILE_COLUMNS))})"
+        )
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _analyse_all(self, candidates: Sequence[Candidate]) -> list[Analysis]:
+        if self._pool is not None and len(candidates) >= POOL_THRESHOLD:
+            chunk = max(1, len(candidates) // (self.workers * 4))
+            return list(self._pool.map(_pool_analyse, candidates, chunksize=chunk))
+        if self._inline is None:
+            self._inline = Worker(str(self.lib.root), self.lib.centroids, self.lib.cap, self.prefilter)
+        return [self._inline.analyse(c) for c in candidates]
+
+    def process(self, candidates: Iterable[Candidate],
+                on_commit: Callable | None = None) -> list[Outcome]:
+        """Assign, de-duplicate and store one batch; returns an outcome per candidate, in order.
+
+        ``on_commit(conn, outcomes)`` runs inside the batch's transaction, so whatever it
+        writes (harvest's ``fetched`` rows) commits together with the tiles.
+        """
+        candidates = list(candidates)
+        analyses = self._analyse_all(candidates) if candidates else []
+        outcomes: list[Outcome] = []
+        accepted: list[tuple[Candidate, Analysis]] = []
+        batch_hashes: set[tuple[int, str]] = set()
+        conn = self.lib.conn
+        try:
+            for cand, an in zip(candidates, analyses):
+                reason = an.reason
+                if reason is None:
+                    key = (an.bucket_id, an.phash)
+                    if self.counts[an.bucket_id] >= self.lib.cap:
+                        reason = "bucket_full"
+                    elif key in batch_hashes or conn.execute(
+                        "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", key
+                    ).fetchone():
+                        reason = "duplicate"
+                    if reason is not None:
+                        (self.lib.temp_dir / f"{an.tile_id}.png").unlink(missing_ok=True)
+                    else:
+                        batch_hashes.add(key)
+                        self.counts[an.bucket_id] += 1
+                        accepted.append((cand, an))
+                outcomes.append(
+                    Outcome(cand.name, reason is None, reason, an.tile_id if reason is None else None,
+                            an.bucket_id, an.phash, an.lab, an.detail)
+                )
+            self._store(accepted, outcomes, on_commit)
+        except BaseException:
+            for _cand, an in accepted:
+                self.counts[an.bucket_id] -= 1
+            for an in analyses:
+                if an.tile_id:
+                    (self.lib.temp_dir / f"{an.tile_id}.png").unlink(missing_ok=True)
+            raise
+        return outcomes
+
+    def _row(self, cand: Candidate, an: Analysis) -> tuple:
+        prov = {**self.default_provenance, **(cand.provenance or {})}
+        prov.setdefault("harvested_at", utc_now())
+        seed = (an.tile_id, an.bucket_id, self.lib.filepath_for(an.bucket_id, an.tile_id), an.phash, *an.lab)
+        return seed + tuple(prov.get(col) for col in db.PROVENANCE_COLUMNS)
+
+    def _store(self, accepted: list[tuple[Candidate, Analysis]], outcomes: list[Outcome],
+               on_commit: Callable | None) -> None:
+        """Journal, rename into buckets, insert and commit; undo the renames if the commit fails."""
+        lib, conn = self.lib, self.lib.conn
+        temp = lib.temp_dir
+        journal = temp / JOURNAL
+        moved: list[tuple[Path, Path]] = []
+        if accepted:
+            part = temp / (JOURNAL + ".part")
+            part.write_text(json.dumps({"tiles": [[an.tile_id, an.bucket_id] for _c, an in accepted]}))
+            os.replace(part, journal)
+        try:
+            for _cand, an in accepted:
+                final = lib.tile_path(an.bucket_id, an.tile_id)
+                final.parent.mkdir(exist_ok=True)
+                staged = temp / f"{an.tile_id}.png"
+                os.replace(staged, final)
+                moved.append((final, staged))
+            with conn:
+                conn.executemany(self.insert_sql, [self._row(c, an) for c, an in accepted])
+                if on_commit is not None:
+                    on_commit(conn, outcomes)
+        except BaseException:
+            for final, staged in moved:
+                try:
+                    os.replace(final, staged)
+                except OSError:
+                    final.unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
+            raise
+        journal.unlink(missing_ok=True)

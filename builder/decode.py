@@ -1,0 +1,102 @@
+"""Safe decoding of untrusted tile bytes into a 256x256 RGB image.
+
+Everything that reaches the library passes through :func:`decode_tile`, which checks the
+cheap things first (size of the bytes, format and dimensions from the header) before paying
+for a full decode, and raises :class:`~builder.errors.ImageRejected` with a short reason tag
+that harvest and ingest count.
+
+Size rule for inputs that are not 256x256 (documented in the README): a square image between
+64 and 4096 pixels a side is resized to 256x256 with Lanczos; anything else is rejected
+(``not_square``, ``too_small``, ``too_large``).  Images over :data:`MAX_PIXELS` are never
+decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import NamedTuple
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageRejected
+
+TILE_SIZE = 256
+MAX_BYTES = 32 * 1024 * 1024
+MAX_SIDE = 4096
+MIN_SIDE = 64
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+FORMATS = ("PNG", "JPEG", "WEBP")
+
+# Pillow's own bomb guard stays on as a second line of defence (it raises past 2x this).
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class DecodedTile(NamedTuple):
+    """A decoded tile: ``image`` is RGB 256x256; ``png_passthrough`` means the source bytes
+    are already a 256x256 RGB PNG and can be stored as they are, without re-encoding."""
+
+    image: Image.Image
+    png_passthrough: bool
+    resized: bool
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Image format from magic bytes, or None.
+
+    >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n....")
+    'PNG'
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_tile(data: bytes) -> DecodedTile:
+    """Decode ``data`` into a 256x256 RGB tile or raise :class:`ImageRejected`."""
+    if not data:
+        raise ImageRejected("empty", "0 bytes")
+    if len(data) > MAX_BYTES:
+        raise ImageRejected("too_large", f"{len(data)} bytes > {MAX_BYTES}")
+    fmt = sniff_format(data)
+    if fmt is None:
+        head = data[:16].lower()
+        kind = "html" if head.lstrip().startswith((b"<!doctype", b"<html", b"<?xml", b"<")) else "unknown bytes"
+        raise ImageRejected("not_image", f"{kind}, not PNG/JPEG/WebP")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = img.size
+            if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+                raise ImageRejected("too_large", f"{width}x{height} exceeds {MAX_SIDE}x{MAX_SIDE}")
+            if width != height:
+                raise ImageRejected("not_square", f"{width}x{height}")
+            if width < MIN_SIDE:
+                raise ImageRejected("too_small", f"{width}x{height} < {MIN_SIDE}x{MIN_SIDE}")
+            img.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_large", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not_image", f"{fmt} signature but undecodable") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected("corrupt", f"{fmt}: {exc}") from None
+    passthrough = fmt == "PNG" and img.mode == "RGB" and img.size == (TILE_SIZE, TILE_SIZE) and "transparency" not in img.info
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    resized = rgb.size != (TILE_SIZE, TILE_SIZE)
+    if resized:
+        rgb = rgb.resize((TILE_SIZE, TILE_SIZE), Image.Resampling.LANCZOS)
+    return DecodedTile(rgb, passthrough, resized)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an RGB tile (zlib level 6, Pillow's default: the size/speed balance)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

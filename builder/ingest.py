@@ -1,0 +1,77 @@
+"""``ingest PATH...``: local image files and folders through the assignment pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .assign import POOL_THRESHOLD, Candidate, Pipeline
+from .errors import UsageError
+from .library import IngestReport, Library
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+BATCH = 256
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike], skip: Path | None = None) -> Iterator[Path]:
+    """Files named on the command line as given, and image files found under folders (sorted).
+
+    ``skip`` is the library itself: ingesting a library into itself is refused silently
+    per file rather than re-adding its own tiles.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                here = Path(dirpath)
+                if skip is not None and (here == skip or skip in here.parents):
+                    dirnames[:] = []
+                    continue
+                for name in sorted(filenames):
+                    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                        yield here / name
+        elif path.exists():
+            yield path
+        else:
+            raise UsageError(f"no such file or folder: {raw}")
+
+
+def ingest_paths(lib: Library, paths, workers: int | None = None, progress: bool | None = None,
+                 batch: int = BATCH) -> IngestReport:
+    """Ingest every image under ``paths``; returns counts of accepted and rejected tiles."""
+    paths = list(paths)
+    if not paths:
+        raise UsageError("ingest needs at least one file or folder")
+    files = list(iter_image_files(paths, skip=lib.root.resolve()))
+    report = IngestReport()
+    started = time.perf_counter()
+    show = sys.stderr.isatty() if progress is None else progress
+    provenance = {"source": "ingest"}
+    if len(files) < 2 * POOL_THRESHOLD:
+        workers = 1  # a pool costs more than it saves on a handful of files
+    with Pipeline(lib, workers=workers, default_provenance=provenance) as pipe, tqdm(
+        total=len(files), unit="tile", disable=not show, desc="ingest"
+    ) as bar:
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            outcomes = pipe.process(Candidate(name=str(p), path=str(p)) for p in chunk)
+            for out in outcomes:
+                if out.accepted:
+                    report.accepted += 1
+                else:
+                    report.rejected[out.reason] += 1
+                    report.examples.setdefault(out.reason, f"{out.name}" + (f" ({out.detail})" if out.detail else ""))
+                    logger.info("rejected %s: %s %s", out.name, out.reason, out.detail)
+            bar.update(len(chunk))
+            bar.set_postfix(accepted=report.accepted, rejected=sum(report.rejected.values()))
+    report.seconds = time.perf_counter() - started
+    return report
