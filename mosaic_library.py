@@ -32,7 +32,6 @@ import hashlib
 import logging
 import sqlite3
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ try:
     from builder import db as _db
     from builder.color import N_BUCKETS
     from builder.errors import LibraryError, MosaicError, UnsafePath
+    from builder.library import Library, bucket_name, is_tile_id
 except ModuleNotFoundError as _exc:  # imported by file path from outside the repository
     if _exc.name != "builder":
         raise
@@ -53,6 +53,7 @@ except ModuleNotFoundError as _exc:  # imported by file path from outside the re
     from builder import db as _db
     from builder.color import N_BUCKETS
     from builder.errors import LibraryError, MosaicError, UnsafePath
+    from builder.library import Library, bucket_name, is_tile_id
 
 logger = logging.getLogger(__name__)
 
@@ -122,44 +123,31 @@ class Shard(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-def validate_tile_id(tile_id: object) -> str:
-    """Return ``tile_id`` if it is a canonical uuid4 string; raise :class:`UnsafePath` otherwise.
-
-    Ids come from data (a database or a downloaded Parquet file) and become file names, so
-    anything but the canonical lower-case form (no ``../``, no separators, no braces) is refused.
-    """
-    if not isinstance(tile_id, str):
-        raise UnsafePath(f"tile id must be a uuid4 string, got {tile_id!r}")
-    try:
-        parsed = uuid.UUID(tile_id)
-    except ValueError:
-        raise UnsafePath(f"tile id is not a uuid4: {tile_id!r}") from None
-    if parsed.version != 4 or str(parsed) != tile_id:
-        raise UnsafePath(f"tile id is not a canonical uuid4: {tile_id!r}")
-    return tile_id
-
-
-def validate_bucket_id(bucket_id: object) -> int:
-    """Return ``bucket_id`` if it is an int in ``0..4999``; raise :class:`UnsafePath` otherwise."""
-    if isinstance(bucket_id, bool) or not isinstance(bucket_id, int) or not 0 <= bucket_id < N_BUCKETS:
-        raise UnsafePath(f"bucket_id must be an integer in 0..{N_BUCKETS - 1}, got {bucket_id!r}")
-    return bucket_id
-
-
 def tile_relpath(bucket_id: object, tile_id: object) -> str:
-    """``bucket_XXXX/<id>.png`` for a validated ``(bucket_id, id)``, relative to the library root."""
-    return f"bucket_{validate_bucket_id(bucket_id):04d}/{validate_tile_id(tile_id)}.png"
+    """``bucket_XXXX/<id>.png`` for a validated ``(bucket_id, id)`` (:class:`UnsafePath` otherwise).
 
+    Ids and buckets come from data (a database or a downloaded Parquet file) and become file
+    names, so only a canonical lower-case uuid4 and an integer bucket in range are accepted.
 
-def tile_file(root: Path, bucket_id: object, tile_id: object) -> Path:
-    """The PNG of a tile, derived from validated ``(bucket_id, id)`` and checked to stay in ``root``.
-
-    ``root`` must already be resolved.  The containment check also catches a bucket folder
-    that is a symlink leading out of the library.
+    >>> tile_relpath(7, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a")
+    'bucket_0007/0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a.png'
     """
-    path = root / tile_relpath(bucket_id, tile_id)
+    if not is_tile_id(tile_id):
+        raise UnsafePath(f"tile id is not a uuid4 string: {tile_id!r}")
+    if isinstance(bucket_id, bool) or not isinstance(bucket_id, int) or not 0 <= bucket_id < N_BUCKETS:
+        raise UnsafePath(f"bucket id out of range 0..{N_BUCKETS - 1}: {bucket_id!r}")
+    return f"{bucket_name(bucket_id)}/{tile_id}.png"
+
+
+def tile_file(lib: Library, bucket_id: object, tile_id: object) -> Path:
+    """The PNG of a tile: ``lib.tile_path`` plus a check that it stays inside the library.
+
+    The containment check catches a bucket folder that is a symlink leading out of the library.
+    """
+    tile_relpath(bucket_id, tile_id)  # refuses bools and non-int buckets too
+    path = lib.tile_path(bucket_id, tile_id)
     resolved = path.resolve()
-    if not resolved.is_relative_to(root):
+    if not resolved.is_relative_to(lib.root.resolve()):
         raise UnsafePath(f"tile {tile_id}: {path} resolves outside the library ({resolved})")
     return path
 
@@ -181,9 +169,9 @@ def check_png(data: bytes) -> str | None:
     return None
 
 
-def read_tile(root: Path, bucket_id: object, tile_id: object) -> bytes:
+def read_tile(lib: Library, bucket_id: object, tile_id: object) -> bytes:
     """The checked PNG bytes of one tile; :class:`BadTile` names the id and path on failure."""
-    path = tile_file(root, bucket_id, tile_id)
+    path = tile_file(lib, bucket_id, tile_id)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -358,30 +346,34 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
             yield {"db_path": db_path, "buckets": (shard.lo, shard.hi)}
 
     def _generate_examples(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[tuple[Key, dict]]:
-        root_path = Path(root).resolve()
-        conn = open_tiles_db(Path(db_path))
-        try:
-            select = _select_list(conn)
-            for shard_idx, (lo, hi) in enumerate(shards):
-                skipped = 0
-                rows = conn.execute(
-                    f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ? ORDER BY bucket_id, id",
-                    (lo, hi),
-                )
-                for sample_idx, row in enumerate(rows):
-                    try:
-                        example = self._example(root_path, row)
-                    except (BadTile, UnsafePath) as exc:
-                        if not self.config.skip_bad:
-                            raise
-                        skipped += 1
-                        logger.warning("skipping bad tile: %s", exc)
-                        continue
-                    yield Key(shard_idx, sample_idx), example
-                if skipped:
-                    logger.warning("buckets %d..%d: skipped %d bad tiles", lo, hi - 1, skipped)
-        finally:
-            conn.close()
+        with Library.open(Path(root), readonly=True) as lib:
+            conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
+            try:
+                yield from self._shard_examples(lib, conn, shards)
+            finally:
+                if conn is not lib.conn:
+                    conn.close()
+
+    def _shard_examples(self, lib: Library, conn: sqlite3.Connection, shards: list[Shard]) -> Iterator[tuple]:
+        select = _select_list(conn)
+        for shard_idx, (lo, hi) in enumerate(shards):
+            skipped = 0
+            rows = conn.execute(
+                f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ? ORDER BY bucket_id, id",
+                (lo, hi),
+            )
+            for sample_idx, row in enumerate(rows):
+                try:
+                    example = self._example(lib, row)
+                except (BadTile, UnsafePath) as exc:
+                    if not self.config.skip_bad:
+                        raise
+                    skipped += 1
+                    logger.warning("skipping bad tile: %s", exc)
+                    continue
+                yield Key(shard_idx, sample_idx), example
+            if skipped:
+                logger.warning("buckets %d..%d: skipped %d bad tiles", lo, hi - 1, skipped)
 
     def _prepare_split_single(self, *args, **kwargs):
         """Re-raise our own errors unwrapped, so the caller (and a num_proc parent) sees the
@@ -396,19 +388,19 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
     # -- helpers ------------------------------------------------------------------------------
 
     def _library_root(self) -> Path:
+        """The library folder, checked up front (layout and centroids) with a read-only open."""
         if not self.config.data_dir:
             raise LibraryError("MosaicLibrary needs data_dir=<library folder>")
         root = Path(self.config.data_dir).expanduser().resolve()
-        if not root.is_dir():
-            raise LibraryError(f"library folder not found: {self.config.data_dir}")
+        Library.open(root, readonly=True).close()
         return root
 
-    def _example(self, root: Path, row: tuple) -> dict:
+    def _example(self, lib: Library, row: tuple) -> dict:
         record = dict(zip(_ROW_COLUMNS, row))
         tile_id, bucket_id = record.pop("id"), record.pop("bucket_id")
         example: dict[str, object] = {}
         if self.config.with_images:
-            data = read_tile(root, bucket_id, tile_id)
+            data = read_tile(lib, bucket_id, tile_id)
             example["image"] = {"bytes": data, "path": f"{tile_id}.png"}
         else:
             tile_relpath(bucket_id, tile_id)  # same validation, no file access

@@ -1,0 +1,457 @@
+"""``build``: turn a library into the staging folder that is exactly what the Hub repo holds.
+
+::
+
+    staging/
+      data/train-00000-of-0000N.parquet   image bytes embedded, 100-row row groups
+      README.md                           dataset card with live figures
+      centroids.npy
+      tiles.db                            consistent snapshot (SQLite backup API), rollback journal
+      .mosaic_build.json                  local build manifest; never uploaded
+
+How: the live ``tiles.db`` is copied with SQLite's backup API (a WAL database cannot be copied
+file by file while a harvest writes), then ``mosaic_library.MosaicLibrary`` reads its rows from
+that snapshot and ``download_and_prepare(file_format="parquet")`` writes the shards with
+``datasets``' own ParquetWriter: the schema metadata, row-group size (100 rows for images),
+content-defined chunking and page index are those ``push_to_hub`` would produce, so
+``load_dataset(staging)`` and ``load_dataset("user/repo")`` see the same features.  Rows stream
+through in 100-row batches; memory does not grow with the library.
+
+Everything is written into a hidden temporary folder beside the output and renamed into place
+at the end, so a crash never leaves a half-built staging folder.  The manifest records the
+library fingerprint (every ``tiles`` row + centroids + build format) so ``push`` can tell a
+stale staging folder from a current one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+from urllib.parse import parse_qsl, urlsplit
+
+import pyarrow.parquet as pq
+
+from .. import __version__
+from ..errors import LibraryError, MosaicError, UsageError
+from ..library import Library
+from .card import CardStats, render_card
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = ".mosaic_build.json"
+DATA_DIR = "data"
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+_SECRET_PARAM = ("token", "key", "secret", "sig", "signature", "auth", "password", "credential")
+
+
+class BuildReport(NamedTuple):
+    """What ``build`` wrote."""
+
+    output: Path
+    rows: int
+    skipped: int
+    parquet_files: int
+    parquet_bytes: int
+    fingerprint: str
+    seconds: float
+
+    def summary(self) -> str:
+        skipped = f", {self.skipped} bad tiles skipped" if self.skipped else ""
+        return (
+            f"built {self.output}: {self.rows} tiles in {self.parquet_files} Parquet files "
+            f"({self.parquet_bytes / 1e6:.1f} MB){skipped} in {self.seconds:.1f} s"
+        )
+
+
+class StagingState(NamedTuple):
+    """Whether a staging folder matches its library (``current``) and why not."""
+
+    current: bool
+    reason: str
+    manifest: dict | None
+
+
+# ---------------------------------------------------------------------------------------------
+# mosaic_library.py lives at the repository root, beside the builder package
+# ---------------------------------------------------------------------------------------------
+
+
+def mosaic_library_module() -> ModuleType:
+    """Import ``mosaic_library`` (the repo-root builder script), by path if it is not on sys.path.
+
+    A library folder called ``mosaic_library/`` in the working directory would otherwise import
+    as an empty namespace package.
+    """
+    module = sys.modules.get("mosaic_library")
+    if module is not None and hasattr(module, "MosaicLibrary"):
+        return module
+    path = Path(__file__).resolve().parents[2] / "mosaic_library.py"
+    if not path.is_file():
+        raise LibraryError(f"mosaic_library.py not found beside the builder package: {path}")
+    spec = importlib.util.spec_from_file_location("mosaic_library", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mosaic_library"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["mosaic_library"]
+        raise
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure steps
+# ---------------------------------------------------------------------------------------------
+
+
+def default_output(library_root: Path) -> Path:
+    """``<library parent>/staging``: beside the library, never inside it."""
+    return Path(library_root).resolve().parent / "staging"
+
+
+def check_paths(library_root: Path, output: Path) -> None:
+    """Refuse an output folder that is, contains or sits inside the library."""
+    lib, out = Path(library_root).resolve(), Path(output).resolve()
+    if out == lib or out.is_relative_to(lib) or lib.is_relative_to(out):
+        raise UsageError(f"--output {output} must be outside the library {library_root} and not contain it")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {output} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UsageError(
+            f"--output {output} is a non-empty folder that is not a staging folder: refusing to replace it"
+        )
+
+
+def snapshot_db(src: Path, dst: Path) -> None:
+    """A consistent copy of a live (WAL) ``tiles.db`` via SQLite's online backup API.
+
+    The copy is switched to a rollback journal so it opens read-only from anywhere (the Hub
+    cache, a read-only mount) without ``-wal``/``-shm`` side files.
+    """
+    source = sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(dst)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+            target.commit()
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def secret_sources(db_path: Path) -> list[str]:
+    """Source values whose URL carries a credential-like query parameter (names only, no values).
+
+    ``source`` is published in ``tiles.db`` and the Parquet files; a tile URL with an API key
+    in it must not leave the machine.
+    """
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        sources = [s for (s,) in conn.execute("SELECT DISTINCT source FROM tiles WHERE source LIKE '%://%'")]
+    finally:
+        conn.close()
+    found = []
+    for source in sources:
+        parts = urlsplit(source)
+        names = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+        flagged = sorted({k for k in names if any(word in k.lower() for word in _SECRET_PARAM)})
+        if flagged or parts.password:
+            found.append(f"{parts.scheme}://{parts.hostname}{parts.path} ({', '.join(flagged) or 'password'})")
+    return found
+
+
+def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
+    """Live figures for the card, read from the staged snapshot (what users will download)."""
+    with Library.open(staging, readonly=True) as lib:
+        stats = lib.stats()
+        zooms = {
+            ("(none)" if z is None else str(z)): n
+            for z, n in lib.conn.execute("SELECT z, COUNT(*) FROM tiles GROUP BY z ORDER BY z")
+        }
+    return CardStats(
+        tiles=stats["tiles"],
+        buckets_populated=stats["buckets_populated"],
+        buckets_full=stats["buckets_full"],
+        cap=stats["cap"],
+        by_region=dict(stats["by_region"]),
+        by_source=dict(stats["by_source"]),
+        by_zoom=zooms,
+        fetched_by_region={k: dict(v) for k, v in stats.get("fetched_by_region", {}).items()},
+        parquet_files=len(parquet_files),
+        parquet_bytes=sum(p.stat().st_size for p in parquet_files),
+        built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        builder_version=__version__,
+    )
+
+
+def parquet_ids(files: list[Path]) -> set[str]:
+    """Every ``id`` in the shards (column projection: image bytes are not read)."""
+    ids: set[str] = set()
+    for path in files:
+        ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    return ids
+
+
+def drop_rows_missing_from(db_path: Path, keep: set[str]) -> int:
+    """Delete snapshot rows whose tile was skipped, so the shipped ``tiles.db`` matches the Parquet."""
+    conn = sqlite3.connect(db_path)
+    try:
+        stored = [tid for (tid,) in conn.execute("SELECT id FROM tiles")]
+        gone = [(tid,) for tid in stored if tid not in keep]
+        with conn:
+            conn.executemany("DELETE FROM tiles WHERE id = ?", gone)
+        if gone:
+            conn.execute("VACUUM")
+        return len(gone)
+    finally:
+        conn.close()
+
+
+def write_manifest(staging: Path, manifest: dict) -> None:
+    tmp = staging / (MANIFEST + ".part")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, staging / MANIFEST)
+
+
+def read_manifest(staging: Path) -> dict | None:
+    try:
+        data = json.loads((Path(staging) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def staged_files(staging: Path) -> dict[str, int]:
+    """``{path_in_repo: size}`` of every file in a staging folder except the local manifest."""
+    staging = Path(staging)
+    out = {}
+    for path in sorted(staging.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            out[path.relative_to(staging).as_posix()] = path.stat().st_size
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The build
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """datasets' progress bars only on a terminal (house rule); the global setting is restored."""
+    import datasets
+
+    if show or datasets.is_progress_bar_enabled() is False or "HF_DATASETS_DISABLE_PROGRESS_BARS" in os.environ:
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _prepare_parquet(
+    library_root: Path, work: Path, fingerprint: str, num_proc: int, skip_bad: bool, max_shard_size: str | int
+) -> list[Path]:
+    """Run MosaicLibrary over the snapshot; move its shards to ``data/train-XXXXX-of-YYYYY.parquet``."""
+    module = mosaic_library_module()
+    builder = module.MosaicLibrary(
+        data_dir=str(library_root),
+        db_path=str(work / "tiles.db"),
+        skip_bad=skip_bad,
+        cache_dir=str(work / ".cache"),
+        hash=fingerprint[:16],
+    )
+    prepared = work / ".prepared"
+    with _progress_bars(sys.stderr.isatty()):
+        builder.download_and_prepare(
+            output_dir=str(prepared),
+            file_format="parquet",
+            num_proc=num_proc if num_proc > 1 else None,
+            max_shard_size=max_shard_size,
+        )
+    shards = sorted(prepared.glob("*.parquet"))
+    if not shards:
+        raise LibraryError(f"the dataset builder wrote no Parquet files into {prepared}")
+    data = work / DATA_DIR
+    data.mkdir()
+    out = []
+    for i, shard in enumerate(shards):
+        target = data / f"train-{i:05d}-of-{len(shards):05d}.parquet"
+        os.replace(shard, target)
+        out.append(target)
+    shutil.rmtree(prepared)
+    shutil.rmtree(work / ".cache", ignore_errors=True)
+    for lock in work.glob("*.lock"):
+        lock.unlink()
+    return out
+
+
+def _swap_into_place(work: Path, output: Path) -> None:
+    """Replace ``output`` with the finished ``work`` folder (two renames; the old one goes last)."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(output, old)
+    os.replace(work, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_leftovers(output: Path) -> None:
+    """Remove temporary folders a crashed or interrupted build left beside ``output``."""
+    for stale in output.parent.glob(f".{output.name}.*"):
+        if stale.is_dir() and (".tmp-" in stale.name or ".old-" in stale.name):
+            pid = stale.name.rsplit("-", 2)[-2] if ".tmp-" in stale.name else None
+            if pid and pid.isdigit() and _alive(int(pid)):
+                continue  # another build is running right now
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_staging(
+    library_root: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    num_proc: int = 1,
+    skip_bad: bool = False,
+    repo_id: str | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+) -> BuildReport:
+    """Write the Hub-ready staging folder for a library (see the module docstring)."""
+    started = time.perf_counter()
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise UsageError(f"--num-proc must be a positive integer, got {num_proc!r}")
+    root = Path(library_root).expanduser().resolve()
+    Library.verify_layout(root)
+    output = Path(output_dir).expanduser().resolve() if output_dir else default_output(root)
+    check_paths(root, output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(output)
+    module = mosaic_library_module()
+
+    work = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    work.mkdir()
+    try:
+        with Library.open(root, readonly=True) as lib:  # validates centroids and schema
+            snapshot_db(lib.db_path, work / "tiles.db")
+        shutil.copyfile(root / "centroids.npy", work / "centroids.npy")
+        leaks = secret_sources(work / "tiles.db")
+        if leaks:
+            raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
+        fingerprint = module.library_fingerprint(work / "tiles.db", work / "centroids.npy")
+        parquet = _prepare_parquet(root, work, fingerprint, num_proc, skip_bad, max_shard_size)
+
+        skipped = drop_rows_missing_from(work / "tiles.db", parquet_ids(parquet))
+        if skipped and not skip_bad:
+            raise LibraryError(f"{skipped} rows of tiles.db are missing from the Parquet files: build is inconsistent")
+        stats = card_stats(work, parquet)
+        (work / "README.md").write_text(render_card(stats, repo_id), encoding="utf-8")
+        write_manifest(
+            work,
+            {
+                "fingerprint": fingerprint,
+                "build_format": module.BUILD_FORMAT,
+                "library": str(root),
+                "skip_bad": skip_bad,
+                "skipped": skipped,
+                "repo_id": repo_id,
+                "stats": stats.as_dict(),
+                "files": staged_files(work),
+            },
+        )
+        _swap_into_place(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    report = BuildReport(
+        output=output,
+        rows=stats.tiles,
+        skipped=skipped,
+        parquet_files=len(parquet),
+        parquet_bytes=stats.parquet_bytes,
+        fingerprint=fingerprint,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info(report.summary())
+    return report
+
+
+def staging_state(library_root: str | os.PathLike, staging: str | os.PathLike) -> StagingState:
+    """Is ``staging`` a complete build of the library as it is now?"""
+    staging = Path(staging)
+    manifest = read_manifest(staging)
+    if manifest is None:
+        return StagingState(False, f"no build in {staging}", None)
+    module = mosaic_library_module()
+    if manifest.get("build_format") != module.BUILD_FORMAT:
+        return StagingState(False, "built by an older builder", manifest)
+    if staged_files(staging) != manifest.get("files"):
+        return StagingState(False, f"files in {staging} changed since the build", manifest)
+    root = Path(library_root)
+    Library.verify_layout(root)
+    # One SELECT is one read transaction: a consistent view even while a harvest writes.
+    fingerprint = module.library_fingerprint(root / "tiles.db", root / "centroids.npy")
+    if fingerprint != manifest.get("fingerprint"):
+        return StagingState(False, "the library changed since the build", manifest)
+    return StagingState(True, "up to date", manifest)
+
+
+def refresh_card(staging: str | os.PathLike, repo_id: str | None) -> bool:
+    """Re-render ``README.md`` for ``repo_id`` (the load snippet names the repo); True if it changed."""
+    staging = Path(staging)
+    manifest = read_manifest(staging)
+    if manifest is None:
+        raise MosaicError(f"{staging} is not a staging folder (no {MANIFEST})")
+    if manifest.get("repo_id") == repo_id:
+        return False
+    text = render_card(CardStats.from_dict(manifest["stats"]), repo_id)
+    tmp = staging / "README.md.part"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, staging / "README.md")
+    manifest["repo_id"] = repo_id
+    manifest["files"] = staged_files(staging)
+    write_manifest(staging, manifest)
+    return True
+
+
+def ensure_staging(
+    library_root: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    num_proc: int = 1,
+    repo_id: str | None = None,
+) -> tuple[Path, BuildReport | None]:
+    """The staging folder for ``push``: reused if current, (re)built if missing or stale."""
+    root = Path(library_root).expanduser().resolve()
+    output = Path(output_dir).expanduser().resolve() if output_dir else default_output(root)
+    state = staging_state(root, output)
+    if state.current:
+        logger.info("staging %s is up to date", output)
+        return output, None
+    logger.info("building %s: %s", output, state.reason)
+    return output, build_staging(root, output, num_proc=num_proc, repo_id=repo_id)
