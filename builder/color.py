@@ -58,8 +58,7 @@ def rgb_to_lab(rgb) -> np.ndarray:
     xyz = xyz / _WHITE_D65
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
-    light = np.where(xyz[..., 1] > 0.008856, 116.0 * fy - 16.0, 903.3 * xyz[..., 1])
-    return np.stack([light, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
 def lab_to_rgb(lab) -> np.ndarray:

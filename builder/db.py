@@ -13,6 +13,7 @@ Tables:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -73,7 +74,10 @@ def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite
     failure this project guards against, at a fraction of FULL's fsync cost.
     """
     if readonly:
-        uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+        # A WAL database needs its -shm file even to read; in a folder we cannot write, open it
+        # immutable (no locks, no WAL: a writer cannot be running there anyway).
+        folder_writable = os.access(Path(path).resolve().parent, os.W_OK)
+        uri = f"{Path(path).resolve().as_uri()}?mode=ro" + ("" if folder_writable else "&immutable=1")
         conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)

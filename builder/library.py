@@ -265,6 +265,22 @@ class Library:
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         return fd
 
+    @staticmethod
+    def writer_active(root: str | os.PathLike) -> bool:
+        """True while another process holds the writer lock (a harvest or ingest is running)."""
+        path = Path(root) / ".lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def close(self) -> None:
         if self.conn is not None:
             try:

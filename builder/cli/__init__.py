@@ -51,6 +51,17 @@ def add_library_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m builder", description="Build, check and publish a Mosaic Library.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -84,5 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:
         # Disk full, permission denied, read-only folders: the user's environment, not a bug.
-        print(f"error: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()"), file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2

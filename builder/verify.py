@@ -1,0 +1,325 @@
+"""``verify [--repair]``: check ``tiles.db`` against the files, and fix what is safe to fix.
+
+Checks, each a problem ``kind``:
+
+* ``unsafe_row``         id is not a uuid4 or bucket out of range: no path can be derived
+* ``filepath_mismatch``  ``filepath`` column differs from ``<library>/bucket_XXXX/<id>.png``
+* ``missing_file``       row whose file is gone
+* ``bad_image``          file that is not a decodable 256x256 RGB PNG
+* ``lab_mismatch``       stored LAB differs from the file's (64x64 mean RGB -> LAB)
+* ``wrong_bucket``       bucket_id is not the nearest centroid of the tile's LAB
+* ``bad_phash``          stored phash differs from the file's
+* ``duplicate_phash``    same phash twice in a bucket
+* ``over_cap``           bucket holding more than the cap
+* ``orphan_file``        file in a bucket folder (or ``temp/``) with no row
+
+The deep checks (decode every file) run on a process pool; ``deep=False`` checks rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from .assign import mean_rgb_64, pool_context
+from .color import N_BUCKETS, CentroidIndex, rgb_to_lab
+from .decode import TILE_SIZE, decode_tile
+from .errors import ImageRejected, UnsafePath
+from .library import JOURNAL, Library, bucket_name, is_tile_id, parse_bucket_dir
+from .phash import phash
+
+logger = logging.getLogger(__name__)
+
+LAB_TOLERANCE = 1e-6
+
+
+class Problem(NamedTuple):
+    kind: str
+    tile_id: str | None
+    bucket_id: int | None
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    rows: int = 0
+    files: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    repaired: Counter = field(default_factory=Counter)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(p.kind for p in self.problems)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        found = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "no problems"
+        line = f"checked {self.rows} rows and {self.files} files: {found}"
+        if self.repaired:
+            line += "; repaired: " + ", ".join(f"{k} {v}" for k, v in sorted(self.repaired.items()))
+        return line
+
+    def as_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "files": self.files,
+            "problems": dict(self.counts),
+            "repaired": dict(self.repaired),
+            "details": [p._asdict() for p in self.problems[:1000]],
+        }
+
+
+class FileFacts(NamedTuple):
+    """What a tile file really holds."""
+
+    error: str | None
+    lab: tuple[float, float, float] | None = None
+    phash: str | None = None
+
+
+def inspect_file(path: Path) -> FileFacts:
+    """Decode a stored tile and recompute its colour and hash."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return FileFacts("missing")
+    except OSError as exc:
+        return FileFacts(f"unreadable: {exc.strerror}")
+    try:
+        tile = decode_tile(data)
+    except ImageRejected as exc:
+        return FileFacts(str(exc))
+    if not data.startswith(b"\x89PNG") or tile.resized or not tile.png_passthrough:
+        return FileFacts(f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
+    lab = rgb_to_lab(mean_rgb_64(tile.image))
+    return FileFacts(None, (float(lab[0]), float(lab[1]), float(lab[2])), phash(tile.image))
+
+
+def _inspect(args: tuple[str, int, str]) -> FileFacts:
+    root, bucket_id, tile_id = args
+    return inspect_file(Path(root) / bucket_name(bucket_id) / f"{tile_id}.png")
+
+
+def _journal_ids(lib: Library) -> set[str]:
+    """Tiles of a batch being stored right now by a running writer (not orphans)."""
+    import json
+
+    try:
+        return {entry[0] for entry in json.loads((lib.temp_dir / JOURNAL).read_text())["tiles"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return set()
+
+
+def verify_library(lib: Library, deep: bool = True, repair: bool = False, workers: int | None = None,
+                   progress: bool | None = None) -> VerifyReport:
+    """Check (and with ``repair``, fix) the library; see the module docstring for the kinds."""
+    if repair:
+        lib._require_writer()
+    report = VerifyReport()
+    show = sys.stderr.isatty() if progress is None else progress
+    index = CentroidIndex(lib.centroids, validate=False)
+    rows = lib.conn.execute(
+        "SELECT rowid, id, bucket_id, filepath, phash, mean_l, mean_a, mean_b FROM tiles ORDER BY rowid"
+    ).fetchall()
+    report.rows = len(rows)
+    safe: list[tuple] = []
+    for row in rows:
+        rowid, tile_id, bucket_id, filepath, *_ = row
+        try:
+            expected = lib.filepath_for(bucket_id, tile_id)
+        except UnsafePath as exc:
+            report.problems.append(Problem("unsafe_row", str(tile_id)[:80], None, str(exc)))
+            continue
+        if filepath != expected:
+            report.problems.append(Problem("filepath_mismatch", tile_id, bucket_id, f"{filepath!r} != {expected!r}"))
+        safe.append(row)
+
+    facts: list[FileFacts | None] = [None] * len(safe)
+    if deep and safe:
+        jobs = [(str(lib.root), r[2], r[1]) for r in safe]
+        n_workers = workers or os.cpu_count() or 1
+        with tqdm(total=len(jobs), unit="tile", desc="verify", disable=not show) as bar:
+            if n_workers > 1 and len(jobs) >= 64:
+                with ProcessPoolExecutor(n_workers, mp_context=pool_context()) as pool:
+                    for i, fact in enumerate(pool.map(_inspect, jobs, chunksize=64)):
+                        facts[i] = fact
+                        bar.update()
+            else:
+                for i, job in enumerate(jobs):
+                    facts[i] = _inspect(job)
+                    bar.update()
+
+    seen: dict[tuple[int, str], str] = {}
+    per_bucket: dict[int, list[str]] = {}
+    for row, fact in zip(safe, facts):
+        rowid, tile_id, bucket_id, _fp, stored_hash, l_, a_, b_ = row
+        path = lib.tile_path(bucket_id, tile_id)
+        if fact is None:
+            if not path.is_file():
+                report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
+                continue
+            lab = (l_, a_, b_)
+            file_hash = stored_hash
+        elif fact.error == "missing":
+            report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
+            continue
+        elif fact.error:
+            report.problems.append(Problem("bad_image", tile_id, bucket_id, fact.error))
+            continue
+        else:
+            lab, file_hash = fact.lab, fact.phash
+            stored = np.array([l_, a_, b_], dtype=np.float64)
+            if not np.all(np.isfinite(stored)) or np.abs(stored - np.array(lab)).max() > LAB_TOLERANCE:
+                report.problems.append(Problem("lab_mismatch", tile_id, bucket_id, f"stored {(l_, a_, b_)} file {lab}"))
+            if stored_hash != file_hash:
+                report.problems.append(Problem("bad_phash", tile_id, bucket_id, f"stored {stored_hash!r} file {file_hash!r}"))
+        try:
+            nearest = int(index.assign_lab(lab)[0][0])
+        except ValueError:
+            nearest = -1
+        if nearest != bucket_id:
+            report.problems.append(Problem("wrong_bucket", tile_id, bucket_id, f"nearest centroid is {nearest}"))
+        key = (nearest if nearest >= 0 else bucket_id, file_hash)
+        if key in seen:
+            report.problems.append(Problem("duplicate_phash", tile_id, bucket_id, f"same phash as {seen[key]}"))
+        else:
+            seen[key] = tile_id
+        per_bucket.setdefault(bucket_id, []).append(tile_id)
+    for bucket_id, ids in sorted(per_bucket.items()):
+        if len(ids) > lib.cap:
+            report.problems.append(Problem("over_cap", None, bucket_id, f"{len(ids)} tiles > cap {lib.cap}"))
+
+    known = {(r[2], r[1]) for r in safe}
+    in_flight = _journal_ids(lib)
+    for entry in sorted(lib.root.iterdir()):
+        bucket_id = parse_bucket_dir(entry.name)
+        if bucket_id is None or not entry.is_dir():
+            continue
+        for f in entry.iterdir():
+            report.files += 1
+            stem = f.name[:-4] if f.name.endswith(".png") else None
+            if stem in in_flight:
+                continue
+            if (bucket_id, stem) not in known:
+                report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
+    writer_busy = lib.readonly and Library.writer_active(lib.root)
+    if lib.temp_dir.is_dir() and not in_flight and not writer_busy:
+        for f in lib.temp_dir.iterdir():
+            report.problems.append(Problem("orphan_file", None, None, str(f.relative_to(lib.root))))
+
+    if repair and report.problems:
+        _repair(lib, report, index, dict(zip([r[1] for r in safe], facts)))
+    return report
+
+
+def _delete_tile(lib: Library, tile_id: str, bucket_id: int | None) -> None:
+    """Row first, then file: a crash in between leaves an orphan, which verify repairs."""
+    with lib.conn:
+        lib.conn.execute("DELETE FROM tiles WHERE id = ?", (tile_id,))
+    if bucket_id is not None and is_tile_id(tile_id) and 0 <= bucket_id < N_BUCKETS:
+        lib.tile_path(bucket_id, tile_id).unlink(missing_ok=True)
+
+
+def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dict) -> None:
+    conn = lib.conn
+    done = report.repaired
+    by_kind: dict[str, list[Problem]] = {}
+    for p in report.problems:
+        by_kind.setdefault(p.kind, []).append(p)
+    dropped: set[str] = set()
+
+    for p in by_kind.get("unsafe_row", []):
+        # Never build a path from this row: delete the row by its exact id, touch no file.
+        with conn:
+            conn.execute("DELETE FROM tiles WHERE id = ? OR id IS NULL", (p.tile_id,))
+        done["unsafe_row"] += 1
+    for kind in ("missing_file", "bad_image"):
+        for p in by_kind.get(kind, []):
+            _delete_tile(lib, p.tile_id, p.bucket_id)
+            dropped.add(p.tile_id)
+            done[kind] += 1
+    for p in by_kind.get("filepath_mismatch", []):
+        if p.tile_id not in dropped:
+            with conn:
+                conn.execute("UPDATE tiles SET filepath = ? WHERE id = ?", (lib.filepath_for(p.bucket_id, p.tile_id), p.tile_id))
+            done["filepath_mismatch"] += 1
+    for kind in ("lab_mismatch", "bad_phash"):
+        for p in by_kind.get(kind, []):
+            fact = facts.get(p.tile_id)
+            if p.tile_id in dropped or fact is None or fact.error:
+                continue
+            with conn:
+                conn.execute(
+                    "UPDATE tiles SET mean_l = ?, mean_a = ?, mean_b = ?, phash = ? WHERE id = ?",
+                    (*fact.lab, fact.phash, p.tile_id),
+                )
+            done[kind] += 1
+    counts = lib.bucket_counts()
+    for p in by_kind.get("wrong_bucket", []):
+        if p.tile_id in dropped:
+            continue
+        fact = facts.get(p.tile_id)
+        if fact is not None and fact.lab is not None:
+            lab = fact.lab
+        else:
+            lab = conn.execute("SELECT mean_l, mean_a, mean_b FROM tiles WHERE id = ?", (p.tile_id,)).fetchone()
+        row_hash = conn.execute("SELECT phash FROM tiles WHERE id = ?", (p.tile_id,)).fetchone()[0]
+        target = int(index.assign_lab(lab)[0][0])
+        clash = conn.execute("SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ?", (target, row_hash)).fetchone()
+        if counts[target] >= lib.cap or clash:
+            _delete_tile(lib, p.tile_id, p.bucket_id)
+            dropped.add(p.tile_id)
+            done["wrong_bucket_dropped"] += 1
+            continue
+        src, dst = lib.tile_path(p.bucket_id, p.tile_id), lib.tile_path(target, p.tile_id)
+        dst.parent.mkdir(exist_ok=True)
+        os.replace(src, dst)
+        with conn:
+            conn.execute(
+                "UPDATE tiles SET bucket_id = ?, filepath = ? WHERE id = ?",
+                (target, lib.filepath_for(target, p.tile_id), p.tile_id),
+            )
+        counts[p.bucket_id] -= 1
+        counts[target] += 1
+        done["wrong_bucket"] += 1
+    # Duplicates and over-cap buckets: keep the oldest rows, drop the newest.
+    dup_rows = conn.execute(
+        "SELECT t.id, t.bucket_id FROM tiles t JOIN tiles o ON o.bucket_id = t.bucket_id AND o.phash = t.phash "
+        "AND o.rowid < t.rowid GROUP BY t.id"
+    ).fetchall()
+    for tile_id, bucket_id in dup_rows:
+        _delete_tile(lib, tile_id, bucket_id)
+        done["duplicate_phash"] += 1
+    for bucket_id, n in conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id HAVING COUNT(*) > ?", (lib.cap,)).fetchall():
+        extra = conn.execute(
+            "SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid DESC LIMIT ?", (bucket_id, n - lib.cap)
+        ).fetchall()
+        for (tile_id,) in extra:
+            _delete_tile(lib, tile_id, bucket_id)
+            done["over_cap"] += 1
+    known = {(b, i) for i, b in conn.execute("SELECT id, bucket_id FROM tiles")}
+    for entry in lib.root.iterdir():
+        bucket_id = parse_bucket_dir(entry.name)
+        if bucket_id is None or not entry.is_dir():
+            continue
+        for f in entry.iterdir():
+            stem = f.name[:-4] if f.name.endswith(".png") else None
+            if (bucket_id, stem) not in known:
+                f.unlink()
+                done["orphan_file"] += 1
+    for f in lib.temp_dir.iterdir():
+        f.unlink()
+        done["orphan_file"] += 1

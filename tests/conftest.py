@@ -1,0 +1,77 @@
+"""Shared fixtures: real Earth imagery cut into tiles, and small libraries in tmp_path."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+BLUEMARBLE = REPO / "data" / "bluemarble_5400x2700.jpg"
+
+
+@pytest.fixture(scope="session")
+def bluemarble() -> Image.Image:
+    """The NASA Blue Marble world image shipped in data/ (5400x2700, RGB)."""
+    img = Image.open(BLUEMARBLE)
+    img.load()
+    return img.convert("RGB")
+
+
+def real_crops(image: Image.Image, n: int, seed: int = 0, size: int = 256) -> list[Image.Image]:
+    """``n`` deterministic ``size``-pixel crops of real imagery at random places."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(n):
+        x = int(rng.integers(0, image.width - size))
+        y = int(rng.integers(0, image.height - size))
+        crops.append(image.crop((x, y, x + size, y + size)))
+    return crops
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def real_tiles_dir(tmp_path_factory, bluemarble) -> Path:
+    """240 real-imagery tiles: 200 PNG and 40 JPEG files, in a folder."""
+    folder = tmp_path_factory.mktemp("real_tiles")
+    for i, crop in enumerate(real_crops(bluemarble, 240, seed=7)):
+        if i % 6 == 5:
+            (folder / f"tile_{i:04d}.jpg").write_bytes(jpeg_bytes(crop))
+        else:
+            crop.save(folder / f"tile_{i:04d}.png")
+    return folder
+
+
+@pytest.fixture
+def make_library(tmp_path):
+    """Factory: a fresh library under tmp_path (closed by the test or at teardown)."""
+    from builder.library import Library
+
+    opened = []
+
+    def make(name: str = "mosaic_library", **kwargs) -> Library:
+        lib = Library.create(tmp_path / name, **kwargs)
+        opened.append(lib)
+        return lib
+
+    yield make
+    for lib in opened:
+        lib.close()
