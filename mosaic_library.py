@@ -303,7 +303,8 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
     def __init__(self, *args, hash: str | None = None, **kwargs):
         if hash is None and kwargs.get("data_dir"):
             # Key the cache on the library's content: a grown library must not be served stale.
-            root = Path(kwargs["data_dir"])
+            root = Path(kwargs["data_dir"]).expanduser()
+            Library.verify_layout(root)
             db_path = Path(kwargs.get("db_path") or root / "tiles.db")
             centroids = root / "centroids.npy"
             hash = library_fingerprint(db_path, centroids if centroids.is_file() else None)[:16]

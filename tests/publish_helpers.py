@@ -1,0 +1,140 @@
+"""Small real libraries for the dataset and publishing tests (tests/test_dataset.py, test_publish.py).
+
+Tiles are real 256x256 crops of the NASA Blue Marble image in data/, stored through the project's
+own pipeline (``Library.create`` + ``lib.ingest`` and ``Pipeline`` with provenance), so every row,
+hash and file is what a real library holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from builder import db
+from builder.assign import Candidate, Pipeline
+from builder.library import Library
+from tests.conftest import REPO, png_bytes, real_crops
+
+FAKE_TOKEN = "hf_fake_secret_value"
+
+
+def make_library(root: Path, image, n_ingest: int = 40, n_harvest: int = 16, seed: int = 3) -> Path:
+    """A library with ``n_ingest`` ingested crops (source 'ingest') and ``n_harvest`` crops
+    stored with full provenance (source 'earth', z/x/y, lon/lat, region) plus ``fetched`` rows."""
+    crops = real_crops(image, n_ingest + n_harvest, seed=seed)
+    folder = root.parent / f"{root.name}_inputs"
+    folder.mkdir(parents=True)
+    for i, crop in enumerate(crops[:n_ingest]):
+        crop.save(folder / f"crop_{i:03d}.png")
+    with Library.create(root) as lib:
+        lib.ingest([folder], workers=1, progress=False)
+        candidates = [
+            Candidate(
+                name=f"6/{10 + i}/{20 + i}",
+                data=png_bytes(crop),
+                provenance={
+                    "source": "earth",
+                    "z": 6,
+                    "x": 10 + i,
+                    "y": 20 + i,
+                    "lon": -50.0 + i,
+                    "lat": 10.5 - i,
+                    "region": "Desert (Sahara)" if i % 2 else "Forest (Amazon/Congo)",
+                },
+            )
+            for i, crop in enumerate(crops[n_ingest:])
+        ]
+
+        def record_fetched(conn, outcomes):
+            conn.executemany(
+                "INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        "earth",
+                        c.provenance["z"],
+                        c.provenance["x"],
+                        c.provenance["y"],
+                        "stored" if o.accepted else (o.reason or "rejected"),
+                        c.provenance["region"],
+                        "2024-05-01T00:00:00Z",
+                    )
+                    for c, o in zip(candidates, outcomes)
+                ],
+            )
+
+        with Pipeline(lib, workers=1) as pipe:
+            pipe.process(candidates, on_commit=record_fetched)
+    return root
+
+
+def db_rows(db_path: Path) -> dict[str, dict]:
+    """Every tiles row by id, all columns."""
+    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        cur = conn.execute(f"SELECT {', '.join(db.TILE_COLUMNS)} FROM tiles")
+        return {row[0]: dict(zip(db.TILE_COLUMNS, row)) for row in cur}
+    finally:
+        conn.close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for a fresh Python process: repo importable, caches in tmp_path,
+    the fake token set so any leak of it can be detected."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_DATASETS_CACHE=str(tmp_path / "hf_datasets_cache"),
+        HF_TOKEN=FAKE_TOKEN,
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    env.update(extra)
+    return env
+
+
+LOAD_SCRIPT = r"""
+import hashlib, json, sys
+import datasets
+staging, out = sys.argv[1], sys.argv[2]
+ds = datasets.load_dataset(staging, split="train")
+label = ds.features["label"]
+first = ds[0]["image"]
+raw = ds.cast_column("image", datasets.Image(decode=False))
+rows = []
+for row in raw:
+    image = row.pop("image")
+    row["image_sha256"] = hashlib.sha256(image["bytes"]).hexdigest()
+    rows.append(row)
+json.dump({
+    "features": {k: type(v).__name__ for k, v in ds.features.items()},
+    "dtypes": {k: getattr(v, "dtype", None) for k, v in ds.features.items()},
+    "label_names": label.names,
+    "num_rows": ds.num_rows,
+    "first_image": [first.size, first.mode],
+    "rows": rows,
+}, open(out, "w"))
+"""
+
+
+def load_in_fresh_process(staging: Path, tmp_path: Path) -> dict:
+    """``datasets.load_dataset(staging)`` in a new interpreter; rows with image sha256s."""
+    out = tmp_path / f"loaded_{staging.name}.json"
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(staging), str(out)],
+        env=subprocess_env(tmp_path, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    return json.loads(out.read_text())
