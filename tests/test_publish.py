@@ -1,0 +1,475 @@
+"""build / push / restore on a real library: real Parquet, real SQLite, load_dataset in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from builder.errors import LibraryError, UnsafePath, UsageError
+from builder.library import Library
+from builder.publish import (
+    build_staging,
+    plan_upload,
+    restore_library,
+    staging_state,
+    validate_repo_id,
+)
+from builder.publish.staging import MANIFEST
+from builder.verify import verify_library
+from tests.conftest import real_crops
+from tests.publish_helpers import FAKE_TOKEN, db_rows, load_in_fresh_process, make_library, sha256, subprocess_env
+
+SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, bluemarble) -> Path:
+    return make_library(tmp_path_factory.mktemp("pub") / "mosaic_library", bluemarble)
+
+
+@pytest.fixture(scope="module")
+def staging(library, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stage") / "staging"
+    build_staging(library, out, num_proc=1)
+    return out
+
+
+@pytest.fixture
+def library_copy(library, tmp_path) -> Path:
+    copy = tmp_path / "mosaic_library"
+    shutil.copytree(library, copy)
+    return copy
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m builder ...`` in a fresh process, with the fake token in its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "builder", *args],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def read_parquet_rows(staging: Path) -> list[dict]:
+    rows = []
+    for path in sorted((staging / "data").glob("*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            row["image"] = sha256(row["image"]["bytes"])
+            rows.append(row)
+    return rows
+
+
+def card_header(readme: Path) -> tuple[str, dict]:
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    header = text.split("---\n", 2)[1]
+    return header, yaml.safe_load(header)
+
+
+# --------------------------------------------------------------------------------------- build
+
+
+def test_staging_holds_exactly_the_release_files(staging):
+    names = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    shards = [n for n in names if n.startswith("data/")]
+    assert shards and all(re.fullmatch(SHARD_NAME, n) for n in shards)
+    assert sorted(set(names) - set(shards)) == sorted([MANIFEST, "README.md", "centroids.npy", "tiles.db"])
+    assert not list(staging.rglob("*.py"))
+    leftovers = [p.name for p in staging.parent.iterdir() if p.name.startswith(".staging.")]
+    assert leftovers == []
+
+
+def test_load_dataset_in_a_fresh_process_matches_tiles_db_and_files(staging, library, tmp_path):
+    loaded = load_in_fresh_process(staging, tmp_path)
+    expected = db_rows(library / "tiles.db")
+    assert loaded["num_rows"] == len(expected)
+    assert loaded["features"]["label"] == "ClassLabel" and loaded["features"]["image"] == "Image"
+    names = loaded["label_names"]
+    assert len(names) == 5000 and names[0] == "bucket_0000" and names[-1] == "bucket_4999"
+    assert loaded["first_image"] == [[256, 256], "RGB"]
+    with Library.open(library, readonly=True) as lib:
+        for row in loaded["rows"]:
+            want = expected[row["id"]]
+            assert row["label"] == want["bucket_id"]
+            assert row["phash"] == want["phash"]
+            assert (row["mean_l"], row["mean_a"], row["mean_b"]) == (want["mean_l"], want["mean_a"], want["mean_b"])
+            for col in ("source", "z", "x", "y", "lon", "lat", "region", "harvested_at"):
+                assert row[col] == want[col], col
+            assert row["image_sha256"] == sha256(lib.tile_path(want["bucket_id"], row["id"]).read_bytes())
+    assert sorted(r["id"] for r in loaded["rows"]) == sorted(expected)
+
+
+def test_label_names_come_from_parquet_metadata_not_the_yaml(staging):
+    header, meta = card_header(staging / "README.md")
+    assert "bucket_4999" not in header and "dataset_info" not in meta
+    schema = pq.read_schema(next((staging / "data").glob("*.parquet")))
+    info = json.loads(schema.metadata[b"huggingface"])
+    assert info["info"]["features"]["label"]["names"][4999] == "bucket_4999"
+
+
+def test_parquet_row_groups_are_viewer_sized(staging):
+    for path in (staging / "data").glob("*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        assert all(meta.row_group(i).num_rows <= 100 for i in range(meta.num_row_groups))
+
+
+def test_num_proc_two_builds_the_same_dataset(library, staging, tmp_path):
+    other = tmp_path / "staging2"
+    report = build_staging(library, other, num_proc=2)
+    assert report.rows == len(db_rows(library / "tiles.db")) and report.skipped == 0
+    assert read_parquet_rows(other) == read_parquet_rows(staging)
+    first = lambda s: pq.read_schema(next((s / "data").glob("*.parquet"))).metadata[b"huggingface"]  # noqa: E731
+    assert first(other) == first(staging)
+
+
+def test_card_yaml_parses_is_small_and_reports_live_figures(staging, library):
+    header, meta = card_header(staging / "README.md")
+    assert len(header) < 1500
+    # tiles from 'earth' (NASA, public domain) and 'ingest' (unknown origin): the card explains both
+    assert meta["license"] == "other" and meta["license_name"] == "mixed-see-dataset-card"
+    assert meta["task_categories"] == ["image-classification"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["pretty_name"] == "Mosaic Library"
+    assert "satellite-imagery" in meta["tags"]
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    with Library.open(library, readonly=True) as lib:
+        stats = lib.stats()
+    body = (staging / "README.md").read_text()
+    assert f"**{stats['tiles']:,} tiles**" in body
+    assert f"**{stats['buckets_populated']:,} of 5,000 colour clusters**" in body
+    assert "| Desert (Sahara) |" in body and "mosaic_library.MosaicLibrary" in body
+    assert str(library.parent) not in body  # no local paths in a public card
+    # the seed's snippets are there, unchanged
+    assert 'conn.execute("SELECT COUNT(*) FROM tiles").fetchone()' in body
+    assert 'def load_bucket(base_dir, bucket_id, db_path="mosaic_library/tiles.db"):' in body
+
+
+def test_shipped_tiles_db_is_a_consistent_rollback_journal_copy(staging, library):
+    assert db_rows(staging / "tiles.db") == db_rows(library / "tiles.db")
+    conn = sqlite3.connect(f"{(staging / 'tiles.db').as_uri()}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0] > 0
+    finally:
+        conn.close()
+    assert not (staging / "tiles.db-wal").exists()
+    assert (staging / "centroids.npy").read_bytes() == (library / "centroids.npy").read_bytes()
+
+
+def test_a_failed_build_leaves_the_previous_staging_untouched(library_copy, tmp_path):
+    out = tmp_path / "staging"
+    build_staging(library_copy, out)
+    before = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")}
+    victim = next(iter(db_rows(library_copy / "tiles.db").values()))
+    (library_copy / f"bucket_{victim['bucket_id']:04d}" / f"{victim['id']}.png").unlink()
+    with pytest.raises(LibraryError, match=victim["id"]):
+        build_staging(library_copy, out, num_proc=2)
+    assert {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
+    with pytest.raises(LibraryError):
+        build_staging(library_copy, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_skip_bad_build_ships_a_tiles_db_matching_the_parquet(library_copy, tmp_path):
+    victim = next(iter(db_rows(library_copy / "tiles.db").values()))
+    (library_copy / f"bucket_{victim['bucket_id']:04d}" / f"{victim['id']}.png").unlink()
+    report = build_staging(library_copy, tmp_path / "staging", skip_bad=True)
+    assert report.skipped == 1
+    shipped = db_rows(tmp_path / "staging" / "tiles.db")
+    assert victim["id"] not in shipped
+    assert sorted(r["id"] for r in read_parquet_rows(tmp_path / "staging")) == sorted(shipped)
+
+
+def test_output_inside_the_library_or_a_foreign_folder_is_refused(library, tmp_path):
+    with pytest.raises(UsageError, match="outside the library"):
+        build_staging(library, library / "staging")
+    foreign = tmp_path / "my_documents"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("precious")
+    with pytest.raises(UsageError, match="not a staging folder"):
+        build_staging(library, foreign)
+    assert (foreign / "thesis.txt").read_text() == "precious"
+
+
+def test_credentials_in_a_source_url_are_never_published(library_copy, tmp_path):
+    conn = sqlite3.connect(library_copy / "tiles.db")
+    with conn:
+        conn.execute(
+            "UPDATE tiles SET source = ? WHERE id = (SELECT id FROM tiles LIMIT 1)",
+            ("https://tiles.example/{z}/{x}/{y}.png?access_token=sk_live_123",),
+        )
+    conn.close()
+    with pytest.raises(UsageError, match="access_token") as info:
+        build_staging(library_copy, tmp_path / "staging")
+    assert "sk_live_123" not in str(info.value)
+    assert not (tmp_path / "staging").exists()
+
+
+def test_staleness_follows_the_library(library_copy, tmp_path, bluemarble):
+    out = tmp_path / "staging"
+    build_staging(library_copy, out)
+    assert staging_state(library_copy, out).current
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i, crop in enumerate(real_crops(bluemarble, 4, seed=123)):
+        crop.save(extra / f"e{i}.png")
+    with Library.open(library_copy) as lib:
+        assert lib.ingest([extra], workers=1, progress=False).accepted > 0
+    state = staging_state(library_copy, out)
+    assert not state.current and "library changed" in state.reason
+    (out / "data" / "stray.txt").write_text("x")
+    assert "files" in staging_state(library_copy, out).reason
+
+
+# --------------------------------------------------------------------------------------- push
+
+
+def test_plan_upload_is_exactly_the_release_in_order(staging):
+    plan = plan_upload(staging)
+    shards = sorted((staging / "data").glob("*.parquet"))
+    expected = [(p, f"data/{p.name}", p.stat().st_size) for p in shards] + [
+        (staging / name, name, (staging / name).stat().st_size) for name in ("README.md", "centroids.npy", "tiles.db")
+    ]
+    assert [tuple(item) for item in plan] == expected
+
+
+@pytest.mark.parametrize("stray", ["mosaic_library.py", "data/notes.txt", "data/train-00009-of-00010.parquet"])
+def test_plan_upload_refuses_anything_else(staging, tmp_path, stray):
+    copy = tmp_path / "staging"
+    shutil.copytree(staging, copy)
+    (copy / stray).write_bytes(b"x")
+    with pytest.raises(UsageError, match=stray.split("/")[-1] if "parquet" not in stray else "incomplete"):
+        plan_upload(copy)
+
+
+@pytest.mark.parametrize("bad", ["noslash", "a/b/c", "user/../x", "user/na me", "-user/x", "user/x--y", ""])
+def test_repo_id_is_validated(bad):
+    with pytest.raises(UsageError) as info:
+        validate_repo_id(bad)
+    assert repr(bad) in str(info.value)
+
+
+def test_push_dry_run_builds_then_prints_the_plan_without_the_token(library_copy, tmp_path):
+    out = tmp_path / "staging"
+    result = cli(
+        tmp_path, "push", "--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic", "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"built {out}: ")
+    plan = plan_upload(out)
+    assert lines[1:-1] == [f"{item.size:>14,d}  {item.path_in_repo}" for item in plan]
+    assert lines[-1].startswith(f"would upload {len(plan)} files") and "datasets/alice/mosaic" in lines[-1]
+    assert 'load_dataset("alice/mosaic", split="train")' in (out / "README.md").read_text()
+    again = cli(
+        tmp_path, "push", "--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic", "--dry-run"
+    )
+    assert again.returncode == 0 and not again.stdout.startswith("built")  # current: no rebuild
+    for text in (result.stdout, result.stderr, again.stdout, again.stderr):
+        assert FAKE_TOKEN not in text
+
+
+class _HubStub(BaseHTTPRequestHandler):
+    """A real HTTP server answering every request 401, recording what it was sent."""
+
+    seen: list[dict] = []
+
+    def _reply(self):
+        self.seen.append({"path": self.path, "auth": self.headers.get("authorization", "")})
+        body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_HEAD = _reply
+
+    def log_message(self, *args):
+        pass
+
+
+PUSH_SCRIPT = r"""
+import sys
+from builder.errors import MosaicError
+from builder.publish import push_staging
+try:
+    push_staging(sys.argv[1], "alice/mosaic")
+except MosaicError as exc:
+    print(f"error: {exc}")
+    sys.exit(2)
+"""
+
+
+def test_push_reports_a_refusing_hub_on_one_line_and_never_leaks_the_token(staging, tmp_path):
+    """The Hub itself can't be reached from the tests: a local server refusing the token stands in."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HubStub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    copy = tmp_path / "staging"
+    shutil.copytree(staging, copy)
+    try:
+        env = subprocess_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+        result = subprocess.run(
+            [sys.executable, "-c", PUSH_SCRIPT, str(copy)], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stdout.startswith("error: push to alice/mosaic failed:") and result.stdout.count("\n") == 1
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    # huggingface_hub's own token resolution picked HF_TOKEN up and sent it
+    assert _HubStub.seen and all(s["auth"] == f"Bearer {FAKE_TOKEN}" for s in _HubStub.seen)
+
+
+def test_push_without_any_token_is_a_clear_error(staging, tmp_path):
+    copy = tmp_path / "staging"
+    shutil.copytree(staging, copy)
+    env = subprocess_env(tmp_path, HF_HOME=str(tmp_path / "empty_home"))
+    del env["HF_TOKEN"]
+    result = subprocess.run(
+        [sys.executable, "-c", PUSH_SCRIPT, str(copy)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "no Hugging Face token: set HF_TOKEN" in result.stdout
+
+
+# --------------------------------------------------------------------------------------- restore
+
+
+def test_restore_round_trip_passes_verify_and_equals_the_original(staging, library, tmp_path):
+    target = tmp_path / "restored_lib"
+    report = restore_library(staging, target)
+    assert report.used_shipped_db and report.tiles == len(db_rows(library / "tiles.db"))
+    original, restored = db_rows(library / "tiles.db"), db_rows(target / "tiles.db")
+    assert restored.keys() == original.keys()
+    for tile_id, row in original.items():
+        assert {**row, "filepath": None} == {**restored[tile_id], "filepath": None}
+        assert restored[tile_id]["filepath"] == f"restored_lib/bucket_{row['bucket_id']:04d}/{tile_id}.png"
+        rel = f"bucket_{row['bucket_id']:04d}/{tile_id}.png"
+        assert (target / rel).read_bytes() == (library / rel).read_bytes()
+    with Library.open(target, readonly=True) as lib, Library.open(library, readonly=True) as orig:
+        assert verify_library(lib, deep=True).ok
+        assert lib.stats()["fetched_by_region"] == orig.stats()["fetched_by_region"]
+        assert lib.cap == orig.cap
+    assert (target / "centroids.npy").read_bytes() == (library / "centroids.npy").read_bytes()
+
+
+def test_restore_from_bare_parquet_files_needs_and_uses_given_centroids(staging, library, tmp_path):
+    bare = tmp_path / "downloaded"
+    bare.mkdir()
+    for p in (staging / "data").glob("*.parquet"):
+        shutil.copy(p, bare / p.name)
+    with pytest.raises(UsageError, match="--centroids"):
+        restore_library(bare, tmp_path / "lib")
+    report = restore_library(bare, tmp_path / "lib", centroids=staging / "centroids.npy")
+    assert not report.used_shipped_db
+    assert db_rows(tmp_path / "lib" / "tiles.db").keys() == db_rows(library / "tiles.db").keys()
+    with Library.open(tmp_path / "lib", readonly=True) as lib:
+        assert verify_library(lib, deep=True).ok
+
+
+def test_restore_refuses_a_non_empty_library(staging, library):
+    before = sorted(p.name for p in library.iterdir())
+    with pytest.raises(UsageError, match="not empty"):
+        restore_library(staging, library)
+    assert sorted(p.name for p in library.iterdir()) == before
+
+
+@pytest.mark.parametrize("hostile", ["../../escaped", "/etc/passwd", "bucket_0000/x"])
+def test_restore_refuses_hostile_ids_in_parquet_and_cleans_up(staging, tmp_path, hostile):
+    copy = tmp_path / "evil"
+    shutil.copytree(staging, copy)
+    shard = sorted((copy / "data").glob("*.parquet"))[-1]
+    table = pq.read_table(shard)
+    ids = table.column("id").to_pylist()
+    ids[-1] = hostile
+    table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
+    pq.write_table(table, shard)
+    target = tmp_path / "lib"
+    with pytest.raises(UnsafePath) as info:
+        restore_library(copy, target)
+    assert repr(hostile) in str(info.value)
+    assert not target.exists()
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "escaped.png").exists()
+
+
+def test_restore_refuses_out_of_range_labels(staging, tmp_path):
+    copy = tmp_path / "evil"
+    shutil.copytree(staging, copy)
+    shard = sorted((copy / "data").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    labels = table.column("label").to_pylist()
+    labels[0] = 7000
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64()))
+    pq.write_table(table, shard)
+    with pytest.raises(UnsafePath, match="7000"):
+        restore_library(copy, tmp_path / "lib")
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
+    out = tmp_path / "staging"
+    built = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out), "--num-proc", "2")
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.count("\n") == 1 and built.stdout.startswith(f"built {out}: ")
+    assert "Generating" not in built.stderr  # no progress bars when stderr is not a terminal
+
+    restored = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
+    assert restored.returncode == 0 and restored.stdout.startswith("restored ")
+
+    refused = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not empty" in refused.stderr
+
+    victim = next(iter(db_rows(library_copy / "tiles.db").values()))
+    (library_copy / f"bucket_{victim['bucket_id']:04d}" / f"{victim['id']}.png").unlink()
+    failed = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out))
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1
+    assert victim["id"] in failed.stderr and "file missing" in failed.stderr
+    skipped = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out), "--skip-bad")
+    assert skipped.returncode == 0 and "1 bad tiles skipped" in skipped.stdout
+
+    bad_repo = cli(tmp_path, "push", "--library", str(library_copy), "--repo-id", "not a repo", "--dry-run")
+    assert bad_repo.returncode == 2 and "'not a repo'" in bad_repo.stderr
+
+    everything = [built, restored, refused, failed, skipped, bad_repo]
+    assert all(FAKE_TOKEN not in r.stdout + r.stderr for r in everything)
+
+
+def test_the_token_is_never_written_anywhere(tmp_path, library_copy):
+    out = tmp_path / "staging"
+    result = cli(
+        tmp_path, "push", "--library", str(library_copy), "--output", str(out), "--repo-id", "alice/m", "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    restore = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "restored"))
+    assert restore.returncode == 0, restore.stderr
+    needle = FAKE_TOKEN.encode()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 10
+    assert [p for p in written if needle in p.read_bytes()] == []
+
+
+def test_cli_default_output_is_beside_the_library(library_copy, tmp_path):
+    result = cli(tmp_path, "build", "--library", str(library_copy))
+    assert result.returncode == 0, result.stderr
+    assert (library_copy.parent / "staging" / "README.md").is_file()
