@@ -121,7 +121,8 @@ def open_source(spec: str = "arcgis", **options) -> TileSource:
             return arcgis_source(spec, **options)
         return HttpSource(spec, **options)
     if "://" in spec:
-        raise UsageError(f"--source {redact_url(spec)!r}: only http:// and https:// URLs are supported; use {SPEC_FORMS}")
+        shown = redact_url(spec)
+        raise UsageError(f"--source {shown!r}: only http:// and https:// URLs are supported; use {SPEC_FORMS}")
     if lowered.endswith(".mbtiles"):
         return MBTilesSource(spec, **local)
     path = Path(spec)

@@ -199,7 +199,7 @@ class HttpSource:
         backoff_max: float = 30.0,
         retry_after_max: float = 60.0,
         timeout: float | tuple[float, float] = (5.0, 20.0),
-        rate: float | None = None,
+        rate: float | RateLimiter | None = None,
         burst: float = 1.0,
         user_agent: str = USER_AGENT,
         headers: dict[str, str] | None = None,
@@ -227,7 +227,11 @@ class HttpSource:
         self.stats = SourceStats()
         self.screen_blank = True
         self._sleep = sleep
-        self._limiter = RateLimiter(rate, burst, sleep=sleep) if rate else None
+        # ``rate`` may be a RateLimiter, to share one bucket between sources (or fake its clock).
+        if isinstance(rate, RateLimiter) or not rate:
+            self._limiter = rate or None  # None or 0: no cap
+        else:
+            self._limiter = RateLimiter(rate, burst, sleep=sleep)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []
