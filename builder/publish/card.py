@@ -140,13 +140,45 @@ def _md(text: str) -> str:
     return re.sub(r"([|\\`*_<>\[\]])", r"\\\1", str(text)).replace("\n", " ")
 
 
-def _region_rows(stats: CardStats) -> list[tuple]:
-    rows = []
-    for region, n in sorted(stats.by_region.items(), key=lambda kv: (-kv[1], kv[0])):
-        tried = sum(stats.fetched_by_region.get(region, {}).values())
-        rate = f"{100.0 * n / tried:.1f}%" if tried else "-"
-        rows.append((_md(region), f"{n:,}", f"{tried:,}" if tried else "-", rate))
-    return rows
+def _plans() -> list[tuple[str, list]]:
+    """The sampling plans (``builder.regions``) as ``(title, regions)``; empty if unavailable."""
+    try:
+        from ..regions import load_plan
+
+        return [
+            ("Phase 1 - general biomes", list(load_plan("1").regions)),
+            ("Phase 2 - spectral anomalies (rare colours)", list(load_plan("2").regions)),
+        ]
+    except Exception as exc:  # noqa: BLE001 - the card falls back to the summary text
+        logger.warning("sampling plans unavailable for the card (%s)", exc)
+        return []
+
+
+def _yield_cells(stats: CardStats, region: str) -> tuple[str, str, str]:
+    n = stats.by_region.get(region, 0)
+    tried = sum(stats.fetched_by_region.get(region, {}).values())
+    rate = f"{100.0 * n / tried:.1f}%" if tried else "-"
+    return f"{n:,}", (f"{tried:,}" if tried else "-"), rate
+
+
+def coverage_section(stats: CardStats) -> str:
+    """Geographic coverage: each phase's regions (box, weight) with live yield, then the rest."""
+    parts = []
+    planned: set[str] = set()
+    for title, regions in _plans():
+        rows = []
+        for r in regions:
+            planned.add(r.name)
+            box = ", ".join(f"{v:g}" for v in r.bbox)
+            rows.append((_md(r.name), box, f"{r.weight:g}", *_yield_cells(stats, r.name)))
+        header = ("Region", "lon_min, lat_min, lon_max, lat_max", "Weight", "Tiles", "Tiles fetched", "Yield")
+        parts.append(f"### {title}\n\n{_table(header, rows)}")
+    others = [r for r in stats.by_region if r not in planned]
+    if others:
+        rows = [(_md(r), *_yield_cells(stats, r)) for r in sorted(others, key=lambda r: -stats.by_region[r])]
+        title = "Other tiles (ingested files, other plans)" if parts else "Tiles per region"
+        parts.append(f"### {title}\n\n{_table(('Region', 'Tiles', 'Tiles fetched', 'Yield'), rows)}")
+    return "\n\n".join(parts) or "No tiles yet."
 
 
 def _zoom_rows(stats: CardStats) -> list[tuple]:
@@ -177,7 +209,6 @@ def render_card(stats: CardStats, repo_id: str | None = None) -> str:
     sources = ", ".join(
         f"`{_md(public_source_name(s))}` ({n:,})" for s, n in sorted(stats.by_source.items(), key=lambda kv: -kv[1])
     )
-    region_table = _table(("Region", "Tiles", "Tiles fetched", "Yield"), _region_rows(stats)) if stats.by_region else ""
     zoom_table = _table(("Zoom", "Tiles", "Ground resolution (equator)"), _zoom_rows(stats)) if stats.by_zoom else ""
     kinds = {source_kind(s) for s in stats.by_source}
     license_notes = []
@@ -344,16 +375,12 @@ Each downloaded tile goes through this pipeline before being saved:
 
 ## Geographic coverage
 
-Tiles are sampled in weighted regions over two harvesting phases: phase 1 covers general biomes (Sahara desert,
-Amazon/Congo forest, European and US urban areas, Greenland, the US Midwest, the Caribbean shallows, the deep
-Pacific, Indian agriculture), phase 2 targets spectral anomalies for rare colours (Australian Outback, Salar de
-Uyuni, Lake Natron, Dallol, Yellowstone hot springs, Bahamas shallows, Hawaiian lava fields, Atacama, Tokyo,
-Greenland glaciers).
+Tiles are sampled across two harvesting phases with different biome weightings: phase 1 covers general biomes,
+phase 2 targets visually extreme locations to populate underrepresented LAB clusters. Weights are relative within
+a phase. Live figures per region: tiles stored, tiles fetched for that region, and the share stored (the rest were
+placeholders, full buckets or perceptual duplicates).
 
-Current yield per region (tiles stored, tiles fetched for that region, and the share that was stored; the rest
-were placeholders, full buckets or perceptual duplicates):
-
-{region_table or "No tiles yet."}
+{coverage_section(stats)}
 
 Tiles per zoom level:
 
