@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ FAULT_KIND = {
     "503": "http_503",
     "429": "http_429",
     "hang": "timeout",
+    "stall": "timeout",
     "reset": "connection",
     "truncated": "truncated",
     "html": "not_image",
@@ -132,6 +134,18 @@ def test_wrong_size_image_is_refused_without_retry():
         assert info.value.kind == "bad_size" and not info.value.retryable
         assert "512x512" in str(info.value)
         assert server.attempts(TILE) == 1 and src.stats["bad_size"] == 1 and src.stats["failed"] == 1
+
+
+def test_oversized_body_is_refused_without_retry():
+    with TileServer() as server, HttpSource(server.tile_template, max_bytes=1000, **FAST) as src:
+        with pytest.raises(TileFault) as info:
+            src.fetch(*TILE)
+        assert info.value.kind == "too_large" and not info.value.retryable and server.attempts(TILE) == 1
+
+
+def test_tile_faults_survive_pickling():
+    fault = pickle.loads(pickle.dumps(TileFault("http_503", "u", attempts=3, retry_after=2.0)))
+    assert (fault.kind, fault.attempts, fault.retryable, fault.retry_after) == ("http_503", 3, True, 2.0)
 
 
 def test_404_is_no_tile_not_a_fault():

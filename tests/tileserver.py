@@ -21,6 +21,7 @@ mapping ``{(z, x, y): [kind, kind, ...]}`` (kinds for attempts 1, 2, ...), a :cl
     "500" "502" "503"   that status with a short text body
     "429"               429 with ``Retry-After: <server.retry_after>``
     "hang"              send nothing for ``hang_seconds`` (past the client timeout), then the tile
+    "stall"             headers and half the body, then nothing for ``hang_seconds``, then the rest
     "reset"             close the socket with an RST before any response
     "truncated"         200 with Content-Length of the whole tile, half the body, then close
     "html"              200 text/html error page
@@ -61,9 +62,12 @@ from PIL import Image, ImageDraw
 TileKey = tuple[int, int, int]  # (z, x, y)
 FaultPlan = Callable[[TileKey, int], "str | None"]
 
-FAULTS = ("500", "502", "503", "429", "hang", "reset", "truncated", "html", "empty", "placeholder", "wrong_size", "404")
+FAULTS = (
+    "500", "502", "503", "429", "hang", "stall", "reset", "truncated", "html", "empty", "placeholder", "wrong_size", "404",
+)
 STATUS_OF = {
-    "ok": 200, "500": 500, "502": 502, "503": 503, "429": 429, "hang": 200, "reset": None, "truncated": 200,
+    "ok": 200, "500": 500, "502": 502, "503": 503, "429": 429, "hang": 200, "stall": 200, "reset": None,
+    "truncated": 200,
     "html": 200, "empty": 200, "placeholder": 200, "wrong_size": 200, "404": 404, "no_route": 404,
 }
 BLUEMARBLE = Path(__file__).resolve().parents[1] / "data" / "bluemarble_5400x2700.jpg"
@@ -285,6 +289,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = owner.tile_bytes(*tile)
             self._send(200, body[: len(body) // 2], "image/jpeg", declared_length=len(body))
             self.close_connection = True
+        elif outcome == "stall":
+            body = owner.tile_bytes(*tile)
+            self.close_connection = True
+            self._send(200, body[: len(body) // 2], "image/jpeg", declared_length=len(body))
+            owner._stopping.wait(owner.hang_seconds)
+            self.wfile.write(body[len(body) // 2:])
         elif outcome == "hang":
             owner._stopping.wait(owner.hang_seconds)
             self.close_connection = True

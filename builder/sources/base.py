@@ -79,9 +79,18 @@ class TileFault(SourceError):
         self.attempts = attempts
         super().__init__(f"{kind}: {detail}")
 
+    def __reduce__(self):
+        # The default reduce passes only ``args`` back to __init__, which needs more.
+        state = {"retryable": self.retryable, "retry_after": self.retry_after, "attempts": self.attempts}
+        return (_rebuild_fault, (self.kind, self.detail, state))
+
     def __str__(self) -> str:
         suffix = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
         return f"{self.kind}: {self.detail}{suffix}"
+
+
+def _rebuild_fault(kind: str, detail: str, state: dict) -> TileFault:
+    return TileFault(kind, detail, **state)
 
 
 class SourceStats(Counter):
@@ -183,6 +192,8 @@ def check_tile_bytes(
         try:
             with Image.open(io.BytesIO(body)) as img:
                 size = img.size
+        except Image.DecompressionBombError as exc:
+            raise TileFault("bad_size", f"{where}: {exc}", retryable=False) from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise TileFault("not_image", f"{where}: unreadable {fmt} header: {exc}", retryable=retryable) from exc
         if size != (tile_size, tile_size):
