@@ -1,0 +1,213 @@
+"""Colour queries: which buckets lie nearest a colour, and which tiles they hold.
+
+Everything is batched: :func:`nearest_buckets` answers any number of LAB colours with one
+KD-tree query (the centroid tree, or a tree over only the populated centroids), so a mosaic
+or a report can ask a million colours at once.  The per-colour view for people and the CLI,
+:func:`describe`, adds tile counts and tile paths derived with ``lib.tile_path`` (never the
+``filepath`` column).
+
+>>> parse_hex("#FF8000"), parse_rgb(["255", "128", "0"])
+((255, 128, 0), (255, 128, 0))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .color import N_BUCKETS, hex_to_rgb, lab_to_rgb, rgb_to_lab
+from .errors import UsageError
+from .library import Library
+
+logger = logging.getLogger(__name__)
+
+# CIE LAB as reached from sRGB: L in 0..100, a* and b* within about -128..128.  Inputs outside
+# these ranges are typos, not colours.
+L_RANGE = (0.0, 100.0)
+AB_RANGE = (-128.0, 128.0)
+
+
+class Neighbours(NamedTuple):
+    """Nearest buckets of ``n`` colours, nearest first: arrays of shape ``(n, k)``.
+
+    ``bucket_ids`` are global bucket ids (0..4999) even when only populated buckets were
+    searched; ``counts`` are the tiles each bucket holds.
+    """
+
+    bucket_ids: np.ndarray
+    distances: np.ndarray
+    counts: np.ndarray
+
+
+class BucketMatch(NamedTuple):
+    """One bucket near a queried colour, with its tiles' paths."""
+
+    bucket_id: int
+    distance: float
+    count: int
+    centroid_lab: tuple[float, float, float]
+    centroid_hex: str
+    tiles: list[Path]
+
+    def as_dict(self) -> dict:
+        return {
+            "bucket_id": self.bucket_id,
+            "distance": round(self.distance, 4),
+            "count": self.count,
+            "centroid_lab": [round(v, 4) for v in self.centroid_lab],
+            "centroid_hex": self.centroid_hex,
+            "tiles": [str(p) for p in self.tiles],
+        }
+
+
+# ----------------------------------------------------------------------------- input parsing
+def _number(text: object, what: str) -> float:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{what} must be finite, got {text!r}")
+    return value
+
+
+def parse_lab(values: Sequence[object]) -> tuple[float, float, float]:
+    """Validate ``L A B``: L in 0..100, a* and b* in -128..128 (one-line :class:`UsageError`)."""
+    if len(values) != 3:
+        raise UsageError(f"LAB needs 3 numbers (L A B), got {len(values)}")
+    lab = tuple(_number(v, name) for v, name in zip(values, ("L", "a*", "b*")))
+    if not L_RANGE[0] <= lab[0] <= L_RANGE[1]:
+        raise UsageError(f"L must be within 0..100, got {values[0]!r}")
+    for value, raw, name in zip(lab[1:], values[1:], ("a*", "b*")):
+        if not AB_RANGE[0] <= value <= AB_RANGE[1]:
+            raise UsageError(f"{name} must be within -128..128, got {raw!r}")
+    return lab  # type: ignore[return-value]
+
+
+def parse_rgb(values: Sequence[object]) -> tuple[int, int, int]:
+    """Validate ``R G B``: integers 0..255."""
+    if len(values) != 3:
+        raise UsageError(f"RGB needs 3 integers (R G B), got {len(values)}")
+    out = []
+    for raw, name in zip(values, "RGB"):
+        try:
+            value = int(str(raw).strip(), 10)
+        except ValueError:
+            raise UsageError(f"{name} is not an integer 0..255: {raw!r}") from None
+        if not 0 <= value <= 255:
+            raise UsageError(f"{name} must be within 0..255, got {raw!r}")
+        out.append(value)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def parse_hex(text: str) -> tuple[int, int, int]:
+    """Validate ``RRGGBB`` or ``#RRGGBB``."""
+    try:
+        return hex_to_rgb(str(text))
+    except ValueError:
+        raise UsageError(f"not a RRGGBB hex colour: {text!r}") from None
+
+
+def rgb_to_hex(rgb: Sequence[float]) -> str:
+    """``#rrggbb`` of an sRGB colour (floats are rounded and clipped)."""
+    r, g, b = (int(np.clip(round(float(v)), 0, 255)) for v in rgb)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def lab_from_rgb(rgb) -> np.ndarray:
+    """LAB ``(n, 3)`` of sRGB colours ``(n, 3)`` in 0..255 (validated)."""
+    arr = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(arr).all() or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+        raise UsageError("RGB values must be finite and within 0..255")
+    return rgb_to_lab(arr)
+
+
+def lab_from_hex(colours: str | Sequence[str]) -> np.ndarray:
+    """LAB ``(n, 3)`` of one or more ``RRGGBB`` strings."""
+    if isinstance(colours, str):
+        colours = [colours]
+    return rgb_to_lab(np.array([parse_hex(c) for c in colours], dtype=np.float64).reshape(-1, 3))
+
+
+# ----------------------------------------------------------------------------- batch search
+def _check_k(k: int, available: int) -> int:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise UsageError(f"k must be a positive integer, got {k!r}")
+    if available == 0:
+        raise UsageError("no buckets to search: the library holds no tiles")
+    return int(min(k, available))
+
+
+def _as_lab(colours_lab) -> np.ndarray:
+    lab = np.asarray(colours_lab, dtype=np.float64)
+    if lab.ndim == 1:
+        lab = lab.reshape(1, -1)
+    if lab.ndim != 2 or lab.shape[1] != 3:
+        raise UsageError(f"expected LAB colours of shape (n, 3), got {np.shape(colours_lab)}")
+    if not np.isfinite(lab).all():
+        raise UsageError("LAB colours must be finite")
+    return lab
+
+
+class PopulatedIndex:
+    """KD-tree over the centroids of buckets that hold at least one tile.
+
+    Mosaics fall back to the nearest *populated* bucket when a colour's own bucket is empty;
+    searching this smaller tree answers that directly instead of over-fetching from the
+    full one.  Built from ``lib.bucket_counts()`` once and reused for every query.
+    """
+
+    def __init__(self, centroids: np.ndarray, counts: np.ndarray) -> None:
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.bucket_ids = np.flatnonzero(self.counts > 0)
+        self.tree = cKDTree(centroids[self.bucket_ids]) if len(self.bucket_ids) else None
+
+    def query(self, lab: np.ndarray, k: int) -> Neighbours:
+        k = _check_k(k, len(self.bucket_ids))
+        assert self.tree is not None
+        dist, local = self.tree.query(lab, k=k)
+        local = np.asarray(local, dtype=np.int64).reshape(len(lab), k)
+        ids = self.bucket_ids[local]
+        return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), self.counts[ids])
+
+
+def nearest_buckets(lib: Library, colours_lab, k: int = 5, populated: bool = False,
+                    counts: np.ndarray | None = None) -> Neighbours:
+    """The ``k`` nearest buckets of every LAB colour in ``colours_lab`` ``(n, 3)``, in one query.
+
+    ``populated=True`` searches only buckets holding tiles (what a mosaic can use).  ``counts``
+    lets a caller that already has ``lib.bucket_counts()`` skip the SQL.  ``k`` above the
+    number of searchable buckets is clipped to it.
+    """
+    lab = _as_lab(colours_lab)
+    counts = lib.bucket_counts() if counts is None else np.asarray(counts, dtype=np.int64)
+    if populated:
+        return PopulatedIndex(lib.centroids, counts).query(lab, k)
+    k = _check_k(k, N_BUCKETS)
+    ids, dist = lib.index.assign_lab(lab, k=k)
+    ids = ids.reshape(len(lab), k)
+    return Neighbours(ids, dist.reshape(len(lab), k), counts[ids])
+
+
+def bucket_tiles(lib: Library, bucket_id: int) -> list[Path]:
+    """Paths of a bucket's tiles, derived from ``(bucket_id, id)``; oldest first."""
+    ids = [row[0] for row in lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid", (int(bucket_id),))]
+    return [lib.tile_path(int(bucket_id), tile_id) for tile_id in ids]
+
+
+def describe(lib: Library, lab, k: int = 5, populated: bool = False) -> list[BucketMatch]:
+    """The nearest buckets of one LAB colour with counts, centroid colours and tile paths."""
+    found = nearest_buckets(lib, _as_lab(lab)[:1], k=k, populated=populated)
+    centroid_rgb = lab_to_rgb(lib.centroids[found.bucket_ids[0]])
+    matches = []
+    for bucket_id, dist, count, rgb in zip(found.bucket_ids[0], found.distances[0], found.counts[0], centroid_rgb):
+        centroid = tuple(float(v) for v in lib.centroids[bucket_id])
+        tiles = bucket_tiles(lib, int(bucket_id)) if count else []
+        matches.append(BucketMatch(int(bucket_id), float(dist), int(count), centroid, rgb_to_hex(rgb), tiles))  # type: ignore[arg-type]
+    return matches
