@@ -1,0 +1,239 @@
+"""harvest against a real loopback tile server (real Blue Marble crops as JPEG) and the Earth source.
+
+In-process runs use ``workers=1`` (no pipeline pool): the tile server's threads live in the
+test process, and forking beside them is the hazard harvest itself avoids. The process pool
+path is exercised by the CLI subprocess runs here and in test_harvest_kill.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builder.cli import main
+from builder.harvest import harvest
+from builder.library import Library
+from builder.regions import load_plan, tile_centre, tile_range
+from builder.sources import EarthSource, HttpSource, is_blank_tile
+from builder.verify import verify_library
+from tests.conftest import REPO
+from tests.tileserver import FAULTS, TileServer, distinct_tile
+
+# What each injected fault must become in the report: (report field, key).
+FAULT_SIGNATURE = {
+    "500": ("faults", "http_500"),
+    "502": ("faults", "http_502"),
+    "503": ("faults", "http_503"),
+    "429": ("faults", "http_429"),
+    "hang": ("faults", "timeout"),
+    "stall": ("faults", "timeout"),
+    "reset": ("faults", "connection"),
+    "truncated": ("faults", "truncated"),
+    "html": ("faults", "not_image"),
+    "empty": ("faults", "empty"),
+    "wrong_size": ("failed", "bad_size"),  # permanent: the tile is given up at once
+    "placeholder": ("rejected", "blank"),  # an unlisted placeholder passes the source, the prefilter drops it
+    "404": ("missing", None),
+}
+
+
+class RoundRobinFaults:
+    """The k-th distinct tile requested gets fault ``FAULTS[k % n]`` on its first two attempts.
+
+    Whatever tiles the sampler picks, every fault kind is served (several times), and a
+    client with three retries then gets each retryable tile.
+    """
+
+    def __init__(self, tiles_with_faults: int) -> None:
+        self.limit = tiles_with_faults
+        self.order: dict = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, tile, attempt):
+        with self.lock:
+            k = self.order.setdefault(tile, len(self.order))
+        if k >= self.limit or attempt > 2:
+            return None
+        return FAULTS[k % len(FAULTS)]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def stored_rows(lib: Library) -> list[tuple]:
+    return lib.conn.execute(
+        "SELECT id, bucket_id, source, z, x, y, lon, lat, region, harvested_at FROM tiles ORDER BY rowid").fetchall()
+
+
+def decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_every_fault_kind_is_counted_and_no_bad_tile_is_stored(make_library):
+    assert set(FAULT_SIGNATURE) == set(FAULTS), "a new server fault kind needs its expected report entry"
+    lib = make_library()
+    faults = RoundRobinFaults(3 * len(FAULTS))
+    with TileServer(distinct_tile, faults=faults, hang_seconds=2.0) as server:
+        source = HttpSource(server.tile_template, retries=3, backoff_factor=0.01, timeout=(1.0, 0.3))
+        report = harvest(lib, source, "1", zoom=10, threads=8, batch=25, max_tiles=60, seed=3, workers=1,
+                         progress=False)
+        served = server.outcome_counts()
+        ok_counts = server.ok_counts()
+
+    assert report.accepted == 60 and report.stop_reason == "max_tiles"
+    for kind in FAULTS:
+        assert served[kind] >= 1, f"server never injected {kind}"
+        where, key = FAULT_SIGNATURE[kind]
+        value = getattr(report, where)
+        assert (value >= 1) if key is None else (value[key] >= 1), f"{kind} missing from report.{where}: {value}"
+    assert report.faults == Counter({k: v for k, v in source.stats.items() if k not in
+                                     {"request", "retry", "ok", "missing", "failed", "placeholder"}})
+    assert report.requests == source.stats["request"] == sum(served.values())
+    assert max(ok_counts.values()) == 1, "a tile was served successfully twice"
+
+    check = verify_library(lib, workers=1, progress=False)
+    assert check.ok, check.summary()
+    rows = stored_rows(lib)
+    assert len(rows) == 60
+    for tile_id, bucket_id, _src, z, x, y, *_ in rows:
+        stored = np.asarray(Image.open(lib.tile_path(bucket_id, tile_id)))
+        # The stored pixels are exactly the served tile's (so not a placeholder, error page or half tile).
+        assert np.array_equal(stored, decoded(distinct_tile(z, x, y)))
+        assert not is_blank_tile(stored)
+
+    statuses = Counter(s for (s,) in lib.conn.execute("SELECT status FROM fetched WHERE source = ?", (source.name,)))
+    assert statuses["accepted"] == 60 and statuses["claimed"] == 0
+    assert statuses["fault:bad_size"] == report.failed["bad_size"] >= 1
+    assert statuses["none"] == report.missing >= 1
+    assert statuses["rejected:blank"] == report.rejected["blank"] >= 1
+    assert list(lib.temp_dir.iterdir()) == []
+
+
+def test_provenance_columns_and_resume_never_refetches(make_library):
+    lib = make_library()
+    plan = load_plan("1")
+    with TileServer(distinct_tile) as server:
+        source = HttpSource(server.tile_template)
+        start = datetime.now(UTC) - timedelta(seconds=1)
+        first = harvest(lib, source, plan, zoom=12, threads=6, batch=20, max_tiles=30, seed=11, workers=1,
+                        progress=False)
+        # Same seed again: the sampler walks the same permutation, so every tile of the first run
+        # comes up and must be skipped because `fetched` holds it.
+        second = harvest(lib, source, plan, zoom=12, threads=6, batch=20, max_tiles=30, seed=11, workers=1,
+                         progress=False)
+        end = datetime.now(UTC) + timedelta(seconds=1)
+        ok_counts = server.ok_counts()
+        template = server.tile_template
+    assert first.accepted == second.accepted == 30
+    assert max(ok_counts.values()) == 1
+
+    regions = {r.name: r for r in plan.regions}
+    rows = stored_rows(lib)
+    assert len(rows) == 60
+    for _id, _bucket, src, z, x, y, lon, lat, region, harvested_at in rows:
+        assert src == source.name == template
+        assert z == 12
+        assert (lon, lat) == pytest.approx(tile_centre(z, x, y), abs=1e-12)
+        assert region in regions and tile_range(regions[region].bbox, z).contains(x, y)
+        assert start <= datetime.fromisoformat(harvested_at) <= end
+    fetched = lib.conn.execute("SELECT z, x, y, status, region FROM fetched").fetchall()
+    assert len({(z, x, y) for z, x, y, *_ in fetched}) == len(fetched) == first.fetched + second.fetched
+    assert {row[3] for row in fetched} <= {"accepted", "unused"} | {f"rejected:{r}" for r in ("duplicate", "bucket_full")}
+    stored_by_region = Counter(row[8] for row in rows)
+    for region, n in stored_by_region.items():
+        assert first.by_region.get(region, {}).get("accepted", 0) + second.by_region.get(region, {}).get("accepted", 0) == n
+
+
+def test_earth_source_offline_fills_buckets_with_real_colours(tmp_path):
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    proc = run_cli("harvest", "--library", str(root), "--source", "earth", "--zoom", "6", "--max-tiles", "60",
+                   "--seed", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["accepted"] == 60 and report["stop_reason"] == "max_tiles"
+    assert report["faults"] == {} and report["requests"] == report["accepted"] + sum(report["rejected"].values())
+    assert report["buckets_populated"] >= 25
+    assert sum(r["accepted"] for r in report["by_region"].values()) == 60
+
+    earth = EarthSource()
+    with Library.open(root, readonly=True) as lib:
+        rows = lib.conn.execute("SELECT id, bucket_id, z, x, y, mean_l, mean_a, mean_b, region FROM tiles").fetchall()
+        assert len(rows) == 60
+        for tile_id, bucket_id, z, x, y, *_ in rows:
+            assert np.array_equal(np.asarray(Image.open(lib.tile_path(bucket_id, tile_id))), earth.render(z, x, y))
+        lab = np.array([r[5:8] for r in rows])
+        regions = {r[8] for r in rows}
+    # Real Earth colours: dark blue ocean (b < 0), sandy desert (b > 15), vegetation (a < 0).
+    assert (lab[:, 2] < 0).any() and (lab[:, 2] > 15).any() and (lab[:, 1] < 0).any()
+    assert lab[:, 0].min() < 30 < lab[:, 0].max()
+    assert len(regions) >= 6
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--zoom", "23"], "--zoom 23 is out of range: zoom must be an integer from 0 to 22"),
+        (["--zoom", "-1"], "from 0 to 22"),
+        (["--zoom", "abc"], "not an integer: 'abc'"),
+        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+        (["--batch", "-5"], "--batch must be an integer >= 1, got -5"),
+        (["--rate", "0"], "--rate must be a number of requests per second > 0, got 0.0"),
+        (["--rate", "nan"], "--rate must be"),
+        (["--max-tiles", "0"], "--max-tiles must be an integer >= 1"),
+        (["--max-requests", "-1"], "--max-requests must be an integer >= 1"),
+        (["--patience", "0"], "--patience must be an integer >= 1"),
+        (["--source", "nowhere"], "--source 'nowhere' is not a known source"),
+        (["--source", "ftp://x/{z}/{x}/{y}"], "only http:// and https:// URLs"),
+        (["--source", "http://h/{z}/{x}"], "lacks {y}"),
+        (["--plan", "PLAN_MISSING"], "does not exist"),
+        (["--plan", "PLAN_BAD"], "is not valid JSON"),
+        (["--phase", "3"], "invalid choice: '3'"),
+        (["--phase", "2", "--plan", "PLAN_MISSING"], "not both"),
+    ],
+)
+def test_bad_values_give_one_line_errors(args, expect, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    args = [{"PLAN_MISSING": str(tmp_path / "missing.json"), "PLAN_BAD": str(bad)}.get(a, a) for a in args]
+    # No library exists: every value is checked before the library is opened.
+    argv = ["harvest", "--library", str(tmp_path / "nolib"), "--source", "earth", *args]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and "Traceback" not in err
+    assert expect in err
+
+
+def test_bad_value_from_the_command_line(tmp_path):
+    proc = run_cli("harvest", "--library", str(tmp_path / "lib"), "--zoom", "30")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --zoom 30 is out of range: zoom must be an integer from 0 to 22\n"
+    assert proc.stdout == ""
+
+
+def test_second_harvest_on_a_locked_library_gets_the_one_liner(tmp_path):
+    root = tmp_path / "mosaic_library"
+    with Library.create(root):  # this process holds the writer lock
+        proc = run_cli("harvest", "--library", str(root), "--source", "earth", "--zoom", "3", "--max-tiles", "5")
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {root} is being written by pid {os.getpid()}; wait for it to finish and retry\n"
+    with Library.open(root, readonly=True) as lib:
+        assert lib.conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0] == 0
