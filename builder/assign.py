@@ -153,8 +153,27 @@ class Worker:
 _WORKER: Worker | None = None
 
 
+def _exit_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that forked it dies.
+
+    A pool worker blocks on its task pipe forever once its parent is SIGKILLed (it holds
+    the pipe's write end itself), and one killed mid-task would write into ``temp/`` after
+    the next writer has cleaned it.  Elsewhere this is a no-op.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # parent died before prctl took effect
+        os._exit(1)
+
+
 def _init_pool_worker(root: str, centroids: np.ndarray, cap: int, prefilter: Callable | None) -> None:
     global _WORKER
+    _exit_with_parent()
     _WORKER = Worker(root, centroids, cap, prefilter)
 
 
