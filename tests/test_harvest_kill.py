@@ -1,0 +1,149 @@
+"""`python -m builder harvest` killed with SIGKILL mid-run, restarted, and interrupted with Ctrl-C.
+
+The harvest runs as a real subprocess (with its process pool) against a real loopback tile
+server whose answers take a little while, so a kill lands while fetches and batches are in
+flight. Afterwards the library must verify clean, every tile committed before a kill must
+still be there, and the server's log must show no tile served successfully twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from builder.library import Library
+from builder.verify import verify_library
+from tests.conftest import REPO
+from tests.tileserver import TileServer, distinct_tile
+
+KILLS = 3
+STEP = 12  # tiles committed by a run before it is killed
+
+
+def start_harvest(root: Path, template: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", template, "--zoom", "11",
+           "--threads", "8", "--batch", "16", "--seed", "5", *extra]
+    # Own session: the test can kill the run and its pool workers without touching anything else.
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def committed_ids(root: Path) -> set[str]:
+    conn = sqlite3.connect(f"{(root / 'tiles.db').resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        return {row[0] for row in conn.execute("SELECT id FROM tiles")}
+    finally:
+        conn.close()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_gone(pgid: int, deadline: float = 10.0) -> list[int]:
+    end = time.monotonic() + deadline
+    while (left := group_members(pgid)) and time.monotonic() < end:
+        time.sleep(0.05)
+    return left
+
+
+def wait_for_tiles(proc: subprocess.Popen, root: Path, at_least: int, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while len(committed_ids(root)) < at_least:
+        assert proc.poll() is None, f"harvest ended early: {proc.communicate()}"
+        assert time.monotonic() < end, "harvest committed nothing in time"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    before_kill: list[set[str]] = []
+    with TileServer(distinct_tile, delay=0.03) as server:
+        for _ in range(KILLS):
+            have = len(committed_ids(root))
+            proc = start_harvest(root, server.tile_template, "--max-tiles", "500")
+            wait_for_tiles(proc, root, have + STEP)
+            proc.send_signal(signal.SIGKILL)  # the harvest process only, as `kill -9 PID` does
+            proc.communicate(timeout=30)
+            assert proc.returncode == -signal.SIGKILL
+            try:
+                # Its pipeline workers must die with it, or they could write into temp/ later.
+                assert wait_gone(proc.pid) == [], "pipeline workers outlived the killed harvest"
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            before_kill.append(committed_ids(root))
+        final = start_harvest(root, server.tile_template, "--max-tiles", "20", "--json")
+        out, err = final.communicate(timeout=60)
+        ok_counts = server.ok_counts()
+    assert final.returncode == 0, err
+    report = json.loads(out)
+    assert report["accepted"] == 20 and report["stop_reason"] == "max_tiles"
+
+    assert max(ok_counts.values()) == 1, "a tile was served successfully twice"
+    with Library.open(root) as lib:  # a writer open: replays nothing left, temp/ stays empty
+        check = verify_library(lib, workers=1, progress=False)
+        assert check.ok, check.summary()
+        ids = {row[0] for row in lib.conn.execute("SELECT id FROM tiles")}
+        for snapshot in before_kill:
+            assert snapshot <= ids, "a tile committed before a kill disappeared"
+        assert len(ids) >= KILLS * STEP + 20
+        assert list(lib.temp_dir.iterdir()) == []
+        statuses = dict(lib.conn.execute("SELECT status, COUNT(*) FROM fetched GROUP BY status").fetchall())
+        stored = lib.conn.execute(
+            "SELECT COUNT(*) FROM tiles t JOIN fetched f USING (source, z, x, y) WHERE f.status = 'accepted'"
+        ).fetchone()[0]
+        settled = {tuple(r) for r in lib.conn.execute("SELECT z, x, y FROM fetched WHERE status != 'claimed'")}
+        claimed = {tuple(r) for r in lib.conn.execute("SELECT z, x, y FROM fetched WHERE status = 'claimed'")}
+    assert statuses["accepted"] == stored == len(ids)
+    # Every tile served was claimed first; every settled tile was served; what the killed runs
+    # left claimed (served or not) was never asked for again.
+    assert set(ok_counts) <= settled | claimed
+    assert settled <= set(ok_counts)
+    assert claimed, "the kills should have left some in-flight claims behind"
+
+
+def test_ctrl_c_finishes_in_flight_work_prints_summary_and_exits_130(tmp_path):
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    with TileServer(distinct_tile, delay=0.03) as server:
+        proc = start_harvest(root, server.tile_template, "--max-tiles", "500")
+        wait_for_tiles(proc, root, STEP)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        ok_counts = server.ok_counts()
+    assert proc.returncode == 130, err
+    assert out.startswith("harvest: ") and out.count("\n") == 1 and "stopped: interrupted" in out
+    assert "Traceback" not in err
+    with Library.open(root) as lib:
+        check = verify_library(lib, workers=1, progress=False)
+        assert check.ok, check.summary()
+        statuses = dict(lib.conn.execute("SELECT status, COUNT(*) FROM fetched GROUP BY status").fetchall())
+        tiles = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    # In-flight requests were finished and stored; queued ones were released, not left claimed.
+    assert "claimed" not in statuses
+    assert statuses["accepted"] == tiles >= STEP
+    assert sum(statuses.values()) == len(ok_counts)
+    assert max(ok_counts.values()) == 1
