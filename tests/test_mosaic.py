@@ -1,0 +1,262 @@
+"""Photomosaics on a real library of Blue Marble tiles: bucket choice, fallback, repetition,
+sizes, the streamed PNG, the feature cache and bad inputs."""
+
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builder.cli import main
+from builder.color import lab_to_rgb, rgb_to_lab
+from builder.errors import ImageRejected, UsageError
+from builder.library import Library
+from builder.mosaic import (
+    MosaicOptions,
+    cache_path,
+    load_tile_table,
+    make_mosaic,
+    mosaic_file,
+    plan_mosaic,
+    render_mosaic,
+    required_tiles,
+)
+from tests.mosaic_helpers import build_library
+
+SAMPLE = "data/sample_target.jpg"
+
+
+@pytest.fixture(scope="module")
+def library_root(tmp_path_factory, bluemarble):
+    return build_library(tmp_path_factory.mktemp("mosaic") / "mosaic_library", bluemarble, n=160, seed=11)
+
+
+@pytest.fixture
+def lib(library_root):
+    with Library.open(library_root, readonly=True) as lib:
+        yield lib
+
+
+def flat(rgb, size=(96, 64)):
+    return Image.new("RGB", size, tuple(int(v) for v in rgb))
+
+
+def populated_by_distance(lib, lab):
+    """Populated buckets sorted by distance to ``lab`` (brute force) and their tile counts."""
+    counts = lib.bucket_counts()
+    ids = np.flatnonzero(counts)
+    d = np.linalg.norm(lib.centroids[ids] - lab, axis=1)
+    order = np.argsort(d, kind="stable")
+    return ids[order], counts[ids[order]]
+
+
+def nearest_until(ids, counts, minimum):
+    """Whole buckets, nearest first, until they hold ``minimum`` tiles: the documented candidate set."""
+    n = int(np.searchsorted(np.cumsum(counts), minimum) + 1)
+    return set(ids[:n].tolist())
+
+
+def test_flat_colour_uses_only_its_own_populated_bucket(lib):
+    counts = lib.bucket_counts()
+    bucket = int(np.argmax(counts))
+    assert counts[bucket] >= 3
+    # The colour of a real tile of that bucket (rounded to sRGB integers) lands in that bucket.
+    row = lib.conn.execute("SELECT mean_l, mean_a, mean_b FROM tiles WHERE bucket_id = ? LIMIT 1", (bucket,)).fetchone()
+    rgb = np.round(lab_to_rgb(np.array(row)))
+    assert int(lib.index.assign_lab(rgb_to_lab(rgb))[0][0]) == bucket
+    plan = plan_mosaic(lib, flat(rgb), MosaicOptions(grid=(6, 4), no_repeat_radius=0, min_candidates=1))
+    assert set(plan.bucket_grid.ravel().tolist()) == {bucket}
+    assert plan.fallback_cells == 0
+
+    # With repetition control the set widens to whole nearest populated buckets, never beyond.
+    radius = 1
+    plan = plan_mosaic(lib, flat(rgb), MosaicOptions(grid=(6, 4), no_repeat_radius=radius, min_candidates=8))
+    ids, n = populated_by_distance(lib, rgb_to_lab(rgb))
+    assert ids[0] == bucket
+    assert set(plan.bucket_grid.ravel().tolist()) <= nearest_until(ids, n, max(8, required_tiles(radius)))
+
+
+def test_flat_colour_with_an_empty_bucket_falls_back_to_the_nearest_populated_ones(lib):
+    rgb = (255, 0, 255)  # magenta: no Earth tile has it
+    lab = rgb_to_lab(np.array(rgb, dtype=float))
+    own = int(lib.index.assign_lab(lab)[0][0])
+    assert lib.bucket_counts()[own] == 0
+    ids, n = populated_by_distance(lib, lab)
+    plan = plan_mosaic(lib, flat(rgb), MosaicOptions(grid=(5, 3), no_repeat_radius=0, min_candidates=1))
+    assert set(plan.bucket_grid.ravel().tolist()) == {int(ids[0])}
+    assert plan.fallback_cells == 15
+    plan = plan_mosaic(lib, flat(rgb), MosaicOptions(grid=(5, 3), no_repeat_radius=1))
+    assert set(plan.bucket_grid.ravel().tolist()) <= nearest_until(ids, n, 32)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_no_repeat_radius_holds_on_the_tile_id_grid(lib, radius):
+    plan = plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(24, 24), no_repeat_radius=radius))
+    ids = plan.tile_ids
+    rows, cols = ids.shape
+    clashes = [
+        (r, c, rr, cc)
+        for r in range(rows) for c in range(cols)
+        for rr in range(max(0, r - radius), min(rows, r + radius + 1))
+        for cc in range(max(0, c - radius), min(cols, c + radius + 1))
+        if (rr, cc) != (r, c) and ids[r, c] == ids[rr, cc]
+    ]
+    assert clashes == []
+    # Without the constraint the same picture does repeat tiles next to each other.
+    free = plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(24, 24), no_repeat_radius=0)).tile_ids
+    assert (free[:, 1:] == free[:, :-1]).any() or (free[1:] == free[:-1]).any()
+
+
+def test_radius_needing_more_tiles_than_the_library_has_is_a_usage_error(lib):
+    n = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    radius = 1
+    while required_tiles(radius) <= n:
+        radius += 1
+    with pytest.raises(UsageError, match=f"--no-repeat-radius {radius} needs at least"):
+        plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(4, 4), no_repeat_radius=radius))
+
+
+def test_output_sizes_and_streamed_png_equals_the_in_memory_image(lib, tmp_path, bluemarble):
+    target = bluemarble.crop((1000, 600, 1200, 750))  # 200x150
+    img = make_mosaic(lib, target, MosaicOptions(cell_size=16))
+    assert img.size == (12 * 32, 9 * 32)  # default tile size: the cell size, at least 32
+    opts = MosaicOptions(grid=(10, 5), tile_size=20, blend=0.4, no_repeat_radius=1)
+    plan = plan_mosaic(lib, target, opts)
+    assert plan.grid.shape == (5, 10) and plan.output_size == (200, 100)
+    memory = np.asarray(render_mosaic(lib, plan))
+    result = mosaic_file(lib, target, tmp_path / "out" / "m.png", opts)
+    with Image.open(result.output) as written:
+        assert written.format == "PNG" and written.size == (200, 100)
+        assert np.array_equal(np.asarray(written.convert("RGB")), memory)
+    assert "200x100 px, 10x5 cells of 20 px" in result.summary()
+    # Blending pulls the picture toward the target: closer cell means than without it.
+    plain = np.asarray(render_mosaic(lib, plan_mosaic(lib, target, MosaicOptions(grid=(10, 5), tile_size=20))))
+    goal = np.asarray(target.resize((10, 5), Image.Resampling.BOX), dtype=float)
+    err = [np.abs(np.asarray(Image.fromarray(m).resize((10, 5), Image.Resampling.BOX), dtype=float) - goal).mean()
+           for m in (plain, memory)]
+    assert err[1] < err[0]
+
+
+def test_tiles_are_placed_as_planned(lib):
+    """Each output cell is the planned tile, resized: compare against the tile file itself."""
+    plan = plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(4, 3), tile_size=64, no_repeat_radius=1))
+    out = np.asarray(render_mosaic(lib, plan))
+    for r in range(3):
+        for c in range(4):
+            tile = Image.open(lib.tile_path(int(plan.bucket_grid[r, c]), str(plan.tile_ids[r, c]))).convert("RGB")
+            assert np.array_equal(out[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64], np.asarray(tile.reduce(4)))
+
+
+def test_feature_cache_is_reused_updated_and_never_trusted_blindly(library_root, tmp_path, bluemarble):
+    root = tmp_path / "mosaic_library"
+    shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".cache", ".lock"))
+    with Library.open(root, readonly=True) as lib:
+        fresh = load_tile_table(lib, 2, use_cache=False)
+        path = cache_path(lib, 2)
+        assert not path.exists()
+        first = load_tile_table(lib, 2)
+        assert path.is_file() and np.array_equal(first.rgb, fresh.rgb)
+        stamp = path.stat().st_mtime_ns
+        again = load_tile_table(lib, 2)
+        assert path.stat().st_mtime_ns == stamp and np.array_equal(again.rgb, fresh.rgb)
+
+        # Wrong values with the right keys: the spot check catches them and the cache is rebuilt.
+        with np.load(path) as npz:
+            parts = {k: npz[k] for k in npz.files}
+        parts["rgb"] = np.clip(parts["rgb"] + 17.0, 0, 255)
+        np.savez(path, **parts)
+        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+        # Garbage bytes and a pickled object array are ignored, never loaded.
+        path.write_bytes(b"not an npz at all")
+        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+        np.savez(path, version=np.array(1), ids=np.array([object()], dtype=object), phash=np.array(["x"]),
+                 rgb=np.zeros((1, 2, 2, 3)))
+        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+
+    # tiles.db changes: a new tile is added to the cache, a deleted one leaves it.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    bluemarble.crop((4000, 300, 4256, 556)).save(extra / "new.png")
+    with Library.open(root) as writer:
+        assert writer.ingest([extra], workers=1, progress=False).accepted == 1
+        gone = writer.conn.execute("SELECT id, bucket_id FROM tiles LIMIT 1").fetchone()
+        with writer.conn:
+            writer.conn.execute("DELETE FROM tiles WHERE id = ?", (gone[0],))
+        writer.tile_path(gone[1], gone[0]).unlink()
+    with Library.open(root, readonly=True) as lib:
+        table = load_tile_table(lib, 2)
+        assert len(table) == len(fresh) and gone[0] not in set(table.ids.tolist())
+        with np.load(path) as npz:
+            assert set(npz["ids"].tolist()) == set(table.ids.tolist())
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width, height):
+    """A PNG whose header claims ``width x height`` with almost no pixel data: a bomb's shape."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def test_bad_inputs_are_rejected_before_decoding(lib, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("hello, not an image")
+    with pytest.raises(ImageRejected, match="not_image"):
+        plan_mosaic(lib, text)
+    for side in (9000, 20000):  # over our limit, and over twice Pillow's
+        bomb = tmp_path / f"bomb{side}.png"
+        bomb.write_bytes(png_header_only(side, side))
+        with pytest.raises(ImageRejected, match="too_large"):
+            plan_mosaic(lib, bomb)
+    truncated = tmp_path / "cut.jpg"
+    with open(SAMPLE, "rb") as fh:
+        truncated.write_bytes(fh.read()[:3000])
+    with pytest.raises(ImageRejected, match="corrupt"):
+        plan_mosaic(lib, truncated)
+    with pytest.raises(UsageError, match="--cell-size 999 is larger than"):
+        plan_mosaic(lib, SAMPLE, MosaicOptions(cell_size=999))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/notes.txt", "--output", "{tmp}/o.png"], "error: not_image: {tmp}/notes.txt: not a PNG/JPEG/WEBP/BMP/GIF/TIFF image"),
+        (["{tmp}/missing.jpg", "--output", "{tmp}/o.png"], "error: no such input image: {tmp}/missing.jpg"),
+        ([SAMPLE, "--output", "{tmp}/o.jpg"], "error: --output must be a .png file, got '{tmp}/o.jpg'"),
+        ([SAMPLE, "--output", "{tmp}/o.png", "--grid", "10by3"],
+         "error: python -m builder mosaic: argument --grid: --grid must look like COLSxROWS (e.g. 48x32), got '10by3'"),
+        ([SAMPLE, "--output", "{tmp}/o.png", "--blend", "1.5"],
+         "error: python -m builder mosaic: argument --blend: must be within 0..1, got 1.5"),
+        ([SAMPLE, "--output", "{tmp}/o.png", "--tile-size", "300"], "error: --tile-size must be within 1..256, got 300"),
+    ],
+)
+def test_cli_errors_are_one_line(library_root, tmp_path, capsys, args, message):
+    (tmp_path / "notes.txt").write_text("not an image")
+    argv = ["mosaic", "--library", str(library_root), *(a.format(tmp=tmp_path) for a in args)]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit from inside parse_args
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == message.format(tmp=tmp_path) and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_writes_the_mosaic_and_prints_one_line(library_root, tmp_path, capsys):
+    out = tmp_path / "mosaic.png"
+    argv = ["mosaic", "--library", str(library_root), SAMPLE, "--output", str(out), "--grid", "16x16",
+            "--tile-size", "16", "--no-repeat-radius", "1", "--subcells", "3"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mosaic {out}: 256x256 px, 16x16 cells of 16 px")
+    with Image.open(out) as img:
+        img.load()
+        assert img.size == (256, 256) and img.mode == "RGB"
+        assert np.asarray(img).std() > 10  # a picture, not a blank
+    assert not list(tmp_path.glob(".*.part"))
