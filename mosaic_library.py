@@ -28,8 +28,10 @@ Security: a tile's file is derived from ``(bucket_id, id)`` after validating bot
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -70,6 +72,7 @@ BUILD_FORMAT = 1
 LABEL_NAMES = [f"bucket_{i:04d}" for i in range(N_BUCKETS)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TILE_SIZE = 256
+MAX_TILE_BYTES = 4 * 2**20  # a 256x256 RGB PNG is < 200 KB even uncompressed
 DEFAULT_SHARD_ROWS = 1000
 
 # Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``).
@@ -139,19 +142,6 @@ def tile_relpath(bucket_id: object, tile_id: object) -> str:
     return f"{bucket_name(bucket_id)}/{tile_id}.png"
 
 
-def tile_file(lib: Library, bucket_id: object, tile_id: object) -> Path:
-    """The PNG of a tile: ``lib.tile_path`` plus a check that it stays inside the library.
-
-    The containment check catches a bucket folder that is a symlink leading out of the library.
-    """
-    tile_relpath(bucket_id, tile_id)  # refuses bools and non-int buckets too
-    path = lib.tile_path(bucket_id, tile_id)
-    resolved = path.resolve()
-    if not resolved.is_relative_to(lib.root.resolve()):
-        raise UnsafePath(f"tile {tile_id}: {path} resolves outside the library ({resolved})")
-    return path
-
-
 def check_png(data: bytes) -> str | None:
     """Why ``data`` is not a 256x256 8-bit RGB PNG, or ``None`` if its header says it is.
 
@@ -169,19 +159,48 @@ def check_png(data: bytes) -> str | None:
     return None
 
 
-def read_tile(lib: Library, bucket_id: object, tile_id: object) -> bytes:
-    """The checked PNG bytes of one tile; :class:`BadTile` names the id and path on failure."""
-    path = tile_file(lib, bucket_id, tile_id)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadTile(tile_id, path, "file missing") from None
-    except OSError as exc:
-        raise BadTile(tile_id, path, f"unreadable ({exc.strerror or exc})") from None
-    problem = check_png(data)
-    if problem:
-        raise BadTile(tile_id, path, problem)
-    return data
+class TileReader:
+    """Reads the PNGs of one library, safely and cheaply.
+
+    Paths come from ``lib.tile_path`` (validated ``(bucket_id, id)``), each bucket folder is
+    resolved once to check it stays inside the library (a symlinked bucket leading elsewhere is
+    refused), files are opened with ``O_NOFOLLOW`` (a symlinked tile is refused) and at most
+    :data:`MAX_TILE_BYTES` are read.  Resolving every file instead cost as much as reading it.
+    """
+
+    def __init__(self, lib: Library) -> None:
+        self.lib = lib
+        self.root = lib.root.resolve()
+        self._buckets_ok: set[int] = set()
+
+    def path(self, bucket_id: object, tile_id: object) -> Path:
+        tile_relpath(bucket_id, tile_id)  # refuses bools and non-int buckets too
+        path = self.lib.tile_path(bucket_id, tile_id)
+        if bucket_id not in self._buckets_ok:
+            folder = path.parent.resolve()
+            if folder.parent != self.root:
+                raise UnsafePath(f"tile {tile_id}: {path} resolves outside the library ({folder})")
+            self._buckets_ok.add(bucket_id)
+        return path
+
+    def read(self, bucket_id: object, tile_id: object) -> bytes:
+        """The checked PNG bytes of one tile; :class:`BadTile` names the id and path on failure."""
+        path = self.path(bucket_id, tile_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise BadTile(tile_id, path, "file missing") from None
+        except OSError as exc:
+            problem = "is a symbolic link" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror or exc})"
+            raise BadTile(tile_id, path, problem) from None
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_TILE_BYTES + 1)
+        if len(data) > MAX_TILE_BYTES:
+            raise BadTile(tile_id, path, f"larger than {MAX_TILE_BYTES} bytes")
+        problem = check_png(data)
+        if problem:
+            raise BadTile(tile_id, path, problem)
+        return data
 
 
 def open_tiles_db(db_path: Path) -> sqlite3.Connection:
@@ -260,6 +279,91 @@ def library_fingerprint(db_path: Path, centroids_path: Path | None = None) -> st
 
 
 # ---------------------------------------------------------------------------------------------
+# Example generation (module-level so that builder.publish's worker processes can run it too)
+# ---------------------------------------------------------------------------------------------
+
+
+def split_plan(
+    root: Path,
+    db_path: str | Path | None = None,
+    skip_bad: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    min_shards: int = 16,
+) -> dict:
+    """``gen_kwargs`` of the ``train`` split: the library root, the database and bucket-range shards.
+
+    Rows whose ``bucket_id`` is outside ``0..4999`` belong to no shard: they are an error (or
+    skipped with ``skip_bad``) here, so none is dropped silently.
+    """
+    db_path = Path(db_path) if db_path else Path(root) / "tiles.db"
+    conn = open_tiles_db(db_path)
+    try:
+        counts = bucket_counts(conn)
+    finally:
+        conn.close()
+    invalid = {b: n for b, n in counts.items() if not (isinstance(b, int) and 0 <= b < N_BUCKETS)}
+    if invalid:
+        detail = ", ".join(f"{b!r} ({n} rows)" for b, n in sorted(invalid.items(), key=repr))
+        if not skip_bad:
+            raise LibraryError(f"{db_path}: rows with bucket_id outside 0..{N_BUCKETS - 1}: {detail}")
+        logger.warning("skipping %d rows with invalid bucket_id: %s", sum(invalid.values()), detail)
+    shards = plan_shards(counts, shard_rows, min_shards)
+    logger.info("%s: %d rows in %d shards", db_path, sum(counts.values()), len(shards))
+    return {"root": str(root), "db_path": str(db_path), "shards": shards}
+
+
+def generate_examples(
+    root: str | Path, db_path: str | Path, shards: list[Shard], with_images: bool = True, skip_bad: bool = False
+) -> Iterator[tuple[Key, dict]]:
+    """``(Key, example)`` for every row of ``shards``, ordered by ``(bucket_id, id)``.
+
+    Files are found with ``Library.tile_path`` from validated ``(bucket_id, id)``; a bad row
+    raises (:class:`BadTile` / :class:`UnsafePath`) or, with ``skip_bad``, is logged and skipped.
+    """
+    with Library.open(Path(root), readonly=True) as lib:
+        conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
+        reader = TileReader(lib)
+        try:
+            select = _select_list(conn)
+            for shard_idx, (lo, hi) in enumerate(shards):
+                skipped = 0
+                rows = conn.execute(
+                    f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ? ORDER BY bucket_id, id",
+                    (lo, hi),
+                )
+                for sample_idx, row in enumerate(rows):
+                    try:
+                        example = _example(reader, row, with_images)
+                    except (BadTile, UnsafePath) as exc:
+                        if not skip_bad:
+                            raise
+                        skipped += 1
+                        logger.warning("skipping bad tile: %s", exc)
+                        continue
+                    yield Key(shard_idx, sample_idx), example
+                if skipped:
+                    logger.warning("buckets %d..%d: skipped %d bad tiles", lo, hi - 1, skipped)
+        finally:
+            if conn is not lib.conn:
+                conn.close()
+
+
+def _example(reader: TileReader, row: tuple, with_images: bool) -> dict:
+    record = dict(zip(_ROW_COLUMNS, row))
+    tile_id, bucket_id = record.pop("id"), record.pop("bucket_id")
+    example: dict[str, object] = {}
+    if with_images:
+        data = reader.read(bucket_id, tile_id)
+        example["image"] = {"bytes": data, "path": f"{tile_id}.png"}
+    else:
+        tile_relpath(bucket_id, tile_id)  # same validation, no file access
+    example["label"] = bucket_id
+    example["id"] = tile_id
+    example.update(record)
+    return example
+
+
+# ---------------------------------------------------------------------------------------------
 # The builder
 # ---------------------------------------------------------------------------------------------
 
@@ -321,60 +425,15 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         root = self._library_root()
-        db_path = Path(self.config.db_path) if self.config.db_path else root / "tiles.db"
-        conn = open_tiles_db(db_path)
-        try:
-            counts = bucket_counts(conn)
-        finally:
-            conn.close()
-        invalid = {b: n for b, n in counts.items() if not (isinstance(b, int) and 0 <= b < N_BUCKETS)}
-        if invalid:
-            detail = ", ".join(f"{b!r} ({n} rows)" for b, n in sorted(invalid.items(), key=repr))
-            if not self.config.skip_bad:
-                raise LibraryError(f"{db_path}: rows with bucket_id outside 0..{N_BUCKETS - 1}: {detail}")
-            logger.warning("skipping %d rows with invalid bucket_id: %s", sum(invalid.values()), detail)
-        shards = plan_shards(counts, self.config.shard_rows)
-        logger.info("%s: %d rows in %d shards", db_path, sum(counts.values()), len(shards))
-        return [
-            datasets.SplitGenerator(
-                name=datasets.Split.TRAIN,
-                gen_kwargs={"root": str(root), "db_path": str(db_path), "shards": shards},
-            )
-        ]
+        gen_kwargs = split_plan(root, self.config.db_path, self.config.skip_bad, self.config.shard_rows)
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=gen_kwargs)]
 
     def _generate_shards(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[dict]:
         for shard in shards:
             yield {"db_path": db_path, "buckets": (shard.lo, shard.hi)}
 
     def _generate_examples(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[tuple[Key, dict]]:
-        with Library.open(Path(root), readonly=True) as lib:
-            conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
-            try:
-                yield from self._shard_examples(lib, conn, shards)
-            finally:
-                if conn is not lib.conn:
-                    conn.close()
-
-    def _shard_examples(self, lib: Library, conn: sqlite3.Connection, shards: list[Shard]) -> Iterator[tuple]:
-        select = _select_list(conn)
-        for shard_idx, (lo, hi) in enumerate(shards):
-            skipped = 0
-            rows = conn.execute(
-                f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ? ORDER BY bucket_id, id",
-                (lo, hi),
-            )
-            for sample_idx, row in enumerate(rows):
-                try:
-                    example = self._example(lib, row)
-                except (BadTile, UnsafePath) as exc:
-                    if not self.config.skip_bad:
-                        raise
-                    skipped += 1
-                    logger.warning("skipping bad tile: %s", exc)
-                    continue
-                yield Key(shard_idx, sample_idx), example
-            if skipped:
-                logger.warning("buckets %d..%d: skipped %d bad tiles", lo, hi - 1, skipped)
+        yield from generate_examples(root, db_path, shards, self.config.with_images, self.config.skip_bad)
 
     def _prepare_split_single(self, *args, **kwargs):
         """Re-raise our own errors unwrapped, so the caller (and a num_proc parent) sees the
@@ -395,17 +454,3 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
         root = Path(self.config.data_dir).expanduser().resolve()
         Library.open(root, readonly=True).close()
         return root
-
-    def _example(self, lib: Library, row: tuple) -> dict:
-        record = dict(zip(_ROW_COLUMNS, row))
-        tile_id, bucket_id = record.pop("id"), record.pop("bucket_id")
-        example: dict[str, object] = {}
-        if self.config.with_images:
-            data = read_tile(lib, bucket_id, tile_id)
-            example["image"] = {"bytes": data, "path": f"{tile_id}.png"}
-        else:
-            tile_relpath(bucket_id, tile_id)  # same validation, no file access
-        example["label"] = bucket_id
-        example["id"] = tile_id
-        example.update(record)
-        return example

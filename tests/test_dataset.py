@@ -173,6 +173,17 @@ def test_symlinked_bucket_leading_outside_is_refused(library_copy, tmp_path):
         prepare(library_copy, tmp_path / "cache")
 
 
+def test_symlinked_tile_file_is_refused(library_copy, tmp_path):
+    victim = next(iter(db_rows(library_copy / "tiles.db").values()))
+    path = library_copy / f"bucket_{victim['bucket_id']:04d}" / f"{victim['id']}.png"
+    outside = tmp_path / "outside.png"
+    shutil.move(path, outside)
+    path.symlink_to(outside)
+    with pytest.raises(BadTile, match="is a symbolic link") as info:
+        prepare(library_copy, tmp_path / "cache")
+    assert victim["id"] in str(info.value)
+
+
 def test_cache_is_keyed_on_library_content(library_copy, tmp_path, bluemarble):
     """A grown library is regenerated, not served stale from the same cache_dir."""
     cache = tmp_path / "cache"

@@ -128,13 +128,38 @@ def test_parquet_row_groups_are_viewer_sized(staging):
         assert all(meta.row_group(i).num_rows <= 100 for i in range(meta.num_row_groups))
 
 
-def test_num_proc_two_builds_the_same_dataset(library, staging, tmp_path):
-    other = tmp_path / "staging2"
-    report = build_staging(library, other, num_proc=2)
+def test_num_proc_two_builds_byte_identical_shards(library, staging, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    build_staging(library, one, num_proc=1, max_shard_size="1MB")
+    report = build_staging(library, two, num_proc=2, max_shard_size="1MB")
     assert report.rows == len(db_rows(library / "tiles.db")) and report.skipped == 0
-    assert read_parquet_rows(other) == read_parquet_rows(staging)
-    first = lambda s: pq.read_schema(next((s / "data").glob("*.parquet"))).metadata[b"huggingface"]  # noqa: E731
-    assert first(other) == first(staging)
+    assert report.parquet_files > 2  # small files forced, so both processes had work
+    files = sorted(p.name for p in (one / "data").iterdir())
+    assert files == sorted(p.name for p in (two / "data").iterdir())
+    for name in files:
+        assert (one / "data" / name).read_bytes() == (two / "data" / name).read_bytes()
+    assert read_parquet_rows(two) == read_parquet_rows(staging)  # same rows as the default sharding
+
+
+def test_parquet_layout_is_the_one_datasets_writes(library, staging, tmp_path):
+    """Schema, feature metadata and file options equal those of MosaicLibrary.download_and_prepare."""
+    from mosaic_library import MosaicLibrary
+
+    builder = MosaicLibrary(data_dir=str(library), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare(str(tmp_path / "ds"), file_format="parquet")
+    theirs = sorted((tmp_path / "ds").glob("*.parquet"))
+    ours = sorted((staging / "data").glob("*.parquet"))
+    assert pq.read_schema(ours[0]) == pq.read_schema(theirs[0])
+    assert pq.read_schema(ours[0]).metadata == pq.read_schema(theirs[0]).metadata
+    ours_meta, theirs_meta = pq.ParquetFile(ours[0]).metadata, pq.ParquetFile(theirs[0]).metadata
+    assert ours_meta.metadata[b"content_defined_chunking"] == theirs_meta.metadata[b"content_defined_chunking"]
+    for i in range(ours_meta.num_columns):
+        a, b = ours_meta.row_group(0).column(i), theirs_meta.row_group(0).column(i)
+        assert (a.path_in_schema, a.compression, a.encodings) == (b.path_in_schema, b.compression, b.encodings)
+    assert sorted(read_parquet_rows(staging), key=lambda r: r["id"]) == sorted(
+        (dict(r, image=sha256(r["image"]["bytes"])) for f in theirs for r in pq.read_table(f).to_pylist()),
+        key=lambda r: r["id"],
+    )
 
 
 def test_card_yaml_parses_is_small_and_reports_live_figures(staging, library):

@@ -10,12 +10,12 @@
       .mosaic_build.json                  local build manifest; never uploaded
 
 How: the live ``tiles.db`` is copied with SQLite's backup API (a WAL database cannot be copied
-file by file while a harvest writes), then ``mosaic_library.MosaicLibrary`` reads its rows from
-that snapshot and ``download_and_prepare(file_format="parquet")`` writes the shards with
-``datasets``' own ParquetWriter: the schema metadata, row-group size (100 rows for images),
-content-defined chunking and page index are those ``push_to_hub`` would produce, so
-``load_dataset(staging)`` and ``load_dataset("user/repo")`` see the same features.  Rows stream
-through in 100-row batches; memory does not grow with the library.
+file by file while a harvest writes), then ``mosaic_library``'s example generator (the one
+``MosaicLibrary._generate_examples`` runs) reads its rows from that snapshot and
+:mod:`.parquet` writes them with the schema metadata, column options, row-group size (100
+rows), content-defined chunking and page index that ``datasets``' own ParquetWriter and
+``push_to_hub`` use, so ``load_dataset(staging)`` and ``load_dataset("user/repo")`` see the
+same features.  Rows stream through in 100-row batches; memory does not grow with the library.
 
 Everything is written into a hidden temporary folder beside the output and renamed into place
 at the end, so a crash never leaves a half-built staging folder.  The manifest records the
@@ -25,7 +25,6 @@ stale staging folder from a current one.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -47,6 +46,7 @@ from .. import __version__
 from ..errors import LibraryError, MosaicError, UsageError
 from ..library import Library
 from .card import CardStats, render_card
+from .parquet import file_size_limit, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -250,44 +250,15 @@ def staged_files(staging: Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _progress_bars(show: bool):
-    """datasets' progress bars only on a terminal (house rule); the global setting is restored."""
-    import datasets
-
-    if show or datasets.is_progress_bar_enabled() is False or "HF_DATASETS_DISABLE_PROGRESS_BARS" in os.environ:
-        yield
-        return
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        datasets.enable_progress_bars()
-
-
 def _prepare_parquet(
-    library_root: Path, work: Path, fingerprint: str, num_proc: int, skip_bad: bool, max_shard_size: str | int
+    library_root: Path, work: Path, num_proc: int, skip_bad: bool, max_shard_size: str | int
 ) -> list[Path]:
-    """Run MosaicLibrary over the snapshot; move its shards to ``data/train-XXXXX-of-YYYYY.parquet``."""
-    module = mosaic_library_module()
-    builder = module.MosaicLibrary(
-        data_dir=str(library_root),
-        db_path=str(work / "tiles.db"),
-        skip_bad=skip_bad,
-        cache_dir=str(work / ".cache"),
-        hash=fingerprint[:16],
-    )
+    """Write the shards with :mod:`.parquet`; name them ``data/train-XXXXX-of-YYYYY.parquet``."""
     prepared = work / ".prepared"
-    with _progress_bars(sys.stderr.isatty()):
-        builder.download_and_prepare(
-            output_dir=str(prepared),
-            file_format="parquet",
-            num_proc=num_proc if num_proc > 1 else None,
-            max_shard_size=max_shard_size,
-        )
-    shards = sorted(prepared.glob("*.parquet"))
-    if not shards:
-        raise LibraryError(f"the dataset builder wrote no Parquet files into {prepared}")
+    prepared.mkdir()
+    shards, _rows = write_parquet(
+        library_root, work / "tiles.db", prepared, num_proc, skip_bad, file_size_limit(max_shard_size)
+    )
     data = work / DATA_DIR
     data.mkdir()
     out = []
@@ -296,9 +267,6 @@ def _prepare_parquet(
         os.replace(shard, target)
         out.append(target)
     shutil.rmtree(prepared)
-    shutil.rmtree(work / ".cache", ignore_errors=True)
-    for lock in work.glob("*.lock"):
-        lock.unlink()
     return out
 
 
@@ -365,7 +333,7 @@ def build_staging(
         if leaks:
             raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
         fingerprint = module.library_fingerprint(work / "tiles.db", work / "centroids.npy")
-        parquet = _prepare_parquet(root, work, fingerprint, num_proc, skip_bad, max_shard_size)
+        parquet = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
 
         skipped = drop_rows_missing_from(work / "tiles.db", parquet_ids(parquet))
         if skipped and not skip_bad:

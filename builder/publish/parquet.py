@@ -1,0 +1,256 @@
+"""Parquet shards straight from ``mosaic_library``'s example generator, with ``datasets``' file format.
+
+Why not ``MosaicLibrary.download_and_prepare(file_format="parquet")``: ``datasets``' writer
+re-derives the features from the schema for every 100-row batch (``Features.arrow_schema``,
+``from_arrow_schema``, ``embed_table_storage``), and with a 5,000-name ``ClassLabel`` that costs
+~75 ms a batch, more than reading and writing the batch's images (measured: 2/3 of the build
+time).  Here the schema is computed once and each batch is one ``pa.RecordBatch``.
+
+What stays identical to ``datasets`` (and so to ``push_to_hub``): the Arrow schema and its
+``huggingface`` metadata (``Features.arrow_schema``, the same JSON the ArrowWriter stores), the
+per-column compression/encoding options (``get_parquet_column_options``: images uncompressed
+PLAIN, other columns snappy with dictionaries), content-defined chunking with ``datasets``'
+defaults (so a re-upload of a grown library deduplicates on the Hub's Xet storage), the page
+index, and 100-row row groups for the dataset viewer.  ``tests/test_publish.py`` checks the
+schema metadata against a file written by ``datasets`` itself.
+
+Files: the split is cut into bucket ranges of about ``rows_per_file`` rows (an eighth of the
+library, at least ~16 MB and at most ``max_shard_size`` per file, estimated from a fixed sample
+of tile sizes), one range per job and per file.  ``num_proc`` workers take jobs in any order,
+but the files are numbered by range, so the staging folder is the same for any ``num_proc``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+ROWS_PER_GROUP = 100
+FILES_PER_LIBRARY = 8  # a small library still gives num_proc workers something to share
+MIN_FILE_BYTES = 16 * 10**6
+SIZE_SAMPLE = 256
+CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
+
+
+class JobResult(NamedTuple):
+    files: list[str]
+    rows: int
+
+
+def cdc_options() -> dict:
+    """``datasets``' content-defined chunking defaults (kept in step with the installed version)."""
+    try:
+        from datasets import config
+
+        return dict(config.DEFAULT_CDC_OPTIONS)
+    except (ImportError, AttributeError):
+        return dict(CDC_OPTIONS)
+
+
+def column_options(features, schema: pa.Schema) -> dict:
+    """Per-column compression/encoding exactly as ``datasets``' ParquetWriter chooses them."""
+    try:
+        from datasets.arrow_writer import get_parquet_column_options
+
+        return get_parquet_column_options(features, schema)
+    except ImportError:  # older/newer datasets without the helper: same rule, written out
+        image = {"image.bytes", "image.path"}
+        return {
+            "compression": {n: ("none" if n in image else "snappy") for n in _leaves(schema)},
+            "use_dictionary": [n for n in _leaves(schema) if n not in image],
+            "column_encoding": {n: "PLAIN" for n in _leaves(schema) if n in image},
+        }
+
+
+def _leaves(schema: pa.Schema) -> list[str]:
+    out = []
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            out += [f"{field.name}.{sub.name}" for sub in field.type]
+        else:
+            out.append(field.name)
+    return out
+
+
+def _module():
+    from .staging import mosaic_library_module
+
+    return mosaic_library_module()
+
+
+def rows_per_file(total_rows: int, bytes_per_row: float, max_bytes: int) -> int:
+    """Rows per Parquet file: 1/8 of the library, clamped to ``[MIN_FILE_BYTES, max_bytes]``.
+
+    >>> rows_per_file(2800, 80_000, 500 * 10**6), rows_per_file(500_000, 80_000, 500 * 10**6)
+    (350, 6250)
+    """
+    per_row = max(bytes_per_row, 1.0)
+    low = max(1, int(MIN_FILE_BYTES // per_row))
+    high = max(1, int(max_bytes // per_row))
+    return max(1, min(high, max(low, -(-total_rows // FILES_PER_LIBRARY))))
+
+
+def mean_tile_bytes(root: Path, db_path: Path) -> float:
+    """Mean PNG size over a fixed sample (the first ids: uuid4s, so effectively random)."""
+    module = _module()
+    from ..library import Library
+
+    conn = module.open_tiles_db(db_path)
+    try:
+        sample = conn.execute(
+            "SELECT bucket_id, id FROM tiles WHERE bucket_id BETWEEN 0 AND 4999 ORDER BY id LIMIT ?", (SIZE_SAMPLE,)
+        ).fetchall()
+    finally:
+        conn.close()
+    sizes = []
+    with Library.open(root, readonly=True) as lib:
+        for bucket_id, tile_id in sample:
+            try:
+                sizes.append(lib.tile_path(bucket_id, tile_id).stat().st_size)
+            except (OSError, module.UnsafePath):
+                continue  # the build itself reports bad rows
+    return sum(sizes) / len(sizes) if sizes else 100_000.0
+
+
+class _ShardWriter:
+    """Writes 100-row record batches, rolling to a new file past ``max_bytes``."""
+
+    def __init__(self, out_dir: Path, prefix: str, features, max_bytes: int) -> None:
+        self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
+        self.schema = features.arrow_schema
+        self.options = column_options(features, self.schema)
+        self.cdc = cdc_options()
+        self.files: list[str] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._bytes = 0
+
+    def _open(self) -> None:
+        path = self.out_dir / f"{self.prefix}-{len(self.files):05d}.parquet"
+        self._writer = pq.ParquetWriter(
+            path, self.schema, use_content_defined_chunking=self.cdc, write_page_index=True, **self.options
+        )
+        self._writer.add_key_value_metadata({"content_defined_chunking": json.dumps(self.cdc)})
+        self.files.append(str(path))
+        self._bytes = 0
+
+    def write(self, columns: dict[str, list]) -> None:
+        arrays = [self._array(columns[f.name], f.type) for f in self.schema]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        if self._writer is None or self._bytes >= self.max_bytes:
+            self.close()
+            self._open()
+        self._writer.write_batch(batch, row_group_size=ROWS_PER_GROUP)
+        self._bytes += batch.nbytes
+        self.rows += batch.num_rows
+
+    @staticmethod
+    def _array(values: list, pa_type: pa.DataType) -> pa.Array:
+        """Structs (the image column) from one array per field: much faster than from dicts."""
+        if pa.types.is_struct(pa_type):
+            children = [pa.array([v[f.name] for v in values], type=f.type) for f in pa_type]
+            return pa.StructArray.from_arrays(children, fields=list(pa_type))
+        return pa.array(values, type=pa_type)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> JobResult:
+        if not self.files:  # an empty job still yields a valid, empty file with the schema
+            self._open()
+        self.close()
+        return JobResult(self.files, self.rows)
+
+
+def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_bytes: int) -> tuple[int, JobResult]:
+    """One job: stream the examples of its bucket range into ``job-JJJJJ-SSSSS.parquet``."""
+    module = _module()
+    features = module.dataset_features(with_images=True)
+    names = list(features)
+    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", features, max_bytes)
+    columns: dict[str, list] = {n: [] for n in names}
+    try:
+        for _key, example in module.generate_examples(skip_bad=skip_bad, with_images=True, **gen_kwargs):
+            for name in names:
+                columns[name].append(example[name])
+            if len(columns["id"]) >= ROWS_PER_GROUP:
+                writer.write(columns)
+                columns = {n: [] for n in names}
+        if columns["id"]:
+            writer.write(columns)
+        return job_id, writer.finish()
+    finally:
+        writer.close()
+
+
+def _write_job_star(args: tuple) -> tuple[int, JobResult]:
+    return write_job(*args)
+
+
+def _run_jobs(jobs: list[tuple], num_proc: int):
+    """Yield ``(job_id, JobResult)`` as jobs finish: inline, or in a pool of ``num_proc`` processes."""
+    if num_proc <= 1 or len(jobs) <= 1:
+        yield from map(_write_job_star, jobs)
+        return
+    # fork, as builder.assign does: works from scripts without a __main__ guard and from
+    # notebooks; the parent has started no pyarrow threads at this point.
+    with multiprocessing.get_context("fork").Pool(min(num_proc, len(jobs))) as pool:
+        yield from pool.imap_unordered(_write_job_star, jobs)
+
+
+def write_parquet(
+    root: Path,
+    db_path: Path,
+    out_dir: Path,
+    num_proc: int = 1,
+    skip_bad: bool = False,
+    max_bytes: int = 500 * 10**6,
+    progress: bool | None = None,
+) -> tuple[list[Path], int]:
+    """Every row of the library into Parquet files in ``out_dir``; returns files in row order and rows."""
+    module = _module()
+    conn = module.open_tiles_db(db_path)
+    try:
+        total = sum(n for b, n in module.bucket_counts(conn).items() if isinstance(b, int) and 0 <= b < 5000)
+    finally:
+        conn.close()
+    per_file = rows_per_file(total, mean_tile_bytes(root, db_path), max_bytes)
+    plan = module.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1)
+    jobs = [
+        (job_id, {**plan, "shards": [shard]}, str(out_dir), skip_bad, max_bytes)
+        for job_id, shard in enumerate(plan["shards"])
+    ]
+    show = sys.stderr.isatty() if progress is None else progress
+    results: dict[int, JobResult] = {}
+    with tqdm(total=total, unit=" tiles", desc="build", disable=not show) as bar:
+        for job_id, result in _run_jobs(jobs, num_proc):
+            results[job_id] = result
+            bar.update(result.rows)
+    files = [Path(f) for job_id in sorted(results) for f in results[job_id].files]
+    rows = sum(r.rows for r in results.values())
+    logger.info("wrote %d rows into %d Parquet files (%d rows per file planned)", rows, len(files), per_file)
+    return files, rows
+
+
+def file_size_limit(value: str | int) -> int:
+    """``"500MB"`` -> bytes, as ``datasets`` parses ``max_shard_size``."""
+    if isinstance(value, int):
+        return value
+    try:
+        from datasets.utils.py_utils import convert_file_size_to_int
+
+        return int(convert_file_size_to_int(value))
+    except ImportError:
+        return int(value)
