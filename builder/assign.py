@@ -34,7 +34,7 @@ import numpy as np
 
 from . import db
 from .color import CentroidIndex, rgb_to_lab
-from .decode import MAX_BYTES, decode_tile, encode_png
+from .decode import MAX_BYTES, decode_tile, encode_png, is_plain_png
 from .errors import ImageRejected
 from .library import JOURNAL, Library, new_tile_id
 from .phash import phash
@@ -90,15 +90,16 @@ def read_candidate(candidate: Candidate) -> bytes:
     if candidate.data is not None:
         return candidate.data
     try:
-        with open(candidate.path, "rb") as fh:
+        # O_NONBLOCK: opening a FIFO named like an image would otherwise block forever.
+        with open(os.open(candidate.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise ImageRejected("not_a_file", candidate.path)
             if info.st_size > MAX_BYTES:
                 raise ImageRejected("too_large", f"{info.st_size} bytes > {MAX_BYTES}")
             return fh.read(MAX_BYTES + 1)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise ImageRejected("unreadable", f"{candidate.path}: {exc.strerror}") from None
+    except OSError as exc:  # missing, a folder, no permission, a socket (ENXIO), a symlink loop, EIO
+        raise ImageRejected("unreadable", f"{candidate.path}: {exc.strerror or exc}") from None
 
 
 class Worker:
@@ -142,7 +143,7 @@ class Worker:
         ).fetchone():
             return Analysis("duplicate", "", bucket_id, lab_t, tile_hash)
         tile_id = new_tile_id()
-        payload = data if decoded.png_passthrough else encode_png(image)
+        payload = data if decoded.png_passthrough and is_plain_png(data) else encode_png(image)
         part = self.temp / f"{tile_id}.part"
         with open(part, "wb") as fh:
             fh.write(payload)

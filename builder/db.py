@@ -75,9 +75,20 @@ def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite
     """
     if readonly:
         # A WAL database needs its -shm file even to read; in a folder we cannot write, open it
-        # immutable (no locks, no WAL: a writer cannot be running there anyway).
-        folder_writable = os.access(Path(path).resolve().parent, os.W_OK)
-        uri = f"{Path(path).resolve().as_uri()}?mode=ro" + ("" if folder_writable else "&immutable=1")
+        # immutable (no locks, no WAL: a writer cannot be running there anyway).  Immutable
+        # ignores the -wal file, though, and a writer killed before its last checkpoint leaves
+        # committed rows there: read those through the existing -shm, or refuse, never miss them.
+        resolved = Path(path).resolve()
+        folder_writable = os.access(resolved.parent, os.W_OK)
+        wal = resolved.with_name(resolved.name + "-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0
+        if not folder_writable and pending and not resolved.with_name(resolved.name + "-shm").is_file():
+            raise LibraryError(
+                f"{path} has committed changes still in {wal.name} and its folder is read-only: "
+                "open the library once with write access (any writer, e.g. `verify --repair`) to fold them in"
+            )
+        immutable = not folder_writable and not pending
+        uri = f"{resolved.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
         conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)

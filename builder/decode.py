@@ -95,6 +95,28 @@ def decode_tile(data: bytes) -> DecodedTile:
     return DecodedTile(rgb, passthrough, resized)
 
 
+# Chunks a tile stored byte for byte may hold: the image and colour-space hints.  Anything else
+# (text, EXIF with GPS, APNG frames, a payload after IEND) would ride into the published dataset.
+_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"sRGB", b"gAMA", b"cHRM", b"pHYs"})
+
+
+def is_plain_png(data: bytes) -> bool:
+    """True when a PNG holds only image chunks and ends exactly at IEND (safe to store as is).
+
+    >>> is_plain_png(encode_png(Image.new("RGB", (4, 4))))
+    True
+    """
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        kind = data[pos + 4:pos + 8]
+        if kind not in _PLAIN_PNG_CHUNKS:
+            return False
+        pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if kind == b"IEND":
+            return pos == end
+    return False
+
+
 def encode_png(image: Image.Image) -> bytes:
     """PNG bytes of an RGB tile (zlib level 6, Pillow's default: the size/speed balance)."""
     buf = io.BytesIO()

@@ -156,6 +156,8 @@ class Library:
             raise LibraryError(f"bucket cap must be at least 1, got {cap}")
         if centroids is not None and seed is not None:
             raise LibraryError("give either centroids FILE or a seed, not both")
+        if seed is not None and not 0 <= seed < 2**32:
+            raise LibraryError(f"seed must be between 0 and 2**32 - 1, got {seed}")
         if centroids is not None:
             arr = load_centroids(centroids)
         elif seed is not None:
@@ -187,7 +189,12 @@ class Library:
         lock_fd = None if readonly else cls._acquire_lock(root)
         try:
             centroids = load_centroids(root / "centroids.npy")
-            conn = db.connect(root / "tiles.db", readonly=readonly)
+            if not readonly and not os.access(root / "tiles.db", os.W_OK):
+                raise LibraryError(f"cannot write to {root / 'tiles.db'}: the file is read-only")
+            try:
+                conn = db.connect(root / "tiles.db", readonly=readonly)
+            except sqlite3.DatabaseError as exc:  # not SQLite at all: WAL setup is the first read
+                raise LibraryError(f"{root / 'tiles.db'} is not a usable SQLite database ({exc})") from None
             try:
                 if readonly:
                     if not db.table_columns(conn, "tiles"):
@@ -196,7 +203,7 @@ class Library:
                     found = db.migrate(conn)
                     if found != db.SCHEMA_VERSION:
                         logger.warning("migrated %s from schema version %s to %s", root / "tiles.db", found, db.SCHEMA_VERSION)
-                    cls._check_centroids_identity(conn, root)
+                cls._check_centroids_identity(conn, root, readonly)
             except sqlite3.DatabaseError as exc:
                 conn.close()
                 raise LibraryError(f"{root / 'tiles.db'} is not a usable SQLite database ({exc})") from None
@@ -228,13 +235,17 @@ class Library:
             raise LibraryError(f"{root} has no tiles.db: run `python -m builder init --library {root}`")
 
     @staticmethod
-    def _check_centroids_identity(conn: sqlite3.Connection, root: Path) -> None:
-        """Bucket ids mean nothing with other centroids: a swapped file is an error."""
+    def _check_centroids_identity(conn: sqlite3.Connection, root: Path, readonly: bool = False) -> None:
+        """Bucket ids mean nothing with other centroids: a swapped file is an error, for readers
+        too (stats, verify and build would otherwise report or publish meaningless buckets)."""
+        if readonly and not db.table_columns(conn, "meta"):
+            return  # an old schema that never recorded the checksum
         expected = db.get_meta(conn, "centroids_sha256")
         actual = file_sha256(root / "centroids.npy")
         if expected is None:
-            with conn:
-                db.set_meta(conn, "centroids_sha256", actual)
+            if not readonly:
+                with conn:
+                    db.set_meta(conn, "centroids_sha256", actual)
         elif expected != actual:
             raise CentroidsError(
                 f"{root / 'centroids.npy'} differs from the file this library was built with "
@@ -282,6 +293,13 @@ class Library:
         return False
 
     def close(self) -> None:
+        if self.conn is not None and not self.readonly and self._lock_fd is not None:
+            # temp/ empty at rest: a run that failed mid-batch (disk full, a worker's error)
+            # leaves its scratch there, and a full disk should not stay full until the next open.
+            try:
+                self.recover()
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("could not clean %s on close (%s); the next writer will", self.temp_dir, exc)
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -384,16 +402,24 @@ class Library:
         """Tile count, buckets populated and full, and yield per source/region."""
         counts = self.bucket_counts()
         tiles = int(counts.sum())
+        # Readers never migrate: an old (card-schema) tiles.db lacks provenance and `fetched`.
+        columns = set(db.table_columns(self.conn, "tiles"))
+        region_sql = "region" if "region" in columns else "NULL"
+        source_sql = "source" if "source" in columns else "NULL"
         regions = {
             (region or "(none)"): n
-            for region, n in self.conn.execute("SELECT region, COUNT(*) FROM tiles GROUP BY region ORDER BY 2 DESC")
+            for region, n in self.conn.execute(f"SELECT {region_sql}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
         }
         sources = {
             (source or "(none)"): n
-            for source, n in self.conn.execute("SELECT source, COUNT(*) FROM tiles GROUP BY source ORDER BY 2 DESC")
+            for source, n in self.conn.execute(f"SELECT {source_sql}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
         }
         fetched = {}
-        for region, status, n in self.conn.execute("SELECT region, status, COUNT(*) FROM fetched GROUP BY region, status"):
+        fetched_rows = (
+            self.conn.execute("SELECT region, status, COUNT(*) FROM fetched GROUP BY region, status")
+            if "fetched" in self._tables() else ()
+        )
+        for region, status, n in fetched_rows:
             fetched.setdefault(region or "(none)", {})[status] = n
         return {
             "library": str(self.root),

@@ -204,6 +204,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
 
     known = {(r[2], r[1]) for r in safe}
     in_flight = _journal_ids(lib)
+    unknown: list[tuple[int, Path, str | None]] = []
     for entry in sorted(lib.root.iterdir()):
         bucket_id = parse_bucket_dir(entry.name)
         if bucket_id is None or not entry.is_dir():
@@ -214,7 +215,18 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
             if stem in in_flight:
                 continue
             if (bucket_id, stem) not in known:
-                report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
+                unknown.append((bucket_id, f, stem))
+    if unknown and lib.readonly:
+        # A writer may have stored a batch since the rows were read: its files are then in the
+        # folders, its journal gone and its rows committed after our snapshot.  Ask again.
+        in_flight = _journal_ids(lib)
+        unknown = [
+            (b, f, stem) for b, f, stem in unknown
+            if stem not in in_flight and f.exists() and not lib.conn.execute(
+                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (stem, b)).fetchone()
+        ]
+    for bucket_id, f, _stem in unknown:
+        report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
     writer_busy = lib.readonly and Library.writer_active(lib.root)
     if lib.temp_dir.is_dir() and not in_flight and not writer_busy:
         for f in lib.temp_dir.iterdir():

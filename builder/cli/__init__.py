@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sqlite3
 import sys
 
 from ..errors import MosaicError
@@ -97,4 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         # Disk full, permission denied, read-only folders: the user's environment, not a bug.
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+            raise  # our SQL is wrong: a bug, keep the traceback
+        # "database or disk is full", "disk I/O error", a damaged file: SQLite's view of the same.
+        logging.getLogger(__name__).info("sqlite error", exc_info=True)
+        print(f"error: SQLite: {exc}", file=sys.stderr)
         return 2
