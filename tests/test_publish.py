@@ -233,6 +233,13 @@ def test_output_inside_the_library_or_a_foreign_folder_is_refused(library, tmp_p
     assert (foreign / "thesis.txt").read_text() == "precious"
 
 
+def test_an_empty_library_is_refused(tmp_path):
+    Library.create(tmp_path / "empty").close()
+    with pytest.raises(UsageError, match="no tiles to publish"):
+        build_staging(tmp_path / "empty", tmp_path / "staging")
+    assert not (tmp_path / "staging").exists()
+
+
 def test_credentials_in_a_source_url_are_never_published(library_copy, tmp_path):
     conn = sqlite3.connect(library_copy / "tiles.db")
     with conn:

@@ -339,6 +339,10 @@ def build_staging(
         if skipped and not skip_bad:
             raise LibraryError(f"{skipped} rows of tiles.db are missing from the Parquet files: build is inconsistent")
         stats = card_stats(work, parquet)
+        if stats.tiles == 0:
+            # datasets cannot load a split without rows ("corresponds to no data"): nothing to publish
+            detail = f" ({skipped} bad tiles skipped)" if skipped else ""
+            raise UsageError(f"library {root} has no tiles to publish{detail}: harvest or ingest first")
         (work / "README.md").write_text(render_card(stats, repo_id), encoding="utf-8")
         write_manifest(
             work,
