@@ -1,0 +1,123 @@
+"""Harvest throughput against the loopback tile server, by hand: ``python bench/harvest.py``.
+
+For each added latency per tile (default 100 ms and 0) a fresh library harvests ``--tiles``
+tiles (``--max-requests``, no faults) of real Blue Marble crops served as JPEG from a
+:class:`tests.tileserver.TileServer` running in its own process (so the server does not
+compete with harvest for this process's GIL), its cache warmed with exactly the tiles the
+seeded sampler will ask for. Printed per latency: assigned (accepted + rejected) tiles/s,
+the network ideal ``threads / latency``, and their ratio. At latency 0 the network ideal is
+unbounded, so the same tiles are written to files and ``ingest``-ed into another fresh
+library in the same run; the ratio harvest/ingest shows what the fetching costs on top of
+the assignment pipeline. "fetching alone" is the same threads fetching the same tiles with
+no pipeline: the network side's own ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from builder.harvest import harvest  # noqa: E402
+from builder.library import Library  # noqa: E402
+from builder.regions import Sampler, load_plan  # noqa: E402
+from builder.sources import open_source  # noqa: E402
+from tests.tileserver import TileServer, distinct_tile  # noqa: E402
+
+
+def serve(delay: float, tiles: list[tuple[int, int, int]], conn) -> None:
+    """Server process: warm the tile cache, report the port, serve until told to stop."""
+    for z, x, y in tiles:
+        distinct_tile(z, x, y)
+    with TileServer(distinct_tile, delay=delay, lifetime=3600) as server:
+        conn.send(server.tile_template)
+        conn.recv()
+
+
+def planned_tiles(zoom: int, seed: int, n: int) -> list[tuple[int, int, int]]:
+    return [(r.z, r.x, r.y) for r in Sampler(load_plan("1"), zoom, seed).sample(n)]
+
+
+def run_harvest(workdir: Path, delay: float, args) -> tuple[dict, list[tuple[int, int, int]]]:
+    tiles = planned_tiles(args.zoom, args.seed, args.tiles)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=serve, args=(delay, tiles, child), daemon=True)
+    proc.start()
+    try:
+        template = parent.recv()
+        fetch_rate = fetch_only(template, tiles, args.threads)
+        root = workdir / f"harvest_{int(delay * 1000)}ms"
+        with Library.create(root) as lib:
+            report = harvest(lib, template, "1", zoom=args.zoom, threads=args.threads, batch=args.batch,
+                             max_requests=args.tiles, seed=args.seed, progress=False)
+            fetched = [tuple(r) for r in lib.conn.execute("SELECT z, x, y FROM fetched")]
+    finally:
+        parent.send("stop")
+        proc.join(timeout=10)
+    return report.as_dict() | {"assigned": report.accepted + sum(report.rejected.values()),
+                               "fetch_only": fetch_rate}, fetched
+
+
+def fetch_only(template: str, tiles: list[tuple[int, int, int]], threads: int) -> float:
+    """Tiles/s of the fetching alone (same source, same threads, no pipeline)."""
+    source = open_source(template)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            started = time.perf_counter()
+            got = sum(1 for data in pool.map(lambda t: source.fetch(*t), tiles) if data)
+            seconds = time.perf_counter() - started
+    finally:
+        source.close()
+    return got / seconds
+
+
+def run_ingest(workdir: Path, tiles: list[tuple[int, int, int]]) -> float:
+    folder = workdir / "files"
+    folder.mkdir()
+    for z, x, y in tiles:
+        (folder / f"{z}_{x}_{y}.jpg").write_bytes(distinct_tile(z, x, y))
+    with Library.create(workdir / "ingest_lib") as lib:
+        started = time.perf_counter()
+        report = lib.ingest([folder], progress=False)
+        seconds = time.perf_counter() - started
+    return report.total / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--delays", type=float, nargs="+", default=[0.1, 0.0], help="seconds added per tile")
+    parser.add_argument("--tiles", type=int, default=600, help="tiles fetched per run")
+    parser.add_argument("--threads", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--zoom", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_harvest_") as tmp:
+        workdir = Path(tmp)
+        for delay in args.delays:
+            report, fetched = run_harvest(workdir, delay, args)
+            rate = report["tiles_per_s"]
+            line = (f"delay {delay * 1000:.0f} ms, {args.threads} threads, batch {args.batch}: "
+                    f"{report['assigned']} tiles ({report['accepted']} accepted) in {report['seconds']:.2f} s = "
+                    f"{rate:.1f} tiles/s")
+            if delay > 0:
+                ideal = args.threads / delay
+                line += f"; ideal {ideal:.0f} tiles/s; ratio {rate / ideal:.2f}"
+            else:
+                ingest_rate = run_ingest(workdir, fetched)
+                line += f"; ideal unbounded (no latency); ingest of the same tiles {ingest_rate:.1f} tiles/s; " \
+                        f"ratio to ingest {rate / ingest_rate:.2f}"
+            line += f"; fetching alone {report['fetch_only']:.1f} tiles/s"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
