@@ -217,17 +217,6 @@ def _write_job_star(args: tuple) -> tuple[int, JobResult]:
     return write_job(*args)
 
 
-def _run_jobs(jobs: list[tuple], num_proc: int):
-    """Yield ``(job_id, JobResult)`` as jobs finish: inline, or in a pool of ``num_proc`` processes."""
-    if num_proc <= 1 or len(jobs) <= 1:
-        yield from map(_write_job_star, jobs)
-        return
-    # fork, as builder.assign does: works from scripts without a __main__ guard and from
-    # notebooks; the parent has started no pyarrow threads at this point.
-    with multiprocessing.get_context("fork").Pool(min(num_proc, len(jobs))) as pool:
-        yield from pool.imap_unordered(_write_job_star, jobs)
-
-
 def write_parquet(
     root: Path,
     db_path: Path,
@@ -252,10 +241,21 @@ def write_parquet(
     ]
     show = sys.stderr.isatty() if progress is None else progress
     results: dict[int, JobResult] = {}
-    with tqdm(total=total, unit=" tiles", desc="build", disable=not show) as bar:
-        for job_id, result in _run_jobs(jobs, num_proc):
-            results[job_id] = result
-            bar.update(result.rows)
+    workers = max(1, min(num_proc, len(jobs)))
+    # fork, as builder.assign does: works from scripts without a __main__ guard and from notebooks.
+    # The pool starts before the progress bar (tqdm's monitor thread) and before the parent has
+    # used pyarrow, so no thread is running when it forks.
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        done = pool.imap_unordered(_write_job_star, jobs) if pool else map(_write_job_star, jobs)
+        with tqdm(total=total, unit=" tiles", desc="build", disable=not show) as bar:
+            for job_id, result in done:
+                results[job_id] = result
+                bar.update(result.rows)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     files = [Path(f) for job_id in sorted(results) for f in results[job_id].files]
     rows = sum(r.rows for r in results.values())
     logger.info("wrote %d rows into %d Parquet files (%d rows per file planned)", rows, len(files), per_file)
