@@ -27,7 +27,10 @@ or abandoned batch), ``accepted``, ``rejected:<reason>`` (``rejected:blank``,
 known placeholder) and ``unused`` (fetched after ``max_tiles`` was reached; never stored).
 A claim whose request never started (the run stopped first) is deleted again.
 
-The run stops at ``max_tiles`` accepted, at ``max_requests`` requests, when the plan is
+The run stops when it has accepted ``max_tiles`` tiles (this run's count, so re-running a
+killed command adds that many again; the batch that reaches the target is stored in chunks
+so the target is met exactly), at ``max_requests`` requests (HTTP attempts, retries
+included; the retries of the last tiles in flight may add a few), when the plan is
 exhausted, or when ``patience`` consecutive batches accept nothing (the buckets reachable
 from this plan stopped filling, or the source is down).  Ctrl-C stops submitting, lets
 requests already on the wire finish, stores the batches in hand and returns the report
@@ -382,8 +385,8 @@ class _Run:
         return size
 
     def fill(self) -> None:
-        """Claim and queue batches until PREFETCH are in flight (unless stopping)."""
-        while len(self.pending) < PREFETCH + 1 and not self.report.stop_reason and not self.exhausted:
+        """Claim and queue batches until PREFETCH are waiting (unless stopping)."""
+        while len(self.pending) < PREFETCH and not self.report.stop_reason and not self.exhausted:
             size = self.next_size()
             if size <= 0:
                 return

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.harvest import harvest
+from builder.harvest import PREFETCH, harvest
 from builder.library import Library
 from builder.regions import load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
@@ -237,3 +237,28 @@ def test_second_harvest_on_a_locked_library_gets_the_one_liner(tmp_path):
     assert proc.stderr == f"error: {root} is being written by pid {os.getpid()}; wait for it to finish and retry\n"
     with Library.open(root, readonly=True) as lib:
         assert lib.conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0] == 0
+
+
+def test_stop_rules_patience_max_requests_and_plan_exhausted(make_library):
+    lib = make_library()
+    # Every tile is the unlisted grey placeholder: nothing is ever accepted.
+    with TileServer(distinct_tile, missing=lambda tile: True) as server:
+        source = HttpSource(server.tile_template)
+        stalled = harvest(lib, source, "1", zoom=9, threads=4, batch=10, seed=1, patience=3, workers=1,
+                          progress=False)
+        assert stalled.stop_reason == "no tile accepted in 3 consecutive batches"
+        assert stalled.accepted == 0 and set(stalled.rejected) == {"blank"}
+        # Three empty batches, plus what was already on the wire when the run stopped (finished, not dropped).
+        assert 30 <= stalled.fetched == sum(server.outcome_counts().values()) < 30 + PREFETCH * 10
+    with TileServer(distinct_tile) as server:
+        source = HttpSource(server.tile_template)
+        capped = harvest(lib, source, "1", zoom=9, threads=4, batch=10, max_requests=25, seed=1, workers=1,
+                         progress=False)
+        assert capped.stop_reason == "max_requests"
+        assert capped.requests == 25 == sum(server.outcome_counts().values()) == capped.fetched
+    # Phase 2 at zoom 6 is twelve tiles: the run ends when the plan has none left.
+    exhausted = harvest(lib, EarthSource(), "2", zoom=6, threads=4, batch=5, seed=1, workers=1, progress=False)
+    assert exhausted.stop_reason == "plan exhausted" and exhausted.fetched == exhausted.requests == 12
+    again = harvest(lib, EarthSource(), "2", zoom=6, threads=4, batch=5, seed=2, workers=1, progress=False)
+    assert again.stop_reason == "plan exhausted" and again.requests == 0
+    assert lib.conn.execute("SELECT COUNT(*) FROM fetched WHERE status = 'claimed'").fetchone()[0] == 0

@@ -53,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("--zoom", type=_int, default=DEFAULT_ZOOM, help=f"tile zoom 0..{MAX_ZOOM} (default: {DEFAULT_ZOOM})")
     p.add_argument("--threads", type=_int, default=DEFAULT_THREADS, help=f"fetch threads (default: {DEFAULT_THREADS})")
     p.add_argument("--batch", type=_int, default=DEFAULT_BATCH, help=f"tiles per batch (default: {DEFAULT_BATCH})")
-    p.add_argument("--max-tiles", type=_int, default=None, metavar="N", help="stop after N accepted tiles")
+    p.add_argument("--max-tiles", type=_int, default=None, metavar="N", help="stop after this run has accepted N tiles")
     p.add_argument("--max-requests", type=_int, default=None, metavar="N",
                    help="stop after about N requests (retries of the last tiles may add a few)")
     p.add_argument("--rate", type=_float, default=None, metavar="R", help="HTTP requests per second at most")
