@@ -1,0 +1,484 @@
+"""Coverage report: figures of the colour space, per-bucket contact sheets and an HTML gallery.
+
+Drawn with Pillow and NumPy only (no plotting dependency): the figures are simple enough,
+and a release build should not pull a plotting stack.  Everything is rendered 2x and
+downsampled for anti-aliasing.
+
+* :func:`render_figures` ``(lib, out_dir) -> {name: Path}``: the PNG figures alone, for the
+  dataset card (``builder.publish``) as much as for the gallery:
+  ``centroids_ab`` (the 5,000 centroids on the a*/b* plane, each in its own colour: solid
+  discs sized by tile count for populated buckets, hollow rings for empty ones),
+  ``centroids_l`` (the same on a hue angle / L plane), ``region_yield`` (tiles kept and tiles
+  fetched per region) and ``bucket_fill`` (how full the populated buckets are).
+* :func:`render_report` adds ``sheets/`` (one contact sheet per populated bucket, its tiles'
+  thumbnails) and ``index.html``, which opens from disk: relative links only, no network,
+  buckets sorted by hue (a small inline script re-sorts by lightness or count).
+
+Contact sheets are named after a hash of the bucket's tile ids, so a second report on a grown
+library redraws only the buckets that changed, and stale sheets are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from .color import N_BUCKETS, lab_to_rgb
+from .decode import TILE_SIZE, decode_tile
+from .errors import ImageRejected, UsageError
+from .library import Library, bucket_name
+
+logger = logging.getLogger(__name__)
+
+SCALE = 2  # supersampling factor
+AB_LIMIT = 115.0  # a*, b* axis range: covers every sRGB colour
+SHEET_VERSION = 2  # bump when the sheet layout changes: old sheets then get redrawn
+SHEET_THUMB = 64
+SHEET_GAP = 2
+EMPTY_FADE = 0.4  # empty buckets' rings are drawn this much toward the background
+NEUTRAL_CHROMA = 6.0  # below this a centroid is "grey": sorted after the hues, by L
+FIGURES = ("centroids_ab", "centroids_l", "region_yield", "bucket_fill")
+
+PAGE_BG = (250, 250, 248)
+PLOT_BG = (128, 128, 128)
+INK = (30, 30, 30)
+GRID = (160, 160, 160)
+
+
+# ============================================================================ drawing helpers
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size * SCALE)
+
+
+class Canvas:
+    """A supersampled Pillow canvas with a data->pixel mapping for one plot area."""
+
+    def __init__(self, width: int, height: int, plot: tuple[int, int, int, int],
+                 xlim: tuple[float, float], ylim: tuple[float, float], background=PLOT_BG) -> None:
+        self.size = (width, height)
+        self.img = Image.new("RGB", (width * SCALE, height * SCALE), PAGE_BG)
+        self.draw = ImageDraw.Draw(self.img)
+        self.plot = tuple(v * SCALE for v in plot)
+        self.xlim, self.ylim = xlim, ylim
+        x0, y0, x1, y1 = self.plot
+        self.draw.rectangle(self.plot, fill=background)
+        self._sx = (x1 - x0) / (xlim[1] - xlim[0])
+        self._sy = (y1 - y0) / (ylim[1] - ylim[0])
+
+    def xy(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates (supersampled) of data points."""
+        x0, y0, _x1, y1 = self.plot
+        return x0 + (np.asarray(x) - self.xlim[0]) * self._sx, y1 - (np.asarray(y) - self.ylim[0]) * self._sy
+
+    def text(self, xy: tuple[float, float], text: str, size: int = 13, anchor: str = "la", fill=INK) -> None:
+        self.draw.text((xy[0] * SCALE, xy[1] * SCALE), text, font=_font(size), anchor=anchor, fill=fill)
+
+    def axes(self, xticks, yticks, xlabel: str, ylabel: str, title: str) -> None:
+        x0, y0, x1, y1 = self.plot
+        px, _ = self.xy(np.asarray(xticks, float), np.zeros(len(xticks)))
+        _, py = self.xy(np.zeros(len(yticks)), np.asarray(yticks, float))
+        for x, label in zip(px, xticks):
+            self.draw.line([(x, y0), (x, y1)], fill=GRID, width=SCALE)
+            self.draw.text((x, y1 + 6 * SCALE), f"{label:g}", font=_font(12), anchor="ma", fill=INK)
+        for y, label in zip(py, yticks):
+            self.draw.line([(x0, y), (x1, y)], fill=GRID, width=SCALE)
+            self.draw.text((x0 - 6 * SCALE, y), f"{label:g}", font=_font(12), anchor="rm", fill=INK)
+        self.draw.rectangle(self.plot, outline=INK, width=SCALE)
+        self.draw.text(((x0 + x1) / 2, y1 + 26 * SCALE), xlabel, font=_font(14), anchor="ma", fill=INK)
+        self.draw.text((x0 - 8 * SCALE, y0 - 8 * SCALE), ylabel, font=_font(14), anchor="rd", fill=INK)
+        self.draw.text((self.size[0] * SCALE / 2, 14 * SCALE), title, font=_font(17), anchor="ma", fill=INK)
+
+    def save(self, path: Path) -> Path:
+        out = self.img.resize(self.size, Image.Resampling.LANCZOS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.save(path, format="PNG", optimize=False)
+        return path
+
+
+def centroid_colours(centroids: np.ndarray) -> np.ndarray:
+    """sRGB (uint8) of every centroid: each bucket drawn in its own colour."""
+    return np.clip(np.round(lab_to_rgb(centroids)), 0, 255).astype(np.uint8)
+
+
+def dot_radius(counts: np.ndarray, cap: int) -> np.ndarray:
+    """Disc radius (output px) for a populated bucket: area grows with the tile count."""
+    return 2.5 + 6.5 * np.sqrt(np.clip(counts, 0, cap) / max(cap, 1))
+
+
+def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, counts: np.ndarray, cap: int) -> None:
+    """Empty buckets as hollow rings first, then populated ones as outlined discs, biggest first."""
+    px, py = canvas.xy(x, y)
+    empty = np.flatnonzero(counts == 0)
+    ring = 2.2 * SCALE
+    faded = np.round(colours * (1 - EMPTY_FADE) + np.array(PLOT_BG) * EMPTY_FADE).astype(int)
+    for i in empty:
+        canvas.draw.ellipse((px[i] - ring, py[i] - ring, px[i] + ring, py[i] + ring),
+                            outline=tuple(int(v) for v in faded[i]), width=max(1, SCALE // 2 + 1))
+    filled = np.flatnonzero(counts > 0)
+    radius = dot_radius(counts[filled], cap) * SCALE
+    for i, r in sorted(zip(filled, radius), key=lambda t: -t[1]):
+        canvas.draw.ellipse((px[i] - r, py[i] - r, px[i] + r, py[i] + r),
+                            fill=tuple(int(v) for v in colours[i]), outline=(0, 0, 0), width=SCALE)
+
+
+def _legend(canvas: Canvas, at: tuple[int, int], cap: int, populated: int) -> None:
+    x, y = at
+    d = canvas.draw
+    s = SCALE
+    for n, dy in ((1, 0), (cap, 22)):
+        r = float(dot_radius(np.array([n]), cap)[0]) * s
+        cx, cy = (x + 10) * s, (y + dy + 8) * s
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(235, 235, 235), outline=(0, 0, 0), width=s)
+        canvas.text((x + 26, y + dy + 8), f"populated, {n} tile{'s' if n > 1 else ''}", size=12, anchor="lm")
+    cx, cy = (x + 10) * s, (y + 52) * s
+    r = 2.2 * s
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(60, 60, 60), width=s // 2 + 1)
+    canvas.text((x + 26, y + 52), f"empty ({N_BUCKETS - populated})", size=12, anchor="lm")
+
+
+def hue_angle(centroids: np.ndarray) -> np.ndarray:
+    """CIE LCh hue in degrees 0..360 (a* axis = 0, b* axis = 90)."""
+    return np.degrees(np.arctan2(centroids[:, 2], centroids[:, 1])) % 360.0
+
+
+def chroma(centroids: np.ndarray) -> np.ndarray:
+    return np.hypot(centroids[:, 1], centroids[:, 2])
+
+
+# ============================================================================ figures
+def figure_centroids_ab(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path) -> Path:
+    width, height = 900, 860
+    plot = (90, 50, 870, 50 + 720)
+    canvas = Canvas(width, height, plot, (-AB_LIMIT, AB_LIMIT), (-AB_LIMIT, AB_LIMIT))
+    ticks = list(range(-100, 101, 25))
+    populated = int((counts > 0).sum())
+    canvas.axes(ticks, ticks, "a*  (green - red)", "b*", f"{N_BUCKETS} LAB centroids on the a*/b* plane: "
+                f"{populated} populated, {int(counts.sum())} tiles")
+    order = np.argsort(centroids[:, 0])  # darker first, lighter on top among the rings
+    _scatter(canvas, centroids[order, 1], centroids[order, 2], centroid_colours(centroids)[order], counts[order], cap)
+    _legend(canvas, (plot[0] + 10, plot[1] + 10), cap, populated)
+    return canvas.save(path)
+
+
+def figure_centroids_l(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path) -> Path:
+    width, height = 900, 620
+    plot = (90, 50, 870, 50 + 480)
+    canvas = Canvas(width, height, plot, (0.0, 360.0), (0.0, 100.0))
+    populated = int((counts > 0).sum())
+    canvas.axes(list(range(0, 361, 45)), list(range(0, 101, 20)), "hue angle h (degrees from +a*)", "L*",
+                f"Lightness against hue: {populated} of {N_BUCKETS} buckets populated")
+    order = np.argsort(chroma(centroids))
+    _scatter(canvas, hue_angle(centroids)[order], centroids[order, 0], centroid_colours(centroids)[order],
+             counts[order], cap)
+    return canvas.save(path)
+
+
+def region_rows(stats: dict) -> list[tuple[str, int, int]]:
+    """``(region, tiles kept, tiles fetched)`` per region, most tiles first."""
+    regions = set(stats.get("by_region", {})) | set(stats.get("fetched_by_region", {}))
+    rows = []
+    for region in regions:
+        kept = int(stats.get("by_region", {}).get(region, 0))
+        fetched = int(sum(stats.get("fetched_by_region", {}).get(region, {}).values()))
+        rows.append((str(region), kept, fetched))
+    return sorted(rows, key=lambda r: (-r[1], -r[2], r[0]))
+
+
+def figure_region_yield(stats: dict, path: Path) -> Path:
+    rows = region_rows(stats)
+    bar_h, gap = 22, 12
+    width = 900
+    height = 50 + max(1, len(rows)) * (bar_h + gap) + 18 + 30
+    plot = (230, 50, 760, height - 30)
+    top = max([max(k, f) for _r, k, f in rows] + [1])
+    canvas = Canvas(width, height, plot, (0.0, float(top)), (0.0, 1.0))
+    d = canvas.draw
+    d.rectangle(canvas.plot, fill=(245, 245, 245), outline=INK, width=SCALE)
+    canvas.text((width / 2, 14), "Yield per region: tiles kept (dark) of tiles fetched (light)", size=17, anchor="ma")
+    if not rows:
+        canvas.text(((plot[0] + plot[2]) / 2, (plot[1] + plot[3]) / 2), "no tiles yet", size=14, anchor="mm")
+    for i, (region, kept, fetched) in enumerate(rows):
+        y = plot[1] + 12 + i * (bar_h + gap)
+        x_fetched, _ = canvas.xy([fetched], [0])
+        x_kept, _ = canvas.xy([kept], [0])
+        y0, y1 = y * SCALE, (y + bar_h) * SCALE
+        if fetched:
+            d.rectangle((canvas.plot[0], y0, float(x_fetched[0]), y1), fill=(170, 196, 222))
+        d.rectangle((canvas.plot[0], y0, float(x_kept[0]), y1), fill=(38, 84, 140))
+        label = "(no region: ingested)" if region == "(none)" else region
+        label = label if len(label) <= 30 else label[:29] + "..."
+        canvas.text((plot[0] - 8, y + bar_h / 2), label, size=12, anchor="rm")
+        share = f" of {fetched} fetched ({kept / fetched:.1%})" if fetched else ""
+        canvas.text((plot[2] + 8, y + bar_h / 2), f"{kept}{share}", size=12, anchor="lm")
+    return canvas.save(path)
+
+
+def figure_bucket_fill(counts: np.ndarray, cap: int, path: Path) -> Path:
+    width, height = 900, 420
+    plot = (90, 50, 870, 340)
+    edges = np.unique(np.linspace(1, cap + 1, min(cap, 20) + 1).round().astype(int))
+    hist = np.histogram(counts[counts > 0], bins=edges)[0]
+    top = max(int(hist.max(initial=0)), 1)
+    canvas = Canvas(width, height, plot, (float(edges[0]), float(edges[-1])), (0.0, top * 1.1), background=(245, 245, 245))
+    step = max(1, round(top / 5))
+    canvas.axes([int(v) for v in edges[:: max(1, len(edges) // 10)]], list(range(0, top + 1, step)),
+                "tiles in the bucket", "buckets",
+                f"Bucket fill: {int((counts > 0).sum())} populated, {int((counts >= cap).sum())} full at cap {cap}")
+    for lo, hi, n in zip(edges[:-1], edges[1:], hist):
+        (x0, x1), (y0, y1) = canvas.xy([lo, hi], [0, n])
+        canvas.draw.rectangle((x0 + SCALE, y1, x1 - SCALE, y0), fill=(38, 84, 140))
+    return canvas.save(path)
+
+
+def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The report's figures as PNGs in ``out_dir``: ``{name: path}`` (see the module doc)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = lib.bucket_counts()
+    stats = lib.stats()
+    return {
+        "centroids_ab": figure_centroids_ab(lib.centroids, counts, lib.cap, out / "centroids_ab.png"),
+        "centroids_l": figure_centroids_l(lib.centroids, counts, lib.cap, out / "centroids_l.png"),
+        "region_yield": figure_region_yield(stats, out / "region_yield.png"),
+        "bucket_fill": figure_bucket_fill(counts, lib.cap, out / "bucket_fill.png"),
+    }
+
+
+# ============================================================================ contact sheets
+def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None:
+    try:
+        with open(lib.tile_path(bucket_id, tile_id), "rb") as fh:
+            img = decode_tile(fh.read()).image
+    except (OSError, ImageRejected) as exc:
+        logger.warning("tile %s of bucket %s left out of its contact sheet: %s", tile_id, bucket_id, exc)
+        return None
+    return img.reduce(TILE_SIZE // SHEET_THUMB)
+
+
+def sheet_name(bucket_id: int, tile_ids: list[str]) -> str:
+    """``bucket_0042_<hash>.png``: the hash of the tile ids makes unchanged sheets reusable."""
+    key = f"v{SHEET_VERSION} {SHEET_THUMB} {SHEET_GAP}\n" + "\n".join(tile_ids)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return f"{bucket_name(bucket_id)}_{digest}.png"
+
+
+def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path) -> Path:
+    """A near-square grid of the bucket's tile thumbnails (missing files leave a dark gap)."""
+    cols = max(1, math.ceil(math.sqrt(len(tile_ids))))
+    rows = max(1, math.ceil(len(tile_ids) / cols))
+    step = SHEET_THUMB + SHEET_GAP
+    sheet = Image.new("RGB", (cols * step + SHEET_GAP, rows * step + SHEET_GAP), (24, 24, 24))
+    for i, tile_id in enumerate(tile_ids):
+        thumb = _thumbnail(lib, bucket_id, tile_id)
+        if thumb is not None:
+            sheet.paste(thumb, (SHEET_GAP + (i % cols) * step, SHEET_GAP + (i // cols) * step))
+    part = path.with_name(f".{path.name}.part")
+    sheet.save(part, format="PNG")
+    os.replace(part, path)
+    return path
+
+
+@dataclass
+class BucketEntry:
+    bucket_id: int
+    count: int
+    lab: tuple[float, float, float]
+    hex: str
+    sheet: str  # relative path inside the report
+
+
+@dataclass
+class ReportResult:
+    output: Path
+    index: Path
+    figures: dict[str, Path]
+    buckets: list[BucketEntry] = field(default_factory=list)
+    sheets_drawn: int = 0
+    sheets_reused: int = 0
+
+    def summary(self) -> str:
+        return (f"report {self.index}: {len(self.figures)} figures, {len(self.buckets)} bucket contact sheets "
+                f"({self.sheets_drawn} drawn, {self.sheets_reused} unchanged)")
+
+
+def colour_order(centroids: np.ndarray, bucket_ids: np.ndarray) -> np.ndarray:
+    """Buckets sorted by colour: chromatic ones by hue then L, greys after them by L."""
+    c = centroids[bucket_ids]
+    grey = chroma(c) < NEUTRAL_CHROMA
+    hue = np.round(hue_angle(c) / 10.0)  # 10-degree hue families, L inside each
+    return bucket_ids[np.lexsort((c[:, 0], hue, grey))]
+
+
+def check_output_dir(lib: Library, output: str | os.PathLike) -> Path:
+    out = Path(output).expanduser()
+    root = lib.root.resolve()
+    resolved = out.resolve()
+    if resolved == root or root in resolved.parents:
+        raise UsageError(f"--output {output} is inside the library {lib.root}: write the report elsewhere")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {output} exists and is not a folder")
+    return out
+
+
+def render_report(lib: Library, output: str | os.PathLike, progress: bool | None = None,
+                  workers: int | None = None) -> ReportResult:
+    """Figures, contact sheets and ``index.html`` in ``output``; returns what was written."""
+    out = check_output_dir(lib, output)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = render_figures(lib, out / "figures")
+    sheets_dir = out / "sheets"
+    sheets_dir.mkdir(exist_ok=True)
+    by_bucket: dict[int, list[str]] = {}
+    for tile_id, bucket_id in lib.conn.execute("SELECT id, bucket_id FROM tiles ORDER BY bucket_id, rowid"):
+        if isinstance(bucket_id, int) and 0 <= bucket_id < N_BUCKETS:
+            by_bucket.setdefault(bucket_id, []).append(tile_id)
+    colours = centroid_colours(lib.centroids)
+    ordered = colour_order(lib.centroids, np.array(sorted(by_bucket), dtype=np.int64))
+    entries = []
+    jobs = []
+    for bucket_id in ordered.tolist():
+        ids = [i for i in by_bucket[bucket_id] if _safe_id(lib, bucket_id, i)]
+        name = sheet_name(bucket_id, ids)
+        entries.append(BucketEntry(bucket_id, len(ids), tuple(float(v) for v in lib.centroids[bucket_id]),
+                                   "#{:02x}{:02x}{:02x}".format(*colours[bucket_id]), f"sheets/{name}"))
+        if not (sheets_dir / name).is_file():
+            jobs.append((bucket_id, ids, sheets_dir / name))
+    show = sys.stderr.isatty() if progress is None else progress
+    n_workers = max(1, workers or min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(n_workers) as pool, tqdm(total=len(jobs), unit="sheet", desc="contact sheets",
+                                                       disable=not show) as bar:
+        for _ in pool.map(lambda job: render_sheet(lib, *job), jobs):
+            bar.update()
+    keep = {Path(e.sheet).name for e in entries}
+    for stale in sheets_dir.glob("bucket_*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    index = out / "index.html"
+    part = out / ".index.html.part"
+    part.write_text(render_html(lib, entries, figures, out), encoding="utf-8")
+    os.replace(part, index)
+    return ReportResult(out, index, figures, entries, len(jobs), len(entries) - len(jobs))
+
+
+def _safe_id(lib: Library, bucket_id: int, tile_id: object) -> bool:
+    try:
+        lib.tile_path(bucket_id, tile_id)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - an unsafe row is verify's business; the report skips it
+        logger.warning("skipping unsafe tile row %r in bucket %s", tile_id, bucket_id)
+        return False
+    return True
+
+
+# ============================================================================ HTML
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#fafaf8;color:#1e1e1e}
+header{padding:18px 28px;background:#1f2d3d;color:#f4f4f4}
+header h1{margin:0 0 6px;font-size:24px}
+header p{margin:2px 0;font-size:14px;opacity:.9}
+main{padding:12px 28px 40px}
+h2{font-size:19px;margin:22px 0 10px}
+.figures{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.figures figure{margin:0;background:#fff;border:1px solid #ddd;padding:6px}
+.figures img{width:260px;height:auto;display:block}
+.figures figcaption{font-size:12px;color:#555;max-width:260px;padding-top:4px}
+.controls{margin:6px 0 12px;font-size:14px}
+.controls button{font:inherit;margin-right:6px;padding:3px 10px;border:1px solid #999;background:#fff;border-radius:4px;cursor:pointer}
+.controls button.on{background:#1f2d3d;color:#fff;border-color:#1f2d3d}
+#buckets{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}
+.bucket{background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}
+.bucket .head{display:flex;align-items:center;gap:8px;padding:6px 8px;font-size:13px}
+.swatch{width:34px;height:34px;border-radius:4px;border:1px solid rgba(0,0,0,.35);flex:none}
+.bucket .name{font-weight:600}
+.bucket .lab{color:#666;font-size:11px}
+.bucket img{display:block;width:100%;aspect-ratio:1/1;object-fit:contain;background:#181818}
+"""
+
+_JS = """
+(function(){
+  var grid=document.getElementById('buckets');
+  var keys={hue:function(e){return +e.dataset.order},l:function(e){return -e.dataset.l},
+            count:function(e){return -e.dataset.count}};
+  document.querySelectorAll('.controls button').forEach(function(b){
+    b.addEventListener('click',function(){
+      var k=keys[b.dataset.sort];
+      var items=Array.prototype.slice.call(grid.children);
+      items.sort(function(x,y){return k(x)-k(y)||(+x.dataset.order)-(+y.dataset.order)});
+      items.forEach(function(e){grid.appendChild(e)});
+      document.querySelectorAll('.controls button').forEach(function(o){o.classList.toggle('on',o===b)});
+    });
+  });
+})();
+"""
+
+_CAPTIONS = {
+    "centroids_ab": "Every centroid on the a*/b* plane in its own colour: solid discs are populated buckets "
+                    "(area grows with tiles), hollow rings are empty.",
+    "centroids_l": "The same buckets by hue angle and lightness L*.",
+    "region_yield": "Tiles kept and tiles fetched per sampling region.",
+    "bucket_fill": "How many tiles the populated buckets hold.",
+}
+
+
+def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Path], out: Path) -> str:
+    """The gallery page; every link is relative to ``out`` and points at a file written here."""
+    esc = html.escape
+    stats = lib.stats()
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    figs = []
+    for name, path in figures.items():
+        rel = path.relative_to(out).as_posix()
+        figs.append(f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}" alt="{esc(name)}"></a>'
+                    f"<figcaption>{esc(_CAPTIONS.get(name, name))}</figcaption></figure>")
+    cards = []
+    for order, e in enumerate(entries):
+        name = bucket_name(e.bucket_id)
+        lab = " ".join(f"{v:.1f}" for v in e.lab)
+        cards.append(
+            f'<article class="bucket" id="{name}" data-order="{order}" data-l="{e.lab[0]:.3f}" data-count="{e.count}">'
+            f'<div class="head"><span class="swatch" style="background:{e.hex}" title="{e.hex}"></span>'
+            f'<div><div class="name">{name}</div><div>{e.count} tile{"s" if e.count != 1 else ""}</div>'
+            f'<div class="lab">LAB {lab}</div></div></div>'
+            f'<a href="{esc(e.sheet)}"><img loading="lazy" src="{esc(e.sheet)}" alt="{name} contact sheet"></a></article>'
+        )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Mosaic Library report: {esc(lib.name)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
+<h1>Mosaic Library: {esc(lib.name)}</h1>
+<p>{stats['tiles']} tiles in {stats['buckets_populated']} of {stats['buckets_total']} colour buckets
+({stats['coverage']:.1%}), {stats['buckets_full']} full at cap {stats['cap']}.</p>
+<p>Generated {esc(when)}.</p>
+</header>
+<main>
+<h2>Coverage</h2>
+<div class="figures">
+{chr(10).join(figs)}
+</div>
+<h2>Buckets ({len(entries)} populated)</h2>
+<div class="controls">Sort by: <button class="on" data-sort="hue">hue</button><button data-sort="l">lightness</button><button data-sort="count">tiles</button></div>
+<div id="buckets">
+{chr(10).join(cards)}
+</div>
+</main>
+<script>{_JS}</script>
+</body>
+</html>
+"""

@@ -1,0 +1,192 @@
+"""The coverage report on a real library: figures, contact sheets, a gallery whose every link
+resolves, and the page as headless Chromium renders it."""
+
+import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builder.cli import main
+from builder.errors import UsageError
+from builder.library import Library
+from builder.report import (
+    AB_LIMIT,
+    FIGURES,
+    centroid_colours,
+    colour_order,
+    region_rows,
+    render_figures,
+    render_report,
+)
+from tests.mosaic_helpers import build_library
+
+
+@pytest.fixture(scope="module")
+def library_root(tmp_path_factory, bluemarble):
+    root = build_library(tmp_path_factory.mktemp("report") / "lib&co", bluemarble, n=70, seed=21)
+    with Library.open(root) as lib, lib.conn:
+        # Give the tiles regions and a fetch history, as a harvest would have.
+        ids = [r[0] for r in lib.conn.execute("SELECT id FROM tiles ORDER BY rowid")]
+        for i, tile_id in enumerate(ids):
+            lib.conn.execute("UPDATE tiles SET region = ? WHERE id = ?", ("Desert (Sahara)" if i % 3 else "<Arctic>", tile_id))
+        rows = [("earth", 6, x, 0, "accepted" if x < 40 else "rejected:duplicate", "Desert (Sahara)", None) for x in range(60)]
+        lib.conn.executemany("INSERT INTO fetched VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    return root
+
+
+@pytest.fixture
+def lib(library_root):
+    with Library.open(library_root, readonly=True) as lib:
+        yield lib
+
+
+def valid_png(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.verify()
+    img = Image.open(path)
+    img.load()
+    assert img.format == "PNG"
+    return img
+
+
+def test_figures_are_valid_pngs_with_every_centroid_in_its_own_colour(lib, tmp_path):
+    figures = render_figures(lib, tmp_path / "figs")
+    assert set(figures) == set(FIGURES)
+    for path in figures.values():
+        assert path.parent == tmp_path / "figs"
+        img = valid_png(path)
+        assert np.asarray(img).std() > 5
+    # Populated buckets are solid discs in their own colour at their a*/b* position.
+    ab = np.asarray(Image.open(figures["centroids_ab"]).convert("RGB")).astype(int)
+    counts = lib.bucket_counts()
+    colours = centroid_colours(lib.centroids)
+    x = 90 + (lib.centroids[:, 1] + AB_LIMIT) * 780 / (2 * AB_LIMIT)
+    y = 770 - (lib.centroids[:, 2] + AB_LIMIT) * 720 / (2 * AB_LIMIT)
+    populated = np.flatnonzero(counts)
+    hits = [np.abs(ab[int(round(y[i])), int(round(x[i]))] - colours[i]).max() <= 12 for i in populated]
+    assert np.mean(hits) > 0.7, np.mean(hits)
+    # Empty buckets are hollow: their centre is not painted in their colour as a disc would be.
+    empty = np.flatnonzero(counts == 0)[::25]
+    solid = [np.abs(ab[int(round(y[i])), int(round(x[i]))] - colours[i]).max() <= 12 for i in empty]
+    assert np.mean(solid) < 0.3, np.mean(solid)
+
+
+def test_region_rows_combine_kept_and_fetched(lib):
+    rows = region_rows(lib.stats())
+    kept = {r: k for r, k, _f in rows}
+    fetched = {r: f for r, _k, f in rows}
+    n = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    assert kept["<Arctic>"] + kept["Desert (Sahara)"] == n
+    assert fetched["Desert (Sahara)"] == 60 and fetched["<Arctic>"] == 0
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.scripts_with_src, self.title = [], [], ""
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("href", "src"):
+            if key in attrs:
+                self.links.append((tag, attrs[key]))
+        self._in_title = tag == "title"
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+
+    def handle_endtag(self, tag):
+        self._in_title = False
+
+
+def test_report_gallery_links_only_to_files_that_exist(lib, tmp_path):
+    out = tmp_path / "report"
+    result = render_report(lib, out, progress=False)
+    counts = lib.bucket_counts()
+    populated = np.flatnonzero(counts)
+    assert result.index == out / "index.html" and len(result.buckets) == len(populated)
+    parser = Links()
+    text = result.index.read_text(encoding="utf-8")
+    parser.feed(text)
+    assert parser.title == "Mosaic Library report: lib&co"  # escaped in the source, intact when parsed
+    assert "lib&amp;co" in text
+    assert len(parser.links) >= 2 * (len(populated) + len(FIGURES))
+    for _tag, link in parser.links:
+        url = urlparse(link)
+        assert not url.scheme and not url.netloc and not link.startswith("/") and ".." not in link, link
+        target = out / unquote(url.path)
+        assert target.is_file(), link
+        if target.suffix == ".png":
+            valid_png(target)
+    # One contact sheet per populated bucket, holding its tiles in a near-square grid.
+    for entry in result.buckets:
+        assert entry.count == counts[entry.bucket_id]
+        cols = math.ceil(math.sqrt(entry.count))
+        rows = math.ceil(entry.count / cols)
+        assert valid_png(out / entry.sheet).size == (cols * 66 + 2, rows * 66 + 2)
+    # Sorted by colour, and the page lists the buckets in that order.
+    order = colour_order(lib.centroids, populated)
+    assert [e.bucket_id for e in result.buckets] == order.tolist()
+    positions = [text.index(f'id="bucket_{b:04d}"') for b in order]
+    assert positions == sorted(positions)
+
+
+def test_second_report_redraws_only_changed_buckets(library_root, tmp_path, bluemarble):
+    root = tmp_path / "lib"
+    shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".lock"))
+    out = tmp_path / "report"
+    with Library.open(root, readonly=True) as lib:
+        first = render_report(lib, out, progress=False)
+        again = render_report(lib, out, progress=False)
+    assert again.sheets_drawn == 0 and again.sheets_reused == len(first.buckets)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    bluemarble.crop((2000, 1500, 2256, 1756)).save(extra / "new.png")
+    with Library.open(root) as writer:
+        assert writer.ingest([extra], workers=1, progress=False).accepted == 1
+    with Library.open(root, readonly=True) as lib:
+        third = render_report(lib, out, progress=False)
+    assert third.sheets_drawn == 1
+    sheets = sorted(p.name for p in (out / "sheets").glob("bucket_*.png"))
+    assert sheets == sorted(Path(e.sheet).name for e in third.buckets)
+
+
+def test_report_refuses_to_write_inside_the_library(lib):
+    with pytest.raises(UsageError, match="inside the library"):
+        render_report(lib, lib.root / "report")
+
+
+def test_cli_prints_one_line(library_root, tmp_path, capsys):
+    assert main(["report", "--library", str(library_root), "--output", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"report {tmp_path / 'r' / 'index.html'}: 4 figures, ")
+
+
+def test_gallery_renders_in_headless_chromium(lib, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: `apt-get install -y chromium` (CI installs it in .ci/run)"
+    result = render_report(lib, tmp_path / "report", progress=False)
+    shot = tmp_path / "shot.png"
+    cmd = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,900",
+        result.index.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    img = valid_png(shot).convert("RGB")
+    assert img.size == (1280, 900)
+    pixels = np.asarray(img)
+    assert pixels.std() > 20
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2000  # figures and photos, not a blank page
+    header = pixels[:60, :400].reshape(-1, 3)
+    assert (np.abs(header.astype(int) - (31, 45, 61)).max(axis=1) <= 3).mean() > 0.5  # the styled header rendered
