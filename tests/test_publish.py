@@ -29,6 +29,7 @@ from builder.publish import (
 from builder.publish.staging import MANIFEST
 from builder.verify import verify_library
 from tests.conftest import real_crops
+from tests.hubstub import HubStub
 from tests.publish_helpers import FAKE_TOKEN, db_rows, load_in_fresh_process, make_library, sha256, subprocess_env
 
 SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"
@@ -505,3 +506,85 @@ def test_cli_default_output_is_beside_the_library(library_copy, tmp_path):
     result = cli(tmp_path, "build", "--library", str(library_copy))
     assert result.returncode == 0, result.stderr
     assert (library_copy.parent / "staging" / "README.md").is_file()
+
+
+# --------------------------------------------------------------------------------------- push, end to end
+
+
+def push_cli(tmp_path: Path, hub: HubStub, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "builder", "push", *args],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path, HF_ENDPOINT=hub.endpoint),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path):
+    out = tmp_path / "staging"
+    with HubStub() as hub:
+        result = push_cli(
+            tmp_path,
+            hub,
+            "--library",
+            str(library_copy),
+            "--output",
+            str(out),
+            "--repo-id",
+            "alice/mosaic",
+            "--private",
+        )
+        assert result.returncode == 0, result.stderr
+        remote = hub.files("alice/mosaic")
+        assert hub.repos["alice/mosaic"]["private"] is True
+        assert {path for _m, path, _a in hub.requests} >= {
+            "/api/repos/create",
+            "/api/datasets/alice/mosaic/commit/main",
+        }
+        assert all(auth == f"Bearer {FAKE_TOKEN}" for _m, _p, auth in hub.requests)
+        assert [v["repoType"] for v in hub.validated] == ["dataset"]  # the card's YAML passed the check
+    plan = plan_upload(out)
+    assert remote == {item.path_in_repo: item.local_path.read_bytes() for item in plan}
+    assert result.stdout.splitlines()[-1] == (
+        f"uploaded {len(plan)} files ({sum(i.size for i in plan) / 1e6:.1f} MB) to {hub.endpoint}/datasets/alice/mosaic"
+    )
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    # what the repo holds loads like the staging folder: same rows, same features
+    downloaded = tmp_path / "downloaded"
+    for path, data in remote.items():
+        (downloaded / path).parent.mkdir(parents=True, exist_ok=True)
+        (downloaded / path).write_bytes(data)
+    assert load_in_fresh_process(downloaded, tmp_path)["rows"] == load_in_fresh_process(out, tmp_path)["rows"]
+
+
+def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, tmp_path):
+    out = tmp_path / "staging"
+    first = build_staging(library_copy, out, max_shard_size="1MB")
+    assert first.parquet_files > 2
+    with HubStub() as hub:
+        args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
+        assert push_cli(tmp_path, hub, *args).returncode == 0
+        assert hub.repos["alice/mosaic"]["visibility"] is None  # no --private: the Hub's default applies
+        old = {p for p in hub.files("alice/mosaic") if p.startswith("data/")}
+        assert len(old) == first.parquet_files
+        build_staging(library_copy, out)  # default shard size: one file
+        second = push_cli(tmp_path, hub, *args)
+        assert second.returncode == 0, second.stderr
+        remote = hub.files("alice/mosaic")
+        ops = hub.commits[-1]["ops"]
+    assert sorted(p for p in remote if p.startswith("data/")) == ["data/train-00000-of-00001.parquet"]
+    deleted = {op["value"]["path"] for op in ops if op["key"] == "deletedFile"}
+    assert deleted == old - {"data/train-00000-of-00001.parquet"}
+    assert f"deleted {len(deleted)} stale shards" in second.stdout
+
+
+def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(library_copy, tmp_path):
+    out = tmp_path / "staging"
+    with HubStub() as hub:
+        args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
+        result = push_cli(tmp_path, hub, *args, "--revision", "release-2")
+        assert result.returncode == 0, result.stderr
+        assert hub.files("alice/mosaic", "main") == {}
+        assert set(hub.files("alice/mosaic", "release-2")) == {i.path_in_repo for i in plan_upload(out)}

@@ -145,7 +145,9 @@ def push_staging(
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then retry")
     api = HfApi(token=secret)
     try:
-        repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        # private=None, not False, without --private: the Hub's default (an organisation may make
+        # new repos private by default) is never overridden to public.
+        repo_url = api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
         existing = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
