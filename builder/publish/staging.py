@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
-from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.parquet as pq
 
@@ -53,7 +52,6 @@ logger = logging.getLogger(__name__)
 MANIFEST = ".mosaic_build.json"
 DATA_DIR = "data"
 DEFAULT_MAX_SHARD_SIZE = "500MB"
-_SECRET_PARAM = ("token", "key", "secret", "sig", "signature", "auth", "password", "credential")
 
 
 class BuildReport(NamedTuple):
@@ -154,24 +152,21 @@ def snapshot_db(src: Path, dst: Path) -> None:
 
 
 def secret_sources(db_path: Path) -> list[str]:
-    """Source values whose URL carries a credential-like query parameter (names only, no values).
+    """Source values that still carry credentials (user:password@, key/token query values).
 
-    ``source`` is published in ``tiles.db`` and the Parquet files; a tile URL with an API key
-    in it must not leave the machine.
+    ``source`` is published in ``tiles.db`` and the Parquet files, so a tile URL with an API key
+    must not leave the machine.  The rule is harvest's own (``redact_url``): a source it would
+    change is unredacted; one it already redacted (``token=***``) is safe.  Only the redacted
+    form appears in the result.
     """
+    from ..sources.http import redact_url
+
     conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         sources = [s for (s,) in conn.execute("SELECT DISTINCT source FROM tiles WHERE source LIKE '%://%'")]
     finally:
         conn.close()
-    found = []
-    for source in sources:
-        parts = urlsplit(source)
-        names = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
-        flagged = sorted({k for k in names if any(word in k.lower() for word in _SECRET_PARAM)})
-        if flagged or parts.password:
-            found.append(f"{parts.scheme}://{parts.hostname}{parts.path} ({', '.join(flagged) or 'password'})")
-    return found
+    return sorted(redact_url(s) for s in sources if redact_url(s) != s)
 
 
 def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
