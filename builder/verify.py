@@ -203,7 +203,10 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
             report.problems.append(Problem("over_cap", None, bucket_id, f"{len(ids)} tiles > cap {lib.cap}"))
 
     known = {(r[2], r[1]) for r in safe}
-    in_flight = _journal_ids(lib)
+    # A journal is a batch being stored only while a writer runs; without one it is what a
+    # killed writer left, and its renamed-but-uncommitted files are orphans until the next open.
+    writer_busy = lib.readonly and Library.writer_active(lib.root)
+    in_flight = _journal_ids(lib) if writer_busy else set()
     unknown: list[tuple[int, Path, str | None]] = []
     for entry in sorted(lib.root.iterdir()):
         bucket_id = parse_bucket_dir(entry.name)
@@ -217,9 +220,9 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
             if (bucket_id, stem) not in known:
                 unknown.append((bucket_id, f, stem))
     if unknown and lib.readonly:
-        # A writer may have stored a batch since the rows were read: its files are then in the
-        # folders, its journal gone and its rows committed after our snapshot.  Ask again.
-        in_flight = _journal_ids(lib)
+        # A writer may have stored batches since the rows were read (a deep verify takes minutes):
+        # their files are in the folders, their rows committed after our snapshot.  Ask again.
+        in_flight = _journal_ids(lib) if Library.writer_active(lib.root) else set()
         unknown = [
             (b, f, stem) for b, f, stem in unknown
             if stem not in in_flight and f.exists() and not lib.conn.execute(
@@ -227,8 +230,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         ]
     for bucket_id, f, _stem in unknown:
         report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
-    writer_busy = lib.readonly and Library.writer_active(lib.root)
-    if lib.temp_dir.is_dir() and not in_flight and not writer_busy:
+    if lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
         for f in lib.temp_dir.iterdir():
             report.problems.append(Problem("orphan_file", None, None, str(f.relative_to(lib.root))))
 

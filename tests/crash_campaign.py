@@ -1,0 +1,401 @@
+"""SIGKILL campaigns against real writers (``python -m builder ingest`` / ``harvest``).
+
+Each round starts the real CLI in its own process group (so its process pool is in it),
+kills the whole group at a random moment, and checks the library the way a user would find
+it.  Kill moments are drawn from three triggers so the rare windows are hit too:
+
+* ``time``     a uniformly random delay after the start (imports, decode, fetch, anything);
+* ``scratch``  up to 0.4 s after the first tile lands in ``temp/`` (workers mid-batch);
+* ``journal``  the instant ``temp/journal.json`` appears: between the batch's renames and
+               its commit, or between the commit and the journal's removal;
+* ``commit``   the instant a read-only connection sees the row count grow: right after a commit.
+
+Right before each kill the committed ids are read through a read-only SQLite connection (the
+snapshot); after it:
+
+1. before any writer opens the library, every row a reader sees has its file;
+2. every id of the snapshot is still there (tiles lost must stay 0);
+3. the next writer's open empties ``temp/`` and leaves files == rows exactly;
+4. no bucket over the cap, no phash twice in a bucket, ``verify`` clean;
+5. harvest only: every stored tile's ``fetched`` row says ``accepted`` and vice versa, and
+   (with the loopback tile server) no tile was ever served twice across all the kills.
+
+Used by ``tests/test_crash.py`` (short, CI) and ``bench/kill_campaign.py`` (long, figures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from builder.errors import LibraryLocked  # noqa: E402
+from builder.library import Library, bucket_name, parse_bucket_dir  # noqa: E402
+from builder.verify import verify_library  # noqa: E402
+
+TRIGGERS = ("time", "scratch", "journal", "commit")
+
+
+@dataclass
+class Figures:
+    """What a campaign did and found; ``violations`` and ``tiles_lost`` must stay empty/0."""
+
+    writer: str = ""
+    rounds: int = 0
+    kills: int = 0
+    finished: int = 0  # runs that completed before their kill moment (exit status checked)
+    by_trigger: Counter = field(default_factory=Counter)
+    mid_batch: int = 0  # kills that left a batch journal behind (replayed by the next open)
+    scratch_cleaned: int = 0  # temp/ entries left by kills, removed by the next open
+    orphans_rolled_back: int = 0  # files renamed into buckets whose rows never committed
+    tiles_lost: int = 0
+    rows: int = 0
+    served_twice: int = 0  # harvest over HTTP: tiles the server answered 200 more than once
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        triggers = ", ".join(f"{k} {v}" for k, v in sorted(self.by_trigger.items()))
+        return (
+            f"{self.writer}: {self.kills} kills survived ({triggers}), {self.finished} runs finished between kills, "
+            f"{self.mid_batch} kills mid-batch (journal replayed), {self.orphans_rolled_back} uncommitted files "
+            f"rolled back, {self.scratch_cleaned} scratch files cleaned, {self.rows} tiles at the end, "
+            f"tiles lost {self.tiles_lost}, served twice {self.served_twice}, "
+            f"violations {len(self.violations)}, {self.seconds:.0f} s"
+        )
+
+
+# --------------------------------------------------------------------------- the tile pool
+
+
+def raw_png(rgb) -> bytes:
+    """A PNG of an (h, w, 3) uint8 array with stored (level 0) deflate blocks: ~1 ms a tile.
+
+    Pillow's encoder spends most of its time filtering; a campaign needs a thousand distinct
+    tiles per session, not small files.
+    """
+    import numpy as np
+
+    h, w, _ = rgb.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(rgb).reshape(h, w * 3)], axis=1)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 0))
+            + chunk(b"IEND", b""))
+
+
+def make_tile_pool(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` distinct 256x256 crops of the Blue Marble image as PNG files.
+
+    The pipeline stores such plain RGB PNGs byte for byte, which lets a campaign tell stored
+    inputs by their sha256 and offer each round fresh ones.
+    """
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(REPO / "data" / "bluemarble_5400x2700.jpg") as img:
+        world = np.asarray(img.convert("RGB"))
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        x = int(rng.integers(0, world.shape[1] - 256))
+        y = int(rng.integers(0, world.shape[0] - 256))
+        path = folder / f"pool_{i:05d}.png"
+        path.write_bytes(raw_png(world[y:y + 256, x:x + 256]))
+        paths.append(path)
+    return paths
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- looking at a library
+
+
+def ro_connect(root: Path) -> sqlite3.Connection:
+    """A plain read-only connection, independent of builder.db (what a notebook user opens)."""
+    return sqlite3.connect(f"{(root / 'tiles.db').resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+
+
+def committed_rows(root: Path) -> dict[str, tuple[int, str]]:
+    """id -> (bucket_id, phash) of every committed row."""
+    conn = ro_connect(root)
+    try:
+        return {i: (b, h) for i, b, h in conn.execute("SELECT id, bucket_id, phash FROM tiles")}
+    finally:
+        conn.close()
+
+
+def row_count(root: Path) -> int:
+    conn = ro_connect(root)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def bucket_files(root: Path) -> set[tuple[int, str]]:
+    """(bucket_id, file name) of every entry in the bucket folders."""
+    found = set()
+    for entry in root.iterdir():
+        bucket = parse_bucket_dir(entry.name)
+        if bucket is not None and entry.is_dir():
+            found.update((bucket, f.name) for f in entry.iterdir())
+    return found
+
+
+def open_writer(root: Path, timeout: float = 15.0) -> Library:
+    """Open for writing, waiting for the killed group's last process to let go of the lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Library.open(root)
+        except LibraryLocked:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def check_after_kill(root: Path, snapshot: dict[str, tuple[int, str]], cap: int, figures: Figures,
+                     harvest: bool = False) -> None:
+    """Every invariant of the module docstring, in the order a user meets them."""
+    bad = figures.violations
+    label = f"round {figures.rounds}"
+    # 1. A reader, before any writer has cleaned up, sees no row without its file.
+    rows = committed_rows(root)
+    for tile_id, (bucket, _h) in rows.items():
+        if not (root / bucket_name(bucket) / f"{tile_id}.png").is_file():
+            bad.append(f"{label}: reader sees row {tile_id} without its file")
+    # 2. Nothing committed before the kill is gone.
+    lost = set(snapshot) - set(rows)
+    figures.tiles_lost += len(lost)
+    bad.extend(f"{label}: tile {t} committed before the kill is gone" for t in sorted(lost))
+    # What the kill left behind, before recovery.
+    temp = root / "temp"
+    leftovers = list(temp.iterdir()) if temp.is_dir() else []
+    figures.scratch_cleaned += len(leftovers)
+    figures.mid_batch += (temp / "journal.json").exists()
+    files = bucket_files(root)
+    figures.orphans_rolled_back += len(files - {(b, f"{i}.png") for i, (b, _h) in rows.items()})
+    # 3. The next writer's open replays the journal and empties temp/.
+    lib = open_writer(root)
+    try:
+        if list(lib.temp_dir.iterdir()):
+            bad.append(f"{label}: temp/ not empty after open: {sorted(p.name for p in lib.temp_dir.iterdir())[:5]}")
+        rows = committed_rows(root)
+        expected = {(b, f"{i}.png") for i, (b, _h) in rows.items()}
+        files = bucket_files(root)
+        if files != expected:
+            bad.append(f"{label}: files != rows after open: {len(files - expected)} orphan files, "
+                       f"{len(expected - files)} rows without file")
+        # 4. Cap, duplicates, verify.
+        per_bucket = Counter(b for b, _h in rows.values())
+        over = {b: n for b, n in per_bucket.items() if n > cap}
+        if over:
+            bad.append(f"{label}: buckets over the cap {cap}: {over}")
+        dups = [k for k, n in Counter(rows.values()).items() if n > 1]
+        if dups:
+            bad.append(f"{label}: phash twice in a bucket: {dups[:3]}")
+        report = verify_library(lib, deep=False)
+        if not report.ok:
+            bad.append(f"{label}: verify: {report.summary()}")
+        if harvest:
+            check_fetched(lib, label, bad)
+        figures.rows = len(rows)
+    finally:
+        lib.close()
+
+
+def check_fetched(lib: Library, label: str, bad: list[str]) -> None:
+    """Harvest's bookkeeping commits with its tiles: stored <=> ``fetched.status = 'accepted'``."""
+    conn = lib.conn
+    unmatched = conn.execute(
+        "SELECT COUNT(*) FROM tiles t LEFT JOIN fetched f ON f.source = t.source AND f.z = t.z AND f.x = t.x "
+        "AND f.y = t.y WHERE t.z IS NOT NULL AND (f.status IS NULL OR f.status != 'accepted')"
+    ).fetchone()[0]
+    accepted = conn.execute("SELECT COUNT(*) FROM fetched WHERE status = 'accepted'").fetchone()[0]
+    stored = conn.execute("SELECT COUNT(*) FROM tiles WHERE z IS NOT NULL").fetchone()[0]
+    if unmatched or accepted != stored:
+        bad.append(f"{label}: fetched/tiles disagree: {unmatched} tiles without an accepted fetched row, "
+                   f"{accepted} accepted rows for {stored} harvested tiles")
+
+
+# --------------------------------------------------------------------------- running and killing
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def run_and_kill(cmd: Sequence[str], root: Path, trigger: str, rng: random.Random, max_delay: float,
+                 log: Path) -> tuple[bool, dict, int, str]:
+    """Start ``cmd`` in a new process group and SIGKILL the group at a ``trigger`` moment.
+
+    Returns ``(killed, snapshot, returncode, fired)``; ``fired`` is the trigger, or
+    ``deadline`` when its event did not come within ``max_delay``.  The snapshot (committed rows) is read right
+    before the kill, except for the ``journal`` trigger, whose window is a few milliseconds:
+    there it is the last one read while polling (at most 50 ms old, still before the kill).
+    """
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                env=cli_env(), cwd=REPO, start_new_session=True)
+    try:
+        started = time.monotonic()
+        journal, temp = root / "temp" / "journal.json", root / "temp"
+        base = row_count(root)
+        snapshot, read_at = committed_rows(root), started
+        fire_at = started + rng.uniform(0.15, max_delay) if trigger == "time" else None
+        fresh = trigger != "journal"
+        fired = "time" if trigger == "time" else "deadline"
+        while proc.poll() is None:
+            now = time.monotonic()
+            if fire_at is None:
+                if trigger == "journal" and journal.exists():
+                    fire_at, fired = now + rng.uniform(0, 0.002), trigger
+                elif trigger == "commit" and row_count(root) > base:
+                    fire_at, fired = now, trigger
+                elif trigger == "scratch" and any(p.suffix == ".png" for p in temp.iterdir()):
+                    fire_at, fired = now + rng.uniform(0, 0.4), trigger
+                elif now - started > max_delay:
+                    fire_at = now
+            if fire_at is not None and now >= fire_at:
+                break
+            if now - read_at > 0.05:
+                snapshot, read_at = committed_rows(root), now
+            time.sleep(0.0005 if trigger == "journal" else 0.003)
+        if proc.poll() is not None:
+            return False, {}, proc.returncode, fired
+        if fresh:
+            snapshot = committed_rows(root)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True, snapshot, proc.returncode, fired
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise
+
+
+def _offer(pool: Sequence[Path], pool_sha: dict[Path, str], stored: set[str], rng: random.Random,
+           fresh: int, repeats: int) -> list[Path]:
+    """Inputs for one ingest round: ``fresh`` not stored yet, plus ``repeats`` stored ones."""
+    new = [p for p in pool if pool_sha[p] not in stored]
+    old = [p for p in pool if pool_sha[p] in stored]
+    offer = rng.sample(new, min(fresh, len(new))) + rng.sample(old, min(repeats, len(old)))
+    rng.shuffle(offer)
+    return offer
+
+
+def ingest_campaign(root: Path, pool: Sequence[Path], kills: int, cap: int = 20, seed: int = 0,
+                    max_delay: float = 2.2, fresh: int = 80, repeats: int = 360, workers: int = 2,
+                    max_rounds: int | None = None, min_mid_batch: int = 0,
+                    progress: Callable[[str], None] | None = None) -> Figures:
+    """Kill ``python -m builder ingest --workers 2`` ``kills`` times; check after every kill.
+
+    ``min_mid_batch``: keep going (up to ``max_rounds``) until that many kills landed inside a
+    batch's store (journal on disk), the rarest and most telling moment.
+    """
+    started = time.monotonic()
+    rng = random.Random(seed)
+    figures = Figures(writer="ingest")
+    Library.create(root, cap=cap).close()
+    pool_sha = {p: sha256(p) for p in pool}
+    stored: set[str] = set()
+    seen_files: set[Path] = set()
+    log = root.parent / f"{root.name}.stderr"
+    max_rounds = max_rounds or kills * 4
+    while (figures.kills < kills or figures.mid_batch < min_mid_batch) and figures.rounds < max_rounds:
+        figures.rounds += 1
+        offer = _offer(pool, pool_sha, stored, rng, rng.randint(max(1, fresh // 4), fresh), repeats)
+        cmd = [sys.executable, "-m", "builder", "ingest", "--library", str(root), "--workers", str(workers),
+               *map(str, offer)]
+        trigger = rng.choice(TRIGGERS)
+        killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log)
+        if killed:
+            figures.kills += 1
+            figures.by_trigger[fired] += 1
+        else:
+            figures.finished += 1
+            if code != 0:
+                figures.violations.append(f"round {figures.rounds}: ingest exited {code}: {log.read_text()[-500:]}")
+        check_after_kill(root, snapshot, cap, figures)
+        for f in root.glob("bucket_*/*.png"):
+            if f not in seen_files:
+                seen_files.add(f)
+                stored.add(sha256(f))
+        if progress:
+            progress(f"round {figures.rounds}: {trigger} {'kill' if killed else 'finished'}, {figures.rows} tiles")
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
+def harvest_campaign(root: Path, source: str, kills: int, cap: int = 6, seed: int = 0, max_delay: float = 4.0,
+                     zoom: int = 12, threads: int = 4, batch: int = 40, max_rounds: int | None = None,
+                     served_twice: Callable[[], int] | None = None,
+                     progress: Callable[[str], None] | None = None) -> Figures:
+    """Kill ``python -m builder harvest`` ``kills`` times; check after every kill.
+
+    ``served_twice()`` (the loopback server's count of tiles answered 200 more than once) is
+    checked after every round: a killed batch's tiles stay claimed and are never asked again.
+    """
+    started = time.monotonic()
+    rng = random.Random(seed)
+    figures = Figures(writer="harvest")
+    Library.create(root, cap=cap).close()
+    log = root.parent / f"{root.name}.stderr"
+    max_rounds = max_rounds or kills * 4
+    while figures.kills < kills and figures.rounds < max_rounds:
+        figures.rounds += 1
+        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
+               "--zoom", str(zoom), "--threads", str(threads), "--batch", str(batch), "--phase", "all",
+               "--patience", "1000", "--seed", str(rng.randrange(1000))]
+        trigger = rng.choice(TRIGGERS)
+        killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log)
+        if killed:
+            figures.kills += 1
+            figures.by_trigger[fired] += 1
+        else:
+            figures.finished += 1
+            if code != 0:
+                figures.violations.append(f"round {figures.rounds}: harvest exited {code}: {log.read_text()[-500:]}")
+        check_after_kill(root, snapshot, cap, figures, harvest=True)
+        if served_twice is not None:
+            figures.served_twice = served_twice()
+            if figures.served_twice:
+                figures.violations.append(f"round {figures.rounds}: {figures.served_twice} tiles served twice")
+        if progress:
+            progress(f"round {figures.rounds}: {trigger} {'kill' if killed else 'finished'}, {figures.rows} tiles")
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
+def deep_verify(root: Path) -> str | None:
+    """A full verify (decode every file) of the library at rest; None when clean."""
+    with Library.open(root, readonly=True) as lib:
+        report = verify_library(lib, deep=True, workers=2)
+    return None if report.ok else report.summary()
