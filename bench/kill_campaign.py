@@ -1,0 +1,110 @@
+"""Long SIGKILL campaigns against real ``ingest`` and ``harvest`` runs; prints the figures.
+
+The CI test (``tests/test_crash.py``) is the short form of the same campaigns.  Here the
+defaults are 100 ingest kills and 50 harvest kills (about 4 and 3 minutes on 2 cores)::
+
+    python bench/kill_campaign.py                 # 100 + 50 kills
+    python bench/kill_campaign.py --ingest-kills 300 --harvest-kills 0 --keep /tmp/wreck
+    python bench/kill_campaign.py --quick         # 5 + 3 kills, a smoke run
+
+Every kill takes down the writer's whole process group (CLI and process pool) at a moment
+drawn from four triggers (random delay, workers mid-batch, journal on disk, right after a
+commit); after each one the library is checked: no row without its file, nothing committed
+before the kill lost, ``temp/`` emptied by the next open, files == rows, no bucket over the
+cap, no phash twice in a bucket, ``verify`` clean, and for harvest ``fetched`` agreeing with
+``tiles`` and no tile served twice by the loopback server.  The exit status is 1 if any
+invariant broke or any tile was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.crash_campaign import (  # noqa: E402
+    Figures,
+    deep_verify,
+    harvest_campaign,
+    ingest_campaign,
+    make_tile_pool,
+)
+from tests.tileserver import TileServer, distinct_tile  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ingest-kills", type=int, default=100)
+    p.add_argument("--harvest-kills", type=int, default=50)
+    p.add_argument("--pool", type=int, default=4000, help="distinct input tiles for the ingest campaign")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep the libraries")
+    p.add_argument("--quick", action="store_true", help="5 + 3 kills: a smoke run")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every round")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ingest_kills, args.harvest_kills, args.pool = 5, 3, 600
+    return args
+
+
+def run(args: argparse.Namespace, work: Path) -> list[Figures]:
+    progress = print if args.verbose else None
+    results = []
+    if args.ingest_kills > 0:
+        pool = make_tile_pool(work / "pool", args.pool, seed=args.seed)
+        root = work / "ingest" / "mosaic_library"
+        root.parent.mkdir(parents=True)
+        figures = ingest_campaign(root, pool, kills=args.ingest_kills, seed=args.seed, min_mid_batch=1,
+                                  max_rounds=args.ingest_kills * 4, progress=progress)
+        problem = deep_verify(root)
+        if problem:
+            figures.violations.append(f"deep verify at the end: {problem}")
+        results.append(figures)
+        print(figures.summary(), flush=True)
+    if args.harvest_kills > 0:
+        root = work / "harvest" / "mosaic_library"
+        root.parent.mkdir(parents=True)
+        with TileServer(distinct_tile, lifetime=3600) as server:
+            figures = harvest_campaign(
+                root, server.tile_template, kills=args.harvest_kills, seed=args.seed,
+                served_twice=lambda: sum(1 for n in server.ok_counts().values() if n > 1),
+                max_rounds=args.harvest_kills * 4, progress=progress,
+            )
+            served = sum(server.ok_counts().values())
+        problem = deep_verify(root)
+        if problem:
+            figures.violations.append(f"deep verify at the end: {problem}")
+        results.append(figures)
+        print(figures.summary() + f"; {served} tiles served by the loopback server", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.keep:
+        work = Path(args.keep)
+        work.mkdir(parents=True, exist_ok=False)
+        results = run(args, work)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="kill_campaign_"))
+        try:
+            results = run(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    kills = sum(f.kills for f in results)
+    lost = sum(f.tiles_lost for f in results)
+    violations = [v for f in results for v in f.violations]
+    print(f"total: {kills} kills survived, {lost} tiles lost, {len(violations)} violations")
+    for v in violations[:20]:
+        print(f"  {v}")
+    return 1 if violations or lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
