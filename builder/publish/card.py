@@ -195,10 +195,10 @@ def _zoom_rows(stats: CardStats) -> list[tuple]:
 def _zoom_phrase(stats: CardStats) -> str:
     zooms = sorted(int(z) for z in stats.by_zoom if z.isdigit())
     if not zooms:
-        return "at the zoom level recorded per tile"
+        return ""
     if len(zooms) == 1:
-        return f"at zoom level {zooms[0]} (~{_EQUATOR_M_PER_PX_Z0 / 2 ** zooms[0]:,.1f} m/pixel at the equator)"
-    return f"at zoom levels {', '.join(map(str, zooms))}"
+        return f" at zoom level {zooms[0]} (~{_EQUATOR_M_PER_PX_Z0 / 2 ** zooms[0]:,.1f} m/pixel at the equator)"
+    return f" at zoom levels {', '.join(map(str, zooms))}"
 
 
 def render_card(stats: CardStats, repo_id: str | None = None) -> str:
@@ -236,7 +236,7 @@ def render_card(stats: CardStats, repo_id: str | None = None) -> str:
 # Mosaic Library - LAB-Clustered Satellite Tile Dataset
 
 A curated collection of satellite image tiles organized into perceptually-uniform CIE LAB colour clusters.
-Each tile is a 256x256 PNG snapshot of Earth's surface {_zoom_phrase(stats)}, deduplicated and routed into
+Each tile is a 256x256 PNG snapshot of Earth's surface{_zoom_phrase(stats)}, deduplicated and routed into
 one of 5,000 colour buckets using K-Means centroids in CIE LAB space. The dataset currently contains
 **{stats.tiles:,} tiles** covering **{stats.buckets_populated:,} of 5,000 colour clusters** ({pct:.1f}%),
 with up to {stats.cap} unique images per bucket; {stats.buckets_full:,} buckets are full.
