@@ -599,3 +599,27 @@ def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(library_cop
         assert result.returncode == 0, result.stderr
         assert hub.files("alice/mosaic", "main") == {}
         assert set(hub.files("alice/mosaic", "release-2")) == {i.path_in_repo for i in plan_upload(out)}
+
+
+@pytest.mark.parametrize(
+    ("sources", "license_name", "note"),
+    [
+        ({"arcgis": 5}, "esri-world-imagery-terms", "Esri's terms of use"),
+        ({"earth": 5}, "nasa-blue-marble-public-domain", "public domain"),
+        ({"earth": 5, "arcgis": 1}, "esri-world-imagery-terms", "Esri's terms of use"),
+        ({"ingest": 5}, "mixed-see-dataset-card", "terms of their original provider"),
+    ],
+)
+def test_card_license_follows_the_tile_sources(sources, license_name, note):
+    from builder.publish.card import CardStats, render_card
+
+    stats = CardStats(tiles=sum(sources.values()), buckets_populated=2, buckets_full=0, cap=100, by_source=sources)
+    text = render_card(stats, "alice/mosaic")
+    _, meta = card_header_text(text)
+    assert meta["license"] == "other" and meta["license_name"] == license_name
+    assert note in text and 'load_dataset("alice/mosaic", split="train")' in text
+
+
+def card_header_text(text: str) -> tuple[str, dict]:
+    header = text.split("---\n", 2)[1]
+    return header, yaml.safe_load(header)
