@@ -34,15 +34,19 @@ import numpy as np
 
 from . import db
 from .color import CentroidIndex, rgb_to_lab
-from .decode import MAX_BYTES, decode_tile, encode_png, is_plain_png
+from .decode import MAX_BYTES, DecodedTile, decode_tile, encode_png, is_plain_png
 from .errors import ImageRejected
 from .library import JOURNAL, Library, new_tile_id
-from .phash import phash
+from .phash import phash_from_pixels, phash_pixels
 
 logger = logging.getLogger(__name__)
 
 # Below this many candidates in a batch the pool's start-up costs more than it saves.
 POOL_THRESHOLD = 16
+# Candidates a worker analyses together: LAB, the KD-tree query, the bucket counts and the
+# pHash DCT run once per chunk instead of once per tile.  A chunk's decoded tiles are held
+# until it is done (256 KiB each), so the chunk is kept small.
+CHUNK_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,11 @@ def read_candidate(candidate: Candidate) -> bytes:
                 raise ImageRejected("not_a_file", candidate.path)
             if info.st_size > MAX_BYTES:
                 raise ImageRejected("too_large", f"{info.st_size} bytes > {MAX_BYTES}")
-            return fh.read(MAX_BYTES + 1)
+            # read(MAX_BYTES + 1) would allocate 32 MiB per tile before shrinking it.
+            data = fh.read(info.st_size + 1)
+            if len(data) > info.st_size:  # grew since fstat: keep reading, still bounded
+                data += fh.read(MAX_BYTES + 1 - len(data))
+            return data
     except OSError as exc:  # missing, a folder, no permission, a socket (ENXIO), a symlink loop, EIO
         raise ImageRejected("unreadable", f"{candidate.path}: {exc.strerror or exc}") from None
 
@@ -120,30 +128,69 @@ class Worker:
         return self._conn
 
     def analyse(self, candidate: Candidate) -> Analysis:
-        try:
-            data = read_candidate(candidate)
-            decoded = decode_tile(data)
-        except ImageRejected as exc:
-            return Analysis(exc.reason, exc.detail)
-        image = decoded.image
-        if self.prefilter is not None:
-            reason = self.prefilter(np.asarray(image))
-            if reason:
-                return Analysis(reason)
-        lab = rgb_to_lab(mean_rgb_64(image))
-        bucket_ids, _ = self.index.assign_lab(lab)
-        bucket_id = int(bucket_ids[0])
-        lab_t = (float(lab[0]), float(lab[1]), float(lab[2]))
-        (count,) = self.conn.execute("SELECT COUNT(*) FROM tiles WHERE bucket_id = ?", (bucket_id,)).fetchone()
-        if count >= self.cap:
-            return Analysis("bucket_full", "", bucket_id, lab_t)
-        tile_hash = phash(image)
+        return self.analyse_many([candidate])[0]
+
+    def analyse_many(self, candidates: Sequence[Candidate]) -> list[Analysis]:
+        """The six steps for a chunk of candidates, cheapest rejection first, one verdict each.
+
+        Per tile: read, decode, prefilter, mean RGB of the 64x64 resize, and (for tiles whose
+        bucket has room) the 32x32 pHash pixels: Pillow work that cannot be shared.  Per
+        chunk: LAB, the KD-tree query, the bucket counts and the pHash DCT and median, whose
+        per-call NumPy overhead would otherwise cost as much as the maths.  Every result is
+        bit-identical to the per-tile recipe (see ``rgb_to_lab`` and ``builder.phash``).
+        """
+        results: list[Analysis | None] = [None] * len(candidates)
+        live: list[tuple[int, bytes, DecodedTile]] = []
+        means: list[np.ndarray] = []
+        for i, candidate in enumerate(candidates):
+            try:
+                data = read_candidate(candidate)
+                decoded = decode_tile(data)
+            except ImageRejected as exc:
+                results[i] = Analysis(exc.reason, exc.detail)
+                continue
+            if self.prefilter is not None:
+                reason = self.prefilter(np.asarray(decoded.image))
+                if reason:
+                    results[i] = Analysis(reason)
+                    continue
+            live.append((i, data, decoded))
+            means.append(mean_rgb_64(decoded.image))
+        if live:
+            labs = rgb_to_lab(np.stack(means))
+            bucket_ids, _ = self.index.assign_lab(labs)
+            buckets = [int(b) for b in bucket_ids]
+            counts = self._bucket_counts(set(buckets))
+            room = []
+            for (i, data, decoded), bucket_id, lab in zip(live, buckets, labs.tolist()):
+                lab_t = (lab[0], lab[1], lab[2])
+                if counts.get(bucket_id, 0) >= self.cap:
+                    results[i] = Analysis("bucket_full", "", bucket_id, lab_t)
+                else:
+                    room.append((i, data, decoded, bucket_id, lab_t))
+            if room:
+                hashes = phash_from_pixels(np.stack([phash_pixels(decoded.image) for _i, _d, decoded, _b, _l in room]))
+                for (i, data, decoded, bucket_id, lab_t), tile_hash in zip(room, hashes):
+                    results[i] = self._dedupe_and_stage(data, decoded, bucket_id, lab_t, tile_hash)
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _bucket_counts(self, buckets: set[int]) -> dict[int, int]:
+        """Committed tiles per bucket for the given buckets, in one indexed query."""
+        marks = ", ".join("?" * len(buckets))
+        return dict(self.conn.execute(
+            f"SELECT bucket_id, COUNT(*) FROM tiles WHERE bucket_id IN ({marks}) GROUP BY bucket_id", tuple(buckets)
+        ).fetchall())
+
+    def _dedupe_and_stage(self, data: bytes, decoded: DecodedTile, bucket_id: int,
+                          lab_t: tuple[float, float, float], tile_hash: str) -> Analysis:
+        """Duplicate check against the committed bucket, then ``temp/<id>.png`` (PNG passthrough
+        when the source bytes are already a plain 256x256 RGB PNG)."""
         if self.conn.execute(
             "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", (bucket_id, tile_hash)
         ).fetchone():
             return Analysis("duplicate", "", bucket_id, lab_t, tile_hash)
         tile_id = new_tile_id()
-        payload = data if decoded.png_passthrough and is_plain_png(data) else encode_png(image)
+        payload = data if decoded.png_passthrough and is_plain_png(data) else encode_png(decoded.image)
         part = self.temp / f"{tile_id}.part"
         with open(part, "wb") as fh:
             fh.write(payload)
@@ -178,9 +225,14 @@ def _init_pool_worker(root: str, centroids: np.ndarray, cap: int, prefilter: Cal
     _WORKER = Worker(root, centroids, cap, prefilter)
 
 
-def _pool_analyse(candidate: Candidate) -> Analysis:
+def _pool_analyse_many(candidates: list[Candidate]) -> list[Analysis]:
     assert _WORKER is not None
-    return _WORKER.analyse(candidate)
+    return _WORKER.analyse_many(candidates)
+
+
+def chunked(items: Sequence, size: int) -> list:
+    """``items`` cut into consecutive slices of at most ``size``."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def pool_context():
@@ -238,11 +290,13 @@ class Pipeline:
 
     def _analyse_all(self, candidates: Sequence[Candidate]) -> list[Analysis]:
         if self._pool is not None and len(candidates) >= POOL_THRESHOLD:
-            chunk = max(1, len(candidates) // (self.workers * 4))
-            return list(self._pool.map(_pool_analyse, candidates, chunksize=chunk))
+            # About four chunks per worker per batch: even load, little IPC per tile.
+            size = min(CHUNK_MAX, max(1, -(-len(candidates) // (self.workers * 4))))
+            parts = self._pool.map(_pool_analyse_many, chunked(candidates, size))
+            return [an for part in parts for an in part]
         if self._inline is None:
             self._inline = Worker(str(self.lib.root), self.lib.centroids, self.lib.cap, self.prefilter)
-        return [self._inline.analyse(c) for c in candidates]
+        return [an for part in chunked(candidates, CHUNK_MAX) for an in self._inline.analyse_many(part)]
 
     def process(self, candidates: Iterable[Candidate],
                 on_commit: Callable | None = None) -> list[Outcome]:

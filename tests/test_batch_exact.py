@@ -1,0 +1,82 @@
+"""The batched fast paths (chunked worker analysis, batched LAB, RLE PNG encoding) give exactly,
+bit for bit, what the card's per-tile recipe gives: skimage rgb2lab, cKDTree, imagehash."""
+
+import io
+
+import imagehash
+import numpy as np
+from PIL import Image
+from scipy.spatial import cKDTree
+from skimage.color import rgb2lab
+
+from builder.assign import CHUNK_MAX, Candidate, Worker, chunked, read_candidate
+from builder.color import rgb_to_lab
+from builder.decode import encode_png
+from tests.conftest import jpeg_bytes, png_bytes, real_crops
+
+
+def test_batched_lab_is_bit_identical_to_skimage_per_colour():
+    rng = np.random.default_rng(3)
+    # Means of a 64x64 resize are multiples of 1/4096; add whole colours and the extremes.
+    means = np.concatenate([
+        rng.integers(0, 255 * 4096, (4000, 3)) / 4096.0,
+        rng.integers(0, 256, (1000, 3)).astype(np.float64),
+        np.array([[0.0, 0, 0], [255.0, 255, 255], [10.3, 0.0, 255.0]]),
+    ])
+    ref = np.array([rgb2lab((m / 255.0).reshape(1, 1, 3)).reshape(3) for m in means])
+    assert np.array_equal(rgb_to_lab(means), ref)
+    assert all(np.array_equal(rgb_to_lab(m), r) for m, r in zip(means[:50], ref[:50]))
+
+
+def test_chunked_worker_matches_the_cards_recipe_exactly(make_library, bluemarble, tmp_path):
+    lib = make_library(cap=1000)
+    crops = real_crops(bluemarble, 40, seed=21)
+    tree = cKDTree(lib.centroids)
+    candidates = []
+    for i, crop in enumerate(crops):
+        data = png_bytes(crop) if i % 3 else jpeg_bytes(crop)
+        path = tmp_path / f"t{i}.img"
+        path.write_bytes(data)
+        candidates.append(Candidate(str(path), path=str(path)) if i % 2 else Candidate(f"t{i}", data=data))
+    worker = Worker(str(lib.root), lib.centroids, lib.cap, None)
+    analyses = [an for part in chunked(candidates, 16) for an in worker.analyse_many(part)]
+    assert len(analyses) == len(candidates)
+    for cand, an in zip(candidates, analyses):
+        img = Image.open(io.BytesIO(read_candidate(cand))).convert("RGB")
+        mean = np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)
+        lab = rgb2lab((mean / 255.0).reshape(1, 1, 3)).reshape(3)
+        _dist, bucket = tree.query(lab)
+        assert an.reason is None and an.bucket_id == int(bucket)
+        assert an.lab == tuple(float(v) for v in lab)  # bit for bit, not approximately
+        assert an.phash == str(imagehash.phash(img, hash_size=8))
+        stored = Image.open(lib.temp_dir / f"{an.tile_id}.png")
+        assert stored.format == "PNG" and np.array_equal(np.asarray(stored.convert("RGB")), np.asarray(img))
+    assert CHUNK_MAX >= 16
+
+
+def test_chunk_verdicts_keep_order_and_reasons(make_library, bluemarble, tmp_path):
+    lib = make_library()
+    good = png_bytes(real_crops(bluemarble, 1, seed=4)[0])
+    candidates = [
+        Candidate("empty", data=b""),
+        Candidate("good", data=good),
+        Candidate("missing", path=str(tmp_path / "nope.png")),
+        Candidate("html", data=b"<html>no</html>"),
+    ]
+    out = Worker(str(lib.root), lib.centroids, lib.cap, None).analyse_many(candidates)
+    assert [a.reason for a in out] == ["empty", None, "unreadable", "not_image"]
+
+
+def test_rle_png_encoding_is_lossless(bluemarble):
+    for crop in real_crops(bluemarble, 5, seed=8):
+        data = encode_png(crop)
+        back = Image.open(io.BytesIO(data))
+        assert back.format == "PNG" and back.mode == "RGB"
+        assert np.array_equal(np.asarray(back), np.asarray(crop))
+
+
+def test_read_candidate_reads_the_whole_file(tmp_path):
+    path = tmp_path / "x.png"
+    payload = bytes(range(256)) * 1000
+    path.write_bytes(payload)
+    assert read_candidate(Candidate("x", path=str(path))) == payload
