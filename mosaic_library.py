@@ -17,9 +17,9 @@ is used directly; the published Hub repo holds Parquet files and needs no code::
 
 Configs: ``default`` (with images) and ``metadata`` (no image column; fast).  Options:
 ``skip_bad=True`` logs and skips rows whose PNG is missing or unreadable instead of failing;
-``db_path`` reads rows from a consistent snapshot of ``tiles.db`` (``builder.publish`` passes
-the copy it ships, so the Parquet files and the shipped database agree even while a harvest
-writes).  The cache folder's hash is a fingerprint of the library's rows and centroids, so a
+``db_path`` reads rows from a consistent snapshot of ``tiles.db`` (``builder.publish`` runs
+:func:`generate_examples` over the copy it ships, so the Parquet files and the shipped database
+agree even while a harvest writes).  The cache folder's hash is a fingerprint of the library's rows and centroids, so a
 grown library is regenerated rather than served stale from the cache.
 
 Security: a tile's file is derived from ``(bucket_id, id)`` after validating both (uuid4,

@@ -344,7 +344,6 @@ def build_staging(
             {
                 "fingerprint": fingerprint,
                 "build_format": module.BUILD_FORMAT,
-                "library": str(root),
                 "skip_bad": skip_bad,
                 "skipped": skipped,
                 "repo_id": repo_id,
