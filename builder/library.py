@@ -53,6 +53,8 @@ SHIPPED_CENTROIDS = DATA_DIR / "centroids.npy"
 JOURNAL = "journal.json"
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _BUCKET_DIR = re.compile(r"^bucket_(\d{4})$")
+# What a crashed ``init`` can leave in a folder; ``create`` refuses a folder holding anything else.
+_INIT_LEFTOVERS = frozenset({"tiles.db", "tiles.db-wal", "tiles.db-shm", "tiles.db-journal", "temp", ".lock"})
 
 
 def is_tile_id(value: object) -> bool:
@@ -134,6 +136,7 @@ class Library:
         self.readonly = readonly
         self._lock_fd = lock_fd
         self._index: CentroidIndex | None = None
+        self._recovered = False  # close() sweeps temp/ again only if open() could
         cap = db.get_meta(conn, "cap") if "meta" in self._tables() else None
         self.cap = int(cap) if cap else DEFAULT_CAP
 
@@ -152,6 +155,11 @@ class Library:
             raise LibraryError(f"{root} is already initialised: centroids.npy exists and is never overwritten")
         if root.exists() and not root.is_dir():
             raise LibraryError(f"{root} exists and is not a folder")
+        foreign = sorted(e.name for e in root.iterdir() if e.name not in _INIT_LEFTOVERS) if root.is_dir() else []
+        if foreign:
+            # Writers empty temp/ on open: a folder of someone else's files is no place for a library.
+            raise LibraryError(f"refusing to initialise {root}: it already holds {', '.join(foreign[:3])}"
+                               f"{' ...' if len(foreign) > 3 else ''}; choose a new or empty folder")
         if cap < 1:
             raise LibraryError(f"bucket cap must be at least 1, got {cap}")
         if centroids is not None and seed is not None:
@@ -216,7 +224,11 @@ class Library:
                 os.close(lock_fd)
             raise
         if not readonly:
-            lib.recover()
+            try:
+                lib.recover()
+            except BaseException:
+                lib.close()
+                raise
         return lib
 
     @staticmethod
@@ -255,8 +267,11 @@ class Library:
     @staticmethod
     def _acquire_lock(root: Path) -> int:
         path = root / ".lock"
+        if path.is_symlink():
+            raise UnsafePath(f"{path} is a symlink: refusing to write through it")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: the pid is written into this file; never through a planted symlink.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except PermissionError:
             raise LibraryError(f"cannot write to {root}: the library folder is read-only") from None
         except OSError as exc:
@@ -293,12 +308,12 @@ class Library:
         return False
 
     def close(self) -> None:
-        if self.conn is not None and not self.readonly and self._lock_fd is not None:
+        if self.conn is not None and self._recovered and self._lock_fd is not None:
             # temp/ empty at rest: a run that failed mid-batch (disk full, a worker's error)
             # leaves its scratch there, and a full disk should not stay full until the next open.
             try:
                 self.recover()
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, LibraryError) as exc:
                 logger.warning("could not clean %s on close (%s); the next writer will", self.temp_dir, exc)
         if self.conn is not None:
             try:
@@ -350,6 +365,9 @@ class Library:
         """Replay a crashed batch's journal and empty ``temp/`` (writers only)."""
         self._require_writer()
         temp = self.temp_dir
+        if temp.is_symlink() or (temp.exists() and not temp.is_dir()):
+            # Everything in temp/ is deleted below: never through a link to someone's folder.
+            raise UnsafePath(f"{temp} is a symlink or not a folder: refusing to clean it; replace it with an empty folder")
         temp.mkdir(exist_ok=True)
         done = {"kept": 0, "rolled_back": 0, "temp_removed": 0}
         journal = temp / JOURNAL
@@ -383,6 +401,7 @@ class Library:
             done["temp_removed"] += 1
         if any(done.values()):
             logger.info("recovered %s: %s", self.root, done)
+        self._recovered = True
         return done
 
     def _require_writer(self) -> None:

@@ -12,14 +12,18 @@ Checks, each a problem ``kind``:
 * ``duplicate_phash``    same phash twice in a bucket
 * ``over_cap``           bucket holding more than the cap
 * ``orphan_file``        file in a bucket folder (or ``temp/``) with no row
+* ``unsafe_path``        a bucket folder or ``temp/`` that is a symlink (reported, never followed
+                         or repaired through: a person must look)
 
 The deep checks (decode every file) run on a process pool; ``deep=False`` checks rows only.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -92,12 +96,15 @@ class FileFacts(NamedTuple):
 def inspect_file(path: Path) -> FileFacts:
     """Decode a stored tile and recompute its colour and hash."""
     try:
-        with open(path, "rb") as fh:
+        # O_NOFOLLOW: a tile that is a symlink (to a private file elsewhere) is bad, not read.
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return FileFacts("not a regular file")
             data = fh.read()
     except FileNotFoundError:
         return FileFacts("missing")
     except OSError as exc:
-        return FileFacts(f"unreadable: {exc.strerror}")
+        return FileFacts("a symlink" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}")
     try:
         tile = decode_tile(data)
     except ImageRejected as exc:
@@ -212,6 +219,9 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         bucket_id = parse_bucket_dir(entry.name)
         if bucket_id is None or not entry.is_dir():
             continue
+        if entry.is_symlink():  # never listed, never repaired through: it leads out of the library
+            report.problems.append(Problem("unsafe_path", None, bucket_id, f"{entry.name} is a symlink"))
+            continue
         for f in entry.iterdir():
             report.files += 1
             stem = f.name[:-4] if f.name.endswith(".png") else None
@@ -230,7 +240,9 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         ]
     for bucket_id, f, _stem in unknown:
         report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
-    if lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
+    if lib.temp_dir.is_symlink():
+        report.problems.append(Problem("unsafe_path", None, None, "temp is a symlink"))
+    elif lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
         for f in lib.temp_dir.iterdir():
             report.problems.append(Problem("orphan_file", None, None, str(f.relative_to(lib.root))))
 
@@ -327,7 +339,7 @@ def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dic
     known = {(b, i) for i, b in conn.execute("SELECT id, bucket_id FROM tiles")}
     for entry in lib.root.iterdir():
         bucket_id = parse_bucket_dir(entry.name)
-        if bucket_id is None or not entry.is_dir():
+        if bucket_id is None or not entry.is_dir() or entry.is_symlink():
             continue
         for f in entry.iterdir():
             stem = f.name[:-4] if f.name.endswith(".png") else None
