@@ -83,10 +83,18 @@ class Analysis(NamedTuple):
     tile_id: str | None = None
 
 
+_ONES_64 = np.ones(64 * 64)
+
+
 def mean_rgb_64(image) -> np.ndarray:
-    """Mean RGB of the 64x64 resize, exactly ``np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)``."""
-    small = np.asarray(image.resize((64, 64)))
-    return small.reshape(-1, 3).sum(axis=0, dtype=np.uint32) / float(64 * 64)
+    """Mean RGB of the 64x64 resize, exactly ``np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)``.
+
+    The channel sums are a dot product with ones in float64: exact (whole numbers below 2**53,
+    so the order of the additions cannot matter) and five times faster than a strided
+    ``sum(axis=0)`` over the ``(4096, 3)`` view.
+    """
+    small = np.frombuffer(image.resize((64, 64)).tobytes(), dtype=np.uint8).reshape(-1, 3)
+    return (_ONES_64 @ small.astype(np.float64)) / float(64 * 64)
 
 
 def read_candidate(candidate: Candidate) -> bytes:
