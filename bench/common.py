@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -190,6 +191,30 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have been reaped
+    (a closed process pool's workers included)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Timing(NamedTuple):
+    """Wall and CPU seconds of one run (CPU summed over every process that took part)."""
+
+    wall: float
+    cpu: float
+
+
+def timed_cpu(fn: Callable[[], object]) -> tuple[Timing, object]:
+    """Wall and CPU time of ``fn()``.  CPU time barely moves when other work shares the cores,
+    so it shows what the wall-clock ratios would be on an idle machine."""
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    result = fn()
+    return Timing(time.perf_counter() - wall0, cpu_seconds() - cpu0), result
 
 
 class Measured(dict):
@@ -367,14 +392,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def interleaved(repeats: int, steps: dict[str, Callable[[], float]]) -> dict[str, Samples]:
+def interleaved(repeats: int | dict[str, int], steps: dict[str, Callable[[], object]]) -> dict[str, list]:
     """Run each step once per round, round after round, so slow spells from other load on the
-    machine hit every step alike instead of one step's whole series."""
-    samples = {name: Samples() for name in steps}
-    for _ in range(repeats):
+    machine hit every step alike instead of one step's whole series.  ``repeats`` may give a
+    step fewer rounds than the others (a slow baseline); returns each step's results."""
+    counts = repeats if isinstance(repeats, dict) else dict.fromkeys(steps, repeats)
+    results: dict[str, list] = {name: [] for name in steps}
+    for round_ in range(max(counts.values())):
         for name, step in steps.items():
-            samples[name].add(step())
-    return samples
+            if round_ < counts.get(name, 0):
+                results[name].append(step())
+    return results
+
+
+def samples(values) -> Samples:
+    return Samples([float(v) for v in values])
 
 
 class _Heartbeat:
