@@ -6,10 +6,12 @@ How a mosaic is made, and why:
    from the header before any decode; unknown formats rejected as :class:`ImageRejected`).
    Only its ``s x s`` sub-cell colours are needed, so a JPEG is decoded at a reduced scale
    (``draft``) and the sub-cell means come from one box-filtered resize.
-2. **Tile features.**  Each tile's ``s x s`` sub-cell mean RGB (and its LAB) is computed once
-   per library and cached in ``<library>/.cache/`` as a derived file: keyed row by row on
-   ``(id, phash)`` against the current ``tiles.db``, validated on load, spot-checked against
-   the tile files, and silently rebuilt when anything disagrees.
+2. **Tile thumbnails and features.**  Every tile is decoded once per library into a 64-px
+   thumbnail atlas (an uncompressed, memory-mapped ``.npy`` in ``<library>/.cache/``, about a
+   tenth of the tiles' PNG size).  It is a derived file: matched row by row on ``(id, phash)``
+   against the current ``tiles.db`` (new tiles added, deleted ones dropped), validated on
+   load (no pickles, shapes, ids), spot-checked against re-decoded tiles, and rebuilt when
+   anything disagrees.  The ``s x s`` sub-cell mean colours are computed from it per run.
 3. **Candidates.**  A cell's mean LAB picks buckets through a KD-tree over the *populated*
    centroids: its own bucket when that holds tiles, else the nearest populated ones (the
    fallback).  Whole buckets are taken, nearest first, until there are at least
@@ -21,7 +23,8 @@ How a mosaic is made, and why:
    used by any already placed cell within ``no_repeat_radius`` (Chebyshev distance), which
    makes the constraint hold for every pair of cells.
 5. **Rendering.**  Output rows are produced one band of cells at a time; every used tile is
-   decoded once (threads: Pillow releases the GIL while inflating), kept at tile-size
+   fetched once (a slice of the atlas for tile sizes up to 64 px; above that its PNG is
+   decoded, on threads, since Pillow releases the GIL while inflating), kept at tile-size
    resolution only from the first to the last row that uses it, and gathered into the band
    with one fancy-indexing operation.  ``blend`` shifts each tile's sub-cell mean colours that
    fraction of the way to the target's (bilinearly interpolated), which keeps the tile's
@@ -72,6 +75,8 @@ DEFAULT_SUBCELLS = 2
 DEFAULT_MIN_CANDIDATES = 32
 CACHE_DIR = ".cache"
 CACHE_VERSION = 1
+ATLAS_SIZE = 64  # thumbnails kept in the cache: 12 KB a tile, about a tenth of its PNG
+ATLAS_PREFIX = "mosaic_thumbs64"
 SPOT_CHECKS = 3
 _CELL_CHUNK = 2048
 
@@ -247,13 +252,17 @@ def target_subcells(img: Image.Image, layout: Layout, subcells: int) -> np.ndarr
 # ============================================================================ tile features
 @dataclass
 class TileTable:
-    """Tiles a mosaic can use: id, bucket and ``s x s`` sub-cell mean RGB (rows aligned)."""
+    """Tiles a mosaic can use: id, bucket, ``s x s`` sub-cell mean RGB, and the 64-px thumbnail
+    atlas they were measured on (``atlas[atlas_rows[i]]`` is row ``i``'s thumbnail)."""
 
     ids: np.ndarray  # (n,) str
     bucket_ids: np.ndarray  # (n,) int64
     rgb: np.ndarray  # (n, s, s, 3) float64
     subcells: int
+    atlas: np.ndarray  # (m, 64, 64, 3) uint8, usually a read-only memory map
+    atlas_rows: np.ndarray  # (n,) int64
     skipped: int = 0  # rows whose file could not be read
+    scratch: object = None  # keeps a temporary atlas folder alive (read-only libraries)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -263,15 +272,27 @@ class TileTable:
         """LAB of every sub-cell, flattened ``(n, s*s*3)``: what cells are matched against."""
         return rgb_to_lab(self.rgb).reshape(len(self.ids), -1)
 
+    def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
+        """``(k, size, size, 3)`` thumbnails of table rows from the atlas (``size`` <= 64)."""
+        pixels = np.asarray(self.atlas[self.atlas_rows[np.asarray(rows, dtype=np.int64)]])
+        if size == ATLAS_SIZE:
+            return pixels
+        if ATLAS_SIZE % size == 0:  # box reduction, vectorised
+            f = ATLAS_SIZE // size
+            sums = pixels.reshape(len(pixels), size, f, size, f, 3).sum(axis=(2, 4), dtype=np.uint32)
+            return ((sums + f * f // 2) // (f * f)).astype(np.uint8)
+        return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
+
 
 def _block_edges(size: int, parts: int) -> np.ndarray:
     return np.linspace(0, size, parts + 1).round().astype(np.int64)
 
 
 def subcell_means(pixels: np.ndarray, subcells: int) -> np.ndarray:
-    """Exact mean RGB of ``s x s`` blocks of an ``(h, w, 3)`` uint8 array (blocks may differ by 1 px)."""
-    ys, xs = _block_edges(pixels.shape[0], subcells), _block_edges(pixels.shape[1], subcells)
-    sums = np.add.reduceat(np.add.reduceat(pixels, ys[:-1], axis=0, dtype=np.uint64), xs[:-1], axis=1)
+    """Mean RGB of ``s x s`` blocks of ``(..., h, w, 3)`` uint8 images (blocks may differ by 1 px)."""
+    h, w = pixels.shape[-3], pixels.shape[-2]
+    ys, xs = _block_edges(h, subcells), _block_edges(w, subcells)
+    sums = np.add.reduceat(np.add.reduceat(pixels, ys[:-1], axis=-3, dtype=np.uint64), xs[:-1], axis=-2)
     areas = np.diff(ys)[:, None, None] * np.diff(xs)[None, :, None]
     return sums / areas
 
@@ -283,53 +304,133 @@ def _read_tile(lib: Library, bucket_id: int, tile_id: str) -> Image.Image:
         return decode_tile(fh.read()).image
 
 
-def _tile_features(job: tuple[Library, int, str, int]) -> np.ndarray | None:
-    lib, bucket_id, tile_id, subcells = job
+def atlas_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
+    """A tile's 64-px thumbnail (exact 4x4 box average), or None if its file is unusable."""
     try:
-        return subcell_means(np.asarray(_read_tile(lib, bucket_id, tile_id)), subcells)
+        return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // ATLAS_SIZE))
     except (OSError, ImageRejected) as exc:
         logger.warning("tile %s in bucket %s unusable for mosaics: %s", tile_id, bucket_id, exc)
         return None
 
 
-def cache_path(lib: Library, subcells: int) -> Path:
-    return lib.root / CACHE_DIR / f"mosaic_subcells_{subcells}.npz"
+def cache_dir(lib: Library) -> Path:
+    return lib.root / CACHE_DIR
 
 
-def _load_cache(path: Path, subcells: int) -> dict[tuple[str, str], np.ndarray]:
-    """``(id, phash) -> (s, s, 3)`` from the cache file, or ``{}`` if it is absent or not sane."""
-    if not path.is_file():
-        return {}
+def _index_path(folder: Path) -> Path:
+    return folder / f"{ATLAS_PREFIX}_index.npz"
+
+
+def _load_atlas(folder: Path) -> tuple[dict[tuple[str, str], int], np.ndarray | None, str]:
+    """``{(id, phash): row}`` and the memory-mapped atlas, or ``({}, None)`` unless all is sane.
+
+    The index names the atlas file it describes (a random token), so an index never points
+    at an atlas written by another run; shapes, dtypes and ids are checked, nothing unpickled.
+    """
+    index = _index_path(folder)
+    if not index.is_file():
+        return {}, None, ""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            version, ids, hashes, rgb = int(npz["version"]), npz["ids"], npz["phash"], npz["rgb"]
-        ok = (
+        with np.load(index, allow_pickle=False) as npz:
+            version, ids, hashes, ok, name = (int(npz["version"]), npz["ids"], npz["phash"], npz["ok"],
+                                              str(npz["atlas"]))
+        if not re.fullmatch(rf"{ATLAS_PREFIX}\.[0-9a-f]{{16}}\.npy", name):
+            raise ValueError(f"bad atlas name {name!r}")
+        atlas = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+        sane = (
             version == CACHE_VERSION
             and ids.ndim == 1 and ids.dtype.kind == "U" and hashes.shape == ids.shape and hashes.dtype.kind == "U"
-            and rgb.shape == (len(ids), subcells, subcells, 3) and rgb.dtype == np.float64
-            and np.isfinite(rgb).all() and rgb.min(initial=0) >= 0 and rgb.max(initial=0) <= 255
+            and ok.shape == ids.shape and ok.dtype == np.bool_
+            and atlas.dtype == np.uint8 and atlas.shape == (len(ids), ATLAS_SIZE, ATLAS_SIZE, 3)
             and all(is_tile_id(i) for i in ids.tolist())
         )
     except (OSError, ValueError, KeyError, TypeError, zlib.error, EOFError) as exc:
-        logger.warning("ignoring unreadable mosaic cache %s: %s", path, exc)
-        return {}
-    if not ok:
-        logger.warning("ignoring malformed mosaic cache %s", path)
-        return {}
-    return {(i, h): v for i, h, v in zip(ids.tolist(), hashes.tolist(), rgb)}
+        logger.warning("ignoring unreadable mosaic cache in %s: %s", folder, exc)
+        return {}, None, ""
+    if not sane:
+        logger.warning("ignoring malformed mosaic cache in %s", folder)
+        return {}, None, ""
+    keys = {(i, h): r for r, (i, h, good) in enumerate(zip(ids.tolist(), hashes.tolist(), ok.tolist())) if good}
+    return keys, atlas, name
 
 
-def _save_cache(path: Path, ids: list[str], hashes: list[str], rgb: np.ndarray) -> None:
-    """Atomic write; a read-only library simply goes without a cache."""
+def _writable_folder(folder: Path) -> bool:
     try:
-        path.parent.mkdir(exist_ok=True)
-        part = path.with_name(f"{path.name}.{os.getpid()}.part")
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _write_atlas(folder: Path, rows: list[tuple[str, int, str]], sources: list[int | None], old: np.ndarray | None,
+                 lib: Library, workers: int | None, progress: bool | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Write a new atlas (reused rows copied, others decoded) and its index; returns (atlas, ok, name)."""
+    token = os.urandom(8).hex()
+    name = f"{ATLAS_PREFIX}.{token}.npy"
+    part = folder / f".{name}.part"
+    n = len(rows)
+    atlas = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(n, ATLAS_SIZE, ATLAS_SIZE, 3))
+    ok = np.ones(n, dtype=bool)
+    try:
+        reused = np.array([i for i, src in enumerate(sources) if src is not None], dtype=np.int64)
+        if len(reused) and old is not None:
+            src = np.array([sources[i] for i in reused], dtype=np.int64)
+            for lo in range(0, len(reused), 4096):
+                atlas[reused[lo:lo + 4096]] = old[src[lo:lo + 4096]]
+        todo = [i for i, src in enumerate(sources) if src is None]
+        show = sys.stderr.isatty() if progress is None else progress
+        with _pool(workers) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
+            jobs = pool.map(lambda i: atlas_thumbnail(lib, rows[i][1], rows[i][0]), todo)
+            for i, thumb in zip(todo, jobs):
+                if thumb is None:
+                    ok[i] = False
+                else:
+                    atlas[i] = thumb
+                bar.update()
+        atlas.flush()
+        del atlas
+        os.replace(part, folder / name)
+        index_part = folder / f".{ATLAS_PREFIX}_index.{token}.part"
+        with open(index_part, "wb") as fh:
+            np.savez(fh, version=np.array(CACHE_VERSION), atlas=np.array(name),
+                     ids=np.array([r[0] for r in rows], dtype="U36"), phash=np.array([r[2] for r in rows], dtype=str),
+                     ok=ok)
+        os.replace(index_part, _index_path(folder))
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    for stale in folder.glob(f"{ATLAS_PREFIX}.*.npy"):
+        if not stale.name.startswith(f"{ATLAS_PREFIX}.{token}."):  # older atlases and their feature files
+            stale.unlink(missing_ok=True)
+    return np.load(folder / name, mmap_mode="r", allow_pickle=False), ok, name
+
+
+def _subcell_rgb(atlas: np.ndarray, subcells: int, path: Path, checked: dict[int, np.ndarray]) -> np.ndarray:
+    """Sub-cell mean RGB of every atlas row, from its small derived file when that is sane and
+    agrees with the freshly decoded spot-check tiles; else computed from the atlas and saved."""
+    shape = (len(atlas), subcells, subcells, 3)
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            logger.warning("ignoring unreadable %s: %s", path, exc)
+        else:
+            sane = (cached.shape == shape and cached.dtype == np.float64 and np.isfinite(cached).all()
+                    and cached.min(initial=0) >= 0 and cached.max(initial=0) <= 255)
+            if sane and all(np.allclose(subcell_means(t, subcells), cached[r], atol=1e-9) for r, t in checked.items()):
+                return cached
+            logger.warning("ignoring %s: it disagrees with the atlas", path)
+    rgb = np.empty(shape, dtype=np.float64)
+    for lo in range(0, len(atlas), 2048):
+        rgb[lo:lo + 2048] = subcell_means(np.asarray(atlas[lo:lo + 2048]), subcells)
+    try:
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
         with open(part, "wb") as fh:
-            np.savez(fh, version=np.array(CACHE_VERSION), ids=np.array(ids, dtype="U36"),
-                     phash=np.array(hashes, dtype=str), rgb=rgb)
+            np.save(fh, rgb, allow_pickle=False)
         os.replace(part, path)
     except OSError as exc:
-        logger.info("mosaic cache not written (%s): features will be recomputed next time", exc)
+        logger.info("sub-cell colours not cached (%s)", exc)
+    return rgb
 
 
 def _pool(workers: int | None) -> ThreadPoolExecutor:
@@ -338,7 +439,16 @@ def _pool(workers: int | None) -> ThreadPoolExecutor:
 
 def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int | None = None,
                     progress: bool | None = None, use_cache: bool = True) -> TileTable:
-    """Every usable tile with its sub-cell colours, from the cache where it is still right."""
+    """Every usable tile with its thumbnail and sub-cell colours.
+
+    The thumbnail atlas lives in ``<library>/.cache/`` and is matched to ``tiles.db`` row by
+    row on ``(id, phash)``: unchanged tiles are reused, new ones decoded, deleted ones dropped,
+    and a few reused thumbnails are re-decoded and compared byte for byte, so a cache that
+    disagrees with the files is thrown away.  A library folder we cannot write to (or
+    ``use_cache=False``) gets a temporary atlas instead.
+    """
+    import tempfile
+
     rows = [
         (tile_id, bucket_id, tile_hash or "")
         for tile_id, bucket_id, tile_hash in lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY id")
@@ -346,50 +456,43 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     ]
     if not rows:
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
-    path = cache_path(lib, subcells)
-    cached = _load_cache(path, subcells) if use_cache else {}
-    reused = [i for i, (tid, _b, h) in enumerate(rows) if (tid, h) in cached]
-    if reused:
+    folder, scratch = cache_dir(lib), None
+    keys, old, name = _load_atlas(folder) if use_cache else ({}, None, "")
+    if not (use_cache and _writable_folder(folder)):
+        scratch = tempfile.TemporaryDirectory(prefix="mosaic_atlas_")
+        folder = Path(scratch.name)
+    sources = [keys.get((tid, h)) for tid, _b, h in rows]
+    reused = [i for i, src in enumerate(sources) if src is not None]
+    checked: dict[int, np.ndarray] = {}  # atlas row -> freshly decoded thumbnail
+    if reused and old is not None:
         rng = np.random.default_rng()
         for i in rng.choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
-            tid, bucket_id, h = rows[i]
-            fresh = _tile_features((lib, bucket_id, tid, subcells))
-            if fresh is None or not np.allclose(fresh, cached[(tid, h)], atol=1e-6):
-                logger.warning("mosaic cache %s disagrees with tile %s: rebuilding it", path, tid)
-                cached, reused = {}, []
+            tid, bucket_id, _h = rows[i]
+            fresh = atlas_thumbnail(lib, bucket_id, tid)
+            if fresh is None or not np.array_equal(fresh, old[sources[i]]):
+                logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", folder, tid)
+                sources, old, checked = [None] * len(rows), None, {}
                 break
-    rgb = np.zeros((len(rows), subcells, subcells, 3), dtype=np.float64)
-    good = np.ones(len(rows), dtype=bool)
-    todo = []
-    for i, (tid, _bucket_id, h) in enumerate(rows):
-        value = cached.get((tid, h))
-        if value is None:
-            todo.append(i)
-        else:
-            rgb[i] = value
-    if todo:
-        show = sys.stderr.isatty() if progress is None else progress
-        jobs = [(lib, rows[i][1], rows[i][0], subcells) for i in todo]
-        with _pool(workers) as pool, tqdm(total=len(jobs), unit="tile", desc="tile colours", disable=not show) as bar:
-            for i, value in zip(todo, pool.map(_tile_features, jobs)):
-                if value is None:
-                    good[i] = False
-                else:
-                    rgb[i] = value
-                bar.update()
-    stale = len(cached) != len(reused) or bool(todo)
-    if use_cache and (stale or not path.is_file()):
-        keep = np.flatnonzero(good)
-        _save_cache(path, [rows[i][0] for i in keep], [rows[i][2] for i in keep], rgb[keep])
-    keep = np.flatnonzero(good)
+            checked[int(sources[i])] = fresh
+    unchanged = old is not None and len(old) == len(rows) and sources == list(range(len(rows)))
+    if unchanged and scratch is None:
+        atlas, ok = old, np.ones(len(rows), dtype=bool)
+    else:
+        atlas, ok, name = _write_atlas(folder, rows, sources, old, lib, workers, progress)
+        checked = {}
+    keep = np.flatnonzero(ok)
     if not len(keep):
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
+    rgb = _subcell_rgb(atlas, subcells, folder / name.replace(".npy", f".sub{subcells}.npy"), checked)[keep]
     return TileTable(
         ids=np.array([rows[i][0] for i in keep]),
         bucket_ids=np.array([rows[i][1] for i in keep], dtype=np.int64),
-        rgb=rgb[keep],
+        rgb=rgb,
         subcells=subcells,
-        skipped=int((~good).sum()),
+        atlas=atlas,
+        atlas_rows=keep,
+        skipped=int((~ok).sum()),
+        scratch=scratch,
     )
 
 
@@ -507,12 +610,16 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
     options = (options or MosaicOptions()).validate()
     started = time.perf_counter()
     img = open_target(target)
-    layout = Layout(*displayed_size(img), options)
-    if layout.output_size[0] * layout.output_size[1] > MAX_STREAM_PIXELS:
-        raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
-                         "--tile-size or larger cells")
-    s = options.subcells
-    target_rgb = target_subcells(img, layout, s)
+    try:
+        layout = Layout(*displayed_size(img), options)
+        if layout.output_size[0] * layout.output_size[1] > MAX_STREAM_PIXELS:
+            raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
+                             "--tile-size or larger cells")
+        s = options.subcells
+        target_rgb = target_subcells(img, layout, s)
+    finally:
+        if img is not target:  # opened here from a path: release the file
+            img.close()
     t_target = time.perf_counter()
     table = table if table is not None and table.subcells == s else load_tile_table(lib, s, options.workers, progress)
     t_table = time.perf_counter()
@@ -571,8 +678,9 @@ def _blend_shift(plan: MosaicPlan, diff: np.ndarray, row: int) -> np.ndarray:
 def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> Iterator[np.ndarray]:
     """Yield the output one band of cells at a time, ``(T, cols*T, 3)`` uint8.
 
-    Each used tile is decoded once, when the first band needs it, and its slot is reused
-    after the last band that uses it, so memory is bounded by the tiles alive at once.
+    Each used tile is fetched once, when the first band needs it (from the thumbnail atlas
+    for tiles up to 64 px, else decoded from its PNG), and its slot is reused after the last
+    band that uses it, so memory is bounded by the tiles alive at once.
     """
     layout, grid = plan.layout, plan.grid
     tile, rows, cols = layout.tile, layout.rows, layout.cols
@@ -602,10 +710,15 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> 
     with _pool(plan.options.workers) as pool, tqdm(total=rows, unit="row", desc="mosaic", disable=not show) as bar:
         for r in range(rows):
             new = starts_by_row[r]
-            jobs = [(int(table.bucket_ids[used[i]]), str(table.ids[used[i]])) for i in new]
-            for i, pixels in zip(new, pool.map(lambda job: load_thumbnail(lib, job[0], job[1], tile), jobs)):
-                slot_of[i] = free.pop()
-                slots[slot_of[i]] = pixels
+            if len(new):
+                targets = np.array([free.pop() for _ in new], dtype=np.int64)
+                slot_of[new] = targets
+                if tile <= ATLAS_SIZE:  # from the thumbnail atlas: no PNG decoded at all
+                    slots[targets] = table.thumbnails(used[new], tile)
+                else:
+                    jobs = [(int(table.bucket_ids[used[i]]), str(table.ids[used[i]])) for i in new]
+                    for slot, pixels in zip(targets, pool.map(lambda job: load_thumbnail(lib, *job, tile), jobs)):
+                        slots[slot] = pixels
             band = slots[slot_of[local[r]]]  # (cols, T, T, 3)
             band = band.transpose(1, 0, 2, 3).reshape(tile, cols * tile, 3)
             if diff is not None:

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 # these ranges are typos, not colours.
 L_RANGE = (0.0, 100.0)
 AB_RANGE = (-128.0, 128.0)
+# cKDTree.query splits a large batch over every core (-1); answers are identical to one thread.
+QUERY_WORKERS = -1
 
 
 class Neighbours(NamedTuple):
@@ -171,7 +173,7 @@ class PopulatedIndex:
     def query(self, lab: np.ndarray, k: int) -> Neighbours:
         k = _check_k(k, len(self.bucket_ids))
         assert self.tree is not None
-        dist, local = self.tree.query(lab, k=k)
+        dist, local = self.tree.query(lab, k=k, workers=QUERY_WORKERS)
         local = np.asarray(local, dtype=np.int64).reshape(len(lab), k)
         ids = self.bucket_ids[local]
         return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), self.counts[ids])
@@ -190,9 +192,9 @@ def nearest_buckets(lib: Library, colours_lab, k: int = 5, populated: bool = Fal
     if populated:
         return PopulatedIndex(lib.centroids, counts).query(lab, k)
     k = _check_k(k, N_BUCKETS)
-    ids, dist = lib.index.assign_lab(lab, k=k)
-    ids = ids.reshape(len(lab), k)
-    return Neighbours(ids, dist.reshape(len(lab), k), counts[ids])
+    dist, ids = lib.index.tree.query(lab, k=k, workers=QUERY_WORKERS)
+    ids = np.asarray(ids, dtype=np.int64).reshape(len(lab), k)
+    return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), counts[ids])
 
 
 def bucket_tiles(lib: Library, bucket_id: int) -> list[Path]:

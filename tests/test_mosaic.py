@@ -15,7 +15,7 @@ from builder.errors import ImageRejected, UsageError
 from builder.library import Library
 from builder.mosaic import (
     MosaicOptions,
-    cache_path,
+    cache_dir,
     load_tile_table,
     make_mosaic,
     mosaic_file,
@@ -149,33 +149,55 @@ def test_tiles_are_placed_as_planned(lib):
             assert np.array_equal(out[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64], np.asarray(tile.reduce(4)))
 
 
-def test_feature_cache_is_reused_updated_and_never_trusted_blindly(library_root, tmp_path, bluemarble):
+def atlas_files(folder):
+    return sorted(p for p in folder.glob("mosaic_thumbs64.*.npy") if ".sub" not in p.name)
+
+
+def test_thumbnail_cache_is_reused_updated_and_never_trusted_blindly(library_root, tmp_path, bluemarble):
     root = tmp_path / "mosaic_library"
     shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".cache", ".lock"))
     with Library.open(root, readonly=True) as lib:
         fresh = load_tile_table(lib, 2, use_cache=False)
-        path = cache_path(lib, 2)
-        assert not path.exists()
+        folder = cache_dir(lib)
+        assert atlas_files(folder) == []  # use_cache=False leaves the library alone
+        every = np.arange(len(fresh))
         first = load_tile_table(lib, 2)
-        assert path.is_file() and np.array_equal(first.rgb, fresh.rgb)
-        stamp = path.stat().st_mtime_ns
+        index = folder / "mosaic_thumbs64_index.npz"
+        assert index.is_file() and len(atlas_files(folder)) == 1
+        assert np.array_equal(first.rgb, fresh.rgb) and np.array_equal(first.thumbnails(every, 64), fresh.thumbnails(every, 64))
+        tile = Image.open(lib.tile_path(int(first.bucket_ids[0]), str(first.ids[0]))).convert("RGB")
+        assert np.array_equal(first.thumbnails([0], 64)[0], np.asarray(tile.reduce(4)))
+        assert np.allclose(first.rgb[0], np.asarray(tile.reduce(4), dtype=float).reshape(2, 32, 2, 32, 3).mean(axis=(1, 3)))
+        stamp, name = index.stat().st_mtime_ns, atlas_files(folder)[0].name
         again = load_tile_table(lib, 2)
-        assert path.stat().st_mtime_ns == stamp and np.array_equal(again.rgb, fresh.rgb)
+        assert index.stat().st_mtime_ns == stamp and atlas_files(folder)[0].name == name
+        assert np.array_equal(again.rgb, fresh.rgb)
 
-        # Wrong values with the right keys: the spot check catches them and the cache is rebuilt.
-        with np.load(path) as npz:
+        # Wrong sub-cell colours beside a right atlas: caught against the re-decoded spot checks.
+        (features,) = folder.glob("mosaic_thumbs64.*.sub2.npy")
+        np.save(features, np.load(features) * 0.5)
+        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+        assert np.array_equal(np.load(features), load_tile_table(lib, 2).rgb)
+        # Wrong pixels under the right keys: the spot check catches them and the atlas is rebuilt.
+        atlas = np.load(atlas_files(folder)[0], mmap_mode="r+")
+        atlas[:] = 255 - atlas
+        atlas.flush()
+        del atlas
+        rebuilt = load_tile_table(lib, 2)
+        assert np.array_equal(rebuilt.rgb, fresh.rgb) and atlas_files(folder)[0].name != name
+        # Garbage, a pickled object array, or an index naming a file outside the cache: ignored, never loaded.
+        index.write_bytes(b"not an npz at all")
+        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+        np.savez(index, version=np.array(1), atlas=np.array("x"), ids=np.array([object()], dtype=object),
+                 phash=np.array(["x"]), ok=np.array([True]))
+        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+        with np.load(index) as npz:
             parts = {k: npz[k] for k in npz.files}
-        parts["rgb"] = np.clip(parts["rgb"] + 17.0, 0, 255)
-        np.savez(path, **parts)
+        np.savez(index, **{**parts, "atlas": np.array("../../tiles.db")})
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        # Garbage bytes and a pickled object array are ignored, never loaded.
-        path.write_bytes(b"not an npz at all")
-        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        np.savez(path, version=np.array(1), ids=np.array([object()], dtype=object), phash=np.array(["x"]),
-                 rgb=np.zeros((1, 2, 2, 3)))
-        assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
+        assert len(atlas_files(folder)) == 1
 
-    # tiles.db changes: a new tile is added to the cache, a deleted one leaves it.
+    # tiles.db changes: a new tile joins the atlas, a deleted one leaves it.
     extra = tmp_path / "extra"
     extra.mkdir()
     bluemarble.crop((4000, 300, 4256, 556)).save(extra / "new.png")
@@ -188,8 +210,10 @@ def test_feature_cache_is_reused_updated_and_never_trusted_blindly(library_root,
     with Library.open(root, readonly=True) as lib:
         table = load_tile_table(lib, 2)
         assert len(table) == len(fresh) and gone[0] not in set(table.ids.tolist())
-        with np.load(path) as npz:
-            assert set(npz["ids"].tolist()) == set(table.ids.tolist())
+        with np.load(index) as npz:
+            assert npz["ids"].tolist() == table.ids.tolist()
+        assert len(atlas_files(folder)) == 1
+        assert np.array_equal(table.rgb, load_tile_table(lib, 2, use_cache=False).rgb)
 
 
 def png_chunk(kind, data):
