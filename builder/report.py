@@ -201,7 +201,7 @@ def figure_region_yield(stats: dict, path: Path) -> Path:
     bar_h, gap = 22, 12
     width = 900
     height = 50 + max(1, len(rows)) * (bar_h + gap) + 18 + 30
-    plot = (230, 50, 760, height - 30)
+    plot = (230, 50, 720, height - 30)
     top = max([max(k, f) for _r, k, f in rows] + [1])
     canvas = Canvas(width, height, plot, (0.0, float(top)), (0.0, 1.0))
     d = canvas.draw
@@ -220,7 +220,7 @@ def figure_region_yield(stats: dict, path: Path) -> Path:
         label = "(no region: ingested)" if region == "(none)" else region
         label = label if len(label) <= 30 else label[:29] + "..."
         canvas.text((plot[0] - 8, y + bar_h / 2), label, size=12, anchor="rm")
-        share = f" of {fetched} fetched ({kept / fetched:.1%})" if fetched else ""
+        share = f" of {fetched} ({kept / fetched:.0%})" if fetched else " (not fetched here)"
         canvas.text((plot[2] + 8, y + bar_h / 2), f"{kept}{share}", size=12, anchor="lm")
     return canvas.save(path)
 

@@ -1,0 +1,130 @@
+"""``demo``: the whole job offline, in one command, on the embedded Blue Marble imagery.
+
+Steps, each printed with where its result is:
+
+1. ``init`` a library at ``OUTPUT/mosaic_library`` (or reuse the one a previous demo made);
+2. ``harvest`` from the ``earth`` source (Web-Mercator tiles rendered from
+   ``data/bluemarble_5400x2700.jpg``, no network), both of the card's phases, at ``zoom``
+   and, while the library holds fewer than ``max_tiles`` tiles, the next two zooms (the
+   plan's regions hold only a few hundred tiles at zoom 6);
+3. ``verify`` the library against its files (deep: every tile decoded and re-hashed);
+4. ``build`` the Hub-ready staging folder (``OUTPUT/staging``);
+5. ``report``: figures, contact sheets and ``OUTPUT/report/index.html``;
+6. ``mosaic`` of ``data/sample_target.jpg`` (NASA's portrait of astronaut Eileen Collins,
+   public domain) to ``OUTPUT/mosaic.png``.
+
+Running it again continues where the last run stopped: the harvest tops the library up to
+``max_tiles`` (tiles already tried are never fetched again), the rest is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .library import DATA_DIR, Library
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT = "demo_output"
+DEFAULT_MAX_TILES = 1500
+DEFAULT_ZOOM = 6
+# The plan's regions hold a few hundred tiles at zoom 6; the demo goes one or two zooms deeper
+# (same places, finer tiles) until it has --max-tiles.
+ZOOM_STEPS = 3
+MAX_DEMO_ZOOM = 10
+DEFAULT_SEED = 0
+SAMPLE_TARGET = DATA_DIR / "sample_target.jpg"
+MOSAIC_GRID = (48, 48)
+MOSAIC_TILE = 32
+
+
+@dataclass
+class DemoResult:
+    """Where everything went, and the one-line summaries of each step."""
+
+    output: Path
+    library: Path
+    staging: Path | None = None
+    report: Path | None = None
+    mosaic: Path | None = None
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"demo done in {self.seconds:.0f} s: library {self.library}, staging {self.staging}, "
+                f"report {self.report}, mosaic {self.mosaic}")
+
+
+def _check(max_tiles: int, zoom: int) -> None:
+    if not isinstance(max_tiles, int) or max_tiles < 1:
+        raise UsageError(f"--max-tiles must be a positive integer, got {max_tiles!r}")
+    if not isinstance(zoom, int) or not 2 <= zoom <= MAX_DEMO_ZOOM:
+        raise UsageError(f"--zoom for the demo must be within 2..10 (the embedded image's detail), got {zoom!r}")
+
+
+def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAULT_MAX_TILES,
+             zoom: int = DEFAULT_ZOOM, seed: int = DEFAULT_SEED, workers: int | None = None,
+             progress: bool | None = None, say: Callable[[str], None] = print,
+             sample: str | os.PathLike = SAMPLE_TARGET, library: str | os.PathLike | None = None) -> DemoResult:
+    """Run every step (see the module doc); ``say`` receives one line per step.
+
+    ``library`` puts the library elsewhere than ``OUTPUT/mosaic_library``.
+    """
+    from .harvest import harvest
+    from .mosaic import MosaicOptions, mosaic_file
+    from .publish import build_staging
+    from .report import render_report
+    from .verify import verify_library
+
+    _check(max_tiles, zoom)
+    started = time.perf_counter()
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {output} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(library).expanduser() if library is not None else out / "mosaic_library"
+    result = DemoResult(out, root)
+
+    def step(name: str, line: str) -> None:
+        result.steps.append((name, line))
+        say(f"[{name}] {line}")
+
+    if (root / "centroids.npy").is_file():
+        lib = Library.open(root)
+        step("init", f"reusing the library at {root}")
+    else:
+        lib = Library.create(root)
+        step("init", f"created {root} with the shipped centroids (seed 0), cap {lib.cap}")
+    with lib:
+        have = int(lib.bucket_counts().sum())
+        if have >= max_tiles:
+            step("harvest", f"skipped: the library already holds {have} tiles (--max-tiles {max_tiles})")
+        for z in range(zoom, min(zoom + ZOOM_STEPS, MAX_DEMO_ZOOM + 1)):
+            if have >= max_tiles:
+                break
+            report = harvest(lib, "earth", plan="all", zoom=z, threads=4, batch=100, max_tiles=max_tiles - have,
+                             seed=seed, progress=progress, workers=workers)
+            have = int(lib.bucket_counts().sum())
+            step("harvest", f"earth zoom {z}: {report.summary()}")
+        checked = verify_library(lib, deep=True, workers=workers, progress=progress)
+        step("verify", checked.summary())
+    built = build_staging(root, out / "staging")
+    result.staging = built.output
+    step("build", built.summary())
+    with Library.open(root, readonly=True) as reader:
+        rep = render_report(reader, out / "report", progress=progress, workers=workers)
+        result.report = rep.index
+        step("report", rep.summary())
+        options = MosaicOptions(grid=MOSAIC_GRID, tile_size=MOSAIC_TILE, no_repeat_radius=2, blend=0.25,
+                                workers=workers)
+        mos = mosaic_file(reader, sample, out / "mosaic.png", options, progress=progress)
+        result.mosaic = mos.output
+        step("mosaic", mos.summary())
+    result.seconds = time.perf_counter() - started
+    return result

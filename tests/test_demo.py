@@ -1,0 +1,64 @@
+"""``demo`` end to end, small: every artefact it promises exists and is what it claims to be."""
+
+import sqlite3
+from html.parser import HTMLParser
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from builder.cli import main
+from builder.demo import MOSAIC_GRID, MOSAIC_TILE
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [v for k, v in attrs if k in ("href", "src")]
+
+
+def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line.split("]")[0].lstrip("[") for line in lines[:-1]]
+    assert steps == ["init", "harvest", "verify", "build", "report", "mosaic"]
+    assert "earth zoom 6: 40 accepted" in lines[1]
+    assert "no problems" in lines[2]
+    assert lines[-1].startswith("demo done in ") and str(out / "mosaic.png") in lines[-1]
+
+    root = out / "mosaic_library"
+    with sqlite3.connect(root / "tiles.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0] == 40
+        assert {r[0] for r in conn.execute("SELECT DISTINCT source FROM tiles")} == {"earth"}
+
+    staging = out / "staging"
+    shards = sorted((staging / "data").glob("train-*.parquet"))
+    assert shards and sum(pq.ParquetFile(s).metadata.num_rows for s in shards) == 40
+    assert (staging / "README.md").is_file() and (staging / "centroids.npy").is_file() and (staging / "tiles.db").is_file()
+
+    index = out / "report" / "index.html"
+    parser = Links()
+    parser.feed(index.read_text(encoding="utf-8"))
+    assert parser.links and all((index.parent / link).is_file() for link in parser.links)
+
+    with Image.open(out / "mosaic.png") as img:
+        img.load()
+        assert img.format == "PNG" and img.size == (MOSAIC_GRID[0] * MOSAIC_TILE, MOSAIC_GRID[1] * MOSAIC_TILE)
+
+    # A second run reuses the library (already at --max-tiles) and rebuilds the rest.
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1"]) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[0].startswith("[init] reusing the library") and "[harvest] skipped" in again[1]
+    assert "no problems" in again[2]
+    with sqlite3.connect(root / "tiles.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0] == 40
+
+
+def test_demo_bad_options_are_one_line(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path / "d"), "--zoom", "15"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --zoom for the demo must be within 2..10 (the embedded image's detail), got 15"
+    assert not (tmp_path / "d").exists()
