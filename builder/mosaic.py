@@ -606,7 +606,10 @@ class MosaicPlan:
 
 def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: MosaicOptions | None = None,
                 progress: bool | None = None, table: TileTable | None = None) -> MosaicPlan:
-    """Lay out the cells of ``target`` and choose a tile for each (no tile pixels are read)."""
+    """Lay out the cells of ``target`` and choose a tile for each.
+
+    Tile files are read only to build, extend or spot-check the thumbnail atlas.
+    """
     options = (options or MosaicOptions()).validate()
     started = time.perf_counter()
     img = open_target(target)

@@ -284,3 +284,20 @@ def test_cli_writes_the_mosaic_and_prints_one_line(library_root, tmp_path, capsy
         assert img.size == (256, 256) and img.mode == "RGB"
         assert np.asarray(img).std() > 10  # a picture, not a blank
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_grey_transparent_and_exif_rotated_inputs(lib, tmp_path, bluemarble):
+    crop = bluemarble.crop((2000, 800, 2200, 900))  # 200x100, wider than tall
+    grey = tmp_path / "grey.png"
+    crop.convert("L").save(grey)
+    assert plan_mosaic(lib, grey, MosaicOptions(cell_size=20, no_repeat_radius=0)).grid.shape == (5, 10)
+    rgba = crop.convert("RGBA")
+    rgba.putalpha(0)  # fully transparent: composited on white, so the cells ask for white tiles
+    plan = plan_mosaic(lib, rgba, MosaicOptions(cell_size=20, no_repeat_radius=0))
+    assert np.allclose(plan.target_rgb, 255)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: portrait
+    crop.save(rotated, exif=exif.tobytes())
+    plan = plan_mosaic(lib, rotated, MosaicOptions(cell_size=20, no_repeat_radius=0))
+    assert plan.grid.shape == (10, 5)

@@ -190,3 +190,12 @@ def test_gallery_renders_in_headless_chromium(lib, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2000  # figures and photos, not a blank page
     header = pixels[:60, :400].reshape(-1, 3)
     assert (np.abs(header.astype(int) - (31, 45, 61)).max(axis=1) <= 3).mean() > 0.5  # the styled header rendered
+
+
+def test_empty_library_still_gets_a_report(make_library, tmp_path):
+    lib = make_library("empty")
+    result = render_report(lib, tmp_path / "r", progress=False)
+    assert result.buckets == [] and set(result.figures) == set(FIGURES)
+    for path in result.figures.values():
+        valid_png(path)
+    assert "Buckets (0 populated)" in result.index.read_text(encoding="utf-8")
