@@ -78,7 +78,7 @@ CACHE_VERSION = 1
 ATLAS_SIZE = 64  # thumbnails kept in the cache: 12 KB a tile, about a tenth of its PNG
 ATLAS_PREFIX = "mosaic_thumbs64"
 SPOT_CHECKS = 3
-_CELL_CHUNK = 2048
+_CHUNK_BYTES = 32 * 1024 * 1024  # temporaries per vectorised step over cells
 
 
 # ============================================================================ options and plan
@@ -503,6 +503,11 @@ def required_tiles(radius: int) -> int:
     return 2 * radius * (radius + 1) + 1
 
 
+def _chunk(bytes_per_cell: int) -> int:
+    """Cells per vectorised step so that one step's temporaries stay near :data:`_CHUNK_BYTES`."""
+    return max(16, _CHUNK_BYTES // max(1, bytes_per_cell))
+
+
 def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarray, minimum: int) -> np.ndarray:
     """Tiles of each cell's nearest populated buckets, whole buckets until ``minimum`` tiles.
 
@@ -525,8 +530,9 @@ def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarra
     width = int(n_cand.max())
     out = np.full((len(cell_lab), width), -1, dtype=np.int64)
     pos = np.arange(width)
-    for lo in range(0, len(cell_lab), _CELL_CHUNK):
-        sl = slice(lo, lo + _CELL_CHUNK)
+    chunk = _chunk(width * k)
+    for lo in range(0, len(cell_lab), chunk):
+        sl = slice(lo, lo + chunk)
         slot = (pos[None, :, None] >= cum[sl][:, None, :]).sum(axis=2)  # which bucket each position falls in
         slot = np.minimum(slot, k - 1)
         rows = np.arange(slot.shape[0])[:, None]
@@ -542,8 +548,9 @@ def rank_candidates(features: np.ndarray, cell_features: np.ndarray, candidates:
     """The ``keep`` best candidates per cell by sub-cell LAB distance, best first (-1 = none)."""
     keep = min(keep, candidates.shape[1])
     ranked = np.full((len(candidates), keep), -1, dtype=np.int64)
-    for lo in range(0, len(candidates), _CELL_CHUNK):
-        sl = slice(lo, lo + _CELL_CHUNK)
+    chunk = _chunk(candidates.shape[1] * features.shape[1] * 8)
+    for lo in range(0, len(candidates), chunk):
+        sl = slice(lo, lo + chunk)
         cand = candidates[sl]
         diff = features[np.maximum(cand, 0)] - cell_features[sl][:, None, :]
         dist = np.einsum("ijk,ijk->ij", diff, diff)
