@@ -118,12 +118,16 @@ def load_centroids(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise CentroidsError(f"centroids file not found: {path}")
+    if path.stat().st_size > 1024 * 1024:  # (5000, 3) float64 is 120 KB: nothing bigger is read
+        raise CentroidsError(f"{path}: {path.stat().st_size} bytes, too large for {CENTROIDS_SHAPE} centroids")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle: refused
         raise CentroidsError(f"{path}: not a plain NumPy array ({exc})") from None
     except (OSError, EOFError) as exc:
         raise CentroidsError(f"{path}: unreadable .npy file ({exc})") from None
+    except MemoryError:  # a header claiming a huge shape over a few bytes of data
+        raise CentroidsError(f"{path}: its header claims an array too large to be centroids") from None
     return validate_centroids(arr, str(path))
 
 

@@ -205,8 +205,12 @@ class Library:
                 raise LibraryError(f"{root / 'tiles.db'} is not a usable SQLite database ({exc})") from None
             try:
                 if readonly:
-                    if not db.table_columns(conn, "tiles"):
+                    columns = db.table_columns(conn, "tiles")
+                    if not columns:
                         raise LibraryError(f"{root / 'tiles.db'} has no 'tiles' table: not a Mosaic Library database")
+                    missing = [c for c in db.SEED_COLUMNS if c not in columns]
+                    if missing:
+                        raise LibraryError(f"{root / 'tiles.db'}: table 'tiles' lacks the card's columns {missing}")
                 else:
                     found = db.migrate(conn)
                     if found != db.SCHEMA_VERSION:
@@ -245,6 +249,8 @@ class Library:
             )
         if not (root / "tiles.db").is_file():
             raise LibraryError(f"{root} has no tiles.db: run `python -m builder init --library {root}`")
+        if (root / "tiles.db").stat().st_size == 0:  # SQLite would happily turn it into a new database
+            raise LibraryError(f"{root / 'tiles.db'} is empty: no 'tiles' table, not a Mosaic Library database")
 
     @staticmethod
     def _check_centroids_identity(conn: sqlite3.Connection, root: Path, readonly: bool = False) -> None:
