@@ -45,7 +45,10 @@ def planned_tiles(zoom: int, seed: int, n: int) -> list[tuple[int, int, int]]:
     return [(r.z, r.x, r.y) for r in Sampler(load_plan("1"), zoom, seed).sample(n)]
 
 
-def run_harvest(workdir: Path, delay: float, args) -> tuple[dict, list[tuple[int, int, int]]]:
+def run_harvest(workdir: Path, delay: float, args, mature: bool = False) -> tuple[dict, list[tuple[int, int, int]]]:
+    """One harvest of ``args.tiles`` tiles.  ``mature``: the library already holds these very
+    images (ingested from files first), so harvest rejects nearly every tile, as it does once a
+    library has grown: the steady state where the network, not the CPU, should be the limit."""
     tiles = planned_tiles(args.zoom, args.seed, args.tiles)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -54,8 +57,16 @@ def run_harvest(workdir: Path, delay: float, args) -> tuple[dict, list[tuple[int
     try:
         template = parent.recv()
         fetch_rate = fetch_only(template, tiles, args.threads)
-        root = workdir / f"harvest_{int(delay * 1000)}ms"
-        with Library.create(root) as lib:
+        root = workdir / f"harvest_{int(delay * 1000)}ms{'_mature' if mature else ''}"
+        if mature:
+            Library.create(root).close()
+            prefill = workdir / f"prefill_{int(delay * 1000)}ms"
+            prefill.mkdir()
+            for z, x, y in tiles:
+                (prefill / f"{z}_{x}_{y}.jpg").write_bytes(distinct_tile(z, x, y))
+            with Library.open(root) as lib:
+                lib.ingest([prefill], progress=False)
+        with (Library.open(root) if mature else Library.create(root)) as lib:
             report = harvest(lib, template, "1", zoom=args.zoom, threads=args.threads, batch=args.batch,
                              max_requests=args.tiles, seed=args.seed, progress=False)
             fetched = [tuple(r) for r in lib.conn.execute("SELECT z, x, y FROM fetched")]
@@ -102,10 +113,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_harvest_") as tmp:
         workdir = Path(tmp)
-        for delay in args.delays:
-            report, fetched = run_harvest(workdir, delay, args)
+        for delay, mature in [(d, m) for d in args.delays for m in (False, True)]:
+            if mature and delay == 0:
+                continue
+            report, fetched = run_harvest(workdir, delay, args, mature=mature)
             rate = report["tiles_per_s"]
-            line = (f"delay {delay * 1000:.0f} ms, {args.threads} threads, batch {args.batch}: "
+            label = "mature library (tiles already held)" if mature else "fresh library"
+            line = (f"{label}, delay {delay * 1000:.0f} ms, {args.threads} threads, batch {args.batch}: "
                     f"{report['assigned']} tiles ({report['accepted']} accepted) in {report['seconds']:.2f} s = "
                     f"{rate:.1f} tiles/s")
             if delay > 0:
