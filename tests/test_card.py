@@ -15,7 +15,7 @@ from PIL import Image
 
 from builder.color import lab_to_rgb
 from builder.library import SHIPPED_CENTROIDS, Library
-from tests.conftest import real_crops
+from tests.conftest import REPO, real_crops
 
 QUICK_QUERIES = '''
 import sqlite3
@@ -160,3 +160,23 @@ def test_cluster_recipe_runs_and_the_library_then_refuses_the_new_centroids(card
     assert np.load(copy / "mosaic_library" / "centroids.npy").shape == (5000, 3)
     with pytest.raises(CentroidsError, match="restore the original centroids.npy"):
         Library.open(copy / "mosaic_library")
+
+
+def _code_lines(text: str) -> list[str]:
+    """Code lines with white space folded and comments after code dropped."""
+    lines = []
+    for line in text.splitlines():
+        code = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else line
+        folded = " ".join(code.split())
+        if folded:
+            lines.append(folded)
+    return lines
+
+
+@pytest.mark.parametrize("snippet", [QUICK_QUERIES, LOAD_METADATA, LOAD_BUCKET, KDTREE_QUERY, CLUSTER_RECIPE])
+def test_snippets_are_the_cards_own_lines(snippet):
+    """The snippets above are the seed card's (data/seed_dataset_card.md), line for line."""
+    card = _code_lines((REPO / "data" / "seed_dataset_card.md").read_text())
+    wanted = _code_lines(snippet)
+    starts = [i for i, line in enumerate(card) if line == wanted[0]]
+    assert any(card[i:i + len(wanted)] == wanted for i in starts), wanted
