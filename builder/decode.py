@@ -27,6 +27,8 @@ MAX_SIDE = 4096
 MIN_SIDE = 64
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
 FORMATS = ("PNG", "JPEG", "WEBP")
+# 16-bit greyscale PNGs open in these modes (values 0..65535).
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 # Pillow's own bomb guard stays on as a second line of defence (it raises past 2x this).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -88,6 +90,8 @@ def decode_tile(data: bytes) -> DecodedTile:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("corrupt", f"{fmt}: {exc}") from None
     passthrough = fmt == "PNG" and img.mode == "RGB" and img.size == (TILE_SIZE, TILE_SIZE) and "transparency" not in img.info
+    if img.mode in _SIXTEEN_BIT:  # Pillow's convert("RGB") clips 16-bit grey to white: scale it
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     resized = rgb.size != (TILE_SIZE, TILE_SIZE)
     if resized:

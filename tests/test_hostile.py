@@ -768,3 +768,18 @@ def test_bad_values_give_one_line_and_exit_2(library, tmp_path, capsys, argv, me
     assert_one_line_error(code, err, 2, message)
     assert out == ""
     assert digest(library) == before
+
+
+def test_a_16_bit_greyscale_png_keeps_its_grey_level(library, tmp_path):
+    """Pillow's convert("RGB") clips 16-bit grey to white: such a tile would land in the white bucket."""
+    rng = np.random.default_rng(5)
+    grey16 = (rng.integers(0x3000, 0x5000, (256, 256))).astype(np.uint16)  # high bytes 48..79
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey16).save(path)
+    assert Image.open(path).mode.startswith("I")
+    before = {r[0] for r in rows(library)}
+    res = cli("ingest", "--library", library, path)
+    assert res.returncode == 0, res.stderr
+    (new,) = [r for r in rows(library) if r[0] not in before]
+    stored = np.asarray(Image.open(library / f"bucket_{new[1]:04d}" / f"{new[0]}.png"))
+    assert stored.shape == (256, 256, 3) and np.array_equal(stored[..., 0], (grey16 >> 8).astype(np.uint8))
