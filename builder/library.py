@@ -374,6 +374,9 @@ class Library:
         if temp.is_symlink() or (temp.exists() and not temp.is_dir()):
             # Everything in temp/ is deleted below: never through a link to someone's folder.
             raise UnsafePath(f"{temp} is a symlink or not a folder: refusing to clean it; replace it with an empty folder")
+        for entry in os.scandir(self.root):  # tiles are written (and repaired) in bucket folders
+            if entry.is_symlink() and parse_bucket_dir(entry.name) is not None:
+                raise UnsafePath(f"{self.root / entry.name} is a symlink: refusing to write through it")
         temp.mkdir(exist_ok=True)
         done = {"kept": 0, "rolled_back": 0, "temp_removed": 0}
         journal = temp / JOURNAL
