@@ -223,13 +223,14 @@ class Measured(dict):
 
 def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None = None,
                  interval: float = 0.02) -> Measured:
-    """Run ``argv`` in a fresh process; wall time, peak RSS of the process tree, and ``maxrss``.
+    """Run ``argv`` in a fresh process; wall time, peak memory of the process tree, ``maxrss``.
 
     ``tree_peak_mb`` samples the summed RSS of the process and all its descendants every
-    ``interval`` seconds (``num_proc`` workers included; pages shared after fork count once
-    per process, so it is an upper bound).  ``maxrss_mb`` is the kernel's exact peak of the
-    largest single process in the tree (``wait4`` rusage: the child and its waited-for
-    descendants).
+    ``interval`` seconds (``num_proc`` workers included).  Pages a forked worker shares with
+    its parent count in both, so for a multi-process run it is an upper bound.  RSS, not PSS:
+    reading PSS (``/proc/PID/smaps``) costs about 2 ms per process per sample, which on two
+    cores would slow the run being measured.  ``maxrss_mb`` is the kernel's exact peak RSS of
+    the largest single process in the tree (``wait4`` rusage).
     """
     import subprocess
 
@@ -253,7 +254,7 @@ def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None =
                 for p in procs:
                     try:
                         total += p.memory_info().rss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                         pass
                 peak = max(peak, total)
             except psutil.NoSuchProcess:
