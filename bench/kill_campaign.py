@@ -1,7 +1,7 @@
 """Long SIGKILL campaigns against real ``ingest`` and ``harvest`` runs; prints the figures.
 
 The CI test (``tests/test_crash.py``) is the short form of the same campaigns.  Here the
-defaults are 100 ingest kills and 50 harvest kills (about 4 and 3 minutes on 2 cores)::
+defaults are 100 ingest kills and 50 harvest kills (about 2.5 and 1.5 minutes on 2 cores)::
 
     python bench/kill_campaign.py                 # 100 + 50 kills
     python bench/kill_campaign.py --ingest-kills 300 --harvest-kills 0 --keep /tmp/wreck
