@@ -123,6 +123,34 @@ def test_label_names_come_from_parquet_metadata_not_the_yaml(staging):
     assert info["info"]["features"]["label"]["names"][4999] == "bucket_4999"
 
 
+def test_schema_and_options_equal_what_datasets_derives_from_the_features():
+    from datasets.arrow_writer import get_parquet_column_options
+
+    from builder.publish import schema
+    from mosaic_library import dataset_features
+
+    for with_images in (True, False):
+        ours, theirs = schema.arrow_schema(with_images), dataset_features(with_images).arrow_schema
+        assert ours == theirs and ours.metadata == theirs.metadata
+    features = dataset_features()
+    assert schema.column_options(features.arrow_schema) == get_parquet_column_options(features, features.arrow_schema)
+    import datasets.config
+
+    assert schema.CDC_OPTIONS == datasets.config.DEFAULT_CDC_OPTIONS
+
+
+def test_build_does_not_import_datasets(library, tmp_path):
+    """Importing datasets costs ~0.5 s of CPU, more than writing a thousand tiles: build avoids it."""
+    code = (
+        "import sys; from builder.publish import build_staging; "
+        f"build_staging({str(library)!r}, {str(tmp_path / 'staging')!r}, num_proc=2); "
+        "print(sorted(m for m in ('datasets', 'huggingface_hub', 'scipy.spatial') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_parquet_row_groups_are_viewer_sized(staging):
     for path in (staging / "data").glob("*.parquet"):
         meta = pq.ParquetFile(path).metadata
@@ -164,7 +192,10 @@ def test_parquet_layout_is_the_one_datasets_writes(library, staging, tmp_path):
 
 
 def test_card_yaml_parses_is_small_and_reports_live_figures(staging, library):
+    from huggingface_hub import DatasetCard
+
     header, meta = card_header(staging / "README.md")
+    assert DatasetCard.load(staging / "README.md").data.to_dict() == meta  # the Hub client's own parser
     assert len(header) < 1500
     # tiles from 'earth' (NASA, public domain) and 'ingest' (unknown origin): the card explains both
     assert meta["license"] == "other" and meta["license_name"] == "mixed-see-dataset-card"

@@ -1,7 +1,7 @@
 """Publishing: the Hub-ready staging folder (``build``), its upload (``push``) and the way
 back from a release to an on-disk library (``restore``).
 
-* :func:`build_staging` runs ``mosaic_library.MosaicLibrary`` into Parquet shards and writes
+* :func:`build_staging` writes the rows ``mosaic_library.MosaicLibrary`` generates as Parquet shards and writes
   the card, ``centroids.npy`` and a consistent ``tiles.db`` snapshot (:mod:`.staging`).
 * :func:`plan_upload` / :func:`push_staging` upload exactly that folder (:mod:`.hub`).
 * :func:`restore_library` recreates bucket folders and ``tiles.db`` (:mod:`.restore`).

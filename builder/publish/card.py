@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
-from huggingface_hub import DatasetCardData
+import yaml
 
 logger = logging.getLogger(__name__)
 
@@ -117,16 +117,21 @@ def license_fields(sources: Mapping[str, int]) -> dict[str, str]:
 
 
 def card_yaml(stats: CardStats) -> str:
-    """The YAML header (without ``---`` fences): license, task, tags, size, one config."""
-    data = DatasetCardData(
-        pretty_name="Mosaic Library",
+    """The YAML header (without ``---`` fences): license, task, tags, size, one config.
+
+    Plain ``yaml.safe_dump`` with keys in the order written, which is what
+    ``huggingface_hub.DatasetCardData.to_yaml`` produces for these fields (the tests parse it
+    with ``DatasetCard``), without importing ``huggingface_hub`` at every ``build``.
+    """
+    data = {
+        "pretty_name": "Mosaic Library",
         **license_fields(stats.by_source),
-        task_categories=["image-classification"],
-        tags=["satellite-imagery", "remote-sensing", "color", "cielab", "photomosaic", "image"],
-        size_categories=[size_category(stats.tiles)],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-    )
-    return data.to_yaml()
+        "task_categories": ["image-classification"],
+        "tags": ["satellite-imagery", "remote-sensing", "color", "cielab", "photomosaic", "image"],
+        "size_categories": [size_category(stats.tiles)],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    }
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:

@@ -1,4 +1,4 @@
-"""Parquet shards straight from ``mosaic_library``'s example generator, with ``datasets``' file format.
+"""Parquet shards straight from the rows ``mosaic_library.MosaicLibrary`` generates, in ``datasets``' layout.
 
 Why not ``MosaicLibrary.download_and_prepare(file_format="parquet")``: ``datasets``' writer
 re-derives the features from the schema for every 100-row batch (``Features.arrow_schema``,
@@ -6,13 +6,12 @@ re-derives the features from the schema for every 100-row batch (``Features.arro
 ~75 ms a batch, more than reading and writing the batch's images (measured: 2/3 of the build
 time).  Here the schema is computed once and each batch is one ``pa.RecordBatch``.
 
-What stays identical to ``datasets`` (and so to ``push_to_hub``): the Arrow schema and its
-``huggingface`` metadata (``Features.arrow_schema``, the same JSON the ArrowWriter stores), the
-per-column compression/encoding options (``get_parquet_column_options``: images uncompressed
-PLAIN, other columns snappy with dictionaries), content-defined chunking with ``datasets``'
-defaults (so a re-upload of a grown library deduplicates on the Hub's Xet storage), the page
-index, and 100-row row groups for the dataset viewer.  ``tests/test_publish.py`` checks the
-schema metadata against a file written by ``datasets`` itself.
+What stays identical to ``datasets`` (and so to ``push_to_hub``), see :mod:`.schema`: the Arrow
+schema and its ``huggingface`` feature metadata, the per-column compression/encoding options,
+content-defined chunking with ``datasets``' defaults (so a re-upload of a grown library
+deduplicates on the Hub's Xet storage), the page index and 100-row row groups for the dataset
+viewer.  ``tests/test_publish.py`` checks all of it against a file written by ``datasets``.
+Neither this module nor :mod:`.rows` imports ``datasets`` (~0.5 s of CPU per process).
 
 Files: the split is cut into bucket ranges of about ``rows_per_file`` rows (an eighth of the
 library, at least ~16 MB and at most ``max_shard_size`` per file, estimated from a fixed sample
@@ -34,59 +33,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..color import N_BUCKETS
+from ..errors import UnsafePath, UsageError
+from ..library import Library
+from . import rows, schema
+
 logger = logging.getLogger(__name__)
 
-ROWS_PER_GROUP = 100
 FILES_PER_LIBRARY = 8  # a small library still gives num_proc workers something to share
 MIN_FILE_BYTES = 16 * 10**6
 SIZE_SAMPLE = 256
-CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 
 
 class JobResult(NamedTuple):
     files: list[str]
     rows: int
-
-
-def cdc_options() -> dict:
-    """``datasets``' content-defined chunking defaults (kept in step with the installed version)."""
-    try:
-        from datasets import config
-
-        return dict(config.DEFAULT_CDC_OPTIONS)
-    except (ImportError, AttributeError):
-        return dict(CDC_OPTIONS)
-
-
-def column_options(features, schema: pa.Schema) -> dict:
-    """Per-column compression/encoding exactly as ``datasets``' ParquetWriter chooses them."""
-    try:
-        from datasets.arrow_writer import get_parquet_column_options
-
-        return get_parquet_column_options(features, schema)
-    except ImportError:  # older/newer datasets without the helper: same rule, written out
-        image = {"image.bytes", "image.path"}
-        return {
-            "compression": {n: ("none" if n in image else "snappy") for n in _leaves(schema)},
-            "use_dictionary": [n for n in _leaves(schema) if n not in image],
-            "column_encoding": {n: "PLAIN" for n in _leaves(schema) if n in image},
-        }
-
-
-def _leaves(schema: pa.Schema) -> list[str]:
-    out = []
-    for field in schema:
-        if pa.types.is_struct(field.type):
-            out += [f"{field.name}.{sub.name}" for sub in field.type]
-        else:
-            out.append(field.name)
-    return out
-
-
-def _module():
-    from .staging import mosaic_library_module
-
-    return mosaic_library_module()
 
 
 def rows_per_file(total_rows: int, bytes_per_row: float, max_bytes: int) -> int:
@@ -103,10 +64,7 @@ def rows_per_file(total_rows: int, bytes_per_row: float, max_bytes: int) -> int:
 
 def mean_tile_bytes(root: Path, db_path: Path) -> float:
     """Mean PNG size over a fixed sample (the first ids: uuid4s, so effectively random)."""
-    module = _module()
-    from ..library import Library
-
-    conn = module.open_tiles_db(db_path)
+    conn = rows.open_tiles_db(db_path)
     try:
         sample = conn.execute(
             "SELECT bucket_id, id FROM tiles WHERE bucket_id BETWEEN 0 AND 4999 ORDER BY id LIMIT ?", (SIZE_SAMPLE,)
@@ -118,36 +76,25 @@ def mean_tile_bytes(root: Path, db_path: Path) -> float:
         for bucket_id, tile_id in sample:
             try:
                 sizes.append(lib.tile_path(bucket_id, tile_id).stat().st_size)
-            except (OSError, module.UnsafePath):
+            except (OSError, UnsafePath):
                 continue  # the build itself reports bad rows
     return sum(sizes) / len(sizes) if sizes else 100_000.0
 
 
-_LAYOUTS: dict[int, tuple[pa.Schema, dict]] = {}
-
-
-def _layout(features) -> tuple[pa.Schema, dict]:
-    """Arrow schema (with the ``huggingface`` metadata) and column options, once per process:
-    serialising 5,000 label names costs ~30 ms each time."""
-    key = id(features)
-    if key not in _LAYOUTS:
-        schema = features.arrow_schema
-        _LAYOUTS[key] = (schema, column_options(features, schema))
-    return _LAYOUTS[key]
-
-
 @functools.cache
-def _features():
-    return _module().dataset_features(with_images=True)
+def _layout() -> tuple[pa.Schema, dict]:
+    """Schema (with the 5,000 label names in its metadata) and column options, once per process."""
+    arrow = schema.arrow_schema(with_images=True)
+    return arrow, schema.column_options(arrow)
 
 
 class _ShardWriter:
     """Writes 100-row record batches, rolling to a new file past ``max_bytes``."""
 
-    def __init__(self, out_dir: Path, prefix: str, features, max_bytes: int) -> None:
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int) -> None:
         self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
-        self.schema, self.options = _layout(features)
-        self.cdc = cdc_options()
+        self.schema, self.options = _layout()
+        self.cdc = dict(schema.CDC_OPTIONS)
         self.files: list[str] = []
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -168,7 +115,7 @@ class _ShardWriter:
         if self._writer is None or self._bytes >= self.max_bytes:
             self.close()
             self._open()
-        self._writer.write_batch(batch, row_group_size=ROWS_PER_GROUP)
+        self._writer.write_batch(batch, row_group_size=schema.ROWS_PER_GROUP)
         self._bytes += batch.nbytes
         self.rows += batch.num_rows
 
@@ -194,16 +141,14 @@ class _ShardWriter:
 
 def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_bytes: int) -> tuple[int, JobResult]:
     """One job: stream the examples of its bucket range into ``job-JJJJJ-SSSSS.parquet``."""
-    module = _module()
-    features = _features()
-    names = list(features)
-    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", features, max_bytes)
+    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes)
+    names = writer.schema.names
     columns: dict[str, list] = {n: [] for n in names}
     try:
-        for _key, example in module.generate_examples(skip_bad=skip_bad, with_images=True, **gen_kwargs):
+        for _shard, _sample, example in rows.iter_examples(skip_bad=skip_bad, with_images=True, **gen_kwargs):
             for name in names:
                 columns[name].append(example[name])
-            if len(columns["id"]) >= ROWS_PER_GROUP:
+            if len(columns["id"]) >= schema.ROWS_PER_GROUP:
                 writer.write(columns)
                 columns = {n: [] for n in names}
         if columns["id"]:
@@ -227,14 +172,13 @@ def write_parquet(
     progress: bool | None = None,
 ) -> tuple[list[Path], int]:
     """Every row of the library into Parquet files in ``out_dir``; returns files in row order and rows."""
-    module = _module()
-    conn = module.open_tiles_db(db_path)
+    conn = rows.open_tiles_db(db_path)
     try:
-        total = sum(n for b, n in module.bucket_counts(conn).items() if isinstance(b, int) and 0 <= b < 5000)
+        total = sum(n for b, n in rows.bucket_counts(conn).items() if isinstance(b, int) and 0 <= b < N_BUCKETS)
     finally:
         conn.close()
     per_file = rows_per_file(total, mean_tile_bytes(root, db_path), max_bytes)
-    plan = module.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1)
+    plan = rows.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1)
     jobs = [
         (job_id, {**plan, "shards": [shard]}, str(out_dir), skip_bad, max_bytes)
         for job_id, shard in enumerate(plan["shards"])
@@ -257,18 +201,36 @@ def write_parquet(
             pool.terminate()
             pool.join()
     files = [Path(f) for job_id in sorted(results) for f in results[job_id].files]
-    rows = sum(r.rows for r in results.values())
-    logger.info("wrote %d rows into %d Parquet files (%d rows per file planned)", rows, len(files), per_file)
-    return files, rows
+    written = sum(r.rows for r in results.values())
+    logger.info("wrote %d rows into %d Parquet files (%d rows per file planned)", written, len(files), per_file)
+    return files, written
 
 
 def file_size_limit(value: str | int) -> int:
-    """``"500MB"`` -> bytes, as ``datasets`` parses ``max_shard_size``."""
+    """``"500MB"`` -> bytes, with ``datasets``' units for ``max_shard_size`` (decimal KB/MB/GB).
+
+    >>> file_size_limit("500MB"), file_size_limit("1GiB"), file_size_limit(1234)
+    (500000000, 1073741824, 1234)
+    """
     if isinstance(value, int):
         return value
+    text = str(value).strip().upper()
+    units = {
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+    }
+    suffix = next((u for u in units if text.endswith(u)), "")
+    number, factor = (text[: -len(suffix)], units[suffix]) if suffix else (text.rstrip("B"), 1)
     try:
-        from datasets.utils.py_utils import convert_file_size_to_int
-
-        return int(convert_file_size_to_int(value))
-    except ImportError:
-        return int(value)
+        size = int(float(number) * factor)
+    except ValueError:
+        raise UsageError(f"not a size: {value!r} (use e.g. 500MB)") from None
+    if size <= 0:
+        raise UsageError(f"size must be positive, got {value!r}")
+    return size

@@ -28,7 +28,7 @@ from .. import db
 from ..color import N_BUCKETS
 from ..errors import LibraryError, UnsafePath, UsageError
 from ..library import Library, is_tile_id
-from .staging import mosaic_library_module
+from .rows import LABEL_NAMES, check_png
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ def check_schema(path: Path) -> None:
     if missing:
         raise LibraryError(f"{path}: not a Mosaic Library shard, columns {missing} are missing")
     label = features["label"]
-    names = mosaic_library_module().LABEL_NAMES
-    if not isinstance(label, datasets.ClassLabel) or label.names != names:
+    if not isinstance(label, datasets.ClassLabel) or label.names != LABEL_NAMES:
         raise LibraryError(f"{path}: 'label' is not the 5,000-bucket ClassLabel ({label!r:.80})")
 
 
@@ -92,7 +91,7 @@ def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) 
     final = lib.tile_path(bucket_id, tile_id)
     if not isinstance(data, bytes):
         raise LibraryError(f"tile {tile_id}: row has no embedded image bytes")
-    problem = mosaic_library_module().check_png(data)
+    problem = check_png(data)
     if problem:
         raise LibraryError(f"tile {tile_id}: {problem}")
     if final.exists():

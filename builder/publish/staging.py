@@ -10,8 +10,8 @@
       .mosaic_build.json                  local build manifest; never uploaded
 
 How: the live ``tiles.db`` is copied with SQLite's backup API (a WAL database cannot be copied
-file by file while a harvest writes), then ``mosaic_library``'s example generator (the one
-``MosaicLibrary._generate_examples`` runs) reads its rows from that snapshot and
+file by file while a harvest writes), then :func:`.rows.iter_examples` (the generator
+``mosaic_library.MosaicLibrary._generate_examples`` runs) reads its rows from that snapshot and
 :mod:`.parquet` writes them with the schema metadata, column options, row-group size (100
 rows), content-defined chunking and page index that ``datasets``' own ParquetWriter and
 ``push_to_hub`` use, so ``load_dataset(staging)`` and ``load_dataset("user/repo")`` see the
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..errors import LibraryError, MosaicError, UsageError
 from ..library import Library
+from . import rows
 from .card import CardStats, render_card
 from .parquet import file_size_limit, write_parquet
 
@@ -159,14 +160,18 @@ def secret_sources(db_path: Path) -> list[str]:
     change is unredacted; one it already redacted (``token=***``) is safe.  Only the redacted
     form appears in the result.
     """
-    from ..sources.http import redact_url
-
     conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         sources = [s for (s,) in conn.execute("SELECT DISTINCT source FROM tiles WHERE source LIKE '%://%'")]
     finally:
         conn.close()
-    return sorted(redact_url(s) for s in sources if redact_url(s) != s)
+    # redact_url only changes a user-info part or a query; skip its import when neither exists
+    suspects = [s for s in sources if "?" in s or "@" in s]
+    if not suspects:
+        return []
+    from ..sources.http import redact_url
+
+    return sorted(redact_url(s) for s in suspects if redact_url(s) != s)
 
 
 def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
@@ -316,7 +321,6 @@ def build_staging(
     check_paths(root, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(output)
-    module = mosaic_library_module()
 
     work = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     work.mkdir()
@@ -327,7 +331,7 @@ def build_staging(
         leaks = secret_sources(work / "tiles.db")
         if leaks:
             raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
-        fingerprint = module.library_fingerprint(work / "tiles.db", work / "centroids.npy")
+        fingerprint = rows.library_fingerprint(work / "tiles.db", work / "centroids.npy")
         parquet = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
 
         skipped = drop_rows_missing_from(work / "tiles.db", parquet_ids(parquet))
@@ -343,7 +347,7 @@ def build_staging(
             work,
             {
                 "fingerprint": fingerprint,
-                "build_format": module.BUILD_FORMAT,
+                "build_format": rows.BUILD_FORMAT,
                 "skip_bad": skip_bad,
                 "skipped": skipped,
                 "repo_id": repo_id,
@@ -374,15 +378,14 @@ def staging_state(library_root: str | os.PathLike, staging: str | os.PathLike) -
     manifest = read_manifest(staging)
     if manifest is None:
         return StagingState(False, f"no build in {staging}", None)
-    module = mosaic_library_module()
-    if manifest.get("build_format") != module.BUILD_FORMAT:
+    if manifest.get("build_format") != rows.BUILD_FORMAT:
         return StagingState(False, "built by an older builder", manifest)
     if staged_files(staging) != manifest.get("files"):
         return StagingState(False, f"files in {staging} changed since the build", manifest)
     root = Path(library_root)
     Library.verify_layout(root)
     # One SELECT is one read transaction: a consistent view even while a harvest writes.
-    fingerprint = module.library_fingerprint(root / "tiles.db", root / "centroids.npy")
+    fingerprint = rows.library_fingerprint(root / "tiles.db", root / "centroids.npy")
     if fingerprint != manifest.get("fingerprint"):
         return StagingState(False, "the library changed since the build", manifest)
     return StagingState(True, "up to date", manifest)
