@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..publish import build_staging
 from . import add_library_option, positive_int
 
 
@@ -16,6 +15,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here, not at module level: the CLI imports every command module at start
+    from ..publish import build_staging
+
     report = build_staging(args.library, args.output, num_proc=args.num_proc, skip_bad=args.skip_bad)
     print(report.summary())
     return 0

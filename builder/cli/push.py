@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..publish import ensure_staging, format_plan, push_staging, validate_repo_id
 from . import add_library_option, positive_int
 
 
@@ -19,6 +18,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here, not at module level: the CLI imports every command module at start
+    from ..publish import (
+        ensure_staging,
+        format_plan,
+        push_staging,
+        validate_repo_id,
+    )
+
     validate_repo_id(args.repo_id)  # before a possibly long build
     staging, built = ensure_staging(args.library, args.output, num_proc=args.num_proc, repo_id=args.repo_id)
     if built is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..publish import restore_library
 from . import add_library_option
 
 
@@ -15,6 +14,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here, not at module level: the CLI imports every command module at start
+    from ..publish import restore_library
+
     report = restore_library(args.source, args.library, centroids=args.centroids)
     print(report.summary())
     return 0
