@@ -654,3 +654,39 @@ def test_card_license_follows_the_tile_sources(sources, license_name, note):
 def card_header_text(text: str) -> tuple[str, dict]:
     header = text.split("---\n", 2)[1]
     return header, yaml.safe_load(header)
+
+
+def test_to_arrow_equals_pyarrow_conversion_with_nulls_and_refuses_bad_values():
+    from builder.publish.parquet import to_arrow
+    from builder.publish.schema import arrow_schema
+
+    columns = {
+        "image": [
+            {"bytes": b"\x89PNG-a", "path": "a.png"},
+            {"bytes": b"", "path": None},
+            {"bytes": b"z" * 70000, "path": "c"},
+        ],
+        "label": [0, 4999, 17],
+        "id": ["a", "b", "ü"],
+        "phash": ["00ff", None, ""],
+        "mean_l": [1.5, 2, None],
+        "mean_a": [0.0, -1e300, 3.25],
+        "mean_b": [None, None, None],
+        "source": [None, "earth", "arcgis"],
+        "z": [15, None, -3],
+        "x": [2**40, 0, None],
+        "y": [None, 1, 2],
+        "lon": [-180.0, 180.0, None],
+        "lat": [None, 0.5, -85.05],
+        "region": ["Desert (Sahara)", None, ""],
+        "harvested_at": ["2024-01-01T00:00:00+00:00", None, None],
+    }
+    schema = arrow_schema()
+    for field in schema:
+        ours = to_arrow(columns[field.name], field.type, field.name)
+        ours.validate(full=True)
+        assert ours.equals(pa.array(columns[field.name], type=field.type)), field.name
+    with pytest.raises(LibraryError, match=r"column 'z': value 2147483648 is not int32"):
+        to_arrow([1, 2**31], pa.int32(), "z")
+    with pytest.raises(LibraryError, match=r"column 'x': value 'seven' is not int64"):
+        to_arrow([1, "seven"], pa.int64(), "x")
