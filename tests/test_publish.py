@@ -245,13 +245,19 @@ def test_a_failed_build_leaves_the_previous_staging_untouched(library_copy, tmp_
 
 
 def test_skip_bad_build_ships_a_tiles_db_matching_the_parquet(library_copy, tmp_path):
-    victim = next(iter(db_rows(library_copy / "tiles.db").values()))
+    victim, hostile, misplaced = list(db_rows(library_copy / "tiles.db").values())[:3]
     (library_copy / f"bucket_{victim['bucket_id']:04d}" / f"{victim['id']}.png").unlink()
+    conn = sqlite3.connect(library_copy / "tiles.db")
+    with conn:
+        conn.execute("UPDATE tiles SET id = '../../evil' WHERE id = ?", (hostile["id"],))
+        conn.execute("UPDATE tiles SET bucket_id = 9999 WHERE id = ?", (misplaced["id"],))
+    conn.close()
     report = build_staging(library_copy, tmp_path / "staging", skip_bad=True)
-    assert report.skipped == 1
+    assert report.skipped == 3
     shipped = db_rows(tmp_path / "staging" / "tiles.db")
-    assert victim["id"] not in shipped
+    assert {victim["id"], "../../evil", misplaced["id"]}.isdisjoint(shipped)
     assert sorted(r["id"] for r in read_parquet_rows(tmp_path / "staging")) == sorted(shipped)
+    assert "3 bad tiles skipped" in report.summary()
 
 
 def test_output_inside_the_library_or_a_foreign_folder_is_refused(library, tmp_path):

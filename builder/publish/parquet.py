@@ -50,6 +50,7 @@ SIZE_SAMPLE = 256
 class JobResult(NamedTuple):
     files: list[str]
     rows: int
+    skipped: list  # ids of rows skipped with skip_bad (few: only the bad ones)
 
 
 def rows_per_file(total_rows: int, bytes_per_row: float, max_bytes: int) -> int:
@@ -171,11 +172,11 @@ class _ShardWriter:
             self._writer.close()
             self._writer = None
 
-    def finish(self) -> JobResult:
+    def finish(self, skipped: list) -> JobResult:
         if not self.files:  # an empty job still yields a valid, empty file with the schema
             self._open()
         self.close()
-        return JobResult(self.files, self.rows)
+        return JobResult(self.files, self.rows, skipped)
 
 
 def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_bytes: int) -> tuple[int, JobResult]:
@@ -183,8 +184,12 @@ def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_b
     writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes)
     names = writer.schema.names
     columns: dict[str, list] = {n: [] for n in names}
+    skipped: list = []
     try:
-        for _shard, _sample, example in rows.iter_examples(skip_bad=skip_bad, with_images=True, **gen_kwargs):
+        examples = rows.iter_examples(
+            skip_bad=skip_bad, with_images=True, on_skip=lambda tile_id, _exc: skipped.append(tile_id), **gen_kwargs
+        )
+        for _shard, _sample, example in examples:
             for name in names:
                 columns[name].append(example[name])
             if len(columns["id"]) >= schema.ROWS_PER_GROUP:
@@ -192,7 +197,7 @@ def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_b
                 columns = {n: [] for n in names}
         if columns["id"]:
             writer.write(columns)
-        return job_id, writer.finish()
+        return job_id, writer.finish(skipped)
     finally:
         writer.close()
 
@@ -209,8 +214,12 @@ def write_parquet(
     skip_bad: bool = False,
     max_bytes: int = 500 * 10**6,
     progress: bool | None = None,
-) -> tuple[list[Path], int]:
-    """Every row of the library into Parquet files in ``out_dir``; returns files in row order and rows."""
+) -> tuple[list[Path], int, list]:
+    """Every row of the library into Parquet files in ``out_dir``.
+
+    Returns the files in row order, the number of rows written and the ids of rows skipped
+    (``skip_bad``).  Nothing here grows with the library but that short list.
+    """
     conn = rows.open_tiles_db(db_path)
     try:
         total = sum(n for b, n in rows.bucket_counts(conn).items() if isinstance(b, int) and 0 <= b < N_BUCKETS)
@@ -247,8 +256,9 @@ def write_parquet(
             gc.unfreeze()
     files = [Path(f) for job_id in sorted(results) for f in results[job_id].files]
     written = sum(r.rows for r in results.values())
+    skipped = [tile_id for job_id in sorted(results) for tile_id in results[job_id].skipped]
     logger.info("wrote %d rows into %d Parquet files (%d rows per file planned)", written, len(files), per_file)
-    return files, written
+    return files, written, skipped
 
 
 def file_size_limit(value: str | int) -> int:

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -274,12 +274,18 @@ def split_plan(
 
 
 def iter_examples(
-    root: str | Path, db_path: str | Path, shards: list[Shard], with_images: bool = True, skip_bad: bool = False
+    root: str | Path,
+    db_path: str | Path,
+    shards: list[Shard],
+    with_images: bool = True,
+    skip_bad: bool = False,
+    on_skip: Callable[[object, Exception], None] | None = None,
 ) -> Iterator[tuple[int, int, dict]]:
     """``(shard_idx, sample_idx, example)`` for every row of ``shards``, ordered by ``(bucket_id, id)``.
 
     Files are found with ``Library.tile_path`` from validated ``(bucket_id, id)``; a bad row
-    raises (:class:`BadTile` / :class:`UnsafePath`) or, with ``skip_bad``, is logged and skipped.
+    raises (:class:`BadTile` / :class:`UnsafePath`) or, with ``skip_bad``, is logged, reported to
+    ``on_skip(id, error)`` and skipped.
     """
     with Library.open(Path(root), readonly=True) as lib:
         conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
@@ -300,6 +306,8 @@ def iter_examples(
                             raise
                         skipped += 1
                         logger.warning("skipping bad tile: %s", exc)
+                        if on_skip is not None:
+                            on_skip(row[0], exc)
                         continue
                     yield shard_idx, sample_idx, example
                 if skipped:

@@ -39,9 +39,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
-import pyarrow.parquet as pq
-
 from .. import __version__
+from ..color import N_BUCKETS
 from ..errors import LibraryError, MosaicError, UsageError
 from ..library import Library
 from . import rows
@@ -198,25 +197,31 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
     )
 
 
-def parquet_ids(files: list[Path]) -> set[str]:
-    """Every ``id`` in the shards (column projection: image bytes are not read)."""
-    ids: set[str] = set()
-    for path in files:
-        ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-    return ids
-
-
-def drop_rows_missing_from(db_path: Path, keep: set[str]) -> int:
-    """Delete snapshot rows whose tile was skipped, so the shipped ``tiles.db`` matches the Parquet."""
+def drop_skipped_rows(db_path: Path, skipped_ids: list) -> int:
+    """Delete the rows ``skip_bad`` left out of the Parquet files from the snapshot, so the
+    shipped ``tiles.db`` matches them: the skipped ids, and rows whose ``bucket_id`` is not a
+    bucket (they belong to no shard).  Returns the number of rows deleted."""
     conn = sqlite3.connect(db_path)
     try:
-        stored = [tid for (tid,) in conn.execute("SELECT id FROM tiles")]
-        gone = [(tid,) for tid in stored if tid not in keep]
         with conn:
-            conn.executemany("DELETE FROM tiles WHERE id = ?", gone)
-        if gone:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM tiles WHERE id IS ?", [(tid,) for tid in skipped_ids])
+            conn.execute(
+                "DELETE FROM tiles WHERE NOT (typeof(bucket_id) = 'integer' AND bucket_id BETWEEN 0 AND ?)",
+                (N_BUCKETS - 1,),
+            )
+            deleted = conn.total_changes - before
+        if deleted:
             conn.execute("VACUUM")
-        return len(gone)
+        return deleted
+    finally:
+        conn.close()
+
+
+def count_rows(db_path: Path) -> int:
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
     finally:
         conn.close()
 
@@ -252,11 +257,11 @@ def staged_files(staging: Path) -> dict[str, int]:
 
 def _prepare_parquet(
     library_root: Path, work: Path, num_proc: int, skip_bad: bool, max_shard_size: str | int
-) -> list[Path]:
+) -> tuple[list[Path], int, list]:
     """Write the shards with :mod:`.parquet`; name them ``data/train-XXXXX-of-YYYYY.parquet``."""
     prepared = work / ".prepared"
     prepared.mkdir()
-    shards, _rows = write_parquet(
+    shards, written, skipped = write_parquet(
         library_root, work / "tiles.db", prepared, num_proc, skip_bad, file_size_limit(max_shard_size)
     )
     data = work / DATA_DIR
@@ -267,7 +272,7 @@ def _prepare_parquet(
         os.replace(shard, target)
         out.append(target)
     shutil.rmtree(prepared)
-    return out
+    return out, written, skipped
 
 
 def _swap_into_place(work: Path, output: Path) -> None:
@@ -332,11 +337,13 @@ def build_staging(
         if leaks:
             raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
         fingerprint = rows.library_fingerprint(work / "tiles.db", work / "centroids.npy")
-        parquet = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
-
-        skipped = drop_rows_missing_from(work / "tiles.db", parquet_ids(parquet))
-        if skipped and not skip_bad:
-            raise LibraryError(f"{skipped} rows of tiles.db are missing from the Parquet files: build is inconsistent")
+        parquet, written, skipped_ids = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
+        skipped = drop_skipped_rows(work / "tiles.db", skipped_ids) if skip_bad else 0
+        if count_rows(work / "tiles.db") != written:
+            raise LibraryError(
+                f"the Parquet files hold {written} rows but the tiles.db snapshot {count_rows(work / 'tiles.db')}: "
+                "build is inconsistent"
+            )
         stats = card_stats(work, parquet)
         if stats.tiles == 0:
             # datasets cannot load a split without rows ("corresponds to no data"): nothing to publish
