@@ -23,8 +23,8 @@ import logging
 import multiprocessing
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,6 +209,36 @@ class Worker:
 _WORKER: Worker | None = None
 
 
+class _Pending:
+    """A batch handed to the workers: its candidates and the futures of its chunks."""
+
+    def __init__(self, candidates: list[Candidate], futures: list[Future],
+                 analyses: list[Analysis] | None = None) -> None:
+        self.candidates = candidates
+        self.futures = futures
+        self.analyses = analyses
+
+    def result(self) -> list[Analysis]:
+        if self.analyses is None:
+            self.analyses = [an for future in self.futures for an in future.result()]
+        return self.analyses
+
+    def discard(self, temp: Path) -> None:
+        """Drop an unstored batch: cancel what has not started, delete what workers staged."""
+        for future in self.futures:
+            future.cancel()
+        staged = list(self.analyses or [])
+        for future in self.futures:
+            if not future.cancelled():
+                try:
+                    staged += future.result()
+                except BaseException:  # noqa: BLE001 - a failed chunk staged nothing to clean
+                    continue
+        for an in staged:
+            if an.tile_id:
+                (temp / f"{an.tile_id}.png").unlink(missing_ok=True)
+
+
 def _exit_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when the process that forked it dies.
 
@@ -296,15 +326,19 @@ class Pipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _analyse_all(self, candidates: Sequence[Candidate]) -> list[Analysis]:
+    def _submit(self, candidates: list[Candidate]) -> _Pending:
+        """Start analysing a batch.  In the pool it runs in the background (about four chunks
+        per worker: even load, little IPC per tile); inline it is done before returning."""
         if self._pool is not None and len(candidates) >= POOL_THRESHOLD:
-            # About four chunks per worker per batch: even load, little IPC per tile.
             size = min(CHUNK_MAX, max(1, -(-len(candidates) // (self.workers * 4))))
-            parts = self._pool.map(_pool_analyse_many, chunked(candidates, size))
-            return [an for part in parts for an in part]
+            return _Pending(candidates, [self._pool.submit(_pool_analyse_many, part) for part in chunked(candidates, size)])
         if self._inline is None:
             self._inline = Worker(str(self.lib.root), self.lib.centroids, self.lib.cap, self.prefilter)
-        return [an for part in chunked(candidates, CHUNK_MAX) for an in self._inline.analyse_many(part)]
+        analyses = [an for part in chunked(candidates, CHUNK_MAX) for an in self._inline.analyse_many(part)]
+        return _Pending(candidates, [], analyses)
+
+    def _analyse_all(self, candidates: Sequence[Candidate]) -> list[Analysis]:
+        return self._submit(list(candidates)).result()
 
     def process(self, candidates: Iterable[Candidate],
                 on_commit: Callable | None = None) -> list[Outcome]:
@@ -314,7 +348,35 @@ class Pipeline:
         writes (harvest's ``fetched`` rows) commits together with the tiles.
         """
         candidates = list(candidates)
-        analyses = self._analyse_all(candidates) if candidates else []
+        return self._decide_and_store(candidates, self._analyse_all(candidates) if candidates else [], on_commit)
+
+    def process_stream(self, batches: Iterable[Iterable[Candidate]],
+                       on_commit: Callable | None = None) -> Iterator[list[Outcome]]:
+        """:meth:`process` for a stream of batches, yielding each batch's outcomes in turn.
+
+        The workers analyse batch k+1 while this process stores batch k, so they do not sit
+        idle during the renames, inserts and commit.  Correctness does not depend on the
+        overlap: a worker's cap and duplicate checks only pre-screen against committed rows,
+        and every verdict is re-checked here against the counts and rows of the batches stored
+        before it.  Closing the generator early waits for the batch in flight and deletes the
+        files its workers staged.
+        """
+        pending: _Pending | None = None
+        try:
+            for batch in batches:
+                previous, pending = pending, self._submit(list(batch))
+                if previous is not None:
+                    yield self._decide_and_store(previous.candidates, previous.result(), on_commit)
+            if pending is not None:
+                current, pending = pending, None
+                yield self._decide_and_store(current.candidates, current.result(), on_commit)
+        finally:
+            if pending is not None:
+                pending.discard(self.lib.temp_dir)
+
+    def _decide_and_store(self, candidates: list[Candidate], analyses: list[Analysis],
+                          on_commit: Callable | None) -> list[Outcome]:
+        """Re-check each worker verdict against this batch and the stored library, then store."""
         outcomes: list[Outcome] = []
         accepted: list[tuple[Candidate, Analysis]] = []
         batch_hashes: set[tuple[int, str]] = set()

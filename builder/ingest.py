@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 from tqdm import tqdm
@@ -58,12 +59,13 @@ def ingest_paths(lib: Library, paths, workers: int | None = None, progress: bool
     provenance = {"source": "ingest"}
     if len(files) < 2 * POOL_THRESHOLD:
         workers = 1  # a pool costs more than it saves on a handful of files
+    chunks = [files[start:start + batch] for start in range(0, len(files), batch)]
     with Pipeline(lib, workers=workers, default_provenance=provenance) as pipe, tqdm(
         total=len(files), unit="tile", disable=not show, desc="ingest"
-    ) as bar:
-        for start in range(0, len(files), batch):
-            chunk = files[start:start + batch]
-            outcomes = pipe.process(Candidate(name=str(p), path=str(p)) for p in chunk)
+    ) as bar, closing(  # the workers analyse the next batch while this one is stored
+        pipe.process_stream([Candidate(name=str(p), path=str(p)) for p in chunk] for chunk in chunks)
+    ) as stream:
+        for chunk, outcomes in zip(chunks, stream):
             for out in outcomes:
                 if out.accepted:
                     report.accepted += 1

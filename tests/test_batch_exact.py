@@ -80,3 +80,51 @@ def test_read_candidate_reads_the_whole_file(tmp_path):
     payload = bytes(range(256)) * 1000
     path.write_bytes(payload)
     assert read_candidate(Candidate("x", path=str(path))) == payload
+
+
+def _stream_batches(bluemarble):
+    data = [png_bytes(c) for c in real_crops(bluemarble, 50, seed=31)]
+    # Later batches repeat earlier tiles (duplicates across batches) and cap=3 fills buckets.
+    spans = [(0, 20), (10, 35), (30, 50), (0, 50)]
+    return [[Candidate(f"{k}:{i}", data=data[i]) for i in range(a, b)] for k, (a, b) in enumerate(spans)]
+
+
+def _verdicts(outcomes):
+    """What must not depend on the overlap: which tiles are kept, where, with which hash.
+
+    The label of a rejection may: a tile that is both a duplicate and in a bucket that fills
+    up is called whichever its first check finds, and with the overlap the worker has not yet
+    seen the previous batch's rows, so the parent's re-check (cap first) names it.
+    """
+    return [(o.name, o.accepted, o.bucket_id, o.phash if o.accepted else None, o.tile_id is not None)
+            for o in outcomes]
+
+
+def test_process_stream_gives_the_same_verdicts_as_batch_by_batch(make_library, bluemarble):
+    from builder.assign import Pipeline
+
+    batches = _stream_batches(bluemarble)
+    one, two = make_library("one", cap=3), make_library("two", cap=3)
+    with Pipeline(one, workers=2) as pipe:
+        sequential = [pipe.process(batch) for batch in batches]
+    with Pipeline(two, workers=2) as pipe:
+        streamed = list(pipe.process_stream(iter(batches)))
+    assert [_verdicts(o) for o in streamed] == [_verdicts(o) for o in sequential]
+    rows = "SELECT bucket_id, phash FROM tiles ORDER BY 1, 2"
+    assert one.conn.execute(rows).fetchall() == two.conn.execute(rows).fetchall()
+    assert {o.reason for batch in streamed for o in batch} >= {None, "duplicate", "bucket_full"}
+    assert {o.reason for batch in streamed + sequential for o in batch} <= {None, "duplicate", "bucket_full"}
+    assert list(two.temp_dir.iterdir()) == []
+
+
+def test_closing_a_stream_early_leaves_no_staged_files(make_library, bluemarble):
+    from builder.assign import Pipeline
+
+    batches = _stream_batches(bluemarble)
+    lib = make_library()
+    with Pipeline(lib, workers=2) as pipe:
+        stream = pipe.process_stream(batches)
+        first = next(stream)  # the second batch is in the workers' hands now
+        stream.close()
+        assert list(lib.temp_dir.iterdir()) == []
+    assert lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0] == sum(o.accepted for o in first)
