@@ -221,6 +221,20 @@ class Measured(dict):
     """What :func:`run_measured` saw of one fresh process: seconds, peak RSS, exit code, output."""
 
 
+# A small Python process starts the measured command and reports its wall time and the kernel's
+# maxrss of it.  Needed because a process exec'd straight from this (large) one inherits this
+# process's RSS high-water mark in its own ru_maxrss: the kernel carries the pre-exec peak over.
+_LAUNCHER = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as fh:
+    fh.write(f"{seconds} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+sys.exit(code)
+"""
+
+
 def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None = None,
                  interval: float = 0.02) -> Measured:
     """Run ``argv`` in a fresh process; wall time, peak memory of the process tree, ``maxrss``.
@@ -230,46 +244,41 @@ def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None =
     its parent count in both, so for a multi-process run it is an upper bound.  RSS, not PSS:
     reading PSS (``/proc/PID/smaps``) costs about 2 ms per process per sample, which on two
     cores would slow the run being measured.  ``maxrss_mb`` is the kernel's exact peak RSS of
-    the largest single process in the tree (``wait4`` rusage).
+    the largest single process in the tree.  ``seconds`` is the command's wall time.
     """
     import subprocess
+    import tempfile
 
     import psutil
 
-    stdout_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_child_{os.getpid()}_{time.monotonic_ns()}.log"
     peak = 0
-    with open(stdout_path, "w+b") as log_fh:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=log_fh, stderr=subprocess.STDOUT)
-        ps = psutil.Process(proc.pid)
-        rusage = None
-        status = 0
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            try:
-                procs = [ps, *ps.children(recursive=True)]
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as tmp:
+        result = Path(tmp) / "result"
+        log_path = Path(tmp) / "output.log"
+        with open(log_path, "w+b") as log_fh:
+            launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(result), *argv], env=env, cwd=cwd,
+                                        stdout=log_fh, stderr=subprocess.STDOUT)
+            ps = psutil.Process(launcher.pid)
+            while launcher.poll() is None:
                 total = 0
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                        pass
+                try:
+                    for p in ps.children(recursive=True):  # the command's tree, not the launcher
+                        try:
+                            total += p.memory_info().rss
+                        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                            pass
+                except psutil.NoSuchProcess:
+                    pass
                 peak = max(peak, total)
-            except psutil.NoSuchProcess:
-                pass
-            time.sleep(interval)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log_fh.seek(0)
-        output = log_fh.read().decode("utf-8", "replace")
-    stdout_path.unlink(missing_ok=True)
+                time.sleep(interval)
+            log_fh.seek(0)
+            output = log_fh.read().decode("utf-8", "replace")
+        seconds, maxrss = (result.read_text().split() if result.is_file() else ("nan", "nan"))
     return Measured(
-        seconds=seconds,
+        seconds=float(seconds),
         tree_peak_mb=peak / 2**20,
-        maxrss_mb=rusage.ru_maxrss / 1024 if rusage else math.nan,
-        returncode=proc.returncode,
+        maxrss_mb=float(maxrss) / 1024,
+        returncode=launcher.returncode,
         output=output,
     )
 
