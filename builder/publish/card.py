@@ -455,11 +455,11 @@ print(f"Nearest bucket: {{bucket_id}} (distance: {{dist:.2f}})")
 ## How this release was built
 
 `python -m builder build` took a consistent snapshot of the library's `tiles.db` (the `tiles.db` shipped here),
-generated the rows with `mosaic_library.MosaicLibrary`'s example generator (the project's
-`datasets.GeneratorBasedBuilder`, which reads each tile's PNG from the path derived from its bucket and id) and
-wrote them with pyarrow in the layout `datasets` itself writes: the same features in the Parquet schema metadata,
-100-row row groups, content-defined chunking. This repository holds no code: `load_dataset` reads the Parquet
-files directly. Built {stats.built_at or "-"} with builder {stats.builder_version or "-"}.
+generated the rows with the example generator of `mosaic_library.MosaicLibrary`, the project's
+`datasets.GeneratorBasedBuilder` (`builder.publish.rows.iter_examples`, which reads each tile's PNG from the path
+derived from its bucket and id), and wrote them with pyarrow in the layout `datasets` itself writes: the same
+features in the Parquet schema metadata, 100-row row groups, content-defined chunking. This repository holds no
+code: `load_dataset` reads the Parquet files directly. Built {stats.built_at or "-"} with builder {stats.builder_version or "-"}.
 
 ## Limitations and notes
 
