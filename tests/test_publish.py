@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from builder.db import TILE_COLUMNS
 from builder.errors import LibraryError, UnsafePath, UsageError
 from builder.library import Library
 from builder.publish import (
@@ -696,3 +697,22 @@ def test_to_arrow_equals_pyarrow_conversion_with_nulls_and_refuses_bad_values():
         to_arrow([1, 2**31], pa.int32(), "z")
     with pytest.raises(LibraryError, match=r"column 'x': value 'seven' is not int64"):
         to_arrow([1, "seven"], pa.int64(), "x")
+
+
+def test_a_library_in_the_cards_seven_column_form_builds_with_every_column(library_copy, tmp_path):
+    """A library whose tiles.db is still the card's seven-column table (as first published) builds;
+    the shipped snapshot is migrated to the current schema and the provenance columns are null."""
+    conn = sqlite3.connect(library_copy / "tiles.db")
+    conn.executescript(
+        "CREATE TABLE old AS SELECT id, bucket_id, filepath, phash, mean_l, mean_a, mean_b FROM tiles;"
+        "DROP TABLE tiles; DROP TABLE fetched; ALTER TABLE old RENAME TO tiles; PRAGMA user_version=0;"
+    )
+    n = conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    conn.close()
+    report = build_staging(library_copy, tmp_path / "staging")
+    assert report.rows == n
+    shipped = sqlite3.connect(tmp_path / "staging" / "tiles.db")
+    assert [c[1] for c in shipped.execute("PRAGMA table_info(tiles)")] == list(TILE_COLUMNS)
+    assert shipped.execute("SELECT COUNT(*) FROM tiles WHERE source IS NOT NULL").fetchone()[0] == 0
+    rows = read_parquet_rows(tmp_path / "staging")
+    assert len(rows) == n and all(r["source"] is None for r in rows)

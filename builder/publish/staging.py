@@ -40,6 +40,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 from .. import __version__
+from .. import db as _db
 from ..color import N_BUCKETS
 from ..errors import LibraryError, MosaicError, UsageError
 from ..library import Library
@@ -136,7 +137,8 @@ def snapshot_db(src: Path, dst: Path) -> None:
     """A consistent copy of a live (WAL) ``tiles.db`` via SQLite's online backup API.
 
     The copy is switched to a rollback journal so it opens read-only from anywhere (the Hub
-    cache, a read-only mount) without ``-wal``/``-shm`` side files.
+    cache, a read-only mount) without ``-wal``/``-shm`` side files, and migrated to the current
+    schema, so a library still in the card's seven-column form publishes with every column.
     """
     source = sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)
     try:
@@ -145,6 +147,7 @@ def snapshot_db(src: Path, dst: Path) -> None:
             source.backup(target)
             target.execute("PRAGMA journal_mode=DELETE")
             target.commit()
+            _db.migrate(target)
         finally:
             target.close()
     finally:
