@@ -5,7 +5,8 @@
     python bench/run_all.py --only ingest,build
 
 Each ``bench/*.py`` (except the helpers and the by-hand campaigns listed in :data:`BY_HAND`)
-runs in its own process, with ``--quick`` passed on when given.  Benches that report through
+runs in its own process, with ``--quick`` passed on when given (a script that does not take
+``--quick`` yet gets its own small options from :data:`QUICK_FALLBACK`).  Benches that report through
 :func:`bench.common.report` land in the combined table; a bench that prints something else is
 shown verbatim; one that fails or times out is listed with the end of its output.  The
 benches the project expects (:data:`EXPECTED`) are listed as MISSING when their script is
@@ -38,6 +39,12 @@ BY_HAND = {
     "build_vs_imagefolder": "earlier by-hand form of bench/build.py (no --quick, JSON output)",
 }
 TAIL_LINES = 25
+# Benches that do not take ``--quick`` (yet): the tiny sizes it stands for, in their own options
+# ("{tmp}" is a scratch folder of the run).  Used only while the script lacks ``--quick``.
+QUICK_FALLBACK = {
+    "harvest": ["--tiles", "60", "--delays", "0.02", "0"],
+    "mosaic": ["--crops", "300", "--sample", "2000", "--library", "{tmp}/mosaic_library"],
+}
 
 
 @dataclass
@@ -58,6 +65,20 @@ def discover(bench_dir: Path = BENCH_DIR) -> list[str]:
     return sorted(found, key=lambda n: (EXPECTED.index(n) if n in EXPECTED else len(EXPECTED), n))
 
 
+def takes_quick(script: Path) -> bool:
+    """Whether a bench script declares ``--quick``, itself or through ``common.base_parser``
+    (read from its source: no process needed)."""
+    text = script.read_text(encoding="utf-8", errors="replace")
+    return '"--quick"' in text or "common.base_parser(" in text
+
+
+def quick_args(name: str, script: Path, tmp: str) -> list[str]:
+    """``--quick``, or the bench's own small options while it lacks ``--quick``."""
+    if takes_quick(script) or name not in QUICK_FALLBACK:
+        return ["--quick"]
+    return [arg.replace("{tmp}", tmp) for arg in QUICK_FALLBACK[name]]
+
+
 def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -68,7 +89,7 @@ def run_bench(name: str, quick: bool, timeout: float, extra: list[str], bench_di
     with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as tmp:
         rows_file = Path(tmp) / "rows.jsonl"
         env = {**os.environ, common.JSON_ENV: str(rows_file), "PYTHONPATH": str(common.REPO)}
-        argv = [sys.executable, str(script), *(["--quick"] if quick else []), *extra]
+        argv = [sys.executable, str(script), *(quick_args(name, script, tmp) if quick else []), *extra]
         common.log(f"running {name}: {' '.join(argv[1:])}")
         started = time.perf_counter()
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
-from bench.run_all import BY_HAND, EXPECTED, discover, run_all, summary
+from bench.run_all import BY_HAND, EXPECTED, QUICK_FALLBACK, discover, quick_args, run_all, summary, takes_quick
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = [name for name in discover() if name not in BY_HAND]
@@ -24,9 +24,11 @@ def test_bench_runs_in_quick_mode_and_prints_ratios(name, tmp_path):
     rows_file = tmp_path / "rows.jsonl"
     env = {**os.environ, "MOSAIC_BENCH_CACHE": str(tmp_path / "cache"), common.JSON_ENV: str(rows_file),
            "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--quick"], cwd=REPO, env=env,
+    script = REPO / "bench" / f"{name}.py"
+    args = quick_args(name, script, str(tmp_path))  # --quick, or its small options while it lacks --quick
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{name} --quick failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{name} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "ratio" in proc.stdout.lower(), proc.stdout
     if name in ("ingest", "build"):  # ours report through bench.common: check the rows themselves
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
@@ -40,6 +42,13 @@ def test_bench_runs_in_quick_mode_and_prints_ratios(name, tmp_path):
 
 def test_expected_benches_of_this_issue_are_present():
     assert {"ingest", "build"} <= set(discover())
+
+
+def test_every_bench_takes_quick_or_has_small_options_in_the_runner():
+    """A new bench must take --quick; the fallback list only covers scripts written before the rule."""
+    lacking = {name for name in SCRIPTS if not takes_quick(REPO / "bench" / f"{name}.py")}
+    assert lacking <= set(QUICK_FALLBACK), f"bench scripts without --quick: {sorted(lacking - set(QUICK_FALLBACK))}"
+    assert takes_quick(REPO / "bench" / "ingest.py") and takes_quick(REPO / "bench" / "build.py")
 
 
 def _fake_bench(folder: Path, name: str, body: str) -> None:
