@@ -53,11 +53,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .color import N_BUCKETS, rgb_to_lab
-from .decode import TILE_SIZE, decode_tile
-from .errors import ImageRejected, LibraryError, UsageError
-from .library import Library, is_tile_id
-from .query import PopulatedIndex
+from ..color import N_BUCKETS, rgb_to_lab
+from ..decode import TILE_SIZE, decode_tile
+from ..errors import ImageRejected, LibraryError, UsageError
+from ..library import Library, is_tile_id
+from ..query import PopulatedIndex
 
 logger = logging.getLogger(__name__)
 
