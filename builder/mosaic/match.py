@@ -1,0 +1,180 @@
+"""Choosing a tile for every cell: candidate buckets, ranking by sub-cell LAB distance,
+placement under the repetition radius, and the resulting :class:`MosaicPlan`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from ..color import N_BUCKETS, rgb_to_lab
+from ..errors import LibraryError, UsageError
+from ..library import Library
+from ..query import PopulatedIndex
+from .atlas import TileTable, load_tile_table
+from .target import MAX_STREAM_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_subcells
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 32 * 1024 * 1024  # temporaries per vectorised step over cells
+
+
+# ============================================================================ matching
+def required_tiles(radius: int) -> int:
+    """Distinct tiles needed so a cell always has a free one: the already placed cells of its
+    window (rows above and the cells to its left) plus one."""
+    return 2 * radius * (radius + 1) + 1
+
+
+def _chunk(bytes_per_cell: int) -> int:
+    """Cells per vectorised step so that one step's temporaries stay near :data:`_CHUNK_BYTES`."""
+    return max(16, _CHUNK_BYTES // max(1, bytes_per_cell))
+
+
+def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarray, minimum: int) -> np.ndarray:
+    """Tiles of each cell's nearest populated buckets, whole buckets until ``minimum`` tiles.
+
+    Returns ``(cells, width)`` table row indices padded with -1.  Vectorised: bucket slots
+    are mapped to positions with cumulative counts, never a loop over cells.
+    """
+    counts = np.bincount(table.bucket_ids, minlength=N_BUCKETS)
+    order = np.argsort(table.bucket_ids, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    minimum = min(minimum, len(table))
+    # Enough buckets for any cell: the smallest populated buckets together reach ``minimum``.
+    smallest = np.cumsum(np.sort(counts[counts > 0]))
+    k = int(min(len(smallest), np.searchsorted(smallest, minimum) + 1))
+    near = index.query(cell_lab, k)
+    bucket_ids, bucket_counts = near.bucket_ids, near.counts
+    cum = np.cumsum(bucket_counts, axis=1)
+    before = cum - bucket_counts
+    included = before < minimum
+    n_cand = np.where(included, cum, 0).max(axis=1)
+    width = int(n_cand.max())
+    out = np.full((len(cell_lab), width), -1, dtype=np.int64)
+    pos = np.arange(width)
+    chunk = _chunk(width * k)
+    for lo in range(0, len(cell_lab), chunk):
+        sl = slice(lo, lo + chunk)
+        slot = (pos[None, :, None] >= cum[sl][:, None, :]).sum(axis=2)  # which bucket each position falls in
+        slot = np.minimum(slot, k - 1)
+        rows = np.arange(slot.shape[0])[:, None]
+        bucket = bucket_ids[sl][rows, slot]
+        offset = pos[None, :] - before[sl][rows, slot]
+        valid = pos[None, :] < n_cand[sl][:, None]
+        tiles = order[np.clip(starts[bucket] + offset, 0, len(order) - 1)]
+        out[sl] = np.where(valid, tiles, -1)
+    return out
+
+
+def rank_candidates(features: np.ndarray, cell_features: np.ndarray, candidates: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` best candidates per cell by sub-cell LAB distance, best first (-1 = none)."""
+    keep = min(keep, candidates.shape[1])
+    ranked = np.full((len(candidates), keep), -1, dtype=np.int64)
+    chunk = _chunk(candidates.shape[1] * features.shape[1] * 8)
+    for lo in range(0, len(candidates), chunk):
+        sl = slice(lo, lo + chunk)
+        cand = candidates[sl]
+        diff = features[np.maximum(cand, 0)] - cell_features[sl][:, None, :]
+        dist = np.einsum("ijk,ijk->ij", diff, diff)
+        dist[cand < 0] = np.inf
+        if keep < cand.shape[1]:
+            part = np.argpartition(dist, keep - 1, axis=1)[:, :keep]
+        else:
+            part = np.broadcast_to(np.arange(cand.shape[1]), cand.shape)
+        best = np.take_along_axis(part, np.argsort(np.take_along_axis(dist, part, axis=1), axis=1, kind="stable"), axis=1)
+        chosen = np.take_along_axis(cand, best, axis=1)
+        ranked[sl] = np.where(np.isfinite(np.take_along_axis(dist, best, axis=1)), chosen, -1)
+    return ranked
+
+
+def place_tiles(ranked: np.ndarray, rows: int, cols: int, radius: int) -> np.ndarray:
+    """The repetition constraint, the one per-cell loop: no tile twice within ``radius`` cells."""
+    if radius == 0:
+        return ranked[:, 0].reshape(rows, cols).copy()
+    grid = np.full((rows, cols), -1, dtype=np.int64)
+    choices = ranked.tolist()
+    for r in range(rows):
+        top = max(0, r - radius)
+        for c in range(cols):
+            used = set(grid[top:r + 1, max(0, c - radius):c + radius + 1].ravel().tolist())
+            for tile in choices[r * cols + c]:
+                if tile not in used and tile >= 0:
+                    grid[r, c] = tile
+                    break
+            else:  # cannot happen when the candidate lists are long enough; kept as a guard
+                raise LibraryError(f"no tile left for cell ({r}, {c}) within radius {radius}")
+    return grid
+
+
+# ============================================================================ plan
+@dataclass
+class MosaicPlan:
+    """Which tile goes where, and what the render needs."""
+
+    layout: Layout
+    table: TileTable
+    grid: np.ndarray  # (rows, cols) indices into ``table``
+    target_rgb: np.ndarray  # (rows*s, cols*s, 3) float32 sub-cell colours of the target
+    options: MosaicOptions
+    fallback_cells: int  # cells whose own bucket is empty
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def tile_ids(self) -> np.ndarray:
+        """``(rows, cols)`` tile ids: what tests and callers inspect."""
+        return self.table.ids[self.grid]
+
+    @property
+    def bucket_grid(self) -> np.ndarray:
+        return self.table.bucket_ids[self.grid]
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.layout.output_size
+
+
+def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: MosaicOptions | None = None,
+                progress: bool | None = None, table: TileTable | None = None) -> MosaicPlan:
+    """Lay out the cells of ``target`` and choose a tile for each.
+
+    Tile files are read only to build, extend or spot-check the thumbnail atlas.
+    """
+    options = (options or MosaicOptions()).validate()
+    started = time.perf_counter()
+    img = open_target(target)
+    try:
+        layout = Layout(*displayed_size(img), options)
+        if layout.output_size[0] * layout.output_size[1] > MAX_STREAM_PIXELS:
+            raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
+                             "--tile-size or larger cells")
+        s = options.subcells
+        target_rgb = target_subcells(img, layout, s)
+    finally:
+        if img is not target:  # opened here from a path: release the file
+            img.close()
+    t_target = time.perf_counter()
+    table = table if table is not None and table.subcells == s else load_tile_table(lib, s, options.workers, progress)
+    t_table = time.perf_counter()
+    need = required_tiles(options.no_repeat_radius)
+    if need > len(table):
+        raise UsageError(f"--no-repeat-radius {options.no_repeat_radius} needs at least {need} tiles, the library "
+                         f"has {len(table)}: use a smaller radius")
+    rows, cols = layout.rows, layout.cols
+    sub = target_rgb.astype(np.float64).reshape(rows, s, cols, s, 3)
+    cell_lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
+    cell_features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
+    counts = np.bincount(table.bucket_ids, minlength=N_BUCKETS)
+    index = PopulatedIndex(lib.centroids, counts)
+    own_bucket = lib.index.assign_lab(cell_lab)[0]
+    fallback = int((counts[own_bucket] == 0).sum())
+    candidates = candidate_tiles(table, index, cell_lab, max(options.min_candidates, need))
+    ranked = rank_candidates(table.features, cell_features, candidates, need)
+    grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
+    done = time.perf_counter()
+    seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}
+    return MosaicPlan(layout, table, grid, target_rgb, options, fallback, seconds)
