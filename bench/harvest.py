@@ -14,7 +14,6 @@ no pipeline: the network side's own ceiling.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 import tempfile
@@ -24,6 +23,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+try:
+    from bench import common
+except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
+    import common  # type: ignore[no-redef]
 
 from builder.harvest import harvest  # noqa: E402
 from builder.library import Library  # noqa: E402
@@ -103,14 +107,17 @@ def run_ingest(workdir: Path, tiles: list[tuple[int, int, int]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--delays", type=float, nargs="+", default=[0.1, 0.0], help="seconds added per tile")
-    parser.add_argument("--tiles", type=int, default=600, help="tiles fetched per run")
+    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--delays", type=float, nargs="+", default=None, help="seconds added per tile (default 0.1 0)")
+    parser.add_argument("--tiles", type=int, default=None, help="tiles fetched per run (default 1000; --quick 60)")
     parser.add_argument("--threads", type=int, default=20)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--zoom", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    args.delays = args.delays or ([0.02, 0.0] if args.quick else [0.1, 0.0])
+    args.tiles = args.tiles or (60 if args.quick else 1000)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_harvest_") as tmp:
         workdir = Path(tmp)
         for delay, mature in [(d, m) for d in args.delays for m in (False, True)]:
@@ -118,19 +125,22 @@ def main() -> None:
                 continue
             report, fetched = run_harvest(workdir, delay, args, mature=mature)
             rate = report["tiles_per_s"]
-            label = "mature library (tiles already held)" if mature else "fresh library"
-            line = (f"{label}, delay {delay * 1000:.0f} ms, {args.threads} threads, batch {args.batch}: "
-                    f"{report['assigned']} tiles ({report['accepted']} accepted) in {report['seconds']:.2f} s = "
-                    f"{rate:.1f} tiles/s")
+            label = "mature library" if mature else "fresh library"
+            case = f"{label}, {delay * 1000:.0f} ms/tile, {args.threads} threads"
+            common.log(f"{case}: {report['assigned']} tiles ({report['accepted']} accepted) in "
+                       f"{report['seconds']:.2f} s; fetching alone {report['fetch_only']:.1f} tiles/s")
             if delay > 0:
-                ideal = args.threads / delay
-                line += f"; ideal {ideal:.0f} tiles/s; ratio {rate / ideal:.2f}"
+                rows.append(common.Row("harvest", case, "network ideal threads/delay", args.threads / delay,
+                                       "harvest", rate, "tiles/s", target=0.9 if mature else None,
+                                       note="fresh: every tile accepted and PNG-encoded (CPU-bound)"
+                                       if not mature else "tiles already held: nearly all rejected"))
+                rows.append(common.Row("harvest", case, "fetching alone (same threads)", report["fetch_only"],
+                                       "harvest", rate, "tiles/s"))
             else:
                 ingest_rate = run_ingest(workdir, fetched)
-                line += f"; ideal unbounded (no latency); ingest of the same tiles {ingest_rate:.1f} tiles/s; " \
-                        f"ratio to ingest {rate / ingest_rate:.2f}"
-            line += f"; fetching alone {report['fetch_only']:.1f} tiles/s"
-            print(line, flush=True)
+                rows.append(common.Row("harvest", case, "ingest of the same tiles", ingest_rate,
+                                       "harvest", rate, "tiles/s", target=0.8))
+    common.report(rows)
 
 
 if __name__ == "__main__":

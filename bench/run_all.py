@@ -36,7 +36,6 @@ EXPECTED = ("ingest", "build", "harvest", "mosaic")
 HELPERS = {"common", "run_all", "__init__", "conftest"}
 BY_HAND = {
     "kill_campaign": "crash-safety campaign, not a timing bench (tests/test_crash.py is its CI form)",
-    "build_vs_imagefolder": "earlier by-hand form of bench/build.py (no --quick, JSON output)",
 }
 TAIL_LINES = 25
 # Benches that do not take ``--quick`` (yet): the tiny sizes it stands for, in their own options
