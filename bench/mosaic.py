@@ -24,7 +24,6 @@ nothing here runs as a test.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,11 @@ from scipy.spatial import cKDTree
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+try:
+    from bench import common
+except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
+    import common  # type: ignore[no-redef]
 
 from builder.color import rgb_to_lab  # noqa: E402
 from builder.library import Library  # noqa: E402
@@ -74,7 +78,7 @@ def build_library(root: Path, crops: int, seed: int = 0) -> None:
         print(f"  ingest: {report.summary()}", flush=True)
 
 
-def bench_queries(lib: Library, sample: int) -> None:
+def bench_queries(lib: Library, sample: int) -> list:
     rng = np.random.default_rng(1)
     lab = rgb_to_lab(rng.integers(0, 256, (N_COLOURS, 3)))
     counts = lib.bucket_counts()
@@ -93,6 +97,8 @@ def bench_queries(lib: Library, sample: int) -> None:
           f"extrapolated to {N_COLOURS:,}: {t_base:.1f} s")
     print(f"   ours (one nearest_buckets call):          {t_ours:.2f} s")
     print(f"   ratio: {t_base / t_ours:.0f}x")
+    return [common.Row("mosaic", f"{N_COLOURS:,} colours -> bucket", f"cKDTree.query loop (x{sample:,}, extrapolated)",
+                       t_base, "nearest_buckets batch", t_ours, "s", higher_is_better=False, target=20.0)]
 
 
 def baseline_mosaic(lib: Library, target: Image.Image, cell: int, tile: int) -> Image.Image:
@@ -122,7 +128,7 @@ def timed(fn, repeat: int = 1):
     return best, value
 
 
-def bench_mosaic(lib: Library, work: Path) -> None:
+def bench_mosaic(lib: Library, work: Path) -> list:
     world = Image.open(BLUEMARBLE).convert("RGB")
     target = world.crop((1700, 300, 1700 + TARGET_SIDE, 300 + TARGET_SIDE))  # Europe, Africa, Atlantic
     options = MosaicOptions(cell_size=CELL, tile_size=CELL)
@@ -162,16 +168,30 @@ def bench_mosaic(lib: Library, work: Path) -> None:
     t_match, _ = timed(match_loop)
     print(f"   matching only: baseline loop {t_match:.3f} s, ours (plan, warm) {t_plan:.3f} s, "
           f"ratio {t_match / t_plan:.1f}x")
+    case = f"{TARGET_SIDE}px target, {CELL}px cells"
+    loop = "per-cell loop (mean, brute force, open/paste)"
+    return [
+        common.Row("mosaic", f"{case}, warm cache", loop, t_base, "make_mosaic", t_warm, "s",
+                   higher_is_better=False, target=20.0),
+        common.Row("mosaic", f"{case}, cold (first mosaic)", loop, t_base, "make_mosaic", t_cold, "s",
+                   higher_is_better=False, note="cold: every library tile decoded once into the thumbnail cache"),
+        common.Row("mosaic", f"{case}, matching only", "per-cell match loop", t_match, "plan_mosaic", t_plan, "s",
+                   higher_is_better=False),
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--library", default=str(Path(tempfile.gettempdir()) / "mosaic_bench" / "mosaic_library"))
-    parser.add_argument("--crops", type=int, default=14000, help="Blue Marble crops to ingest when building")
-    parser.add_argument("--sample", type=int, default=20000, help="colours timed in the per-colour loop")
+    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--library", default=None, help="bench library (default: a cached one; --quick: a fresh small one)")
+    parser.add_argument("--crops", type=int, default=None, help="Blue Marble crops to ingest when building (default 14000)")
+    parser.add_argument("--sample", type=int, default=None, help="colours timed in the per-colour loop (default 20000)")
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild the bench library")
     args = parser.parse_args()
-    root = Path(args.library)
+    quick_tmp = tempfile.TemporaryDirectory(prefix="bench_mosaic_quick_") if args.quick else None
+    default_root = Path(quick_tmp.name) if quick_tmp else Path(tempfile.gettempdir()) / "mosaic_bench"
+    root = Path(args.library or default_root / "mosaic_library")
+    args.crops = args.crops or (300 if args.quick else 14000)
+    args.sample = args.sample or (2000 if args.quick else 20000)
     if args.rebuild and root.exists():
         shutil.rmtree(root)
     if not (root / "tiles.db").is_file():
@@ -180,9 +200,12 @@ def main() -> int:
     with Library.open(root, readonly=True) as lib:
         stats = lib.stats()
         print(f"library {root}: {stats['tiles']} tiles in {stats['buckets_populated']} buckets")
-        bench_queries(lib, args.sample)
+        rows = bench_queries(lib, args.sample)
         with tempfile.TemporaryDirectory(prefix="bench_mosaic_") as tmp:
-            bench_mosaic(lib, Path(tmp))
+            rows += bench_mosaic(lib, Path(tmp))
+    common.report(rows)
+    if quick_tmp:
+        quick_tmp.cleanup()
     return 0
 
 

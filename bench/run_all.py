@@ -40,10 +40,7 @@ BY_HAND = {
 TAIL_LINES = 25
 # Benches that do not take ``--quick`` (yet): the tiny sizes it stands for, in their own options
 # ("{tmp}" is a scratch folder of the run).  Used only while the script lacks ``--quick``.
-QUICK_FALLBACK = {
-    "harvest": ["--tiles", "60", "--delays", "0.02", "0"],
-    "mosaic": ["--crops", "300", "--sample", "2000", "--library", "{tmp}/mosaic_library"],
-}
+QUICK_FALLBACK: dict[str, list[str]] = {}
 
 
 @dataclass
