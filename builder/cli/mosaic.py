@@ -7,7 +7,7 @@ import argparse
 from ..errors import UsageError
 from ..library import Library
 from ..mosaic import DEFAULT_RADIUS, DEFAULT_SUBCELLS, MosaicOptions, mosaic_file, parse_grid
-from . import add_library_option, positive_int
+from . import add_library_option, int_at_least, positive_int
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -15,16 +15,6 @@ def _grid(text: str) -> tuple[int, int]:
         return parse_grid(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -47,7 +37,7 @@ def register(sub) -> None:
     size.add_argument("--grid", type=_grid, metavar="COLSxROWS", help="number of cells (default: 64 on the long side)")
     p.add_argument("--tile-size", type=positive_int, metavar="PX",
                    help="tile size in the output, 1..256 (default: the cell size, at least 32)")
-    p.add_argument("--no-repeat-radius", type=_non_negative, default=DEFAULT_RADIUS, metavar="R",
+    p.add_argument("--no-repeat-radius", type=int_at_least(0), default=DEFAULT_RADIUS, metavar="R",
                    help=f"no tile twice within R cells (default {DEFAULT_RADIUS}; 0 allows repeats)")
     p.add_argument("--blend", type=_fraction, default=0.0, metavar="ALPHA",
                    help="shift tile colours this fraction toward the input's (0..1, default 0)")
