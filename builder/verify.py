@@ -109,7 +109,7 @@ def inspect_file(path: Path) -> FileFacts:
         tile = decode_tile(data)
     except ImageRejected as exc:
         return FileFacts(str(exc))
-    if not data.startswith(b"\x89PNG") or tile.resized or not tile.png_passthrough:
+    if not tile.png_passthrough:  # decode_tile's verdict: a PNG, RGB, 256x256, no transparency
         return FileFacts(f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
     lab = rgb_to_lab(mean_rgb_64(tile.image))
     return FileFacts(None, (float(lab[0]), float(lab[1]), float(lab[2])), phash(tile.image))
