@@ -137,7 +137,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         lib._require_writer()
     report = VerifyReport()
     show = sys.stderr.isatty() if progress is None else progress
-    index = CentroidIndex(lib.centroids, validate=False)
+    index = lib.index  # the library's own KD-tree, built once per open
     rows = lib.conn.execute(
         "SELECT rowid, id, bucket_id, filepath, phash, mean_l, mean_a, mean_b FROM tiles ORDER BY rowid"
     ).fetchall()
