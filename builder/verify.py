@@ -35,10 +35,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .assign import mean_rgb_64, pool_context
-from .color import N_BUCKETS, CentroidIndex, rgb_to_lab
+from .color import CentroidIndex, rgb_to_lab
 from .decode import TILE_SIZE, decode_tile
 from .errors import ImageRejected, UnsafePath
-from .library import JOURNAL, Library, bucket_name, is_tile_id, parse_bucket_dir
+from .library import JOURNAL, Library, bucket_name, parse_bucket_dir
 from .phash import phash
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,11 @@ def _delete_tile(lib: Library, tile_id: str, bucket_id: int | None) -> None:
     """Row first, then file: a crash in between leaves an orphan, which verify repairs."""
     with lib.conn:
         lib.conn.execute("DELETE FROM tiles WHERE id = ?", (tile_id,))
-    if bucket_id is not None and is_tile_id(tile_id) and 0 <= bucket_id < N_BUCKETS:
-        lib.tile_path(bucket_id, tile_id).unlink(missing_ok=True)
+    try:
+        path = lib.tile_path(bucket_id, tile_id)  # type: ignore[arg-type]  # None: no bucket known
+    except UnsafePath:
+        return  # no file can be named from this row
+    path.unlink(missing_ok=True)
 
 
 def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dict) -> None:
