@@ -140,7 +140,7 @@ def snapshot_db(src: Path, dst: Path) -> None:
     cache, a read-only mount) without ``-wal``/``-shm`` side files, and migrated to the current
     schema, so a library still in the card's seven-column form publishes with every column.
     """
-    source = sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)
+    source = _db.connect(src, readonly=True)
     try:
         target = sqlite3.connect(dst)
         try:
@@ -162,7 +162,7 @@ def secret_sources(db_path: Path) -> list[str]:
     change is unredacted; one it already redacted (``token=***``) is safe.  Only the redacted
     form appears in the result.
     """
-    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    conn = _db.connect(db_path, readonly=True)
     try:
         sources = [s for (s,) in conn.execute("SELECT DISTINCT source FROM tiles WHERE source LIKE '%://%'")]
     finally:
@@ -222,7 +222,7 @@ def drop_skipped_rows(db_path: Path, skipped_ids: list) -> int:
 
 
 def count_rows(db_path: Path) -> int:
-    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    conn = _db.connect(db_path, readonly=True)
     try:
         return conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
     finally:
@@ -342,9 +342,10 @@ def build_staging(
         fingerprint = rows.library_fingerprint(work / "tiles.db", work / "centroids.npy")
         parquet, written, skipped_ids = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
         skipped = drop_skipped_rows(work / "tiles.db", skipped_ids) if skip_bad else 0
-        if count_rows(work / "tiles.db") != written:
+        snapshot_rows = count_rows(work / "tiles.db")
+        if snapshot_rows != written:
             raise LibraryError(
-                f"the Parquet files hold {written} rows but the tiles.db snapshot {count_rows(work / 'tiles.db')}: "
+                f"the Parquet files hold {written} rows but the tiles.db snapshot {snapshot_rows}: "
                 "build is inconsistent"
             )
         stats = card_stats(work, parquet)
