@@ -118,8 +118,8 @@ def _compare_key(values: tuple) -> tuple:
 def shipped_db_agrees(shipped: Path, restored: sqlite3.Connection) -> str | None:
     """Why the shipped ``tiles.db`` disagrees with the rows restored from Parquet, or None."""
     try:
-        conn = sqlite3.connect(f"{shipped.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
+        conn = db.connect(shipped, readonly=True)
+    except (sqlite3.Error, LibraryError) as exc:
         return f"shipped tiles.db unreadable ({exc})"
     try:
         present = set(db.table_columns(conn, "tiles"))
@@ -142,7 +142,7 @@ def shipped_db_agrees(shipped: Path, restored: sqlite3.Connection) -> str | None
 
 def _copy_bookkeeping(shipped: Path, lib: Library) -> None:
     """Bring the shipped ``fetched`` rows and ``meta`` facts (cap, ...) into the restored library."""
-    conn = sqlite3.connect(f"{shipped.resolve().as_uri()}?mode=ro", uri=True)
+    conn = db.connect(shipped, readonly=True)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         with lib.conn:
