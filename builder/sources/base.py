@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..decode import sniff_format
 from ..errors import SourceError
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,6 @@ KNOWN_PLACEHOLDER_SHA256 = frozenset(
         "9eafd300d61393184a4abc1d458564cfd1cd9b6f9c4e9c74687045c0a0e5b858",  # ArcGIS World Imagery, 2521 B
     }
 )
-
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-)
-
 
 class TileFault(SourceError):
     """A source failed to give a usable answer for one tile.
@@ -143,20 +138,6 @@ def tile_in_range(z: int, x: int, y: int) -> bool:
     return 0 <= z <= 30 and 0 <= x < (1 << z) and 0 <= y < (1 << z)
 
 
-def sniff_format(body: bytes) -> str | None:
-    """Image format from the magic bytes ("PNG", "JPEG", "WEBP"), or None.
-
-    Magic bytes, not the Content-Type header, decide: servers label error pages
-    ``image/jpeg`` and tiles ``application/octet-stream`` often enough.
-    """
-    for magic, fmt in _MAGIC:
-        if body.startswith(magic):
-            return fmt
-    if len(body) >= 12 and body[:4] == b"RIFF" and body[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
 def body_sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -180,7 +161,7 @@ def check_tile_bytes(
         raise TileFault("empty", f"{where}: empty body", retryable=retryable)
     if len(body) > max_bytes:
         raise TileFault("too_large", f"{where}: {len(body)} bytes", retryable=retryable)
-    fmt = sniff_format(body)
+    fmt = sniff_format(body)  # magic bytes, not Content-Type: servers mislabel error pages and tiles
     if fmt is None:
         head = body[:16]
         raise TileFault(
