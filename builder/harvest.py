@@ -326,7 +326,7 @@ class _Run:
         self.zero_streak = 0
         self._calls = 0
         self._calls_lock = threading.Lock()
-        self._stats0 = source.stats.snapshot() if hasattr(source.stats, "snapshot") else Counter(source.stats)
+        self._stats0 = self._stats_now()
         self.pipe: Pipeline | None = None
         self.executor: ThreadPoolExecutor | None = None
 
@@ -340,9 +340,14 @@ class _Run:
             "SELECT x, y FROM tiles WHERE source = ? AND z = ?", (self.name, self.zoom)))
         return done
 
+    def _stats_now(self) -> Counter:
+        """A copy of the source's counters (``SourceStats.snapshot`` is consistent under threads)."""
+        stats = self.source.stats
+        return Counter(stats.snapshot() if hasattr(stats, "snapshot") else stats)
+
     def stats_delta(self) -> Counter:
-        now = self.source.stats.snapshot() if hasattr(self.source.stats, "snapshot") else Counter(self.source.stats)
-        return Counter({k: v - self._stats0.get(k, 0) for k, v in now.items() if v - self._stats0.get(k, 0) > 0})
+        """Counts added since the run started (Counter subtraction keeps only the positive ones)."""
+        return self._stats_now() - self._stats0
 
     def requests(self) -> int:
         """Requests so far: the source's own count (HTTP attempts incl. retries), or fetch calls."""
