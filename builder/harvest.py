@@ -76,9 +76,9 @@ DEFAULT_PATIENCE = 10
 # Batches queued for fetching beyond the one in the pipeline: one keeps the threads busy
 # while the main thread processes; a second covers the time the main thread spends claiming.
 PREFETCH = 2
-# Keys of source.stats that are outcomes or counters rather than fault kinds.
 # Floor of the yield estimate that sizes batches near --max-tiles (see _Run.next_size).
 MIN_YIELD_ESTIMATE = 0.05
+# Keys of source.stats that are outcomes or counters rather than fault kinds.
 NON_FAULT_STATS = frozenset({"request", "retry", "ok", "missing", "failed", "placeholder"})
 
 CLAIMED = "claimed"
