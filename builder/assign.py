@@ -311,9 +311,6 @@ class Pipeline:
             )
             self._pool.submit(int).result()  # start every worker now, before callers start threads
         self.counts = lib.bucket_counts()
-        self.insert_sql = (
-            f"INSERT INTO tiles ({', '.join(db.TILE_COLUMNS)}) VALUES ({', '.join('?' * len(db.TILE_COLUMNS))})"
-        )
 
     def __enter__(self) -> Pipeline:
         return self
@@ -437,7 +434,7 @@ class Pipeline:
                 os.replace(staged, final)
                 moved.append((final, staged))
             with conn:
-                conn.executemany(self.insert_sql, [self._row(c, an) for c, an in accepted])
+                conn.executemany(db.INSERT_TILE_SQL, [self._row(c, an) for c, an in accepted])
                 if on_commit is not None:
                     on_commit(conn, outcomes)
         except BaseException:

@@ -24,6 +24,8 @@ SCHEMA_VERSION = 2
 SEED_COLUMNS = ("id", "bucket_id", "filepath", "phash", "mean_l", "mean_a", "mean_b")
 PROVENANCE_COLUMNS = ("source", "z", "x", "y", "lon", "lat", "region", "harvested_at")
 TILE_COLUMNS = SEED_COLUMNS + PROVENANCE_COLUMNS
+# One full tiles row, values in TILE_COLUMNS order (the pipeline's batches, restore's rows).
+INSERT_TILE_SQL = f"INSERT INTO tiles ({', '.join(TILE_COLUMNS)}) VALUES ({', '.join('?' * len(TILE_COLUMNS))})"
 
 _TILES_SQL = """
 CREATE TABLE IF NOT EXISTS tiles (

@@ -206,8 +206,6 @@ def restore_library(
 
 
 def _restore_rows(lib: Library, files: list[Path]) -> int:
-    marks = ", ".join("?" for _ in db.TILE_COLUMNS)
-    insert = f"INSERT INTO tiles ({', '.join(db.TILE_COLUMNS)}) VALUES ({marks})"
     tiles = 0
     pending: list[tuple] = []
     with lib.conn:
@@ -216,10 +214,10 @@ def _restore_rows(lib: Library, files: list[Path]) -> int:
             _write_tile(lib, row.get("label"), row.get("id"), image.get("bytes"))
             pending.append(_row_values(lib, row))
             if len(pending) >= 1000:
-                lib.conn.executemany(insert, pending)
+                lib.conn.executemany(db.INSERT_TILE_SQL, pending)
                 tiles += len(pending)
                 pending = []
-        lib.conn.executemany(insert, pending)
+        lib.conn.executemany(db.INSERT_TILE_SQL, pending)
         tiles += len(pending)
     return tiles
 
