@@ -135,9 +135,6 @@ class Worker:
             self._conn = db.connect(self.root / "tiles.db", readonly=True)
         return self._conn
 
-    def analyse(self, candidate: Candidate) -> Analysis:
-        return self.analyse_many([candidate])[0]
-
     def analyse_many(self, candidates: Sequence[Candidate]) -> list[Analysis]:
         """The six steps for a chunk of candidates, cheapest rejection first, one verdict each.
 
