@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .assign import POOL_THRESHOLD, Candidate, Pipeline
+from .assign import POOL_THRESHOLD, Candidate, Pipeline, chunked
 from .errors import UsageError
 from .library import IngestReport, Library
 
@@ -59,7 +59,7 @@ def ingest_paths(lib: Library, paths, workers: int | None = None, progress: bool
     provenance = {"source": "ingest"}
     if len(files) < 2 * POOL_THRESHOLD:
         workers = 1  # a pool costs more than it saves on a handful of files
-    chunks = [files[start:start + batch] for start in range(0, len(files), batch)]
+    chunks = chunked(files, batch)
     with Pipeline(lib, workers=workers, default_provenance=provenance) as pipe, tqdm(
         total=len(files), unit="tile", disable=not show, desc="ingest"
     ) as bar, closing(  # the workers analyse the next batch while this one is stored
