@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, utc_now
 from .errors import SourceError, UsageError
-from .library import Library
+from .library import Library, format_counts
 from .regions import Plan, Sampler, TileRef, load_plan
 from .sources import TileFault, TileSource, is_blank_tile, open_source
 
@@ -158,17 +158,16 @@ class HarvestReport:
         return out
 
     def summary(self) -> str:
-        def fmt(counter: Counter) -> str:
-            return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
-
         rejected = sum(self.rejected.values())
-        parts = [f"{self.accepted} accepted", f"{rejected} rejected" + (f" ({fmt(self.rejected)})" if rejected else "")]
+        parts = [f"{self.accepted} accepted",
+                 f"{rejected} rejected" + (f" ({format_counts(self.rejected)})" if rejected else "")]
         if self.missing:
             parts.append(f"{self.missing} no tile")
         if self.failed:
-            parts.append(f"{sum(self.failed.values())} failed ({fmt(self.failed)})")
+            parts.append(f"{sum(self.failed.values())} failed ({format_counts(self.failed)})")
         faults = sum(self.faults.values())
-        parts.append(f"{self.requests} requests, {faults} faults" + (f" ({fmt(self.faults)})" if faults else ""))
+        parts.append(f"{self.requests} requests, {faults} faults"
+                     + (f" ({format_counts(self.faults)})" if faults else ""))
         parts.append(f"{self.tiles_per_s:.1f} tiles/s")
         parts.append(f"{self.buckets_populated} buckets populated (+{self.buckets_new})")
         return "; ".join(parts) + f"; stopped: {self.stop_reason}"

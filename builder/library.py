@@ -90,6 +90,11 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def format_counts(counts) -> str:
+    """``"corrupt 2, duplicate 1"``: counts by key in key order, as every summary line prints them."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
 @dataclass
 class IngestReport:
     """What an ingest or harvest batch did: accepted count and rejections by reason."""
@@ -104,7 +109,7 @@ class IngestReport:
         return self.accepted + sum(self.rejected.values())
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        reasons = format_counts(self.rejected) or "none"
         rate = f", {self.total / self.seconds:.0f} tiles/s" if self.seconds > 0 else ""
         return f"{self.accepted} accepted, {sum(self.rejected.values())} rejected ({reasons}){rate}"
 

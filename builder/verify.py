@@ -38,7 +38,7 @@ from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import TILE_SIZE, decode_tile
 from .errors import ImageRejected, UnsafePath
-from .library import JOURNAL, Library, bucket_name, parse_bucket_dir
+from .library import JOURNAL, Library, bucket_name, format_counts, parse_bucket_dir
 from .phash import phash
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,10 @@ class VerifyReport:
         return not self.problems
 
     def summary(self) -> str:
-        found = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "no problems"
+        found = format_counts(self.counts) or "no problems"
         line = f"checked {self.rows} rows and {self.files} files: {found}"
         if self.repaired:
-            line += "; repaired: " + ", ".join(f"{k} {v}" for k, v in sorted(self.repaired.items()))
+            line += "; repaired: " + format_counts(self.repaired)
         return line
 
     def as_dict(self) -> dict:
