@@ -30,8 +30,9 @@ FORMATS = ("PNG", "JPEG", "WEBP")
 # 16-bit greyscale PNGs open in these modes (values 0..65535).
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
-# Pillow's own bomb guard stays on as a second line of defence (it raises past 2x this).
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow's own process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left at its default as a
+# second line of defence: decode_tile checks MAX_PIXELS from the header itself, and lowering the
+# global would break other decoders in the process (the earth source's world image, mosaic targets).
 
 
 class DecodedTile(NamedTuple):
