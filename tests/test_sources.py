@@ -549,10 +549,10 @@ def test_open_source_dispatches_and_explains_unknown_values(tmp_path):
 
 def test_earth_source_takes_a_world_image_larger_than_the_tile_decode_limit(tmp_path):
     """Importing the tile decoder must not shrink Pillow's global limit under other decoders:
-    a 6000x3000 world image (18 Mpx, over decode's 16.7 Mpx tile limit) still serves tiles."""
+    an 8200x4100 world image (33.6 Mpx: Pillow refused it at twice a 16.7 Mpx global) still serves tiles."""
     import builder.decode  # noqa: F401  (the module whose import once lowered the global limit)
 
-    world = np.zeros((3000, 6000, 3), dtype=np.uint8)
+    world = np.zeros((4100, 8200, 3), dtype=np.uint8)
     world[:, :, 2] = 180  # all ocean blue
     path = tmp_path / "world.jpg"
     Image.fromarray(world).save(path, quality=80)
