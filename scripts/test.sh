@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# The README's test command: set up .venv from requirements.txt, then run the whole suite.
+# The README's test command: set up .venv from requirements.txt (and headless Chromium for the
+# gallery screenshot test, from Debian's packages, when missing and we may install it), then run
+# the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (headless browser for the gallery test) ..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "could not install chromium: the gallery screenshot test will fail"
+  else
+    echo "chromium is not installed (sudo apt-get install chromium): the gallery screenshot test will fail"
+  fi
+fi
 exec .venv/bin/python -m pytest -q "$@"
