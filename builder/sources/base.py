@@ -16,7 +16,7 @@ import io
 import logging
 import threading
 from collections import Counter
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -131,6 +131,19 @@ class TileSource(Protocol):
     def fetch(self, z: int, x: int, y: int) -> bytes | None: ...
 
     def close(self) -> None: ...
+
+
+class ClosingSource:
+    """Mixin for every source: ``with open_source(...) as source:`` closes it on exit."""
+
+    def close(self) -> None:  # pragma: no cover - every source defines its own
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def tile_in_range(z: int, x: int, y: int) -> bool:

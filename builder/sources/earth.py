@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SourceError
-from .base import TILE_SIZE, SourceStats, tile_in_range
+from .base import TILE_SIZE, ClosingSource, SourceStats, tile_in_range
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ MAX_LAT = 85.0511  # Web-Mercator's limit, rounded as the task specifies
 MAX_IMAGE_PIXELS = 60_000_000  # decode guard: the shipped image has 14.6 M
 
 
-class EarthSource:
+class EarthSource(ClosingSource):
     """Tiles of any zoom from an equirectangular world image; named ``earth``.
 
     Above zoom ~3 each source pixel covers several output pixels, so tiles are smooth
@@ -53,12 +53,6 @@ class EarthSource:
 
     def __repr__(self) -> str:
         return f"EarthSource({str(self.image_path)!r})"
-
-    def __enter__(self) -> EarthSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @property
     def image(self) -> np.ndarray:

@@ -11,14 +11,14 @@ import logging
 from pathlib import Path
 
 from ..errors import SourceError
-from .base import MAX_TILE_BYTES, TILE_SIZE, SourceStats, TileFault, check_tile_bytes, tile_in_range
+from .base import MAX_TILE_BYTES, TILE_SIZE, ClosingSource, SourceStats, TileFault, check_tile_bytes, tile_in_range
 
 logger = logging.getLogger(__name__)
 
 EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
-class FolderSource:
+class FolderSource(ClosingSource):
     """Tiles stored as files ``root/z/x/y.<ext>``; named ``folder:<folder name>``."""
 
     def __init__(self, root: str | Path, *, tile_size: int | None = TILE_SIZE) -> None:
@@ -38,12 +38,6 @@ class FolderSource:
 
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r})"
-
-    def __enter__(self) -> FolderSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def path_for(self, z: int, x: int, y: int) -> Path | None:
         """The first existing file for z/x/y, trying each extension in turn."""

@@ -38,6 +38,7 @@ from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     MAX_TILE_BYTES,
     TILE_SIZE,
+    ClosingSource,
     SourceStats,
     TileFault,
     body_sha256,
@@ -178,7 +179,7 @@ class RateLimiter:
         return wait
 
 
-class HttpSource:
+class HttpSource(ClosingSource):
     """Tiles from ``template`` (a URL with {z}, {x}, {y}), validated, retried and counted.
 
     ``fetch`` returns image bytes, ``None`` for 404/204 and known placeholders, or raises
@@ -240,12 +241,6 @@ class HttpSource:
 
     def __repr__(self) -> str:
         return f"HttpSource({self.name!r})"
-
-    def __enter__(self) -> HttpSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def url(self, z: int, x: int, y: int) -> str:
         return self.template.format(z=z, x=x, y=y)

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from ..errors import SourceError
-from .base import TILE_SIZE, SourceStats, TileFault, check_tile_bytes, tile_in_range
+from .base import TILE_SIZE, ClosingSource, SourceStats, TileFault, check_tile_bytes, tile_in_range
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ REQUIRED_COLUMNS = ("zoom_level", "tile_column", "tile_row", "tile_data")
 RASTER_FORMATS = frozenset({"png", "jpg", "jpeg", "webp"})
 
 
-class MBTilesSource:
+class MBTilesSource(ClosingSource):
     """Raster tiles from ``path``; named ``mbtiles:<file name>``."""
 
     def __init__(self, path: str | Path, *, tile_size: int | None = TILE_SIZE) -> None:
@@ -42,12 +42,6 @@ class MBTilesSource:
 
     def __repr__(self) -> str:
         return f"MBTilesSource({str(self.path)!r})"
-
-    def __enter__(self) -> MBTilesSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def fetch(self, z: int, x: int, y: int) -> bytes | None:
         if not tile_in_range(z, x, y):
