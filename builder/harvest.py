@@ -27,6 +27,18 @@ or abandoned batch), ``accepted``, ``rejected:<reason>`` (``rejected:blank``,
 known placeholder) and ``unused`` (fetched after ``max_tiles`` was reached; never stored).
 A claim whose request never started (the run stopped first) is deleted again.
 
+``retry_faults`` (CLI ``--retry-faults``): tiles of this source, zoom and plan whose status is
+a *transient* fault (``fault:<kind>`` with ``kind`` in
+:data:`~builder.sources.TRANSIENT_KINDS`: ``http_503``, ``http_429``, ``timeout``,
+``connection``, ``truncated``, ...) are eligible again, so an hour of server trouble does not
+lose its tiles for good.  They are claimed before any new tile is sampled (a fresh seed would
+almost never draw them again), in place: the same ``fetched`` row goes back to ``claimed`` and
+then to its new outcome; a retried claim released unstarted gets its fault status back.
+Every other status stays excluded: a permanent fault will not change, and a ``claimed`` tile
+of a killed run may have been served, and no tile is ever fetched twice successfully.
+``report.retried_faults`` counts the retried tiles requested.  Without the flag the run is
+exactly as described above.
+
 The run stops when it has accepted ``max_tiles`` tiles (this run's count, so re-running a
 killed command adds that many again; the batch that reaches the target is stored in chunks
 so the target is met exactly), at ``max_requests`` requests (HTTP attempts, retries
@@ -58,10 +70,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, utc_now
-from .errors import SourceError, UsageError
+from .errors import LibraryError, SourceError, UsageError
 from .library import Library, format_counts
-from .regions import Plan, Sampler, TileRef, load_plan
-from .sources import TileFault, TileSource, is_blank_tile, open_source
+from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
+from .sources import TRANSIENT_KINDS, TileFault, TileSource, is_blank_tile, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +97,8 @@ CLAIMED = "claimed"
 ACCEPTED = "accepted"
 NO_TILE = "none"
 UNUSED = "unused"
+# ``fetched`` statuses a --retry-faults run may ask again (sorted: a stable SQL parameter list).
+TRANSIENT_STATUSES = tuple(sorted(f"fault:{kind}" for kind in TRANSIENT_KINDS))
 
 
 def reject_blank(rgb: np.ndarray) -> str | None:
@@ -129,6 +143,7 @@ class HarvestReport:
     faults: Counter = field(default_factory=Counter)  # fault kind -> faulty requests (incl. cured by a retry)
     unused: int = 0  # fetched after max_tiles was reached
     released: int = 0  # claims dropped because the run stopped before requesting them
+    retried_faults: int = 0  # tiles of earlier transient faults requested again (--retry-faults)
     requests: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -166,6 +181,8 @@ class HarvestReport:
         if self.failed:
             parts.append(f"{sum(self.failed.values())} failed ({format_counts(self.failed)})")
         faults = sum(self.faults.values())
+        if self.retried_faults:
+            parts.append(f"{self.retried_faults} earlier faults retried")
         parts.append(f"{self.requests} requests, {faults} faults"
                      + (f" ({format_counts(self.faults)})" if faults else ""))
         parts.append(f"{self.tiles_per_s:.1f} tiles/s")
@@ -185,6 +202,7 @@ class HarvestReport:
             "faults": dict(sorted(self.faults.items())),
             "unused": self.unused,
             "released": self.released,
+            "retried_faults": self.retried_faults,
             "requests": self.requests,
             "batches": self.batches,
             "seconds": round(self.seconds, 3),
@@ -295,12 +313,45 @@ class _Batch(NamedTuple):
     futures: list[Future]
 
 
+class _Retry(NamedTuple):
+    """A transient-fault tile to ask again, and the row it had (restored if the claim is released)."""
+
+    ref: TileRef
+    status: str
+    tried_at: str | None
+
+
+def transient_faults(conn, source: str, plan: Plan, zoom: int) -> list[_Retry]:
+    """This source's tiles at ``zoom`` recorded with a transient fault and inside ``plan``, oldest first.
+
+    A tile is matched to the region it was drawn for (the row's ``region``) when the plan
+    still has that region and it covers the tile, else to the first region that covers it;
+    tiles outside the plan are left for a run with a plan that holds them.  A tile already
+    in ``tiles`` (however its row came to say otherwise) is never asked again.
+    """
+    ranges = [(r.name, tile_range(r.bbox, zoom)) for r in plan.regions]
+    marks = ", ".join("?" * len(TRANSIENT_STATUSES))
+    rows = conn.execute(
+        f"SELECT x, y, status, region, tried_at FROM fetched WHERE source = ? AND z = ? AND status IN ({marks}) "
+        "ORDER BY rowid", (source, zoom, *TRANSIENT_STATUSES)).fetchall()
+    stored = set(conn.execute("SELECT x, y FROM tiles WHERE source = ? AND z = ?", (source, zoom))) if rows else set()
+    out = []
+    for x, y, status, region, tried_at in rows:
+        covering = [name for name, rng in ranges if rng.contains(x, y)]
+        if not covering or (x, y) in stored:
+            continue
+        lon, lat = tile_centre(zoom, x, y)
+        out.append(_Retry(TileRef(zoom, x, y, region if region in covering else covering[0], lon, lat), status,
+                          tried_at))
+    return out
+
+
 class _Run:
     """State of one harvest; :func:`harvest` is the interface."""
 
     def __init__(self, lib: Library, source: TileSource, plan: Plan, zoom: int, threads: int, batch: int,
                  max_tiles: int | None, max_requests: int | None, seed: int | None, patience: int,
-                 report: HarvestReport) -> None:
+                 report: HarvestReport, retry_faults: bool = False) -> None:
         self.lib = lib
         self.conn = lib.conn
         self.source = source
@@ -313,6 +364,10 @@ class _Run:
         self.patience = patience
         self.report = report
         self.done = self._already_fetched()
+        # --retry-faults: queued ahead of the sampler; they stay in self.done so it never draws them.
+        self.retry_queue: deque[_Retry] = deque(transient_faults(self.conn, self.name, plan, zoom)
+                                                if retry_faults else ())
+        self.retrying: dict[tuple[int, int, int], _Retry] = {}  # claimed retries, by z/x/y
         # Resuming with the same seed walks the same permutation past every tile done before;
         # the sampler's skip guard must not mistake that for an exhausted region.
         self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
@@ -394,22 +449,47 @@ class _Run:
             size = self.next_size()
             if size <= 0:
                 return
-            refs = self.sampler.sample(size, exclude=self.done)
+            refs = self.take_retries(size)
             if len(refs) < size:
-                self.exhausted = True
+                fresh = self.sampler.sample(size - len(refs), exclude=self.done)
+                if len(fresh) < size - len(refs):
+                    self.exhausted = True
+                refs += fresh
             if not refs:
                 return
             self.claim(refs)
             assert self.executor is not None
             self.pending.append(_Batch(refs, [self.executor.submit(self._fetch, ref) for ref in refs]))
 
+    def take_retries(self, size: int) -> list[TileRef]:
+        """Up to ``size`` queued transient-fault tiles (--retry-faults), now counted as retrying."""
+        refs = []
+        while self.retry_queue and len(refs) < size:
+            retry = self.retry_queue.popleft()
+            self.retrying[(retry.ref.z, retry.ref.x, retry.ref.y)] = retry
+            refs.append(retry.ref)
+        return refs
+
     def claim(self, refs: Sequence[TileRef]) -> None:
+        """Mark ``refs`` claimed and commit: new rows, or (retries) their fault rows updated in place."""
         now = utc_now()
+        fresh = [r for r in refs if (r.z, r.x, r.y) not in self.retrying]
+        again = [self.retrying[(r.z, r.x, r.y)] for r in refs if (r.z, r.x, r.y) in self.retrying]
         with self.conn:
             self.conn.executemany(
                 "INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(self.name, r.z, r.x, r.y, CLAIMED, r.region, now) for r in refs],
+                [(self.name, r.z, r.x, r.y, CLAIMED, r.region, now) for r in fresh],
             )
+            if again:
+                # Guarded by the old status: a row that is no longer that fault is not ours to claim.
+                cur = self.conn.executemany(
+                    "UPDATE fetched SET status = ?, region = ?, tried_at = ? "
+                    "WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
+                    [(CLAIMED, t.ref.region, now, self.name, t.ref.z, t.ref.x, t.ref.y, t.status) for t in again],
+                )
+                if cur.rowcount != len(again):
+                    raise LibraryError(f"{self.lib.db_path}: {len(again) - cur.rowcount} of {len(again)} "
+                                       "faulted tiles changed status while this run held the lock; not retrying")
         self.done.update((r.z, r.x, r.y) for r in refs)
 
     @staticmethod
@@ -478,9 +558,16 @@ class _Run:
         rows += [(status, r.at, self.name, r.ref.z, r.ref.x, r.ref.y) for status, r in extra]
         conn.executemany("UPDATE fetched SET status = ?, tried_at = ? WHERE source = ? AND z = ? AND x = ? AND y = ?",
                          rows)
+        never = [r for r in released if r.ref[:3] not in self.retrying]
         conn.executemany(
             "DELETE FROM fetched WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
-            [(self.name, r.ref.z, r.ref.x, r.ref.y, CLAIMED) for r in released],
+            [(self.name, r.ref.z, r.ref.x, r.ref.y, CLAIMED) for r in never],
+        )
+        # A retried tile not asked after all keeps the fault it had (and stays retryable).
+        conn.executemany(
+            "UPDATE fetched SET status = ?, tried_at = ? WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
+            [(t.status, t.tried_at, self.name, t.ref.z, t.ref.x, t.ref.y, CLAIMED)
+             for t in (self.retrying[r.ref[:3]] for r in released if r.ref[:3] in self.retrying)],
         )
 
     def account(self, chunk: list[FetchResult], outcomes: list[Outcome],
@@ -508,6 +595,7 @@ class _Run:
                 rep.failed[r.fault] += 1
                 logger.debug("gave up on %s/%s/%s: %s", r.ref.z, r.ref.x, r.ref.y, r.detail)
         rep.released += len(released)
+        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref[:3] in self.retrying)
         return accepted
 
     def check_stop(self) -> None:
@@ -588,14 +676,16 @@ def harvest(
     rate: float | None = None,
     patience: int = DEFAULT_PATIENCE,
     workers: int | None = None,
+    retry_faults: bool = False,
 ) -> HarvestReport:
     """Harvest tiles from ``source`` into ``lib`` (opened for writing); see the module doc.
 
     ``source``: a TileSource, or a ``--source`` spec opened (with ``rate``) and closed here.
     ``plan``: a Plan, a phase ``1``/``2``/``all``, or a plan JSON path (default phase 1).
     ``progress``: show a tqdm bar (None: when stderr is a terminal).  ``workers``: pipeline
-    processes (default: CPU count).  Returns the run's :class:`HarvestReport`; an interrupted
-    run returns normally with ``report.interrupted`` set.
+    processes (default: CPU count).  ``retry_faults``: ask again for the tiles that ended in
+    a transient fault in earlier runs (see the module doc).  Returns the run's
+    :class:`HarvestReport`; an interrupted run returns normally with ``report.interrupted`` set.
     """
     validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
                      rate=rate, patience=patience)
@@ -605,7 +695,8 @@ def harvest(
     src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
     report = HarvestReport(source=src.name, plan=the_plan.name, zoom=zoom)
     try:
-        run = _Run(lib, src, the_plan, zoom, threads, batch, max_tiles, max_requests, seed, patience, report)
+        run = _Run(lib, src, the_plan, zoom, threads, batch, max_tiles, max_requests, seed, patience, report,
+                   retry_faults=retry_faults)
         before = int((lib.bucket_counts() > 0).sum())
         _drive(run, progress, workers, getattr(src, "screen_blank", True))
         report.requests = run.requests()

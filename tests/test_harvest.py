@@ -262,3 +262,86 @@ def test_stop_rules_patience_max_requests_and_plan_exhausted(make_library):
     again = harvest(lib, EarthSource(), "2", zoom=6, threads=4, batch=5, seed=2, workers=1, progress=False)
     assert again.stop_reason == "plan exhausted" and again.requests == 0
     assert lib.conn.execute("SELECT COUNT(*) FROM fetched WHERE status = 'claimed'").fetchone()[0] == 0
+
+
+class Outage:
+    """While ``down``: the first ``n_503`` distinct tiles requested answer 503 on every attempt, the
+    next one a 512x512 image (a permanent fault). Once ``down`` is cleared the server is healthy."""
+
+    def __init__(self, n_503: int) -> None:
+        self.n_503 = n_503
+        self.down = True
+        self.failed: list = []  # tiles served 503, in order
+        self.permanent: list = []  # tiles served wrong_size
+        self.lock = threading.Lock()
+
+    def __call__(self, tile, attempt):
+        with self.lock:
+            if not self.down:
+                return None
+            if tile in self.failed:
+                return "503"
+            if tile in self.permanent:
+                return "wrong_size"
+            if len(self.failed) < self.n_503:
+                self.failed.append(tile)
+                return "503"
+            if not self.permanent:
+                self.permanent.append(tile)
+                return "wrong_size"
+            return None
+
+
+def test_retry_faults_asks_again_only_for_transient_faults(make_library):
+    lib = make_library()
+    root = lib.root
+    outage = Outage(n_503=6)
+    with TileServer(distinct_tile, faults=outage) as server:
+        source = HttpSource(server.tile_template, retries=1, backoff_factor=0.01)
+        first = harvest(lib, source, "1", zoom=10, threads=4, batch=10, max_tiles=15, seed=21, workers=1,
+                        progress=False)
+        failed, permanent = set(outage.failed), set(outage.permanent)
+        assert first.failed == Counter({"http_503": 6, "bad_size": 1}) and first.accepted == 15
+        rows = {(z, x, y): (rowid, status) for rowid, z, x, y, status in lib.conn.execute(
+            "SELECT rowid, z, x, y, status FROM fetched")}
+        assert {t for t, (_, s) in rows.items() if s == "fault:http_503"} == failed
+        assert {t for t, (_, s) in rows.items() if s == "fault:bad_size"} == permanent
+
+        outage.down = False  # the server has recovered: only the flag may bring the faulted tiles back
+        n = len(server.records)
+        second = harvest(lib, source, "1", zoom=10, threads=4, batch=10, max_tiles=5, seed=21, workers=1,
+                         progress=False)
+        run2 = {r.tile for r in server.records[n:]}
+        assert second.accepted == 5 and second.retried_faults == 0
+        assert not run2 & (failed | permanent) and not run2 & set(rows)
+        lib.close()
+
+        n = len(server.records)
+        proc = run_cli("harvest", "--library", str(root), "--source", server.tile_template, "--zoom", "10",
+                       "--batch", "10", "--max-tiles", "10", "--seed", "22", "--threads", "4", "--retry-faults",
+                       "--json")
+        assert proc.returncode == 0, proc.stderr
+        third = json.loads(proc.stdout)
+        run3 = server.records[n:]
+        ok_counts = server.ok_counts()
+
+    assert third["retried_faults"] == 6 and third["failed"] == {} and third["accepted"] == 10
+    before = set(rows) | run2
+    assert {r.tile for r in run3} & before == failed, "run 3 asked for a tile that had not failed transiently"
+    assert all(r.outcome == "ok" for r in run3) and len(run3) == len({r.tile for r in run3})
+    assert max(ok_counts.values()) == 1, "a tile was served successfully twice"
+
+    with Library.open(root) as lib:
+        after = {(z, x, y): (rowid, status) for rowid, z, x, y, status in lib.conn.execute(
+            "SELECT rowid, z, x, y, status FROM fetched")}
+        stored = {(z, x, y) for z, x, y in lib.conn.execute("SELECT z, x, y FROM tiles")}
+        check = verify_library(lib, workers=1, progress=False)
+    assert check.ok, check.summary()
+    for tile in failed:  # the same row (rowid and key), now with the retry's outcome
+        rowid, status = after[tile]
+        assert rowid == rows[tile][0]
+        assert status == "accepted" or status.startswith("rejected:"), status
+        assert (status == "accepted") == (tile in stored)
+    assert after[next(iter(permanent))] == rows[next(iter(permanent))]
+    assert len(after) == len(rows) + len(run2) + len(run3) - len(failed)
+    assert not any(s == "claimed" or s.startswith("fault:http") for _, s in after.values())

@@ -44,7 +44,8 @@ def register(sub) -> None:
         "harvest", help="sample, fetch, assign and store tiles (resumable, Ctrl-C safe)",
         description="Sample tiles from a plan, fetch them concurrently and store those that fill buckets. "
                     "Stops at --max-tiles accepted, --max-requests, when the plan is exhausted, or after "
-                    "--patience batches in a row with nothing accepted. No tile is requested twice, across runs.",
+                    "--patience batches in a row with nothing accepted. No tile is requested twice, across runs "
+                    "(--retry-faults asks again for those that ended in a transient fault).",
     )
     add_library_option(p)
     p.add_argument("--source", default="arcgis", metavar="SPEC", help=f"tile source: {SPEC_FORMS} (default: arcgis)")
@@ -59,6 +60,10 @@ def register(sub) -> None:
     p.add_argument("--rate", type=_float, default=None, metavar="R", help="HTTP requests per second at most")
     p.add_argument("--patience", type=_int, default=DEFAULT_PATIENCE, metavar="N",
                    help=f"stop after N batches in a row with nothing accepted (default: {DEFAULT_PATIENCE})")
+    p.add_argument("--retry-faults", action="store_true",
+                   help="ask again for the tiles earlier runs gave up on after a transient fault (429, 5xx, "
+                        "timeout, reset, truncated, empty or non-image body), before sampling new ones; tiles that "
+                        "were, or may have been, served are still never asked again")
     p.add_argument("--seed", type=_int, default=None, help="sampling seed (default: random, shown in --json)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -75,7 +80,7 @@ def run(args) -> int:
         with Library.open(args.library) as lib:
             report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
                              max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
-                             patience=args.patience)
+                             patience=args.patience, retry_faults=args.retry_faults)
     finally:
         source.close()
     if args.json:
