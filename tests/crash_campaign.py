@@ -311,6 +311,22 @@ def _offer(pool: Sequence[Path], pool_sha: dict[Path, str], stored: set[str], rn
     return offer
 
 
+def _kill_round(cmd: list[str], root: Path, cap: int, rng: random.Random, max_delay: float, log: Path,
+                figures: Figures, harvest: bool = False) -> tuple[str, bool]:
+    """One round of a campaign: run ``cmd``, kill it at a random trigger, tally, check the library."""
+    trigger = rng.choice(TRIGGERS)
+    killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log)
+    if killed:
+        figures.kills += 1
+        figures.by_trigger[fired] += 1
+    else:
+        figures.finished += 1
+        if code != 0:
+            figures.violations.append(f"round {figures.rounds}: {figures.writer} exited {code}: {log.read_text()[-500:]}")
+    check_after_kill(root, snapshot, cap, figures, harvest=harvest)
+    return trigger, killed
+
+
 def ingest_campaign(root: Path, pool: Sequence[Path], kills: int, cap: int = 20, seed: int = 0,
                     max_delay: float = 2.2, fresh: int = 80, repeats: int = 360, workers: int = 2,
                     max_rounds: int | None = None, min_mid_batch: int = 0,
@@ -334,16 +350,7 @@ def ingest_campaign(root: Path, pool: Sequence[Path], kills: int, cap: int = 20,
         offer = _offer(pool, pool_sha, stored, rng, rng.randint(max(1, fresh // 4), fresh), repeats)
         cmd = [sys.executable, "-m", "builder", "ingest", "--library", str(root), "--workers", str(workers),
                *map(str, offer)]
-        trigger = rng.choice(TRIGGERS)
-        killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log)
-        if killed:
-            figures.kills += 1
-            figures.by_trigger[fired] += 1
-        else:
-            figures.finished += 1
-            if code != 0:
-                figures.violations.append(f"round {figures.rounds}: ingest exited {code}: {log.read_text()[-500:]}")
-        check_after_kill(root, snapshot, cap, figures)
+        trigger, killed = _kill_round(cmd, root, cap, rng, max_delay, log, figures)
         for f in root.glob("bucket_*/*.png"):
             if f not in seen_files:
                 seen_files.add(f)
@@ -374,16 +381,7 @@ def harvest_campaign(root: Path, source: str, kills: int, cap: int = 6, seed: in
         cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
                "--zoom", str(zoom), "--threads", str(threads), "--batch", str(batch), "--phase", "all",
                "--patience", "1000", "--seed", str(rng.randrange(1000))]
-        trigger = rng.choice(TRIGGERS)
-        killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log)
-        if killed:
-            figures.kills += 1
-            figures.by_trigger[fired] += 1
-        else:
-            figures.finished += 1
-            if code != 0:
-                figures.violations.append(f"round {figures.rounds}: harvest exited {code}: {log.read_text()[-500:]}")
-        check_after_kill(root, snapshot, cap, figures, harvest=True)
+        trigger, killed = _kill_round(cmd, root, cap, rng, max_delay, log, figures, harvest=True)
         if served_twice is not None:
             figures.served_twice = served_twice()
             if figures.served_twice:
