@@ -52,25 +52,29 @@ except ModuleNotFoundError as _exc:  # imported by file path from outside the re
     from builder.library import Library
     from builder.publish import rows as _rows
 
-# Re-exported: the row generation is shared with builder.publish (see the module docstring).
-from builder.publish.rows import (  # noqa: E402
-    BUILD_FORMAT,
-    DEFAULT_SHARD_ROWS,
+# Re-exported: the row generation is shared with builder.publish (see the module docstring);
+# the tile facts live in builder.layout and the safe tile reader in builder.tilefiles.
+from builder.errors import BadTile  # noqa: E402
+from builder.layout import (  # noqa: E402
+    CENTROIDS_NAME,
+    DB_NAME,
     LABEL_NAMES,
     MAX_TILE_BYTES,
     PNG_SIGNATURE,
     TILE_SIZE,
-    BadTile,
+    tile_relpath,
+)
+from builder.publish.rows import (  # noqa: E402
+    BUILD_FORMAT,
+    DEFAULT_SHARD_ROWS,
     Shard,
-    TileReader,
     bucket_counts,
-    check_png,
     library_fingerprint,
     open_tiles_db,
     plan_shards,
     split_plan,
-    tile_relpath,
 )
+from builder.tilefiles import TileFiles, check_png  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ __all__ = [
     "MosaicLibrary",
     "MosaicLibraryConfig",
     "Shard",
-    "TileReader",
+    "TileFiles",
     "bucket_counts",
     "check_png",
     "dataset_features",
@@ -167,8 +171,8 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
             # Key the cache on the library's content: a grown library must not be served stale.
             root = Path(kwargs["data_dir"]).expanduser()
             Library.verify_layout(root)
-            db_path = Path(kwargs.get("db_path") or root / "tiles.db")
-            centroids = root / "centroids.npy"
+            db_path = Path(kwargs.get("db_path") or root / DB_NAME)
+            centroids = root / CENTROIDS_NAME
             hash = library_fingerprint(db_path, centroids if centroids.is_file() else None)[:16]
         super().__init__(*args, hash=hash, **kwargs)
 

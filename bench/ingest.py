@@ -36,7 +36,8 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path, the repo 
     import common  # type: ignore[no-redef]
 
 from builder import db  # noqa: E402  (common put the repo on sys.path)
-from builder.library import SHIPPED_CENTROIDS, Library  # noqa: E402
+from builder.layout import SHIPPED_CENTROIDS  # noqa: E402
+from builder.library import Library  # noqa: E402
 
 BENCH = "ingest"
 CARD_CAP = 100

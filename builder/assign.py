@@ -34,9 +34,10 @@ import numpy as np
 
 from . import db
 from .color import CentroidIndex, rgb_to_lab
-from .decode import MAX_BYTES, DecodedTile, decode_tile, encode_png, is_plain_png
+from .decode import DecodedTile, decode_tile, encode_png, is_plain_png
 from .errors import ImageRejected
-from .library import JOURNAL, Library, new_tile_id
+from .layout import DB_NAME, JOURNAL_NAME, MAX_INPUT_BYTES, TEMP_DIR, new_tile_id
+from .library import Library
 from .phash import phash_from_pixels, phash_pixels
 
 logger = logging.getLogger(__name__)
@@ -107,12 +108,12 @@ def read_candidate(candidate: Candidate) -> bytes:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise ImageRejected("not_a_file", candidate.path)
-            if info.st_size > MAX_BYTES:
-                raise ImageRejected("too_large", f"{info.st_size} bytes > {MAX_BYTES}")
-            # read(MAX_BYTES + 1) would allocate 32 MiB per tile before shrinking it.
+            if info.st_size > MAX_INPUT_BYTES:
+                raise ImageRejected("too_large", f"{info.st_size} bytes > {MAX_INPUT_BYTES}")
+            # read(MAX_INPUT_BYTES + 1) would allocate 32 MiB per tile before shrinking it.
             data = fh.read(info.st_size + 1)
             if len(data) > info.st_size:  # grew since fstat: keep reading, still bounded
-                data += fh.read(MAX_BYTES + 1 - len(data))
+                data += fh.read(MAX_INPUT_BYTES + 1 - len(data))
             return data
     except OSError as exc:  # missing, a folder, no permission, a socket (ENXIO), a symlink loop, EIO
         raise ImageRejected("unreadable", f"{candidate.path}: {exc.strerror or exc}") from None
@@ -123,7 +124,7 @@ class Worker:
 
     def __init__(self, root: str, centroids: np.ndarray, cap: int, prefilter: Callable | None) -> None:
         self.root = Path(root)
-        self.temp = self.root / "temp"
+        self.temp = self.root / TEMP_DIR
         self.index = CentroidIndex(centroids, validate=False)
         self.cap = cap
         self.prefilter = prefilter
@@ -132,7 +133,7 @@ class Worker:
     @property
     def conn(self):
         if self._conn is None:
-            self._conn = db.connect(self.root / "tiles.db", readonly=True)
+            self._conn = db.connect(self.root / DB_NAME, readonly=True)
         return self._conn
 
     def analyse_many(self, candidates: Sequence[Candidate]) -> list[Analysis]:
@@ -417,10 +418,10 @@ class Pipeline:
         """Journal, rename into buckets, insert and commit; undo the renames if the commit fails."""
         lib, conn = self.lib, self.lib.conn
         temp = lib.temp_dir
-        journal = temp / JOURNAL
+        journal = temp / JOURNAL_NAME
         moved: list[tuple[Path, Path]] = []
         if accepted:
-            part = temp / (JOURNAL + ".part")
+            part = temp / (JOURNAL_NAME + ".part")
             part.write_text(json.dumps({"tiles": [[an.tile_id, an.bucket_id] for _c, an in accepted]}))
             os.replace(part, journal)
         try:

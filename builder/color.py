@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import CentroidsError
+from .layout import N_BUCKETS
 
-N_BUCKETS = 5000
 CENTROIDS_SHAPE = (N_BUCKETS, 3)
 
 # skimage.color.colorconv: sRGB -> XYZ matrix and the D65 / 2 degree white point.

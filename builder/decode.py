@@ -7,8 +7,9 @@ that harvest and ingest count.
 
 Size rule for inputs that are not 256x256 (documented in the README): a square image between
 64 and 4096 pixels a side is resized to 256x256 with Lanczos; anything else is rejected
-(``not_square``, ``too_small``, ``too_large``).  Images over :data:`MAX_PIXELS` are never
-decoded (decompression bombs).
+(``not_square``, ``too_small``, ``too_large``).  Images over
+:data:`~builder.layout.MAX_INPUT_PIXELS` are never decoded (decompression bombs).  The limits
+themselves live in :mod:`builder.layout`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,14 @@ from typing import NamedTuple
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageRejected
+from .layout import MAX_INPUT_BYTES, MAX_INPUT_PIXELS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, PNG_SIGNATURE, TILE_SIZE
 
-TILE_SIZE = 256
-MAX_BYTES = 32 * 1024 * 1024
-MAX_SIDE = 4096
-MIN_SIDE = 64
-MAX_PIXELS = MAX_SIDE * MAX_SIDE
 FORMATS = ("PNG", "JPEG", "WEBP")
 # 16-bit greyscale PNGs open in these modes (values 0..65535).
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 # Pillow's own process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left at its default as a
-# second line of defence: decode_tile checks MAX_PIXELS from the header itself, and lowering the
+# second line of defence: decode_tile checks MAX_INPUT_PIXELS from the header itself, and lowering the
 # global would break other decoders in the process (the earth source's world image, mosaic targets).
 
 
@@ -50,7 +47,7 @@ def sniff_format(data: bytes) -> str | None:
     >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n....")
     'PNG'
     """
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data[:3] == b"\xff\xd8\xff":
         return "JPEG"
@@ -63,8 +60,8 @@ def decode_tile(data: bytes) -> DecodedTile:
     """Decode ``data`` into a 256x256 RGB tile or raise :class:`ImageRejected`."""
     if not data:
         raise ImageRejected("empty", "0 bytes")
-    if len(data) > MAX_BYTES:
-        raise ImageRejected("too_large", f"{len(data)} bytes > {MAX_BYTES}")
+    if len(data) > MAX_INPUT_BYTES:
+        raise ImageRejected("too_large", f"{len(data)} bytes > {MAX_INPUT_BYTES}")
     fmt = sniff_format(data)
     if fmt is None:
         head = data[:16].lower()
@@ -75,12 +72,12 @@ def decode_tile(data: bytes) -> DecodedTile:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = img.size
-            if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
-                raise ImageRejected("too_large", f"{width}x{height} exceeds {MAX_SIDE}x{MAX_SIDE}")
+            if width * height > MAX_INPUT_PIXELS or max(width, height) > MAX_INPUT_SIDE:
+                raise ImageRejected("too_large", f"{width}x{height} exceeds {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}")
             if width != height:
                 raise ImageRejected("not_square", f"{width}x{height}")
-            if width < MIN_SIDE:
-                raise ImageRejected("too_small", f"{width}x{height} < {MIN_SIDE}x{MIN_SIDE}")
+            if width < MIN_INPUT_SIDE:
+                raise ImageRejected("too_small", f"{width}x{height} < {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}")
             img.load()
     except ImageRejected:
         raise

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .library import DATA_DIR, Library
+from .layout import CENTROIDS_NAME, SAMPLE_TARGET
+from .library import Library
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ DEFAULT_ZOOM = 6
 ZOOM_STEPS = 3
 MAX_DEMO_ZOOM = 10
 DEFAULT_SEED = 0
-SAMPLE_TARGET = DATA_DIR / "sample_target.jpg"
 MOSAIC_GRID = (48, 48)
 MOSAIC_TILE = 32
 
@@ -95,7 +95,7 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
         result.steps.append((name, line))
         say(f"[{name}] {line}")
 
-    if (root / "centroids.npy").is_file():
+    if (root / CENTROIDS_NAME).is_file():
         lib = Library.open(root)
         step("init", f"reusing the library at {root}")
     else:

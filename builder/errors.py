@@ -28,6 +28,25 @@ class UnsafePath(LibraryError):
     """A path or id taken from data would escape the library."""
 
 
+class BadTile(LibraryError):
+    """A tile's file is missing, unreadable or not what a stored tile must be.
+
+    Names the tile id, the file and the problem, so one line tells a user which row to look
+    at (``verify --repair`` drops such rows).  Picklable: it crosses process pools.
+    """
+
+    def __init__(self, tile_id: str, path: object, problem: str) -> None:
+        self.tile_id, self.path, self.problem = tile_id, str(path), problem
+        super().__init__(f"tile {tile_id}: {problem}: {path}")
+
+    def __reduce__(self):  # the default passes only ``args`` (the message) back to __init__
+        return (type(self), (self.tile_id, self.path, self.problem))
+
+
+class TileOutsideLibrary(BadTile, UnsafePath):
+    """A tile's bucket folder resolves outside the library (a planted symlink): never read."""
+
+
 class ImageRejected(MosaicError):
     """An input image cannot become a tile. ``reason`` is a short machine-readable tag."""
 

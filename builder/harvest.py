@@ -71,14 +71,13 @@ from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, utc_now
 from .errors import LibraryError, SourceError, UsageError
+from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .library import Library, format_counts
 from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
 from .sources import TRANSIENT_KINDS, TileFault, TileSource, is_blank_tile, open_source
 
 logger = logging.getLogger(__name__)
 
-MAX_ZOOM = 22
-DEFAULT_ZOOM = 15
 DEFAULT_THREADS = 20
 DEFAULT_BATCH = 100
 # Consecutive batches with nothing accepted before the run calls the buckets "not filling".
@@ -226,8 +225,8 @@ def validate_options(*, zoom: int, threads: int, batch: int, max_tiles: int | No
                      max_requests: int | None = None, rate: float | None = None,
                      patience: int = DEFAULT_PATIENCE) -> None:
     """Raise a one-line UsageError for the first bad value (the CLI and notebooks alike)."""
-    if not _is_int(zoom) or not 0 <= zoom <= MAX_ZOOM:
-        raise UsageError(f"--zoom {zoom!r} is out of range: zoom must be an integer from 0 to {MAX_ZOOM}")
+    if not _is_int(zoom) or not MIN_ZOOM <= zoom <= MAX_ZOOM:
+        raise UsageError(f"--zoom {zoom!r} is out of range: zoom must be an integer from {MIN_ZOOM} to {MAX_ZOOM}")
     for name, value in (("--threads", threads), ("--batch", batch), ("--patience", patience)):
         if not _is_int(value) or value < 1:
             raise UsageError(f"{name} must be an integer >= 1, got {value!r}")

@@ -33,6 +33,7 @@ TILE_SIZE = 256  # pixels a side of every stored, fetched and published tile
 # A 256x256 tile is 2 KB to 200 KB as JPEG or PNG (under 200 KB even uncompressed): anything
 # much larger read from a server, an archive or a bucket folder is not a tile.
 MAX_TILE_BYTES = 4 * 2**20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every stored tile (all are PNG)
 
 # --- inputs to ingest (images that may be resized into tiles) ------------------------------
 MAX_INPUT_BYTES = 32 * 2**20

@@ -31,10 +31,8 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import sqlite3
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,46 +40,26 @@ from pathlib import Path
 import numpy as np
 
 from . import db
-from .color import N_BUCKETS, CentroidIndex, load_centroids, make_centroids
+from .color import CentroidIndex, load_centroids, make_centroids
 from .errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
+from .layout import (
+    CENTROIDS_NAME,
+    DB_NAME,
+    DEFAULT_CAP,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    N_BUCKETS,
+    SHIPPED_CENTROIDS,
+    TEMP_DIR,
+    parse_bucket_dir,
+    tile_filepath,
+)
+from .tilefiles import TileFiles
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CAP = 100
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-SHIPPED_CENTROIDS = DATA_DIR / "centroids.npy"
-JOURNAL = "journal.json"
-_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-_BUCKET_DIR = re.compile(r"^bucket_(\d{4})$")
 # What a crashed ``init`` can leave in a folder; ``create`` refuses a folder holding anything else.
-_INIT_LEFTOVERS = frozenset({"tiles.db", "tiles.db-wal", "tiles.db-shm", "tiles.db-journal", "temp", ".lock"})
-
-
-def is_tile_id(value: object) -> bool:
-    """True for a lowercase uuid4 string, the only form a tile id may take.
-
-    >>> is_tile_id("0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a"), is_tile_id("../../etc/passwd")
-    (True, False)
-    """
-    return isinstance(value, str) and bool(_UUID4.match(value))
-
-
-def new_tile_id() -> str:
-    return str(uuid.uuid4())
-
-
-def bucket_name(bucket_id: int) -> str:
-    """``bucket_0042`` for 42."""
-    return f"bucket_{int(bucket_id):04d}"
-
-
-def parse_bucket_dir(name: str) -> int | None:
-    """Bucket id of a ``bucket_XXXX`` folder name, or None."""
-    match = _BUCKET_DIR.match(name)
-    if not match:
-        return None
-    value = int(match.group(1))
-    return value if value < N_BUCKETS else None
+_INIT_LEFTOVERS = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal", TEMP_DIR, LOCK_NAME})
 
 
 def file_sha256(path: Path) -> str:
@@ -135,7 +113,8 @@ class Library:
     def __init__(self, root: Path, conn: sqlite3.Connection, centroids: np.ndarray, readonly: bool, lock_fd: int | None):
         self.root = root
         self.name = root.name
-        self.db_path = root / "tiles.db"
+        self.db_path = root / DB_NAME
+        self.files = TileFiles(root)
         self.conn = conn
         self.centroids = centroids
         self.readonly = readonly
@@ -156,8 +135,8 @@ class Library:
         existing ``centroids.npy`` is never overwritten.
         """
         root = Path(root)
-        if (root / "centroids.npy").exists():
-            raise LibraryError(f"{root} is already initialised: centroids.npy exists and is never overwritten")
+        if (root / CENTROIDS_NAME).exists():
+            raise LibraryError(f"{root} is already initialised: {CENTROIDS_NAME} exists and is never overwritten")
         if root.exists() and not root.is_dir():
             raise LibraryError(f"{root} exists and is not a folder")
         foreign = sorted(e.name for e in root.iterdir() if e.name not in _INIT_LEFTOVERS) if root.is_dir() else []
@@ -178,17 +157,17 @@ class Library:
         else:
             arr = load_centroids(SHIPPED_CENTROIDS)
         root.mkdir(parents=True, exist_ok=True)
-        (root / "temp").mkdir(exist_ok=True)
-        tmp = root / "temp" / "centroids.npy.part"
+        (root / TEMP_DIR).mkdir(exist_ok=True)
+        tmp = root / TEMP_DIR / f"{CENTROIDS_NAME}.part"
         with open(tmp, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, root / "centroids.npy")
-        conn = db.connect(root / "tiles.db")
+        os.replace(tmp, root / CENTROIDS_NAME)
+        conn = db.connect(root / DB_NAME)
         db.create_schema(conn)
         with conn:
-            db.set_meta(conn, "centroids_sha256", file_sha256(root / "centroids.npy"))
+            db.set_meta(conn, "centroids_sha256", file_sha256(root / CENTROIDS_NAME))
             db.set_meta(conn, "cap", str(cap))
         conn.close()
         return cls.open(root)
@@ -201,29 +180,29 @@ class Library:
         cls.verify_layout(root)
         lock_fd = None if readonly else cls._acquire_lock(root)
         try:
-            centroids = load_centroids(root / "centroids.npy")
-            if not readonly and not os.access(root / "tiles.db", os.W_OK):
-                raise LibraryError(f"cannot write to {root / 'tiles.db'}: the file is read-only")
+            centroids = load_centroids(root / CENTROIDS_NAME)
+            if not readonly and not os.access(root / DB_NAME, os.W_OK):
+                raise LibraryError(f"cannot write to {root / DB_NAME}: the file is read-only")
             try:
-                conn = db.connect(root / "tiles.db", readonly=readonly)
+                conn = db.connect(root / DB_NAME, readonly=readonly)
             except sqlite3.DatabaseError as exc:  # not SQLite at all: WAL setup is the first read
-                raise LibraryError(f"{root / 'tiles.db'} is not a usable SQLite database ({exc})") from None
+                raise LibraryError(f"{root / DB_NAME} is not a usable SQLite database ({exc})") from None
             try:
                 if readonly:
                     columns = db.table_columns(conn, "tiles")
                     if not columns:
-                        raise LibraryError(f"{root / 'tiles.db'} has no 'tiles' table: not a Mosaic Library database")
+                        raise LibraryError(f"{root / DB_NAME} has no 'tiles' table: not a Mosaic Library database")
                     missing = [c for c in db.SEED_COLUMNS if c not in columns]
                     if missing:
-                        raise LibraryError(f"{root / 'tiles.db'}: table 'tiles' lacks the card's columns {missing}")
+                        raise LibraryError(f"{root / DB_NAME}: table 'tiles' lacks the card's columns {missing}")
                 else:
                     found = db.migrate(conn)
                     if found != db.SCHEMA_VERSION:
-                        logger.warning("migrated %s from schema version %s to %s", root / "tiles.db", found, db.SCHEMA_VERSION)
+                        logger.warning("migrated %s from schema version %s to %s", root / DB_NAME, found, db.SCHEMA_VERSION)
                 cls._check_centroids_identity(conn, root, readonly)
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise LibraryError(f"{root / 'tiles.db'} is not a usable SQLite database ({exc})") from None
+                raise LibraryError(f"{root / DB_NAME} is not a usable SQLite database ({exc})") from None
             except BaseException:
                 conn.close()
                 raise
@@ -247,15 +226,15 @@ class Library:
             raise LibraryError(f"no library at {root}: run `python -m builder init --library {root}` first")
         if not root.is_dir():
             raise LibraryError(f"{root} is not a folder")
-        if not (root / "centroids.npy").is_file():
+        if not (root / CENTROIDS_NAME).is_file():
             raise CentroidsError(
-                f"{root} has no centroids.npy: run `python -m builder init --library {root}` "
+                f"{root} has no {CENTROIDS_NAME}: run `python -m builder init --library {root}` "
                 "(or restore a published library)"
             )
-        if not (root / "tiles.db").is_file():
-            raise LibraryError(f"{root} has no tiles.db: run `python -m builder init --library {root}`")
-        if (root / "tiles.db").stat().st_size == 0:  # SQLite would happily turn it into a new database
-            raise LibraryError(f"{root / 'tiles.db'} is empty: no 'tiles' table, not a Mosaic Library database")
+        if not (root / DB_NAME).is_file():
+            raise LibraryError(f"{root} has no {DB_NAME}: run `python -m builder init --library {root}`")
+        if (root / DB_NAME).stat().st_size == 0:  # SQLite would happily turn it into a new database
+            raise LibraryError(f"{root / DB_NAME} is empty: no 'tiles' table, not a Mosaic Library database")
 
     @staticmethod
     def _check_centroids_identity(conn: sqlite3.Connection, root: Path, readonly: bool = False) -> None:
@@ -264,20 +243,20 @@ class Library:
         if readonly and not db.table_columns(conn, "meta"):
             return  # an old schema that never recorded the checksum
         expected = db.get_meta(conn, "centroids_sha256")
-        actual = file_sha256(root / "centroids.npy")
+        actual = file_sha256(root / CENTROIDS_NAME)
         if expected is None:
             if not readonly:
                 with conn:
                     db.set_meta(conn, "centroids_sha256", actual)
         elif expected != actual:
             raise CentroidsError(
-                f"{root / 'centroids.npy'} differs from the file this library was built with "
-                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original centroids.npy"
+                f"{root / CENTROIDS_NAME} differs from the file this library was built with "
+                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}"
             )
 
     @staticmethod
     def _acquire_lock(root: Path) -> int:
-        path = root / ".lock"
+        path = root / LOCK_NAME
         if path.is_symlink():
             raise UnsafePath(f"{path} is a symlink: refusing to write through it")
         try:
@@ -305,7 +284,7 @@ class Library:
     @staticmethod
     def writer_active(root: str | os.PathLike) -> bool:
         """True while another process holds the writer lock (a harvest or ingest is running)."""
-        path = Path(root) / ".lock"
+        path = Path(root) / LOCK_NAME
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
@@ -353,23 +332,21 @@ class Library:
 
     @property
     def temp_dir(self) -> Path:
-        return self.root / "temp"
-
-    def bucket_dir(self, bucket_id: int) -> Path:
-        if not isinstance(bucket_id, (int, np.integer)) or not 0 <= int(bucket_id) < N_BUCKETS:
-            raise UnsafePath(f"bucket id out of range 0..{N_BUCKETS - 1}: {bucket_id!r}")
-        return self.root / bucket_name(int(bucket_id))
+        return self.root / TEMP_DIR
 
     def tile_path(self, bucket_id: int, tile_id: str) -> Path:
-        """The only way this project finds a tile's file: derived, never read from data."""
-        if not is_tile_id(tile_id):
-            raise UnsafePath(f"tile id is not a uuid4 string: {tile_id!r}")
-        return self.bucket_dir(bucket_id) / f"{tile_id}.png"
+        """The only way this project names a tile's file: derived from a validated
+        ``(bucket_id, id)``, never read from data (:class:`UnsafePath` otherwise)."""
+        return self.files.path(bucket_id, tile_id)
+
+    def read_tile(self, bucket_id: int, tile_id: str) -> bytes:
+        """A stored tile's bytes, read safely (see :mod:`builder.tilefiles`); raises
+        :class:`~builder.errors.BadTile` naming the id, the path and the problem."""
+        return self.files.read(bucket_id, tile_id)
 
     def filepath_for(self, bucket_id: int, tile_id: str) -> str:
         """The ``filepath`` column: relative to the folder holding the library (card's ``load_bucket``)."""
-        self.tile_path(bucket_id, tile_id)
-        return f"{self.name}/{bucket_name(bucket_id)}/{tile_id}.png"
+        return tile_filepath(self.name, bucket_id, tile_id)
 
     # ----------------------------------------------------------------- recovery
     def recover(self) -> dict:
@@ -384,7 +361,7 @@ class Library:
                 raise UnsafePath(f"{self.root / entry.name} is a symlink: refusing to write through it")
         temp.mkdir(exist_ok=True)
         done = {"kept": 0, "rolled_back": 0, "temp_removed": 0}
-        journal = temp / JOURNAL
+        journal = temp / JOURNAL_NAME
         if journal.exists():
             try:
                 entries = json.loads(journal.read_text())["tiles"]

@@ -21,8 +21,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .color import N_BUCKETS, hex_to_rgb, lab_to_rgb, rgb_to_lab
+from .color import hex_to_rgb, lab_to_rgb, rgb_to_lab
 from .errors import UsageError
+from .layout import N_BUCKETS
 from .library import Library
 
 logger = logging.getLogger(__name__)

@@ -36,13 +36,11 @@ from typing import NamedTuple
 import mercantile
 
 from .errors import UsageError
+from .layout import MAX_ZOOM, MIN_ZOOM, PLAN_MAX_LAT, PLANS_DIR
 
 logger = logging.getLogger(__name__)
 
-PLANS_DIR = Path(__file__).resolve().parents[1] / "data" / "plans"
 PHASES = {"1": "phase1.json", "2": "phase2.json"}
-MAX_LAT = 85.05  # Web-Mercator reaches +-85.0511; the plan limit is rounded inwards
-MAX_ZOOM = 24
 # Bbox edges are nudged inwards by this many degrees before finding edge tiles, so a
 # region ending exactly on a tile boundary does not pull in the whole next row or column.
 _EDGE_EPS = 1e-9
@@ -182,7 +180,7 @@ def _validate_region(raw: object, index: int, where: str) -> Region:
     lon_min, lat_min, lon_max, lat_max = (float(v) for v in bbox)
     for field, value, limit in (
         ("lon_min", lon_min, 180.0), ("lon_max", lon_max, 180.0),
-        ("lat_min", lat_min, MAX_LAT), ("lat_max", lat_max, MAX_LAT),
+        ("lat_min", lat_min, PLAN_MAX_LAT), ("lat_max", lat_max, PLAN_MAX_LAT),
     ):
         if not math.isfinite(value) or abs(value) > limit:
             raise PlanError(f"{prefix}: {field} {value} is outside -{limit}..{limit}")
@@ -291,9 +289,9 @@ class Sampler:
         try:
             zoom = operator.index(zoom)
         except TypeError:
-            raise UsageError(f"zoom {zoom!r} must be an integer from 0 to {MAX_ZOOM}") from None
-        if not 0 <= zoom <= MAX_ZOOM:
-            raise UsageError(f"zoom {zoom!r} must be an integer from 0 to {MAX_ZOOM}")
+            raise UsageError(f"zoom {zoom!r} must be an integer from {MIN_ZOOM} to {MAX_ZOOM}") from None
+        if not MIN_ZOOM <= zoom <= MAX_ZOOM:
+            raise UsageError(f"zoom {zoom!r} must be an integer from {MIN_ZOOM} to {MAX_ZOOM}")
         self.plan = plan
         self.zoom = zoom
         self.seed = secrets.randbits(63) if seed is None else int(seed)

@@ -35,10 +35,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from .color import N_BUCKETS, lab_to_rgb
-from .decode import TILE_SIZE, decode_tile
-from .errors import ImageRejected, UsageError
-from .library import Library, bucket_name
+from .color import lab_to_rgb
+from .decode import decode_tile
+from .errors import BadTile, ImageRejected, UsageError
+from .layout import N_BUCKETS, TILE_SIZE, bucket_name, is_bucket_id
+from .library import Library
 
 logger = logging.getLogger(__name__)
 
@@ -259,9 +260,8 @@ def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
 # ============================================================================ contact sheets
 def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None:
     try:
-        with open(lib.tile_path(bucket_id, tile_id), "rb") as fh:
-            img = decode_tile(fh.read()).image
-    except (OSError, ImageRejected) as exc:
+        img = decode_tile(lib.read_tile(bucket_id, tile_id)).image
+    except (BadTile, ImageRejected) as exc:
         logger.warning("tile %s of bucket %s left out of its contact sheet: %s", tile_id, bucket_id, exc)
         return None
     return img.reduce(TILE_SIZE // SHEET_THUMB)
@@ -342,7 +342,7 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     sheets_dir.mkdir(exist_ok=True)
     by_bucket: dict[int, list[str]] = {}
     for tile_id, bucket_id in lib.conn.execute("SELECT id, bucket_id FROM tiles ORDER BY bucket_id, rowid"):
-        if isinstance(bucket_id, int) and 0 <= bucket_id < N_BUCKETS:
+        if is_bucket_id(bucket_id):
             by_bucket.setdefault(bucket_id, []).append(tile_id)
     colours = centroid_colours(lib.centroids)
     ordered = colour_order(lib.centroids, np.array(sorted(by_bucket), dtype=np.int64))

@@ -20,10 +20,8 @@ The deep checks (decode every file) run on a process pool; ``deep=False`` checks
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -36,10 +34,12 @@ from tqdm import tqdm
 
 from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
-from .decode import TILE_SIZE, decode_tile
-from .errors import ImageRejected, UnsafePath
-from .library import JOURNAL, Library, bucket_name, format_counts, parse_bucket_dir
+from .decode import decode_tile
+from .errors import BadTile, ImageRejected, UnsafePath
+from .layout import JOURNAL_NAME, TILE_SIZE, parse_bucket_dir
+from .library import Library, format_counts
 from .phash import phash
+from .tilefiles import MISSING, TileFiles
 
 logger = logging.getLogger(__name__)
 
@@ -93,18 +93,16 @@ class FileFacts(NamedTuple):
     phash: str | None = None
 
 
-def inspect_file(path: Path) -> FileFacts:
-    """Decode a stored tile and recompute its colour and hash."""
+def inspect_tile(files: TileFiles, bucket_id: int, tile_id: str) -> FileFacts:
+    """Read a stored tile (safely: :meth:`TileFiles.read`), decode it, recompute its colour and hash.
+
+    ``error`` is :data:`~builder.tilefiles.MISSING` for a file that is not there, else the
+    problem :class:`~builder.errors.BadTile` or the decoder gave.
+    """
     try:
-        # O_NOFOLLOW: a tile that is a symlink (to a private file elsewhere) is bad, not read.
-        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return FileFacts("not a regular file")
-            data = fh.read()
-    except FileNotFoundError:
-        return FileFacts("missing")
-    except OSError as exc:
-        return FileFacts("a symlink" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}")
+        data = files.read(bucket_id, tile_id)
+    except BadTile as exc:
+        return FileFacts(exc.problem)
     try:
         tile = decode_tile(data)
     except ImageRejected as exc:
@@ -115,9 +113,17 @@ def inspect_file(path: Path) -> FileFacts:
     return FileFacts(None, (float(lab[0]), float(lab[1]), float(lab[2])), phash(tile.image))
 
 
-def _inspect(args: tuple[str, int, str]) -> FileFacts:
-    root, bucket_id, tile_id = args
-    return inspect_file(Path(root) / bucket_name(bucket_id) / f"{tile_id}.png")
+_FILES: TileFiles | None = None  # a pool worker's reader: each bucket folder checked once per run
+
+
+def _init_inspect_worker(files: TileFiles) -> None:
+    global _FILES
+    _FILES = files
+
+
+def _inspect(job: tuple[int, str]) -> FileFacts:
+    assert _FILES is not None
+    return inspect_tile(_FILES, *job)
 
 
 def _journal_ids(lib: Library) -> set[str]:
@@ -125,7 +131,7 @@ def _journal_ids(lib: Library) -> set[str]:
     import json
 
     try:
-        return {entry[0] for entry in json.loads((lib.temp_dir / JOURNAL).read_text())["tiles"]}
+        return {entry[0] for entry in json.loads((lib.temp_dir / JOURNAL_NAME).read_text())["tiles"]}
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return set()
 
@@ -156,17 +162,19 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
 
     facts: list[FileFacts | None] = [None] * len(safe)
     if deep and safe:
-        jobs = [(str(lib.root), r[2], r[1]) for r in safe]
+        jobs = [(r[2], r[1]) for r in safe]
+        files = TileFiles(lib.root)  # fresh: bucket folders are checked again on every run
         n_workers = workers or os.cpu_count() or 1
         with tqdm(total=len(jobs), unit="tile", desc="verify", disable=not show) as bar:
             if n_workers > 1 and len(jobs) >= 64:
-                with ProcessPoolExecutor(n_workers, mp_context=pool_context()) as pool:
+                with ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
+                                         initargs=(files,)) as pool:
                     for i, fact in enumerate(pool.map(_inspect, jobs, chunksize=64)):
                         facts[i] = fact
                         bar.update()
             else:
-                for i, job in enumerate(jobs):
-                    facts[i] = _inspect(job)
+                for i, (bucket_id, tile_id) in enumerate(jobs):
+                    facts[i] = inspect_tile(files, bucket_id, tile_id)
                     bar.update()
 
     seen: dict[tuple[int, str], str] = {}
@@ -180,7 +188,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
                 continue
             lab = (l_, a_, b_)
             file_hash = stored_hash
-        elif fact.error == "missing":
+        elif fact.error == MISSING:
             report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
             continue
         elif fact.error:

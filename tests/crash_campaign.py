@@ -45,7 +45,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from builder.errors import LibraryLocked  # noqa: E402
-from builder.library import Library, bucket_name, parse_bucket_dir  # noqa: E402
+from builder.layout import bucket_name, parse_bucket_dir  # noqa: E402
+from builder.library import Library  # noqa: E402
 from builder.verify import verify_library  # noqa: E402
 
 TRIGGERS = ("time", "scratch", "journal", "commit")

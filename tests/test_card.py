@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from builder.color import lab_to_rgb
-from builder.library import SHIPPED_CENTROIDS, Library
+from builder.layout import SHIPPED_CENTROIDS
+from builder.library import Library
 from tests.conftest import REPO, real_crops
 
 QUICK_QUERIES = '''

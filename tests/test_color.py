@@ -13,7 +13,7 @@ from builder.color import (
     rgb_to_lab,
 )
 from builder.errors import CentroidsError
-from builder.library import SHIPPED_CENTROIDS
+from builder.layout import SHIPPED_CENTROIDS
 
 
 def test_rgb_to_lab_matches_skimage_on_random_and_extreme_colours():

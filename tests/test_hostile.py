@@ -42,7 +42,8 @@ from PIL import Image, PngImagePlugin
 
 from builder.cli import main
 from builder.decode import is_plain_png
-from builder.library import SHIPPED_CENTROIDS, Library
+from builder.layout import SHIPPED_CENTROIDS
+from builder.library import Library
 from builder.verify import verify_library
 from tests.crash_campaign import REPO, cli_env, make_tile_pool, raw_png, run_and_kill
 

@@ -10,7 +10,8 @@ import pytest
 
 from builder.assign import Candidate, Pipeline
 from builder.errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
-from builder.library import SHIPPED_CENTROIDS, Library
+from builder.layout import SHIPPED_CENTROIDS
+from builder.library import Library
 from tests.conftest import png_bytes, real_crops
 
 

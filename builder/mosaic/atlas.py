@@ -16,15 +16,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..color import N_BUCKETS, rgb_to_lab
-from ..decode import TILE_SIZE, decode_tile
-from ..errors import ImageRejected, LibraryError
-from ..library import Library, is_tile_id
+from ..color import rgb_to_lab
+from ..decode import decode_tile
+from ..errors import BadTile, ImageRejected, LibraryError
+from ..layout import CACHE_DIR, TILE_SIZE, is_bucket_id, is_tile_id
+from ..library import Library
 from .target import DEFAULT_SUBCELLS
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR = ".cache"
 CACHE_VERSION = 1
 ATLAS_SIZE = 64  # thumbnails kept in the cache: 12 KB a tile, about a tenth of its PNG
 ATLAS_PREFIX = "mosaic_thumbs64"
@@ -80,17 +80,15 @@ def subcell_means(pixels: np.ndarray, subcells: int) -> np.ndarray:
 
 
 def _read_tile(lib: Library, bucket_id: int, tile_id: str) -> Image.Image:
-    """Decode a stored tile through the same safe decoder as everything else."""
-    path = lib.tile_path(int(bucket_id), str(tile_id))
-    with open(path, "rb") as fh:
-        return decode_tile(fh.read()).image
+    """Read a stored tile safely (``lib.read_tile``) and decode it with the same decoder as everything else."""
+    return decode_tile(lib.read_tile(int(bucket_id), str(tile_id))).image
 
 
 def atlas_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
     """A tile's 64-px thumbnail (exact 4x4 box average), or None if its file is unusable."""
     try:
         return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // ATLAS_SIZE))
-    except (OSError, ImageRejected) as exc:
+    except (BadTile, ImageRejected) as exc:
         logger.warning("tile %s in bucket %s unusable for mosaics: %s", tile_id, bucket_id, exc)
         return None
 
@@ -234,7 +232,7 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     rows = [
         (tile_id, bucket_id, tile_hash or "")
         for tile_id, bucket_id, tile_hash in lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY id")
-        if is_tile_id(tile_id) and isinstance(bucket_id, int) and 0 <= bucket_id < N_BUCKETS
+        if is_tile_id(tile_id) and is_bucket_id(bucket_id)
     ]
     if not rows:
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..color import N_BUCKETS, rgb_to_lab
+from ..color import rgb_to_lab
 from ..errors import LibraryError, UsageError
+from ..layout import N_BUCKETS
 from ..library import Library
 from ..query import PopulatedIndex
 from .atlas import TileTable, load_tile_table

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..decode import TILE_SIZE
 from ..errors import UsageError
+from ..layout import TILE_SIZE
 from ..library import Library
 from .atlas import ATLAS_SIZE, _pool, _read_tile
 from .match import MosaicPlan, plan_mosaic

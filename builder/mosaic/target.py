@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..decode import TILE_SIZE
 from ..errors import ImageRejected, UsageError
+from ..layout import TILE_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import MosaicError, UsageError
+from ..layout import CENTROIDS_NAME, DB_NAME
 from .staging import MANIFEST, refresh_card
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_FILES = ("README.md", "centroids.npy", "tiles.db")
+REQUIRED_FILES = ("README.md", CENTROIDS_NAME, DB_NAME)
 _SHARD = re.compile(r"^data/train-(\d{5})-of-(\d{5})\.parquet$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..color import N_BUCKETS
 from ..errors import LibraryError, UnsafePath, UsageError
+from ..layout import N_BUCKETS, is_bucket_id
 from ..library import Library
 from . import rows, schema
 
@@ -70,7 +70,8 @@ def mean_tile_bytes(root: Path, db_path: Path) -> float:
     conn = rows.open_tiles_db(db_path)
     try:
         sample = conn.execute(
-            "SELECT bucket_id, id FROM tiles WHERE bucket_id BETWEEN 0 AND 4999 ORDER BY id LIMIT ?", (SIZE_SAMPLE,)
+            "SELECT bucket_id, id FROM tiles WHERE bucket_id BETWEEN 0 AND ? ORDER BY id LIMIT ?",
+            (N_BUCKETS - 1, SIZE_SAMPLE),
         ).fetchall()
     finally:
         conn.close()
@@ -270,7 +271,7 @@ def write_parquet(
     """
     conn = rows.open_tiles_db(db_path)
     try:
-        total = sum(n for b, n in rows.bucket_counts(conn).items() if isinstance(b, int) and 0 <= b < N_BUCKETS)
+        total = sum(n for b, n in rows.bucket_counts(conn).items() if is_bucket_id(b))
     finally:
         conn.close()
     per_file = rows_per_file(total, mean_tile_bytes(root, db_path), max_bytes)

@@ -25,10 +25,10 @@ from typing import NamedTuple
 import pyarrow.parquet as pq
 
 from .. import db
-from ..color import N_BUCKETS
-from ..errors import LibraryError, UnsafePath, UsageError
-from ..library import Library, is_tile_id
-from .rows import LABEL_NAMES, check_png
+from ..errors import LibraryError, UsageError
+from ..layout import CENTROIDS_NAME, DB_NAME, LABEL_NAMES
+from ..library import Library
+from ..tilefiles import check_png
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,11 @@ def _target_is_free(root: Path) -> None:
 
 
 def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) -> None:
-    """Validate and write one PNG atomically (temp/ then rename), never over an existing file."""
-    if not is_tile_id(tile_id):
-        raise UnsafePath(f"tile id from the data is not a uuid4 string: {tile_id!r}")
-    if isinstance(bucket_id, bool) or not isinstance(bucket_id, int) or not 0 <= bucket_id < N_BUCKETS:
-        raise UnsafePath(f"tile {tile_id}: label from the data is not a bucket id 0..{N_BUCKETS - 1}: {bucket_id!r}")
+    """Validate and write one PNG atomically (temp/ then rename), never over an existing file.
+
+    ``id`` and ``label`` come from the data: ``lib.tile_path`` refuses (:class:`UnsafePath`) any
+    id that is not a uuid4 and any label that is not a bucket id before they name a file.
+    """
     final = lib.tile_path(bucket_id, tile_id)
     if not isinstance(data, bytes):
         raise LibraryError(f"tile {tile_id}: row has no embedded image bytes")
@@ -162,10 +162,10 @@ def _copy_bookkeeping(shipped: Path, lib: Library) -> None:
 
 
 def _centroids_for(source: Path, centroids: str | os.PathLike | None) -> Path:
-    path = Path(centroids) if centroids else source / "centroids.npy"
+    path = Path(centroids) if centroids else source / CENTROIDS_NAME
     if not path.is_file():
         raise UsageError(
-            f"no centroids.npy in {source}: bucket ids mean nothing without the release's centroids; "
+            f"no {CENTROIDS_NAME} in {source}: bucket ids mean nothing without the release's centroids; "
             "pass the file with --centroids"
         )
     return path
@@ -187,7 +187,7 @@ def restore_library(
     try:
         with Library.create(root, centroids=centroids_path) as lib:
             tiles = _restore_rows(lib, files)
-            shipped = source / "tiles.db"
+            shipped = source / DB_NAME
             note, used = "", False
             if shipped.is_file():
                 problem = shipped_db_agrees(shipped, lib.conn)

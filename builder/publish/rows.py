@@ -6,26 +6,25 @@ lives here, free of any ``datasets`` import, because importing ``datasets`` cost
 at every ``build`` start, more than writing a thousand tiles.
 
 Security: a tile's file is derived from ``(bucket_id, id)`` after validating both (uuid4,
-``0 <= bucket_id < 5000``) with ``Library.tile_path``; the ``filepath`` column is never opened.
-Bucket folders are resolved once each to stay inside the library; files are opened with
-``O_NOFOLLOW`` and read up to a size limit.
+``0 <= bucket_id < 5000``); the ``filepath`` column is never opened.  Files are read through
+:class:`builder.tilefiles.TileFiles` (bucket folders checked to stay inside the library,
+``O_NOFOLLOW``, a size limit) and their PNG header checked.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from .. import db as _db
-from ..color import N_BUCKETS
-from ..errors import LibraryError, UnsafePath
-from ..library import Library, bucket_name, is_tile_id
+from ..errors import BadTile, LibraryError, UnsafePath
+from ..layout import LABEL_NAMES, N_BUCKETS, tile_relpath  # noqa: F401  (LABEL_NAMES: publish.schema reads it here)
+from ..library import Library
+from ..tilefiles import TileFiles
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +32,6 @@ logger = logging.getLogger(__name__)
 # made by an older builder are treated as stale.
 BUILD_FORMAT = 1
 
-LABEL_NAMES = [f"bucket_{i:04d}" for i in range(N_BUCKETS)]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TILE_SIZE = 256
-MAX_TILE_BYTES = 4 * 2**20  # a 256x256 RGB PNG is < 200 KB even uncompressed
 DEFAULT_SHARD_ROWS = 1000
 
 # Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``).
@@ -64,17 +59,6 @@ COLUMNS: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
-class BadTile(LibraryError):
-    """A row's PNG is missing, unreadable or not a 256x256 RGB PNG."""
-
-    def __init__(self, tile_id: str, path: Path | str, problem: str) -> None:
-        self.tile_id, self.path, self.problem = tile_id, str(path), problem
-        super().__init__(f"tile {tile_id}: {problem}: {path}")
-
-    def __reduce__(self):  # survive the trip back from a num_proc worker
-        return (type(self), (self.tile_id, self.path, self.problem))
-
-
 class Shard(NamedTuple):
     """A half-open range of buckets ``[lo, hi)`` read by one generator call."""
 
@@ -85,83 +69,6 @@ class Shard(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def tile_relpath(bucket_id: object, tile_id: object) -> str:
-    """``bucket_XXXX/<id>.png`` for a validated ``(bucket_id, id)`` (:class:`UnsafePath` otherwise).
-
-    Ids and buckets come from data (a database or a downloaded Parquet file) and become file
-    names, so only a canonical lower-case uuid4 and an integer bucket in range are accepted.
-
-    >>> tile_relpath(7, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a")
-    'bucket_0007/0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a.png'
-    """
-    if not is_tile_id(tile_id):
-        raise UnsafePath(f"tile id is not a uuid4 string: {tile_id!r}")
-    if isinstance(bucket_id, bool) or not isinstance(bucket_id, int) or not 0 <= bucket_id < N_BUCKETS:
-        raise UnsafePath(f"bucket id out of range 0..{N_BUCKETS - 1}: {bucket_id!r}")
-    return f"{bucket_name(bucket_id)}/{tile_id}.png"
-
-
-def check_png(data: bytes) -> str | None:
-    """Why ``data`` is not a 256x256 8-bit RGB PNG, or ``None`` if its header says it is.
-
-    Reads only the signature and IHDR chunk: a full decode would cost more than the rest of
-    the build per tile.  Truncated or corrupt bodies are caught by ``verify``, not here.
-    """
-    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return "not a PNG file"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if (width, height) != (TILE_SIZE, TILE_SIZE):
-        return f"PNG is {width}x{height}, expected {TILE_SIZE}x{TILE_SIZE}"
-    bit_depth, colour_type = data[24], data[25]
-    if (bit_depth, colour_type) != (8, 2):
-        return f"PNG has bit depth {bit_depth} and colour type {colour_type}, expected 8-bit RGB (2)"
-    return None
-
-
-class TileReader:
-    """Reads the PNGs of one library, safely and cheaply.
-
-    Paths come from ``lib.tile_path`` (validated ``(bucket_id, id)``), each bucket folder is
-    resolved once to check it stays inside the library (a symlinked bucket leading elsewhere is
-    refused), files are opened with ``O_NOFOLLOW`` (a symlinked tile is refused) and at most
-    :data:`MAX_TILE_BYTES` are read.  Resolving every file instead cost as much as reading it.
-    """
-
-    def __init__(self, lib: Library) -> None:
-        self.lib = lib
-        self.root = lib.root.resolve()
-        self._buckets_ok: set[int] = set()
-
-    def path(self, bucket_id: object, tile_id: object) -> Path:
-        tile_relpath(bucket_id, tile_id)  # refuses bools and non-int buckets too
-        path = self.lib.tile_path(bucket_id, tile_id)
-        if bucket_id not in self._buckets_ok:
-            folder = path.parent.resolve()
-            if folder.parent != self.root:
-                raise UnsafePath(f"tile {tile_id}: {path} resolves outside the library ({folder})")
-            self._buckets_ok.add(bucket_id)
-        return path
-
-    def read(self, bucket_id: object, tile_id: object) -> bytes:
-        """The checked PNG bytes of one tile; :class:`BadTile` names the id and path on failure."""
-        path = self.path(bucket_id, tile_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise BadTile(tile_id, path, "file missing") from None
-        except OSError as exc:
-            problem = "is a symbolic link" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror or exc})"
-            raise BadTile(tile_id, path, problem) from None
-        with os.fdopen(fd, "rb") as fh:
-            data = fh.read(MAX_TILE_BYTES + 1)
-        if len(data) > MAX_TILE_BYTES:
-            raise BadTile(tile_id, path, f"larger than {MAX_TILE_BYTES} bytes")
-        problem = check_png(data)
-        if problem:
-            raise BadTile(tile_id, path, problem)
-        return data
 
 
 def open_tiles_db(db_path: Path) -> sqlite3.Connection:
@@ -289,7 +196,7 @@ def iter_examples(
     """
     with Library.open(Path(root), readonly=True) as lib:
         conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
-        reader = TileReader(lib)
+        files = TileFiles(lib.root)  # fresh per call: each bucket folder is checked once per read
         try:
             select = _select_list(conn)
             for shard_idx, (lo, hi) in enumerate(shards):
@@ -300,7 +207,7 @@ def iter_examples(
                 )
                 for sample_idx, row in enumerate(rows):
                     try:
-                        example = _example(reader, row, with_images)
+                        example = _example(files, row, with_images)
                     except (BadTile, UnsafePath) as exc:
                         if not skip_bad:
                             raise
@@ -317,12 +224,12 @@ def iter_examples(
                 conn.close()
 
 
-def _example(reader: TileReader, row: tuple, with_images: bool) -> dict:
+def _example(files: TileFiles, row: tuple, with_images: bool) -> dict:
     record = dict(zip(ROW_COLUMNS, row))
     tile_id, bucket_id = record.pop("id"), record.pop("bucket_id")
     example: dict[str, object] = {}
     if with_images:
-        data = reader.read(bucket_id, tile_id)
+        data = files.read_png(bucket_id, tile_id)
         example["image"] = {"bytes": data, "path": f"{tile_id}.png"}
     else:
         tile_relpath(bucket_id, tile_id)  # same validation, no file access

@@ -41,8 +41,8 @@ from typing import NamedTuple
 
 from .. import __version__
 from .. import db as _db
-from ..color import N_BUCKETS
 from ..errors import LibraryError, MosaicError, UsageError
+from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
 from ..library import Library
 from . import rows
 from .card import CardStats, render_card
@@ -51,7 +51,7 @@ from .parquet import file_size_limit, write_parquet
 logger = logging.getLogger(__name__)
 
 MANIFEST = ".mosaic_build.json"
-DATA_DIR = "data"
+SHARDS_DIR = "data"
 DEFAULT_MAX_SHARD_SIZE = "500MB"
 
 
@@ -265,9 +265,9 @@ def _prepare_parquet(
     prepared = work / ".prepared"
     prepared.mkdir()
     shards, written, skipped = write_parquet(
-        library_root, work / "tiles.db", prepared, num_proc, skip_bad, file_size_limit(max_shard_size)
+        library_root, work / DB_NAME, prepared, num_proc, skip_bad, file_size_limit(max_shard_size)
     )
-    data = work / DATA_DIR
+    data = work / SHARDS_DIR
     data.mkdir()
     out = []
     for i, shard in enumerate(shards):
@@ -334,15 +334,15 @@ def build_staging(
     work.mkdir()
     try:
         with Library.open(root, readonly=True) as lib:  # validates centroids and schema
-            snapshot_db(lib.db_path, work / "tiles.db")
-        shutil.copyfile(root / "centroids.npy", work / "centroids.npy")
-        leaks = secret_sources(work / "tiles.db")
+            snapshot_db(lib.db_path, work / DB_NAME)
+        shutil.copyfile(root / CENTROIDS_NAME, work / CENTROIDS_NAME)
+        leaks = secret_sources(work / DB_NAME)
         if leaks:
             raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
-        fingerprint = rows.library_fingerprint(work / "tiles.db", work / "centroids.npy")
+        fingerprint = rows.library_fingerprint(work / DB_NAME, work / CENTROIDS_NAME)
         parquet, written, skipped_ids = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
-        skipped = drop_skipped_rows(work / "tiles.db", skipped_ids) if skip_bad else 0
-        snapshot_rows = count_rows(work / "tiles.db")
+        skipped = drop_skipped_rows(work / DB_NAME, skipped_ids) if skip_bad else 0
+        snapshot_rows = count_rows(work / DB_NAME)
         if snapshot_rows != written:
             raise LibraryError(
                 f"the Parquet files hold {written} rows but the tiles.db snapshot {snapshot_rows}: "
@@ -396,7 +396,7 @@ def staging_state(library_root: str | os.PathLike, staging: str | os.PathLike) -
     root = Path(library_root)
     Library.verify_layout(root)
     # One SELECT is one read transaction: a consistent view even while a harvest writes.
-    fingerprint = rows.library_fingerprint(root / "tiles.db", root / "centroids.npy")
+    fingerprint = rows.library_fingerprint(root / DB_NAME, root / CENTROIDS_NAME)
     if fingerprint != manifest.get("fingerprint"):
         return StagingState(False, "the library changed since the build", manifest)
     return StagingState(True, "up to date", manifest)

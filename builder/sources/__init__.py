@@ -24,11 +24,10 @@ import logging
 from pathlib import Path
 
 from ..errors import UsageError
+from ..layout import EARTH_IMAGE, MAX_TILE_BYTES, TILE_SIZE
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
-    MAX_TILE_BYTES,
     PERMANENT_KINDS,
-    TILE_SIZE,
     TRANSIENT_KINDS,
     SourceStats,
     TileFault,
@@ -37,7 +36,7 @@ from .base import (
     is_blank_tile,
     sniff_format,
 )
-from .earth import EARTH_IMAGE, EarthSource
+from .earth import EarthSource
 from .folder import FolderSource
 from .http import (
     ARCGIS_TEMPLATE,

@@ -23,13 +23,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..decode import sniff_format
 from ..errors import SourceError
+from ..layout import MAX_TILE_BYTES, TILE_SIZE
 
 logger = logging.getLogger(__name__)
-
-TILE_SIZE = 256
-# A 256x256 JPEG or PNG tile is 2 KB to 200 KB; anything far larger is not a tile and
-# would only cost memory to hold.
-MAX_TILE_BYTES = 4 * 1024 * 1024
 
 # Fault kinds a source raises (``http_<code>`` stands for any unexpected HTTP status).
 # Transient kinds are retried by the HTTP source and are worth asking again later;
@@ -144,11 +140,6 @@ class ClosingSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def tile_in_range(z: int, x: int, y: int) -> bool:
-    """True when z/x/y names a real tile of the XYZ pyramid."""
-    return 0 <= z <= 30 and 0 <= x < (1 << z) and 0 <= y < (1 << z)
 
 
 def body_sha256(body: bytes) -> str:

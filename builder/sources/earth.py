@@ -23,13 +23,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SourceError
-from .base import TILE_SIZE, ClosingSource, SourceStats, tile_in_range
+from ..layout import EARTH_IMAGE, MERCATOR_MAX_LAT, TILE_SIZE, tile_in_range
+from .base import ClosingSource, SourceStats
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-EARTH_IMAGE = DATA_DIR / "bluemarble_5400x2700.jpg"
-MAX_LAT = 85.0511  # Web-Mercator's limit, rounded as the task specifies
 MAX_IMAGE_PIXELS = 60_000_000  # decode guard: the shipped image has 14.6 M
 
 
@@ -115,7 +113,7 @@ def pixel_lonlat(z: int, x: int, y: int, size: int = TILE_SIZE) -> tuple[np.ndar
     my = b.top - frac * (b.top - b.bottom)
     lon = np.degrees(mx / mercantile.RE)
     lat = np.degrees(2.0 * np.arctan(np.exp(my / mercantile.RE)) - np.pi / 2.0)
-    return lon, np.clip(lat, -MAX_LAT, MAX_LAT)
+    return lon, np.clip(lat, -MERCATOR_MAX_LAT, MERCATOR_MAX_LAT)
 
 
 def sample_bilinear(image: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

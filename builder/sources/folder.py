@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from ..errors import SourceError
-from .base import MAX_TILE_BYTES, TILE_SIZE, ClosingSource, SourceStats, TileFault, check_tile_bytes, tile_in_range
+from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
+from .base import ClosingSource, SourceStats, TileFault, check_tile_bytes
 
 logger = logging.getLogger(__name__)
 

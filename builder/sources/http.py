@@ -34,16 +34,14 @@ from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..errors import SourceError, UsageError
+from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
-    MAX_TILE_BYTES,
-    TILE_SIZE,
     ClosingSource,
     SourceStats,
     TileFault,
     body_sha256,
     check_tile_bytes,
-    tile_in_range,
 )
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 from ..errors import SourceError
-from .base import TILE_SIZE, ClosingSource, SourceStats, TileFault, check_tile_bytes, tile_in_range
+from ..layout import TILE_SIZE, tile_in_range
+from .base import ClosingSource, SourceStats, TileFault, check_tile_bytes
 
 logger = logging.getLogger(__name__)
 
