@@ -54,6 +54,7 @@ except ModuleNotFoundError as _exc:  # imported by file path from outside the re
 
 # Re-exported: the row generation is shared with builder.publish (see the module docstring);
 # the tile facts live in builder.layout and the safe tile reader in builder.tilefiles.
+from builder.db import bucket_counts  # noqa: E402
 from builder.errors import BadTile  # noqa: E402
 from builder.layout import (  # noqa: E402
     CENTROIDS_NAME,
@@ -68,7 +69,6 @@ from builder.publish.rows import (  # noqa: E402
     BUILD_FORMAT,
     DEFAULT_SHARD_ROWS,
     Shard,
-    bucket_counts,
     library_fingerprint,
     open_tiles_db,
     plan_shards,

@@ -166,7 +166,7 @@ class Worker:
             labs = rgb_to_lab(np.stack(means))
             bucket_ids, _ = self.index.assign_lab(labs)
             buckets = [int(b) for b in bucket_ids]
-            counts = self._bucket_counts(set(buckets))
+            counts = db.bucket_counts(self.conn, set(buckets))  # committed tiles, one indexed query
             room = []
             for (i, data, decoded), bucket_id, lab in zip(live, buckets, labs.tolist()):
                 lab_t = (lab[0], lab[1], lab[2])
@@ -179,13 +179,6 @@ class Worker:
                 for (i, data, decoded, bucket_id, lab_t), tile_hash in zip(room, hashes):
                     results[i] = self._dedupe_and_stage(data, decoded, bucket_id, lab_t, tile_hash)
         return results  # type: ignore[return-value]  # every slot is filled above
-
-    def _bucket_counts(self, buckets: set[int]) -> dict[int, int]:
-        """Committed tiles per bucket for the given buckets, in one indexed query."""
-        marks = ", ".join("?" * len(buckets))
-        return dict(self.conn.execute(
-            f"SELECT bucket_id, COUNT(*) FROM tiles WHERE bucket_id IN ({marks}) GROUP BY bucket_id", tuple(buckets)
-        ).fetchall())
 
     def _dedupe_and_stage(self, data: bytes, decoded: DecodedTile, bucket_id: int,
                           lab_t: tuple[float, float, float], tile_hash: str) -> Analysis:

@@ -1,8 +1,15 @@
-"""``tiles.db``: schema, migrations and connections.
+"""``tiles.db``: schema, migrations, connections and the ``tiles`` table contract.
 
 The ``tiles`` table starts with the dataset card's seven columns, in the card's order and
 types, then provenance columns.  ``PRAGMA user_version`` versions the schema; older files are
 migrated in place when a writer opens them.
+
+This module is the one home of that contract: the column lists (:data:`SEED_COLUMNS`,
+:data:`PROVENANCE_COLUMNS`, :data:`TILE_COLUMNS`, :data:`INSERT_TILE_SQL`), the check every
+reader and writer runs on a file (:func:`check_tiles_table`, one wording for every command),
+SELECT lists that read an older schema (:func:`select_list`), rows per bucket
+(:func:`bucket_counts`) and the table listing (:func:`table_names`).  Standard library only:
+callers convert to NumPy where they need it.
 
 Tables:
 
@@ -15,37 +22,42 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import LibraryError
 
 SCHEMA_VERSION = 2
 
-SEED_COLUMNS = ("id", "bucket_id", "filepath", "phash", "mean_l", "mean_a", "mean_b")
-PROVENANCE_COLUMNS = ("source", "z", "x", "y", "lon", "lat", "region", "harvested_at")
+# The tiles table, column by column with its SQLite type, in order: the card's seven, then provenance.
+_SEED_TYPES = (
+    ("id", "TEXT PRIMARY KEY"),
+    ("bucket_id", "INTEGER"),
+    ("filepath", "TEXT"),
+    ("phash", "TEXT"),
+    ("mean_l", "REAL"),
+    ("mean_a", "REAL"),
+    ("mean_b", "REAL"),
+)
+_PROVENANCE_TYPES = (
+    ("source", "TEXT"),
+    ("z", "INTEGER"),
+    ("x", "INTEGER"),
+    ("y", "INTEGER"),
+    ("lon", "REAL"),
+    ("lat", "REAL"),
+    ("region", "TEXT"),
+    ("harvested_at", "TEXT"),
+)
+SEED_COLUMNS = tuple(name for name, _type in _SEED_TYPES)
+PROVENANCE_COLUMNS = tuple(name for name, _type in _PROVENANCE_TYPES)
 TILE_COLUMNS = SEED_COLUMNS + PROVENANCE_COLUMNS
-# One full tiles row, values in TILE_COLUMNS order (the pipeline's batches, restore's rows).
+# One full tiles row, values in TILE_COLUMNS order (the commit protocol's batches, restore's rows).
 INSERT_TILE_SQL = f"INSERT INTO tiles ({', '.join(TILE_COLUMNS)}) VALUES ({', '.join('?' * len(TILE_COLUMNS))})"
 
-_TILES_SQL = """
-CREATE TABLE IF NOT EXISTS tiles (
-    id TEXT PRIMARY KEY,
-    bucket_id INTEGER,
-    filepath TEXT,
-    phash TEXT,
-    mean_l REAL,
-    mean_a REAL,
-    mean_b REAL,
-    source TEXT,
-    z INTEGER,
-    x INTEGER,
-    y INTEGER,
-    lon REAL,
-    lat REAL,
-    region TEXT,
-    harvested_at TEXT
+_TILES_SQL = "CREATE TABLE IF NOT EXISTS tiles (\n{}\n)".format(
+    ",\n".join(f"    {name} {sqltype}" for name, sqltype in _SEED_TYPES + _PROVENANCE_TYPES)
 )
-"""
 
 _INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS idx_bucket ON tiles(bucket_id)",
@@ -100,8 +112,94 @@ def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite
     return conn
 
 
+def open_readonly(path: str | os.PathLike) -> sqlite3.Connection:
+    """A read-only connection to a ``tiles.db`` whose ``tiles`` table passed :func:`check_tiles_table`.
+
+    Never migrates, never takes the writer's lock.  A file that is not SQLite at all, or has
+    no usable ``tiles`` table, is one :class:`~builder.errors.LibraryError`.
+    """
+    try:
+        conn = connect(Path(path), readonly=True)
+    except sqlite3.DatabaseError as exc:
+        raise not_a_database(path, exc) from None
+    try:
+        check_tiles_table(conn, path)
+    except sqlite3.DatabaseError as exc:  # the first read is where SQLite notices a file is not a database
+        conn.close()
+        raise not_a_database(path, exc) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def not_a_database(path: str | os.PathLike, exc: sqlite3.DatabaseError) -> LibraryError:
+    """The error for a file SQLite cannot read as a database (one wording for every command)."""
+    return LibraryError(f"{path} is not a usable SQLite database ({exc})")
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file behind ``conn``'s main database, for messages."""
+    return next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "") or "tiles.db"
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    """Names of the database's tables."""
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    """Column names of ``table`` in order; empty when there is no such table."""
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def check_tiles_table(conn: sqlite3.Connection, path: str | os.PathLike | None = None) -> list[str]:
+    """The ``tiles`` table's columns, after checking it exists and holds the card's seven columns.
+
+    Every reader and writer runs this one check, so a file that is not a Mosaic Library
+    database gets the same message from every command.  ``path`` names the file in the
+    message (default: the connection's own file).  Extra or missing provenance columns are
+    fine: readers read them as NULL (:func:`select_list`), writers add them (:func:`migrate`).
+    """
+    columns = table_columns(conn, "tiles")
+    where = path if path is not None else database_file(conn)
+    if not columns:
+        raise LibraryError(f"{where} has no 'tiles' table: not a Mosaic Library database")
+    missing = [c for c in SEED_COLUMNS if c not in columns]
+    if missing:
+        raise LibraryError(
+            f"{where}: table 'tiles' lacks the card's columns {', '.join(missing)} "
+            f"(it needs {', '.join(SEED_COLUMNS)}): not a Mosaic Library database"
+        )
+    return columns
+
+
+def select_list(conn: sqlite3.Connection, columns: Sequence[str], table: str = "tiles") -> str:
+    """``SELECT`` list for ``columns``; a column an older schema lacks reads as ``NULL AS name``.
+
+    Readers never migrate, so a card-schema ``tiles.db`` (seven columns) still reads with the
+    provenance columns present, as NULL.
+    """
+    present = set(table_columns(conn, table))
+    return ", ".join(c if c in present else f"NULL AS {c}" for c in columns)
+
+
+def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None) -> dict[object, int]:
+    """Rows per ``bucket_id`` value as stored, for every value or only ``buckets``.
+
+    Values are returned as stored, invalid ones included (a string, -1, 7000), so callers that
+    must see every row (the build) can refuse them; callers that index arrays filter them.
+    One indexed query (``idx_bucket``).
+    """
+    if buckets is None:
+        return dict(conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id"))
+    wanted = tuple(buckets)
+    if not wanted:
+        return {}
+    marks = ", ".join("?" * len(wanted))
+    return dict(conn.execute(
+        f"SELECT bucket_id, COUNT(*) FROM tiles WHERE bucket_id IN ({marks}) GROUP BY bucket_id", wanted
+    ))
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -126,18 +224,12 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise LibraryError(
             f"tiles.db has schema version {version}, newer than this builder's {SCHEMA_VERSION}: upgrade the builder"
         )
-    columns = table_columns(conn, "tiles")
-    if not columns:
-        raise LibraryError("tiles.db has no 'tiles' table: not a Mosaic Library database")
-    missing_seed = [c for c in SEED_COLUMNS if c not in columns]
-    if missing_seed:
-        raise LibraryError(f"tiles.db 'tiles' table lacks the card's columns {missing_seed}")
+    columns = check_tiles_table(conn)
     if version == SCHEMA_VERSION and set(TILE_COLUMNS) <= set(columns):
         return version
     with conn:
-        for name in PROVENANCE_COLUMNS:
+        for name, sqltype in _PROVENANCE_TYPES:
             if name not in columns:
-                sqltype = {"z": "INTEGER", "x": "INTEGER", "y": "INTEGER", "lon": "REAL", "lat": "REAL"}.get(name, "TEXT")
                 conn.execute(f"ALTER TABLE tiles ADD COLUMN {name} {sqltype}")
     create_schema(conn)
     return version

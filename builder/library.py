@@ -51,6 +51,7 @@ from .layout import (
     N_BUCKETS,
     SHIPPED_CENTROIDS,
     TEMP_DIR,
+    is_bucket_id,
     parse_bucket_dir,
     tile_filepath,
 )
@@ -121,7 +122,7 @@ class Library:
         self._lock_fd = lock_fd
         self._index: CentroidIndex | None = None
         self._recovered = False  # close() sweeps temp/ again only if open() could
-        cap = db.get_meta(conn, "cap") if "meta" in self._tables() else None
+        cap = db.get_meta(conn, "cap") if "meta" in db.table_names(conn) else None
         self.cap = int(cap) if cap else DEFAULT_CAP
 
     # ----------------------------------------------------------------- opening
@@ -183,26 +184,22 @@ class Library:
             centroids = load_centroids(root / CENTROIDS_NAME)
             if not readonly and not os.access(root / DB_NAME, os.W_OK):
                 raise LibraryError(f"cannot write to {root / DB_NAME}: the file is read-only")
+            if readonly:  # checks the tiles table, never migrates
+                conn = db.open_readonly(root / DB_NAME)
+            else:
+                try:
+                    conn = db.connect(root / DB_NAME)
+                except sqlite3.DatabaseError as exc:  # not SQLite at all: WAL setup is the first read
+                    raise db.not_a_database(root / DB_NAME, exc) from None
             try:
-                conn = db.connect(root / DB_NAME, readonly=readonly)
-            except sqlite3.DatabaseError as exc:  # not SQLite at all: WAL setup is the first read
-                raise LibraryError(f"{root / DB_NAME} is not a usable SQLite database ({exc})") from None
-            try:
-                if readonly:
-                    columns = db.table_columns(conn, "tiles")
-                    if not columns:
-                        raise LibraryError(f"{root / DB_NAME} has no 'tiles' table: not a Mosaic Library database")
-                    missing = [c for c in db.SEED_COLUMNS if c not in columns]
-                    if missing:
-                        raise LibraryError(f"{root / DB_NAME}: table 'tiles' lacks the card's columns {missing}")
-                else:
-                    found = db.migrate(conn)
+                if not readonly:
+                    found = db.migrate(conn)  # checks the tiles table first
                     if found != db.SCHEMA_VERSION:
                         logger.warning("migrated %s from schema version %s to %s", root / DB_NAME, found, db.SCHEMA_VERSION)
                 cls._check_centroids_identity(conn, root, readonly)
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise LibraryError(f"{root / DB_NAME} is not a usable SQLite database ({exc})") from None
+                raise db.not_a_database(root / DB_NAME, exc) from None
             except BaseException:
                 conn.close()
                 raise
@@ -240,7 +237,7 @@ class Library:
     def _check_centroids_identity(conn: sqlite3.Connection, root: Path, readonly: bool = False) -> None:
         """Bucket ids mean nothing with other centroids: a swapped file is an error, for readers
         too (stats, verify and build would otherwise report or publish meaningless buckets)."""
-        if readonly and not db.table_columns(conn, "meta"):
+        if readonly and "meta" not in db.table_names(conn):
             return  # an old schema that never recorded the checksum
         expected = db.get_meta(conn, "centroids_sha256")
         actual = file_sha256(root / CENTROIDS_NAME)
@@ -319,9 +316,6 @@ class Library:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _tables(self) -> set[str]:
-        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     # ----------------------------------------------------------------- paths
     @property
@@ -403,8 +397,8 @@ class Library:
     def bucket_counts(self) -> np.ndarray:
         """Tiles per bucket, shape (5000,)."""
         counts = np.zeros(N_BUCKETS, dtype=np.int64)
-        for bucket_id, n in self.conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id"):
-            if isinstance(bucket_id, int) and 0 <= bucket_id < N_BUCKETS:
+        for bucket_id, n in db.bucket_counts(self.conn).items():
+            if is_bucket_id(bucket_id):  # rows with a damaged bucket_id are verify's business
                 counts[bucket_id] = n
         return counts
 
@@ -413,21 +407,20 @@ class Library:
         counts = self.bucket_counts()
         tiles = int(counts.sum())
         # Readers never migrate: an old (card-schema) tiles.db lacks provenance and `fetched`.
-        columns = set(db.table_columns(self.conn, "tiles"))
-        region_sql = "region" if "region" in columns else "NULL"
-        source_sql = "source" if "source" in columns else "NULL"
         regions = {
             (region or "(none)"): n
-            for region, n in self.conn.execute(f"SELECT {region_sql}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
+            for region, n in self.conn.execute(
+                f"SELECT {db.select_list(self.conn, ('region',))}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
         }
         sources = {
             (source or "(none)"): n
-            for source, n in self.conn.execute(f"SELECT {source_sql}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
+            for source, n in self.conn.execute(
+                f"SELECT {db.select_list(self.conn, ('source',))}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
         }
         fetched = {}
         fetched_rows = (
             self.conn.execute("SELECT region, status, COUNT(*) FROM fetched GROUP BY region, status")
-            if "fetched" in self._tables() else ()
+            if "fetched" in db.table_names(self.conn) else ()
         )
         for region, status, n in fetched_rows:
             fetched.setdefault(region or "(none)", {})[status] = n

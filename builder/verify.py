@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from . import db
 from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
@@ -144,9 +145,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     report = VerifyReport()
     show = sys.stderr.isatty() if progress is None else progress
     index = lib.index  # the library's own KD-tree, built once per open
-    rows = lib.conn.execute(
-        "SELECT rowid, id, bucket_id, filepath, phash, mean_l, mean_a, mean_b FROM tiles ORDER BY rowid"
-    ).fetchall()
+    rows = lib.conn.execute(f"SELECT rowid, {', '.join(db.SEED_COLUMNS)} FROM tiles ORDER BY rowid").fetchall()
     report.rows = len(rows)
     safe: list[tuple] = []
     for row in rows:
@@ -340,7 +339,8 @@ def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dic
     for tile_id, bucket_id in dup_rows:
         _delete_tile(lib, tile_id, bucket_id)
         done["duplicate_phash"] += 1
-    for bucket_id, n in conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id HAVING COUNT(*) > ?", (lib.cap,)).fetchall():
+    over_cap = {b: n for b, n in db.bucket_counts(conn).items() if n > lib.cap}
+    for bucket_id, n in over_cap.items():
         extra = conn.execute(
             "SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid DESC LIMIT ?", (bucket_id, n - lib.cap)
         ).fetchall()

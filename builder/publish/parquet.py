@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from .. import db
 from ..errors import LibraryError, UnsafePath, UsageError
 from ..layout import N_BUCKETS, is_bucket_id
 from ..library import Library
@@ -271,7 +272,7 @@ def write_parquet(
     """
     conn = rows.open_tiles_db(db_path)
     try:
-        total = sum(n for b, n in rows.bucket_counts(conn).items() if is_bucket_id(b))
+        total = sum(n for b, n in db.bucket_counts(conn).items() if is_bucket_id(b))
     finally:
         conn.close()
     per_file = rows_per_file(total, mean_tile_bytes(root, db_path), max_bytes)

@@ -118,14 +118,11 @@ def _compare_key(values: tuple) -> tuple:
 def shipped_db_agrees(shipped: Path, restored: sqlite3.Connection) -> str | None:
     """Why the shipped ``tiles.db`` disagrees with the rows restored from Parquet, or None."""
     try:
-        conn = db.connect(shipped, readonly=True)
+        conn = db.open_readonly(shipped)
     except (sqlite3.Error, LibraryError) as exc:
-        return f"shipped tiles.db unreadable ({exc})"
+        return f"shipped {DB_NAME} unusable ({exc})"
     try:
-        present = set(db.table_columns(conn, "tiles"))
-        if not set(db.SEED_COLUMNS) <= present:
-            return "shipped tiles.db lacks the card's columns"
-        select = ", ".join(c if c in present else f"NULL AS {c}" for c in db.TILE_COLUMNS)
+        select = db.select_list(conn, db.TILE_COLUMNS)
         ours = restored.execute(f"SELECT {', '.join(db.TILE_COLUMNS)} FROM tiles ORDER BY id")
         theirs = conn.execute(f"SELECT {select} FROM tiles ORDER BY id")
         for mine, shipped_row in zip(ours, theirs, strict=False):
@@ -144,7 +141,7 @@ def _copy_bookkeeping(shipped: Path, lib: Library) -> None:
     """Bring the shipped ``fetched`` rows and ``meta`` facts (cap, ...) into the restored library."""
     conn = db.connect(shipped, readonly=True)
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = db.table_names(conn)
         with lib.conn:
             if "fetched" in tables:
                 columns = [c for c in db.table_columns(conn, "fetched") if c in db.table_columns(lib.conn, "fetched")]

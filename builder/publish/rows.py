@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from .. import db as _db
 from ..errors import BadTile, LibraryError, UnsafePath
-from ..layout import LABEL_NAMES, N_BUCKETS, tile_relpath  # noqa: F401  (LABEL_NAMES: publish.schema reads it here)
+from ..layout import DB_NAME, LABEL_NAMES, N_BUCKETS, is_bucket_id, tile_relpath  # noqa: F401  (LABEL_NAMES: read by publish.schema)
 from ..library import Library
 from ..tilefiles import TileFiles
 
@@ -34,8 +34,9 @@ BUILD_FORMAT = 1
 
 DEFAULT_SHARD_ROWS = 1000
 
-# Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``).
-ROW_COLUMNS = ("id", "bucket_id", "phash", "mean_l", "mean_a", "mean_b") + _db.PROVENANCE_COLUMNS
+# Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``; ``filepath``,
+# which names a folder, is not published).
+ROW_COLUMNS = tuple(c for c in _db.TILE_COLUMNS if c != "filepath")
 
 # The dataset's columns (a contract: the card, users and restore rely on them), as
 # (name, datasets feature type, value dtype).  mosaic_library.dataset_features() and
@@ -72,30 +73,11 @@ class Shard(NamedTuple):
 
 
 def open_tiles_db(db_path: Path) -> sqlite3.Connection:
-    """Open a ``tiles.db`` read-only (never migrates, never takes the writer's lock)."""
-    if not Path(db_path).is_file():
-        raise LibraryError(f"tiles.db not found: {db_path}")
-    try:
-        conn = _db.connect(Path(db_path), readonly=True)
-        columns = _db.table_columns(conn, "tiles")
-    except sqlite3.DatabaseError as exc:
-        raise LibraryError(f"{db_path}: not a readable SQLite database ({exc})") from None
-    missing = [c for c in _db.SEED_COLUMNS if c not in columns]
-    if missing:
-        conn.close()
-        raise LibraryError(f"{db_path}: table 'tiles' lacks the card's columns {missing}")
-    return conn
-
-
-def _select_list(conn: sqlite3.Connection) -> str:
-    """SELECT list for :data:`ROW_COLUMNS`; provenance columns an old schema lacks read as NULL."""
-    present = set(_db.table_columns(conn, "tiles"))
-    return ", ".join(c if c in present else f"NULL AS {c}" for c in ROW_COLUMNS)
-
-
-def bucket_counts(conn: sqlite3.Connection) -> dict[object, int]:
-    """Rows per ``bucket_id`` value as stored (including invalid values, so none go unseen)."""
-    return dict(conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id"))
+    """Open a ``tiles.db`` (a library's or a snapshot) read-only, its table checked
+    (:func:`builder.db.open_readonly`: never migrates, never takes the writer's lock)."""
+    if not Path(db_path).is_file():  # SQLite would create it
+        raise LibraryError(f"{DB_NAME} not found: {db_path}")
+    return _db.open_readonly(db_path)
 
 
 def plan_shards(counts: dict[int, int], shard_rows: int = DEFAULT_SHARD_ROWS, min_shards: int = 16) -> list[Shard]:
@@ -108,7 +90,7 @@ def plan_shards(counts: dict[int, int], shard_rows: int = DEFAULT_SHARD_ROWS, mi
     >>> plan_shards({0: 5, 7: 5, 4000: 5}, shard_rows=10, min_shards=1)
     [Shard(lo=0, hi=8), Shard(lo=8, hi=5000)]
     """
-    total = sum(n for b, n in counts.items() if isinstance(b, int) and 0 <= b < N_BUCKETS)
+    total = sum(n for b, n in counts.items() if is_bucket_id(b))
     if total == 0:
         return [Shard(0, N_BUCKETS)]
     target = max(1, min(shard_rows, -(-total // min_shards)))
@@ -166,10 +148,10 @@ def split_plan(
     db_path = Path(db_path) if db_path else Path(root) / "tiles.db"
     conn = open_tiles_db(db_path)
     try:
-        counts = bucket_counts(conn)
+        counts = _db.bucket_counts(conn)
     finally:
         conn.close()
-    invalid = {b: n for b, n in counts.items() if not (isinstance(b, int) and 0 <= b < N_BUCKETS)}
+    invalid = {b: n for b, n in counts.items() if not is_bucket_id(b)}
     if invalid:
         detail = ", ".join(f"{b!r} ({n} rows)" for b, n in sorted(invalid.items(), key=repr))
         if not skip_bad:
@@ -198,7 +180,7 @@ def iter_examples(
         conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
         files = TileFiles(lib.root)  # fresh per call: each bucket folder is checked once per read
         try:
-            select = _select_list(conn)
+            select = _db.select_list(conn, ROW_COLUMNS)
             for shard_idx, (lo, hi) in enumerate(shards):
                 skipped = 0
                 rows = conn.execute(
