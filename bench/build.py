@@ -32,6 +32,7 @@ try:
 except ModuleNotFoundError:  # run as a script
     import common  # type: ignore[no-redef]
 
+from builder.ingest import ingest  # noqa: E402
 from builder.library import Library  # noqa: E402  (common put the repo on sys.path)
 
 BENCH = "build"
@@ -54,7 +55,7 @@ def make_library(root: Path, n: int, cache: Path) -> int:
     """A library of ``n`` textured Blue Marble tiles (cap raised so every distinct tile stays)."""
     folder = common.tile_folder(n, "png", cache=cache)
     with Library.create(root, cap=n) as lib:
-        report = lib.ingest([folder], workers=2, progress=False)
+        report = ingest(lib, [folder], workers=2, progress=False)
     common.log(f"library {root.parent.name}: {report.summary()}")
     return report.accepted
 

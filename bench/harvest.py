@@ -30,6 +30,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
 from builder.harvest import harvest  # noqa: E402
+from builder.ingest import ingest  # noqa: E402
 from builder.library import Library  # noqa: E402
 from builder.regions import Sampler, load_plan  # noqa: E402
 from builder.sources import open_source  # noqa: E402
@@ -69,7 +70,7 @@ def run_harvest(workdir: Path, delay: float, args, mature: bool = False) -> tupl
             for z, x, y in tiles:
                 (prefill / f"{z}_{x}_{y}.jpg").write_bytes(distinct_tile(z, x, y))
             with Library.open(root) as lib:
-                lib.ingest([prefill], progress=False)
+                ingest(lib, [prefill], progress=False)
         with (Library.open(root) if mature else Library.create(root)) as lib:
             report = harvest(lib, template, "1", zoom=args.zoom, threads=args.threads, batch=args.batch,
                              max_requests=args.tiles, seed=args.seed, progress=False)
@@ -101,7 +102,7 @@ def run_ingest(workdir: Path, tiles: list[tuple[int, int, int]]) -> float:
         (folder / f"{z}_{x}_{y}.jpg").write_bytes(distinct_tile(z, x, y))
     with Library.create(workdir / "ingest_lib") as lib:
         started = time.perf_counter()
-        report = lib.ingest([folder], progress=False)
+        report = ingest(lib, [folder], progress=False)
         seconds = time.perf_counter() - started
     return report.total / seconds
 

@@ -6,7 +6,7 @@ go into an empty library with the shipped centroids, in several ways:
 (a) ``card``: the dataset card's recipe literally, one tile at a time, single process: PIL open,
     64x64 resize, mean, ``skimage.color.rgb2lab``, ``cKDTree.query``, cap check,
     ``imagehash.phash``, duplicate check, ``img.save`` of the PNG, one INSERT + commit per tile;
-(b) ``pipeline``: ``Library.create`` + ``lib.ingest(folder, workers=2)`` (and ``workers=1``);
+(b) ``pipeline``: ``Library.create`` + ``ingest(lib, [folder], workers=2)`` (and ``workers=1``);
 (c) ``floor``: open and fully decode each tile, nothing else, single process;
 (d) ``reject``: the same tiles again into the library of (b) with every bucket full (cap set
     to 1 after the first pass), i.e. the cheapest path a tile can take through the pipeline.
@@ -36,6 +36,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path, the repo 
     import common  # type: ignore[no-redef]
 
 from builder import db  # noqa: E402  (common put the repo on sys.path)
+from builder.ingest import ingest  # noqa: E402
 from builder.layout import SHIPPED_CENTROIDS  # noqa: E402
 from builder.library import Library  # noqa: E402
 
@@ -113,7 +114,7 @@ def pipeline_ingest(folder: Path, root: Path, workers: int) -> tuple[common.Timi
 
 def _create_and_ingest(folder: Path, root: Path, workers: int):
     with Library.create(root) as lib:
-        return lib.ingest([folder], workers=workers, progress=False)
+        return ingest(lib, [folder], workers=workers, progress=False)
 
 
 def decode_floor(paths: list[Path]) -> common.Timing:
@@ -144,7 +145,7 @@ def reject_ingest(folder: Path, root: Path, workers: int) -> common.Timing:
 
     def run():
         with Library.open(root) as lib:
-            return lib.ingest([folder], workers=workers, progress=False)
+            return ingest(lib, [folder], workers=workers, progress=False)
 
     timing, report = common.timed_cpu(run)
     if report.accepted or set(report.rejected) - {"bucket_full"}:

@@ -43,6 +43,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
 from builder.color import rgb_to_lab  # noqa: E402
+from builder.ingest import ingest  # noqa: E402
 from builder.library import Library  # noqa: E402
 from builder.mosaic import (  # noqa: E402
     MosaicOptions,
@@ -74,7 +75,7 @@ def build_library(root: Path, crops: int, seed: int = 0) -> None:
             crop.save(folder / f"crop_{i:05d}.jpg", quality=92)
         print(f"  wrote {crops} crops in {time.perf_counter() - started:.1f} s", flush=True)
         with Library.create(root) as lib:
-            report = lib.ingest([folder], progress=sys.stderr.isatty())
+            report = ingest(lib, [folder], progress=sys.stderr.isatty())
         print(f"  ingest: {report.summary()}", flush=True)
 
 

@@ -13,12 +13,12 @@ Per tile, in the order that makes a rejected tile cheapest:
 
 Steps 1-6 run in worker processes (decode-bound work scales with cores).  The parent then
 re-checks cap and duplicates against the batch itself (workers only see committed rows) and
-stores the batch atomically (see :mod:`builder.library` for the commit protocol).
+hands the accepted tiles to the commit protocol (:mod:`builder.store`: journal, rename,
+insert, undo on failure), which also owns staging (step 6's write) and crash replay.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -32,11 +32,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import db
+from . import db, store
 from .color import CentroidIndex, rgb_to_lab
 from .decode import DecodedTile, decode_tile, encode_png, is_plain_png
 from .errors import ImageRejected
-from .layout import DB_NAME, JOURNAL_NAME, MAX_INPUT_BYTES, TEMP_DIR, new_tile_id
+from .layout import DB_NAME, MAX_INPUT_BYTES, TEMP_DIR
 from .library import Library
 from .phash import phash_from_pixels, phash_pixels
 
@@ -188,12 +188,8 @@ class Worker:
             "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", (bucket_id, tile_hash)
         ).fetchone():
             return Analysis("duplicate", "", bucket_id, lab_t, tile_hash)
-        tile_id = new_tile_id()
         payload = data if decoded.png_passthrough and is_plain_png(data) else encode_png(decoded.image)
-        part = self.temp / f"{tile_id}.part"
-        with open(part, "wb") as fh:
-            fh.write(payload)
-        os.replace(part, self.temp / f"{tile_id}.png")
+        tile_id = store.stage(self.temp, payload)
         return Analysis(None, "resized" if decoded.resized else "", bucket_id, lab_t, tile_hash, tile_id)
 
 
@@ -225,9 +221,7 @@ class _Pending:
                     staged += future.result()
                 except BaseException:  # noqa: BLE001 - a failed chunk staged nothing to clean
                     continue
-        for an in staged:
-            if an.tile_id:
-                (temp / f"{an.tile_id}.png").unlink(missing_ok=True)
+        store.unstage(temp, (an.tile_id for an in staged))
 
 
 def _exit_with_parent() -> None:
@@ -381,7 +375,7 @@ class Pipeline:
                     ).fetchone():
                         reason = "duplicate"
                     if reason is not None:
-                        (self.lib.temp_dir / f"{an.tile_id}.png").unlink(missing_ok=True)
+                        store.unstage(self.lib.temp_dir, [an.tile_id])
                     else:
                         batch_hashes.add(key)
                         self.counts[an.bucket_id] += 1
@@ -390,13 +384,15 @@ class Pipeline:
                     Outcome(cand.name, reason is None, reason, an.tile_id if reason is None else None,
                             an.bucket_id, an.phash, an.lab, an.detail)
                 )
-            self._store(accepted, outcomes, on_commit)
+            store.commit(
+                self.lib,
+                [store.StagedTile(an.tile_id, an.bucket_id, self._row(cand, an)) for cand, an in accepted],
+                (lambda conn: on_commit(conn, outcomes)) if on_commit is not None else None,
+            )
         except BaseException:
             for _cand, an in accepted:
                 self.counts[an.bucket_id] -= 1
-            for an in analyses:
-                if an.tile_id:
-                    (self.lib.temp_dir / f"{an.tile_id}.png").unlink(missing_ok=True)
+            store.unstage(self.lib.temp_dir, (an.tile_id for an in analyses))
             raise
         return outcomes
 
@@ -405,35 +401,3 @@ class Pipeline:
         prov.setdefault("harvested_at", utc_now())
         seed = (an.tile_id, an.bucket_id, self.lib.filepath_for(an.bucket_id, an.tile_id), an.phash, *an.lab)
         return seed + tuple(prov.get(col) for col in db.PROVENANCE_COLUMNS)
-
-    def _store(self, accepted: list[tuple[Candidate, Analysis]], outcomes: list[Outcome],
-               on_commit: Callable | None) -> None:
-        """Journal, rename into buckets, insert and commit; undo the renames if the commit fails."""
-        lib, conn = self.lib, self.lib.conn
-        temp = lib.temp_dir
-        journal = temp / JOURNAL_NAME
-        moved: list[tuple[Path, Path]] = []
-        if accepted:
-            part = temp / (JOURNAL_NAME + ".part")
-            part.write_text(json.dumps({"tiles": [[an.tile_id, an.bucket_id] for _c, an in accepted]}))
-            os.replace(part, journal)
-        try:
-            for _cand, an in accepted:
-                final = lib.tile_path(an.bucket_id, an.tile_id)
-                final.parent.mkdir(exist_ok=True)
-                staged = temp / f"{an.tile_id}.png"
-                os.replace(staged, final)
-                moved.append((final, staged))
-            with conn:
-                conn.executemany(db.INSERT_TILE_SQL, [self._row(c, an) for c, an in accepted])
-                if on_commit is not None:
-                    on_commit(conn, outcomes)
-        except BaseException:
-            for final, staged in moved:
-                try:
-                    os.replace(final, staged)
-                except OSError:
-                    final.unlink(missing_ok=True)
-            journal.unlink(missing_ok=True)
-            raise
-        journal.unlink(missing_ok=True)

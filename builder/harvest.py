@@ -72,9 +72,10 @@ from tqdm import tqdm
 from .assign import Candidate, Outcome, Pipeline, utc_now
 from .errors import LibraryError, SourceError, UsageError
 from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
-from .library import Library, format_counts
+from .library import Library
 from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
 from .sources import TRANSIENT_KINDS, TileFault, TileSource, is_blank_tile, open_source
+from .summary import format_counts
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,13 @@
-"""``ingest PATH...``: local image files and folders through the assignment pipeline."""
+"""``ingest PATH...``: local image files and folders through the assignment pipeline.
+
+From a notebook::
+
+    from builder.ingest import ingest
+    from builder.library import Library
+
+    with Library.open("mosaic_library") as lib:
+        report = ingest(lib, ["tiles/"])      # IngestReport: accepted, rejected by reason
+"""
 
 from __future__ import annotations
 
@@ -6,20 +15,50 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .assign import POOL_THRESHOLD, Candidate, Pipeline, chunked
 from .errors import UsageError
-from .library import IngestReport, Library
+from .library import Library
+from .summary import format_counts
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 BATCH = 256
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: accepted count and rejections by reason."""
+
+    accepted: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)  # reason -> first input name rejected for it
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.accepted + sum(self.rejected.values())
+
+    def summary(self) -> str:
+        reasons = format_counts(self.rejected) or "none"
+        rate = f", {self.total / self.seconds:.0f} tiles/s" if self.seconds > 0 else ""
+        return f"{self.accepted} accepted, {sum(self.rejected.values())} rejected ({reasons}){rate}"
+
+    def as_dict(self) -> dict:
+        return {
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "examples": self.examples,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike], skip: Path | None = None) -> Iterator[Path]:
@@ -46,9 +85,15 @@ def iter_image_files(paths: Iterable[str | os.PathLike], skip: Path | None = Non
             raise UsageError(f"no such file or folder: {raw}")
 
 
-def ingest_paths(lib: Library, paths, workers: int | None = None, progress: bool | None = None,
-                 batch: int = BATCH) -> IngestReport:
-    """Ingest every image under ``paths``; returns counts of accepted and rejected tiles."""
+def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None = None,
+           progress: bool | None = None, batch: int = BATCH) -> IngestReport:
+    """Run every image under ``paths`` through the assignment pipeline into ``lib`` (opened for writing).
+
+    ``workers``: decode processes (default: CPU count; one for a handful of files);
+    ``progress``: a tqdm bar (default: when stderr is a terminal).  Returns counts of accepted
+    and rejected tiles, with the first input rejected for each reason.
+    """
+    lib._require_writer()
     paths = list(paths)
     if not paths:
         raise UsageError("ingest needs at least one file or folder")

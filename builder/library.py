@@ -1,6 +1,6 @@
-"""The on-disk library: layout, locking, crash recovery and path safety.
+"""The on-disk library: opening, creating, locking, recovery on open, paths and statistics.
 
-Layout (contract)::
+Layout (contract; names and limits in :mod:`builder.layout`)::
 
     mosaic_library/
       tiles.db          SQLite, WAL
@@ -11,48 +11,34 @@ Layout (contract)::
 Writers hold an exclusive ``flock`` on ``.lock`` for their whole life, so two harvests never
 interleave; readers (``stats``, ``build``, the card's snippets) need no lock thanks to WAL.
 
-Crash safety: a batch of accepted tiles is made durable in this order:
-
-1. each tile is written completely to ``temp/<id>.png``;
-2. ``temp/journal.json`` lists the batch's ``(id, bucket)`` pairs (written atomically);
-3. the files are renamed into their bucket folders;
-4. the rows are inserted and committed in one transaction;
-5. the journal is deleted.
-
-A reader therefore never sees a row without its file.  When a writer opens the library it
-replays a leftover journal (rows that committed keep their files; files whose rows did not
-commit are removed) and empties ``temp/``.  The worst a crash leaves behind is scratch that
-the next open removes.
+Crash safety is the commit protocol of :mod:`builder.store`: a writer's open replays a batch
+a crash left half stored (:meth:`Library.recover`) and empties ``temp/``.  Tile files are named
+and read through :mod:`builder.tilefiles`; the ``tiles`` table contract is :mod:`builder.db`.
+Adding tiles is :func:`builder.ingest.ingest` and :func:`builder.harvest.harvest`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
-import shutil
 import sqlite3
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import db
+from . import db, store
 from .color import CentroidIndex, load_centroids, make_centroids
 from .errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
 from .layout import (
     CENTROIDS_NAME,
     DB_NAME,
     DEFAULT_CAP,
-    JOURNAL_NAME,
     LOCK_NAME,
     N_BUCKETS,
     SHIPPED_CENTROIDS,
     TEMP_DIR,
     is_bucket_id,
-    parse_bucket_dir,
     tile_filepath,
 )
 from .tilefiles import TileFiles
@@ -67,38 +53,6 @@ def file_sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def format_counts(counts) -> str:
-    """``"corrupt 2, duplicate 1"``: counts by key in key order, as every summary line prints them."""
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-
-
-@dataclass
-class IngestReport:
-    """What an ingest or harvest batch did: accepted count and rejections by reason."""
-
-    accepted: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    examples: dict = field(default_factory=dict)  # reason -> first input name rejected for it
-    seconds: float = 0.0
-
-    @property
-    def total(self) -> int:
-        return self.accepted + sum(self.rejected.values())
-
-    def summary(self) -> str:
-        reasons = format_counts(self.rejected) or "none"
-        rate = f", {self.total / self.seconds:.0f} tiles/s" if self.seconds > 0 else ""
-        return f"{self.accepted} accepted, {sum(self.rejected.values())} rejected ({reasons}){rate}"
-
-    def as_dict(self) -> dict:
-        return {
-            "accepted": self.accepted,
-            "rejected": dict(self.rejected),
-            "examples": self.examples,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 class Library:
@@ -344,50 +298,10 @@ class Library:
 
     # ----------------------------------------------------------------- recovery
     def recover(self) -> dict:
-        """Replay a crashed batch's journal and empty ``temp/`` (writers only)."""
-        self._require_writer()
-        temp = self.temp_dir
-        if temp.is_symlink() or (temp.exists() and not temp.is_dir()):
-            # Everything in temp/ is deleted below: never through a link to someone's folder.
-            raise UnsafePath(f"{temp} is a symlink or not a folder: refusing to clean it; replace it with an empty folder")
-        for entry in os.scandir(self.root):  # tiles are written (and repaired) in bucket folders
-            if entry.is_symlink() and parse_bucket_dir(entry.name) is not None:
-                raise UnsafePath(f"{self.root / entry.name} is a symlink: refusing to write through it")
-        temp.mkdir(exist_ok=True)
-        done = {"kept": 0, "rolled_back": 0, "temp_removed": 0}
-        journal = temp / JOURNAL_NAME
-        if journal.exists():
-            try:
-                entries = json.loads(journal.read_text())["tiles"]
-            except (ValueError, KeyError, TypeError):
-                entries = []
-                logger.warning("unreadable journal %s ignored", journal)
-            for tile_id, bucket_id in entries:
-                try:
-                    final = self.tile_path(int(bucket_id), tile_id)
-                except (UnsafePath, TypeError, ValueError):
-                    continue
-                committed = self.conn.execute("SELECT 1 FROM tiles WHERE id = ?", (tile_id,)).fetchone()
-                staged = temp / f"{tile_id}.png"
-                if committed:
-                    if not final.exists() and staged.exists():
-                        final.parent.mkdir(exist_ok=True)
-                        os.replace(staged, final)
-                    done["kept"] += 1
-                else:
-                    final.unlink(missing_ok=True)
-                    done["rolled_back"] += 1
-            journal.unlink()
-        for entry in temp.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            done["temp_removed"] += 1
-        if any(done.values()):
-            logger.info("recovered %s: %s", self.root, done)
+        """Replay a crashed batch's journal and empty ``temp/`` (writers only; :func:`builder.store.replay`)."""
+        done = store.replay(self)
         self._recovered = True
-        return done
+        return done._asdict()
 
     def _require_writer(self) -> None:
         if self.readonly:
@@ -436,10 +350,3 @@ class Library:
             "by_source": sources,
             "fetched_by_region": fetched,
         }
-
-    def ingest(self, paths, workers: int | None = None, progress: bool | None = None) -> IngestReport:
-        """Run image files and folders through the assignment pipeline (see :mod:`builder.ingest`)."""
-        from .ingest import ingest_paths
-
-        self._require_writer()
-        return ingest_paths(self, paths, workers=workers, progress=progress)

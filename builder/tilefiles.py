@@ -74,13 +74,20 @@ class TileFiles:
             raise BadTile(tile_id, path, MISSING) from None
         except OSError as exc:  # ELOOP: the tile is a symlink; ENXIO: a socket; EACCES, EIO...
             raise BadTile(tile_id, path, _open_problem(exc)) from None
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO, a folder, a device
                 raise BadTile(tile_id, path, "not a regular file")
-            try:
-                data = fh.read(MAX_TILE_BYTES + 1)
-            except OSError as exc:
-                raise BadTile(tile_id, path, f"unreadable ({exc.strerror or exc})") from None
+            # Sized from fstat (a read of MAX_TILE_BYTES + 1 would allocate 4 MiB per tile), plus
+            # one byte to notice a file that grew since, which is then read on up to the limit.
+            want = min(info.st_size, MAX_TILE_BYTES) + 1
+            data = _read_at_most(fd, want)
+            if len(data) == want:
+                data += _read_at_most(fd, MAX_TILE_BYTES + 1 - want)
+        except OSError as exc:
+            raise BadTile(tile_id, path, f"unreadable ({exc.strerror or exc})") from None
+        finally:
+            os.close(fd)
         if len(data) > MAX_TILE_BYTES:
             raise BadTile(tile_id, path, f"larger than {MAX_TILE_BYTES} bytes")
         return data
@@ -103,6 +110,18 @@ class TileFiles:
         if real != self._real_root / folder.name:
             raise TileOutsideLibrary(str(tile_id), path, f"bucket folder resolves outside the library ({real})")
         self._checked_buckets.add(folder.name)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd`` (a regular file: reads return short only at its end)."""
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _open_problem(exc: OSError) -> str:

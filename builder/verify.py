@@ -32,14 +32,15 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from . import db
+from . import db, store
 from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UnsafePath
-from .layout import JOURNAL_NAME, TILE_SIZE, parse_bucket_dir
-from .library import Library, format_counts
+from .layout import TILE_SIZE, parse_bucket_dir
+from .library import Library
 from .phash import phash
+from .summary import format_counts
 from .tilefiles import MISSING, TileFiles
 
 logger = logging.getLogger(__name__)
@@ -129,12 +130,7 @@ def _inspect(job: tuple[int, str]) -> FileFacts:
 
 def _journal_ids(lib: Library) -> set[str]:
     """Tiles of a batch being stored right now by a running writer (not orphans)."""
-    import json
-
-    try:
-        return {entry[0] for entry in json.loads((lib.temp_dir / JOURNAL_NAME).read_text())["tiles"]}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return set()
+    return {tile_id for tile_id, _bucket in store.read_journal(lib.temp_dir) or ()}
 
 
 def verify_library(lib: Library, deep: bool = True, repair: bool = False, workers: int | None = None,

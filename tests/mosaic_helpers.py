@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from builder.ingest import ingest
 from builder.library import Library
 
 
@@ -34,5 +35,5 @@ def build_library(root: Path, image: Image.Image, n: int = 160, seed: int = 11) 
     for i, crop in enumerate(varied_crops(image, n, seed)):
         crop.save(src / f"crop_{i:04d}.png")
     with Library.create(root) as lib:
-        lib.ingest([src], workers=1, progress=False)
+        ingest(lib, [src], workers=1, progress=False)
     return root

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from builder import db
 from builder.assign import Candidate, Pipeline
+from builder.ingest import ingest
 from builder.library import Library
 from tests.conftest import REPO, png_bytes, real_crops
 
@@ -32,7 +33,7 @@ def make_library(root: Path, image, n_ingest: int = 40, n_harvest: int = 16, see
     for i, crop in enumerate(crops[:n_ingest]):
         crop.save(folder / f"crop_{i:03d}.png")
     with Library.create(root) as lib:
-        lib.ingest([folder], workers=1, progress=False)
+        ingest(lib, [folder], workers=1, progress=False)
         candidates = [
             Candidate(
                 name=f"6/{10 + i}/{20 + i}",

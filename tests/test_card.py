@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from builder.color import lab_to_rgb
+from builder.ingest import ingest
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
 from tests.conftest import REPO, real_crops
@@ -104,7 +105,7 @@ def card_library(tmp_path_factory, bluemarble):
     for i, crop in enumerate(real_crops(bluemarble, 12, seed=4242)):
         graded_to_bucket(crop, centroid_42).save(tiles / f"graded_{i:03d}.png")
     with Library.create(base / "mosaic_library") as lib:
-        lib.ingest([tiles], workers=1)
+        ingest(lib, [tiles], workers=1)
         in_42 = lib.conn.execute("SELECT COUNT(*) FROM tiles WHERE bucket_id = 42").fetchone()[0]
     assert in_42 >= 3
     return base, in_42

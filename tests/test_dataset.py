@@ -12,6 +12,7 @@ import pytest
 
 import mosaic_library
 from builder.errors import LibraryError, UnsafePath
+from builder.ingest import ingest
 from builder.library import Library
 from mosaic_library import BadTile, MosaicLibrary, plan_shards
 from tests.publish_helpers import db_rows, make_library, sha256
@@ -196,7 +197,7 @@ def test_cache_is_keyed_on_library_content(library_copy, tmp_path, bluemarble):
     for i, crop in enumerate(real_crops(bluemarble, 6, seed=99)):
         crop.save(extra / f"e{i}.png")
     with Library.open(library_copy) as lib:
-        added = lib.ingest([extra], workers=1, progress=False).accepted
+        added = ingest(lib, [extra], workers=1, progress=False).accepted
     assert added > 0
     after = prepare(library_copy, cache, config_name="metadata").num_rows
     assert before == again and after == before + added

@@ -42,6 +42,7 @@ from PIL import Image, PngImagePlugin
 
 from builder.cli import main
 from builder.decode import is_plain_png
+from builder.ingest import ingest
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
 from builder.verify import verify_library
@@ -112,7 +113,7 @@ def pool(tmp_path_factory) -> list[Path]:
 def pristine(tmp_path_factory, pool) -> Path:
     root = tmp_path_factory.mktemp("hostile_lib") / "mosaic_library"
     with Library.create(root) as lib:
-        assert lib.ingest(pool[:40], workers=1, progress=False).accepted >= 30
+        assert ingest(lib, pool[:40], workers=1, progress=False).accepted >= 30
     return root
 
 

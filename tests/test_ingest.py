@@ -14,6 +14,7 @@ from skimage.color import rgb2lab
 
 from builder.assign import Candidate, Pipeline
 from builder.db import SEED_COLUMNS, TILE_COLUMNS
+from builder.ingest import ingest
 from tests.conftest import jpeg_bytes, png_bytes, real_crops
 
 
@@ -28,7 +29,7 @@ def card_recipe(path, centroids):
 
 def test_ingest_stores_what_the_cards_recipe_gives(make_library, real_tiles_dir):
     lib = make_library()
-    report = lib.ingest([real_tiles_dir], workers=2)
+    report = ingest(lib, [real_tiles_dir], workers=2)
     assert report.accepted > 150
     assert report.accepted + sum(report.rejected.values()) == 240
     rows = lib.conn.execute("SELECT id, bucket_id, filepath, phash, mean_l, mean_a, mean_b FROM tiles").fetchall()
@@ -119,7 +120,7 @@ def test_bad_inputs_are_rejected_with_a_reason_and_never_stored(make_library, tm
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(payload)
     lib = make_library()
-    report = lib.ingest([tmp_path / "in"])
+    report = ingest(lib, [tmp_path / "in"])
     assert report.accepted == 0
     assert report.rejected == {reason: 1}
     assert name in report.examples[reason]
@@ -133,7 +134,7 @@ def test_square_non_256_images_are_resized_to_256(make_library, tmp_path, bluema
     (tmp_path / "in").mkdir()
     crop.save(tmp_path / "in" / "big.png")
     lib = make_library()
-    assert lib.ingest([tmp_path / "in"]).accepted == 1
+    assert ingest(lib, [tmp_path / "in"]).accepted == 1
     (tile_id, bucket_id), = lib.conn.execute("SELECT id, bucket_id FROM tiles").fetchall()
     assert Image.open(lib.tile_path(bucket_id, tile_id)).size == (256, 256)
 

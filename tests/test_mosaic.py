@@ -12,6 +12,7 @@ from PIL import Image
 from builder.cli import main
 from builder.color import lab_to_rgb, rgb_to_lab
 from builder.errors import ImageRejected, UsageError
+from builder.ingest import ingest
 from builder.library import Library
 from builder.mosaic import (
     MosaicOptions,
@@ -202,7 +203,7 @@ def test_thumbnail_cache_is_reused_updated_and_never_trusted_blindly(library_roo
     extra.mkdir()
     bluemarble.crop((4000, 300, 4256, 556)).save(extra / "new.png")
     with Library.open(root) as writer:
-        assert writer.ingest([extra], workers=1, progress=False).accepted == 1
+        assert ingest(writer, [extra], workers=1, progress=False).accepted == 1
         gone = writer.conn.execute("SELECT id, bucket_id FROM tiles LIMIT 1").fetchone()
         with writer.conn:
             writer.conn.execute("DELETE FROM tiles WHERE id = ?", (gone[0],))

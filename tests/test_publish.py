@@ -19,6 +19,7 @@ import yaml
 
 from builder.db import TILE_COLUMNS
 from builder.errors import LibraryError, UnsafePath, UsageError
+from builder.ingest import ingest
 from builder.library import Library
 from builder.publish import (
     build_staging,
@@ -313,7 +314,7 @@ def test_staleness_follows_the_library(library_copy, tmp_path, bluemarble):
     for i, crop in enumerate(real_crops(bluemarble, 4, seed=123)):
         crop.save(extra / f"e{i}.png")
     with Library.open(library_copy) as lib:
-        assert lib.ingest([extra], workers=1, progress=False).accepted > 0
+        assert ingest(lib, [extra], workers=1, progress=False).accepted > 0
     state = staging_state(library_copy, out)
     assert not state.current and "library changed" in state.reason
     (out / "data" / "stray.txt").write_text("x")

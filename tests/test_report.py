@@ -14,6 +14,7 @@ from PIL import Image
 
 from builder.cli import main
 from builder.errors import UsageError
+from builder.ingest import ingest
 from builder.library import Library
 from builder.report import (
     AB_LIMIT,
@@ -151,7 +152,7 @@ def test_second_report_redraws_only_changed_buckets(library_root, tmp_path, blue
     extra.mkdir()
     bluemarble.crop((2000, 1500, 2256, 1756)).save(extra / "new.png")
     with Library.open(root) as writer:
-        assert writer.ingest([extra], workers=1, progress=False).accepted == 1
+        assert ingest(writer, [extra], workers=1, progress=False).accepted == 1
     with Library.open(root, readonly=True) as lib:
         third = render_report(lib, out, progress=False)
     assert third.sheets_drawn == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from builder.ingest import ingest
 from builder.library import Library
 from builder.verify import verify_library
 from tests.conftest import REPO
@@ -17,7 +18,7 @@ from tests.conftest import REPO
 def damaged(make_library, real_tiles_dir, bluemarble):
     """A real library with one instance of each kind of damage planted."""
     lib = make_library(cap=100)
-    lib.ingest([real_tiles_dir], workers=1)
+    ingest(lib, [real_tiles_dir], workers=1)
     conn = lib.conn
     rows = conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY rowid").fetchall()
     planted = {}

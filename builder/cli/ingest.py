@@ -23,8 +23,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..ingest import ingest
+
     with Library.open(args.library) as lib:
-        report = lib.ingest(args.paths, workers=args.workers)
+        report = ingest(lib, args.paths, workers=args.workers)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import pyarrow.parquet as pq
 
-from .. import db
+from .. import db, store
 from ..errors import LibraryError, UsageError
 from ..layout import CENTROIDS_NAME, DB_NAME, LABEL_NAMES
 from ..library import Library
@@ -83,7 +83,7 @@ def _target_is_free(root: Path) -> None:
 
 
 def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) -> None:
-    """Validate and write one PNG atomically (temp/ then rename), never over an existing file.
+    """Validate and write one PNG atomically (staged in temp/, then renamed), never over an existing file.
 
     ``id`` and ``label`` come from the data: ``lib.tile_path`` refuses (:class:`UnsafePath`) any
     id that is not a uuid4 and any label that is not a bucket id before they name a file.
@@ -97,9 +97,8 @@ def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) 
     if final.exists():
         raise LibraryError(f"tile {tile_id} appears twice in the data")
     final.parent.mkdir(exist_ok=True)
-    tmp = lib.temp_dir / f"{tile_id}.png"
-    tmp.write_bytes(data)
-    os.replace(tmp, final)
+    store.stage(lib.temp_dir, data, tile_id)
+    os.replace(store.staged_path(lib.temp_dir, tile_id), final)
 
 
 def _row_values(lib: Library, row: dict) -> tuple:

@@ -1,0 +1,124 @@
+"""The ``tiles`` table contract in one place (``builder.db``): every entry point that opens a
+``tiles.db`` gives the same message for a file without the table or without the card's columns,
+and the shared helpers (select list, bucket counts, table names) work on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from builder import db
+from builder.errors import LibraryError
+from builder.library import Library
+from builder.publish.restore import shipped_db_agrees
+from builder.publish.rows import open_tiles_db
+
+NO_TABLE = "has no 'tiles' table: not a Mosaic Library database"
+NO_COLUMNS = ("table 'tiles' lacks the card's columns phash, mean_l, mean_a, mean_b "
+              "(it needs id, bucket_id, filepath, phash, mean_l, mean_a, mean_b): not a Mosaic Library database")
+
+
+def _replace_db(root, script: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        (root / f"tiles.db{suffix}").unlink(missing_ok=True)
+    conn = sqlite3.connect(root / "tiles.db")
+    conn.executescript(script)
+    conn.close()
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """Factory: a library whose tiles.db was replaced by ``script``'s database."""
+
+    def make(name: str, script: str):
+        root = tmp_path / name
+        Library.create(root).close()
+        _replace_db(root, script)
+        return root
+
+    return make
+
+
+ENTRY_POINTS = {
+    "reader": lambda root: Library.open(root, readonly=True).close(),
+    "writer": lambda root: Library.open(root).close(),
+    "build": lambda root: open_tiles_db(root / "tiles.db").close(),
+    "readonly": lambda root: db.open_readonly(root / "tiles.db").close(),
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_a_db_without_the_tiles_table_gets_one_message_everywhere(broken, entry):
+    root = broken("no_table", "CREATE TABLE other (x);")
+    with pytest.raises(LibraryError) as info:
+        ENTRY_POINTS[entry](root)
+    message = str(info.value)
+    assert message.endswith(NO_TABLE) and "tiles.db" in message, message
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_a_db_missing_the_cards_columns_gets_one_message_everywhere(broken, entry):
+    root = broken("few_columns", "CREATE TABLE tiles (id TEXT PRIMARY KEY, bucket_id INTEGER, filepath TEXT);")
+    with pytest.raises(LibraryError) as info:
+        ENTRY_POINTS[entry](root)
+    message = str(info.value)
+    assert message.endswith(NO_COLUMNS) and "tiles.db" in message, message
+
+
+def test_migrate_names_the_file_it_refuses(tmp_path):
+    path = tmp_path / "tiles.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE other (x)")
+    with pytest.raises(LibraryError) as info:
+        db.migrate(conn)
+    conn.close()
+    assert str(info.value) == f"{path.resolve()} {NO_TABLE}"
+
+
+def test_restore_reports_a_shipped_db_that_fails_the_check(broken, tmp_path):
+    root = broken("shipped", "CREATE TABLE other (x);")
+    restored = sqlite3.connect(":memory:")
+    assert shipped_db_agrees(root / "tiles.db", restored) == f"shipped tiles.db unusable ({root / 'tiles.db'} {NO_TABLE})"
+
+
+def test_a_file_that_is_not_sqlite_is_one_message_for_readers_and_writers(tmp_path):
+    root = tmp_path / "lib"
+    Library.create(root).close()
+    (root / "tiles.db").write_bytes(b"this is not a database, only text" * 200)
+    for open_it in (lambda: Library.open(root, readonly=True), lambda: Library.open(root),
+                    lambda: open_tiles_db(root / "tiles.db")):
+        with pytest.raises(LibraryError, match="tiles.db is not a usable SQLite database"):
+            open_it().close()
+
+
+def test_card_schema_reads_with_null_provenance_and_counts_buckets(make_library):
+    """An old, card-only tiles.db: the select list fills provenance with NULL; bucket counts
+    report every stored value, invalid ones included, and a subset on request."""
+    lib = make_library()
+    root = lib.root
+    lib.close()
+    _replace_db(root, """
+        CREATE TABLE tiles (id TEXT PRIMARY KEY, bucket_id INTEGER, filepath TEXT, phash TEXT,
+                            mean_l REAL, mean_a REAL, mean_b REAL);
+        INSERT INTO tiles VALUES ('a', 3, 'f', 'p', 1, 2, 3), ('b', 3, 'f', 'q', 1, 2, 3),
+                                 ('c', 7, 'f', 'r', 1, 2, 3), ('d', 'x', 'f', 's', 1, 2, 3);
+    """)
+    conn = db.open_readonly(root / "tiles.db")
+    try:
+        assert db.table_names(conn) == {"tiles"}
+        select = db.select_list(conn, ("id", "bucket_id", "source", "z"))
+        assert select == "id, bucket_id, NULL AS source, NULL AS z"
+        assert conn.execute(f"SELECT {select} FROM tiles WHERE id = 'c'").fetchone() == ("c", 7, None, None)
+        assert db.bucket_counts(conn) == {3: 2, 7: 1, "x": 1}
+        assert db.bucket_counts(conn, {3, 9}) == {3: 2}
+        assert db.bucket_counts(conn, []) == {}
+    finally:
+        conn.close()
+    with Library.open(root, readonly=True) as reader:  # a reader never migrates
+        counts = reader.bucket_counts()
+        assert (counts[3], counts[7], int(counts.sum())) == (2, 1, 3)  # the damaged row is verify's
+        assert reader.stats()["by_region"] == {"(none)": 4}
+    with Library.open(root) as writer:  # a writer migrates: provenance columns added as NULL
+        assert db.table_columns(writer.conn, "tiles") == list(db.TILE_COLUMNS)
+        assert {"fetched", "meta", "tiles"} <= db.table_names(writer.conn)

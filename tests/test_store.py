@@ -1,0 +1,149 @@
+"""The commit protocol (``builder.store``): a real writer process SIGKILLed at each step of a
+batch's store, then the library checked as a user finds it (``tests.crash_campaign``'s checks)
+and the batch found either wholly stored or wholly gone, as the step dictates.
+
+``tests/test_crash.py`` kills real CLI runs at random moments; this pins each step instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import signal
+
+import pytest
+
+from builder import store
+from builder.assign import Candidate, Pipeline
+from builder.layout import JOURNAL_NAME
+from builder.library import Library
+from tests.conftest import png_bytes, real_crops
+from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows
+
+BATCH = 3
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _arm(step: str) -> dict:
+    """Patch this (child) process so it SIGKILLs itself at ``step``; returns ``process`` kwargs."""
+    if step == "staged":  # every tile in temp/, before the journal is written
+        store.write_journal = lambda *a, **k: _die()
+    elif step in ("journal", "renamed"):  # journal on disk; before the first / the last rename
+        renames_before_kill = 0 if step == "journal" else BATCH - 1
+        real_replace, done = os.replace, []
+
+        def replace(src, dst, *args, **kwargs):
+            if pathlib.Path(dst).parent.name.startswith("bucket_"):
+                if len(done) == renames_before_kill:
+                    _die()
+                done.append(dst)
+            return real_replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+    elif step == "inserted":  # rows inserted, transaction not committed
+        return {"on_commit": lambda conn, outcomes: _die()}
+    elif step == "committed":  # committed, journal not yet removed
+        real_unlink = pathlib.Path.unlink
+
+        def unlink(self, *args, **kwargs):
+            if self.name == JOURNAL_NAME:
+                _die()
+            return real_unlink(self, *args, **kwargs)
+
+        pathlib.Path.unlink = unlink
+    else:
+        raise ValueError(step)
+    return {}
+
+
+def _store_batch_in_a_child(root: pathlib.Path, payloads: list[bytes], step: str) -> int:
+    """Fork a writer that stores one batch and is killed at ``step``; returns its wait status."""
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        try:
+            with Library.open(root) as lib, Pipeline(lib, workers=1) as pipe:
+                kwargs = _arm(step)
+                pipe.process([Candidate(f"{i}.png", data=p) for i, p in enumerate(payloads)], **kwargs)
+        finally:
+            os._exit(3)  # reached only if the kill did not happen
+    _pid, status = os.waitpid(pid, 0)
+    return status
+
+
+@pytest.fixture(scope="module")
+def payloads(bluemarble) -> list[bytes]:
+    return [png_bytes(c) for c in real_crops(bluemarble, 4 + BATCH, seed=33)]
+
+
+STEPS = {  # step -> (batch committed?, journal left behind?)
+    "staged": (False, False),
+    "journal": (False, True),
+    "renamed": (False, True),
+    "inserted": (False, True),
+    "committed": (True, True),
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_replay_after_a_kill_at_each_step_keeps_all_or_nothing(make_library, payloads, step):
+    lib = make_library()
+    with Pipeline(lib, workers=1) as pipe:  # an earlier batch, fully stored
+        assert all(o.accepted for o in pipe.process([Candidate(f"old{i}", data=p) for i, p in enumerate(payloads[:4])]))
+    root = lib.root
+    lib.close()
+    before = committed_rows(root)
+
+    status = _store_batch_in_a_child(root, payloads[4:], step)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"not killed at {step}: {status}"
+
+    committed, journal_left = STEPS[step]
+    assert (root / "temp" / JOURNAL_NAME).exists() == journal_left
+    leftovers = list((root / "temp").iterdir())
+    assert leftovers, "a kill mid-batch leaves scratch (staged tiles or a journal)"
+    after_kill = committed_rows(root)
+    assert len(after_kill) == len(before) + (BATCH if committed else 0)
+    if step == "renamed":  # two files in their buckets whose rows never committed
+        rows = {(b, f"{i}.png") for i, (b, _h) in after_kill.items()}
+        assert len(bucket_files(root) - rows) == BATCH - 1
+
+    figures = Figures(rounds=1)
+    check_after_kill(root, before, cap=100, figures=figures)  # opens a writer: the replay
+    assert figures.violations == [], figures.violations
+    assert figures.tiles_lost == 0 and figures.mid_batch == int(journal_left)
+    final = committed_rows(root)
+    assert final == after_kill  # replay never adds or drops a row, it matches the files to them
+    assert {(b, f"{i}.png") for i, (b, _h) in final.items()} == bucket_files(root)
+    assert list((root / "temp").iterdir()) == []
+
+
+@pytest.mark.parametrize("step, done", [("renamed", store.Replay(0, BATCH, 1)),
+                                        ("committed", store.Replay(BATCH, 0, 0))])
+def test_replay_reports_what_it_did(make_library, payloads, caplog, step, done):
+    """Killed before the last rename: every journal entry rolled back, the tile still staged
+    removed as scratch.  Killed after the commit: every entry kept, no scratch (the journal
+    itself is not counted)."""
+    lib = make_library()
+    root = lib.root
+    lib.close()
+    assert os.WIFSIGNALED(_store_batch_in_a_child(root, payloads[:BATCH], step))
+    leftovers = sorted(p.name for p in (root / "temp").iterdir())
+    with caplog.at_level(logging.INFO, logger="builder.store"), Library.open(root) as again:
+        assert again.recover() == store.Replay()._asdict()  # a second replay finds nothing
+    assert f"recovered {root}: {done._asdict()}" in caplog.messages, (leftovers, caplog.messages)
+
+
+def test_an_unreadable_journal_never_stops_a_writer(make_library):
+    lib = make_library()
+    root = lib.root
+    lib.close()
+    (root / "temp" / JOURNAL_NAME).write_text("{not json")
+    (root / "temp" / "x.part").write_bytes(b"half")
+    with Library.open(root) as again:
+        assert list(again.temp_dir.iterdir()) == []
+    (root / "temp" / JOURNAL_NAME).write_text('{"tiles": [["../../etc/passwd", 1], [1, 2], "x", ["' + "a" * 36 + '"]]}')
+    with Library.open(root) as again:
+        assert list(again.temp_dir.iterdir()) == [] and again.stats()["tiles"] == 0
