@@ -105,7 +105,7 @@ def card_recipe_ingest(paths: list[Path], root: Path, centroids: np.ndarray) -> 
 
 
 def pipeline_ingest(folder: Path, root: Path, workers: int) -> tuple[common.Timing, Counter, int]:
-    """``Library.create`` + ``lib.ingest``: timing, stored rows, accepted count."""
+    """``Library.create`` + ``ingest(lib, ...)``: timing, stored rows, accepted count."""
     timing, report = common.timed_cpu(lambda: _create_and_ingest(folder, root, workers))
     with Library.open(root, readonly=True) as lib:
         stored = Counter(lib.conn.execute("SELECT bucket_id, phash FROM tiles").fetchall())

@@ -17,7 +17,7 @@
    in memory; writing the PNG is timed separately.
 
 The library is built once (if ``--library`` does not hold one) from real Blue Marble crops
-through ``Library.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,
+through ``builder.ingest.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,
 so buckets fill with real, de-duplicated tiles.  Timings are wall-clock on this machine;
 nothing here runs as a test.
 """

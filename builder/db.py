@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import LibraryError
+from .layout import DB_NAME
 
 SCHEMA_VERSION = 2
 
@@ -140,7 +141,7 @@ def not_a_database(path: str | os.PathLike, exc: sqlite3.DatabaseError) -> Libra
 
 def database_file(conn: sqlite3.Connection) -> str:
     """The file behind ``conn``'s main database, for messages."""
-    return next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "") or "tiles.db"
+    return next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "") or DB_NAME
 
 
 def table_names(conn: sqlite3.Connection) -> set[str]:

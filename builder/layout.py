@@ -34,6 +34,7 @@ TILE_SIZE = 256  # pixels a side of every stored, fetched and published tile
 # much larger read from a server, an archive or a bucket folder is not a tile.
 MAX_TILE_BYTES = 4 * 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every stored tile (all are PNG)
+TILE_SUFFIX = ".png"  # a tile's file is <id>.png, in its bucket folder and while staged in temp/
 
 # --- inputs to ingest (images that may be resized into tiles) ------------------------------
 MAX_INPUT_BYTES = 32 * 2**20
@@ -131,7 +132,16 @@ def tile_relpath(bucket_id: object, tile_id: object) -> str:
         bucket_id = bucket_id.__index__()  # NumPy integers
     if not is_bucket_id(bucket_id):
         raise UnsafePath(f"bucket id out of range 0..{N_BUCKETS - 1}: {bucket_id!r}")
-    return f"{bucket_name(bucket_id)}/{tile_id}.png"
+    return f"{bucket_name(bucket_id)}/{tile_id}{TILE_SUFFIX}"
+
+
+def tile_stem(file_name: str) -> str | None:
+    """The id part of a tile file's name (not validated), or None for a name that is no tile's.
+
+    >>> tile_stem("0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a.png"), tile_stem("x.part")
+    ('0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a', None)
+    """
+    return file_name[: -len(TILE_SUFFIX)] if file_name.endswith(TILE_SUFFIX) else None
 
 
 def tile_filepath(library_name: str, bucket_id: object, tile_id: object) -> str:

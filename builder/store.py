@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import db
 from .errors import UnsafePath
-from .layout import JOURNAL_NAME, new_tile_id, parse_bucket_dir
+from .layout import JOURNAL_NAME, TILE_SUFFIX, new_tile_id, parse_bucket_dir
 
 if TYPE_CHECKING:
     from .library import Library
@@ -69,7 +69,7 @@ class Replay(NamedTuple):
 
 def staged_path(temp: Path, tile_id: str) -> Path:
     """``temp/<id>.png``: where a tile waits between analysis and commit."""
-    return temp / f"{tile_id}.png"
+    return temp / f"{tile_id}{TILE_SUFFIX}"
 
 
 def stage(temp: str | os.PathLike, payload: bytes, tile_id: str | None = None) -> str:

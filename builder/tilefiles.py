@@ -42,7 +42,7 @@ class TileFiles:
     >>> files = TileFiles(tempfile.mkdtemp())
     >>> files.path(7, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a").name
     '0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a.png'
-    >>> files.read(7, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a")
+    >>> files.read(7, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     builder.errors.BadTile: tile 0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a: file missing: ...

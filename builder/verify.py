@@ -37,7 +37,7 @@ from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UnsafePath
-from .layout import TILE_SIZE, parse_bucket_dir
+from .layout import TILE_SIZE, parse_bucket_dir, tile_stem
 from .library import Library
 from .phash import phash
 from .summary import format_counts
@@ -227,7 +227,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
             continue
         for f in entry.iterdir():
             report.files += 1
-            stem = f.name[:-4] if f.name.endswith(".png") else None
+            stem = tile_stem(f.name)
             if stem in in_flight:
                 continue
             if (bucket_id, stem) not in known:
@@ -349,7 +349,7 @@ def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dic
         if bucket_id is None or not entry.is_dir() or entry.is_symlink():
             continue
         for f in entry.iterdir():
-            stem = f.name[:-4] if f.name.endswith(".png") else None
+            stem = tile_stem(f.name)
             if (bucket_id, stem) not in known:
                 f.unlink()
                 done["orphan_file"] += 1

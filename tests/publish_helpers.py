@@ -1,7 +1,7 @@
 """Small real libraries for the dataset and publishing tests (tests/test_dataset.py, test_publish.py).
 
 Tiles are real 256x256 crops of the NASA Blue Marble image in data/, stored through the project's
-own pipeline (``Library.create`` + ``lib.ingest`` and ``Pipeline`` with provenance), so every row,
+own pipeline (``Library.create`` + ``builder.ingest.ingest`` and ``Pipeline`` with provenance), so every row,
 hash and file is what a real library holds.
 """
 

@@ -126,12 +126,12 @@ def shipped_db_agrees(shipped: Path, restored: sqlite3.Connection) -> str | None
         theirs = conn.execute(f"SELECT {select} FROM tiles ORDER BY id")
         for mine, shipped_row in zip(ours, theirs, strict=False):
             if _compare_key(mine) != _compare_key(shipped_row):
-                return f"shipped tiles.db differs from the Parquet rows at tile {mine[0]}"
+                return f"shipped {DB_NAME} differs from the Parquet rows at tile {mine[0]}"
         if ours.fetchone() is not None or theirs.fetchone() is not None:
-            return "shipped tiles.db and the Parquet files hold different numbers of tiles"
+            return f"shipped {DB_NAME} and the Parquet files hold different numbers of tiles"
         return None
     except sqlite3.Error as exc:
-        return f"shipped tiles.db unreadable ({exc})"
+        return f"shipped {DB_NAME} unreadable ({exc})"
     finally:
         conn.close()
 

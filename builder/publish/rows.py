@@ -145,7 +145,7 @@ def split_plan(
     Rows whose ``bucket_id`` is outside ``0..4999`` belong to no shard: they are an error (or
     skipped with ``skip_bad``) here, so none is dropped silently.
     """
-    db_path = Path(db_path) if db_path else Path(root) / "tiles.db"
+    db_path = Path(db_path) if db_path else Path(root) / DB_NAME
     conn = open_tiles_db(db_path)
     try:
         counts = _db.bucket_counts(conn)
