@@ -1,23 +1,27 @@
 """Mosaic Library builder: harvest, assign, verify and publish colour-bucketed satellite tiles."""
 
 from .errors import (
+    BadTile,
     CentroidsError,
     ImageRejected,
     LibraryError,
     LibraryLocked,
     MosaicError,
     SourceError,
+    TileOutsideLibrary,
     UnsafePath,
     UsageError,
 )
 
 __all__ = [
+    "BadTile",
     "CentroidsError",
     "ImageRejected",
     "LibraryError",
     "LibraryLocked",
     "MosaicError",
     "SourceError",
+    "TileOutsideLibrary",
     "UnsafePath",
     "UsageError",
 ]
