@@ -189,6 +189,7 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
         buckets_populated=stats["buckets_populated"],
         buckets_full=stats["buckets_full"],
         cap=stats["cap"],
+        n_buckets=stats["buckets_total"],
         by_region=dict(stats["by_region"]),
         by_source=dict(stats["by_source"]),
         by_zoom=zooms,
