@@ -42,27 +42,6 @@ DEFAULT_SHARD_ROWS = 1000
 # Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``).
 ROW_COLUMNS = ("id", "bucket_id", "phash", "mean_l", "mean_a", "mean_b") + _db.PROVENANCE_COLUMNS
 
-# The dataset's columns (a contract: the card, users and restore rely on them), as
-# (name, datasets feature type, value dtype).  mosaic_library.dataset_features() and
-# builder.publish.schema.arrow_schema() are both derived from this one list.
-COLUMNS: tuple[tuple[str, str, str | None], ...] = (
-    ("image", "Image", None),
-    ("label", "ClassLabel", None),
-    ("id", "Value", "string"),
-    ("phash", "Value", "string"),
-    ("mean_l", "Value", "float64"),
-    ("mean_a", "Value", "float64"),
-    ("mean_b", "Value", "float64"),
-    ("source", "Value", "string"),
-    ("z", "Value", "int32"),
-    ("x", "Value", "int64"),
-    ("y", "Value", "int64"),
-    ("lon", "Value", "float64"),
-    ("lat", "Value", "float64"),
-    ("region", "Value", "string"),
-    ("harvested_at", "Value", "string"),
-)
-
 
 class BadTile(LibraryError):
     """A row's PNG is missing, unreadable or not a 256x256 RGB PNG."""
