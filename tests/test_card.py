@@ -40,20 +40,9 @@ from builder.publish.card import (
     fill_template,
     render_card,
 )
+from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
 from tests.conftest import REPO, real_crops
 
-PYTHON_INFO = {"python", "py", "python3"}
-NOT_PYTHON_INFO = {"", "text", "bash", "sh", "shell", "console", "yaml"}
-
-# A marker that picks each Python block out of the card; every block must match exactly one.
-MARKERS = {
-    "load_dataset": "load_dataset(",
-    "quick_queries": "HAVING n >=",
-    "cluster_recipe": "MiniBatchKMeans(",
-    "all_metadata": "Total tiles",
-    "load_bucket": "def load_bucket(",
-    "kdtree_query": "cKDTree(centroids)",
-}
 NOT_IN_SEED = {"load_dataset"}  # the seed card predates the Hub dataset; its other snippets are the seed's
 
 # Runs a block like the interactive prompt does: statements executed in order, the repr of each
@@ -70,32 +59,6 @@ for node in ast.parse(source).body:
     else:
         exec(compile(ast.Module([node], type_ignores=[]), "<card>", "exec"), scope)
 """
-
-
-class Block(NamedTuple):
-    info: str
-    code: str
-
-
-def code_blocks(markdown: str) -> list[Block]:
-    """Every fenced block of ``markdown`` with its info string (``python``, ``""``, ...)."""
-    fences = re.finditer(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", markdown, re.M | re.S)
-    return [Block(m.group(1).strip(), m.group(2)) for m in fences]
-
-
-def looks_like_python(code: str) -> bool:
-    """Parses as Python and does something (imports or calls): a tree or a YAML line does not."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return False
-    return any(isinstance(node, (ast.Call, ast.Import, ast.ImportFrom)) for node in ast.walk(tree))
-
-
-def python_block(card: str, name: str) -> str:
-    found = [b.code for b in code_blocks(card) if b.info in PYTHON_INFO and MARKERS[name] in b.code]
-    assert len(found) == 1, f"{name}: {len(found)} Python blocks of the card contain {MARKERS[name]!r}"
-    return found[0]
 
 
 def graded_to_bucket(crop: Image.Image, centroid_lab: np.ndarray) -> Image.Image:
