@@ -114,7 +114,6 @@ def run_block(code: str, cwd: Path, tmp_path: Path) -> list[str]:
         text=True,
         cwd=cwd,
         env=reader_env(tmp_path),
-        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout.splitlines()
