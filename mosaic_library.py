@@ -21,10 +21,11 @@ Configs: ``default`` (with images) and ``metadata`` (no image column; fast).  Op
 fingerprint of the library's rows and centroids, so a grown library is regenerated rather than
 served stale from the cache.
 
-The rows themselves come from :func:`builder.publish.rows.iter_examples`, which ``python -m
-builder build`` also runs to write the Hub's Parquet files (without importing ``datasets``), so
-this builder and the published dataset cannot drift apart.  Security: a tile's file is derived
-from ``(bucket_id, id)`` after validating both; the ``filepath`` column is never opened.
+The rows themselves come from :func:`builder.publish.rows.iter_examples` and the features from
+:func:`builder.publish.schema.features_dict`, which ``python -m builder build`` also uses to write
+the Hub's Parquet files (without importing ``datasets``), so this builder and the published
+dataset cannot drift apart.  Security: a tile's file is derived from ``(bucket_id, id)`` after
+validating both; the ``filepath`` column is never opened.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from builder.layout import (  # noqa: E402
     TILE_SIZE,
     tile_relpath,
 )
+from builder.publish import schema as _schema  # noqa: E402
 from builder.publish.rows import (  # noqa: E402
     BUILD_FORMAT,
     DEFAULT_SHARD_ROWS,
@@ -109,17 +111,9 @@ __all__ = [
 
 
 def dataset_features(with_images: bool = True) -> datasets.Features:
-    """The dataset's columns, from :data:`builder.publish.rows.COLUMNS` (the one definition)."""
-    columns: dict[str, object] = {}
-    for name, kind, dtype in _rows.COLUMNS:
-        if kind == "Image":
-            if with_images:
-                columns[name] = datasets.Image()
-        elif kind == "ClassLabel":
-            columns[name] = datasets.ClassLabel(names=LABEL_NAMES)
-        else:
-            columns[name] = datasets.Value(dtype)
-    return datasets.Features(columns)
+    """The dataset's columns: ``Features.from_dict`` of :func:`builder.publish.schema.features_dict`,
+    the one definition, from which ``build`` also derives its Parquet schema."""
+    return datasets.Features.from_dict(_schema.features_dict(_schema.feature_groups(with_images)))
 
 
 def generate_examples(

@@ -117,6 +117,7 @@ for row in raw:
     rows.append(row)
 json.dump({
     "features": {k: type(v).__name__ for k, v in ds.features.items()},
+    "features_dict": ds.features.to_dict(),
     "dtypes": {k: getattr(v, "dtype", None) for k, v in ds.features.items()},
     "label_names": label.names,
     "num_rows": ds.num_rows,

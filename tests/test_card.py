@@ -1,85 +1,66 @@
-"""Every code snippet of the dataset card runs unchanged against a library built by ingest.
+"""The dataset card as ``build`` writes it: every code block in it runs, unchanged, against the library.
 
-The snippets are the card's (../shared/seed/dataset_card.md), with the indentation the
-card's plain-text rendering lost put back; each runs in a fresh interpreter from the
-folder that holds ``mosaic_library/``, as a card reader would.
+The card is the real output of ``build_staging`` (``README.md`` of a staging folder made from a
+real small library).  Each fenced Python block is cut out of it and run in a fresh interpreter
+from the folder that holds ``mosaic_library/``, as a card reader would, with the values of its
+bare expressions echoed the way a notebook or the interactive prompt shows them (the block's
+text is not changed: only how its expression statements are displayed).  Blocks that are not
+Python (the folder tree) are recognised by their fence info string and must not parse as Python
+code; a Python block that no test below claims fails :func:`test_every_python_block_is_run_by_a_test`.
+
+The card loads ``load_dataset("USER/mosaic_library")`` when built without a repo id, so the
+staging folder is written to ``USER/mosaic_library`` beside the library, where ``load_dataset``
+finds it as a local folder (offline).
 """
 
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from builder.color import lab_to_rgb
+from builder.errors import CentroidsError
 from builder.ingest import ingest
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
+from builder.publish import build_staging
+from builder.publish.card import (
+    CARD_TEMPLATE,
+    PLACEHOLDER_REPO,
+    CardStats,
+    CardTemplateError,
+    fill_template,
+    render_card,
+)
+from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
 from tests.conftest import REPO, real_crops
 
-QUICK_QUERIES = '''
-import sqlite3
-conn = sqlite3.connect("mosaic_library/tiles.db")
-# Total tile count
-conn.execute("SELECT COUNT(*) FROM tiles").fetchone()
-# Buckets fully populated at 100 images
-conn.execute(
-    "SELECT bucket_id, COUNT(*) as n FROM tiles GROUP BY bucket_id HAVING n >= 100"
-).fetchall()
-# All tiles in bucket 42
-conn.execute("SELECT * FROM tiles WHERE bucket_id = 42").fetchall()
-'''
+NOT_IN_SEED = {"load_dataset"}  # the seed card predates the Hub dataset; its other snippets are the seed's
 
-LOAD_METADATA = '''
-import sqlite3
-import numpy as np
-conn = sqlite3.connect("mosaic_library/tiles.db")
-rows = conn.execute("SELECT id, bucket_id, filepath, mean_l, mean_a, mean_b FROM tiles").fetchall()
-print(f"Total tiles: {len(rows)}")
-'''
-
-LOAD_BUCKET = '''
-from PIL import Image
-import numpy as np
-import sqlite3, os
-def load_bucket(base_dir, bucket_id, db_path="mosaic_library/tiles.db"):
-    conn = sqlite3.connect(db_path)
-    rows = conn.execute(
-        "SELECT filepath FROM tiles WHERE bucket_id = ?", (bucket_id,)
-    ).fetchall()
-    images = []
-    for (fp,) in rows:
-        img = Image.open(os.path.join(base_dir, fp)).convert("RGB")
-        images.append(np.array(img))
-    return np.stack(images) # shape: (N, 256, 256, 3)
-imgs = load_bucket(".", bucket_id=42)
-print(imgs.shape)
-'''
-
-KDTREE_QUERY = '''
-from scipy.spatial import cKDTree
-import numpy as np
-centroids = np.load("mosaic_library/centroids.npy")
-tree = cKDTree(centroids)
-# Find the bucket closest to a target LAB color
-target_lab = np.array([60.0, -20.0, 30.0]) # e.g. greenish mid-tone
-dist, bucket_id = tree.query(target_lab)
-print(f"Nearest bucket: {bucket_id} (distance: {dist:.2f})")
-'''
-
-CLUSTER_RECIPE = '''
-import numpy as np
-from skimage.color import rgb2lab
-from sklearn.cluster import MiniBatchKMeans
-random_rgb = np.random.randint(0, 255, (500000, 1, 3), dtype=np.uint8)
-random_lab = rgb2lab(random_rgb).reshape(-1, 3)
-kmeans = MiniBatchKMeans(n_clusters=5000, batch_size=10000, n_init=3)
-kmeans.fit(random_lab)
-centroids = kmeans.cluster_centers_
-np.save("mosaic_library/centroids.npy", centroids)
-'''
+# Runs a block like the interactive prompt does: statements executed in order, the repr of each
+# bare expression's value printed (``row["label"]`` shows its value, as in a notebook).
+ECHO_RUNNER = r"""
+import ast, sys
+source = sys.stdin.read()
+scope = {"__name__": "__main__"}
+for node in ast.parse(source).body:
+    if isinstance(node, ast.Expr):
+        value = eval(compile(ast.Expression(node.value), "<card>", "eval"), scope)
+        if value is not None:
+            print(repr(value))
+    else:
+        exec(compile(ast.Module([node], type_ignores=[]), "<card>", "exec"), scope)
+"""
 
 
 def graded_to_bucket(crop: Image.Image, centroid_lab: np.ndarray) -> Image.Image:
@@ -94,8 +75,14 @@ def graded_to_bucket(crop: Image.Image, centroid_lab: np.ndarray) -> Image.Image
     return Image.fromarray(np.clip(arr * gain, 0, 255).round().astype(np.uint8))
 
 
+class CardLibrary(NamedTuple):
+    base: Path  # the folder holding mosaic_library/: where a card reader runs the snippets
+    card: str  # README.md of the staging folder build wrote
+    in_42: int  # tiles in bucket 42, the card's load_bucket example
+
+
 @pytest.fixture(scope="module")
-def card_library(tmp_path_factory, bluemarble):
+def card_library(tmp_path_factory, bluemarble) -> CardLibrary:
     base = tmp_path_factory.mktemp("card")
     tiles = base / "tiles"
     tiles.mkdir()
@@ -105,60 +92,103 @@ def card_library(tmp_path_factory, bluemarble):
     for i, crop in enumerate(real_crops(bluemarble, 12, seed=4242)):
         graded_to_bucket(crop, centroid_42).save(tiles / f"graded_{i:03d}.png")
     with Library.create(base / "mosaic_library") as lib:
-        ingest(lib, [tiles], workers=1)
+        ingest(lib, [tiles], workers=1, progress=False)
         in_42 = lib.conn.execute("SELECT COUNT(*) FROM tiles WHERE bucket_id = 42").fetchone()[0]
     assert in_42 >= 3
-    return base, in_42
+    staging = base / PLACEHOLDER_REPO
+    build_staging(base / "mosaic_library", staging)
+    return CardLibrary(base, (staging / "README.md").read_text(encoding="utf-8"), in_42)
 
 
-def run_snippet(code: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd)
+def reader_env(tmp_path: Path) -> dict[str, str]:
+    """A card reader's environment: no project on the path, Hub offline, caches in tmp_path."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_CACHE=str(tmp_path / "hf_cache"), HF_HUB_OFFLINE="1")
+    return env
 
 
-def test_quick_queries(card_library):
-    base, _ = card_library
-    res = run_snippet(QUICK_QUERIES + "\nprint(conn.execute('SELECT * FROM tiles WHERE bucket_id = 42').fetchall()[0][:3])", base)
-    assert res.returncode == 0, res.stderr
-    assert "bucket_0042" in res.stdout
+def run_block(code: str, cwd: Path, tmp_path: Path) -> list[str]:
+    """Output lines of ``code`` run in a fresh interpreter from ``cwd`` (see :data:`ECHO_RUNNER`)."""
+    res = subprocess.run(
+        [sys.executable, "-c", ECHO_RUNNER],
+        input=code,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=reader_env(tmp_path),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.splitlines()
 
 
-def test_load_all_metadata(card_library):
-    base, _ = card_library
-    res = run_snippet(LOAD_METADATA, base)
-    assert res.returncode == 0, res.stderr
-    n = int(res.stdout.strip().rsplit(" ", 1)[1])
-    with Library.open(base / "mosaic_library", readonly=True) as lib:
-        assert n == lib.stats()["tiles"] > 100
+# ------------------------------------------------------------------------------ the card's blocks
 
 
-def test_load_bucket(card_library):
-    base, in_42 = card_library
-    res = run_snippet(LOAD_BUCKET, base)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"({in_42}, 256, 256, 3)"
+def test_every_python_block_is_run_by_a_test(card_library):
+    """Each Python block matches exactly one marker (so one test below runs it); every other block
+    has a non-Python info string and is not Python code in disguise."""
+    blocks = code_blocks(card_library.card)
+    assert len(blocks) >= len(MARKERS)
+    claimed = []
+    for block in blocks:
+        if block.info in PYTHON_INFO:
+            names = [name for name, marker in MARKERS.items() if marker in block.code]
+            assert len(names) == 1, f"Python block claimed by {names or 'no test'}:\n{block.code}"
+            claimed += names
+        else:
+            assert block.info in NOT_PYTHON_INFO, f"unknown fence info string {block.info!r}"
+            assert not looks_like_python(block.code), f"Python code in a {block.info or 'plain'} block:\n{block.code}"
+    assert sorted(claimed) == sorted(MARKERS)
 
 
-def test_kdtree_query(card_library):
-    base, _ = card_library
-    res = run_snippet(KDTREE_QUERY, base)
-    assert res.returncode == 0, res.stderr
-    centroids = np.load(base / "mosaic_library" / "centroids.npy")
+def test_load_dataset_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "load_dataset"), card_library.base, tmp_path)
+    with Library.open(card_library.base / "mosaic_library", readonly=True) as lib:
+        bucket = lib.conn.execute("SELECT bucket_id FROM tiles ORDER BY bucket_id, id LIMIT 1").fetchone()[0]
+    image, label, name = lines
+    assert image.startswith("<PIL.") and "mode=RGB size=256x256" in image
+    assert (label, name) == (str(bucket), repr(f"bucket_{bucket:04d}"))
+
+
+def test_quick_queries_block(card_library, tmp_path):
+    count, full, in_42 = run_block(python_block(card_library.card, "quick_queries"), card_library.base, tmp_path)
+    with Library.open(card_library.base / "mosaic_library", readonly=True) as lib:
+        counts, cap = lib.bucket_counts(), lib.cap
+        ids_42 = {r[0] for r in lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = 42")}
+    assert count == f"({int(counts.sum())},)"
+    assert ast.literal_eval(full) == [(b, int(n)) for b, n in enumerate(counts) if n >= cap]
+    rows = ast.literal_eval(in_42)
+    assert len(rows) == card_library.in_42 and {r[0] for r in rows} == ids_42
+    assert all(r[1] == 42 and r[2] == f"mosaic_library/bucket_0042/{r[0]}.png" for r in rows)
+
+
+def test_load_all_metadata_block(card_library, tmp_path):
+    (line,) = run_block(python_block(card_library.card, "all_metadata"), card_library.base, tmp_path)
+    with Library.open(card_library.base / "mosaic_library", readonly=True) as lib:
+        tiles = lib.stats()["tiles"]
+    assert line == f"Total tiles: {tiles}" and tiles > 100
+
+
+def test_load_bucket_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "load_bucket"), card_library.base, tmp_path)
+    assert lines == [f"({card_library.in_42}, 256, 256, 3)"]
+
+
+def test_kdtree_query_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "kdtree_query"), card_library.base, tmp_path)
+    centroids = np.load(card_library.base / "mosaic_library" / "centroids.npy")
     d = np.linalg.norm(centroids - np.array([60.0, -20.0, 30.0]), axis=1)
-    assert res.stdout.strip() == f"Nearest bucket: {d.argmin()} (distance: {d.min():.2f})"
+    assert lines == [f"Nearest bucket: {d.argmin()} (distance: {d.min():.2f})"]
 
 
-def test_cluster_recipe_runs_and_the_library_then_refuses_the_new_centroids(card_library, tmp_path):
-    """The card's recipe overwrites centroids.npy with an unseeded run: it runs unchanged, and
-    the library then refuses to assign with the wrong centroids instead of misfiling tiles."""
-    import shutil
-
-    from builder.errors import CentroidsError
-
-    base, _ = card_library
+@pytest.mark.slow
+def test_cluster_recipe_block_runs_and_the_library_then_refuses_the_new_centroids(card_library, tmp_path):
+    """The card's recipe overwrites centroids.npy with an unseeded run (~50 s): it runs unchanged,
+    and the library then refuses to assign with the wrong centroids instead of misfiling tiles."""
     copy = tmp_path / "copy"
-    shutil.copytree(base / "mosaic_library", copy / "mosaic_library")
-    res = run_snippet(CLUSTER_RECIPE, copy)
-    assert res.returncode == 0, res.stderr
+    shutil.copytree(card_library.base / "mosaic_library", copy / "mosaic_library")
+    (fitted,) = run_block(python_block(card_library.card, "cluster_recipe"), copy, tmp_path)
+    assert fitted.startswith("MiniBatchKMeans(") and "n_clusters=5000" in fitted  # kmeans.fit() echoes the model
     assert np.load(copy / "mosaic_library" / "centroids.npy").shape == (5000, 3)
     with pytest.raises(CentroidsError, match="restore the original centroids.npy"):
         Library.open(copy / "mosaic_library")
@@ -175,10 +205,66 @@ def _code_lines(text: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("snippet", [QUICK_QUERIES, LOAD_METADATA, LOAD_BUCKET, KDTREE_QUERY, CLUSTER_RECIPE])
-def test_snippets_are_the_cards_own_lines(snippet):
-    """The snippets above are the seed card's (data/seed_dataset_card.md), line for line."""
-    card = _code_lines((REPO / "data" / "seed_dataset_card.md").read_text())
-    wanted = _code_lines(snippet)
-    starts = [i for i, line in enumerate(card) if line == wanted[0]]
-    assert any(card[i:i + len(wanted)] == wanted for i in starts), wanted
+@pytest.mark.parametrize("name", sorted(set(MARKERS) - NOT_IN_SEED))
+def test_blocks_are_the_seed_cards_own_lines(card_library, name):
+    """A default-cap library's card quotes the seed card's snippets (data/seed_dataset_card.md)
+    line for line, as users know them (the seed's plain text lost their indentation)."""
+    seed = _code_lines((REPO / "data" / "seed_dataset_card.md").read_text())
+    wanted = _code_lines(python_block(card_library.card, name))
+    starts = [i for i, line in enumerate(seed) if line == wanted[0]]
+    assert any(seed[i : i + len(wanted)] == wanted for i in starts), wanted
+
+
+# ------------------------------------------------------------------------------ the template
+
+
+def test_the_built_card_has_no_placeholder_left(card_library):
+    assert not re.search(r"\$\{?[A-Za-z_]", card_library.card)
+    assert "HAVING n >= 100" in card_library.card
+
+
+def test_a_library_with_its_own_cap_gets_it_in_the_card(tmp_path, bluemarble):
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i, crop in enumerate(real_crops(bluemarble, 6, seed=5)):
+        crop.save(tiles / f"t{i}.png")
+    with Library.create(tmp_path / "mosaic_library", cap=50) as lib:
+        ingest(lib, [tiles], workers=1, progress=False)
+    build_staging(tmp_path / "mosaic_library", tmp_path / "staging")
+    card = (tmp_path / "staging" / "README.md").read_text()
+    query = python_block(card, "quick_queries")
+    assert "HAVING n >= 50\"" in query and "# Buckets fully populated at 50 images" in query
+    assert "with up to 50 unique images per bucket" in card and "| Max tiles per bucket | 50 |" in card
+    assert "100" not in query
+
+
+STATS = CardStats(tiles=5, buckets_populated=2, buckets_full=0, cap=100, by_source={"earth": 5})
+
+
+def test_a_placeholder_without_a_value_is_an_error_at_render_time():
+    template = CARD_TEMPLATE.read_text() + "\nContact: $maintainer\n"
+    with pytest.raises(CardTemplateError, match=r"no value for \$maintainer"):
+        render_card(STATS, template=template)
+
+
+def test_a_value_no_placeholder_uses_is_an_error():
+    template = CARD_TEMPLATE.read_text().replace("${rows_per_group}", "100")
+    with pytest.raises(CardTemplateError, match="values no placeholder uses: rows_per_group"):
+        render_card(STATS, template=template)
+
+
+def test_a_stray_dollar_is_an_error_and_a_doubled_one_is_literal():
+    with pytest.raises(CardTemplateError, match=r"line 2: '\$5 a tile': a '\$' that starts no placeholder"):
+        fill_template("Tiles: ${tiles}\n$5 a tile\n", {"tiles": "3"})
+    assert fill_template("$$5 for ${n} tiles, $$HOME", {"n": "3"}) == "$5 for 3 tiles, $HOME"
+
+
+def test_a_broken_template_fails_the_build_and_publishes_nothing(card_library, tmp_path, monkeypatch):
+    import builder.publish.card as card
+
+    broken = tmp_path / "card_template.md"
+    broken.write_text(CARD_TEMPLATE.read_text() + "\n$maintainer\n")
+    monkeypatch.setattr(card, "CARD_TEMPLATE", broken)
+    with pytest.raises(CardTemplateError, match=r"no value for \$maintainer"):
+        build_staging(card_library.base / "mosaic_library", tmp_path / "staging")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card_template.md"]

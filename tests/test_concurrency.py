@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -22,8 +21,8 @@ from PIL import Image
 
 from builder.library import Library
 from builder.verify import verify_library
+from tests.card_helpers import card_snippet
 from tests.crash_campaign import REPO, cli_env, committed_rows, make_tile_pool
-from tests.test_card import LOAD_BUCKET
 from tests.tileserver import TileServer, distinct_tile
 
 
@@ -166,7 +165,7 @@ def test_readers_work_beside_the_writer_and_see_only_rows_with_files(harvesting)
     assert res.returncode == 0 and "no problems" in res.stdout, res.stdout + res.stderr
     populated = committed_rows(root)
     bucket = next(iter(populated.values()))[0]
-    snippet = textwrap.dedent(LOAD_BUCKET).replace("bucket_id=42", f"bucket_id={bucket}")
+    snippet = card_snippet("load_bucket").replace("bucket_id=42", f"bucket_id={bucket}")
     res = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=root.parent)
     assert res.returncode == 0 and res.stdout.strip().endswith(", 256, 256, 3)"), res.stderr
     assert checks >= 3

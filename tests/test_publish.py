@@ -98,7 +98,12 @@ def test_staging_holds_exactly_the_release_files(staging):
 
 
 def test_load_dataset_in_a_fresh_process_matches_tiles_db_and_files(staging, library, tmp_path):
+    import datasets
+
+    from mosaic_library import dataset_features
+
     loaded = load_in_fresh_process(staging, tmp_path)
+    assert datasets.Features.from_dict(loaded["features_dict"]) == dataset_features()
     expected = db_rows(library / "tiles.db")
     assert loaded["num_rows"] == len(expected)
     assert loaded["features"]["label"] == "ClassLabel" and loaded["features"]["image"] == "Image"
@@ -125,19 +130,47 @@ def test_label_names_come_from_parquet_metadata_not_the_yaml(staging):
     assert info["info"]["features"]["label"]["names"][4999] == "bucket_4999"
 
 
-def test_schema_and_options_equal_what_datasets_derives_from_the_features():
+@pytest.mark.parametrize("with_images", [True, False])
+def test_the_one_features_mapping_gives_datasets_schema_and_the_builders_features(with_images):
+    """schema.features_dict is in Features.to_dict() form; the Arrow schema and huggingface metadata
+    build derives from it without datasets are what datasets derives; MosaicLibrary uses the same."""
+    import datasets
+
+    from builder.publish import schema
+    from mosaic_library import dataset_features
+
+    mapping = schema.features_dict(schema.feature_groups(with_images))
+    features = datasets.Features.from_dict(mapping)
+    assert json.dumps(features.to_dict()) == json.dumps(mapping)  # to_dict's own form, key order included
+    ours, theirs = schema.arrow_schema(with_images), features.arrow_schema
+    assert ours == theirs and [f.type for f in ours] == [f.type for f in theirs]
+    assert ours.metadata == theirs.metadata  # the huggingface features JSON, byte for byte
+    assert json.loads(ours.metadata[b"huggingface"]) == {"info": {"features": mapping}}
+    assert dataset_features(with_images) == features
+    assert ("image" in features) is with_images and list(features)[-1] == "harvested_at"
+
+
+def test_feature_groups_choose_columns_in_the_tables_order():
+    from builder.publish import schema
+
+    full = schema.features_dict()
+    assert list(schema.features_dict(["provenance", "tile"])) == [c for c in full if c != "image"]
+    assert schema.features_dict(schema.feature_groups(False)) == {k: v for k, v in full.items() if k != "image"}
+    full["label"]["names"].clear()  # a fresh copy each time: the definition cannot be changed through it
+    assert len(schema.features_dict()["label"]["names"]) == 5000
+    with pytest.raises(ValueError, match="unknown feature groups"):
+        schema.features_dict(["tile", "synthetic"])
+
+
+def test_column_options_and_chunking_equal_what_datasets_chooses():
+    import datasets.config
     from datasets.arrow_writer import get_parquet_column_options
 
     from builder.publish import schema
     from mosaic_library import dataset_features
 
-    for with_images in (True, False):
-        ours, theirs = schema.arrow_schema(with_images), dataset_features(with_images).arrow_schema
-        assert ours == theirs and ours.metadata == theirs.metadata
     features = dataset_features()
     assert schema.column_options(features.arrow_schema) == get_parquet_column_options(features, features.arrow_schema)
-    import datasets.config
-
     assert schema.CDC_OPTIONS == datasets.config.DEFAULT_CDC_OPTIONS
 
 

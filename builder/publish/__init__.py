@@ -5,7 +5,8 @@ back from a release to an on-disk library (``restore``).
   the card, ``centroids.npy`` and a consistent ``tiles.db`` snapshot (:mod:`.staging`).
 * :func:`plan_upload` / :func:`push_staging` upload exactly that folder (:mod:`.hub`).
 * :func:`restore_library` recreates bucket folders and ``tiles.db`` (:mod:`.restore`).
-* :func:`render_card` writes the dataset card with live figures (:mod:`.card`).
+* :func:`render_card` fills the dataset card template (``data/card_template.md``) with live figures (:mod:`.card`).
+* :func:`.schema.features_dict` is the one definition of the dataset's columns (:mod:`.schema`).
 """
 
 from .card import CardStats, render_card
@@ -17,7 +18,6 @@ from .staging import (
     build_staging,
     default_output,
     ensure_staging,
-    mosaic_library_module,
     staging_state,
 )
 
@@ -33,7 +33,6 @@ __all__ = [
     "default_output",
     "ensure_staging",
     "format_plan",
-    "mosaic_library_module",
     "plan_upload",
     "push_staging",
     "render_card",

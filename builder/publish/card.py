@@ -1,26 +1,41 @@
 """The dataset card (``README.md``) of a published Mosaic Library.
 
-The seed card (``/work/shared/seed/dataset_card.md``) is the text users know; this module keeps
+The seed card (``/work/shared/seed/dataset_card.md``) is the text users know; the card keeps
 its sections and snippets and replaces its stale figures (786 buckets, zoom 15 only) with the
 live ones measured from the very ``tiles.db`` that ships beside the Parquet files.
 
-The YAML header stays small on purpose: the 5,000 ``ClassLabel`` names live in the Parquet
-schema metadata (``huggingface`` key), which ``load_dataset`` reads, not in ``dataset_info``.
-Nothing local (paths, user names, tokens) goes into the card.
+The prose and the snippets live in ``data/card_template.md`` (:data:`CARD_TEMPLATE`), a
+:class:`string.Template`: ``${name}`` placeholders, ``$$`` for a literal dollar sign.  This
+module supplies the values (:func:`card_values`): the live figures, the library's cap and
+bucket count (so the snippets' ``HAVING n >= ${cap}`` matches the library), and the computed
+sections (coverage and zoom tables, licence notes) as small functions.  Filling is strict
+(:func:`fill_template`): a placeholder without a value is an error at render time, never a
+literal ``$x`` in a published card.
+
+The YAML header is data, built with ``yaml.safe_dump`` (:func:`card_yaml`), and stays small on
+purpose: the 5,000 ``ClassLabel`` names live in the Parquet schema metadata (``huggingface``
+key), which ``load_dataset`` reads, not in ``dataset_info``.  Nothing local (paths, user names,
+tokens) goes into the card.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
 import yaml
 
+from ..errors import MosaicError
+from ..layout import DATA_DIR, N_BUCKETS, TILE_SIZE, bucket_name
+from .schema import ROWS_PER_GROUP
+
 logger = logging.getLogger(__name__)
 
+CARD_TEMPLATE = DATA_DIR / "card_template.md"
 PLACEHOLDER_REPO = "USER/mosaic_library"
 EARTH_SOURCES = {"earth"}
 _EQUATOR_M_PER_PX_Z0 = 156543.03392  # Web Mercator ground resolution at zoom 0, metres/pixel
@@ -32,11 +47,37 @@ _SIZE_CATEGORIES = (
     (10_000_000, "1M<n<10M"),
     (100_000_000, "10M<n<100M"),
 )
+# (source kind, the card's note on whose terms cover such tiles), in the card's order.
+_LICENSE_NOTES = (
+    (
+        "esri",
+        "- Tiles from ArcGIS World Imagery (source `arcgis` or its URL) derive from Esri imagery; their use is "
+        "subject to Esri's terms of use. This dataset is intended for non-commercial research purposes.",
+    ),
+    (
+        "other",
+        "- Tiles from other tile servers, MBTiles files, tile folders or local files (source `ingest`) are "
+        "subject to the terms of their original provider, which this dataset does not record beyond `source`.",
+    ),
+    (
+        "nasa",
+        "- Tiles from source `earth` are cut from NASA's Blue Marble world image (NASA Earth Observatory / "
+        "Visible Earth), which NASA publishes as public domain; NASA asks to be credited as the source.",
+    ),
+)
+
+
+class CardTemplateError(MosaicError):
+    """The card template and its values do not match (a placeholder without a value, or the reverse)."""
 
 
 @dataclass
 class CardStats:
-    """Live figures the card reports; measured by :func:`builder.publish.staging.card_stats`."""
+    """Live figures the card reports; measured by :func:`builder.publish.staging.card_stats`.
+
+    ``cap`` and ``n_buckets`` are the library's own (its ``meta`` cap, its bucket count), not
+    the defaults: the card's snippets and tables quote them.
+    """
 
     tiles: int
     buckets_populated: int
@@ -50,6 +91,7 @@ class CardStats:
     parquet_bytes: int = 0
     built_at: str = ""
     builder_version: str = ""
+    n_buckets: int = N_BUCKETS
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -206,270 +248,89 @@ def _zoom_phrase(stats: CardStats) -> str:
     return f" at zoom levels {', '.join(map(str, zooms))}"
 
 
-def render_card(stats: CardStats, repo_id: str | None = None) -> str:
-    """The whole ``README.md``: YAML header, then the seed card's sections with live figures."""
-    repo = repo_id or PLACEHOLDER_REPO
-    n_buckets = 5000
-    pct = 100.0 * stats.buckets_populated / n_buckets
-    sources = ", ".join(
-        f"`{_md(public_source_name(s))}` ({n:,})" for s, n in sorted(stats.by_source.items(), key=lambda kv: -kv[1])
-    )
-    zoom_table = _table(("Zoom", "Tiles", "Ground resolution (equator)"), _zoom_rows(stats)) if stats.by_zoom else ""
+def _sources_text(stats: CardStats) -> str:
+    by_count = sorted(stats.by_source.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"`{_md(public_source_name(s))}` ({n:,})" for s, n in by_count) or "none yet"
+
+
+def zoom_table(stats: CardStats) -> str:
+    """Tiles per zoom level with the ground resolution each stands for."""
+    if not stats.by_zoom:
+        return "No tiles yet."
+    return _table(("Zoom", "Tiles", "Ground resolution (equator)"), _zoom_rows(stats))
+
+
+def license_notes(stats: CardStats) -> str:
+    """One bullet per kind of source the tiles came from: whose terms cover them."""
     kinds = {source_kind(s) for s in stats.by_source}
-    license_notes = []
-    if "esri" in kinds:
-        license_notes.append(
-            "- Tiles from ArcGIS World Imagery (source `arcgis` or its URL) derive from Esri imagery; their use is "
-            "subject to Esri's terms of use. This dataset is intended for non-commercial research purposes."
-        )
-    if "other" in kinds:
-        license_notes.append(
-            "- Tiles from other tile servers, MBTiles files, tile folders or local files (source `ingest`) are "
-            "subject to the terms of their original provider, which this dataset does not record beyond `source`."
-        )
-    if "nasa" in kinds:
-        license_notes.append(
-            "- Tiles from source `earth` are cut from NASA's Blue Marble world image (NASA Earth Observatory / "
-            "Visible Earth), which NASA publishes as public domain; NASA asks to be credited as the source."
-        )
-    license_text = "\n".join(license_notes) or "- The library holds no tiles yet."
+    notes = [text for kind, text in _LICENSE_NOTES if kind in kinds]
+    return "\n".join(notes) or "- The library holds no tiles yet."
 
-    return f"""---
-{card_yaml(stats)}
----
 
-# Mosaic Library - LAB-Clustered Satellite Tile Dataset
+def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
+    """Every placeholder of the card template, as text, from the live figures and the library's facts."""
+    return {
+        "yaml_header": card_yaml(stats),
+        "repo_id": repo_id or PLACEHOLDER_REPO,
+        "tiles": f"{stats.tiles:,}",
+        "buckets_populated": f"{stats.buckets_populated:,}",
+        "buckets_full": f"{stats.buckets_full:,}",
+        "populated_percent": f"{100.0 * stats.buckets_populated / stats.n_buckets:.1f}",
+        "cap": str(stats.cap),
+        "n_buckets": str(stats.n_buckets),
+        "n_buckets_text": f"{stats.n_buckets:,}",
+        "last_bucket": str(stats.n_buckets - 1),
+        "last_label": bucket_name(stats.n_buckets - 1),
+        "tile_size": str(TILE_SIZE),
+        "rows_per_group": str(ROWS_PER_GROUP),
+        "sources": _sources_text(stats),
+        "zoom_phrase": _zoom_phrase(stats),
+        "zoom_table": zoom_table(stats),
+        "coverage": coverage_section(stats),
+        "license_notes": license_notes(stats),
+        "parquet_files": str(stats.parquet_files),
+        "parquet_mb": f"{stats.parquet_bytes / 1e6:,.1f}",
+        "built_at": stats.built_at or "-",
+        "builder_version": stats.builder_version or "-",
+    }
 
-A curated collection of satellite image tiles organized into perceptually-uniform CIE LAB colour clusters.
-Each tile is a 256x256 PNG snapshot of Earth's surface{_zoom_phrase(stats)}, deduplicated and routed into
-one of 5,000 colour buckets using K-Means centroids in CIE LAB space. The dataset currently contains
-**{stats.tiles:,} tiles** covering **{stats.buckets_populated:,} of 5,000 colour clusters** ({pct:.1f}%),
-with up to {stats.cap} unique images per bucket; {stats.buckets_full:,} buckets are full.
 
-Tile sources: {sources or "none yet"}.
+def fill_template(text: str, values: Mapping[str, str], name: str = "card template") -> str:
+    """``text`` with every ``$name`` / ``${name}`` replaced; ``$$`` is a literal ``$``.
 
-## Loading the dataset
+    Strict both ways, so a published card never shows a literal ``$x`` and the template and
+    :func:`card_values` cannot drift apart: a placeholder without a value, a value no
+    placeholder uses, and a ``$`` that starts no placeholder are all :class:`CardTemplateError`.
 
-```python
-from datasets import load_dataset
+    >>> fill_template("up to ${cap} per bucket, $$5 each", {"cap": "100"})
+    'up to 100 per bucket, $5 each'
+    >>> fill_template("HAVING n >= $cap", {})
+    Traceback (most recent call last):
+    ...
+    builder.publish.card.CardTemplateError: card template: no value for $cap
+    """
+    template = string.Template(text)
+    if not template.is_valid():
+        at = next(m.start() for m in template.pattern.finditer(text) if m.group("invalid") is not None)
+        line, context = text.count("\n", 0, at) + 1, text[at : at + 12].split("\n")[0]
+        raise CardTemplateError(f"{name}, line {line}: {context!r}: a '$' that starts no placeholder (write $$)")
+    used = set(template.get_identifiers())
+    missing, unused = sorted(used - set(values)), sorted(set(values) - used)
+    if missing:
+        raise CardTemplateError(f"{name}: no value for " + ", ".join(f"${m}" for m in missing))
+    if unused:
+        raise CardTemplateError(f"{name}: values no placeholder uses: {', '.join(unused)}")
+    return template.substitute(values)
 
-ds = load_dataset("{repo}", split="train")
-row = ds[0]
-row["image"]                                   # PIL image, 256x256 RGB
-row["label"]                                   # == bucket_id
-ds.features["label"].int2str(row["label"])     # 'bucket_XXXX'
-```
 
-`label` is a `ClassLabel` with all 5,000 names `bucket_0000` .. `bucket_4999`, so `label == bucket_id`
-in every release (a folder-based loader would only name the buckets it finds, and its indices would shift
-whenever a new bucket fills). The names live in the Parquet files' schema metadata.
-
-| Column | Type | Description |
-|---|---|---|
-| `image` | Image | 256x256 RGB PNG |
-| `label` | ClassLabel (5,000) | bucket id, 0 to 4999 |
-| `id` | string | UUID v4 of the tile (its PNG file name in the library) |
-| `phash` | string | 64-bit perceptual hash (`imagehash.phash`, hash_size=8), 16 hex digits |
-| `mean_l`, `mean_a`, `mean_b` | float64 | CIE LAB of the mean RGB of the 64x64 resize |
-| `source` | string | tile source (`arcgis`, a tile URL template, `earth`, `ingest`, ...) |
-| `z`, `x`, `y` | int | Web-Mercator tile address, when the tile came from a tile source |
-| `lon`, `lat` | float64 | tile centre, when known |
-| `region` | string | sampling region (biome or anomaly) the tile was drawn for |
-| `harvested_at` | string | ISO 8601 UTC time the tile was stored |
-
-Provenance columns are empty (null) for tiles that did not come from a tile source.
-
-## Files in this repository
-
-| File | What it is |
-|---|---|
-| `data/train-XXXXX-of-YYYYY.parquet` | the tiles with embedded PNG bytes ({stats.parquet_files} files, {stats.parquet_bytes / 1e6:,.1f} MB) |
-| `tiles.db` | the library's SQLite index (same rows), for the queries below without loading images |
-| `centroids.npy` | the 5,000 LAB centroids (float64, 5000 x 3): the library's identity |
-
-Rebuild the on-disk library layout below from this repository with the project's builder:
-`python -m builder restore <downloaded folder> --library mosaic_library`. The snippets below run against
-that folder; `tiles.db` and `centroids.npy` alone can also be fetched with `huggingface_hub.hf_hub_download`.
-
-## Dataset structure
-
-```
-mosaic_library/
-  tiles.db        # SQLite index of all tiles (id, bucket, path, phash, LAB values, provenance)
-  centroids.npy   # NumPy array of 5,000 LAB cluster centroids (shape: 5000 x 3)
-  temp/           # Ephemeral download scratch space (empty at rest)
-  bucket_0000/    # Up to {stats.cap} PNG tiles whose mean LAB color maps to centroid 0
-  bucket_0001/
-    <uuid>.png
-  ...
-  bucket_4999/
-```
-
-Each bucket folder holds images whose dominant color, expressed in CIE LAB space, is nearest to that bucket's
-centroid. Folder names are zero-padded to four digits (`bucket_0786`).
-
-### SQLite schema (`tiles.db`)
-
-The database provides fast metadata lookups without loading any images.
-
-| Column | Type | Description |
-|---|---|---|
-| `id` | TEXT (PK) | UUID v4 - matches the PNG filename |
-| `bucket_id` | INTEGER | Cluster index, 0 to 4999 |
-| `filepath` | TEXT | Relative path to the PNG file (`mosaic_library/bucket_XXXX/<id>.png`) |
-| `phash` | TEXT | 64-bit perceptual hash (hash_size=8) |
-| `mean_l` | REAL | Mean L channel of the tile in CIE LAB |
-| `mean_a` | REAL | Mean a channel |
-| `mean_b` | REAL | Mean b channel |
-| `source`, `z`, `x`, `y`, `lon`, `lat`, `region`, `harvested_at` | | provenance, as in the dataset columns |
-
-Indexes: `idx_bucket` on `bucket_id`; `idx_phash` on `(bucket_id, phash)` for fast duplicate checks.
-
-Quick queries:
-
-```python
-import sqlite3
-conn = sqlite3.connect("mosaic_library/tiles.db")
-# Total tile count
-conn.execute("SELECT COUNT(*) FROM tiles").fetchone()
-# Buckets fully populated at 100 images
-conn.execute(
-    "SELECT bucket_id, COUNT(*) as n FROM tiles GROUP BY bucket_id HAVING n >= 100"
-).fetchall()
-# All tiles in bucket 42
-conn.execute("SELECT * FROM tiles WHERE bucket_id = 42").fetchall()
-```
-
-## Color clustering design
-
-### Why CIE LAB?
-
-RGB is not perceptually uniform - equal numeric distances do not correspond to equal perceptual differences.
-CIE LAB is specifically designed so that Euclidean distance in LAB space closely matches human color perception.
-This makes the clusters visually meaningful: each bucket represents a genuinely distinct visual texture-color
-region of Earth's surface.
-
-### How clusters were generated
-
-```python
-import numpy as np
-from skimage.color import rgb2lab
-from sklearn.cluster import MiniBatchKMeans
-random_rgb = np.random.randint(0, 255, (500000, 1, 3), dtype=np.uint8)
-random_lab = rgb2lab(random_rgb).reshape(-1, 3)
-kmeans = MiniBatchKMeans(n_clusters=5000, batch_size=10000, n_init=3)
-kmeans.fit(random_lab)
-centroids = kmeans.cluster_centers_
-np.save("mosaic_library/centroids.npy", centroids)
-```
-
-The shipped `centroids.npy` was made once with this recipe and a fixed seed; do not regenerate it.
-At inference time, a KD-Tree (`scipy.spatial.cKDTree`) provides O(log n) nearest-centroid lookup for each
-incoming tile.
-
-## Tile assignment pipeline
-
-Each downloaded tile goes through this pipeline before being saved:
-
-1. Resize to 64x64 pixels for fast color computation.
-2. Compute mean RGB across all pixels and convert to LAB.
-3. Query the KD-Tree to find the nearest centroid and assign `bucket_id`.
-4. If the bucket already holds {stats.cap} images, discard the tile.
-5. Compute perceptual hash (`imagehash.phash`, hash_size=8) and discard if a matching hash exists in the same bucket.
-6. Atomically move the file into `bucket_XXXX/` and insert a row into `tiles.db`.
-
-## Geographic coverage
-
-Tiles are sampled across two harvesting phases with different biome weightings: phase 1 covers general biomes,
-phase 2 targets visually extreme locations to populate underrepresented LAB clusters. Weights are relative within
-a phase. Live figures per region: tiles stored, tiles fetched for that region, and the share stored (the rest were
-placeholders, full buckets or perceptual duplicates).
-
-{coverage_section(stats)}
-
-Tiles per zoom level:
-
-{zoom_table or "No tiles yet."}
-
-## Data collection parameters
-
-| Parameter | Value |
-|---|---|
-| Tile sources | {sources or "none yet"} |
-| Tile size | 256 x 256 px |
-| Format | PNG (RGB) |
-| Total color buckets | 5,000 |
-| Max tiles per bucket | {stats.cap} |
-| Tiles (current) | {stats.tiles:,} |
-| Buckets populated (current) | {stats.buckets_populated:,} / 5,000 |
-| Buckets full (current) | {stats.buckets_full:,} |
-| Deduplication method | Perceptual hash (pHash, 64-bit) per bucket |
-
-## Loading tiles from a local library
-
-Load all tile metadata:
-
-```python
-import sqlite3
-import numpy as np
-conn = sqlite3.connect("mosaic_library/tiles.db")
-rows = conn.execute("SELECT id, bucket_id, filepath, mean_l, mean_a, mean_b FROM tiles").fetchall()
-print(f"Total tiles: {{len(rows)}}")
-```
-
-Load tiles from a specific bucket as NumPy arrays:
-
-```python
-from PIL import Image
-import numpy as np
-import sqlite3, os
-def load_bucket(base_dir, bucket_id, db_path="mosaic_library/tiles.db"):
-    conn = sqlite3.connect(db_path)
-    rows = conn.execute(
-        "SELECT filepath FROM tiles WHERE bucket_id = ?", (bucket_id,)
-    ).fetchall()
-    images = []
-    for (fp,) in rows:
-        img = Image.open(os.path.join(base_dir, fp)).convert("RGB")
-        images.append(np.array(img))
-    return np.stack(images)  # shape: (N, 256, 256, 3)
-imgs = load_bucket(".", bucket_id=42)
-print(imgs.shape)
-```
-
-(`np.stack` needs at least one tile: pick a populated bucket.)
-
-Query by LAB color proximity:
-
-```python
-from scipy.spatial import cKDTree
-import numpy as np
-centroids = np.load("mosaic_library/centroids.npy")
-tree = cKDTree(centroids)
-# Find the bucket closest to a target LAB color
-target_lab = np.array([60.0, -20.0, 30.0])  # e.g. greenish mid-tone
-dist, bucket_id = tree.query(target_lab)
-print(f"Nearest bucket: {{bucket_id}} (distance: {{dist:.2f}})")
-```
-
-## How this release was built
-
-`python -m builder build` took a consistent snapshot of the library's `tiles.db` (the `tiles.db` shipped here),
-generated the rows with the example generator of `mosaic_library.MosaicLibrary`, the project's
-`datasets.GeneratorBasedBuilder` (`builder.publish.rows.iter_examples`, which reads each tile's PNG from the path
-derived from its bucket and id), and wrote them with pyarrow in the layout `datasets` itself writes: the same
-features in the Parquet schema metadata, 100-row row groups, content-defined chunking. This repository holds no
-code: `load_dataset` reads the Parquet files directly. Built {stats.built_at or "-"} with builder {stats.builder_version or "-"}.
-
-## Limitations and notes
-
-- {stats.buckets_populated:,} of 5,000 buckets are currently populated. Many LAB colors are extremely rare in
-  nature (e.g. pure magenta terrain) and may never fill without targeted synthetic augmentation.
-{license_text}
-- Ocean and cloud tiles may appear in general biome samples; they are not explicitly filtered beyond
-  color-bucket routing.
-- Perceptual hash deduplication is per-bucket only - the same geographic location could appear in two different
-  buckets if its color shifts (e.g. seasonal change).
-- The `centroids.npy` file is required to correctly interpret bucket assignments. Do not regenerate it, as this
-  would invalidate all existing bucket assignments.
-"""
+def render_card(stats: CardStats, repo_id: str | None = None, template: str | None = None) -> str:
+    """The whole ``README.md``: :data:`CARD_TEMPLATE` (or ``template``) filled with :func:`card_values`."""
+    if template is None:
+        try:
+            template = CARD_TEMPLATE.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CardTemplateError(f"card template unreadable: {CARD_TEMPLATE} ({exc.strerror or exc})") from None
+        name = str(CARD_TEMPLATE)
+    else:
+        name = "card template"
+    return fill_template(template, card_values(stats, repo_id), name)

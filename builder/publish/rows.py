@@ -38,27 +38,6 @@ DEFAULT_SHARD_ROWS = 1000
 # which names a folder, is not published).
 ROW_COLUMNS = tuple(c for c in _db.TILE_COLUMNS if c != "filepath")
 
-# The dataset's columns (a contract: the card, users and restore rely on them), as
-# (name, datasets feature type, value dtype).  mosaic_library.dataset_features() and
-# builder.publish.schema.arrow_schema() are both derived from this one list.
-COLUMNS: tuple[tuple[str, str, str | None], ...] = (
-    ("image", "Image", None),
-    ("label", "ClassLabel", None),
-    ("id", "Value", "string"),
-    ("phash", "Value", "string"),
-    ("mean_l", "Value", "float64"),
-    ("mean_a", "Value", "float64"),
-    ("mean_b", "Value", "float64"),
-    ("source", "Value", "string"),
-    ("z", "Value", "int32"),
-    ("x", "Value", "int64"),
-    ("y", "Value", "int64"),
-    ("lon", "Value", "float64"),
-    ("lat", "Value", "float64"),
-    ("region", "Value", "string"),
-    ("harvested_at", "Value", "string"),
-)
-
 
 class Shard(NamedTuple):
     """A half-open range of buckets ``[lo, hi)`` read by one generator call."""

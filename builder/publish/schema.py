@@ -1,61 +1,127 @@
-"""The Parquet layout ``datasets`` writes, reproduced without importing ``datasets``.
+"""The dataset's features, defined once, and the Parquet layout ``datasets`` writes for them.
+
+:func:`features_dict` is the one definition of the dataset's columns (a contract: DESIGN.md,
+"Dataset"), kept as data in the form ``datasets.Features.to_dict()`` produces (key order
+included).  ``mosaic_library.dataset_features()`` is ``datasets.Features.from_dict`` of it;
+:func:`arrow_schema` derives the Arrow schema and its ``huggingface`` metadata from it without
+importing ``datasets``: that import costs about 1 s of CPU per process (measured here: 1.0 to
+1.3 s on top of pyarrow and NumPy), more than the rest of a small ``build``.  The tests check
+that ``datasets`` derives the same schema and metadata from the same mapping, and that
+``load_dataset`` reads the written files back with these features.
+
+Columns come in groups (:data:`FEATURE_GROUPS`) so that a config with fewer or more columns is a
+different choice of groups, in the fixed order of the table: ``metadata`` leaves out ``image``.
 
 ``build`` must write files that ``load_dataset`` reads back with the exact features (the
 5,000-name ``ClassLabel`` lives only here, in the schema's ``huggingface`` metadata), and with
 the options ``datasets``' own ParquetWriter and ``push_to_hub`` use: images uncompressed and
 PLAIN-encoded (already PNG-compressed; lets the Hub's Xet storage deduplicate), other columns
 snappy with dictionaries, content-defined chunking, a page index, 100-row row groups.
-
-Importing ``datasets`` costs ~0.5 s of CPU per process, more than writing a thousand tiles, so
-the schema is built from :data:`builder.publish.rows.COLUMNS` directly.  Drift from ``datasets``
-is caught by the tests, which compare this schema, its metadata and the written files' column
-options with what ``datasets`` itself produces for ``mosaic_library.dataset_features()``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import pyarrow as pa
 
-from .rows import COLUMNS, LABEL_NAMES
+from ..layout import LABEL_NAMES
 
 ROWS_PER_GROUP = 100
 # datasets.config.DEFAULT_CDC_OPTIONS (5.x), what push_to_hub writes with.
 CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 
-_ARROW_TYPES = {
+
+def _value(dtype: str) -> dict:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+# The dataset's columns by group, in dataset order, each feature as datasets.Features.to_dict()
+# writes it.  The label's names are the layout's bucket names: label == bucket_id in every release.
+FEATURE_GROUPS: dict[str, dict[str, dict]] = {
+    "image": {"image": {"_type": "Image"}},
+    "tile": {
+        "label": {"names": LABEL_NAMES, "_type": "ClassLabel"},
+        "id": _value("string"),
+        "phash": _value("string"),
+        "mean_l": _value("float64"),
+        "mean_a": _value("float64"),
+        "mean_b": _value("float64"),
+    },
+    "provenance": {
+        "source": _value("string"),
+        "z": _value("int32"),
+        "x": _value("int64"),
+        "y": _value("int64"),
+        "lon": _value("float64"),
+        "lat": _value("float64"),
+        "region": _value("string"),
+        "harvested_at": _value("string"),
+    },
+}
+DEFAULT_GROUPS = ("image", "tile", "provenance")  # the default config: real tiles with images
+
+
+def feature_groups(with_images: bool = True) -> tuple[str, ...]:
+    """The groups of the ``default`` (``with_images``) or ``metadata`` config.
+
+    >>> feature_groups(False)
+    ('tile', 'provenance')
+    """
+    return DEFAULT_GROUPS if with_images else tuple(g for g in DEFAULT_GROUPS if g != "image")
+
+
+def features_dict(groups: Iterable[str] = DEFAULT_GROUPS) -> dict[str, dict]:
+    """The features of ``groups`` as ``datasets.Features.to_dict()`` gives them (a fresh copy).
+
+    Columns keep the order of :data:`FEATURE_GROUPS` whatever the order of ``groups``.
+
+    >>> list(features_dict(["provenance", "image"]))[:3], features_dict(["tile"])["label"]["names"][42]
+    (['image', 'source', 'z'], 'bucket_0042')
+    """
+    wanted = set(groups)
+    unknown = wanted - set(FEATURE_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {list(FEATURE_GROUPS)}")
+    return {
+        name: {key: list(value) if isinstance(value, list) else value for key, value in feature.items()}
+        for group, columns in FEATURE_GROUPS.items()
+        if group in wanted
+        for name, feature in columns.items()
+    }
+
+
+_VALUE_TYPES = {
     "string": pa.string(),
     "float64": pa.float64(),
     "int32": pa.int32(),
     "int64": pa.int64(),
 }
-_IMAGE_TYPE = pa.struct({"bytes": pa.binary(), "path": pa.string()})
+_IMAGE_TYPE = pa.struct({"bytes": pa.binary(), "path": pa.string()})  # datasets.Image's storage
 
 
-def _feature_json(kind: str, dtype: str | None) -> dict:
-    """One feature as ``datasets.Features.to_dict()`` serialises it (key order included)."""
-    if kind == "Image":
-        return {"_type": "Image"}
-    if kind == "ClassLabel":
-        return {"names": LABEL_NAMES, "_type": "ClassLabel"}
-    return {"dtype": dtype, "_type": "Value"}
+def arrow_type(feature: dict) -> pa.DataType:
+    """The Arrow storage type of one feature (as ``datasets`` stores Image, ClassLabel, Value).
 
-
-def _arrow_type(kind: str, dtype: str | None) -> pa.DataType:
+    >>> arrow_type({"_type": "ClassLabel", "names": ["a"]}), arrow_type({"dtype": "int32", "_type": "Value"})
+    (DataType(int64), DataType(int32))
+    """
+    kind = feature.get("_type")
     if kind == "Image":
         return _IMAGE_TYPE
     if kind == "ClassLabel":
         return pa.int64()
-    return _ARROW_TYPES[dtype]
+    if kind == "Value" and feature.get("dtype") in _VALUE_TYPES:
+        return _VALUE_TYPES[feature["dtype"]]
+    raise ValueError(f"no Arrow type for feature {feature!r}")
 
 
 def arrow_schema(with_images: bool = True) -> pa.Schema:
     """The Arrow schema with ``{"huggingface": {"info": {"features": ...}}}`` metadata."""
-    columns = [c for c in COLUMNS if with_images or c[1] != "Image"]
-    features = {name: _feature_json(kind, dtype) for name, kind, dtype in columns}
+    features = features_dict(feature_groups(with_images))
     metadata = {"huggingface": json.dumps({"info": {"features": features}})}
-    return pa.schema([pa.field(name, _arrow_type(kind, dtype)) for name, kind, dtype in columns], metadata=metadata)
+    return pa.schema([pa.field(name, arrow_type(f)) for name, f in features.items()], metadata=metadata)
 
 
 def column_options(schema: pa.Schema) -> dict:

@@ -25,18 +25,15 @@ stale staging folder from a current one.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import sqlite3
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import NamedTuple
 
 from .. import __version__
@@ -80,34 +77,6 @@ class StagingState(NamedTuple):
     current: bool
     reason: str
     manifest: dict | None
-
-
-# ---------------------------------------------------------------------------------------------
-# mosaic_library.py lives at the repository root, beside the builder package
-# ---------------------------------------------------------------------------------------------
-
-
-def mosaic_library_module() -> ModuleType:
-    """Import ``mosaic_library`` (the repo-root builder script), by path if it is not on sys.path.
-
-    A library folder called ``mosaic_library/`` in the working directory would otherwise import
-    as an empty namespace package.
-    """
-    module = sys.modules.get("mosaic_library")
-    if module is not None and hasattr(module, "MosaicLibrary"):
-        return module
-    path = Path(__file__).resolve().parents[2] / "mosaic_library.py"
-    if not path.is_file():
-        raise LibraryError(f"mosaic_library.py not found beside the builder package: {path}")
-    spec = importlib.util.spec_from_file_location("mosaic_library", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mosaic_library"] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules["mosaic_library"]
-        raise
-    return module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +158,7 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
         buckets_populated=stats["buckets_populated"],
         buckets_full=stats["buckets_full"],
         cap=stats["cap"],
+        n_buckets=stats["buckets_total"],
         by_region=dict(stats["by_region"]),
         by_source=dict(stats["by_source"]),
         by_zoom=zooms,
