@@ -44,12 +44,11 @@ import numpy as np
 from . import db
 from .color import N_BUCKETS, CentroidIndex, load_centroids, make_centroids
 from .errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
+from .layout import SHIPPED_CENTROIDS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAP = 100
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-SHIPPED_CENTROIDS = DATA_DIR / "centroids.npy"
 JOURNAL = "journal.json"
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _BUCKET_DIR = re.compile(r"^bucket_(\d{4})$")

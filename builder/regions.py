@@ -36,10 +36,10 @@ from typing import NamedTuple
 import mercantile
 
 from .errors import UsageError
+from .layout import PLANS_DIR
 
 logger = logging.getLogger(__name__)
 
-PLANS_DIR = Path(__file__).resolve().parents[1] / "data" / "plans"
 PHASES = {"1": "phase1.json", "2": "phase2.json"}
 MAX_LAT = 85.05  # Web-Mercator reaches +-85.0511; the plan limit is rounded inwards
 MAX_ZOOM = 24

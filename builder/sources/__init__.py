@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..defaults import SPEC_FORMS
 from ..errors import UsageError
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
@@ -80,11 +81,6 @@ __all__ = [
     "redact_url",
     "sniff_format",
 ]
-
-SPEC_FORMS = (
-    "'arcgis', 'earth', an http(s):// URL template with {z}, {x} and {y}, "
-    "a .mbtiles file, or an existing z/x/y tile folder"
-)
 
 # Options only the HTTP source understands. open_source drops them for local sources, so
 # harvest can pass one set of options whatever --source is.

@@ -23,12 +23,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SourceError
+from ..layout import EARTH_IMAGE
 from .base import TILE_SIZE, ClosingSource, SourceStats, tile_in_range
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-EARTH_IMAGE = DATA_DIR / "bluemarble_5400x2700.jpg"
 MAX_LAT = 85.0511  # Web-Mercator's limit, rounded as the task specifies
 MAX_IMAGE_PIXELS = 60_000_000  # decode guard: the shipped image has 14.6 M
 
