@@ -30,7 +30,6 @@ from ``(bucket_id, id)`` after validating both; the ``filepath`` column is never
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,20 +39,12 @@ import datasets
 from datasets.builder import Key
 from datasets.exceptions import DatasetGenerationError
 
-try:
-    from builder.errors import LibraryError, MosaicError
-    from builder.library import Library
-    from builder.publish import rows as _rows
-except ModuleNotFoundError as _exc:  # imported by file path from outside the repository
-    if _exc.name != "builder":
-        raise
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from builder.errors import LibraryError, MosaicError
-    from builder.library import Library
-    from builder.publish import rows as _rows
+from builder.errors import LibraryError, MosaicError
+from builder.library import Library
+from builder.publish import rows as _rows
 
 # Re-exported: the row generation is shared with builder.publish (see the module docstring).
-from builder.publish.rows import (  # noqa: E402
+from builder.publish.rows import (
     BUILD_FORMAT,
     DEFAULT_SHARD_ROWS,
     LABEL_NAMES,

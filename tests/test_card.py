@@ -145,6 +145,7 @@ def test_kdtree_query(card_library):
     assert res.stdout.strip() == f"Nearest bucket: {d.argmin()} (distance: {d.min():.2f})"
 
 
+@pytest.mark.slow  # the card's MiniBatchKMeans over 5,000 clusters: about a minute on 2 idle cores
 def test_cluster_recipe_runs_and_the_library_then_refuses_the_new_centroids(card_library, tmp_path):
     """The card's recipe overwrites centroids.npy with an unseeded run: it runs unchanged, and
     the library then refuses to assign with the wrong centroids instead of misfiling tiles."""

@@ -43,8 +43,6 @@ COMMANDS = (
     "demo",
 )
 
-
-
 # The console script pyproject.toml installs: ``mosaic-library COMMAND`` is ``python -m builder COMMAND``.
 CONSOLE_SCRIPT = "mosaic-library"
 

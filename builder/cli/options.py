@@ -29,17 +29,15 @@ def _bounded(convert: Callable[[str], float], what: str, minimum, maximum) -> Ca
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if value != value:  # NaN compares false with every bound
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}")
-        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        # Written as "not below / not above" so that NaN, which fails every comparison, fails a bound.
+        if (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
+            return value
+        if minimum is not None and maximum is not None:
             raise argparse.ArgumentTypeError(f"must be within {minimum}..{maximum}, got {text}")
-        if minimum is not None and value < minimum:
+        if minimum is not None:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
-        return value
+        raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
 
-    parse.__name__ = what  # argparse names the type in some of its own messages
     return parse
 
 
@@ -58,7 +56,11 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[
 
 
 def number(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
-    """argparse type: a finite or infinite decimal number (not NaN), optionally within bounds."""
+    """argparse type: a decimal number, optionally within bounds (inclusive; NaN is within none).
+
+    Unbounded, it takes anything ``float`` does, ``nan`` and ``inf`` included, and leaves them
+    to the library's own check (harvest's ``--rate``).
+    """
     return _bounded(float, "a number", minimum, maximum)
 
 
