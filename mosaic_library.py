@@ -31,7 +31,6 @@ validating both; the ``filepath`` column is never opened.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,23 +40,11 @@ import datasets
 from datasets.builder import Key
 from datasets.exceptions import DatasetGenerationError
 
-try:
-    from builder.errors import LibraryError, MosaicError
-    from builder.library import Library
-    from builder.publish import rows as _rows
-except ModuleNotFoundError as _exc:  # imported by file path from outside the repository
-    if _exc.name != "builder":
-        raise
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from builder.errors import LibraryError, MosaicError
-    from builder.library import Library
-    from builder.publish import rows as _rows
-
 # Re-exported: the row generation is shared with builder.publish (see the module docstring);
 # the tile facts live in builder.layout and the safe tile reader in builder.tilefiles.
-from builder.db import bucket_counts  # noqa: E402
-from builder.errors import BadTile  # noqa: E402
-from builder.layout import (  # noqa: E402
+from builder.db import bucket_counts
+from builder.errors import BadTile, LibraryError, MosaicError
+from builder.layout import (
     CENTROIDS_NAME,
     DB_NAME,
     LABEL_NAMES,
@@ -66,8 +53,10 @@ from builder.layout import (  # noqa: E402
     TILE_SIZE,
     tile_relpath,
 )
-from builder.publish import schema as _schema  # noqa: E402
-from builder.publish.rows import (  # noqa: E402
+from builder.library import Library
+from builder.publish import rows as _rows
+from builder.publish import schema as _schema
+from builder.publish.rows import (
     BUILD_FORMAT,
     DEFAULT_SHARD_ROWS,
     Shard,
@@ -76,7 +65,7 @@ from builder.publish.rows import (  # noqa: E402
     plan_shards,
     split_plan,
 )
-from builder.tilefiles import TileFiles, check_png  # noqa: E402
+from builder.tilefiles import TileFiles, check_png
 
 logger = logging.getLogger(__name__)
 

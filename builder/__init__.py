@@ -25,4 +25,4 @@ __all__ = [
     "UnsafePath",
     "UsageError",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (dynamic version)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from .errors import UsageError
 from .layout import CENTROIDS_NAME, SAMPLE_TARGET
-from .library import Library
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +59,14 @@ class DemoResult:
         return (f"demo done in {self.seconds:.0f} s: library {self.library}, staging {self.staging}, "
                 f"report {self.report}, mosaic {self.mosaic}")
 
+    def as_dict(self) -> dict:
+        """JSON-safe: paths as strings (None for a step that did not run), steps in order."""
+        paths = {"output": self.output, "library": self.library, "staging": self.staging, "report": self.report,
+                 "mosaic": self.mosaic}
+        return {**{k: None if v is None else str(v) for k, v in paths.items()},
+                "steps": [{"step": name, "summary": line} for name, line in self.steps],
+                "seconds": round(self.seconds, 3)}
+
 
 def _check(max_tiles: int, zoom: int) -> None:
     if not isinstance(max_tiles, int) or max_tiles < 1:
@@ -71,12 +78,17 @@ def _check(max_tiles: int, zoom: int) -> None:
 def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAULT_MAX_TILES,
              zoom: int = DEFAULT_ZOOM, seed: int = DEFAULT_SEED, workers: int | None = None,
              progress: bool | None = None, say: Callable[[str], None] = print,
-             sample: str | os.PathLike = SAMPLE_TARGET, library: str | os.PathLike | None = None) -> DemoResult:
+             sample: str | os.PathLike = SAMPLE_TARGET, library: str | os.PathLike | None = None,
+             threads: int | None = None) -> DemoResult:
     """Run every step (see the module doc); ``say`` receives one line per step.
 
+    ``workers``: processes of the harvest's assignment pipeline and of ``verify`` (default: one
+    per CPU); ``threads``: tile-decoding threads of the report and the mosaic (default: up to 4).
     ``library`` puts the library elsewhere than ``OUTPUT/mosaic_library``.
     """
+    # Imported here: the CLI imports this module for its defaults, and --help stays light.
     from .harvest import harvest
+    from .library import Library
     from .mosaic import MosaicOptions, mosaic_file
     from .publish import build_staging
     from .report import render_report
@@ -118,11 +130,11 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
     result.staging = built.output
     step("build", built.summary())
     with Library.open(root, readonly=True) as reader:
-        rep = render_report(reader, out / "report", progress=progress, workers=workers)
+        rep = render_report(reader, out / "report", progress=progress, workers=threads)
         result.report = rep.index
         step("report", rep.summary())
         options = MosaicOptions(grid=MOSAIC_GRID, tile_size=MOSAIC_TILE, no_repeat_radius=2, blend=0.25,
-                                workers=workers)
+                                workers=threads)
         mos = mosaic_file(reader, sample, out / "mosaic.png", options, progress=progress)
         result.mosaic = mos.output
         step("mosaic", mos.summary())

@@ -70,6 +70,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, utc_now
+from .defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_THREADS
 from .errors import LibraryError, SourceError, UsageError
 from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .library import Library
@@ -79,12 +80,6 @@ from .summary import format_counts
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THREADS = 20
-DEFAULT_BATCH = 100
-# Consecutive batches with nothing accepted before the run calls the buckets "not filling".
-# At the default batch size that is 1,000 tiles in a row; a yield that low means the plan's
-# colours are used up (or the source is down), and more requests would only cost politeness.
-DEFAULT_PATIENCE = 10
 # Batches queued for fetching beyond the one in the pipeline: one keeps the threads busy
 # while the main thread processes; a second covers the time the main thread spends claiming.
 PREFETCH = 2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command: set up .venv from requirements.txt (and headless Chromium for the
-# gallery screenshot test, from Debian's packages, when missing and we may install it), then run
-# the whole suite.
+# The README's test command: set up .venv (scripts/setup.sh: the project installed editable with
+# its test extra), and headless Chromium for the gallery screenshot test (Debian's package, when
+# missing and we may install it), then run pytest with any arguments given, e.g. the quick run
+# `bash scripts/test.sh -m "not slow"` (the whole suite less the tests marked slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+# The checkout under test: pyproject.toml's `pythonpath` puts it first on sys.path, and tests
+# that start `python -m builder` give it to the child as PYTHONPATH.
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 BLUEMARBLE = REPO / "data" / "bluemarble_5400x2700.jpg"
 

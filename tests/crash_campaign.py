@@ -40,14 +40,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from builder.errors import LibraryLocked
+from builder.layout import bucket_name, parse_bucket_dir
+from builder.library import Library
+from builder.verify import verify_library
 
-from builder.errors import LibraryLocked  # noqa: E402
-from builder.layout import bucket_name, parse_bucket_dir  # noqa: E402
-from builder.library import Library  # noqa: E402
-from builder.verify import verify_library  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TRIGGERS = ("time", "scratch", "journal", "commit")
 

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = [name for name in discover() if name not in BY_HAND]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_bench_runs_in_quick_mode_and_prints_ratios(name, tmp_path):
     rows_file = tmp_path / "rows.jsonl"
@@ -40,7 +41,7 @@ def test_bench_runs_in_quick_mode_and_prints_ratios(name, tmp_path):
         assert {r["status"] for r in rows} <= {"met", "MISSED", "-"}
 
 
-def test_expected_benches_of_this_issue_are_present():
+def test_expected_benches_are_present():
     assert {"ingest", "build"} <= set(discover())
 
 

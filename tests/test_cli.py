@@ -1,12 +1,17 @@
-"""The CLI contract for the core commands: one-line summaries, one-line errors, exit codes."""
+"""The CLI contract: one-line summaries, one-line errors, exit codes, ``--json`` on every
+command from one report protocol, one meaning of ``--workers``, and a ``--help`` that imports
+none of the heavy libraries."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from builder.cli import COMMANDS, build_parser, main
+from builder.layout import SAMPLE_TARGET
 from tests.conftest import REPO
 
 
@@ -36,8 +41,11 @@ def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir):
     [
         (["stats", "--library", "missing_lib"], "run `python -m builder init"),
         (["ingest", "nowhere"], "no such file or folder: nowhere"),
-        (["ingest", "--workers", "0", "x"], "must be at least 1"),
-        (["init", "--seed", "x"], "invalid int value"),
+        (["ingest", "--workers", "0", "x"], "argument --workers: must be at least 1, got 0"),
+        (["init", "--seed", "x"], "argument --seed: not an integer: 'x'"),
+        (["harvest", "--rate", "fast"], "argument --rate: not a number: 'fast'"),
+        (["query", "--hex", "336699", "-k", "0"], "argument -k: must be at least 1, got 0"),
+        (["verify", "--workers", "1.5"], "argument --workers: not an integer: '1.5'"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -62,3 +70,100 @@ def test_init_refuses_a_second_time_and_bad_centroid_files(tmp_path):
     np.save(tmp_path / "pickle.npy", np.array([object()] * 2, dtype=object), allow_pickle=True)
     res = cli("init", "--library", tmp_path / "lib_p", "--centroids", tmp_path / "pickle.npy", cwd=tmp_path)
     assert res.returncode == 2 and "not a plain NumPy array" in res.stderr
+
+
+# --------------------------------------------------------------------------- --help stays light
+
+HEAVY = ("numpy", "scipy", "PIL", "sklearn", "skimage", "datasets", "pyarrow", "requests", "huggingface_hub", "tqdm")
+
+
+def imported_modules(*args: str) -> set[str]:
+    """Every module a fresh ``python -X importtime -m builder ARGS`` imports (its stderr report)."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "builder", *args], capture_output=True,
+                         text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert res.returncode == 0 and "usage:" in res.stdout, res.stderr[-2000:]
+    lines = [line.split("|") for line in res.stderr.splitlines() if line.startswith("import time:")]
+    return {parts[2].strip() for parts in lines if len(parts) == 3}
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_imports_none_of_the_heavy_libraries(command):
+    modules = imported_modules(*([command] if command else []), "--help")
+    assert "builder.cli" in modules and (not command or f"builder.cli.{command}" in modules)
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert heavy == [], f"--help of {command or 'the CLI'} imports {heavy[:10]}"
+
+
+# --------------------------------------------------------------------------- one protocol, one meaning
+
+
+def subparsers() -> dict:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    return sub.choices
+
+
+def test_every_command_has_json_and_pool_options_mean_one_thing():
+    commands = subparsers()
+    assert list(commands) == list(COMMANDS)
+    for name, parser in commands.items():
+        options = {opt: action for action in parser._actions for opt in action.option_strings}
+        assert "--json" in options, name
+        if "--workers" in options:
+            assert "worker processes" in options["--workers"].help, name
+        if "--threads" in options:
+            assert "threads" in options["--threads"].help, name
+    with_workers = {n for n, p in commands.items() if any("--workers" in a.option_strings for a in p._actions)}
+    with_threads = {n for n, p in commands.items() if any("--threads" in a.option_strings for a in p._actions)}
+    assert with_workers == {"ingest", "harvest", "verify", "demo"}
+    assert with_threads == {"harvest", "mosaic", "report", "demo"}
+
+
+def run_json(capsys, *argv) -> tuple[int, dict, str]:
+    """``main([... , "--json"])`` in this process: exit code, the parsed JSON, stderr."""
+    code = main([*map(str, argv), "--json"])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), err
+
+
+def test_every_command_prints_json(tmp_path, capsys, real_tiles_dir):
+    lib = tmp_path / "mosaic_library"
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for path in sorted(real_tiles_dir.glob("*.png"))[:24]:
+        shutil.copy(path, tiles / path.name)
+    (tiles / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+    code, init, _ = run_json(capsys, "init", "--library", lib)
+    assert code == 0 and init == {"library": str(lib), "centroids": 5000, "origin": init["origin"], "cap": 100}
+    code, ingest, err = run_json(capsys, "ingest", "--library", lib, tiles, "--workers", "1")
+    assert code == 1 and err.startswith("error: 1 of 25 inputs unusable")  # the broken file, on stderr
+    assert ingest["accepted"] + sum(ingest["rejected"].values()) == 25
+    code, stats, _ = run_json(capsys, "stats", "--library", lib)
+    assert code == 0 and stats["tiles"] == ingest["accepted"]
+    code, query, _ = run_json(capsys, "query", "--library", lib, "--hex", "336699", "-k", "2")
+    assert code == 0 and query["query"]["input"] == "rgb #336699" and len(query["buckets"]) == 2
+
+    victim = next(lib.glob("bucket_*/*.png"))
+    victim.unlink()
+    code, verify, _ = run_json(capsys, "verify", "--library", lib, "--quick")
+    assert code == 1 and verify["problems"] == {"missing_file": 1} and "after_repair" not in verify
+    code, repair, _ = run_json(capsys, "verify", "--library", lib, "--quick", "--repair")
+    assert code == 0 and repair["problems"] == {"missing_file": 1}
+    assert repair["after_repair"]["problems"] == {} and repair["after_repair"]["rows"] == ingest["accepted"] - 1
+
+    staging = tmp_path / "staging"
+    code, build, _ = run_json(capsys, "build", "--library", lib, "--output", staging)
+    assert code == 0 and build["output"] == str(staging) and build["rows"] == ingest["accepted"] - 1
+    code, push, _ = run_json(capsys, "push", "--library", lib, "--output", staging, "--repo-id", "alice/m",
+                             "--dry-run")
+    assert code == 0 and push["dry_run"] is True and push["built"] is None  # staging was current
+    assert {item["path_in_repo"] for item in push["plan"]} >= {"README.md", "tiles.db", "centroids.npy"}
+    code, restore, _ = run_json(capsys, "restore", staging, "--library", tmp_path / "restored")
+    assert code == 0 and restore["tiles"] == build["rows"]
+    code, report, _ = run_json(capsys, "report", "--library", lib, "--output", tmp_path / "report", "--threads", "1")
+    assert code == 0 and (tmp_path / "report" / "index.html").is_file() and report["index"].endswith("index.html")
+    code, mosaic, _ = run_json(capsys, "mosaic", "--library", lib, SAMPLE_TARGET, "--output", tmp_path / "m.png",
+                               "--grid", "4x3", "--tile-size", "8")
+    assert code == 0 and (mosaic["cols"], mosaic["rows"], mosaic["width"]) == (4, 3, 32)
+    assert (tmp_path / "m.png").is_file()

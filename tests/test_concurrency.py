@@ -74,6 +74,7 @@ def harvesting(tmp_path_factory):
     assert list((root / "temp").iterdir()) == []
 
 
+@pytest.mark.slow  # every user of `harvesting`: it keeps a harvest running for their whole module
 @pytest.mark.parametrize("command", ["ingest", "harvest", "verify --repair"])
 def test_a_second_writer_gets_one_line_and_exit_2(harvesting, tmp_path, command):
     root, proc = harvesting
@@ -129,6 +130,7 @@ def test_two_ingests_at_once(tmp_path):
         assert verify_library(lib, deep=False).ok
 
 
+@pytest.mark.slow
 def test_readers_work_beside_the_writer_and_see_only_rows_with_files(harvesting):
     root, _proc = harvesting
     seen: list[int] = []
@@ -171,6 +173,7 @@ def test_readers_work_beside_the_writer_and_see_only_rows_with_files(harvesting)
     assert checks >= 3
 
 
+@pytest.mark.slow
 def test_deep_verify_beside_the_writer_is_clean(harvesting):
     """A deep verify decodes every file (seconds); batches land meanwhile and are not orphans."""
     root, _proc = harvesting
@@ -181,6 +184,7 @@ def test_deep_verify_beside_the_writer_is_clean(harvesting):
     assert report.rows >= before
 
 
+@pytest.mark.slow
 def test_the_datasets_builder_reads_a_consistent_library_beside_the_writer(harvesting, tmp_path):
     from mosaic_library import MosaicLibrary
 

@@ -26,6 +26,8 @@ from tests.crash_campaign import (
 )
 from tests.tileserver import TileServer, distinct_tile
 
+pytestmark = pytest.mark.slow  # kill campaigns: minutes of SIGKILL rounds
+
 INGEST_KILLS = 20
 HARVEST_KILLS = 8
 

@@ -1,5 +1,6 @@
 """``demo`` end to end, small: every artefact it promises exists and is what it claims to be."""
 
+import json
 import sqlite3
 from html.parser import HTMLParser
 
@@ -48,11 +49,16 @@ def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
         img.load()
         assert img.format == "PNG" and img.size == (MOSAIC_GRID[0] * MOSAIC_TILE, MOSAIC_GRID[1] * MOSAIC_TILE)
 
-    # A second run reuses the library (already at --max-tiles) and rebuilds the rest.
-    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1"]) == 0
-    again = capsys.readouterr().out.splitlines()
+    # A second run reuses the library (already at --max-tiles) and rebuilds the rest.  With --json
+    # stdout is one JSON object and the step lines go to stderr.
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    again = captured.err.splitlines()
     assert again[0].startswith("[init] reusing the library") and "[harvest] skipped" in again[1]
     assert "no problems" in again[2]
+    result = json.loads(captured.out)
+    assert [s["step"] for s in result["steps"]] == ["init", "harvest", "verify", "build", "report", "mosaic"]
+    assert result["mosaic"] == str(out / "mosaic.png") and result["library"] == str(root)
     with sqlite3.connect(root / "tiles.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0] == 40
 

@@ -17,10 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from builder.library import Library
 from builder.verify import verify_library
 from tests.conftest import REPO
 from tests.tileserver import TileServer, distinct_tile
+
+pytestmark = pytest.mark.slow  # SIGKILL rounds and a Ctrl-C against a slow loopback server
 
 KILLS = 3
 STEP = 12  # tiles committed by a run before it is killed

@@ -20,6 +20,9 @@ from tests.crash_campaign import REPO, make_tile_pool
 from tests.hubstub import HubStub
 from tests.tileserver import Rates, TileServer, distinct_tile
 
+# Every command in a fresh process, with a faulty tile server and a Hub stub: about half a minute.
+pytestmark = pytest.mark.slow
+
 HUB_TOKEN = "hf_" + "Kq7Zp2Lm9Xv4" * 3
 URL_TOKEN = "urlsecret" + "Tz8Wq3" * 4
 

@@ -1,20 +1,31 @@
-"""``python -m builder COMMAND``: a thin argparse layer over the library API.
+"""``python -m builder COMMAND`` (or ``mosaic-library COMMAND``): a thin argparse layer over the library API.
 
-Each command lives in its own module under ``builder.cli`` and exposes
-``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
-parsed ``args`` and returning an exit code.  Errors the user can cause are
-:class:`~builder.errors.MosaicError`: printed on one line, exit status 2, no traceback.
+Each command lives in its own module under ``builder.cli`` with two functions:
+
+- ``register(subparsers)`` adds its parser and returns it;
+- ``run(args)`` does the work through the library API and returns a
+  :class:`~builder.cli.result.CommandResult`, which :func:`main` prints (``--json``, added here
+  to every command, selects JSON) and whose exit code it returns.
+
+Command modules import the heavy modules (NumPy, SciPy, Pillow, ``datasets``...) inside
+``run()``, and take the defaults they show in ``--help`` from :mod:`builder.layout` and
+:mod:`builder.defaults`, so ``--help`` and argument errors cost no more than argparse.
+
+Errors the user can cause are :class:`~builder.errors.MosaicError`: printed on one line, exit
+status 2, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
 import sqlite3
 import sys
 
+from .. import __version__
 from ..errors import MosaicError
+from .result import EXIT_INTERRUPTED, EXIT_USAGE
 
 # Command modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -32,58 +43,43 @@ COMMANDS = (
     "demo",
 )
 
-DEFAULT_LIBRARY = "mosaic_library"
+# The console script pyproject.toml installs: ``mosaic-library COMMAND`` is ``python -m builder COMMAND``.
+CONSOLE_SCRIPT = "mosaic-library"
+
+
+def program_name() -> str:
+    """How the user called us, for usage lines and errors: the console script or ``python -m builder``."""
+    return CONSOLE_SCRIPT if sys.argv and os.path.basename(sys.argv[0]) == CONSOLE_SCRIPT else "python -m builder"
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad values as one line and exit status 2 (its own convention)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message}\n")
-
-
-def add_library_option(parser: argparse.ArgumentParser) -> None:
-    """Every command takes ``--library DIR``."""
-    parser.add_argument(
-        "--library",
-        default=DEFAULT_LIBRARY,
-        metavar="DIR",
-        help=f"library folder (default: ./{DEFAULT_LIBRARY})",
-    )
-
-
-def int_at_least(minimum: int):
-    """argparse type: an integer no smaller than ``minimum``, else a one-line error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"  # what argparse names in its messages
-    return parse
-
-
-positive_int = int_at_least(1)
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m builder", description="Build, check and publish a Mosaic Library.")
+    parser = _Parser(prog=program_name(), description="Build, check and publish a Mosaic Library.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
+        qualified = f"{__name__}.{name}"
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            # __import__, not importlib.import_module: only the former shows in -X importtime's
+            # report, which is how the cost of --help is checked.
+            __import__(qualified)
         except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
+            if exc.name == qualified:
                 continue  # command not built yet
             raise
-        module.register(sub)
+        module = sys.modules[qualified]
+        command = module.register(sub)
+        command.add_argument("--json", action="store_true",
+                             help="print the result as one JSON object instead of text")
+        command.set_defaults(run=module.run)
     return parser
 
 
@@ -95,22 +91,26 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        result = args.run(args)
+        print(result.render(as_json=args.json))
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr)
+        return result.exit_code
     except MosaicError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: work finished so far is saved", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as exc:
         # Disk full, permission denied, read-only folders: the user's environment, not a bug.
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
             raise  # our SQL is wrong: a bug, keep the traceback
         # "database or disk is full", "disk I/O error", a damaged file: SQLite's view of the same.
         logging.getLogger(__name__).info("sqlite error", exc_info=True)
         print(f"error: SQLite: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE

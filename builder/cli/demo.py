@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from ..demo import DEFAULT_MAX_TILES, DEFAULT_OUTPUT, DEFAULT_SEED, DEFAULT_ZOOM, run_demo
-from . import positive_int
+import sys
+
+from ..demo import DEFAULT_MAX_TILES, DEFAULT_OUTPUT, DEFAULT_SEED, DEFAULT_ZOOM, MAX_DEMO_ZOOM, run_demo
+from .options import add_threads_option, add_workers_option, integer
+from .result import CommandResult
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("demo", help="the whole job offline on the embedded imagery")
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help=f"where everything goes (default: ./{DEFAULT_OUTPUT})")
     p.add_argument("--library", default=None, metavar="DIR", help="library folder (default: OUTPUT/mosaic_library)")
-    p.add_argument("--max-tiles", type=positive_int, default=DEFAULT_MAX_TILES, metavar="N",
+    p.add_argument("--max-tiles", type=integer(1), default=DEFAULT_MAX_TILES, metavar="N",
                    help=f"harvest until the library holds N tiles (default {DEFAULT_MAX_TILES})")
-    p.add_argument("--zoom", type=int, default=DEFAULT_ZOOM, help=f"tile zoom of the embedded imagery (default {DEFAULT_ZOOM})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"sampling seed (default {DEFAULT_SEED})")
-    p.add_argument("--workers", type=positive_int, default=None, help="processes/threads for the heavy steps")
-    p.set_defaults(func=run)
+    # The zoom's range is run_demo's to check (one message for notebooks too).
+    p.add_argument("--zoom", type=integer(), default=DEFAULT_ZOOM,
+                   help=f"tile zoom of the embedded imagery, 2..{MAX_DEMO_ZOOM} (default {DEFAULT_ZOOM})")
+    p.add_argument("--seed", type=integer(), default=DEFAULT_SEED, help=f"sampling seed (default {DEFAULT_SEED})")
+    add_workers_option(p, default="one per CPU; for the harvest's assignment and verify")
+    add_threads_option(p, "tile decoding (report, mosaic)", None, shown="up to 4")
+    return p
 
 
-def run(args) -> int:
+def run(args) -> CommandResult:
+    # With --json, stdout holds only the JSON object: the step lines go to stderr.
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = run_demo(args.output, max_tiles=args.max_tiles, zoom=args.zoom, seed=args.seed, workers=args.workers,
-                      library=args.library)
-    print(result.summary())
-    return 0
+                      threads=args.threads, library=args.library, say=say)
+    return CommandResult(result)

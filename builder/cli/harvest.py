@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from ..errors import UsageError
-from ..harvest import (
-    DEFAULT_BATCH,
-    DEFAULT_PATIENCE,
-    DEFAULT_THREADS,
-    DEFAULT_ZOOM,
-    MAX_ZOOM,
-    harvest,
-    resolve_plan,
-    validate_options,
-)
-from ..library import Library
-from ..sources import SPEC_FORMS, open_source
-from . import add_library_option
-
-# Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
-EXIT_INTERRUPTED = 130
+from ..defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
+from ..layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
+from .options import add_library_option, add_threads_option, add_workers_option, integer, number
+from .result import EXIT_INTERRUPTED, EXIT_OK, CommandResult
 
 
-def _int(text: str) -> int:
-    """argparse type: any integer; ranges are checked by validate_options with a clearer message."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser(
         "harvest", help="sample, fetch, assign and store tiles (resumable, Ctrl-C safe)",
         description="Sample tiles from a plan, fetch them concurrently and store those that fill buckets. "
@@ -48,28 +17,37 @@ def register(sub) -> None:
                     "(--retry-faults asks again for those that ended in a transient fault).",
     )
     add_library_option(p)
-    p.add_argument("--source", default="arcgis", metavar="SPEC", help=f"tile source: {SPEC_FORMS} (default: arcgis)")
+    # Numbers are parsed here and their ranges checked by builder.harvest.validate_options, so the
+    # command line and a notebook get the same message.
+    p.add_argument("--source", default=DEFAULT_SOURCE, metavar="SPEC",
+                   help=f"tile source: {SPEC_FORMS} (default: {DEFAULT_SOURCE})")
     p.add_argument("--phase", choices=("1", "2", "all"), default=None, help="the card's sampling phase (default: 1)")
     p.add_argument("--plan", metavar="FILE", default=None, help="a sampling plan JSON file instead of --phase")
-    p.add_argument("--zoom", type=_int, default=DEFAULT_ZOOM, help=f"tile zoom 0..{MAX_ZOOM} (default: {DEFAULT_ZOOM})")
-    p.add_argument("--threads", type=_int, default=DEFAULT_THREADS, help=f"fetch threads (default: {DEFAULT_THREADS})")
-    p.add_argument("--batch", type=_int, default=DEFAULT_BATCH, help=f"tiles per batch (default: {DEFAULT_BATCH})")
-    p.add_argument("--max-tiles", type=_int, default=None, metavar="N", help="stop after this run has accepted N tiles")
-    p.add_argument("--max-requests", type=_int, default=None, metavar="N",
+    p.add_argument("--zoom", type=integer(), default=DEFAULT_ZOOM,
+                   help=f"tile zoom {MIN_ZOOM}..{MAX_ZOOM} (default: {DEFAULT_ZOOM})")
+    add_threads_option(p, "fetch", DEFAULT_THREADS, minimum=None)
+    add_workers_option(p)
+    p.add_argument("--batch", type=integer(), default=DEFAULT_BATCH, help=f"tiles per batch (default: {DEFAULT_BATCH})")
+    p.add_argument("--max-tiles", type=integer(), default=None, metavar="N", help="stop after this run has accepted N tiles")
+    p.add_argument("--max-requests", type=integer(), default=None, metavar="N",
                    help="stop after about N requests (retries of the last tiles may add a few)")
-    p.add_argument("--rate", type=_float, default=None, metavar="R", help="HTTP requests per second at most")
-    p.add_argument("--patience", type=_int, default=DEFAULT_PATIENCE, metavar="N",
+    p.add_argument("--rate", type=number(), default=None, metavar="R", help="HTTP requests per second at most")
+    p.add_argument("--patience", type=integer(), default=DEFAULT_PATIENCE, metavar="N",
                    help=f"stop after N batches in a row with nothing accepted (default: {DEFAULT_PATIENCE})")
     p.add_argument("--retry-faults", action="store_true",
                    help="ask again for the tiles earlier runs gave up on after a transient fault (429, 5xx, "
                         "timeout, reset, truncated, empty or non-image body), before sampling new ones; tiles that "
                         "were, or may have been, served are still never asked again")
-    p.add_argument("--seed", type=_int, default=None, help="sampling seed (default: random, shown in --json)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
+    p.add_argument("--seed", type=integer(), default=None, help="sampling seed (default: random, shown in --json)")
+    return p
 
 
-def run(args) -> int:
+def run(args) -> CommandResult:
+    from ..errors import UsageError
+    from ..harvest import harvest, resolve_plan, validate_options
+    from ..library import Library
+    from ..sources import open_source
+
     validate_options(zoom=args.zoom, threads=args.threads, batch=args.batch, max_tiles=args.max_tiles,
                      max_requests=args.max_requests, rate=args.rate, patience=args.patience)
     if args.plan is not None and args.phase is not None:
@@ -80,11 +58,7 @@ def run(args) -> int:
         with Library.open(args.library) as lib:
             report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
                              max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
-                             patience=args.patience, retry_faults=args.retry_faults)
+                             patience=args.patience, retry_faults=args.retry_faults, workers=args.workers)
     finally:
         source.close()
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    else:
-        print(f"harvest: {report.summary()}")
-    return EXIT_INTERRUPTED if report.interrupted else 0
+    return CommandResult(report, EXIT_INTERRUPTED if report.interrupted else EXIT_OK, prefix="harvest: ")

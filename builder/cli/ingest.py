@@ -6,36 +6,26 @@ Exit status: 0 when every input was stored or refused by the library (duplicate,
 
 from __future__ import annotations
 
-import json
-import sys
-
-from ..library import Library
-from . import add_library_option, positive_int
+from .options import add_library_option, add_workers_option
+from .result import EXIT_OK, EXIT_PROBLEMS, CommandResult
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("ingest", help="assign local image files/folders into the library")
     add_library_option(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (PNG, JPEG, WebP)")
-    p.add_argument("--workers", type=positive_int, default=None, help="decode processes (default: CPU count)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run)
+    add_workers_option(p)
+    return p
 
 
-def run(args) -> int:
+def run(args) -> CommandResult:
     from ..ingest import ingest
+    from ..library import Library
 
     with Library.open(args.library) as lib:
         report = ingest(lib, args.paths, workers=args.workers)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    else:
-        print(f"ingest: {report.summary()}")
     unusable = unusable_inputs(report)
-    if unusable:
-        print(f"error: {unusable}", file=sys.stderr)
-        return 1
-    return 0
+    return CommandResult(report, EXIT_PROBLEMS if unusable else EXIT_OK, prefix="ingest: ", error=unusable)
 
 
 # Rejections that are the library's choice, not a fault of the input.

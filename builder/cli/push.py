@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from . import add_library_option, positive_int
+from .options import add_library_option, integer
+from .result import CommandResult
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("push", help="build the staging folder if missing or stale, then upload it to the Hub")
     add_library_option(p)
     p.add_argument("--repo-id", required=True, metavar="USER/NAME", help="Hub dataset repository")
@@ -13,25 +14,17 @@ def register(sub) -> None:
     p.add_argument("--revision", metavar="REV", default=None, help="branch to commit to (created if missing)")
     p.add_argument("--dry-run", action="store_true", help="build if needed and list what would be uploaded")
     p.add_argument("--output", metavar="DIR", default=None, help="staging folder (default: <library parent>/staging)")
-    p.add_argument("--num-proc", type=positive_int, default=1, metavar="N", help="processes if a build is needed")
-    p.set_defaults(func=run)
+    p.add_argument("--num-proc", type=integer(1), default=1, metavar="N", help="processes if a build is needed")
+    return p
 
 
-def run(args) -> int:
-    # imported here, not at module level: the CLI imports every command module at start
-    from ..publish import (
-        ensure_staging,
-        format_plan,
-        push_staging,
-        validate_repo_id,
-    )
+def run(args) -> CommandResult:
+    from ..publish import ensure_staging, format_plan, push_staging, validate_repo_id
 
     validate_repo_id(args.repo_id)  # before a possibly long build
     staging, built = ensure_staging(args.library, args.output, num_proc=args.num_proc, repo_id=args.repo_id)
-    if built is not None:
-        print(built.summary())
     report = push_staging(staging, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    before = [built.summary()] if built is not None else []
     if args.dry_run:
-        print("\n".join(format_plan(report.plan)))
-    print(report.summary())
-    return 0
+        before += format_plan(report.plan)
+    return CommandResult(report, before=before, extra={"built": built})

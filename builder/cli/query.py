@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
-import json
+from typing import NamedTuple
 
-from ..color import rgb_to_lab
-from ..library import Library
-from ..query import describe, parse_hex, parse_lab, parse_rgb, rgb_to_hex
-from . import add_library_option, positive_int
+from .options import add_library_option, integer
+from .result import CommandResult
 
 
-def register(sub) -> None:
+class QueryReport(NamedTuple):
+    """The queried colour (as the user wrote it, and in LAB) and its nearest buckets."""
+
+    label: str
+    lab: tuple[float, float, float]
+    matches: list  # builder.query.BucketMatch, nearest first
+
+    def summary(self) -> str:
+        lab = self.lab
+        tiles = sum(m.count for m in self.matches)
+        populated = sum(1 for m in self.matches if m.count)
+        return (f"{self.label} = LAB ({lab[0]:.2f}, {lab[1]:.2f}, {lab[2]:.2f}): {len(self.matches)} nearest buckets, "
+                f"{populated} populated, {tiles} tiles")
+
+    def bucket_lines(self) -> list[str]:
+        lines = []
+        for m in self.matches:
+            lines.append(f"  bucket_{m.bucket_id:04d}  dist {m.distance:7.3f}  {m.centroid_hex}  {m.count:3d} tiles")
+            lines.extend(f"    {path}" for path in m.tiles)
+        return lines
+
+    def as_dict(self) -> dict:
+        return {"query": {"input": self.label, "lab": [round(v, 4) for v in self.lab]},
+                "buckets": [m.as_dict() for m in self.matches]}
+
+
+def register(sub):
     p = sub.add_parser("query", help="nearest colour buckets of a colour, with their tiles")
     add_library_option(p)
     colour = p.add_mutually_exclusive_group(required=True)
     colour.add_argument("--lab", nargs=3, metavar=("L", "A", "B"), help="CIE LAB colour (L 0..100, a/b -128..128)")
     colour.add_argument("--rgb", nargs=3, metavar=("R", "G", "B"), help="sRGB colour, integers 0..255")
     colour.add_argument("--hex", metavar="RRGGBB", help="sRGB colour as hex, with or without #")
-    p.add_argument("-k", type=positive_int, default=5, metavar="N", help="how many buckets (default 5)")
+    p.add_argument("-k", type=integer(1), default=5, metavar="N", help="how many buckets (default 5)")
     p.add_argument("--populated", action="store_true", help="only buckets that hold tiles")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    return p
 
 
 def query_lab(args) -> tuple[tuple[float, float, float], str]:
     """The queried colour in LAB and how the user wrote it."""
+    from ..color import rgb_to_lab
+    from ..query import parse_hex, parse_lab, parse_rgb, rgb_to_hex
+
     if args.lab is not None:
         return parse_lab(args.lab), "lab " + " ".join(args.lab)
     rgb = parse_rgb(args.rgb) if args.rgb is not None else parse_hex(args.hex)
@@ -32,20 +58,11 @@ def query_lab(args) -> tuple[tuple[float, float, float], str]:
     return (float(lab[0]), float(lab[1]), float(lab[2])), f"rgb {rgb_to_hex(rgb)}"
 
 
-def run(args) -> int:
+def run(args) -> CommandResult:
+    from ..library import Library
+    from ..query import describe
+
     lab, label = query_lab(args)
     with Library.open(args.library, readonly=True) as lib:
-        matches = describe(lib, lab, k=args.k, populated=args.populated)
-    if args.json:
-        print(json.dumps({"query": {"input": label, "lab": [round(v, 4) for v in lab]},
-                          "buckets": [m.as_dict() for m in matches]}, indent=2))
-        return 0
-    tiles = sum(m.count for m in matches)
-    populated = sum(1 for m in matches if m.count)
-    print(f"{label} = LAB ({lab[0]:.2f}, {lab[1]:.2f}, {lab[2]:.2f}): {len(matches)} nearest buckets, "
-          f"{populated} populated, {tiles} tiles")
-    for m in matches:
-        print(f"  bucket_{m.bucket_id:04d}  dist {m.distance:7.3f}  {m.centroid_hex}  {m.count:3d} tiles")
-        for path in m.tiles:
-            print(f"    {path}")
-    return 0
+        report = QueryReport(label, lab, describe(lib, lab, k=args.k, populated=args.populated))
+    return CommandResult(report, after=report.bucket_lines())

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from ..library import Library
-from ..report import render_report
-from . import add_library_option, positive_int
+from .options import add_library_option, add_threads_option
+from .result import CommandResult
 
 DEFAULT_OUTPUT = "mosaic_report"
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("report", help="coverage plots, bucket contact sheets and an HTML gallery")
     add_library_option(p)
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
                    help=f"report folder (default: ./{DEFAULT_OUTPUT}); open DIR/index.html in a browser")
-    p.add_argument("--workers", type=positive_int, default=None, help="tile decoding threads")
-    p.set_defaults(func=run)
+    add_threads_option(p, "tile decoding", None, shown="up to 4")
+    return p
 
 
-def run(args) -> int:
+def run(args) -> CommandResult:
+    from ..library import Library
+    from ..report import render_report
+
     with Library.open(args.library, readonly=True) as lib:
-        result = render_report(lib, args.output, workers=args.workers)
-    print(result.summary())
-    return 0
+        # render_report's ``workers`` are its tile-decoding threads.
+        return CommandResult(render_report(lib, args.output, workers=args.threads))

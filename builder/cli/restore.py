@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from . import add_library_option
+from .options import add_library_option
+from .result import CommandResult
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("restore", help="recreate bucket folders, tiles.db and centroids.npy from a release")
     add_library_option(p)
     p.add_argument("source", metavar="SOURCE", help="staging folder or downloaded Hub repo (data/*.parquet ...)")
     p.add_argument("--centroids", metavar="FILE", default=None, help="centroids.npy if SOURCE has none")
-    p.set_defaults(func=run)
+    return p
 
 
-def run(args) -> int:
-    # imported here, not at module level: the CLI imports every command module at start
+def run(args) -> CommandResult:
     from ..publish import restore_library
 
-    report = restore_library(args.source, args.library, centroids=args.centroids)
-    print(report.summary())
-    return 0
+    return CommandResult(restore_library(args.source, args.library, centroids=args.centroids))

@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
-import json
+from typing import NamedTuple
 
-from ..library import Library
-from . import add_library_option
+from .options import add_library_option
+from .result import CommandResult
 
 
-def register(sub) -> None:
+class StatsReport(NamedTuple):
+    """``Library.stats()`` with its one-line summary and per-region lines."""
+
+    stats: dict
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"{s['tiles']} tiles in {s['buckets_populated']}/{s['buckets_total']} buckets "
+                f"({s['coverage']:.1%}), {s['buckets_full']} full at cap {s['cap']}")
+
+    def region_lines(self) -> list[str]:
+        lines = []
+        for region, n in self.stats["by_region"].items():
+            tried = sum(self.stats["fetched_by_region"].get(region, {}).values())
+            yield_text = f", {n / tried:.1%} of {tried} fetched" if tried else ""
+            lines.append(f"  {region}: {n} tiles{yield_text}")
+        return lines
+
+    def as_dict(self) -> dict:
+        return self.stats
+
+
+def register(sub):
     p = sub.add_parser("stats", help="tiles, buckets populated/full, per-region yield")
     add_library_option(p)
-    p.add_argument("--json", action="store_true", help="print everything as JSON")
-    p.set_defaults(func=run)
+    return p
 
 
-def run(args) -> int:
+def run(args) -> CommandResult:
+    from ..library import Library
+
     with Library.open(args.library, readonly=True) as lib:
-        stats = lib.stats()
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    print(
-        f"{stats['tiles']} tiles in {stats['buckets_populated']}/{stats['buckets_total']} buckets "
-        f"({stats['coverage']:.1%}), {stats['buckets_full']} full at cap {stats['cap']}"
-    )
-    for region, n in stats["by_region"].items():
-        tried = sum(stats["fetched_by_region"].get(region, {}).values())
-        yield_text = f", {n / tried:.1%} of {tried} fetched" if tried else ""
-        print(f"  {region}: {n} tiles{yield_text}")
-    return 0
+        report = StatsReport(lib.stats())
+    return CommandResult(report, after=report.region_lines())

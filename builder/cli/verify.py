@@ -1,37 +1,41 @@
-"""``verify [--repair]``: check the database against the files."""
+"""``verify [--repair] [--quick]``: check the database against the files."""
 
 from __future__ import annotations
 
-import json
+from .options import add_library_option, add_workers_option
+from .result import EXIT_OK, EXIT_PROBLEMS, CommandResult
 
-from ..library import Library
-from ..verify import verify_library
-from . import add_library_option
+SHOWN_PROBLEMS = 20  # problems listed in the text output; --json has up to VerifyReport's limit
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("verify", help="check tiles.db against the files; --repair fixes what is safe")
     add_library_option(p)
     p.add_argument("--repair", action="store_true", help="fix problems (takes the writer lock)")
     p.add_argument("--quick", action="store_true", help="check rows and files exist, do not decode images")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
+    add_workers_option(p)
+    return p
 
 
-def run(args) -> int:
+def problem_lines(report) -> list[str]:
+    lines = [f"  {p.kind}: {p.tile_id or ''} bucket {p.bucket_id} {p.detail}".rstrip()
+             for p in report.problems[:SHOWN_PROBLEMS]]
+    if len(report.problems) > SHOWN_PROBLEMS:
+        lines.append(f"  ... {len(report.problems) - SHOWN_PROBLEMS} more (use --json)")
+    return lines
+
+
+def run(args) -> CommandResult:
+    from ..library import Library
+    from ..verify import verify_library
+
+    deep = not args.quick
     with Library.open(args.library, readonly=not args.repair) as lib:
-        report = verify_library(lib, deep=not args.quick, repair=args.repair)
+        report = verify_library(lib, deep=deep, repair=args.repair, workers=args.workers)
         if args.repair and report.problems:
-            after = verify_library(lib, deep=not args.quick)
-            print(f"verify: {report.summary()}")
-            print(f"after repair: {after.summary()}")
-            return 0 if after.ok else 1
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(f"verify: {report.summary()}")
-        for p in report.problems[:20]:
-            print(f"  {p.kind}: {p.tile_id or ''} bucket {p.bucket_id} {p.detail}".rstrip())
-        if len(report.problems) > 20:
-            print(f"  ... {len(report.problems) - 20} more (use --json)")
-    return 0 if report.ok else 1
+            # What is left after the repair decides the exit status.
+            after = verify_library(lib, deep=deep, workers=args.workers)
+            return CommandResult(report, EXIT_OK if after.ok else EXIT_PROBLEMS, prefix="verify: ",
+                                 after=[f"after repair: {after.summary()}"], extra={"after_repair": after})
+    return CommandResult(report, EXIT_OK if report.ok else EXIT_PROBLEMS, prefix="verify: ",
+                         after=problem_lines(report))

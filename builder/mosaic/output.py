@@ -54,14 +54,21 @@ class MosaicResult:
     plan: MosaicPlan
     seconds: float
 
-    def summary(self) -> str:
+    def as_dict(self) -> dict:
+        """The figures of :meth:`summary`, JSON-safe (the CLI's ``--json``)."""
         p = self.plan
         w, h = p.output_size
-        buckets = len(np.unique(p.bucket_grid))
+        return {"output": str(self.output), "width": w, "height": h, "cols": p.layout.cols, "rows": p.layout.rows,
+                "tile_size": p.layout.tile, "distinct_tiles": len(np.unique(p.grid)),
+                "buckets": len(np.unique(p.bucket_grid)), "fallback_cells": int(p.fallback_cells),
+                "seconds": round(self.seconds, 3)}
+
+    def summary(self) -> str:
+        d = self.as_dict()
         return (
-            f"mosaic {self.output}: {w}x{h} px, {p.layout.cols}x{p.layout.rows} cells of {p.layout.tile} px, "
-            f"{len(np.unique(p.grid))} distinct tiles from {buckets} buckets, "
-            f"{p.fallback_cells} cells fell back to a nearby populated bucket, {self.seconds:.1f} s"
+            f"mosaic {self.output}: {d['width']}x{d['height']} px, {d['cols']}x{d['rows']} cells of {d['tile_size']} px, "
+            f"{d['distinct_tiles']} distinct tiles from {d['buckets']} buckets, "
+            f"{d['fallback_cells']} cells fell back to a nearby populated bucket, {self.seconds:.1f} s"
         )
 
 

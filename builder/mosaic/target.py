@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..defaults import DEFAULT_LONG_SIDE_CELLS, DEFAULT_MIN_TILE, DEFAULT_RADIUS, DEFAULT_SUBCELLS
 from ..errors import ImageRejected, UsageError
 from ..layout import TILE_SIZE
 
@@ -26,10 +27,6 @@ TARGET_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_CELLS = 250_000
 MAX_SUBCELLS = 8
 MAX_STREAM_PIXELS = 600_000_000  # streamed PNG (about 1.8 GB of pixels, never all in memory)
-DEFAULT_LONG_SIDE_CELLS = 64
-DEFAULT_MIN_TILE = 32
-DEFAULT_RADIUS = 2
-DEFAULT_SUBCELLS = 2
 DEFAULT_MIN_CANDIDATES = 32
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..defaults import SPEC_FORMS
 from ..errors import UsageError
 from ..layout import EARTH_IMAGE, MAX_TILE_BYTES, TILE_SIZE
 from .base import (
@@ -79,11 +80,6 @@ __all__ = [
     "redact_url",
     "sniff_format",
 ]
-
-SPEC_FORMS = (
-    "'arcgis', 'earth', an http(s):// URL template with {z}, {x} and {y}, "
-    "a .mbtiles file, or an existing z/x/y tile folder"
-)
 
 # Options only the HTTP source understands. open_source drops them for local sources, so
 # harvest can pass one set of options whatever --source is.

@@ -1,0 +1,30 @@
+"""Defaults of the commands' options, and the forms ``--source`` accepts, in one light module.
+
+``python -m builder COMMAND --help`` shows these values, and it must not pay for NumPy, SciPy
+or Pillow to do so: this module imports nothing.  The modules that use a value import it from
+here (``builder.harvest``, ``builder.mosaic``, ``builder.sources``), so each is stated once.
+Tile and layout facts (tile size, zoom range, default zoom, bucket cap) live in
+:mod:`builder.layout`, which is just as light.
+"""
+
+from __future__ import annotations
+
+# --- harvest ---------------------------------------------------------------------------------
+DEFAULT_SOURCE = "arcgis"
+# What ``--source`` takes (``builder.sources.open_source`` parses it); used in help and errors.
+SPEC_FORMS = (
+    "'arcgis', 'earth', an http(s):// URL template with {z}, {x} and {y}, "
+    "a .mbtiles file, or an existing z/x/y tile folder"
+)
+DEFAULT_THREADS = 20  # fetch threads (I/O bound)
+DEFAULT_BATCH = 100
+# Consecutive batches with nothing accepted before the run calls the buckets "not filling".
+# At the default batch size that is 1,000 tiles in a row; a yield that low means the plan's
+# colours are used up (or the source is down), and more requests would only cost politeness.
+DEFAULT_PATIENCE = 10
+
+# --- mosaic ----------------------------------------------------------------------------------
+DEFAULT_LONG_SIDE_CELLS = 64  # cells along the input's long side when neither --grid nor --cell-size
+DEFAULT_MIN_TILE = 32  # output tile size when the cell is smaller
+DEFAULT_RADIUS = 2  # --no-repeat-radius
+DEFAULT_SUBCELLS = 2  # --subcells
