@@ -41,5 +41,20 @@ class SourceError(MosaicError):
     """A tile source cannot be opened or answered with something unusable."""
 
 
+class SourceUnreachable(SourceError):
+    """A run's tile source cannot be reached (no name resolution, connection refused) or
+    fails every request: the run stopped, and no tile was marked as tried for it.
+
+    ``exit_code`` is the CLI's exit status for it (README: exit codes); ``report``, when set,
+    is what the run did before it stopped (a :class:`~builder.harvest.HarvestReport`).
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class UsageError(MosaicError):
     """A command-line value is out of range or inconsistent."""
