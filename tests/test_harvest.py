@@ -27,7 +27,7 @@ from builder.regions import load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
 from tests.conftest import REPO
-from tests.tileserver import FAULTS, TileServer, distinct_tile
+from tests.tileserver import FAULTS, TileServer, distinct_tile, world_image
 
 # What each injected fault must become in the report: (report field, key).
 FAULT_SIGNATURE = {
@@ -45,6 +45,13 @@ FAULT_SIGNATURE = {
     "placeholder": ("rejected", "blank"),  # an unlisted placeholder passes the source, the prefilter drops it
     "404": ("missing", None),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_world_image():
+    """Decode the server's world image once, up front: on a busy machine its first decode can
+    outlast a test's short client read timeout, and the retry would be served the tile twice."""
+    world_image()
 
 
 class RoundRobinFaults:

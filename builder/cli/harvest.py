@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from ..errors import UsageError
+from ..errors import SourceUnreachable, UsageError
 from ..harvest import (
     DEFAULT_BATCH,
     DEFAULT_PATIENCE,
@@ -22,6 +23,7 @@ from . import add_library_option
 
 # Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
+EXIT_SOURCE_DOWN = SourceUnreachable.exit_code  # the source cannot be reached or fails every request
 
 
 def _int(text: str) -> int:
@@ -45,7 +47,10 @@ def register(sub) -> None:
         description="Sample tiles from a plan, fetch them concurrently and store those that fill buckets. "
                     "Stops at --max-tiles accepted, --max-requests, when the plan is exhausted, or after "
                     "--patience batches in a row with nothing accepted. No tile is requested twice, across runs "
-                    "(--retry-faults asks again for those that ended in a transient fault).",
+                    "(--retry-faults asks again for those that ended in a transient fault). A source that cannot be "
+                    "reached (no name resolution, connection refused, every recent request failing) stops the run "
+                    f"within seconds with one line and exit status {EXIT_SOURCE_DOWN}, marking no tile as tried; "
+                    f"Ctrl-C exits {EXIT_INTERRUPTED} after storing the work in hand.",
     )
     add_library_option(p)
     p.add_argument("--source", default="arcgis", metavar="SPEC", help=f"tile source: {SPEC_FORMS} (default: arcgis)")
@@ -56,7 +61,8 @@ def register(sub) -> None:
     p.add_argument("--batch", type=_int, default=DEFAULT_BATCH, help=f"tiles per batch (default: {DEFAULT_BATCH})")
     p.add_argument("--max-tiles", type=_int, default=None, metavar="N", help="stop after this run has accepted N tiles")
     p.add_argument("--max-requests", type=_int, default=None, metavar="N",
-                   help="stop after about N requests (retries of the last tiles may add a few)")
+                   help="make at most N requests (every HTTP attempt counts, retries included; a tile whose "
+                        "retries the cap cut short is left for a later run)")
     p.add_argument("--rate", type=_float, default=None, metavar="R", help="HTTP requests per second at most")
     p.add_argument("--patience", type=_int, default=DEFAULT_PATIENCE, metavar="N",
                    help=f"stop after N batches in a row with nothing accepted (default: {DEFAULT_PATIENCE})")
@@ -76,15 +82,22 @@ def run(args) -> int:
         raise UsageError(f"give --phase {args.phase} or --plan {args.plan}, not both")
     plan = resolve_plan(args.plan if args.plan is not None else args.phase)
     source = open_source(args.source, **({"rate": args.rate} if args.rate else {}))
+    down: SourceUnreachable | None = None
     try:
         with Library.open(args.library) as lib:
-            report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
-                             max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
-                             patience=args.patience, retry_faults=args.retry_faults)
+            try:
+                report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
+                                 max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
+                                 patience=args.patience, retry_faults=args.retry_faults)
+            except SourceUnreachable as exc:
+                down, report = exc, exc.report
     finally:
         source.close()
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
         print(f"harvest: {report.summary()}")
+    if down is not None:
+        print(f"error: {down}", file=sys.stderr)
+        return EXIT_SOURCE_DOWN
     return EXIT_INTERRUPTED if report.interrupted else 0
