@@ -109,6 +109,10 @@ class FetchEngine:
         """The dead-source verdict (``"unreachable: ..."``, ``"failing: ..."``), once given."""
         return self.gate.down
 
+    def conclude(self) -> str | None:
+        """The driver is done: the end-of-run dead-source verdict, if any (see SourceHealth.conclude)."""
+        return self.gate.conclude()
+
     @property
     def halted(self) -> bool:
         return self._halted

@@ -539,8 +539,10 @@ class _Run:
             self.in_hand = 0
             self.check_stop()
             self.show(bar)
-        if self.engine.down is not None:
+        if self.engine.conclude() is not None:
             self.retract_failing()
+            if not self.report.interrupted:
+                self.report.stop_reason = SOURCE_DOWN
 
     def show(self, bar: tqdm) -> None:
         rep = self.report

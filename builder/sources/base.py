@@ -240,21 +240,32 @@ class SourceHealth:
             self._given_up += 1
         return self._judge(self._clock())
 
+    def conclude(self) -> str | None:
+        """At the end of a run: a source that never answered, with at least DOWN_AFTER_FAILURES
+        failed requests, is down even if the run stopped (its request budget spent, say) before
+        the failures lasted long enough for a verdict."""
+        if self.verdict is None and not self.answered and sum(self._failed.values()) >= DOWN_AFTER_FAILURES:
+            self.verdict = self._describe()
+        return self.verdict
+
     def _judge(self, now: float) -> str | None:
         if self.verdict is not None:
             return self.verdict
         failures = sum(self._failed.values())
-        unreachable = sum(self._causes.values())
-        if not self.answered and unreachable >= UNREACHABLE_AFTER:
+        lasted = now - (now if self._since is None else self._since)
+        if not self.answered and sum(self._causes.values()) >= UNREACHABLE_AFTER:
             self.verdict = f"unreachable: {self._causes.most_common(1)[0][0]}"
-        elif failures >= DOWN_AFTER_FAILURES and (lasted := now - (now if self._since is None else self._since)) >= DOWN_MIN_SECONDS and (
+        elif failures >= DOWN_AFTER_FAILURES and lasted >= DOWN_MIN_SECONDS and (
                 self._given_up >= DOWN_AFTER_GIVEN_UP or lasted >= DOWN_AFTER_SECONDS):
-            if unreachable == failures and len(self._causes) == 1:
-                self.verdict = f"unreachable: {next(iter(self._causes))}"
-            else:
-                kinds = ", ".join(f"{k} {v}" for k, v in self._failed.most_common())
-                self.verdict = f"failing: its last {failures} requests all failed ({kinds})"
+            self.verdict = self._describe()
         return self.verdict
+
+    def _describe(self) -> str:
+        failures = sum(self._failed.values())
+        if sum(self._causes.values()) == failures and len(self._causes) == 1:
+            return f"unreachable: {next(iter(self._causes))}"
+        kinds = ", ".join(f"{k} {v}" for k, v in self._failed.most_common())
+        return f"failing: its last {failures} requests all failed ({kinds})"
 
 
 class RequestGate:
@@ -311,6 +322,12 @@ class RequestGate:
     def gave_up(self) -> None:
         with self._lock:
             self._judged(self.health.gave_up())
+
+    def conclude(self) -> str | None:
+        """The run is over: let the health give its end-of-run verdict (see SourceHealth.conclude)."""
+        with self._lock:
+            self._judged(self.health.conclude())
+            return self.down
 
     def _judged(self, verdict: str | None) -> None:
         if verdict is not None and self.down is None:
