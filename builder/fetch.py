@@ -20,6 +20,20 @@ every driver:
 
 :func:`graceful_sigint` is the Ctrl-C protocol drivers share: the first stops in order, the
 second raises KeyboardInterrupt.
+
+A driver whose answers need no pipeline, in full (a ledger table of its own, see
+:class:`~builder.ledger.FetchLedger`)::
+
+    ledger = FetchLedger(lib.root, lib.conn, source.name, table="...", stored_in=None)
+    found = ledger.recover()              # a killed run's answers: use found.replay, then settle found.logs
+    with FetchEngine(source, ledger, threads=8, max_requests=500) as engine:
+        engine.submit([Claim(ref) for ref in refs if ref[:3] not in ledger.known(zoom)])
+        while engine.pending:                 # once engine.down is set, release faults, do not record them
+            batch, results = engine.next_results()
+            with lib.conn:                # use the bytes, then book every tile in one transaction
+                ledger.record(lib.conn, [(r.ref, status_of(r), r.at) for r in results if r.started])
+                ledger.release(lib.conn, [r.ref for r in results if not r.started])
+            ledger.settle(batch.log)
 """
 
 from __future__ import annotations
@@ -80,11 +94,16 @@ class FetchEngine:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> FetchEngine:
-        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
-        if self._gated_source:
-            self._saved_gate, self.source.gate = self.source.gate, self.gate  # type: ignore[attr-defined]
+    def start(self) -> FetchEngine:
+        """Start the threads and put the run's gate on a source that retries by itself."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
+            if self._gated_source:
+                self._saved_gate, self.source.gate = self.source.gate, self.gate  # type: ignore[attr-defined]
         return self
+
+    def __enter__(self) -> FetchEngine:
+        return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(wait=exc_type is None)
@@ -141,7 +160,7 @@ class FetchEngine:
 
     def submit(self, claims: Sequence[Claim]) -> Batch:
         """Claim ``claims`` through the ledger and queue their fetches."""
-        assert self._executor is not None, "use the engine as a context manager"
+        assert self._executor is not None, "start the engine first (or use it as a context manager)"
         claims = list(claims)
         log = self.ledger.claim(claims)
         batch = Batch(claims, [self._executor.submit(self._fetch, c.ref, log) for c in claims], log)

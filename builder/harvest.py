@@ -398,11 +398,13 @@ class _Run:
                         "region": r.region, "harvested_at": res.at},
         )
 
-    def process(self, results: list[FetchResult], logs: Sequence[BatchLog] = ()) -> None:
+    def process(self, results: list[FetchResult], logs: Sequence[BatchLog] = (), replay: bool = False) -> None:
         """Store one fetched batch and every tile's final status, in as few transactions as the
         ``max_tiles`` limit allows (one, unless the limit falls inside this batch); then settle
         the batch's in-flight ``logs``.  Once the source is found down, its faults are released
-        rather than recorded: they say nothing about the tiles."""
+        rather than recorded: they say nothing about the tiles.  ``replay``: answers a killed run
+        fetched; those the tile target leaves over stay claimed in their logs for a later run,
+        rather than ``unused``."""
         rep = self.report
         down = self.engine.down is not None
         retried = {r.ref[:3] for r in results if r.started and self.ledger.prior(r.ref[:3])}
@@ -425,7 +427,8 @@ class _Run:
             chunk = images[start:start + room]
             start += len(chunk)
             final = room == 0 or start >= len(images)
-            extra = others + [(UNUSED, r) for r in images[start:]] if final else []
+            left = [] if replay else [(UNUSED, r) for r in images[start:]]
+            extra = others + left if final else []
             gone = released if final else []
             outcomes = self.pipe.process(  # type: ignore[union-attr]
                 [self.candidate(r) for r in chunk],
@@ -434,8 +437,9 @@ class _Run:
             accepted_here += self.account(chunk, outcomes, extra, gone, retried)
             if final:
                 break
-        for log in logs:
-            self.ledger.settle(log)
+        if start >= len(images) or not replay:
+            for log in logs:
+                self.ledger.settle(log)
         rep.batches += 1
         answered = bool(images) or any(status == NO_TILE for status, _ in others)
         faulted = [(r.ref, status, priors.get(r.ref[:3])) for status, r in others if r.fault is not None]
@@ -522,7 +526,7 @@ class _Run:
         if self.recovery.replay:  # answers a killed run fetched: stored before anything is asked
             replay, self.recovery.replay = self.recovery.replay, []
             self.in_hand = len(replay)
-            self.process(replay, self.recovery.logs)
+            self.process(replay, self.recovery.logs, replay=True)
             self.in_hand = 0
             self.check_stop()
         while True:
@@ -630,7 +634,7 @@ def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: 
     run.pipe = pipe
     try:
         with graceful_sigint(run.on_sigint):
-            run.engine.__enter__()
+            run.engine.start()
             bar = tqdm(total=run.max_tiles, unit="tile", desc="harvest", disable=not show, dynamic_ncols=True)
             try:
                 run.loop(bar)

@@ -34,7 +34,7 @@ One batch's life (the fetch engine and harvest do the steps in this order):
    the transaction that stores the batch's tiles (the pipeline's ``on_commit``);
 4. :meth:`~FetchLedger.settle` deletes the in-flight log.
 
-**In-flight logs** (``<library>/inflight/<table>-<n>.log``, not in ``temp/``, which every
+**In-flight logs** (``<library>/inflight/<table>-<time>-<n>.log``, not in ``temp/``, which every
 writer empties when it opens the library): one append-only file per batch not yet settled.
 The first line names the table and source and lists the batch's claims (with the fault row a
 retried tile had); then one record per event, each a single ``os.write``::

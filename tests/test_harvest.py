@@ -23,8 +23,9 @@ from PIL import Image
 
 from builder.cli import main
 from builder.harvest import PREFETCH, harvest
+from builder.ledger import Claim, FetchLedger, FetchResult
 from builder.library import Library
-from builder.regions import load_plan, tile_centre, tile_range
+from builder.regions import Sampler, load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
 from tests.conftest import REPO
@@ -476,3 +477,38 @@ def test_max_requests_is_a_hard_cap_and_cut_retries_are_released(make_library):
                                                                 if report.rejected else {})})
     assert report.accepted + sum(report.rejected.values()) == len(ok) and report.failed == {}
     assert report.released >= 1  # tiles started but cut short: released, asked for again by a later run
+
+
+def test_answers_fetched_before_a_kill_are_stored_not_asked_for_again(make_library):
+    """The books a killed run left: three tiles answered (bytes in the in-flight log), one claimed
+    but never requested.  The next run stores the answers before asking for anything, up to its
+    tile target (what it leaves stays claimed for the run after), and the unrequested tile is
+    released; the server is never asked for the answered tiles."""
+    lib = make_library()
+    with TileServer(distinct_tile) as server:
+        source = HttpSource(server.tile_template)
+        refs = [r for r in Sampler(load_plan("1"), 10, 77).sample(40)
+                if not is_blank_tile(decoded(distinct_tile(*r[:3])))][:4]  # tiles the pipeline accepts
+        books = FetchLedger(lib.root, lib.conn, source.name)
+        log = books.claim([Claim(r) for r in refs])
+        for r in refs[:3]:
+            log.requested(r)
+            log.answered(FetchResult(r, distinct_tile(*r[:3]), None, "", "2024-05-01T00:00:00+00:00"))
+        log.close()  # the process died here
+
+        first = harvest(lib, source, "1", zoom=10, threads=2, batch=5, max_tiles=1, seed=5, workers=1,
+                        progress=False)
+        second = harvest(lib, source, "1", zoom=10, threads=2, batch=5, max_tiles=3, seed=6, workers=1,
+                         progress=False)
+        asked = {r.tile for r in server.records}
+    answered = {r[:3] for r in refs[:3]}
+    assert first.recovery == {"released": 1, "settled": 0, "replayed": 3, "lost": 0}
+    assert first.accepted == 1 and first.rejected == {} and first.unused == 0 and first.requests == 0
+    assert second.recovery == {"released": 0, "settled": 0, "replayed": 2, "lost": 0}
+    assert not answered & asked, "a tile answered before the kill was asked for again"
+    statuses = {(z, x, y): s for z, x, y, s in lib.conn.execute("SELECT z, x, y, status FROM fetched")}
+    assert all(statuses[t] == "accepted" for t in answered)
+    harvested = dict(((z, x, y), at) for z, x, y, at in lib.conn.execute("SELECT z, x, y, harvested_at FROM tiles"))
+    assert all(harvested[t] == "2024-05-01T00:00:00+00:00" for t in answered)  # the time of the answer
+    assert "claimed" not in statuses.values() and list((lib.root / "inflight").iterdir()) == []
+    assert verify_library(lib, workers=1, progress=False).ok

@@ -130,8 +130,8 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert set(ok_counts) <= settled | claimed
     assert settled <= set(ok_counts)
     assert len(claimed) <= KILLS * 8  # at most one request on the wire per fetch thread per kill
-    recovered = sum(report["recovery"].values())
-    assert recovered or settled > set(ok_counts) - claimed, "the last run found nothing in flight to recover"
+    # The last kill came with batches claimed ahead: the last run resolved them before anything else.
+    assert sum(report["recovery"].values()) > 0, report["recovery"]
 
 
 def test_ctrl_c_finishes_in_flight_work_prints_summary_and_exits_130(tmp_path):

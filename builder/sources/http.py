@@ -316,8 +316,8 @@ class HttpSource(ClosingSource):
         attempt = 0
         while True:
             attempt += 1
-            if self._limiter is not None:
-                self._limiter.acquire()
+            if self._limiter is not None and not (gate is not None and gate.closed):
+                self._limiter.acquire()  # (a closed gate refuses below: no token spent waiting for it)
             if gate is not None and not gate.take():
                 raise GateClosed(f"{shown}: no request allowed after {attempt - 1} attempts")
             self.stats.incr("request")
