@@ -105,9 +105,10 @@ def run_burn_scenario(kills: int, work: Path) -> None:
         found["loopback"] = burn_scenario(work / "loopback" / "mosaic_library", server.tile_template, kills=kills)
         found["loopback"]["served_twice"] = sum(1 for n in server.ok_counts().values() if n > 1)
     for source, figures in found.items():
+        twice = f", served twice {figures['served_twice']}" if "served_twice" in figures else ""
         print(f"burn scenario, {kills} kills, {source}: {figures['claimed_after_kills']} claimed after the kills, "
-              f"{figures['claimed_at_end']} claimed for good, {figures['tried']} tiles tried, {figures['stored']} stored"
-              + (f", served twice {figures['served_twice']}" if "served_twice" in figures else ""), flush=True)
+              f"{figures['claimed_at_end']} claimed for good, {figures['tried']} tiles tried, "
+              f"{figures['stored']} stored{twice}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

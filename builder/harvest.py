@@ -44,10 +44,11 @@ released, not marked a fault), when the plan is exhausted, or when ``patience`` 
 batches accept nothing (the buckets reachable from this plan stopped filling).  A source
 found down (:class:`~builder.sources.SourceHealth`: no name resolution, connection refused,
 or nothing but failures for a while) stops the run within seconds: its unsettled faults are
-released rather than recorded, and :func:`harvest` raises
-:class:`~builder.errors.SourceUnreachable` (CLI: one line, exit status 3) with the report
-attached.  Ctrl-C stops submitting, lets requests already on the wire finish, stores the
-batches in hand and returns the report (``interrupted`` set; the CLI exits 130); a second
+released rather than recorded, those recorded while it was failing are taken back, and
+:func:`harvest` raises :class:`~builder.errors.SourceUnreachable` (CLI: one line, exit status
+3) with the report attached.  Any stop lets requests already on the wire finish and releases
+the tiles not started (or waiting for a retry).  Ctrl-C stops submitting, stores the batches
+in hand and returns the report (``interrupted`` set; the CLI exits 130); a second
 Ctrl-C abandons in-flight work at once (the pipeline's batch is atomic, unfinished claims
 stay ``claimed`` until the next run's recovery).
 """

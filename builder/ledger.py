@@ -458,7 +458,8 @@ class FetchLedger:
         try:
             with self.conn:
                 self.conn.executemany(
-                    f"INSERT INTO {self.table} (source, z, x, y, status, region, tried_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO {self.table} (source, z, x, y, status, region, tried_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(self.source, r.z, r.x, r.y, CLAIMED, r.region, now) for r in fresh])
                 if again:
                     cur = self.conn.executemany(

@@ -165,7 +165,8 @@ def test_retract_takes_back_recorded_faults(make_library):
         ledger.record(lib.conn, [(ref(7), fault("http_503"), "t"), (ref(8), fault("http_503"), "t")])
     ledger.settle(log)
     with lib.conn:
-        ledger.retract(lib.conn, [(ref(7), fault("http_503"), None), (ref(8), fault("http_503"), Prior("fault:timeout", "old"))])
+        ledger.retract(lib.conn, [(ref(7), fault("http_503"), None),
+                                  (ref(8), fault("http_503"), Prior("fault:timeout", "old"))])
     assert rows(lib) == {(9, 8, 5): ("fault:timeout", "old")}
 
 

@@ -338,7 +338,8 @@ def test_health_verdicts_for_dead_failing_and_flaky_sources():
     for _ in range(3):
         assert health.gave_up() is None  # three tiles lost, but within DOWN_MIN_SECONDS
     clock.now = DOWN_MIN_SECONDS
-    assert health.attempted(http503) == f"failing: its last {3 * DOWN_AFTER_FAILURES + 1} requests all failed (http_503 {3 * DOWN_AFTER_FAILURES + 1})"
+    n = 3 * DOWN_AFTER_FAILURES + 1
+    assert health.attempted(http503) == f"failing: its last {n} requests all failed (http_503 {n})"
     # No tile given up (retries still curing), but nothing answered for DOWN_AFTER_SECONDS.
     clock = Clock()
     health = SourceHealth(clock)
