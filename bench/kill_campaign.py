@@ -6,6 +6,7 @@ defaults are 100 ingest kills and 50 harvest kills (about 2.5 and 1.5 minutes on
     python bench/kill_campaign.py                 # 100 + 50 kills
     python bench/kill_campaign.py --ingest-kills 300 --harvest-kills 0 --keep /tmp/wreck
     python bench/kill_campaign.py --quick         # 5 + 3 kills, a smoke run
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0   # only the burn scenario
 
 Every kill takes down the writer's whole process group (CLI and process pool) at a moment
 drawn from four triggers (random delay, workers mid-batch, journal on disk, right after a
@@ -14,6 +15,12 @@ before the kill lost, ``temp/`` emptied by the next open, files == rows, no buck
 cap, no phash twice in a bucket, ``verify`` clean, and for harvest ``fetched`` agreeing with
 ``tiles`` and no tile served twice by the loopback server.  The exit status is 1 if any
 invariant broke or any tile was lost.
+
+The burn scenario (``--burn-kills``, default 3) measures what kills cost a plan: a zoom-7
+harvest of both phases (751 candidate tiles), SIGKILLed right after each run's first commit,
+then run to the end, against the ``earth`` source and the loopback server (50 ms a tile);
+printed: claims left after the kills, claims left for good at the end (requests that were on
+the wire at a kill), tiles tried and stored.
 """
 
 from __future__ import annotations
@@ -30,18 +37,20 @@ if str(REPO) not in sys.path:
 
 from tests.crash_campaign import (  # noqa: E402
     Figures,
+    burn_scenario,
     deep_verify,
     harvest_campaign,
     ingest_campaign,
     make_tile_pool,
 )
-from tests.tileserver import TileServer, distinct_tile  # noqa: E402
+from tests.tileserver import TileServer, bluemarble_tile, distinct_tile  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ingest-kills", type=int, default=100)
     p.add_argument("--harvest-kills", type=int, default=50)
+    p.add_argument("--burn-kills", type=int, default=3, help="kills of the zoom-7 burn scenario (0: skip it)")
     p.add_argument("--pool", type=int, default=4000, help="distinct input tiles for the ingest campaign")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep the libraries")
@@ -50,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.ingest_kills, args.harvest_kills, args.pool = 5, 3, 600
+        args.burn_kills = min(args.burn_kills, 1)
     return args
 
 
@@ -82,7 +92,23 @@ def run(args: argparse.Namespace, work: Path) -> list[Figures]:
             figures.violations.append(f"deep verify at the end: {problem}")
         results.append(figures)
         print(figures.summary() + f"; {served} tiles served by the loopback server", flush=True)
+    if args.burn_kills > 0:
+        run_burn_scenario(args.burn_kills, work / "burn")
     return results
+
+
+def run_burn_scenario(kills: int, work: Path) -> None:
+    """Print what ``kills`` kills right after a first commit cost a zoom-7 plan, per source."""
+    work.mkdir(parents=True)
+    found = {"earth": burn_scenario(work / "earth" / "mosaic_library", "earth", kills=kills)}
+    with TileServer(bluemarble_tile, delay=0.05, lifetime=3600) as server:
+        found["loopback"] = burn_scenario(work / "loopback" / "mosaic_library", server.tile_template, kills=kills)
+        found["loopback"]["served_twice"] = sum(1 for n in server.ok_counts().values() if n > 1)
+    for source, figures in found.items():
+        twice = f", served twice {figures['served_twice']}" if "served_twice" in figures else ""
+        print(f"burn scenario, {kills} kills, {source}: {figures['claimed_after_kills']} claimed after the kills, "
+              f"{figures['claimed_at_end']} claimed for good, {figures['tried']} tiles tried, "
+              f"{figures['stored']} stored{twice}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,5 +60,18 @@ class SourceError(MosaicError):
     """A tile source cannot be opened or answered with something unusable."""
 
 
+class SourceUnreachable(SourceError):
+    """A run's tile source cannot be reached (no name resolution, connection refused) or
+    fails every request: the run stopped, and no tile was marked as tried for it.
+
+    ``report``, when set, is what the run did before it stopped (a
+    :class:`~builder.harvest.HarvestReport`); the CLI exits with ``EXIT_SOURCE_DOWN``.
+    """
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class UsageError(MosaicError):
     """A command-line value is out of range or inconsistent."""

@@ -3,29 +3,26 @@
 One harvest run, in order:
 
 1. validate every option (one-line :class:`~builder.errors.UsageError` for a bad value);
-2. create the assignment :class:`~builder.assign.Pipeline` *before* any thread exists: its
+2. settle what a killed run of this source left in flight (:meth:`FetchLedger.recover
+   <builder.ledger.FetchLedger.recover>`): claims never requested are released, answers
+   saved before the kill are stored first, so a kill costs at most the requests on the wire;
+3. create the assignment :class:`~builder.assign.Pipeline` *before* any thread exists: its
    process pool forks when it is created, and forking beside running threads can copy a lock
    some thread holds.  The workers are forked with SIGINT ignored, so a Ctrl-C reaches only
    this process, which decides what to do with it;
-3. draw tiles with the seeded :class:`~builder.regions.Sampler`, skipping every z/x/y that the
-   ``fetched`` table already holds for this source (any status), so no tile is requested
-   twice across runs;
-4. **claim** a batch before fetching it: insert its ``fetched`` rows with status ``claimed``
-   and commit.  A run killed with SIGKILL leaves its in-flight batch claimed, and claimed
-   tiles are never requested again: losing a batch of random candidates costs nothing,
-   fetching a tile twice is what the project promised never to do;
-5. fetch the batch on a ``ThreadPoolExecutor`` of ``threads`` (I/O bound); up to
+4. draw tiles with the seeded :class:`~builder.regions.Sampler`, skipping every z/x/y that the
+   fetch ledger knows for this source (any status, or stored), so no tile is requested twice
+   across runs;
+5. hand each batch to the :class:`~builder.fetch.FetchEngine`, which claims it through the
+   ledger (committed before any request) and fetches it on ``threads`` threads; up to
    :data:`PREFETCH` further batches are queued while the main thread runs the current one
    through the pipeline, so the network and both CPU cores stay busy;
 6. feed the tiles to ``pipe.process(..., on_commit=...)``; ``on_commit`` writes each tile's
-   final ``fetched`` status in the same transaction as the tiles themselves.
+   final ledger status in the same transaction as the tiles themselves.
 
-``fetched.status`` values: ``claimed`` (requested or about to be, outcome unknown: a crashed
-or abandoned batch), ``accepted``, ``rejected:<reason>`` (``rejected:blank``,
-``rejected:bucket_full``, ``rejected:duplicate``, ...), ``fault:<kind>`` (the source gave up:
-``fault:http_503``, ``fault:timeout``, ``fault:bad_size``, ...), ``none`` (no tile there: 404,
-known placeholder) and ``unused`` (fetched after ``max_tiles`` was reached; never stored).
-A claim whose request never started (the run stopped first) is deleted again.
+The ``fetched`` statuses and the in-flight logs that make a kill cheap are described in
+:mod:`builder.ledger`.  A claim whose request never started (the run stopped first, or the
+request budget ran out before a retry) is released again: the row goes.
 
 ``retry_faults`` (CLI ``--retry-faults``): tiles of this source, zoom and plan whose status is
 a *transient* fault (``fault:<kind>`` with ``kind`` in
@@ -41,13 +38,19 @@ exactly as described above.
 
 The run stops when it has accepted ``max_tiles`` tiles (this run's count, so re-running a
 killed command adds that many again; the batch that reaches the target is stored in chunks
-so the target is met exactly), at ``max_requests`` requests (HTTP attempts, retries
-included; the retries of the last tiles in flight may add a few), when the plan is
-exhausted, or when ``patience`` consecutive batches accept nothing (the buckets reachable
-from this plan stopped filling, or the source is down).  Ctrl-C stops submitting, lets
-requests already on the wire finish, stores the batches in hand and returns the report
-(``interrupted`` set; the CLI exits 130); a second Ctrl-C abandons in-flight work at once
-(the pipeline's batch is atomic, unfinished claims stay ``claimed``).
+so the target is met exactly), at ``max_requests`` requests (a hard cap on attempts, HTTP
+retries included: none starts once it is spent, and a tile whose retries it cut short is
+released, not marked a fault), when the plan is exhausted, or when ``patience`` consecutive
+batches accept nothing (the buckets reachable from this plan stopped filling).  A source
+found down (:class:`~builder.sources.SourceHealth`: no name resolution, connection refused,
+or nothing but failures for a while) stops the run within seconds: its unsettled faults are
+released rather than recorded, those recorded while it was failing are taken back, and
+:func:`harvest` raises :class:`~builder.errors.SourceUnreachable` (CLI: one line, exit status
+3) with the report attached.  Any stop lets requests already on the wire finish and releases
+the tiles not started (or waiting for a retry).  Ctrl-C stops submitting, stores the batches
+in hand and returns the report (``interrupted`` set; the CLI exits 130); a second
+Ctrl-C abandons in-flight work at once (the pipeline's batch is atomic, unfinished claims
+stay ``claimed`` until the next run's recovery).
 """
 
 from __future__ import annotations
@@ -59,26 +62,40 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from .assign import Candidate, Outcome, Pipeline, utc_now
+from .assign import Candidate, Outcome, Pipeline
 from .defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_THREADS
-from .errors import LibraryError, SourceError, UsageError
+from .errors import SourceUnreachable, UsageError
+from .fetch import FetchEngine, graceful_sigint
 from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
+from .ledger import (
+    ACCEPTED,
+    NO_TILE,
+    UNUSED,
+    BatchLog,
+    Claim,
+    FetchLedger,
+    FetchResult,
+    Prior,
+    answer_status,
+    rejected,
+)
 from .library import Library
 from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
-from .sources import TRANSIENT_KINDS, TileFault, TileSource, is_blank_tile, open_source
+from .sources import TileSource, is_blank_tile, open_source
 from .summary import format_counts
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_PATIENCE", "DEFAULT_THREADS", "DEFAULT_ZOOM", "MAX_ZOOM", "PREFETCH",
+           "FetchResult", "HarvestReport", "harvest", "reject_blank", "resolve_plan", "validate_options"]
 
 # Batches queued for fetching beyond the one in the pipeline: one keeps the threads busy
 # while the main thread processes; a second covers the time the main thread spends claiming.
@@ -87,13 +104,7 @@ PREFETCH = 2
 MIN_YIELD_ESTIMATE = 0.05
 # Keys of source.stats that are outcomes or counters rather than fault kinds.
 NON_FAULT_STATS = frozenset({"request", "retry", "ok", "missing", "failed", "placeholder"})
-
-CLAIMED = "claimed"
-ACCEPTED = "accepted"
-NO_TILE = "none"
-UNUSED = "unused"
-# ``fetched`` statuses a --retry-faults run may ask again (sorted: a stable SQL parameter list).
-TRANSIENT_STATUSES = tuple(sorted(f"fault:{kind}" for kind in TRANSIENT_KINDS))
+SOURCE_DOWN = "source unreachable"  # the stop reason of a run whose source was found down
 
 
 def reject_blank(rgb: np.ndarray) -> str | None:
@@ -106,21 +117,6 @@ def reject_blank(rgb: np.ndarray) -> str | None:
 
 
 # --- values -----------------------------------------------------------------------------------
-
-
-class FetchResult(NamedTuple):
-    """One tile's fetch: bytes, no tile (``data`` None, ``fault`` None), or a fault kind.
-
-    ``started`` False means the run stopped before the request was made: the claim is
-    released, since the tile was never asked for.
-    """
-
-    ref: TileRef
-    data: bytes | None = None
-    fault: str | None = None
-    detail: str = ""
-    at: str = ""
-    started: bool = True
 
 
 @dataclass
@@ -137,7 +133,7 @@ class HarvestReport:
     failed: Counter = field(default_factory=Counter)  # fault kind -> tiles given up on
     faults: Counter = field(default_factory=Counter)  # fault kind -> faulty requests (incl. cured by a retry)
     unused: int = 0  # fetched after max_tiles was reached
-    released: int = 0  # claims dropped because the run stopped before requesting them
+    released: int = 0  # claims dropped because no request for them went out (or the budget cut their retries)
     retried_faults: int = 0  # tiles of earlier transient faults requested again (--retry-faults)
     requests: int = 0
     batches: int = 0
@@ -147,6 +143,8 @@ class HarvestReport:
     by_region: dict = field(default_factory=dict)  # region -> Counter(fetched=, accepted=)
     stop_reason: str = ""
     interrupted: bool = False
+    source_down: str | None = None  # why the source was found down (the SourceUnreachable message)
+    recovery: dict = field(default_factory=dict)  # what a killed run left in flight (Recovery.as_dict)
 
     @property
     def fetched(self) -> int:
@@ -181,6 +179,8 @@ class HarvestReport:
         parts.append(f"{self.requests} requests, {faults} faults"
                      + (f" ({format_counts(self.faults)})" if faults else ""))
         parts.append(f"{self.tiles_per_s:.1f} tiles/s")
+        if any(self.recovery.values()):
+            parts.append("after a kill: " + ", ".join(f"{k} {v}" for k, v in self.recovery.items() if v))
         parts.append(f"{self.buckets_populated} buckets populated (+{self.buckets_new})")
         return "; ".join(parts) + f"; stopped: {self.stop_reason}"
 
@@ -207,6 +207,8 @@ class HarvestReport:
             "by_region": self.region_yield(),
             "stop_reason": self.stop_reason,
             "interrupted": self.interrupted,
+            "source_down": self.source_down,
+            "recovery": self.recovery,
         }
 
 
@@ -244,10 +246,6 @@ def resolve_plan(plan: Plan | str | int | Path | None) -> Plan:
 # --- signals ----------------------------------------------------------------------------------
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 @contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Ignore SIGINT while the pipeline forks: workers inherit SIG_IGN.
@@ -256,7 +254,7 @@ def _sigint_ignored() -> Iterator[None]:
     or aborts its task and breaks the pool mid-batch.  With SIG_IGN inherited, only this
     process sees the signal and stops the run in order.
     """
-    if not _in_main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -266,89 +264,37 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-@contextmanager
-def _graceful_sigint(on_first: Callable[[], None]) -> Iterator[None]:
-    """First Ctrl-C calls ``on_first`` (stop in order); a second raises KeyboardInterrupt."""
-    if not _in_main_thread():
-        yield
-        return
-    fired = threading.Event()
-
-    def handler(signum, frame) -> None:
-        if fired.is_set():
-            raise KeyboardInterrupt
-        fired.set()
-        on_first()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 
-def fetch_tile(source: TileSource, ref: TileRef, halt: threading.Event) -> FetchResult:
-    """Fetch one tile on a worker thread; never raises for the source's faults."""
-    if halt.is_set():
-        return FetchResult(ref, started=False)
-    try:
-        data = source.fetch(ref.z, ref.x, ref.y)
-    except TileFault as fault:
-        return FetchResult(ref, None, fault.kind, str(fault), utc_now())
-    except SourceError as exc:  # a source that cannot answer at all (closed, unreadable archive)
-        return FetchResult(ref, None, "source_error", str(exc), utc_now())
-    return FetchResult(ref, data, None, "", utc_now())
-
-
-class _Batch(NamedTuple):
-    refs: list[TileRef]
-    futures: list[Future]
-
-
-class _Retry(NamedTuple):
-    """A transient-fault tile to ask again, and the row it had (restored if the claim is released)."""
-
-    ref: TileRef
-    status: str
-    tried_at: str | None
-
-
-def transient_faults(conn, source: str, plan: Plan, zoom: int) -> list[_Retry]:
-    """This source's tiles at ``zoom`` recorded with a transient fault and inside ``plan``, oldest first.
+def transient_claims(ledger: FetchLedger, plan: Plan, zoom: int) -> list[Claim]:
+    """The ledger's transient-fault tiles at ``zoom`` that lie inside ``plan``, oldest first, as
+    claims that remember the row they replace.
 
     A tile is matched to the region it was drawn for (the row's ``region``) when the plan
     still has that region and it covers the tile, else to the first region that covers it;
-    tiles outside the plan are left for a run with a plan that holds them.  A tile already
-    in ``tiles`` (however its row came to say otherwise) is never asked again.
+    tiles outside the plan are left for a run with a plan that holds them.
     """
     ranges = [(r.name, tile_range(r.bbox, zoom)) for r in plan.regions]
-    marks = ", ".join("?" * len(TRANSIENT_STATUSES))
-    rows = conn.execute(
-        f"SELECT x, y, status, region, tried_at FROM fetched WHERE source = ? AND z = ? AND status IN ({marks}) "
-        "ORDER BY rowid", (source, zoom, *TRANSIENT_STATUSES)).fetchall()
-    stored = set(conn.execute("SELECT x, y FROM tiles WHERE source = ? AND z = ?", (source, zoom))) if rows else set()
     out = []
-    for x, y, status, region, tried_at in rows:
-        covering = [name for name, rng in ranges if rng.contains(x, y)]
-        if not covering or (x, y) in stored:
+    for row in ledger.transient(zoom):
+        covering = [name for name, rng in ranges if rng.contains(row.x, row.y)]
+        if not covering:
             continue
-        lon, lat = tile_centre(zoom, x, y)
-        out.append(_Retry(TileRef(zoom, x, y, region if region in covering else covering[0], lon, lat), status,
-                          tried_at))
+        lon, lat = tile_centre(zoom, row.x, row.y)
+        region = row.region if row.region in covering else covering[0]
+        out.append(Claim(TileRef(zoom, row.x, row.y, region, lon, lat), Prior(row.status, row.tried_at)))
     return out
 
 
 class _Run:
-    """State of one harvest; :func:`harvest` is the interface."""
+    """Scheduling of one harvest (what to claim next, when to stop, what the answers become);
+    :func:`harvest` is the interface, the :class:`~builder.fetch.FetchEngine` does the fetching."""
 
     def __init__(self, lib: Library, source: TileSource, plan: Plan, zoom: int, threads: int, batch: int,
                  max_tiles: int | None, max_requests: int | None, seed: int | None, patience: int,
                  report: HarvestReport, retry_faults: bool = False) -> None:
         self.lib = lib
-        self.conn = lib.conn
         self.source = source
         self.name = source.name
         self.zoom = zoom
@@ -358,70 +304,46 @@ class _Run:
         self.max_requests = max_requests
         self.patience = patience
         self.report = report
-        self.done = self._already_fetched()
+        self.ledger = FetchLedger(lib.root, lib.conn, source.name)
+        self.recovery = self.ledger.recover()  # before known(): released claims may be drawn again
+        report.recovery = self.recovery.as_dict()
+        self.done = self.ledger.known(zoom)
         # --retry-faults: queued ahead of the sampler; they stay in self.done so it never draws them.
-        self.retry_queue: deque[_Retry] = deque(transient_faults(self.conn, self.name, plan, zoom)
-                                                if retry_faults else ())
-        self.retrying: dict[tuple[int, int, int], _Retry] = {}  # claimed retries, by z/x/y
+        self.retry_queue: deque[Claim] = deque(transient_claims(self.ledger, plan, zoom) if retry_faults else ())
         # Resuming with the same seed walks the same permutation past every tile done before;
         # the sampler's skip guard must not mistake that for an exhausted region.
         self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
         report.seed = self.sampler.seed
-        self.halt = threading.Event()  # set on any stop: queued fetches return unstarted
+        self.engine = FetchEngine(source, self.ledger, threads, max_requests)
         self.interrupt = threading.Event()  # set by the first Ctrl-C
-        self.pending: deque[_Batch] = deque()
         self.exhausted = False
         self.in_hand = 0  # tiles of the batch being processed
         self.zero_streak = 0
-        self._calls = 0
-        self._calls_lock = threading.Lock()
-        self._stats0 = self._stats_now()
+        # Fault rows committed since the last batch in which the source answered anything,
+        # with the status written and the row they replaced: retracted if the source is found down.
+        self.failing: list[tuple[TileRef, str, Prior | None]] = []
         self.pipe: Pipeline | None = None
-        self.executor: ThreadPoolExecutor | None = None
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _already_fetched(self) -> set[tuple[int, int, int]]:
-        """Every z/x/y of this source at this zoom that was claimed or stored before."""
-        done = {(self.zoom, x, y) for x, y in self.conn.execute(
-            "SELECT x, y FROM fetched WHERE source = ? AND z = ?", (self.name, self.zoom))}
-        done.update((self.zoom, x, y) for x, y in self.conn.execute(
-            "SELECT x, y FROM tiles WHERE source = ? AND z = ?", (self.name, self.zoom)))
-        return done
-
-    def _stats_now(self) -> Counter:
-        """A copy of the source's counters (``SourceStats.snapshot`` is consistent under threads)."""
-        stats = self.source.stats
-        return Counter(stats.snapshot() if hasattr(stats, "snapshot") else stats)
-
     def stats_delta(self) -> Counter:
-        """Counts added since the run started (Counter subtraction keeps only the positive ones)."""
-        return self._stats_now() - self._stats0
+        return self.engine.stats_delta()
 
     def requests(self) -> int:
-        """Requests so far: the source's own count (HTTP attempts incl. retries), or fetch calls."""
-        return max(self.stats_delta().get("request", 0), self._calls)
-
-    def in_flight(self) -> int:
-        return sum(1 for b in self.pending for f in b.futures if not f.done())
+        """Requests so far: HTTP attempts incl. retries, or fetch calls of a source that does not retry."""
+        return self.engine.requests()
 
     def stop(self, reason: str) -> None:
         if not self.report.stop_reason:
             self.report.stop_reason = reason
             logger.info("harvest stopping: %s", reason)
-        self.halt.set()
+        self.engine.halt()
 
-    def _fetch(self, ref: TileRef) -> FetchResult:
-        if not self.halt.is_set():
-            with self._calls_lock:
-                self._calls += 1
-        return fetch_tile(self.source, ref, self.halt)
-
-    # -- claiming and fetching -----------------------------------------------------------------
+    # -- claiming ------------------------------------------------------------------------------
 
     def outstanding(self) -> int:
         """Claimed tiles whose outcome is not counted yet (queued, fetching, or being processed)."""
-        return self.in_hand + sum(len(b.refs) for b in self.pending)
+        return self.in_hand + self.engine.queued_tiles()
 
     def next_size(self) -> int:
         """Tiles to claim next: a full batch, less what the request budget or the tile target
@@ -429,7 +351,7 @@ class _Run:
         prefetch does not claim (and spend requests on) tiles the target no longer needs."""
         size = self.batch
         if self.max_requests is not None:
-            size = min(size, self.max_requests - self.requests() - self.in_flight())
+            size = min(size, self.max_requests - self.requests() - self.engine.in_flight())
         if self.max_tiles is not None:
             rep = self.report
             tried = rep.fetched
@@ -440,62 +362,27 @@ class _Run:
 
     def fill(self) -> None:
         """Claim and queue batches until PREFETCH are waiting (unless stopping)."""
-        while len(self.pending) < PREFETCH and not self.report.stop_reason and not self.exhausted:
+        while len(self.engine.pending) < PREFETCH and not self.report.stop_reason and not self.exhausted:
             size = self.next_size()
             if size <= 0:
                 return
-            refs = self.take_retries(size)
-            if len(refs) < size:
-                fresh = self.sampler.sample(size - len(refs), exclude=self.done)
-                if len(fresh) < size - len(refs):
+            claims = self.take_retries(size)
+            if len(claims) < size:
+                fresh = self.sampler.sample(size - len(claims), exclude=self.done)
+                if len(fresh) < size - len(claims):
                     self.exhausted = True
-                refs += fresh
-            if not refs:
+                claims += [Claim(ref) for ref in fresh]
+            if not claims:
                 return
-            self.claim(refs)
-            assert self.executor is not None
-            self.pending.append(_Batch(refs, [self.executor.submit(self._fetch, ref) for ref in refs]))
+            self.engine.submit(claims)
+            self.done.update(c.ref[:3] for c in claims)
 
-    def take_retries(self, size: int) -> list[TileRef]:
-        """Up to ``size`` queued transient-fault tiles (--retry-faults), now counted as retrying."""
-        refs = []
-        while self.retry_queue and len(refs) < size:
-            retry = self.retry_queue.popleft()
-            self.retrying[(retry.ref.z, retry.ref.x, retry.ref.y)] = retry
-            refs.append(retry.ref)
-        return refs
-
-    def claim(self, refs: Sequence[TileRef]) -> None:
-        """Mark ``refs`` claimed and commit: new rows, or (retries) their fault rows updated in place."""
-        now = utc_now()
-        fresh = [r for r in refs if (r.z, r.x, r.y) not in self.retrying]
-        again = [self.retrying[(r.z, r.x, r.y)] for r in refs if (r.z, r.x, r.y) in self.retrying]
-        with self.conn:
-            self.conn.executemany(
-                "INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(self.name, r.z, r.x, r.y, CLAIMED, r.region, now) for r in fresh],
-            )
-            if again:
-                # Guarded by the old status: a row that is no longer that fault is not ours to claim.
-                cur = self.conn.executemany(
-                    "UPDATE fetched SET status = ?, region = ?, tried_at = ? "
-                    "WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
-                    [(CLAIMED, t.ref.region, now, self.name, t.ref.z, t.ref.x, t.ref.y, t.status) for t in again],
-                )
-                if cur.rowcount != len(again):
-                    raise LibraryError(f"{self.lib.db_path}: {len(again) - cur.rowcount} of {len(again)} "
-                                       "faulted tiles changed status while this run held the lock; not retrying")
-        self.done.update((r.z, r.x, r.y) for r in refs)
-
-    @staticmethod
-    def collect(batch: _Batch) -> list[FetchResult]:
-        results = []
-        for ref, fut in zip(batch.refs, batch.futures):
-            try:
-                results.append(fut.result())
-            except CancelledError:
-                results.append(FetchResult(ref, started=False))
-        return results
+    def take_retries(self, size: int) -> list[Claim]:
+        """Up to ``size`` queued transient-fault tiles (--retry-faults)."""
+        claims = []
+        while self.retry_queue and len(claims) < size:
+            claims.append(self.retry_queue.popleft())
+        return claims
 
     # -- processing ------------------------------------------------------------------------------
 
@@ -508,20 +395,26 @@ class _Run:
                         "region": r.region, "harvested_at": res.at},
         )
 
-    def process(self, results: list[FetchResult]) -> None:
+    def process(self, results: list[FetchResult], logs: Sequence[BatchLog] = (), replay: bool = False) -> None:
         """Store one fetched batch and every tile's final status, in as few transactions as the
-        ``max_tiles`` limit allows (one, unless the limit falls inside this batch)."""
+        ``max_tiles`` limit allows (one, unless the limit falls inside this batch); then settle
+        the batch's in-flight ``logs``.  Once the source is found down, its faults are released
+        rather than recorded: they say nothing about the tiles.  ``replay``: answers a killed run
+        fetched; those the tile target leaves over stay claimed in their logs for a later run,
+        rather than ``unused``."""
         rep = self.report
+        down = self.engine.down is not None
+        retried = {r.ref[:3] for r in results if r.started and self.ledger.prior(r.ref[:3])}
+        priors = {r.ref[:3]: self.ledger.prior(r.ref[:3]) for r in results if r.fault is not None}
         images = [r for r in results if r.started and r.fault is None and r.data is not None]
         others: list[tuple[str, FetchResult]] = []  # (status, result) written with the last chunk
         released: list[FetchResult] = []
         for r in results:
-            if not r.started:
+            status = answer_status(r)
+            if not r.started or (down and r.fault is not None):
                 released.append(r)
-            elif r.fault is not None:
-                others.append((f"fault:{r.fault}", r))
-            elif r.data is None:
-                others.append((NO_TILE, r))
+            elif status is not None:
+                others.append((status, r))
         accepted_here = 0
         start = 0
         while True:
@@ -531,42 +424,36 @@ class _Run:
             chunk = images[start:start + room]
             start += len(chunk)
             final = room == 0 or start >= len(images)
-            extra = others + [(UNUSED, r) for r in images[start:]] if final else []
+            left = [] if replay else [(UNUSED, r) for r in images[start:]]
+            extra = others + left if final else []
             gone = released if final else []
             outcomes = self.pipe.process(  # type: ignore[union-attr]
                 [self.candidate(r) for r in chunk],
                 on_commit=lambda conn, outs, c=chunk, e=extra, g=gone: self.write_status(conn, c, outs, e, g),
             )
-            accepted_here += self.account(chunk, outcomes, extra, gone)
+            accepted_here += self.account(chunk, outcomes, extra, gone, retried)
             if final:
                 break
+        if start >= len(images) or not replay:
+            for log in logs:
+                self.ledger.settle(log)
         rep.batches += 1
-        started = sum(1 for r in results if r.started)
-        if started:
+        answered = bool(images) or any(status == NO_TILE for status, _ in others)
+        faulted = [(r.ref, status, priors.get(r.ref[:3])) for status, r in others if r.fault is not None]
+        self.failing = faulted if answered else self.failing + faulted
+        if any(r.started for r in results):
             self.zero_streak = 0 if accepted_here else self.zero_streak + 1
 
     def write_status(self, conn, chunk: list[FetchResult], outcomes: list[Outcome],
                      extra: list[tuple[str, FetchResult]], released: list[FetchResult]) -> None:
-        """``on_commit``: final ``fetched`` statuses, in the transaction that stores the tiles."""
-        rows = [(ACCEPTED if o.accepted else f"rejected:{o.reason}", r.at, self.name, r.ref.z, r.ref.x, r.ref.y)
-                for r, o in zip(chunk, outcomes)]
-        rows += [(status, r.at, self.name, r.ref.z, r.ref.x, r.ref.y) for status, r in extra]
-        conn.executemany("UPDATE fetched SET status = ?, tried_at = ? WHERE source = ? AND z = ? AND x = ? AND y = ?",
-                         rows)
-        never = [r for r in released if r.ref[:3] not in self.retrying]
-        conn.executemany(
-            "DELETE FROM fetched WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
-            [(self.name, r.ref.z, r.ref.x, r.ref.y, CLAIMED) for r in never],
-        )
-        # A retried tile not asked after all keeps the fault it had (and stays retryable).
-        conn.executemany(
-            "UPDATE fetched SET status = ?, tried_at = ? WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
-            [(t.status, t.tried_at, self.name, t.ref.z, t.ref.x, t.ref.y, CLAIMED)
-             for t in (self.retrying[r.ref[:3]] for r in released if r.ref[:3] in self.retrying)],
-        )
+        """``on_commit``: final ledger statuses, in the transaction that stores the tiles."""
+        rows = [(r.ref, ACCEPTED if o.accepted else rejected(o.reason), r.at) for r, o in zip(chunk, outcomes)]
+        rows += [(r.ref, status, r.at) for status, r in extra]
+        self.ledger.record(conn, rows)
+        self.ledger.release(conn, [r.ref for r in released])
 
     def account(self, chunk: list[FetchResult], outcomes: list[Outcome],
-                extra: list[tuple[str, FetchResult]], released: list[FetchResult]) -> int:
+                extra: list[tuple[str, FetchResult]], released: list[FetchResult], retried: set) -> int:
         """Count a committed chunk into the report; returns the tiles it accepted."""
         rep = self.report
         accepted = 0
@@ -590,70 +477,92 @@ class _Run:
                 rep.failed[r.fault] += 1
                 logger.debug("gave up on %s/%s/%s: %s", r.ref.z, r.ref.x, r.ref.y, r.detail)
         rep.released += len(released)
-        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref[:3] in self.retrying)
+        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref[:3] in retried)
         return accepted
+
+    def retract_failing(self) -> None:
+        """The source is down: the faults recorded while it was failing go too (released, or a
+        retried tile's earlier fault restored), so the run marks no tile as tried for it."""
+        if not self.failing:
+            return
+        with self.lib.conn:
+            self.ledger.retract(self.lib.conn, self.failing)
+        rep = self.report
+        for ref, status, _prior in self.failing:
+            kind = status.partition(":")[2]
+            rep.failed[kind] -= 1
+            rep.by_region[ref.region]["fetched"] -= 1
+        rep.failed = +rep.failed
+        rep.released += len(self.failing)
+        self.failing = []
 
     def check_stop(self) -> None:
         rep = self.report
         if self.interrupt.is_set():
             rep.interrupted = True
             self.stop("interrupted")
+        elif self.engine.down is not None:
+            self.stop(SOURCE_DOWN)
         elif self.max_tiles is not None and rep.accepted >= self.max_tiles:
             self.stop("max_tiles")
         elif self.max_requests is not None and self.requests() >= self.max_requests:
             self.stop("max_requests")
         elif self.zero_streak >= self.patience:
             self.stop(f"no tile accepted in {self.patience} consecutive batches")
-        elif self.exhausted and not self.pending:
+        elif self.exhausted and not self.engine.pending:
             self.stop("plan exhausted")
 
     # -- driving ---------------------------------------------------------------------------------
 
     def on_sigint(self) -> None:
         self.interrupt.set()
-        self.halt.set()
+        self.engine.halt()
         logger.warning("interrupted: finishing the requests in flight; Ctrl-C again to abandon them")
 
     def loop(self, bar: tqdm) -> None:
+        if self.recovery.replay:  # answers a killed run fetched: stored before anything is asked
+            replay, self.recovery.replay = self.recovery.replay, []
+            self.in_hand = len(replay)
+            self.process(replay, self.recovery.logs, replay=True)
+            self.in_hand = 0
+            self.check_stop()
         while True:
             self.fill()
-            if not self.pending:
+            if not self.engine.pending:
                 self.check_stop()
                 if not self.report.stop_reason:
                     self.stop("plan exhausted" if self.exhausted else "max_requests")
-                return
-            results = self.collect(self.pending.popleft())
+                break
+            batch, results = self.engine.next_results()
             self.in_hand = len(results)
             self.fill()
-            self.process(results)
+            self.process(results, [batch.log])
             self.in_hand = 0
             self.check_stop()
             self.show(bar)
+        if self.engine.conclude() is not None:
+            self.retract_failing()
+            if not self.report.interrupted:
+                self.report.stop_reason = SOURCE_DOWN
 
     def show(self, bar: tqdm) -> None:
         rep = self.report
         assert self.pipe is not None
         bar.n = rep.accepted if self.max_tiles is not None else rep.fetched
-        rejected = " ".join(f"{k}:{v}" for k, v in sorted(rep.rejected.items())) or "0"
+        rejected_text = " ".join(f"{k}:{v}" for k, v in sorted(rep.rejected.items())) or "0"
         faults = sum(v for k, v in self.stats_delta().items() if k not in NON_FAULT_STATS)
         bar.set_postfix_str(
-            f"acc {rep.accepted} rej {rejected} none {rep.missing} faults {faults} "
+            f"acc {rep.accepted} rej {rejected_text} none {rep.missing} faults {faults} "
             f"buckets {int((self.pipe.counts > 0).sum())}", refresh=False)
         bar.refresh()
 
     def abandon(self) -> None:
         """After a second Ctrl-C: cancel queued fetches and release their claims at once."""
-        self.halt.set()
-        released = []
-        for batch in self.pending:
-            for ref, fut in zip(batch.refs, batch.futures):
-                if fut.cancel():
-                    released.append(FetchResult(ref, started=False))
-        self.pending.clear()
-        if released:
-            with self.conn:
-                self.write_status(self.conn, [], [], [], released)
-            self.report.released += len(released)
+        cancelled = self.engine.abandon()
+        if cancelled:
+            with self.lib.conn:
+                self.ledger.release(self.lib.conn, cancelled)
+            self.report.released += len(cancelled)
 
 
 def harvest(
@@ -681,6 +590,8 @@ def harvest(
     processes (default: CPU count).  ``retry_faults``: ask again for the tiles that ended in
     a transient fault in earlier runs (see the module doc).  Returns the run's
     :class:`HarvestReport`; an interrupted run returns normally with ``report.interrupted`` set.
+    Raises :class:`~builder.errors.SourceUnreachable` (``.report`` set) when the source is found
+    down.
     """
     validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
                      rate=rate, patience=patience)
@@ -701,6 +612,11 @@ def harvest(
     finally:
         if owned:
             src.close()
+    if run.engine.down is not None and report.stop_reason == SOURCE_DOWN:
+        where = getattr(src, "host", None) or src.name
+        report.source_down = (f"source {where} {run.engine.down}; stopped after {report.requests} requests, "
+                              "no tile marked as tried")
+        raise SourceUnreachable(report.source_down, report)
     return report
 
 
@@ -714,9 +630,8 @@ def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: 
         pipe = Pipeline(lib, workers=workers, prefilter=reject_blank if screen_blank else None)
     run.pipe = pipe
     try:
-        with _graceful_sigint(run.on_sigint):
-            executor = ThreadPoolExecutor(run.threads, thread_name_prefix="harvest-fetch")
-            run.executor = executor
+        with graceful_sigint(run.on_sigint):
+            run.engine.start()
             bar = tqdm(total=run.max_tiles, unit="tile", desc="harvest", disable=not show, dynamic_ncols=True)
             try:
                 run.loop(bar)
@@ -726,12 +641,7 @@ def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: 
                 run.stop("interrupted")
                 run.abandon()
             finally:
-                if not clean:
-                    run.halt.set()
-                    for b in run.pending:
-                        for f in b.futures:
-                            f.cancel()
-                executor.shutdown(wait=clean, cancel_futures=True)
+                run.engine.close(wait=clean)
                 bar.close()
     finally:
         report.seconds = time.perf_counter() - started

@@ -58,6 +58,7 @@ TEMP_DIR = "temp"
 LOCK_NAME = ".lock"
 CACHE_DIR = ".cache"  # derived data (mosaic thumbnails), rebuilt when it disagrees with tiles.db
 JOURNAL_NAME = "journal.json"  # in temp/: the batch being stored (see builder.store)
+INFLIGHT_DIR = "inflight"  # the fetch ledger's logs of batches not yet settled (see builder.ledger)
 
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _BUCKET_DIR = re.compile(r"^bucket_(\d{4})$")

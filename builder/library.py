@@ -331,13 +331,9 @@ class Library:
             for source, n in self.conn.execute(
                 f"SELECT {db.select_list(self.conn, ('source',))}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
         }
-        fetched = {}
-        fetched_rows = (
-            self.conn.execute("SELECT region, status, COUNT(*) FROM fetched GROUP BY region, status")
-            if "fetched" in db.table_names(self.conn) else ()
-        )
-        for region, status, n in fetched_rows:
-            fetched.setdefault(region or "(none)", {})[status] = n
+        from .ledger import status_counts_by_region  # here: the ledger imports the sources (requests)
+
+        fetched = status_counts_by_region(self.conn)
         return {
             "library": str(self.root),
             "tiles": tiles,

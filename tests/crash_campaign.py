@@ -20,7 +20,13 @@ snapshot); after it:
 5. harvest only: every stored tile's ``fetched`` row says ``accepted`` and vice versa, and
    (with the loopback tile server) no tile was ever served twice across all the kills.
 
-Used by ``tests/test_crash.py`` (short, CI) and ``bench/kill_campaign.py`` (long, figures).
+:func:`burn_campaign` also counts what each kill costs the plan: after a kill the fetch
+ledger's recovery releases every claim never requested and keeps the answers already fetched,
+so only the requests on the wire stay ``claimed`` (at most one per fetch thread).
+:func:`burn_scenario` is the plain version: a few kills right after a run's first commit.
+
+Used by ``tests/test_crash.py`` and ``tests/test_harvest_kill.py`` (short, CI) and
+``bench/kill_campaign.py`` (long, figures).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pathlib import Path
 
 from builder.errors import LibraryLocked
 from builder.layout import bucket_name, parse_bucket_dir
+from builder.ledger import CLAIMED, FetchLedger
 from builder.library import Library
 from builder.verify import verify_library
 
@@ -396,3 +403,103 @@ def deep_verify(root: Path) -> str | None:
     with Library.open(root, readonly=True) as lib:
         report = verify_library(lib, deep=True, workers=2)
     return None if report.ok else report.summary()
+
+
+# --------------------------------------------------------------------------- candidates burnt by kills
+
+
+@dataclass
+class BurnFigures(Figures):
+    """A harvest campaign's cost to its plan: ``lost`` claims per kill (requests on the wire,
+    claimed for good), and what the next open of the books made of the rest."""
+
+    lost: list[int] = field(default_factory=list)
+    unseen: int = 0  # lost claims the server never saw (killed between logging a request and sending it)
+    released: int = 0  # claims never requested, released
+    settled: int = 0  # no-tile and fault answers recorded from the logs
+    replayed: int = 0  # fetched images stored by the next run instead of being asked for again
+
+
+def claimed_keys(lib: Library, source: str) -> set[tuple[int, int, int]]:
+    return {tuple(r) for r in lib.conn.execute(
+        "SELECT z, x, y FROM fetched WHERE source = ? AND status = ?", (source, CLAIMED))}
+
+
+def burn_campaign(root: Path, source: str, plan: Path, zoom: int, kills: int, threads: int,
+                  requested: Callable[[], set], served_twice: Callable[[], int], batch: int = 20, seed: int = 0,
+                  max_delay: float = 3.0, max_rounds: int | None = None,
+                  progress: Callable[[str], None] | None = None) -> BurnFigures:
+    """Kill ``python -m builder harvest --plan PLAN`` ``kills`` times; after each kill check the
+    library (as :func:`harvest_campaign`), recover the fetch ledger and count the claims it keeps.
+
+    ``requested()``: the loopback server's set of tiles it has seen a request for.  A kill may
+    keep only claims whose request was on the wire: at most ``threads``, each one the server saw,
+    except a request logged and not yet sent when the kill came.
+    """
+    started = time.monotonic()
+    rng = random.Random(seed)
+    figures = BurnFigures(writer="harvest")
+    Library.create(root).close()
+    log = root.parent / f"{root.name}.stderr"
+    burnt: set[tuple[int, int, int]] = set()
+    max_rounds = max_rounds or kills * 4
+    while figures.kills < kills and figures.rounds < max_rounds:
+        figures.rounds += 1
+        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
+               "--plan", str(plan), "--zoom", str(zoom), "--threads", str(threads), "--batch", str(batch),
+               "--patience", "1000", "--seed", str(rng.randrange(1000))]
+        trigger, killed = _kill_round(cmd, root, 100, rng, max_delay, log, figures, harvest=True)
+        if served_twice():
+            figures.violations.append(f"round {figures.rounds}: {served_twice()} tiles served twice")
+        if killed:
+            lib = open_writer(root)
+            try:
+                found = FetchLedger(lib.root, lib.conn, source).recover()
+                pending = {r.ref[:3] for r in found.replay}
+                lost = claimed_keys(lib, source) - pending - burnt
+            finally:
+                lib.close()
+            unseen = lost - requested()
+            figures.lost.append(len(lost))
+            figures.unseen += len(unseen)
+            figures.released += found.released
+            figures.settled += found.settled
+            figures.replayed += len(found.replay)
+            if len(lost) > threads:
+                figures.violations.append(f"round {figures.rounds}: {len(lost)} claims kept > {threads} threads")
+            burnt |= lost
+        if progress:
+            progress(f"round {figures.rounds}: {trigger} {'kill' if killed else 'finished'}, {figures.rows} tiles, "
+                     f"lost {figures.lost[-1] if killed else 0}")
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
+def burn_scenario(root: Path, source: str, kills: int = 3, zoom: int = 7, phase: str = "all") -> dict:
+    """``kills`` harvests of ``--phase PHASE`` at ``zoom``, each SIGKILLed right after its first
+    commit, then one run to the end: what the kills cost the plan (claims left for good)."""
+    Library.create(root).close()
+    cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
+           "--zoom", str(zoom), "--phase", phase, "--seed", "1"]
+    for _ in range(kills):
+        base = row_count(root)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=REPO,
+                                start_new_session=True)
+        while row_count(root) <= base and proc.poll() is None:
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    conn = ro_connect(root)
+    try:
+        claimed_after_kills = conn.execute("SELECT COUNT(*) FROM fetched WHERE status = 'claimed'").fetchone()[0]
+    finally:
+        conn.close()
+    final = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    conn = ro_connect(root)
+    try:
+        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM fetched GROUP BY status").fetchall())
+        stored = conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    finally:
+        conn.close()
+    return {"claimed_after_kills": claimed_after_kills, "claimed_at_end": statuses.get(CLAIMED, 0),
+            "tried": sum(statuses.values()), "stored": stored, "final_run": final.stdout.strip()[-120:]}

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -22,12 +23,13 @@ from PIL import Image
 
 from builder.cli import main
 from builder.harvest import PREFETCH, harvest
+from builder.ledger import Claim, FetchLedger, FetchResult
 from builder.library import Library
-from builder.regions import load_plan, tile_centre, tile_range
+from builder.regions import Sampler, load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
 from tests.conftest import REPO
-from tests.tileserver import FAULTS, TileServer, distinct_tile
+from tests.tileserver import FAULTS, Rates, TileServer, distinct_tile, world_image
 
 # What each injected fault must become in the report: (report field, key).
 FAULT_SIGNATURE = {
@@ -45,6 +47,13 @@ FAULT_SIGNATURE = {
     "placeholder": ("rejected", "blank"),  # an unlisted placeholder passes the source, the prefilter drops it
     "404": ("missing", None),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_world_image():
+    """Decode the server's world image once, up front: on a busy machine its first decode can
+    outlast a test's short client read timeout, and the retry would be served the tile twice."""
+    world_image()
 
 
 class RoundRobinFaults:
@@ -345,3 +354,161 @@ def test_retry_faults_asks_again_only_for_transient_faults(make_library):
     assert after[next(iter(permanent))] == rows[next(iter(permanent))]
     assert len(after) == len(rows) + len(run2) + len(run3) - len(failed)
     assert not any(s == "claimed" or s.startswith("fault:http") for _, s in after.values())
+
+
+# --- a dead source ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetched_rows(root) -> int:
+    with Library.open(root, readonly=True) as lib:
+        return lib.conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0]
+
+
+def timed_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = run_cli(*args, timeout=120)
+    return proc, time.monotonic() - started
+
+
+DEAD_CASES = {
+    # case: (server faults or None for no server, template, host in the message, verdict in the message)
+    "connection refused": (None, "http://127.0.0.1:{port}/tile/{{z}}/{{y}}/{{x}}", "127.0.0.1:{port}",
+                           "unreachable: connection refused (is the server running?)"),
+    "unresolvable host": (None, "http://tiles.invalid/{{z}}/{{x}}/{{y}}.png", "tiles.invalid",
+                          "unreachable: name resolution failed (no network?)"),
+    "503 to everything": ("503", "{server}/tile/{{z}}/{{y}}/{{x}}", "127.0.0.1:{port}",
+                          "failing: its last"),
+}
+
+
+@pytest.mark.parametrize("max_requests", [300, 40])
+@pytest.mark.parametrize("case", sorted(DEAD_CASES))
+def test_a_dead_source_stops_fast_with_one_line_exit_3_and_marks_no_tile(case, max_requests, tmp_path):
+    """Nothing listening, a name that never resolves, a server that answers 503 to everything:
+    the run stops in seconds (the 25 s bound is only a hang guard), names the host and the cause
+    on one line, exits 3, leaves no fetched row, and never exceeds --max-requests, retries
+    included (counted by the server itself).  With the small budget the 503 server has used it up
+    before its failures lasted long enough for a verdict; the end-of-run verdict still tells."""
+    faults, template, host, verdict = DEAD_CASES[case]
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    server = TileServer(distinct_tile, faults=lambda tile, attempt: faults).start() if faults else None
+    try:
+        port = server.port if server else free_port()
+        source = template.format(port=port, server=server.url if server else "")
+        proc, seconds = timed_cli("harvest", "--library", str(root), "--source", source, "--zoom", "9", "--seed", "3",
+                                  "--max-requests", str(max_requests), "--json")
+        received = len(server.records) if server else 0
+    finally:
+        if server:
+            server.stop()
+    assert proc.returncode == 3, proc.stderr
+    assert seconds < 25, f"{case}: {seconds:.1f} s"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"error: source {host.format(port=port)} {verdict}"), lines[0]
+    assert lines[0].endswith("no tile marked as tried")
+    report = json.loads(proc.stdout)
+    assert report["stop_reason"] == "source unreachable" and report["source_down"] == lines[0][len("error: "):]
+    assert report["accepted"] == 0 and report["failed"] == {} and report["requests"] <= max_requests
+    assert received <= max_requests and (server is None or received == report["requests"])
+    assert fetched_rows(root) == 0
+    assert list((root / "inflight").iterdir()) == []
+
+
+def test_an_outage_shorter_than_the_retries_does_not_stop_the_run(tmp_path):
+    """503 to everything for the first 1.5 s, then healthy: every tile's retries (3.75 s or more
+    with the default backoff) outlast it, so nothing is lost and the run goes on."""
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    until = [None]
+
+    def outage(tile, attempt):
+        until[0] = until[0] or time.monotonic() + 1.5
+        return "503" if time.monotonic() < until[0] else None
+
+    with TileServer(distinct_tile, faults=outage) as server:
+        proc, _seconds = timed_cli("harvest", "--library", str(root), "--source", server.tile_template, "--zoom", "9",
+                                   "--seed", "3", "--max-tiles", "30", "--json")
+        served = server.outcome_counts()
+        ok_counts = server.ok_counts()
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["accepted"] == 30 and report["stop_reason"] == "max_tiles" and report["failed"] == {}
+    assert served["503"] >= 20 and report["faults"]["http_503"] == served["503"]
+    assert max(ok_counts.values()) == 1
+
+
+def test_a_flaky_server_is_not_taken_for_a_dead_one(make_library):
+    """25% of all requests fail (503, resets, 502), seeded: the run harvests on to its target."""
+    lib = make_library()
+    rates = Rates({"503": 0.12, "reset": 0.08, "502": 0.05}, seed=9, max_per_tile=3)
+    with TileServer(distinct_tile, faults=rates) as server:
+        source = HttpSource(server.tile_template, retries=4, backoff_factor=0.05)
+        report = harvest(lib, source, "1", zoom=11, threads=8, batch=20, max_tiles=80, seed=5, workers=1,
+                         progress=False)
+        served = server.outcome_counts()
+    assert report.stop_reason == "max_tiles" and report.accepted == 80 and report.source_down is None
+    assert sum(served.values()) - served["ok"] >= 0.15 * sum(served.values())
+
+
+def test_max_requests_is_a_hard_cap_and_cut_retries_are_released(make_library):
+    """Every tile fails twice before it is served: with a budget of 25 attempts the server sees 25
+    requests, no more, and the tiles whose retries the budget cut are not marked as faults."""
+    lib = make_library()
+    with TileServer(distinct_tile, faults=lambda tile, attempt: "503" if attempt <= 2 else None) as server:
+        source = HttpSource(server.tile_template, retries=3, backoff_factor=0.01)
+        report = harvest(lib, source, "1", zoom=9, threads=6, batch=10, max_requests=25, seed=2, workers=1,
+                         progress=False)
+        received = len(server.records)
+        ok = set(server.ok_counts())
+    assert received == report.requests == 25 and report.stop_reason == "max_requests"
+    statuses = Counter(s for (s,) in lib.conn.execute("SELECT status FROM fetched"))
+    assert statuses == Counter({"accepted": report.accepted, **({"rejected:blank": report.rejected["blank"]}
+                                                                if report.rejected else {})})
+    assert report.accepted + sum(report.rejected.values()) == len(ok) and report.failed == {}
+    assert report.released >= 1  # tiles started but cut short: released, asked for again by a later run
+
+
+def test_answers_fetched_before_a_kill_are_stored_not_asked_for_again(make_library):
+    """The books a killed run left: three tiles answered (bytes in the in-flight log), one claimed
+    but never requested.  The next run stores the answers before asking for anything, up to its
+    tile target (what it leaves stays claimed for the run after), and the unrequested tile is
+    released; the server is never asked for the answered tiles."""
+    lib = make_library()
+    with TileServer(distinct_tile) as server:
+        source = HttpSource(server.tile_template)
+        refs = [r for r in Sampler(load_plan("1"), 10, 77).sample(40)
+                if not is_blank_tile(decoded(distinct_tile(*r[:3])))][:4]  # tiles the pipeline accepts
+        books = FetchLedger(lib.root, lib.conn, source.name)
+        log = books.claim([Claim(r) for r in refs])
+        for r in refs[:3]:
+            log.requested(r)
+            log.answered(FetchResult(r, distinct_tile(*r[:3]), None, "", "2024-05-01T00:00:00+00:00"))
+        log.close()  # the process died here
+
+        first = harvest(lib, source, "1", zoom=10, threads=2, batch=5, max_tiles=1, seed=5, workers=1,
+                        progress=False)
+        second = harvest(lib, source, "1", zoom=10, threads=2, batch=5, max_tiles=3, seed=6, workers=1,
+                         progress=False)
+        asked = {r.tile for r in server.records}
+    answered = {r[:3] for r in refs[:3]}
+    assert first.recovery == {"released": 1, "settled": 0, "replayed": 3, "lost": 0}
+    assert first.accepted == 1 and first.rejected == {} and first.unused == 0 and first.requests == 0
+    assert second.recovery == {"released": 0, "settled": 0, "replayed": 2, "lost": 0}
+    assert not answered & asked, "a tile answered before the kill was asked for again"
+    statuses = {(z, x, y): s for z, x, y, s in lib.conn.execute("SELECT z, x, y, status FROM fetched")}
+    assert all(statuses[t] == "accepted" for t in answered)
+    harvested = dict(((z, x, y), at) for z, x, y, at in lib.conn.execute("SELECT z, x, y, harvested_at FROM tiles"))
+    assert all(harvested[t] == "2024-05-01T00:00:00+00:00" for t in answered)  # the time of the answer
+    assert "claimed" not in statuses.values() and list((lib.root / "inflight").iterdir()) == []
+    assert verify_library(lib, workers=1, progress=False).ok

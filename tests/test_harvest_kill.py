@@ -3,7 +3,9 @@
 The harvest runs as a real subprocess (with its process pool) against a real loopback tile
 server whose answers take a little while, so a kill lands while fetches and batches are in
 flight. Afterwards the library must verify clean, every tile committed before a kill must
-still be there, and the server's log must show no tile served successfully twice.
+still be there, and the server's log must show no tile served successfully twice.  A kill
+must also cost the plan no more than the requests that were on the wire: claims never
+requested are released, answers already fetched are stored by the next run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -20,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from builder.library import Library
+from builder.regions import load_plan, tile_range
 from builder.verify import verify_library
 from tests.conftest import REPO
+from tests.crash_campaign import burn_campaign, deep_verify
 from tests.tileserver import TileServer, distinct_tile
 
 pytestmark = pytest.mark.slow  # SIGKILL rounds and a Ctrl-C against a slow loopback server
@@ -123,10 +128,12 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         claimed = {tuple(r) for r in lib.conn.execute("SELECT z, x, y FROM fetched WHERE status = 'claimed'")}
     assert statuses["accepted"] == stored == len(ids)
     # Every tile served was claimed first; every settled tile was served; what the killed runs
-    # left claimed (served or not) was never asked for again.
+    # left claimed (requests on the wire at the kill) was never asked for again.
     assert set(ok_counts) <= settled | claimed
     assert settled <= set(ok_counts)
-    assert claimed, "the kills should have left some in-flight claims behind"
+    assert len(claimed) <= KILLS * 8  # at most one request on the wire per fetch thread per kill
+    # The last kill came with batches claimed ahead: the last run resolved them before anything else.
+    assert sum(report["recovery"].values()) > 0, report["recovery"]
 
 
 def test_ctrl_c_finishes_in_flight_work_prints_summary_and_exits_130(tmp_path):
@@ -151,3 +158,50 @@ def test_ctrl_c_finishes_in_flight_work_prints_summary_and_exits_130(tmp_path):
     assert statuses["accepted"] == tiles >= STEP
     assert sum(statuses.values()) == len(ok_counts)
     assert max(ok_counts.values()) == 1
+
+
+BURN_KILLS = 10
+BURN_THREADS = 4
+
+
+@pytest.mark.slow
+def test_ten_kills_burn_no_more_candidates_than_the_requests_in_flight(tmp_path):
+    """Ten SIGKILLs at random moments of a harvest of a small plan (1,150 tiles): each kill
+    leaves claimed for good only tiles whose request was on the wire (at most one per thread,
+    each one the server saw); the rest are released or stored from the answers already fetched.
+    A last run then tries every other tile of the plan, none is served twice, and the library
+    verifies clean."""
+    plan = tmp_path / "small.json"
+    plan.write_text(json.dumps({"name": "small", "regions": [{"name": "Alps", "bbox": [10, 44, 18, 47], "weight": 1}]}))
+    root = tmp_path / "mosaic_library"
+    candidates = tile_range(load_plan(plan).regions[0].bbox, 11).count
+    with TileServer(distinct_tile, delay=0.05, lifetime=900) as server:
+        figures = burn_campaign(
+            root, server.tile_template, plan, zoom=11, kills=BURN_KILLS, threads=BURN_THREADS, seed=4, max_delay=5.0,
+            requested=lambda: {r.tile for r in server.records},
+            served_twice=lambda: sum(1 for n in server.ok_counts().values() if n > 1))
+        final = subprocess.run(
+            [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
+             "--plan", str(plan), "--zoom", "11", "--threads", str(BURN_THREADS), "--patience", "1000", "--json"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+        ok_counts = server.ok_counts()
+        seen = {r.tile for r in server.records}
+    print(figures.summary(), f"lost per kill {figures.lost} (mean {statistics.mean(figures.lost):.1f}), "
+          f"released {figures.released}, settled {figures.settled}, replayed {figures.replayed}, "
+          f"unseen {figures.unseen}")
+    assert figures.violations == [] and figures.tiles_lost == 0
+    assert figures.kills >= BURN_KILLS
+    assert max(figures.lost) <= BURN_THREADS
+    # A kill between logging a request and sending it keeps a claim the server never saw: rare.
+    assert figures.unseen <= BURN_KILLS // 2
+    assert figures.released + figures.replayed > 0, "no kill found work in flight"
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["stop_reason"] == "plan exhausted"
+    assert max(ok_counts.values()) == 1, "a tile was served successfully twice"
+    with Library.open(root, readonly=True) as lib:
+        statuses = dict(lib.conn.execute("SELECT status, COUNT(*) FROM fetched GROUP BY status").fetchall())
+        claimed = {tuple(r) for r in lib.conn.execute("SELECT z, x, y FROM fetched WHERE status = 'claimed'")}
+    assert len(claimed) == sum(figures.lost)  # only the kills' requests on the wire stay claimed
+    assert sum(statuses.values()) == candidates  # every other tile of the plan was tried
+    assert len(claimed - seen) == figures.unseen
+    assert deep_verify(root) is None

@@ -8,6 +8,7 @@ import math
 import pickle
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,9 +32,12 @@ from builder.sources import (
     USER_AGENT,
     EarthSource,
     FolderSource,
+    GateClosed,
     HttpSource,
     MBTilesSource,
     RateLimiter,
+    RequestGate,
+    SourceHealth,
     TileFault,
     TileSource,
     arcgis_source,
@@ -42,7 +46,8 @@ from builder.sources import (
     open_source,
     sniff_format,
 )
-from builder.sources.http import parse_retry_after
+from builder.sources.base import DOWN_AFTER_FAILURES, DOWN_AFTER_SECONDS, DOWN_MIN_SECONDS, UNREACHABLE_AFTER
+from builder.sources.http import NO_NAME, REFUSED, parse_retry_after
 
 SAHARA = mercantile.tile(10.0, 23.0, 6)
 TILE = (SAHARA.z, SAHARA.x, SAHARA.y)
@@ -237,6 +242,133 @@ def test_rate_capped_source_takes_a_token_per_request():
                 assert src.fetch(6, x, 20) is not None
     assert src.stats["request"] == 4  # a retry pays a token too
     assert waits.waits == pytest.approx([0.25, 0.5, 0.75])
+
+
+# --- the request gate: budget, halt, dead-source verdict -------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_gate_budget_counts_every_attempt_including_retries_and_is_never_exceeded():
+    """One budget for 8 threads and their retries: the server receives exactly the budget, every
+    fetch either ends (tile or fault) or is cut by GateClosed, and nothing starts after."""
+    tiles = [(7, 40 + i, 50) for i in range(16)]
+    with TileServer(distinct_tile, faults=lambda tile, attempt: "503" if attempt <= 2 else None) as server:
+        gate = RequestGate(limit=23)
+        with HttpSource(server.tile_template, retries=3, **FAST) as src, ThreadPoolExecutor(8) as pool:
+            src.gate = gate
+
+            def fetch(t):
+                try:
+                    return src.fetch(*t)
+                except GateClosed:
+                    return "cut"
+
+            got = list(pool.map(fetch, tiles))
+        served = len(server.records)
+    assert served == gate.spent == src.stats["request"] == 23
+    assert gate.take() is False and gate.closed and gate.down is None
+    assert got.count("cut") >= len(tiles) - 23 // 3  # a tile needs three attempts; the rest were cut
+    assert all(g == "cut" or g == server.tile_bytes(*t) for g, t in zip(got, tiles))
+
+
+def test_gate_close_ends_a_backoff_pause_at_once():
+    with TileServer(faults={TILE: ["503"] * 5}) as server:
+        gate = RequestGate()
+        with HttpSource(server.tile_template, retries=3, backoff_factor=30, jitter=False) as src:
+            src.gate = gate
+            threading.Timer(0.3, gate.close).start()
+            started = time.monotonic()
+            with pytest.raises(GateClosed):
+                src.fetch(*TILE)
+            waited = time.monotonic() - started
+    assert waited < 10  # the 30 s pause ended with the gate (hang guard; ~0.3 s in practice)
+    assert server.attempts(TILE) == 1
+
+
+@pytest.mark.parametrize(("template", "cause"), [
+    ("http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", REFUSED),
+    ("http://tiles.invalid/{{z}}/{{x}}/{{y}}.png", NO_NAME),
+])
+def test_unreachable_hosts_say_why_and_settle_the_verdict(template, cause):
+    """Connection refused and an unresolvable name (.invalid never resolves) are told apart from
+    a host that answered badly; three of them before any answer settle the verdict."""
+    gate = RequestGate()
+    with HttpSource(template.format(port=free_port()), retries=4, backoff_factor=0.01) as src:
+        src.gate = gate
+        with pytest.raises((TileFault, GateClosed)) as info:
+            src.fetch(*TILE)
+    first_fault = info.value if isinstance(info.value, TileFault) else info.value.__cause__
+    assert first_fault.kind == "connection" and first_fault.unreachable == cause
+    assert gate.down == f"unreachable: {cause}" and gate.closed
+    assert src.stats["request"] == UNREACHABLE_AFTER
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_health_verdicts_for_dead_failing_and_flaky_sources():
+    refused = TileFault("connection", "x", unreachable=REFUSED)
+    http503 = TileFault("http_503", "x")
+    # Unreachable before any answer: settled after UNREACHABLE_AFTER requests.
+    health = SourceHealth(Clock())
+    assert [health.attempted(refused) for _ in range(UNREACHABLE_AFTER)][-1] == f"unreachable: {REFUSED}"
+    # Once the source has answered, a refusal is judged like any failure.
+    clock = Clock()
+    health = SourceHealth(clock)
+    health.attempted(None)
+    assert all(health.attempted(refused) is None for _ in range(2 * DOWN_AFTER_FAILURES))
+    # Failures in a row, but too briefly and with no tile lost: still alive.
+    clock = Clock()
+    health = SourceHealth(clock)
+    for _ in range(3 * DOWN_AFTER_FAILURES):
+        assert health.attempted(http503) is None
+    for _ in range(3):
+        assert health.gave_up() is None  # three tiles lost, but within DOWN_MIN_SECONDS
+    clock.now = DOWN_MIN_SECONDS
+    n = 3 * DOWN_AFTER_FAILURES + 1
+    assert health.attempted(http503) == f"failing: its last {n} requests all failed (http_503 {n})"
+    # No tile given up (retries still curing), but nothing answered for DOWN_AFTER_SECONDS.
+    clock = Clock()
+    health = SourceHealth(clock)
+    for i in range(DOWN_AFTER_FAILURES):
+        clock.now = i
+        assert health.attempted(http503) is None
+    clock.now = DOWN_AFTER_SECONDS
+    assert health.attempted(http503).startswith("failing:")
+    # 429s are a live server slowing us down: never a failure, never an answer.
+    clock = Clock()
+    health = SourceHealth(clock)
+    for i in range(100):
+        clock.now = i
+        assert health.attempted(TileFault("http_429", "x", retry_after=1.0)) is None
+
+
+def test_health_never_trips_on_a_flaky_server():
+    """30% faults on every request, seeded, 20,000 requests and 600 tiles given up: no verdict."""
+    import random
+
+    rng = random.Random(7)
+    clock = Clock()
+    health = SourceHealth(clock)
+    for i in range(20_000):
+        clock.now = i * 0.01
+        fault = TileFault("http_503", "x") if rng.random() < 0.3 else None
+        assert health.attempted(fault) is None
+        if i % 33 == 0:
+            assert health.gave_up() is None
 
 
 # --- URL templates -------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
 from ..layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .options import add_library_option, add_threads_option, add_workers_option, integer, number
-from .result import EXIT_INTERRUPTED, EXIT_OK, CommandResult
+from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_DOWN, CommandResult
 
 
 def register(sub):
@@ -14,7 +14,10 @@ def register(sub):
         description="Sample tiles from a plan, fetch them concurrently and store those that fill buckets. "
                     "Stops at --max-tiles accepted, --max-requests, when the plan is exhausted, or after "
                     "--patience batches in a row with nothing accepted. No tile is requested twice, across runs "
-                    "(--retry-faults asks again for those that ended in a transient fault).",
+                    "(--retry-faults asks again for those that ended in a transient fault). A source that cannot be "
+                    "reached (no name resolution, connection refused, every recent request failing) stops the run "
+                    f"within seconds with one line and exit status {EXIT_SOURCE_DOWN}, marking no tile as tried; "
+                    f"Ctrl-C exits {EXIT_INTERRUPTED} after storing the work in hand.",
     )
     add_library_option(p)
     # Numbers are parsed here and their ranges checked by builder.harvest.validate_options, so the
@@ -30,7 +33,8 @@ def register(sub):
     p.add_argument("--batch", type=integer(), default=DEFAULT_BATCH, help=f"tiles per batch (default: {DEFAULT_BATCH})")
     p.add_argument("--max-tiles", type=integer(), default=None, metavar="N", help="stop after this run has accepted N tiles")
     p.add_argument("--max-requests", type=integer(), default=None, metavar="N",
-                   help="stop after about N requests (retries of the last tiles may add a few)")
+                   help="make at most N requests (every HTTP attempt counts, retries included; a tile whose "
+                        "retries the cap cut short is left for a later run)")
     p.add_argument("--rate", type=number(), default=None, metavar="R", help="HTTP requests per second at most")
     p.add_argument("--patience", type=integer(), default=DEFAULT_PATIENCE, metavar="N",
                    help=f"stop after N batches in a row with nothing accepted (default: {DEFAULT_PATIENCE})")
@@ -43,7 +47,7 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..errors import UsageError
+    from ..errors import SourceUnreachable, UsageError
     from ..harvest import harvest, resolve_plan, validate_options
     from ..library import Library
     from ..sources import open_source
@@ -56,9 +60,12 @@ def run(args) -> CommandResult:
     source = open_source(args.source, **({"rate": args.rate} if args.rate else {}))
     try:
         with Library.open(args.library) as lib:
-            report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
-                             max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
-                             patience=args.patience, retry_faults=args.retry_faults, workers=args.workers)
+            try:
+                report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
+                                 max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
+                                 patience=args.patience, retry_faults=args.retry_faults, workers=args.workers)
+            except SourceUnreachable as down:  # the run's summary still prints, then the one error line
+                return CommandResult(down.report, EXIT_SOURCE_DOWN, prefix="harvest: ", error=str(down))
     finally:
         source.close()
     return CommandResult(report, EXIT_INTERRUPTED if report.interrupted else EXIT_OK, prefix="harvest: ")

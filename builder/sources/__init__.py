@@ -16,6 +16,8 @@
 Every source: ``fetch(z, x, y) -> bytes | None`` (None: no tile there), raising
 :class:`TileFault` (a :class:`~builder.errors.SourceError` with ``kind``) for faults;
 ``stats``, a thread-safe Counter of outcomes and of every fault seen; ``close()``.
+A run's requests pass through one :class:`RequestGate` (budget, halt, dead-source verdict
+from :class:`SourceHealth`); a source cut short by it raises :class:`GateClosed`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     PERMANENT_KINDS,
     TRANSIENT_KINDS,
+    GateClosed,
+    RequestGate,
+    SourceHealth,
     SourceStats,
     TileFault,
     TileSource,
@@ -66,9 +71,12 @@ __all__ = [
     "USER_AGENT",
     "EarthSource",
     "FolderSource",
+    "GateClosed",
     "HttpSource",
     "MBTilesSource",
     "RateLimiter",
+    "RequestGate",
+    "SourceHealth",
     "SourceStats",
     "TileFault",
     "TileSource",

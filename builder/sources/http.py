@@ -12,14 +12,24 @@ Each fetching thread gets its own ``requests.Session`` (with one pooled keep-ali
 connection): requests does not promise that a Session is thread-safe, and a thread-local
 Session reuses its connection just as well. A token bucket shared by all threads caps the
 request rate when asked to.
+
+When a run sets ``gate`` (a :class:`~builder.sources.base.RequestGate`), every attempt,
+retries included, needs its permission: the request budget is a hard cap, a backoff pause
+ends as soon as the run stops or the source is found down (raising
+:class:`~builder.sources.base.GateClosed`), and each attempt's outcome feeds the gate's
+dead-source detection.  Connection faults say why the host could not be reached
+(``TileFault.unreachable``: name resolution, refused, connect timeout), which is what
+lets a run stop at once when there is no network.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
 import logging
 import random
 import re
+import socket
 import string
 import threading
 import time
@@ -38,6 +48,8 @@ from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     ClosingSource,
+    GateClosed,
+    RequestGate,
     SourceStats,
     TileFault,
     body_sha256,
@@ -108,6 +120,48 @@ def redact_url(url: str) -> str:
     if not changed:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL or template, without credentials: how errors name a server.
+
+    >>> host_of("https://user:pw@tiles.example.com:8443/{z}/{x}/{y}.png")
+    'tiles.example.com:8443'
+    """
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return redact_url(url)
+    return netloc.rsplit("@", 1)[-1] or redact_url(url)
+
+
+# What an unreachable host looks like in the exception chain, as the one-line cause shown.
+NO_NAME = "name resolution failed (no network?)"
+REFUSED = "connection refused (is the server running?)"
+NO_ROUTE = "network unreachable (no network?)"
+CONNECT_TIMEOUT = "connection timed out (no network?)"
+
+
+def unreachable_cause(exc: BaseException) -> str | None:
+    """Why a connection could not be made at all, from a requests/urllib3 exception chain, or
+    None when the host was reached (a reset, a read timeout, a bad status...)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError":
+            return NO_NAME
+        if isinstance(item, ConnectionRefusedError):
+            return REFUSED
+        if isinstance(item, OSError) and item.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return NO_ROUTE
+        if isinstance(item, requests.exceptions.ConnectTimeout) or type(item).__name__ == "ConnectTimeoutError":
+            return CONNECT_TIMEOUT
+        todo.extend([*item.args, getattr(item, "reason", None), item.__cause__, item.__context__])
+    return None
 
 
 def add_query_param(template: str, key: str, value: str) -> str:
@@ -182,11 +236,14 @@ class HttpSource(ClosingSource):
 
     ``fetch`` returns image bytes, ``None`` for 404/204 and known placeholders, or raises
     :class:`TileFault` once retries are exhausted (or at once for faults a retry cannot
-    cure: bad_size, too_large, other 4xx). ``stats`` counts: ``request`` (every attempt),
+    cure: bad_size, too_large, other 4xx), or :class:`GateClosed` when ``gate`` refuses an
+    attempt. ``stats`` counts: ``request`` (every attempt),
     one key per fault kind for every faulty attempt (``http_503``, ``timeout``,
     ``connection``, ``truncated``, ``not_image``, ``empty``, ...), ``retry``, and the
     outcomes ``ok``, ``missing`` (incl. ``placeholder``) and ``failed``.
     """
+
+    remote = True  # every fetch costs the server a request: harvest never asks for a tile twice
 
     def __init__(
         self,
@@ -236,6 +293,8 @@ class HttpSource(ClosingSource):
         self._sessions: list[requests.Session] = []
         self._closed = False
         self._shown_template = redact_url(self.template)
+        self.host = host_of(self.template)
+        self.gate: RequestGate | None = None  # set by the fetch engine for the length of a run
 
     def __repr__(self) -> str:
         return f"HttpSource({self.name!r})"
@@ -251,17 +310,22 @@ class HttpSource(ClosingSource):
             return None
         url = self.url(z, x, y)
         shown = self._shown_template.format(z=z, x=x, y=y)
+        gate = self.gate
         attempt = 0
         while True:
             attempt += 1
-            if self._limiter is not None:
-                self._limiter.acquire()
+            if self._limiter is not None and not (gate is not None and gate.closed):
+                self._limiter.acquire()  # (a closed gate refuses below: no token spent waiting for it)
+            if gate is not None and not gate.take():
+                raise GateClosed(f"{shown}: no request allowed after {attempt - 1} attempts")
             self.stats.incr("request")
             try:
                 body = self._attempt(url, shown)
             except TileFault as fault:
                 self.stats.incr(fault.kind)
                 fault.attempts = attempt
+                if gate is not None:
+                    gate.attempted(fault)
                 if not fault.retryable or attempt > self.retries:
                     self.stats.incr("failed")
                     logger.debug("giving up on %s: %s", shown, fault)
@@ -269,9 +333,14 @@ class HttpSource(ClosingSource):
                 delay = self._retry_delay(attempt, fault.retry_after)
                 self.stats.incr("retry")
                 logger.debug("retry %d of %s in %.2fs after %s", attempt, shown, delay, fault.kind)
-                if delay > 0:
+                if gate is not None:
+                    if not gate.wait(delay):
+                        raise GateClosed(f"{shown}: stopped during the pause after attempt {attempt}") from fault
+                elif delay > 0:
                     self._sleep(delay)
                 continue
+            if gate is not None:
+                gate.attempted(None)
             if body is None:
                 self.stats.incr("missing")
                 return None
@@ -322,13 +391,14 @@ class HttpSource(ClosingSource):
                 body = self._read_body(resp, shown)
                 content_type = resp.headers.get("Content-Type")
         except requests.exceptions.Timeout as exc:
-            raise TileFault("timeout", f"{shown}: {type(exc).__name__}") from exc
+            raise TileFault("timeout", f"{shown}: {type(exc).__name__}", unreachable=unreachable_cause(exc)) from exc
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
             raise TileFault("truncated", f"{shown}: body cut short ({type(exc).__name__})") from exc
         except requests.exceptions.ConnectionError as exc:
             if any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
                 raise TileFault("timeout", f"{shown}: read timed out in the body") from exc
-            raise TileFault("connection", f"{shown}: {type(exc).__name__}") from exc
+            cause = unreachable_cause(exc)
+            raise TileFault("connection", f"{shown}: {cause or type(exc).__name__}", unreachable=cause) from exc
         except requests.exceptions.RequestException as exc:
             raise TileFault("request_error", f"{shown}: {type(exc).__name__}: {exc}", retryable=False) from exc
         if body and body_sha256(body) in self.placeholders:
