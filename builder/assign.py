@@ -399,5 +399,7 @@ class Pipeline:
     def _row(self, cand: Candidate, an: Analysis) -> tuple:
         prov = {**self.default_provenance, **(cand.provenance or {})}
         prov.setdefault("harvested_at", utc_now())
-        seed = (an.tile_id, an.bucket_id, self.lib.filepath_for(an.bucket_id, an.tile_id), an.phash, *an.lab)
-        return seed + tuple(prov.get(col) for col in db.PROVENANCE_COLUMNS)
+        mean_l, mean_a, mean_b = an.lab
+        return db.tile_row({**prov, "id": an.tile_id, "bucket_id": an.bucket_id, "phash": an.phash,
+                            "filepath": self.lib.filepath_for(an.bucket_id, an.tile_id),
+                            "mean_l": mean_l, "mean_a": mean_a, "mean_b": mean_b})

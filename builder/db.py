@@ -1,8 +1,10 @@
 """``tiles.db``: schema, migrations, connections and the ``tiles`` table contract.
 
 The ``tiles`` table starts with the dataset card's seven columns, in the card's order and
-types, then provenance columns.  ``PRAGMA user_version`` versions the schema; older files are
-migrated in place when a writer opens them.
+types, then provenance columns, then the synthetic-tile flag and its source tile.
+``PRAGMA user_version`` versions the schema; older files are migrated in place when a writer
+opens them (version 0/1: the card's seven columns; 2: provenance and ``fetched``; 3: the
+synthetic columns and what a fetch predicted and found).
 
 This module is the one home of that contract: the column lists (:data:`SEED_COLUMNS`,
 :data:`PROVENANCE_COLUMNS`, :data:`TILE_COLUMNS`, :data:`INSERT_TILE_SQL`), the check every
@@ -14,7 +16,9 @@ callers convert to NumPy where they need it.
 Tables:
 
 * ``tiles``   one row per stored tile (contract, see DESIGN.md).
-* ``fetched`` every z/x/y a harvest has tried, per source, so no tile is fetched twice.
+* ``fetched`` every z/x/y a harvest has tried, per source, so no tile is fetched twice (the
+  ledger's columns), with the bucket the colour atlas predicted for it and the bucket and LAB
+  its pixels gave (calibration and hit rates are computed from these).
 * ``meta``    key/value facts about the library (centroids checksum, bucket cap, ...).
 """
 
@@ -28,7 +32,7 @@ from pathlib import Path
 from .errors import LibraryError
 from .layout import DB_NAME
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The tiles table, column by column with its SQLite type, in order: the card's seven, then provenance.
 _SEED_TYPES = (
@@ -50,14 +54,23 @@ _PROVENANCE_TYPES = (
     ("region", "TEXT"),
     ("harvested_at", "TEXT"),
 )
+# Tiles made by colour transfer from a real tile of the library (``synthesize``): flagged in
+# every output, never mixed up with real ones (DESIGN.md).
+_SYNTHETIC_TYPES = (
+    ("synthetic", "INTEGER NOT NULL DEFAULT 0"),
+    ("derived_from", "TEXT"),
+)
 SEED_COLUMNS = tuple(name for name, _type in _SEED_TYPES)
 PROVENANCE_COLUMNS = tuple(name for name, _type in _PROVENANCE_TYPES)
-TILE_COLUMNS = SEED_COLUMNS + PROVENANCE_COLUMNS
+SYNTHETIC_COLUMNS = tuple(name for name, _type in _SYNTHETIC_TYPES)
+TILE_COLUMNS = SEED_COLUMNS + PROVENANCE_COLUMNS + SYNTHETIC_COLUMNS
+# Values a row gets for columns its maker does not set (everything else is NULL).
+TILE_DEFAULTS = {"synthetic": 0}
 # One full tiles row, values in TILE_COLUMNS order (the commit protocol's batches, restore's rows).
 INSERT_TILE_SQL = f"INSERT INTO tiles ({', '.join(TILE_COLUMNS)}) VALUES ({', '.join('?' * len(TILE_COLUMNS))})"
 
 _TILES_SQL = "CREATE TABLE IF NOT EXISTS tiles (\n{}\n)".format(
-    ",\n".join(f"    {name} {sqltype}" for name, sqltype in _SEED_TYPES + _PROVENANCE_TYPES)
+    ",\n".join(f"    {name} {sqltype}" for name, sqltype in _SEED_TYPES + _PROVENANCE_TYPES + _SYNTHETIC_TYPES)
 )
 
 _INDEX_SQL = (
@@ -65,18 +78,34 @@ _INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS idx_phash ON tiles(bucket_id, phash)",
 )
 
-_FETCHED_SQL = """
-CREATE TABLE IF NOT EXISTS fetched (
-    source TEXT NOT NULL,
-    z INTEGER NOT NULL,
-    x INTEGER NOT NULL,
-    y INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    region TEXT,
-    tried_at TEXT,
-    PRIMARY KEY (source, z, x, y)
+# ``fetched``: the ledger's columns (builder.ledger keeps the same books in other tables with
+# only these), then what a fetch predicted and found.
+LEDGER_TYPES = (
+    ("source", "TEXT NOT NULL"),
+    ("z", "INTEGER NOT NULL"),
+    ("x", "INTEGER NOT NULL"),
+    ("y", "INTEGER NOT NULL"),
+    ("status", "TEXT NOT NULL"),
+    ("region", "TEXT"),
+    ("tried_at", "TEXT"),
 )
-"""
+_FETCH_OUTCOME_TYPES = (
+    ("predicted_bucket", "INTEGER"),  # the colour atlas's prediction when the tile was drawn for a target
+    ("bucket_id", "INTEGER"),  # where the tile's colour landed (NULL: not decoded)
+    ("mean_l", "REAL"),  # its LAB by the card's recipe (NULL: not decoded)
+    ("mean_a", "REAL"),
+    ("mean_b", "REAL"),
+)
+FETCH_OUTCOME_COLUMNS = tuple(name for name, _type in _FETCH_OUTCOME_TYPES)
+
+
+def ledger_table_sql(table: str, extra: Sequence[tuple[str, str]] = ()) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for a fetch-ledger table (key ``(source, z, x, y)``)."""
+    columns = ",\n".join(f"    {name} {sqltype}" for name, sqltype in (*LEDGER_TYPES, *extra))
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n{columns},\n    PRIMARY KEY (source, z, x, y)\n)"
+
+
+_FETCHED_SQL = ledger_table_sql("fetched", _FETCH_OUTCOME_TYPES)
 
 _META_SQL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
 
@@ -203,6 +232,16 @@ def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None
     ))
 
 
+def tile_row(values: dict) -> tuple:
+    """A ``tiles`` row in :data:`TILE_COLUMNS` order from ``{column: value}``; a column not given
+    gets its :data:`TILE_DEFAULTS` value, else NULL.
+
+    >>> tile_row({"id": "x"})[:2], tile_row({})[TILE_COLUMNS.index("synthetic")]
+    (('x', None), 0)
+    """
+    return tuple(values.get(c, TILE_DEFAULTS.get(c)) for c in TILE_COLUMNS)
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create every table and index of the current version (idempotent)."""
     with conn:
@@ -218,7 +257,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring an older ``tiles.db`` to :data:`SCHEMA_VERSION`; return the version found.
 
     Version 0/1 is the card's seven-column table (as published): provenance columns are
-    added (NULL for old rows), the ``fetched`` and ``meta`` tables created.
+    added (NULL for old rows), the ``fetched`` and ``meta`` tables created.  Version 2 gains
+    the synthetic columns (old rows are real: ``synthetic = 0``) and ``fetched``'s prediction
+    and outcome columns (NULL for old fetches).
     """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -228,10 +269,15 @@ def migrate(conn: sqlite3.Connection) -> int:
     columns = check_tiles_table(conn)
     if version == SCHEMA_VERSION and set(TILE_COLUMNS) <= set(columns):
         return version
+    fetched = table_columns(conn, "fetched")
     with conn:
-        for name, sqltype in _PROVENANCE_TYPES:
+        for name, sqltype in _PROVENANCE_TYPES + _SYNTHETIC_TYPES:
             if name not in columns:
                 conn.execute(f"ALTER TABLE tiles ADD COLUMN {name} {sqltype}")
+        if fetched:
+            for name, sqltype in _FETCH_OUTCOME_TYPES:
+                if name not in fetched:
+                    conn.execute(f"ALTER TABLE fetched ADD COLUMN {name} {sqltype}")
     create_schema(conn)
     return version
 

@@ -122,3 +122,46 @@ def test_card_schema_reads_with_null_provenance_and_counts_buckets(make_library)
     with Library.open(root) as writer:  # a writer migrates: provenance columns added as NULL
         assert db.table_columns(writer.conn, "tiles") == list(db.TILE_COLUMNS)
         assert {"fetched", "meta", "tiles"} <= db.table_names(writer.conn)
+
+
+# The schema as version 2 wrote it (tiles: card + provenance; fetched: the ledger's columns).
+V2_SCRIPT = """
+CREATE TABLE tiles (id TEXT PRIMARY KEY, bucket_id INTEGER, filepath TEXT, phash TEXT, mean_l REAL,
+    mean_a REAL, mean_b REAL, source TEXT, z INTEGER, x INTEGER, y INTEGER, lon REAL, lat REAL, region TEXT,
+    harvested_at TEXT);
+CREATE INDEX idx_bucket ON tiles(bucket_id);
+CREATE INDEX idx_phash ON tiles(bucket_id, phash);
+CREATE TABLE fetched (source TEXT NOT NULL, z INTEGER NOT NULL, x INTEGER NOT NULL, y INTEGER NOT NULL,
+    status TEXT NOT NULL, region TEXT, tried_at TEXT, PRIMARY KEY (source, z, x, y));
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT INTO tiles (id, bucket_id, filepath, phash, mean_l, mean_a, mean_b, source)
+    VALUES ('0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a', 7, 'x', '8000000000000000', 50, 0, 0, 'ingest');
+INSERT INTO fetched VALUES ('earth', 6, 1, 2, 'accepted', 'r', '2026-01-01T00:00:00+00:00');
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_library_migrates_to_3_keeping_its_rows_real(broken):
+    root = broken("v2", V2_SCRIPT)
+    with Library.open(root) as lib:
+        assert lib.conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 3
+        assert db.table_columns(lib.conn, "tiles") == list(db.TILE_COLUMNS)
+        assert db.TILE_COLUMNS[-2:] == db.SYNTHETIC_COLUMNS == ("synthetic", "derived_from")
+        assert lib.conn.execute("SELECT synthetic, derived_from FROM tiles").fetchall() == [(0, None)]
+        fetched = db.table_columns(lib.conn, "fetched")
+        assert fetched == [name for name, _type in db.LEDGER_TYPES] + list(db.FETCH_OUTCOME_COLUMNS)
+        assert lib.conn.execute("SELECT status, predicted_bucket, bucket_id, mean_l FROM fetched").fetchall() == [
+            ("accepted", None, None, None)]
+        # The flag is NOT NULL with a default: a row inserted without it is real.
+        lib.conn.execute("INSERT INTO tiles (id, bucket_id) VALUES ('a', 1)")
+        assert lib.conn.execute("SELECT synthetic FROM tiles WHERE id = 'a'").fetchone() == (0,)
+        with pytest.raises(sqlite3.IntegrityError):
+            lib.conn.execute("INSERT INTO tiles (id, bucket_id, synthetic) VALUES ('b', 1, NULL)")
+
+
+def test_tile_row_orders_values_and_fills_defaults():
+    row = db.tile_row({"derived_from": "src", "id": "t", "synthetic": 1, "unknown": "ignored"})
+    assert len(row) == len(db.TILE_COLUMNS)
+    values = dict(zip(db.TILE_COLUMNS, row))
+    assert (values["id"], values["synthetic"], values["derived_from"], values["source"]) == ("t", 1, "src", None)
+    assert dict(zip(db.TILE_COLUMNS, db.tile_row({})))["synthetic"] == 0

@@ -103,10 +103,10 @@ def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) 
 
 def _row_values(lib: Library, row: dict) -> tuple:
     """A ``tiles`` row in :data:`db.TILE_COLUMNS` order from a dataset row."""
-    values = {c: row.get(c) for c in db.TILE_COLUMNS}
+    values = {c: row[c] for c in db.TILE_COLUMNS if c in row}
     values["bucket_id"] = row["label"]
     values["filepath"] = lib.filepath_for(row["label"], row["id"])
-    return tuple(values[c] for c in db.TILE_COLUMNS)
+    return db.tile_row(values)
 
 
 def _compare_key(values: tuple) -> tuple:

@@ -36,7 +36,7 @@ DEFAULT_SHARD_ROWS = 1000
 
 # Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``; ``filepath``,
 # which names a folder, is not published).
-ROW_COLUMNS = tuple(c for c in _db.TILE_COLUMNS if c != "filepath")
+ROW_COLUMNS = tuple(c for c in _db.SEED_COLUMNS + _db.PROVENANCE_COLUMNS if c != "filepath")
 
 
 class Shard(NamedTuple):
