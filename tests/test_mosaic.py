@@ -149,7 +149,7 @@ def test_tiles_are_placed_as_planned(lib):
             assert np.array_equal(out[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64], np.asarray(tile.reduce(4)))
 
 
-def atlas_files(folder):
+def thumb_files(folder):
     return sorted(p for p in folder.glob("mosaic_thumbs64.*.npy") if ".sub" not in p.name)
 
 
@@ -159,18 +159,18 @@ def test_thumbnail_cache_is_reused_updated_and_never_trusted_blindly(library_roo
     with Library.open(root, readonly=True) as lib:
         fresh = load_tile_table(lib, 2, use_cache=False)
         folder = cache_dir(lib)
-        assert atlas_files(folder) == []  # use_cache=False leaves the library alone
+        assert thumb_files(folder) == []  # use_cache=False leaves the library alone
         every = np.arange(len(fresh))
         first = load_tile_table(lib, 2)
         index = folder / "mosaic_thumbs64_index.npz"
-        assert index.is_file() and len(atlas_files(folder)) == 1
+        assert index.is_file() and len(thumb_files(folder)) == 1
         assert np.array_equal(first.rgb, fresh.rgb) and np.array_equal(first.thumbnails(every, 64), fresh.thumbnails(every, 64))
         tile = Image.open(lib.tile_path(int(first.bucket_ids[0]), str(first.ids[0]))).convert("RGB")
         assert np.array_equal(first.thumbnails([0], 64)[0], np.asarray(tile.reduce(4)))
         assert np.allclose(first.rgb[0], np.asarray(tile.reduce(4), dtype=float).reshape(2, 32, 2, 32, 3).mean(axis=(1, 3)))
-        stamp, name = index.stat().st_mtime_ns, atlas_files(folder)[0].name
+        stamp, name = index.stat().st_mtime_ns, thumb_files(folder)[0].name
         again = load_tile_table(lib, 2)
-        assert index.stat().st_mtime_ns == stamp and atlas_files(folder)[0].name == name
+        assert index.stat().st_mtime_ns == stamp and thumb_files(folder)[0].name == name
         assert np.array_equal(again.rgb, fresh.rgb)
 
         # Wrong sub-cell colours beside a right atlas: caught against the re-decoded spot checks.
@@ -179,23 +179,23 @@ def test_thumbnail_cache_is_reused_updated_and_never_trusted_blindly(library_roo
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
         assert np.array_equal(np.load(features), load_tile_table(lib, 2).rgb)
         # Wrong pixels under the right keys: the spot check catches them and the atlas is rebuilt.
-        atlas = np.load(atlas_files(folder)[0], mmap_mode="r+")
+        atlas = np.load(thumb_files(folder)[0], mmap_mode="r+")
         atlas[:] = 255 - atlas
         atlas.flush()
         del atlas
         rebuilt = load_tile_table(lib, 2)
-        assert np.array_equal(rebuilt.rgb, fresh.rgb) and atlas_files(folder)[0].name != name
+        assert np.array_equal(rebuilt.rgb, fresh.rgb) and thumb_files(folder)[0].name != name
         # Garbage, a pickled object array, or an index naming a file outside the cache: ignored, never loaded.
         index.write_bytes(b"not an npz at all")
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        np.savez(index, version=np.array(1), atlas=np.array("x"), ids=np.array([object()], dtype=object),
+        np.savez(index, version=np.array(1), thumbs=np.array("x"), ids=np.array([object()], dtype=object),
                  phash=np.array(["x"]), ok=np.array([True]))
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
         with np.load(index) as npz:
             parts = {k: npz[k] for k in npz.files}
-        np.savez(index, **{**parts, "atlas": np.array("../../tiles.db")})
+        np.savez(index, **{**parts, "thumbs": np.array("../../tiles.db")})
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        assert len(atlas_files(folder)) == 1
+        assert len(thumb_files(folder)) == 1
 
     # tiles.db changes: a new tile joins the atlas, a deleted one leaves it.
     extra = tmp_path / "extra"
@@ -212,7 +212,7 @@ def test_thumbnail_cache_is_reused_updated_and_never_trusted_blindly(library_roo
         assert len(table) == len(fresh) and gone[0] not in set(table.ids.tolist())
         with np.load(index) as npz:
             assert npz["ids"].tolist() == table.ids.tolist()
-        assert len(atlas_files(folder)) == 1
+        assert len(thumb_files(folder)) == 1
         assert np.array_equal(table.rgb, load_tile_table(lib, 2, use_cache=False).rgb)
 
 

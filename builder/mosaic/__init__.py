@@ -7,7 +7,7 @@ How a mosaic is made, and why:
    Only its ``s x s`` sub-cell colours are needed, so a JPEG is decoded at a reduced scale
    (``draft``) and the sub-cell means come from one box-filtered resize.
 2. **Tile thumbnails and features.**  Every tile is decoded once per library into a 64-px
-   thumbnail atlas (an uncompressed, memory-mapped ``.npy`` in ``<library>/.cache/``, about a
+   thumbnail cache (an uncompressed, memory-mapped ``.npy`` in ``<library>/.cache/``, about a
    tenth of the tiles' PNG size).  It is a derived file: matched row by row on ``(id, phash)``
    against the current ``tiles.db`` (new tiles added, deleted ones dropped), validated on
    load (no pickles, shapes, ids), spot-checked against re-decoded tiles, and rebuilt when
@@ -23,7 +23,7 @@ How a mosaic is made, and why:
    used by any already placed cell within ``no_repeat_radius`` (Chebyshev distance), which
    makes the constraint hold for every pair of cells.
 5. **Rendering.**  Output rows are produced one band of cells at a time; every used tile is
-   fetched once (a slice of the atlas for tile sizes up to 64 px; above that its PNG is
+   fetched once (a slice of the thumbnail cache for tile sizes up to 64 px; above that its PNG is
    decoded, on threads, since Pillow releases the GIL while inflating), kept at tile-size
    resolution only from the first to the last row that uses it, and gathered into the band
    with one fancy-indexing operation.  ``blend`` shifts each tile's sub-cell mean colours that
@@ -32,24 +32,12 @@ How a mosaic is made, and why:
    so the whole output never has to be in memory.
 
 Where each step lives: :mod:`.target` (options, ``--grid`` parsing, the layout, the target
-image), :mod:`.atlas` (the tile table and its thumbnail-atlas cache), :mod:`.match`
+image), :mod:`.thumbs` (the tile table and its thumbnail cache), :mod:`.match`
 (candidates, ranking, placement, :class:`MosaicPlan`), :mod:`.render` (bands and blending),
 :mod:`.pngstream` (the streamed PNG writer) and :mod:`.output` (writing a mosaic file).  This
 package re-exports their public names, so ``from builder.mosaic import ...`` is the API.
 """
 
-from .atlas import (
-    ATLAS_PREFIX,
-    ATLAS_SIZE,
-    CACHE_DIR,
-    CACHE_VERSION,
-    SPOT_CHECKS,
-    TileTable,
-    atlas_thumbnail,
-    cache_dir,
-    load_tile_table,
-    subcell_means,
-)
 from .match import MosaicPlan, candidate_tiles, place_tiles, plan_mosaic, rank_candidates, required_tiles
 from .output import MosaicResult, check_output_path, mosaic_file, write_mosaic
 from .pngstream import PngStreamWriter
@@ -73,10 +61,20 @@ from .target import (
     parse_grid,
     target_subcells,
 )
+from .thumbs import (
+    CACHE_DIR,
+    CACHE_VERSION,
+    SPOT_CHECKS,
+    THUMB_PREFIX,
+    THUMB_SIZE,
+    TileTable,
+    cache_dir,
+    load_tile_table,
+    subcell_means,
+    tile_thumbnail,
+)
 
 __all__ = [
-    "ATLAS_PREFIX",
-    "ATLAS_SIZE",
     "CACHE_DIR",
     "CACHE_VERSION",
     "DEFAULT_LONG_SIDE_CELLS",
@@ -92,30 +90,32 @@ __all__ = [
     "MAX_TARGET_PIXELS",
     "SPOT_CHECKS",
     "TARGET_FORMATS",
-    "Layout",
-    "MosaicOptions",
-    "MosaicPlan",
-    "MosaicResult",
-    "PngStreamWriter",
-    "TileTable",
-    "atlas_thumbnail",
+    "THUMB_PREFIX",
+    "THUMB_SIZE",
     "cache_dir",
     "candidate_tiles",
     "check_output_path",
     "displayed_size",
     "iter_bands",
+    "Layout",
     "load_thumbnail",
     "load_tile_table",
     "make_mosaic",
     "mosaic_file",
+    "MosaicOptions",
+    "MosaicPlan",
+    "MosaicResult",
     "open_target",
     "parse_grid",
     "place_tiles",
     "plan_mosaic",
+    "PngStreamWriter",
     "rank_candidates",
     "render_mosaic",
     "required_tiles",
     "subcell_means",
     "target_subcells",
+    "tile_thumbnail",
+    "TileTable",
     "write_mosaic",
 ]

@@ -15,8 +15,8 @@ from ..color import N_BUCKETS, rgb_to_lab
 from ..errors import LibraryError, UsageError
 from ..library import Library
 from ..query import PopulatedIndex
-from .atlas import TileTable, load_tile_table
 from .target import MAX_STREAM_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_subcells
+from .thumbs import TileTable, load_tile_table
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
                 progress: bool | None = None, table: TileTable | None = None) -> MosaicPlan:
     """Lay out the cells of ``target`` and choose a tile for each.
 
-    Tile files are read only to build, extend or spot-check the thumbnail atlas.
+    Tile files are read only to build, extend or spot-check the thumbnail cache.
     """
     options = (options or MosaicOptions()).validate()
     started = time.perf_counter()

@@ -15,9 +15,9 @@ from tqdm import tqdm
 from ..decode import TILE_SIZE
 from ..errors import UsageError
 from ..library import Library
-from .atlas import ATLAS_SIZE, _pool, _read_tile
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
+from .thumbs import THUMB_SIZE, _pool, _read_tile
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _blend_shift(plan: MosaicPlan, diff: np.ndarray, row: int) -> np.ndarray:
 def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> Iterator[np.ndarray]:
     """Yield the output one band of cells at a time, ``(T, cols*T, 3)`` uint8.
 
-    Each used tile is fetched once, when the first band needs it (from the thumbnail atlas
+    Each used tile is fetched once, when the first band needs it (from the thumbnail cache
     for tiles up to 64 px, else decoded from its PNG), and its slot is reused after the last
     band that uses it, so memory is bounded by the tiles alive at once.
     """
@@ -94,7 +94,7 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> 
             if len(new):
                 targets = np.array([free.pop() for _ in new], dtype=np.int64)
                 slot_of[new] = targets
-                if tile <= ATLAS_SIZE:  # from the thumbnail atlas: no PNG decoded at all
+                if tile <= THUMB_SIZE:  # from the thumbnail cache: no PNG decoded at all
                     slots[targets] = table.thumbnails(used[new], tile)
                 else:
                     jobs = [(int(table.bucket_ids[used[i]]), str(table.ids[used[i]])) for i in new]

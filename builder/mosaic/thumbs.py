@@ -1,4 +1,4 @@
-"""The tile table and its cache: the 64-px thumbnail atlas in ``<library>/.cache/`` (load,
+"""The tile table and its cache: the 64-px thumbnail cache in ``<library>/.cache/`` (load,
 validate, spot-check, rewrite) and the tiles' sub-cell colours measured on it."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
 CACHE_VERSION = 1
-ATLAS_SIZE = 64  # thumbnails kept in the cache: 12 KB a tile, about a tenth of its PNG
-ATLAS_PREFIX = "mosaic_thumbs64"
+THUMB_SIZE = 64  # thumbnails kept in the cache: 12 KB a tile, about a tenth of its PNG
+THUMB_PREFIX = "mosaic_thumbs64"
 SPOT_CHECKS = 3
 
 
@@ -35,16 +35,16 @@ SPOT_CHECKS = 3
 @dataclass
 class TileTable:
     """Tiles a mosaic can use: id, bucket, ``s x s`` sub-cell mean RGB, and the 64-px thumbnail
-    atlas they were measured on (``atlas[atlas_rows[i]]`` is row ``i``'s thumbnail)."""
+    thumbs they were measured on (``thumbs[thumb_rows[i]]`` is row ``i``'s thumbnail)."""
 
     ids: np.ndarray  # (n,) str
     bucket_ids: np.ndarray  # (n,) int64
     rgb: np.ndarray  # (n, s, s, 3) float64
     subcells: int
-    atlas: np.ndarray  # (m, 64, 64, 3) uint8, usually a read-only memory map
-    atlas_rows: np.ndarray  # (n,) int64
+    thumbs: np.ndarray  # (m, 64, 64, 3) uint8, usually a read-only memory map
+    thumb_rows: np.ndarray  # (n,) int64
     skipped: int = 0  # rows whose file could not be read
-    scratch: object = None  # keeps a temporary atlas folder alive (read-only libraries)
+    scratch: object = None  # keeps a temporary cache folder alive (read-only libraries)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,12 +55,12 @@ class TileTable:
         return rgb_to_lab(self.rgb).reshape(len(self.ids), -1)
 
     def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
-        """``(k, size, size, 3)`` thumbnails of table rows from the atlas (``size`` <= 64)."""
-        pixels = np.asarray(self.atlas[self.atlas_rows[np.asarray(rows, dtype=np.int64)]])
-        if size == ATLAS_SIZE:
+        """``(k, size, size, 3)`` thumbnails of table rows from the thumbs (``size`` <= 64)."""
+        pixels = np.asarray(self.thumbs[self.thumb_rows[np.asarray(rows, dtype=np.int64)]])
+        if size == THUMB_SIZE:
             return pixels
-        if ATLAS_SIZE % size == 0:  # box reduction, vectorised
-            f = ATLAS_SIZE // size
+        if THUMB_SIZE % size == 0:  # box reduction, vectorised
+            f = THUMB_SIZE // size
             sums = pixels.reshape(len(pixels), size, f, size, f, 3).sum(axis=(2, 4), dtype=np.uint32)
             return ((sums + f * f // 2) // (f * f)).astype(np.uint8)
         return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
@@ -86,10 +86,10 @@ def _read_tile(lib: Library, bucket_id: int, tile_id: str) -> Image.Image:
         return decode_tile(fh.read()).image
 
 
-def atlas_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
+def tile_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
     """A tile's 64-px thumbnail (exact 4x4 box average), or None if its file is unusable."""
     try:
-        return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // ATLAS_SIZE))
+        return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // THUMB_SIZE))
     except (OSError, ImageRejected) as exc:
         logger.warning("tile %s in bucket %s unusable for mosaics: %s", tile_id, bucket_id, exc)
         return None
@@ -100,14 +100,14 @@ def cache_dir(lib: Library) -> Path:
 
 
 def _index_path(folder: Path) -> Path:
-    return folder / f"{ATLAS_PREFIX}_index.npz"
+    return folder / f"{THUMB_PREFIX}_index.npz"
 
 
-def _load_atlas(folder: Path) -> tuple[dict[tuple[str, str], int], np.ndarray | None, str]:
-    """``{(id, phash): row}`` and the memory-mapped atlas, or ``({}, None)`` unless all is sane.
+def _load_thumbs(folder: Path) -> tuple[dict[tuple[str, str], int], np.ndarray | None, str]:
+    """``{(id, phash): row}`` and the memory-mapped thumbnails, or ``({}, None)`` unless all is sane.
 
-    The index names the atlas file it describes (a random token), so an index never points
-    at an atlas written by another run; shapes, dtypes and ids are checked, nothing unpickled.
+    The index names the thumbnail file it describes (a random token), so an index never points
+    at a thumbnail file written by another run; shapes, dtypes and ids are checked, nothing unpickled.
     """
     index = _index_path(folder)
     if not index.is_file():
@@ -115,15 +115,15 @@ def _load_atlas(folder: Path) -> tuple[dict[tuple[str, str], int], np.ndarray | 
     try:
         with np.load(index, allow_pickle=False) as npz:
             version, ids, hashes, ok, name = (int(npz["version"]), npz["ids"], npz["phash"], npz["ok"],
-                                              str(npz["atlas"]))
-        if not re.fullmatch(rf"{ATLAS_PREFIX}\.[0-9a-f]{{16}}\.npy", name):
-            raise ValueError(f"bad atlas name {name!r}")
-        atlas = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+                                              str(npz["thumbs"]))
+        if not re.fullmatch(rf"{THUMB_PREFIX}\.[0-9a-f]{{16}}\.npy", name):
+            raise ValueError(f"bad thumbnail file name {name!r}")
+        thumbs = np.load(folder / name, mmap_mode="r", allow_pickle=False)
         sane = (
             version == CACHE_VERSION
             and ids.ndim == 1 and ids.dtype.kind == "U" and hashes.shape == ids.shape and hashes.dtype.kind == "U"
             and ok.shape == ids.shape and ok.dtype == np.bool_
-            and atlas.dtype == np.uint8 and atlas.shape == (len(ids), ATLAS_SIZE, ATLAS_SIZE, 3)
+            and thumbs.dtype == np.uint8 and thumbs.shape == (len(ids), THUMB_SIZE, THUMB_SIZE, 3)
             and all(is_tile_id(i) for i in ids.tolist())
         )
     except (OSError, ValueError, KeyError, TypeError, zlib.error, EOFError) as exc:
@@ -133,7 +133,7 @@ def _load_atlas(folder: Path) -> tuple[dict[tuple[str, str], int], np.ndarray | 
         logger.warning("ignoring malformed mosaic cache in %s", folder)
         return {}, None, ""
     keys = {(i, h): r for r, (i, h, good) in enumerate(zip(ids.tolist(), hashes.tolist(), ok.tolist())) if good}
-    return keys, atlas, name
+    return keys, thumbs, name
 
 
 def _writable_folder(folder: Path) -> bool:
@@ -144,53 +144,53 @@ def _writable_folder(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _write_atlas(folder: Path, rows: list[tuple[str, int, str]], sources: list[int | None], old: np.ndarray | None,
+def _write_thumbs(folder: Path, rows: list[tuple[str, int, str]], sources: list[int | None], old: np.ndarray | None,
                  lib: Library, workers: int | None, progress: bool | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Write a new atlas (reused rows copied, others decoded) and its index; returns (atlas, ok, name)."""
+    """Write a new thumbnail file (reused rows copied, others decoded) and its index; returns (thumbs, ok, name)."""
     token = os.urandom(8).hex()
-    name = f"{ATLAS_PREFIX}.{token}.npy"
+    name = f"{THUMB_PREFIX}.{token}.npy"
     part = folder / f".{name}.part"
     n = len(rows)
-    atlas = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(n, ATLAS_SIZE, ATLAS_SIZE, 3))
+    thumbs = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(n, THUMB_SIZE, THUMB_SIZE, 3))
     ok = np.ones(n, dtype=bool)
     try:
         reused = np.array([i for i, src in enumerate(sources) if src is not None], dtype=np.int64)
         if len(reused) and old is not None:
             src = np.array([sources[i] for i in reused], dtype=np.int64)
             for lo in range(0, len(reused), 4096):
-                atlas[reused[lo:lo + 4096]] = old[src[lo:lo + 4096]]
+                thumbs[reused[lo:lo + 4096]] = old[src[lo:lo + 4096]]
         todo = [i for i, src in enumerate(sources) if src is None]
         show = sys.stderr.isatty() if progress is None else progress
         with _pool(workers) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
-            jobs = pool.map(lambda i: atlas_thumbnail(lib, rows[i][1], rows[i][0]), todo)
+            jobs = pool.map(lambda i: tile_thumbnail(lib, rows[i][1], rows[i][0]), todo)
             for i, thumb in zip(todo, jobs):
                 if thumb is None:
                     ok[i] = False
                 else:
-                    atlas[i] = thumb
+                    thumbs[i] = thumb
                 bar.update()
-        atlas.flush()
-        del atlas
+        thumbs.flush()
+        del thumbs
         os.replace(part, folder / name)
-        index_part = folder / f".{ATLAS_PREFIX}_index.{token}.part"
+        index_part = folder / f".{THUMB_PREFIX}_index.{token}.part"
         with open(index_part, "wb") as fh:
-            np.savez(fh, version=np.array(CACHE_VERSION), atlas=np.array(name),
+            np.savez(fh, version=np.array(CACHE_VERSION), thumbs=np.array(name),
                      ids=np.array([r[0] for r in rows], dtype="U36"), phash=np.array([r[2] for r in rows], dtype=str),
                      ok=ok)
         os.replace(index_part, _index_path(folder))
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    for stale in folder.glob(f"{ATLAS_PREFIX}.*.npy"):
-        if not stale.name.startswith(f"{ATLAS_PREFIX}.{token}."):  # older atlases and their feature files
+    for stale in folder.glob(f"{THUMB_PREFIX}.*.npy"):
+        if not stale.name.startswith(f"{THUMB_PREFIX}.{token}."):  # older thumbnail files and their feature files
             stale.unlink(missing_ok=True)
     return np.load(folder / name, mmap_mode="r", allow_pickle=False), ok, name
 
 
-def _subcell_rgb(atlas: np.ndarray, subcells: int, path: Path, checked: dict[int, np.ndarray]) -> np.ndarray:
-    """Sub-cell mean RGB of every atlas row, from its small derived file when that is sane and
-    agrees with the freshly decoded spot-check tiles; else computed from the atlas and saved."""
-    shape = (len(atlas), subcells, subcells, 3)
+def _subcell_rgb(thumbs: np.ndarray, subcells: int, path: Path, checked: dict[int, np.ndarray]) -> np.ndarray:
+    """Sub-cell mean RGB of every cached row, from its small derived file when that is sane and
+    agrees with the freshly decoded spot-check tiles; else computed from the thumbnails and saved."""
+    shape = (len(thumbs), subcells, subcells, 3)
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
@@ -201,10 +201,10 @@ def _subcell_rgb(atlas: np.ndarray, subcells: int, path: Path, checked: dict[int
                     and cached.min(initial=0) >= 0 and cached.max(initial=0) <= 255)
             if sane and all(np.allclose(subcell_means(t, subcells), cached[r], atol=1e-9) for r, t in checked.items()):
                 return cached
-            logger.warning("ignoring %s: it disagrees with the atlas", path)
+            logger.warning("ignoring %s: it disagrees with the thumbnails", path)
     rgb = np.empty(shape, dtype=np.float64)
-    for lo in range(0, len(atlas), 2048):
-        rgb[lo:lo + 2048] = subcell_means(np.asarray(atlas[lo:lo + 2048]), subcells)
+    for lo in range(0, len(thumbs), 2048):
+        rgb[lo:lo + 2048] = subcell_means(np.asarray(thumbs[lo:lo + 2048]), subcells)
     try:
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         with open(part, "wb") as fh:
@@ -223,11 +223,11 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
                     progress: bool | None = None, use_cache: bool = True) -> TileTable:
     """Every usable tile with its thumbnail and sub-cell colours.
 
-    The thumbnail atlas lives in ``<library>/.cache/`` and is matched to ``tiles.db`` row by
+    The thumbnail cache lives in ``<library>/.cache/`` and is matched to ``tiles.db`` row by
     row on ``(id, phash)``: unchanged tiles are reused, new ones decoded, deleted ones dropped,
     and a few reused thumbnails are re-decoded and compared byte for byte, so a cache that
     disagrees with the files is thrown away.  A library folder we cannot write to (or
-    ``use_cache=False``) gets a temporary atlas instead.
+    ``use_cache=False``) gets a temporary cache instead.
     """
     import tempfile
 
@@ -239,18 +239,18 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     if not rows:
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
     folder, scratch = cache_dir(lib), None
-    keys, old, name = _load_atlas(folder) if use_cache else ({}, None, "")
+    keys, old, name = _load_thumbs(folder) if use_cache else ({}, None, "")
     if not (use_cache and _writable_folder(folder)):
-        scratch = tempfile.TemporaryDirectory(prefix="mosaic_atlas_")
+        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
         folder = Path(scratch.name)
     sources = [keys.get((tid, h)) for tid, _b, h in rows]
     reused = [i for i, src in enumerate(sources) if src is not None]
-    checked: dict[int, np.ndarray] = {}  # atlas row -> freshly decoded thumbnail
+    checked: dict[int, np.ndarray] = {}  # thumbs row -> freshly decoded thumbnail
     if reused and old is not None:
         rng = np.random.default_rng()
         for i in rng.choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
             tid, bucket_id, _h = rows[i]
-            fresh = atlas_thumbnail(lib, bucket_id, tid)
+            fresh = tile_thumbnail(lib, bucket_id, tid)
             if fresh is None or not np.array_equal(fresh, old[sources[i]]):
                 logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", folder, tid)
                 sources, old, checked = [None] * len(rows), None, {}
@@ -258,21 +258,21 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
             checked[int(sources[i])] = fresh
     unchanged = old is not None and len(old) == len(rows) and sources == list(range(len(rows)))
     if unchanged and scratch is None:
-        atlas, ok = old, np.ones(len(rows), dtype=bool)
+        thumbs, ok = old, np.ones(len(rows), dtype=bool)
     else:
-        atlas, ok, name = _write_atlas(folder, rows, sources, old, lib, workers, progress)
+        thumbs, ok, name = _write_thumbs(folder, rows, sources, old, lib, workers, progress)
         checked = {}
     keep = np.flatnonzero(ok)
     if not len(keep):
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
-    rgb = _subcell_rgb(atlas, subcells, folder / name.replace(".npy", f".sub{subcells}.npy"), checked)[keep]
+    rgb = _subcell_rgb(thumbs, subcells, folder / name.replace(".npy", f".sub{subcells}.npy"), checked)[keep]
     return TileTable(
         ids=np.array([rows[i][0] for i in keep]),
         bucket_ids=np.array([rows[i][1] for i in keep], dtype=np.int64),
         rgb=rgb,
         subcells=subcells,
-        atlas=atlas,
-        atlas_rows=keep,
+        thumbs=thumbs,
+        thumb_rows=keep,
         skipped=int((~ok).sum()),
         scratch=scratch,
     )
