@@ -15,7 +15,8 @@ from ..color import N_BUCKETS, rgb_to_lab
 from ..errors import LibraryError, UsageError
 from ..library import Library
 from ..query import PopulatedIndex
-from .target import MAX_STREAM_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_subcells
+from .fidelity import STRUCTURE_SAMPLES
+from .target import MAX_STREAM_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_samples
 from .thumbs import TileTable, load_tile_table
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,32 @@ def rank_candidates(features: np.ndarray, cell_features: np.ndarray, candidates:
     return ranked
 
 
+def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    """Mean squared LAB distance between each cell's ``d x d`` samples and each shortlisted tile's
+    (``inf`` where ``ranked`` is -1): the whole-thumbnail comparison that sees shapes.
+
+    Only the tiles on some shortlist have their ``d x d`` LAB computed, so the cost follows the
+    shortlist, not the library's size.
+    """
+    used, local = np.unique(np.maximum(ranked, 0), return_inverse=True)
+    tile_lab = rgb_to_lab(table.detail_rgb(detail, used)).reshape(len(used), -1).astype(np.float32)
+    local = local.reshape(ranked.shape)
+    costs = np.empty(ranked.shape, dtype=np.float64)
+    chunk = _chunk(ranked.shape[1] * tile_lab.shape[1] * 4)
+    for lo in range(0, len(ranked), chunk):
+        sl = slice(lo, lo + chunk)
+        diff = tile_lab[local[sl]] - cell_detail[sl][:, None, :]
+        costs[sl] = np.einsum("ijk,ijk->ij", diff, diff) / (detail * detail)
+    costs[ranked < 0] = np.inf
+    return costs
+
+
+def sort_by_cost(ranked: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's shortlist reordered cheapest first (stable, so ties keep the colour order)."""
+    order = np.argsort(costs, axis=1, kind="stable")
+    return np.take_along_axis(ranked, order, axis=1), np.take_along_axis(costs, order, axis=1)
+
+
 def place_tiles(ranked: np.ndarray, rows: int, cols: int, radius: int) -> np.ndarray:
     """The repetition constraint, the one per-cell loop: no tile twice within ``radius`` cells."""
     if radius == 0:
@@ -122,6 +149,7 @@ class MosaicPlan:
     target_rgb: np.ndarray  # (rows*s, cols*s, 3) float32 sub-cell colours of the target
     options: MosaicOptions
     fallback_cells: int  # cells whose own bucket is empty
+    reference: np.ndarray | None = None  # (rows*4, cols*4, 3) float32 target samples for the fidelity figures
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -137,6 +165,43 @@ class MosaicPlan:
     def output_size(self) -> tuple[int, int]:
         return self.layout.output_size
 
+    @property
+    def most_uses(self) -> int:
+        """How often the most used tile appears."""
+        return int(np.bincount(self.grid.ravel()).max())
+
+
+class _Cells:
+    """What matching needs of the target, per cell, flattened in raster order."""
+
+    def __init__(self, samples: dict[int, np.ndarray], layout: Layout, s: int, detail: int) -> None:
+        rows, cols = layout.rows, layout.cols
+        sub = samples[s].astype(np.float64).reshape(rows, s, cols, s, 3)
+        self.lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
+        self.features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
+        self.detail = None
+        if detail:
+            fine = samples[detail].astype(np.float64).reshape(rows, detail, cols, detail, 3).transpose(0, 2, 1, 3, 4)
+            self.detail = rgb_to_lab(fine).reshape(rows * cols, -1).astype(np.float32)
+
+
+def shortlists(table: TileTable, index: PopulatedIndex, cells: _Cells, options: MosaicOptions,
+               minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's candidates, best first, and their costs: whole nearest buckets until ``minimum``
+    tiles, the best by sub-cell colour kept, then ordered by the finer comparison when
+    ``options.detail`` is set (else by the sub-cell distance itself)."""
+    candidates = candidate_tiles(table, index, cells.lab, minimum)
+    keep = max(options.shortlist, minimum)
+    ranked = rank_candidates(table.features, cells.features, candidates, keep)
+    if options.detail:
+        costs = detail_costs(table, options.detail, cells.detail, ranked)
+    else:
+        feats = table.features
+        diff = feats[np.maximum(ranked, 0)] - cells.features[:, None, :]
+        costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
+        costs[ranked < 0] = np.inf
+    return sort_by_cost(ranked, costs)
+
 
 def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: MosaicOptions | None = None,
                 progress: bool | None = None, table: TileTable | None = None) -> MosaicPlan:
@@ -144,16 +209,18 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
 
     Tile files are read only to build, extend or spot-check the thumbnail cache.
     """
+    from .fair import fair_grid
+
     options = (options or MosaicOptions()).validate()
     started = time.perf_counter()
     img = open_target(target)
+    s, detail = options.subcells, options.detail
     try:
         layout = Layout(*displayed_size(img), options)
         if layout.output_size[0] * layout.output_size[1] > MAX_STREAM_PIXELS:
             raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
                              "--tile-size or larger cells")
-        s = options.subcells
-        target_rgb = target_subcells(img, layout, s)
+        samples = target_samples(img, layout, tuple(n for n in (s, detail, STRUCTURE_SAMPLES) if n))
     finally:
         if img is not target:  # opened here from a path: release the file
             img.close()
@@ -165,16 +232,25 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
         raise UsageError(f"--no-repeat-radius {options.no_repeat_radius} needs at least {need} tiles, the library "
                          f"has {len(table)}: use a smaller radius")
     rows, cols = layout.rows, layout.cols
-    sub = target_rgb.astype(np.float64).reshape(rows, s, cols, s, 3)
-    cell_lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
-    cell_features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
+    if options.max_uses is not None and options.max_uses * len(table) < rows * cols:
+        raise UsageError(f"--max-uses {options.max_uses} with {len(table)} tiles fills at most "
+                         f"{options.max_uses * len(table)} cells, the mosaic has {rows * cols}: allow more uses or "
+                         "use fewer cells")
+    cells = _Cells(samples, layout, s, detail)
     counts = np.bincount(table.bucket_ids, minlength=N_BUCKETS)
     index = PopulatedIndex(lib.centroids, counts)
-    own_bucket = lib.index.assign_lab(cell_lab)[0]
+    own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())
-    candidates = candidate_tiles(table, index, cell_lab, max(options.min_candidates, need))
-    ranked = rank_candidates(table.features, cell_features, candidates, need)
-    grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
+    minimum = max(options.min_candidates, need)
+    if options.max_uses is None:
+        ranked, _costs = shortlists(table, index, cells, options, minimum)
+        grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
+    else:
+        def library_order(cell: int) -> np.ndarray:
+            return np.argsort(((table.features - cells.features[cell]) ** 2).sum(axis=1), kind="stable")
+
+        grid = fair_grid(lambda k: shortlists(table, index, cells, options, k), minimum, len(table),
+                         rows, cols, options.max_uses, options.no_repeat_radius, library_order)
     done = time.perf_counter()
     seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}
-    return MosaicPlan(layout, table, grid, target_rgb, options, fallback, seconds)
+    return MosaicPlan(layout, table, grid, samples[s], options, fallback, samples[STRUCTURE_SAMPLES], seconds)

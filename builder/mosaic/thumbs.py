@@ -10,6 +10,7 @@ import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,17 @@ class TileTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
+    @cached_property
     def features(self) -> np.ndarray:
         """LAB of every sub-cell, flattened ``(n, s*s*3)``: what cells are matched against."""
         return rgb_to_lab(self.rgb).reshape(len(self.ids), -1)
+
+    def detail_rgb(self, detail: int, rows: np.ndarray) -> np.ndarray:
+        """``(k, d, d, 3)`` mean RGB of ``d x d`` blocks of the thumbnails of table ``rows``."""
+        out = np.empty((len(rows), detail, detail, 3), dtype=np.float64)
+        for lo in range(0, len(rows), 2048):
+            out[lo:lo + 2048] = subcell_means(self.thumbnails(rows[lo:lo + 2048], THUMB_SIZE), detail)
+        return out
 
     def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
         """``(k, size, size, 3)`` thumbnails of table rows from the thumbs (``size`` <= 64)."""
