@@ -251,7 +251,7 @@ def test_bad_inputs_are_rejected_before_decoding(lib, tmp_path):
     [
         (["{tmp}/notes.txt", "--output", "{tmp}/o.png"], "error: not_image: {tmp}/notes.txt: not a PNG/JPEG/WEBP/BMP/GIF/TIFF image"),
         (["{tmp}/missing.jpg", "--output", "{tmp}/o.png"], "error: no such input image: {tmp}/missing.jpg"),
-        ([SAMPLE, "--output", "{tmp}/o.jpg"], "error: --output must be a .png file, got '{tmp}/o.jpg'"),
+        ([SAMPLE, "--output", "{tmp}/o.jpg"], "error: --output must be a .png or .dzi file, got '{tmp}/o.jpg'"),
         ([SAMPLE, "--output", "{tmp}/o.png", "--grid", "10by3"],
          "error: python -m builder mosaic: argument --grid: --grid must look like COLSxROWS (e.g. 48x32), got '10by3'"),
         ([SAMPLE, "--output", "{tmp}/o.png", "--blend", "1.5"],

@@ -38,17 +38,27 @@ image), :mod:`.thumbs` (the tile table and its thumbnail cache), :mod:`.match`
 package re-exports their public names, so ``from builder.mosaic import ...`` is the API.
 """
 
+from .correct import correction_shift
+from .dzi import DZI_FORMATS, DZI_TILE, DziWriter, viewer_html
+from .fair import fair_grid, match_with_uses
+from .fidelity import Fidelity, FidelityMeter, compare_samples, measure_fidelity
 from .match import MosaicPlan, candidate_tiles, place_tiles, plan_mosaic, rank_candidates, required_tiles
-from .output import MosaicResult, check_output_path, mosaic_file, write_mosaic
+from .output import OUTPUT_FORMATS, MosaicResult, check_output_path, mosaic_file, output_format, write_mosaic
 from .pngstream import PngStreamWriter
 from .render import MAX_IMAGE_PIXELS, iter_bands, load_thumbnail, make_mosaic, render_mosaic
 from .target import (
+    DEFAULT_BLEND,
+    DEFAULT_DETAIL,
     DEFAULT_LONG_SIDE_CELLS,
+    DEFAULT_MAX_CORRECTION,
     DEFAULT_MIN_CANDIDATES,
     DEFAULT_MIN_TILE,
     DEFAULT_RADIUS,
+    DEFAULT_SHORTLIST,
     DEFAULT_SUBCELLS,
     MAX_CELLS,
+    MAX_DETAIL,
+    MAX_DZI_PIXELS,
     MAX_STREAM_PIXELS,
     MAX_SUBCELLS,
     MAX_TARGET_BYTES,
@@ -59,6 +69,7 @@ from .target import (
     displayed_size,
     open_target,
     parse_grid,
+    target_samples,
     target_subcells,
 )
 from .thumbs import (
@@ -77,17 +88,26 @@ from .thumbs import (
 __all__ = [
     "CACHE_DIR",
     "CACHE_VERSION",
+    "DEFAULT_BLEND",
+    "DEFAULT_DETAIL",
     "DEFAULT_LONG_SIDE_CELLS",
+    "DEFAULT_MAX_CORRECTION",
     "DEFAULT_MIN_CANDIDATES",
     "DEFAULT_MIN_TILE",
     "DEFAULT_RADIUS",
+    "DEFAULT_SHORTLIST",
     "DEFAULT_SUBCELLS",
+    "DZI_FORMATS",
+    "DZI_TILE",
     "MAX_CELLS",
+    "MAX_DETAIL",
+    "MAX_DZI_PIXELS",
     "MAX_IMAGE_PIXELS",
     "MAX_STREAM_PIXELS",
     "MAX_SUBCELLS",
     "MAX_TARGET_BYTES",
     "MAX_TARGET_PIXELS",
+    "OUTPUT_FORMATS",
     "SPOT_CHECKS",
     "TARGET_FORMATS",
     "THUMB_PREFIX",
@@ -95,17 +115,26 @@ __all__ = [
     "cache_dir",
     "candidate_tiles",
     "check_output_path",
+    "compare_samples",
+    "correction_shift",
     "displayed_size",
+    "DziWriter",
+    "fair_grid",
+    "Fidelity",
+    "FidelityMeter",
     "iter_bands",
     "Layout",
     "load_thumbnail",
     "load_tile_table",
     "make_mosaic",
+    "match_with_uses",
+    "measure_fidelity",
     "mosaic_file",
     "MosaicOptions",
     "MosaicPlan",
     "MosaicResult",
     "open_target",
+    "output_format",
     "parse_grid",
     "place_tiles",
     "plan_mosaic",
@@ -114,8 +143,10 @@ __all__ = [
     "render_mosaic",
     "required_tiles",
     "subcell_means",
+    "target_samples",
     "target_subcells",
     "tile_thumbnail",
     "TileTable",
+    "viewer_html",
     "write_mosaic",
 ]

@@ -16,7 +16,7 @@ from ..errors import LibraryError, UsageError
 from ..library import Library
 from ..query import PopulatedIndex
 from .fidelity import STRUCTURE_SAMPLES
-from .target import MAX_STREAM_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_samples
+from .target import MAX_DZI_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_samples
 from .thumbs import TileTable, load_tile_table
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
     s, detail = options.subcells, options.detail
     try:
         layout = Layout(*displayed_size(img), options)
-        if layout.output_size[0] * layout.output_size[1] > MAX_STREAM_PIXELS:
+        if layout.output_size[0] * layout.output_size[1] > MAX_DZI_PIXELS:
             raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
                              "--tile-size or larger cells")
         samples = target_samples(img, layout, tuple(n for n in (s, detail, STRUCTURE_SAMPLES) if n))

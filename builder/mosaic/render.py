@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 150_000_000  # a returned PIL image lives in memory: 450 MB
 RENDER_CACHE_BYTES = 256 * 2**20  # decoded tiles kept at output size (at least one row's worth)
+CORRECTION_CHUNK_PIXELS = 4 * 2**20  # pixels of a band corrected at once (48 MB of float32 temporaries)
 
 
 # ============================================================================ rendering
@@ -48,14 +49,34 @@ def _interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-def _blend_shift(plan: MosaicPlan, diff: np.ndarray, row: int) -> np.ndarray:
-    """The sub-cell colour shift field bilinearly interpolated for band ``row``, ``(T, cols*T, 3)``."""
+def _shift_rows(plan: MosaicPlan, diff: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical interpolation of the sub-cell shift field for band ``row``: ``(T, w_in, 3)``."""
     tile = plan.layout.tile
-    h_in, w_in = diff.shape[:2]
-    y0, y1, wy = _interp_axis(plan.layout.rows * tile, h_in, row * tile, tile)
-    x0, x1, wx = _interp_axis(plan.layout.cols * tile, w_in, 0, plan.layout.cols * tile)
-    vert = diff[y0] * (1 - wy)[:, None, None] + diff[y1] * wy[:, None, None]
-    return vert[:, x0] * (1 - wx)[None, :, None] + vert[:, x1] * wx[None, :, None]
+    y0, y1, wy = _interp_axis(plan.layout.rows * tile, diff.shape[0], row * tile, tile)
+    return diff[y0] * (1 - wy)[:, None, None] + diff[y1] * wy[:, None, None]
+
+
+def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarray | None,
+                  gain: np.ndarray | None, means: np.ndarray | None) -> np.ndarray:
+    """Apply the contrast gain and the bilinearly interpolated colour shift to one band, a few
+    cells' width at a time so the float temporaries stay small on very wide mosaics."""
+    tile, cols = plan.layout.tile, plan.layout.cols
+    out = np.empty_like(band)
+    vert = _shift_rows(plan, shift, row) if shift is not None else None
+    step = max(1, CORRECTION_CHUNK_PIXELS // (tile * tile))
+    for c0 in range(0, cols, step):
+        c1 = min(cols, c0 + step)
+        px = slice(c0 * tile, c1 * tile)
+        part = band[:, px].astype(np.float32)
+        if gain is not None:
+            m = np.repeat(means[row, c0:c1], tile, axis=0)[None]
+            part = m + (part - m) * np.repeat(gain[row, c0:c1], tile)[None, :, None]
+        if vert is not None:
+            x0, x1, wx = _interp_axis(cols * tile, shift.shape[1], c0 * tile, (c1 - c0) * tile)
+            part += vert[:, x0] * (1 - wx)[None, :, None] + vert[:, x1] * wx[None, :, None]
+        np.clip(part, 0, 255, out=part)
+        out[:, px] = np.rint(part)
+    return out
 
 
 class _TileCache:
@@ -136,13 +157,7 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> 
             band = cache.slots[cache.slot_of[local[r]]]  # (cols, T, T, 3)
             band = band.transpose(1, 0, 2, 3).reshape(tile, cols * tile, 3)
             if shift is not None or gain is not None:
-                out = band.astype(np.float32)
-                if gain is not None:
-                    m = np.repeat(means[r], tile, axis=0)[None]
-                    out = m + (out - m) * np.repeat(gain[r], tile)[None, :, None]
-                if shift is not None:
-                    out += _blend_shift(plan, shift, r)
-                band = np.clip(out, 0, 255).round().astype(np.uint8)
+                band = _correct_band(plan, band, r, shift, gain, means)
             yield band
             cache.done(r)
             bar.update()

@@ -26,6 +26,7 @@ TARGET_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_CELLS = 250_000
 MAX_SUBCELLS = 8
 MAX_STREAM_PIXELS = 600_000_000  # streamed PNG (about 1.8 GB of pixels, never all in memory)
+MAX_DZI_PIXELS = 4_000_000_000  # streamed Deep Zoom pyramid: 63,000 px a side, never in memory
 DEFAULT_LONG_SIDE_CELLS = 64
 DEFAULT_MIN_TILE = 32
 DEFAULT_RADIUS = 2
