@@ -23,14 +23,14 @@ from builder.mosaic import (
     render_mosaic,
     required_tiles,
 )
-from tests.mosaic_helpers import build_library
+from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
 
 
 @pytest.fixture(scope="module")
-def library_root(tmp_path_factory, bluemarble):
-    return build_library(tmp_path_factory.mktemp("mosaic") / "mosaic_library", bluemarble, n=160, seed=11)
+def library_root(earth_library):  # noqa: F811 - the imported fixture, by name
+    return earth_library
 
 
 @pytest.fixture
