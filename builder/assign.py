@@ -81,6 +81,7 @@ class Analysis(NamedTuple):
     lab: tuple[float, float, float] | None = None
     phash: str | None = None
     tile_id: str | None = None
+    thumb: bytes | None = None  # 64x64 RGB box reduction of a staged tile, for the mosaic cache
 
 
 _ONES_64 = np.ones(64 * 64)
@@ -200,7 +201,10 @@ class Worker:
         with open(part, "wb") as fh:
             fh.write(payload)
         os.replace(part, self.temp / f"{tile_id}.png")
-        return Analysis(None, "resized" if decoded.resized else "", bucket_id, lab_t, tile_hash, tile_id)
+        # The mosaic cache's 64-px thumbnail (builder.mosaic.thumbs.THUMB_SIZE; append() checks the
+        # size): 0.1 ms here spares the first mosaic a 2 ms decode of this tile.
+        thumb = decoded.image.reduce(4).tobytes()
+        return Analysis(None, "resized" if decoded.resized else "", bucket_id, lab_t, tile_hash, tile_id, thumb)
 
 
 _WORKER: Worker | None = None
@@ -278,6 +282,18 @@ def pool_context():
     all fork workers at once and never forks again.
     """
     return multiprocessing.get_context("fork")
+
+
+def _cache_thumbnails(root: Path, stored: list[Analysis]) -> None:
+    """Hand a committed batch's thumbnails to the mosaic cache; a failure only costs decoding later."""
+    from .mosaic.thumbs import ThumbnailCache
+
+    rows = [an for an in stored if an.thumb is not None]
+    try:
+        ThumbnailCache.of(root).append([an.tile_id for an in rows], [an.phash for an in rows],
+                                       np.frombuffer(b"".join(an.thumb for an in rows), dtype=np.uint8))
+    except (OSError, ValueError) as exc:
+        logger.warning("mosaic thumbnail cache not updated: %s", exc)
 
 
 def utc_now() -> str:
@@ -443,3 +459,4 @@ class Pipeline:
             journal.unlink(missing_ok=True)
             raise
         journal.unlink(missing_ok=True)
+        _cache_thumbnails(lib.root, [an for _c, an in accepted])

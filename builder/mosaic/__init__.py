@@ -73,11 +73,11 @@ from .target import (
     target_subcells,
 )
 from .thumbs import (
-    CACHE_DIR,
     CACHE_VERSION,
     SPOT_CHECKS,
     THUMB_PREFIX,
     THUMB_SIZE,
+    ThumbnailCache,
     TileTable,
     cache_dir,
     load_tile_table,
@@ -86,7 +86,6 @@ from .thumbs import (
 )
 
 __all__ = [
-    "CACHE_DIR",
     "CACHE_VERSION",
     "DEFAULT_BLEND",
     "DEFAULT_DETAIL",
@@ -146,6 +145,7 @@ __all__ = [
     "target_samples",
     "target_subcells",
     "tile_thumbnail",
+    "ThumbnailCache",
     "TileTable",
     "viewer_html",
     "write_mosaic",

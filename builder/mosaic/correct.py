@@ -24,7 +24,6 @@ luminance spread in the cell to the tile's (both at 4x4 samples a cell), within
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import deltaE_ciede2000
 
 from ..color import lab_to_rgb, rgb_to_lab
 from .fidelity import LUMA, STRUCTURE_SAMPLES
@@ -36,6 +35,8 @@ MAX_GAIN = 2.0  # contrast is scaled by at most this factor either way
 def correction_shift(tile_rgb: np.ndarray, target_rgb: np.ndarray, blend: float, max_correction: float) -> np.ndarray:
     """RGB offsets ``(..., 3)`` float32 moving each tile sub-cell colour ``blend`` of the way to the
     target's in LAB, by at most ``max_correction`` CIEDE2000 (colours stay inside sRGB)."""
+    from skimage.color import deltaE_ciede2000  # imported on use: the store imports this package
+
     lab_tile = rgb_to_lab(np.clip(tile_rgb, 0, 255))
     step = (rgb_to_lab(np.clip(target_rgb, 0, 255)) - lab_tile) * float(blend)
     if np.isfinite(max_correction):

@@ -27,8 +27,6 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from ..errors import LibraryError
 
@@ -47,6 +45,9 @@ def match_with_uses(ranked: np.ndarray, costs: np.ndarray, max_uses: int) -> np.
 
     Raises :class:`NoFullMatching` when the shortlists cannot cover every cell.
     """
+    from scipy.sparse import csr_array  # imported on use: the store imports this package
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
     n_cells, k = ranked.shape
     valid = (ranked >= 0) & np.isfinite(costs)
     cell_of = np.repeat(np.arange(n_cells), k)[valid.ravel()]

@@ -25,8 +25,6 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from skimage.color import deltaE_ciede2000
-from skimage.metrics import structural_similarity
 
 from ..color import rgb_to_lab
 from ..errors import UsageError
@@ -63,6 +61,9 @@ def compare_samples(reference: np.ndarray, mosaic: np.ndarray) -> Fidelity:
     Both must come from the same cell grid at :data:`STRUCTURE_SAMPLES` samples per cell; the
     colour figure uses their 2x2 box means.
     """
+    from skimage.color import deltaE_ciede2000  # imported on use: the store imports this package
+    from skimage.metrics import structural_similarity
+
     reference, mosaic = np.asarray(reference, dtype=np.float64), np.asarray(mosaic, dtype=np.float64)
     per_cell = STRUCTURE_SAMPLES // COLOUR_SAMPLES
     if reference.shape != mosaic.shape:

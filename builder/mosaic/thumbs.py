@@ -1,14 +1,17 @@
-"""The tile table and its cache: the 64-px thumbnail cache in ``<library>/.cache/`` (load,
-validate, spot-check, rewrite) and the tiles' sub-cell colours measured on it."""
+"""The tile table and its cache: the append-only 64-px :class:`ThumbnailCache` in
+``<library>/.cache/`` (filled by the store as tiles are committed, matched, spot-checked and
+extended by the mosaic) and the tiles' sub-cell colours measured on it."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import sys
-import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,16 +23,20 @@ from tqdm import tqdm
 from ..color import N_BUCKETS, rgb_to_lab
 from ..decode import TILE_SIZE, decode_tile
 from ..errors import ImageRejected, LibraryError
+from ..layout import CACHE_DIR
 from ..library import Library, is_tile_id
 from .target import DEFAULT_SUBCELLS
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR = ".cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: append-only keys + pixels files (1 was one rewritten .npy and an index)
 THUMB_SIZE = 64  # thumbnails kept in the cache: 12 KB a tile, about a tenth of its PNG
+THUMB_BYTES = THUMB_SIZE * THUMB_SIZE * 3
 THUMB_PREFIX = "mosaic_thumbs64"
+KEY = np.dtype([("id", "S36"), ("phash", "S16")])  # one row's key in the keys file
+LOCK_NAME = ".mosaic_thumbs.lock"
 SPOT_CHECKS = 3
+DEAD_ROWS_KEPT = 1000  # rows of deleted tiles tolerated before the cache is compacted
 
 
 # ============================================================================ tile features
@@ -107,41 +114,139 @@ def cache_dir(lib: Library) -> Path:
     return lib.root / CACHE_DIR
 
 
-def _index_path(folder: Path) -> Path:
-    return folder / f"{THUMB_PREFIX}_index.npz"
+# ============================================================================ the append-only cache
+class ThumbnailCache:
+    """The 64-px thumbnails of a library's tiles: two append-only files in ``<library>/.cache/``.
 
-
-def _load_thumbs(folder: Path) -> tuple[dict[tuple[str, str], int], np.ndarray | None, str]:
-    """``{(id, phash): row}`` and the memory-mapped thumbnails, or ``({}, None)`` unless all is sane.
-
-    The index names the thumbnail file it describes (a random token), so an index never points
-    at a thumbnail file written by another run; shapes, dtypes and ids are checked, nothing unpickled.
+    ``mosaic_thumbs64.v2.keys`` holds one :data:`KEY` record (tile id, pHash) per row and
+    ``mosaic_thumbs64.v2.pixels`` the row's 64x64x3 pixels, in the same order.  The store
+    appends a committed batch's thumbnails (:meth:`append`, from the images its workers already
+    decoded), so the first mosaic on a library reads them instead of decoding every tile; a
+    mosaic appends the few it had to decode itself.  Rows count only when both files hold them
+    whole: a crash mid-append leaves a torn tail that the next append cuts off.  Appends and
+    rewrites take an exclusive ``flock`` on the cache's lock file, loads a shared one, so a
+    load never sees a half-rewritten cache.  Being derived data, it is matched to ``tiles.db``
+    on ``(id, phash)`` and spot-checked against re-decoded tiles on every load.
     """
-    index = _index_path(folder)
-    if not index.is_file():
-        return {}, None, ""
-    try:
-        with np.load(index, allow_pickle=False) as npz:
-            version, ids, hashes, ok, name = (int(npz["version"]), npz["ids"], npz["phash"], npz["ok"],
-                                              str(npz["thumbs"]))
-        if not re.fullmatch(rf"{THUMB_PREFIX}\.[0-9a-f]{{16}}\.npy", name):
-            raise ValueError(f"bad thumbnail file name {name!r}")
-        thumbs = np.load(folder / name, mmap_mode="r", allow_pickle=False)
-        sane = (
-            version == CACHE_VERSION
-            and ids.ndim == 1 and ids.dtype.kind == "U" and hashes.shape == ids.shape and hashes.dtype.kind == "U"
-            and ok.shape == ids.shape and ok.dtype == np.bool_
-            and thumbs.dtype == np.uint8 and thumbs.shape == (len(ids), THUMB_SIZE, THUMB_SIZE, 3)
-            and all(is_tile_id(i) for i in ids.tolist())
-        )
-    except (OSError, ValueError, KeyError, TypeError, zlib.error, EOFError) as exc:
-        logger.warning("ignoring unreadable mosaic cache in %s: %s", folder, exc)
-        return {}, None, ""
-    if not sane:
-        logger.warning("ignoring malformed mosaic cache in %s", folder)
-        return {}, None, ""
-    keys = {(i, h): r for r, (i, h, good) in enumerate(zip(ids.tolist(), hashes.tolist(), ok.tolist())) if good}
-    return keys, thumbs, name
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.generation_path = self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.generation"
+        self.identity = ""  # generation of the rows last loaded: names the derived sub-cell files
+        self.keys_path = self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.keys"
+        self.pixels_path = self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.pixels"
+
+    @classmethod
+    def of(cls, root: str | os.PathLike) -> ThumbnailCache:
+        """The cache of the library at ``root``."""
+        return cls(Path(root) / CACHE_DIR)
+
+    @contextmanager
+    def _lock(self, kind: int):
+        """``flock`` on the cache's lock file; a reader of a folder it cannot write (no lock file
+        can be made) reads unlocked, as only a writer of that folder could change it."""
+        try:
+            if kind == fcntl.LOCK_EX:
+                self.folder.mkdir(exist_ok=True)
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            if kind == fcntl.LOCK_EX:
+                raise
+            yield
+            return
+        try:
+            fcntl.flock(fd, kind)
+            yield
+        finally:
+            os.close(fd)
+
+    def _generation(self) -> str:
+        try:
+            token = self.generation_path.read_text().strip()
+        except OSError:
+            return ""
+        return token if re.fullmatch(r"[0-9a-f]{16}", token) else ""
+
+    def _new_generation(self) -> None:
+        """Rows were rewritten or cut: what was derived from the old ones no longer applies."""
+        part = self.generation_path.with_name(f".{self.generation_path.name}.{os.getpid()}.part")
+        part.write_text(os.urandom(8).hex())
+        os.replace(part, self.generation_path)
+
+    def _rows_on_disk(self) -> int:
+        try:
+            return min(self.keys_path.stat().st_size // KEY.itemsize, self.pixels_path.stat().st_size // THUMB_BYTES)
+        except FileNotFoundError:
+            return 0
+
+    def append(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> int:
+        """Add ``(id, phash, 64x64x3 uint8 thumbnail)`` rows; returns how many were written.
+
+        The store calls this after a batch commits (a failure here must not undo the batch: it
+        only costs the next mosaic some decoding).
+        """
+        if not len(ids):
+            return 0
+        thumbs = np.ascontiguousarray(thumbs, dtype=np.uint8)
+        if thumbs.size != len(ids) * THUMB_BYTES or len(phashes) != len(ids) or not all(is_tile_id(i) for i in ids):
+            raise ValueError(f"append needs as many uuid4 ids, pHashes and {THUMB_SIZE}x{THUMB_SIZE} RGB thumbnails")
+        keys = np.empty(len(ids), dtype=KEY)
+        keys["id"], keys["phash"] = [i.encode() for i in ids], [str(h or "").encode() for h in phashes]
+        with self._lock(fcntl.LOCK_EX):
+            rows = self._rows_on_disk()
+            whole = [path.stat().st_size // size if path.exists() else 0
+                     for path, size in ((self.pixels_path, THUMB_BYTES), (self.keys_path, KEY.itemsize))]
+            if max(whole) > rows or not self._generation():  # whole rows cut (not only a torn tail)
+                self._new_generation()
+            with open(self.pixels_path, "ab") as px, open(self.keys_path, "ab") as kf:
+                px.truncate(rows * THUMB_BYTES)  # cut a torn tail left by a crash
+                kf.truncate(rows * KEY.itemsize)
+                px.write(thumbs.tobytes())
+                px.flush()
+                kf.write(keys.tobytes())  # keys last: a row exists once its key does
+        return len(ids)
+
+    def load(self) -> tuple[np.ndarray | None, dict[tuple[str, str], int]]:
+        """The pixels as a read-only ``(n, 64, 64, 3)`` memory map and ``{(id, phash): row}``
+        (the last row wins for a key written twice); ``(None, {})`` when empty or unreadable."""
+        try:
+            with self._lock(fcntl.LOCK_SH):
+                rows = self._rows_on_disk()
+                if not rows:
+                    return None, {}
+                keys = np.fromfile(self.keys_path, dtype=KEY, count=rows)
+                pixels = np.memmap(self.pixels_path, dtype=np.uint8, mode="r",
+                                   shape=(rows, THUMB_SIZE, THUMB_SIZE, 3))
+                self.identity = self._generation()
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable mosaic cache in %s: %s", self.folder, exc)
+            return None, {}
+        index = {}
+        for row, (tile_id, tile_hash) in enumerate(zip(keys["id"].tolist(), keys["phash"].tolist())):
+            tile_id = tile_id.decode("ascii", "replace")
+            if is_tile_id(tile_id):
+                index[(tile_id, tile_hash.decode("ascii", "replace"))] = row
+        return pixels, index
+
+    def rewrite(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> None:
+        """Replace the whole cache by these rows (drops dead rows; empties a cache found wrong)."""
+        with self._lock(fcntl.LOCK_EX):
+            for path in (self.keys_path, self.pixels_path):
+                path.unlink(missing_ok=True)
+            self._new_generation()
+        if len(ids):
+            self.append(ids, phashes, thumbs)
+
+
+def _decode_thumbnails(lib: Library, todo: list[tuple[str, int, str]], workers: int | None,
+                       progress: bool | None) -> list[np.ndarray | None]:
+    show = sys.stderr.isatty() if progress is None else progress
+    out: list[np.ndarray | None] = []
+    with _pool(workers) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
+        for thumb in pool.map(lambda row: tile_thumbnail(lib, row[1], row[0]), todo):
+            out.append(thumb)
+            bar.update()
+    return out
 
 
 def _writable_folder(folder: Path) -> bool:
@@ -152,72 +257,43 @@ def _writable_folder(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _write_thumbs(folder: Path, rows: list[tuple[str, int, str]], sources: list[int | None], old: np.ndarray | None,
-                 lib: Library, workers: int | None, progress: bool | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Write a new thumbnail file (reused rows copied, others decoded) and its index; returns (thumbs, ok, name)."""
-    token = os.urandom(8).hex()
-    name = f"{THUMB_PREFIX}.{token}.npy"
-    part = folder / f".{name}.part"
-    n = len(rows)
-    thumbs = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(n, THUMB_SIZE, THUMB_SIZE, 3))
-    ok = np.ones(n, dtype=bool)
-    try:
-        reused = np.array([i for i, src in enumerate(sources) if src is not None], dtype=np.int64)
-        if len(reused) and old is not None:
-            src = np.array([sources[i] for i in reused], dtype=np.int64)
-            for lo in range(0, len(reused), 4096):
-                thumbs[reused[lo:lo + 4096]] = old[src[lo:lo + 4096]]
-        todo = [i for i, src in enumerate(sources) if src is None]
-        show = sys.stderr.isatty() if progress is None else progress
-        with _pool(workers) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
-            jobs = pool.map(lambda i: tile_thumbnail(lib, rows[i][1], rows[i][0]), todo)
-            for i, thumb in zip(todo, jobs):
-                if thumb is None:
-                    ok[i] = False
-                else:
-                    thumbs[i] = thumb
-                bar.update()
-        thumbs.flush()
-        del thumbs
-        os.replace(part, folder / name)
-        index_part = folder / f".{THUMB_PREFIX}_index.{token}.part"
-        with open(index_part, "wb") as fh:
-            np.savez(fh, version=np.array(CACHE_VERSION), thumbs=np.array(name),
-                     ids=np.array([r[0] for r in rows], dtype="U36"), phash=np.array([r[2] for r in rows], dtype=str),
-                     ok=ok)
-        os.replace(index_part, _index_path(folder))
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    for stale in folder.glob(f"{THUMB_PREFIX}.*.npy"):
-        if not stale.name.startswith(f"{THUMB_PREFIX}.{token}."):  # older thumbnail files and their feature files
-            stale.unlink(missing_ok=True)
-    return np.load(folder / name, mmap_mode="r", allow_pickle=False), ok, name
-
-
-def _subcell_rgb(thumbs: np.ndarray, subcells: int, path: Path, checked: dict[int, np.ndarray]) -> np.ndarray:
-    """Sub-cell mean RGB of every cached row, from its small derived file when that is sane and
-    agrees with the freshly decoded spot-check tiles; else computed from the thumbnails and saved."""
-    shape = (len(thumbs), subcells, subcells, 3)
+def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: str,
+                 checked: dict[int, np.ndarray]) -> np.ndarray:
+    """Sub-cell mean RGB of every cached row, from its small derived file where that is sane and
+    agrees with the freshly decoded spot-check tiles (rows appended since are computed and the
+    file extended); else computed from the thumbnails and saved.  The file is named after the
+    cache's generation, so rewritten or cut rows never reuse another row's colours."""
+    shape = (subcells, subcells, 3)
+    n = len(thumbs)
+    path = folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.{generation or 'none'}.sub{subcells}.npy"
+    done = np.empty((0, *shape), dtype=np.float64)
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             logger.warning("ignoring unreadable %s: %s", path, exc)
         else:
-            sane = (cached.shape == shape and cached.dtype == np.float64 and np.isfinite(cached).all()
-                    and cached.min(initial=0) >= 0 and cached.max(initial=0) <= 255)
-            if sane and all(np.allclose(subcell_means(t, subcells), cached[r], atol=1e-9) for r, t in checked.items()):
-                return cached
-            logger.warning("ignoring %s: it disagrees with the thumbnails", path)
-    rgb = np.empty(shape, dtype=np.float64)
-    for lo in range(0, len(thumbs), 2048):
-        rgb[lo:lo + 2048] = subcell_means(np.asarray(thumbs[lo:lo + 2048]), subcells)
+            sane = (cached.ndim == 4 and cached.shape[1:] == shape and len(cached) <= n and cached.dtype == np.float64
+                    and np.isfinite(cached).all() and cached.min(initial=0) >= 0 and cached.max(initial=0) <= 255)
+            if sane and all(r >= len(cached) or np.allclose(subcell_means(t, subcells), cached[r], atol=1e-9)
+                            for r, t in checked.items()):
+                done = cached
+            else:
+                logger.warning("ignoring %s: it disagrees with the thumbnails", path)
+    if len(done) == n:
+        return done
+    rgb = np.empty((n, *shape), dtype=np.float64)
+    rgb[:len(done)] = done
+    for lo in range(len(done), n, 2048):
+        rgb[lo:lo + 2048] = subcell_means(np.asarray(thumbs[lo:min(n, lo + 2048)]), subcells)
     try:
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         with open(part, "wb") as fh:
             np.save(fh, rgb, allow_pickle=False)
         os.replace(part, path)
+        for stale in folder.glob(f"{THUMB_PREFIX}.v{CACHE_VERSION}.*.sub{subcells}.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError as exc:
         logger.info("sub-cell colours not cached (%s)", exc)
     return rgb
@@ -231,10 +307,11 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
                     progress: bool | None = None, use_cache: bool = True) -> TileTable:
     """Every usable tile with its thumbnail and sub-cell colours.
 
-    The thumbnail cache lives in ``<library>/.cache/`` and is matched to ``tiles.db`` row by
-    row on ``(id, phash)``: unchanged tiles are reused, new ones decoded, deleted ones dropped,
-    and a few reused thumbnails are re-decoded and compared byte for byte, so a cache that
-    disagrees with the files is thrown away.  A library folder we cannot write to (or
+    Thumbnails come from the library's :class:`ThumbnailCache`, matched to ``tiles.db`` row by
+    row on ``(id, phash)``: tiles the store did not cache (older libraries, other writers) are
+    decoded once and appended, deleted ones ignored (and dropped when they are most of the
+    file), and a few cached thumbnails are re-decoded and compared byte for byte, so a cache
+    that disagrees with the files is thrown away.  A library folder we cannot write to (or
     ``use_cache=False``) gets a temporary cache instead.
     """
     import tempfile
@@ -246,41 +323,61 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     ]
     if not rows:
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
-    folder, scratch = cache_dir(lib), None
-    keys, old, name = _load_thumbs(folder) if use_cache else ({}, None, "")
-    if not (use_cache and _writable_folder(folder)):
-        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
-        folder = Path(scratch.name)
-    sources = [keys.get((tid, h)) for tid, _b, h in rows]
+    cache, scratch = ThumbnailCache(cache_dir(lib)), None
+    pixels, index = cache.load() if use_cache and cache.folder.is_dir() else (None, {})
+    sources = [index.get((tid, h)) for tid, _b, h in rows]
     reused = [i for i, src in enumerate(sources) if src is not None]
-    checked: dict[int, np.ndarray] = {}  # thumbs row -> freshly decoded thumbnail
-    if reused and old is not None:
-        rng = np.random.default_rng()
-        for i in rng.choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
+    checked: dict[int, np.ndarray] = {}  # cache row -> freshly decoded thumbnail
+    if reused:
+        for i in np.random.default_rng().choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
             tid, bucket_id, _h = rows[i]
             fresh = tile_thumbnail(lib, bucket_id, tid)
-            if fresh is None or not np.array_equal(fresh, old[sources[i]]):
-                logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", folder, tid)
-                sources, old, checked = [None] * len(rows), None, {}
+            if fresh is None or not np.array_equal(fresh, pixels[sources[i]]):
+                logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", cache.folder, tid)
+                sources, pixels, index, checked = [None] * len(rows), None, {}, {}
+                if _writable_folder(cache.folder):
+                    cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
                 break
             checked[int(sources[i])] = fresh
-    unchanged = old is not None and len(old) == len(rows) and sources == list(range(len(rows)))
-    if unchanged and scratch is None:
-        thumbs, ok = old, np.ones(len(rows), dtype=bool)
-    else:
-        thumbs, ok, name = _write_thumbs(folder, rows, sources, old, lib, workers, progress)
+    todo = [row for row, src in zip(rows, sources) if src is None]
+    decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
+    good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
+    writable = use_cache and _writable_folder(cache.folder)
+    live = len(rows) - len(todo)
+    if writable and pixels is not None and len(pixels) - live > max(DEAD_ROWS_KEPT, live):
+        keep_rows = sorted(src for src in sources if src is not None)  # compaction: dead rows dropped
+        keys = {row: key for key, row in index.items()}
+        cache.rewrite([keys[r][0] for r in keep_rows], [keys[r][1] for r in keep_rows], np.asarray(pixels[keep_rows]))
+        pixels, checked = None, {}
+    if writable:
+        if good:
+            cache.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
+        if good or pixels is None:
+            pixels, index = cache.load()
+    else:  # a temporary cache: what the library's holds for these tiles, plus the decoded ones
+        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
+        temp = ThumbnailCache(scratch.name)
+        have = [(row, src) for row, src in zip(rows, sources) if src is not None]
+        if have:
+            temp.append([r[0] for r, _s in have], [r[2] for r, _s in have], np.asarray(pixels[[s for _r, s in have]]))
+        if good:
+            temp.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
+        pixels, index = temp.load()
         checked = {}
-    keep = np.flatnonzero(ok)
-    if not len(keep):
+        cache = temp
+    found = [(i, index.get((tid, h))) for i, (tid, _b, h) in enumerate(rows)]
+    keep = [i for i, src in found if src is not None]
+    if not keep or pixels is None:
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
-    rgb = _subcell_rgb(thumbs, subcells, folder / name.replace(".npy", f".sub{subcells}.npy"), checked)[keep]
+    thumb_rows = np.array([src for _i, src in found if src is not None], dtype=np.int64)
+    all_rgb = _subcell_rgb(pixels, subcells, cache.folder, cache.identity, checked)
     return TileTable(
         ids=np.array([rows[i][0] for i in keep]),
         bucket_ids=np.array([rows[i][1] for i in keep], dtype=np.int64),
-        rgb=rgb,
+        rgb=all_rgb[thumb_rows],
         subcells=subcells,
-        thumbs=thumbs,
-        thumb_rows=keep,
-        skipped=int((~ok).sum()),
+        thumbs=pixels,
+        thumb_rows=thumb_rows,
+        skipped=len(rows) - len(keep),
         scratch=scratch,
     )
