@@ -97,18 +97,23 @@ def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked:
     """Mean squared LAB distance between each cell's ``d x d`` samples and each shortlisted tile's
     (``inf`` where ``ranked`` is -1): the whole-thumbnail comparison that sees shapes.
 
-    Only the tiles on some shortlist have their ``d x d`` LAB computed, so the cost follows the
-    shortlist, not the library's size.
+    ``|c - t|^2 = |c|^2 + |t|^2 - 2 c.t``, with the dot products of a block of cells against the
+    union of that block's shortlisted tiles as one matrix product (BLAS), then gathered; only
+    the tiles on some shortlist have their ``d x d`` LAB computed (once per table), so the cost
+    follows the shortlists, not the library's size.
     """
-    used, local = np.unique(np.maximum(ranked, 0), return_inverse=True)
-    tile_lab = rgb_to_lab(table.detail_rgb(detail, used)).reshape(len(used), -1).astype(np.float32)
-    local = local.reshape(ranked.shape)
     costs = np.empty(ranked.shape, dtype=np.float64)
-    chunk = _chunk(ranked.shape[1] * tile_lab.shape[1] * 4)
-    for lo in range(0, len(ranked), chunk):
-        sl = slice(lo, lo + chunk)
-        diff = tile_lab[local[sl]] - cell_detail[sl][:, None, :]
-        costs[sl] = np.einsum("ijk,ijk->ij", diff, diff) / (detail * detail)
+    block = max(16, _CHUNK_BYTES // max(1, ranked.shape[1] * 8 * 8))
+    for lo in range(0, len(ranked), block):
+        sl = slice(lo, lo + block)
+        used, local = np.unique(np.maximum(ranked[sl], 0), return_inverse=True)
+        tiles = table.detail_lab(detail, used).astype(np.float64)
+        cell = cell_detail[sl].astype(np.float64)
+        dots = cell @ tiles.T  # (block, union)
+        local = local.reshape(-1, ranked.shape[1])
+        rows = np.arange(len(cell))[:, None]
+        sq = (cell * cell).sum(axis=1)[:, None] + (tiles * tiles).sum(axis=1)[local] - 2 * dots[rows, local]
+        costs[sl] = np.maximum(sq, 0) / (detail * detail)
     costs[ranked < 0] = np.inf
     return costs
 
@@ -185,19 +190,39 @@ class _Cells:
             self.detail = rgb_to_lab(fine).reshape(rows * cols, -1).astype(np.float32)
 
 
+def spread_pick(ranked: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Each row's ``n`` best entries plus ``n`` more spread evenly over the rest of its ranking,
+    from a different random offset per row.
+
+    Cells of a flat region rank the same tiles in nearly the same order; a fair assignment
+    needs their lists together to hold as many tiles as they are cells, not each list to hold
+    them all.  Evenly spread picks from shifted offsets do that with ``2n`` entries a cell
+    instead of the whole ranking.
+    """
+    rest = ranked.shape[1] - n
+    stride = rest / n
+    offsets = np.random.default_rng(seed).uniform(0, stride, len(ranked))
+    picks = n + np.minimum(rest - 1, (offsets[:, None] + stride * np.arange(n)[None]).astype(np.int64))
+    return np.concatenate([ranked[:, :n], np.take_along_axis(ranked, picks, axis=1)], axis=1)
+
+
 def shortlists(table: TileTable, index: PopulatedIndex, cells: _Cells, options: MosaicOptions,
-               minimum: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's candidates, best first, and their costs: whole nearest buckets until ``minimum``
-    tiles, the best by sub-cell colour kept, then ordered by the finer comparison when
-    ``options.detail`` is set (else by the sub-cell distance itself)."""
-    candidates = candidate_tiles(table, index, cells.lab, minimum)
+               minimum: int, subset: np.ndarray | None = None, spread: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's candidates (of ``subset``, or all cells), best first, and their costs: whole
+    nearest buckets until ``minimum`` tiles, the best by sub-cell colour kept (with ``spread``:
+    :func:`spread_pick` of them), then ordered by the finer comparison when ``options.detail``
+    is set (else by the sub-cell distance itself)."""
+    pick = slice(None) if subset is None else subset
+    lab, features = cells.lab[pick], cells.features[pick]
+    candidates = candidate_tiles(table, index, lab, minimum)
     keep = max(options.shortlist, minimum)
-    ranked = rank_candidates(table.features, cells.features, candidates, keep)
+    ranked = rank_candidates(table.features, features, candidates, keep)
+    if spread is not None and ranked.shape[1] > 2 * spread:
+        ranked = spread_pick(ranked, spread)
     if options.detail:
-        costs = detail_costs(table, options.detail, cells.detail, ranked)
+        costs = detail_costs(table, options.detail, cells.detail[pick], ranked)
     else:
-        feats = table.features
-        diff = feats[np.maximum(ranked, 0)] - cells.features[:, None, :]
+        diff = table.features[np.maximum(ranked, 0)] - features[:, None, :]
         costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
         costs[ranked < 0] = np.inf
     return sort_by_cost(ranked, costs)
@@ -249,7 +274,10 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
         def library_order(cell: int) -> np.ndarray:
             return np.argsort(((table.features - cells.features[cell]) ** 2).sum(axis=1), kind="stable")
 
-        grid = fair_grid(lambda k: shortlists(table, index, cells, options, k), minimum, len(table),
+        def fair_shortlist(k: int, subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            return shortlists(table, index, cells, options, k, subset, None if subset is None else minimum)
+
+        grid = fair_grid(fair_shortlist, minimum, len(table),
                          rows, cols, options.max_uses, options.no_repeat_radius, library_order)
     done = time.perf_counter()
     seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}

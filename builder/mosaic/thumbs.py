@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class TileTable:
     thumb_rows: np.ndarray  # (n,) int64
     skipped: int = 0  # rows whose file could not be read
     scratch: object = None  # keeps a temporary cache folder alive (read-only libraries)
+    _detail: dict = field(default_factory=dict, repr=False)  # d -> (computed?, LAB) per row, filled on use
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,10 +65,31 @@ class TileTable:
 
     def detail_rgb(self, detail: int, rows: np.ndarray) -> np.ndarray:
         """``(k, d, d, 3)`` mean RGB of ``d x d`` blocks of the thumbnails of table ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), detail, detail, 3), dtype=np.float64)
+        f = THUMB_SIZE // detail
         for lo in range(0, len(rows), 2048):
-            out[lo:lo + 2048] = subcell_means(self.thumbnails(rows[lo:lo + 2048], THUMB_SIZE), detail)
+            pixels = np.asarray(self.thumbs[self.thumb_rows[rows[lo:lo + 2048]]])
+            if f * detail == THUMB_SIZE:  # equal blocks: a reshape, much faster than reduceat
+                sums = pixels.reshape(len(pixels), detail, f, detail, f, 3).sum(axis=(2, 4), dtype=np.uint32)
+                out[lo:lo + 2048] = sums / (f * f)
+            else:
+                out[lo:lo + 2048] = subcell_means(pixels, detail)
         return out
+
+    def detail_lab(self, detail: int, rows: np.ndarray) -> np.ndarray:
+        """``(k, d*d*3)`` float32 LAB of :meth:`detail_rgb`, computed once per tile and kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        memo = self._detail.get(detail)
+        if memo is None:
+            memo = self._detail[detail] = (np.zeros(len(self), dtype=bool),
+                                          np.empty((len(self), detail * detail * 3), dtype=np.float32))
+        done, lab = memo
+        todo = np.unique(rows[~done[rows]])
+        if len(todo):
+            lab[todo] = rgb_to_lab(self.detail_rgb(detail, todo)).reshape(len(todo), -1)
+            done[todo] = True
+        return lab[rows]
 
     def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
         """``(k, size, size, 3)`` thumbnails of table rows from the thumbs (``size`` <= 64)."""
