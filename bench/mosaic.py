@@ -13,8 +13,9 @@ venv of your own); without it the phomo rows say "absent".
    SSIM at 4x4) and time of every method on the same tiles and photos (``data/sample_target.jpg``
    and skimage's ``coffee``, ``chelsea``, ``rocket``; 40 cells on the long side, 16-px tiles):
    a naive per-cell loop (cell mean -> brute-force nearest tile mean -> open, resize, paste),
-   the mosaic before this work (``--detail 0 --max-correction 0``: sub-cell matching, no
-   correction, which is what the code did), the new default, each new option, a sweep of the
+   the mosaic before this work (``--detail 0 --max-correction 0 --no-contrast``: sub-cell
+   matching, no correction; on these in-memory pictures it places exactly the tiles the old
+   code placed), the new default, each new option, a sweep of the
    correction budget (the default is the smallest budget that gets 90% of the unbounded
    budget's CIEDE2000 gain, on average over the photos), and phomo 1.2 (``Mosaic.build`` on
    its ``d_matrix``: exact assignment over whole 16x16 tile pixels, the same thumbnails as its
@@ -83,9 +84,11 @@ LONG_SIDE = 40  # cells on the long side of the fidelity table's mosaics
 TILE = 16
 BUDGETS = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, float("inf"))
 GAIN_SHARE = 0.9  # the default budget: the smallest reaching this share of the unbounded gain
+BEFORE = "before (--detail 0 --max-correction 0 --no-contrast)"
 
 
-def build_library(root: Path, crops: int, seed: int = 0, cap: int | None = None) -> None:
+def build_library(root: Path, crops: int, seed: int = 0, cap: int | None = None,
+                  sizes: tuple[int, ...] = (64, 96, 128, 192, 256, 384, 512, 768, 1024)) -> None:
     """Real Blue Marble crops of mixed scales through the real ingest pipeline."""
     world = Image.open(BLUEMARBLE).convert("RGB")
     rng = np.random.default_rng(seed)
@@ -93,7 +96,7 @@ def build_library(root: Path, crops: int, seed: int = 0, cap: int | None = None)
         folder = Path(tmp)
         started = time.perf_counter()
         for i in range(crops):
-            size = int(rng.choice([64, 96, 128, 192, 256, 384, 512, 768, 1024]))
+            size = int(rng.choice(sizes))
             x = int(rng.integers(0, world.width - size))
             y = int(rng.integers(0, world.height - size))
             world.crop((x, y, x + size, y + size)).save(folder / f"crop_{i:05d}.jpg", quality=92)
@@ -185,18 +188,17 @@ def phomo_mosaic(table: TileTable, target: Image.Image, box, cols: int, rows: in
 def methods() -> dict[str, dict]:
     """Label -> MosaicOptions fields, the first being the code as it was before this work."""
     out = {
-        "before (--detail 0 --max-correction 0)": {"detail": 0, "max_correction": 0.0},
+        BEFORE: {"detail": 0, "max_correction": 0.0, "contrast": False},
         "new default": {},
-        "--contrast": {"contrast": True},
+        "--no-contrast": {"contrast": False},
         "--max-uses 1": {"max_uses": 1},
         "--detail 0 (correction only)": {"detail": 0},
-        "--max-correction 0 (detail only)": {"max_correction": 0.0},
+        "--max-correction 0 --no-contrast (detail only)": {"max_correction": 0.0, "contrast": False},
         "--detail 4": {"detail": 4},
         "--detail 16": {"detail": 16},
     }
-    for budget in BUDGETS[1:]:
-        if budget != DEFAULT_MAX_CORRECTION:
-            out[f"--max-correction {budget:g}"] = {"max_correction": budget}
+    for budget in BUDGETS:  # the budget sweep, without contrast so it measures the colour shift alone
+        out[f"--no-contrast --max-correction {budget:g}"] = {"max_correction": budget, "contrast": False}
     return out
 
 
@@ -234,7 +236,7 @@ def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
             cells.append("absent (pip install phomo)".rjust(22) if value is None else
                          f"{value[0]:5.2f} {value[1]:.3f} {value[2]:6.2f}s".rjust(22))
         print("   " + f"{label:<{width}}  " + "  ".join(cells))
-    before, new = "before (--detail 0 --max-correction 0)", "new default"
+    before, new = BEFORE, "new default"
     wins = all(results[n][new][0] < results[n][before][0] and results[n][new][1] > results[n][before][1] for n in results)
     print(f"   new default beats the code before on both figures on every photo: {'yes' if wins else 'NO'}")
     choose_budget(results)
@@ -257,9 +259,7 @@ def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
 def choose_budget(results: dict) -> None:
     """Print each budget's share of the unbounded budget's CIEDE2000 gain, averaged over photos."""
     def label(budget: float) -> str:
-        if budget == DEFAULT_MAX_CORRECTION:
-            return "new default"
-        return "--max-correction 0 (detail only)" if budget == 0 else f"--max-correction {budget:g}"
+        return f"--no-contrast --max-correction {budget:g}"
 
     shares = {}
     for budget in BUDGETS:
@@ -415,7 +415,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=None, help="colours timed in the per-colour loop (default 20000)")
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild the bench library")
     parser.add_argument("--cold-library", default=None, help="library of 20,000+ tiles for the cold-start case "
-                        "(default: a cached one, built from 26,000 crops with a bucket cap of 300)")
+                        "(default: a cached one, built from 24,000 256-px crops with a bucket cap of 300)")
     parser.add_argument("--dzi-cells", type=int, default=None, help="cells a side of the DZI case (default 200)")
     parser.add_argument("--skip-dzi", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
@@ -451,8 +451,8 @@ def main() -> int:
         if "cold" in sections and not args.skip_cold:
             cold = root if args.quick else Path(args.cold_library or default_root / "cold20k" / "mosaic_library")
             if not (cold / "tiles.db").is_file():
-                print(f"building the cold-start library at {cold} (26,000 crops, cap 300) ...", flush=True)
-                build_library(cold, 26000, seed=7, cap=300)
+                print(f"building the cold-start library at {cold} (24,000 256-px crops, cap 300) ...", flush=True)
+                build_library(cold, 24000, seed=7, cap=300, sizes=(256,))
             rows += bench_cold(cold, work, args.quick)
         if "dzi" in sections and not args.skip_dzi:
             rows += bench_dzi(root, work, args.dzi_cells or (4 if args.quick else 200))

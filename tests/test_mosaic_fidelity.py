@@ -93,6 +93,17 @@ def test_shape_errors_are_usage_errors(sample):
         measure_fidelity(sample, sample, 0, 4)
 
 
+def test_contrast_match_moves_a_tiles_spread_toward_its_cells():
+    from builder.mosaic.correct import MAX_GAIN, contrast_gain
+
+    rng = np.random.default_rng(4)
+    busy = rng.uniform(0, 255, (3, 4, 4, 3))
+    flat = np.full((3, 4, 4, 3), 120.0) + rng.uniform(-2, 2, (3, 4, 4, 3))
+    assert (contrast_gain(busy, flat) < 1).all() and (contrast_gain(flat, busy) > 1).all()
+    assert contrast_gain(flat, busy).max() <= MAX_GAIN and contrast_gain(busy, flat).min() >= 1 / MAX_GAIN
+    assert np.allclose(contrast_gain(busy, busy), 1.0)
+
+
 def test_correction_never_exceeds_its_budget():
     rng = np.random.default_rng(3)
     tile = rng.uniform(0, 255, (400, 3))
@@ -113,7 +124,7 @@ def test_a_larger_budget_brings_the_mosaic_closer_but_keeps_the_texture(earth_ro
     figures, textures = [], []
     with Library.open(earth_root, readonly=True) as lib:
         for budget in (0.0, 5.0, 20.0):
-            options = MosaicOptions(grid=(16, 16), tile_size=32, max_correction=budget)
+            options = MosaicOptions(grid=(16, 16), tile_size=32, max_correction=budget, contrast=False)
             img = make_mosaic(lib, sample, options)
             figures.append(measure_fidelity(sample, img, 16, 16).delta_e)
             cells = np.asarray(img, dtype=float).reshape(16, 32, 16, 32, 3)
@@ -122,10 +133,11 @@ def test_a_larger_budget_brings_the_mosaic_closer_but_keeps_the_texture(earth_ro
     assert textures[2] > 0.6 * textures[0], textures  # a shift per sub-cell keeps the tiles' texture
 
 
-def test_budget_zero_renders_the_tiles_untouched(earth_root):
+def test_budget_zero_without_contrast_renders_the_tiles_untouched(earth_root):
     with Library.open(earth_root, readonly=True) as lib:
-        plan = plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(4, 3), tile_size=64, max_correction=0))
-        out = np.asarray(make_mosaic(lib, SAMPLE, MosaicOptions(grid=(4, 3), tile_size=64, max_correction=0)))
+        options = MosaicOptions(grid=(4, 3), tile_size=64, max_correction=0, contrast=False)
+        plan = plan_mosaic(lib, SAMPLE, options)
+        out = np.asarray(make_mosaic(lib, SAMPLE, options))
         for r in range(3):
             for c in range(4):
                 with Image.open(lib.tile_path(int(plan.bucket_grid[r, c]), str(plan.tile_ids[r, c]))) as tile:
@@ -138,11 +150,11 @@ def test_cli_prints_fidelity_and_json(earth_root, tmp_path, capsys):
     assert main([*base, "--output", str(tmp_path / "a.png")]) == 0
     line = capsys.readouterr().out.strip()
     assert "fidelity: CIEDE2000 " in line and ", SSIM 0." in line and line.count("\n") == 0
-    assert main([*base, "--output", str(tmp_path / "b.png"), "--json", "--max-correction", "0", "--contrast"]) == 0
+    assert main([*base, "--output", str(tmp_path / "b.png"), "--json", "--max-correction", "0", "--no-contrast"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["output"] == str(tmp_path / "b.png") and report["format"] == "png"
     assert set(report["fidelity"]) == {"delta_e2000", "ssim"} and 0 < report["fidelity"]["delta_e2000"] < 100
-    assert report["options"]["max_correction"] == 0 and report["options"]["contrast"] is True
+    assert report["options"]["max_correction"] == 0 and report["options"]["contrast"] is False
 
 
 @pytest.mark.parametrize("args, message", [

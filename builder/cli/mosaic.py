@@ -9,6 +9,7 @@ from ..errors import UsageError
 from ..library import Library
 from ..mosaic import (
     DEFAULT_BLEND,
+    DEFAULT_CONTRAST,
     DEFAULT_DETAIL,
     DEFAULT_MAX_CORRECTION,
     DEFAULT_RADIUS,
@@ -73,7 +74,8 @@ def register(sub) -> None:
     p.add_argument("--blend", type=_fraction, default=DEFAULT_BLEND, metavar="ALPHA",
                    help=f"fraction of the way toward the input's colours, within --max-correction (0..1, default "
                         f"{DEFAULT_BLEND:g})")
-    p.add_argument("--contrast", action="store_true", help="also match each tile's contrast to its cell's")
+    p.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=DEFAULT_CONTRAST,
+                   help="scale each tile's contrast toward its cell's, at most 2x either way (default: on)")
     p.add_argument("--detail", type=int_at_least(0), default=DEFAULT_DETAIL, metavar="D",
                    help=f"rank candidates on DxD samples of the tile and the cell (default {DEFAULT_DETAIL}; "
                         "0 = sub-cell colours only)")

@@ -51,6 +51,7 @@ from .pngstream import PngStreamWriter
 from .render import MAX_IMAGE_PIXELS, iter_bands, load_thumbnail, make_mosaic, render_mosaic
 from .target import (
     DEFAULT_BLEND,
+    DEFAULT_CONTRAST,
     DEFAULT_DETAIL,
     DEFAULT_LONG_SIDE_CELLS,
     DEFAULT_MAX_CORRECTION,
@@ -91,6 +92,7 @@ from .thumbs import (
 __all__ = [
     "CACHE_VERSION",
     "DEFAULT_BLEND",
+    "DEFAULT_CONTRAST",
     "DEFAULT_DETAIL",
     "DEFAULT_LONG_SIDE_CELLS",
     "DEFAULT_MAX_CORRECTION",

@@ -36,7 +36,8 @@ DEFAULT_SHORTLIST = 32  # candidates kept by sub-cell colour for the finer compa
 DEFAULT_DETAIL = 8  # samples a side compared between a cell and a candidate tile (0: sub-cell means only)
 MAX_DETAIL = 16
 DEFAULT_BLEND = 1.0  # how far toward the input's colours a tile is shifted, within the budget
-DEFAULT_MAX_CORRECTION = 10.0  # CIEDE2000 a tile's sub-cell colour may move (see README: measured)
+DEFAULT_MAX_CORRECTION = 15.0  # CIEDE2000 a tile's sub-cell colour may move (measured: bench/README.md)
+DEFAULT_CONTRAST = True  # match each tile's contrast to its cell's (measured: bench/README.md)
 
 
 # ============================================================================ options and layout
@@ -45,7 +46,8 @@ class MosaicOptions:
     """What the user controls.  Give ``cell_size`` (target pixels) or ``grid`` (cols, rows).
 
     ``blend`` and ``max_correction`` shape the colour correction (how far toward the input,
-    at most how many CIEDE2000; either 0 turns it off), ``detail`` the finer comparison that
+    at most how many CIEDE2000; either 0 turns it off), ``contrast`` the contrast match
+    (``max_correction=0, contrast=False`` renders tiles untouched), ``detail`` the finer comparison that
     ranks the shortlist, ``max_uses`` the fair assignment (None: greedy, tiles reused freely
     outside the repetition radius).
     """
@@ -56,7 +58,7 @@ class MosaicOptions:
     no_repeat_radius: int = DEFAULT_RADIUS
     blend: float = DEFAULT_BLEND
     max_correction: float = DEFAULT_MAX_CORRECTION
-    contrast: bool = False
+    contrast: bool = DEFAULT_CONTRAST
     subcells: int = DEFAULT_SUBCELLS
     detail: int = DEFAULT_DETAIL
     max_uses: int | None = None
