@@ -85,6 +85,7 @@ TILE = 16
 BUDGETS = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, float("inf"))
 GAIN_SHARE = 0.9  # the default budget: the smallest reaching this share of the unbounded gain
 BEFORE = "before (--detail 0 --max-correction 0 --no-contrast)"
+SKIP_PHOMO = False  # --skip-phomo: it takes minutes a photo
 
 
 def build_library(root: Path, crops: int, seed: int = 0, cap: int | None = None,
@@ -175,6 +176,8 @@ def naive_mosaic(lib: Library, target: Image.Image, cols: int, rows: int, tile: 
 
 def phomo_mosaic(table: TileTable, target: Image.Image, box, cols: int, rows: int, tile: int):
     """phomo 1.2's exact assignment (``Mosaic.build``) over whole-pixel distances, or None if absent."""
+    if SKIP_PHOMO:
+        return None
     try:
         from phomo import Master, Mosaic, Pool
     except ImportError:
@@ -233,7 +236,7 @@ def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
         cells = []
         for name in results:
             value = results[name][label]
-            cells.append("absent (pip install phomo)".rjust(22) if value is None else
+            cells.append(("skipped" if SKIP_PHOMO else "absent (pip install phomo)").rjust(22) if value is None else
                          f"{value[0]:5.2f} {value[1]:.3f} {value[2]:6.2f}s".rjust(22))
         print("   " + f"{label:<{width}}  " + "  ".join(cells))
     before, new = BEFORE, "new default"
@@ -288,7 +291,7 @@ def repeated_table(table: TileTable, n: int, seed: int = 0) -> TileTable:
     return TileTable(ids, table.bucket_ids[src], rgb, table.subcells, table.thumbs, table.thumb_rows[src])
 
 
-def bench_fair(lib: Library, table: TileTable, quick: bool) -> list:
+def bench_fair(lib: Library, table: TileTable, quick: bool, skip_scale: bool = False) -> list:
     side, n_tiles = (12, 1000) if quick else (50, 5000)
     sub = subset_table(table, n_tiles)
     img = Image.open(REPO / "data" / "sample_target.jpg").convert("RGB")
@@ -313,7 +316,7 @@ def bench_fair(lib: Library, table: TileTable, quick: bool) -> list:
     rows = [common.Row("mosaic", f"--max-uses 1, {side * side} cells, {len(sub)} tiles", "greedy default", t_greedy,
                        "--max-uses 1", t_fair, "s", higher_is_better=False, target=1 / 3,
                        note="target: within 3x of greedy")]
-    if not quick:
+    if not quick and not skip_scale:
         for mode in ("greedy", "fair"):
             m = common.run_measured([sys.executable, __file__, "--library", str(lib.root), "--scale-case", mode])
             line = m["output"].strip().splitlines()[-1] if m["output"].strip() else m["output"]
@@ -415,13 +418,17 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=None, help="colours timed in the per-colour loop (default 20000)")
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild the bench library")
     parser.add_argument("--cold-library", default=None, help="library of 20,000+ tiles for the cold-start case "
-                        "(default: a cached one, built from 24,000 256-px crops with a bucket cap of 300)")
+                        "(default: a cached one, built from 24,000 256-px crops with a bucket cap of 1000)")
     parser.add_argument("--dzi-cells", type=int, default=None, help="cells a side of the DZI case (default 200)")
     parser.add_argument("--skip-dzi", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--skip-phomo", action="store_true", help="leave phomo out (minutes a photo)")
+    parser.add_argument("--skip-scale", action="store_true", help="leave out the 10,000 x 100,000 fair case")
     parser.add_argument("--only", default="queries,fidelity,fair,cold,dzi", help="sections to run")
     parser.add_argument("--scale-case", choices=("greedy", "fair"), help=argparse_hidden())
     args = parser.parse_args()
+    global SKIP_PHOMO
+    SKIP_PHOMO = args.skip_phomo
     if args.scale_case:
         scale_case(Path(args.library), args.scale_case)
         return 0
@@ -447,12 +454,12 @@ def main() -> int:
         if "fidelity" in sections:
             rows += bench_fidelity(lib, table, args.quick)
         if "fair" in sections:
-            rows += bench_fair(lib, table, args.quick)
+            rows += bench_fair(lib, table, args.quick, args.skip_scale)
         if "cold" in sections and not args.skip_cold:
             cold = root if args.quick else Path(args.cold_library or default_root / "cold20k" / "mosaic_library")
             if not (cold / "tiles.db").is_file():
-                print(f"building the cold-start library at {cold} (24,000 256-px crops, cap 300) ...", flush=True)
-                build_library(cold, 24000, seed=7, cap=300, sizes=(256,))
+                print(f"building the cold-start library at {cold} (24,000 256-px crops, cap 1000) ...", flush=True)
+                build_library(cold, 24000, seed=7, cap=1000, sizes=(256,))
             rows += bench_cold(cold, work, args.quick)
         if "dzi" in sections and not args.skip_dzi:
             rows += bench_dzi(root, work, args.dzi_cells or (4 if args.quick else 200))

@@ -4,6 +4,7 @@ placement under the repetition radius, and the resulting :class:`MosaicPlan`."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked:
     follows the shortlists, not the library's size.
     """
     costs = np.empty(ranked.shape, dtype=np.float64)
-    block = max(16, _CHUNK_BYTES // max(1, ranked.shape[1] * 8 * 8))
+    # The (block, union) products stay within _CHUNK_BYTES, whatever the union of a block's shortlists.
+    budget = _CHUNK_BYTES // 8
+    block = max(16, int(min(math.sqrt(budget / max(1, ranked.shape[1])), budget / max(1, len(table)))))
     for lo in range(0, len(ranked), block):
         sl = slice(lo, lo + block)
         used, local = np.unique(np.maximum(ranked[sl], 0), return_inverse=True)
@@ -185,9 +188,13 @@ class _Cells:
         self.lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
         self.features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
         self.detail = None
-        if detail:
-            fine = samples[detail].astype(np.float64).reshape(rows, detail, cols, detail, 3).transpose(0, 2, 1, 3, 4)
-            self.detail = rgb_to_lab(fine).reshape(rows * cols, -1).astype(np.float32)
+        if detail:  # LAB of d x d samples a cell, a band of rows at a time (float64 temporaries stay small)
+            fine = samples[detail].reshape(rows, detail, cols, detail, 3).transpose(0, 2, 1, 3, 4)
+            self.detail = np.empty((rows * cols, detail * detail * 3), dtype=np.float32)
+            step = max(1, _chunk(cols * detail * detail * 3 * 8 * 8) // max(1, cols))
+            for r in range(0, rows, step):
+                part = rgb_to_lab(fine[r:r + step].astype(np.float64))
+                self.detail[r * cols:(r + step) * cols] = part.reshape(-1, detail * detail * 3)
 
 
 def spread_pick(ranked: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
