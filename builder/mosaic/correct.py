@@ -9,7 +9,7 @@ at most ``max_correction`` CIEDE2000 (``skimage.color.deltaE_ciede2000``), so a 
 may become a greener field but never a red one; it is applied as the RGB offset between the two
 colours, bilinearly interpolated across sub-cells so no seams appear inside a tile.
 
-Contrast (optional) scales a tile's deviations from its mean by the ratio of the input's
+Contrast (on by default) scales a tile's deviations from its mean by the ratio of the input's
 luminance spread in the cell to the tile's (both at 4x4 samples a cell), within
 ``1 / MAX_GAIN .. MAX_GAIN``: a flat cell gets a calmer tile, a busy one a crisper tile.
 
