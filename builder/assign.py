@@ -36,7 +36,7 @@ from . import db, store
 from .color import CentroidIndex, rgb_to_lab
 from .decode import DecodedTile, decode_tile, encode_png, is_plain_png
 from .errors import ImageRejected
-from .layout import DB_NAME, MAX_INPUT_BYTES, TEMP_DIR
+from .layout import DB_NAME, MAX_INPUT_BYTES, TEMP_DIR, THUMB_SIZE, TILE_SIZE
 from .library import Library
 from .phash import phash_from_pixels, phash_pixels
 
@@ -82,6 +82,7 @@ class Analysis(NamedTuple):
     lab: tuple[float, float, float] | None = None
     phash: str | None = None
     tile_id: str | None = None
+    thumb: bytes | None = None  # 64x64 RGB box reduction of a staged tile, for the mosaic cache
 
 
 _ONES_64 = np.ones(64 * 64)
@@ -190,7 +191,10 @@ class Worker:
             return Analysis("duplicate", "", bucket_id, lab_t, tile_hash)
         payload = data if decoded.png_passthrough and is_plain_png(data) else encode_png(decoded.image)
         tile_id = store.stage(self.temp, payload)
-        return Analysis(None, "resized" if decoded.resized else "", bucket_id, lab_t, tile_hash, tile_id)
+        # The mosaic cache's thumbnail (layout.THUMB_SIZE): 0.1 ms here spares the first mosaic a
+        # 2 ms decode of this tile.
+        thumb = decoded.image.reduce(TILE_SIZE // THUMB_SIZE).tobytes()
+        return Analysis(None, "resized" if decoded.resized else "", bucket_id, lab_t, tile_hash, tile_id, thumb)
 
 
 _WORKER: Worker | None = None
@@ -266,6 +270,18 @@ def pool_context():
     all fork workers at once and never forks again.
     """
     return multiprocessing.get_context("fork")
+
+
+def _cache_thumbnails(root: Path, stored: list[Analysis]) -> None:
+    """Hand a committed batch's thumbnails to the mosaic cache; a failure only costs decoding later."""
+    from .mosaic.thumbs import ThumbnailCache
+
+    rows = [an for an in stored if an.thumb is not None]
+    try:
+        ThumbnailCache.of(root).append([an.tile_id for an in rows], [an.phash for an in rows],
+                                       np.frombuffer(b"".join(an.thumb for an in rows), dtype=np.uint8))
+    except (OSError, ValueError) as exc:
+        logger.warning("mosaic thumbnail cache not updated: %s", exc)
 
 
 def utc_now() -> str:
@@ -394,6 +410,7 @@ class Pipeline:
                 self.counts[an.bucket_id] -= 1
             store.unstage(self.lib.temp_dir, (an.tile_id for an in analyses))
             raise
+        _cache_thumbnails(self.lib.root, [an for _c, an in accepted])
         return outcomes
 
     def _row(self, cand: Candidate, an: Analysis) -> tuple:

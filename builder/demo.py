@@ -133,8 +133,7 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
         rep = render_report(reader, out / "report", progress=progress, workers=threads)
         result.report = rep.index
         step("report", rep.summary())
-        options = MosaicOptions(grid=MOSAIC_GRID, tile_size=MOSAIC_TILE, no_repeat_radius=2, blend=0.25,
-                                workers=threads)
+        options = MosaicOptions(grid=MOSAIC_GRID, tile_size=MOSAIC_TILE, no_repeat_radius=2, workers=threads)
         mos = mosaic_file(reader, sample, out / "mosaic.png", options, progress=progress)
         result.mosaic = mos.output
         step("mosaic", mos.summary())

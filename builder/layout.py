@@ -57,6 +57,7 @@ CENTROIDS_NAME = "centroids.npy"
 TEMP_DIR = "temp"
 LOCK_NAME = ".lock"
 CACHE_DIR = ".cache"  # derived data (mosaic thumbnails), rebuilt when it disagrees with tiles.db
+THUMB_SIZE = 64  # pixels a side of the mosaic cache's thumbnails: the 4x4 box reduction of a tile
 JOURNAL_NAME = "journal.json"  # in temp/: the batch being stored (see builder.store)
 INFLIGHT_DIR = "inflight"  # the fetch ledger's logs of batches not yet settled (see builder.ledger)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from builder.ingest import ingest
@@ -37,3 +38,28 @@ def build_library(root: Path, image: Image.Image, n: int = 160, seed: int = 11) 
     with Library.create(root) as lib:
         ingest(lib, [src], workers=1, progress=False)
     return root
+
+
+def grid_crops(image: Image.Image, cols: int, rows: int) -> list[Image.Image]:
+    """The picture cut into ``cols x rows`` equal crops, raster order: tiles a mosaic of it can
+    be made of exactly (each crop is its own cell)."""
+    w, h = image.width // cols, image.height // rows
+    return [image.crop((c * w, r * h, (c + 1) * w, (r + 1) * h)) for r in range(rows) for c in range(cols)]
+
+
+def build_crops_library(root: Path, image: Image.Image, cols: int, rows: int) -> Path:
+    """A library whose tiles are the ``cols x rows`` crops of ``image`` (resized to 256 px by ingest)."""
+    src = root.parent / f"{root.name}_src"
+    src.mkdir(parents=True, exist_ok=True)
+    for i, crop in enumerate(grid_crops(image, cols, rows)):
+        crop.save(src / f"crop_{i:04d}.png")
+    with Library.create(root) as lib:
+        ingest(lib, [src], workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def earth_library(tmp_path_factory, bluemarble) -> Path:
+    """One read-only library of 160 real Blue Marble tiles shared by the mosaic test modules
+    (import this fixture into a module to use it; copy the folder before changing anything)."""
+    return build_library(tmp_path_factory.mktemp("earth") / "mosaic_library", bluemarble, n=160, seed=11)

@@ -97,8 +97,8 @@ def test_recovery_releases_unrequested_claims_settles_answers_and_replays_images
     whose request was on the wire (requested, no answer) stays claimed."""
     lib = make_library()
     with lib.conn:
-        lib.conn.execute("INSERT INTO fetched VALUES (?, 9, 50, 5, 'fault:http_503', 'Somewhere', 'old')", (SOURCE,))
-        lib.conn.execute("INSERT INTO fetched VALUES (?, 9, 60, 5, 'claimed', 'Somewhere', 'legacy')", (SOURCE,))
+        lib.conn.execute("INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, 9, 50, 5, 'fault:http_503', 'Somewhere', 'old')", (SOURCE,))
+        lib.conn.execute("INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, 9, 60, 5, 'claimed', 'Somewhere', 'legacy')", (SOURCE,))
     ledger = FetchLedger(lib.root, lib.conn, SOURCE)
     image = distinct_tile(9, 3, 5)
     claims = [Claim(ref(x)) for x in range(7)] + [Claim(ref(50), Prior("fault:http_503", "old"))]
@@ -158,7 +158,7 @@ def test_a_log_cut_inside_its_header_is_dropped(make_library):
 def test_retract_takes_back_recorded_faults(make_library):
     lib = make_library()
     with lib.conn:
-        lib.conn.execute("INSERT INTO fetched VALUES (?, 9, 8, 5, 'fault:timeout', 'Somewhere', 'old')", (SOURCE,))
+        lib.conn.execute("INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, 9, 8, 5, 'fault:timeout', 'Somewhere', 'old')", (SOURCE,))
     ledger = FetchLedger(lib.root, lib.conn, SOURCE)
     log = ledger.claim([Claim(ref(7)), Claim(ref(8), Prior("fault:timeout", "old"))])
     with lib.conn:

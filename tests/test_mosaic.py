@@ -16,7 +16,7 @@ from builder.ingest import ingest
 from builder.library import Library
 from builder.mosaic import (
     MosaicOptions,
-    cache_dir,
+    ThumbnailCache,
     load_tile_table,
     make_mosaic,
     mosaic_file,
@@ -24,14 +24,14 @@ from builder.mosaic import (
     render_mosaic,
     required_tiles,
 )
-from tests.mosaic_helpers import build_library
+from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
 
 
 @pytest.fixture(scope="module")
-def library_root(tmp_path_factory, bluemarble):
-    return build_library(tmp_path_factory.mktemp("mosaic") / "mosaic_library", bluemarble, n=160, seed=11)
+def library_root(earth_library):  # noqa: F811 - the imported fixture, by name
+    return earth_library
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_output_sizes_and_streamed_png_equals_the_in_memory_image(lib, tmp_path,
         assert np.array_equal(np.asarray(written.convert("RGB")), memory)
     assert "200x100 px, 10x5 cells of 20 px" in result.summary()
     # Blending pulls the picture toward the target: closer cell means than without it.
-    plain = np.asarray(render_mosaic(lib, plan_mosaic(lib, target, MosaicOptions(grid=(10, 5), tile_size=20))))
+    plain = np.asarray(render_mosaic(lib, plan_mosaic(lib, target, MosaicOptions(grid=(10, 5), tile_size=20, blend=0))))
     goal = np.asarray(target.resize((10, 5), Image.Resampling.BOX), dtype=float)
     err = [np.abs(np.asarray(Image.fromarray(m).resize((10, 5), Image.Resampling.BOX), dtype=float) - goal).mean()
            for m in (plain, memory)]
@@ -142,7 +142,8 @@ def test_output_sizes_and_streamed_png_equals_the_in_memory_image(lib, tmp_path,
 
 def test_tiles_are_placed_as_planned(lib):
     """Each output cell is the planned tile, resized: compare against the tile file itself."""
-    plan = plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(4, 3), tile_size=64, no_repeat_radius=1))
+    plan = plan_mosaic(lib, SAMPLE, MosaicOptions(grid=(4, 3), tile_size=64, no_repeat_radius=1, max_correction=0,
+                                                     contrast=False))
     out = np.asarray(render_mosaic(lib, plan))
     for r in range(3):
         for c in range(4):
@@ -150,71 +151,76 @@ def test_tiles_are_placed_as_planned(lib):
             assert np.array_equal(out[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64], np.asarray(tile.reduce(4)))
 
 
-def atlas_files(folder):
-    return sorted(p for p in folder.glob("mosaic_thumbs64.*.npy") if ".sub" not in p.name)
+def cache_files(folder):
+    return sorted(p.name for p in folder.glob("mosaic_thumbs64.*"))
 
 
-def test_thumbnail_cache_is_reused_updated_and_never_trusted_blindly(library_root, tmp_path, bluemarble):
+def test_thumbnail_cache_is_filled_by_the_store_reused_and_never_trusted_blindly(library_root, tmp_path, bluemarble):
     root = tmp_path / "mosaic_library"
-    shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".cache", ".lock"))
+    shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".lock"))
+    cache = ThumbnailCache.of(root)
     with Library.open(root, readonly=True) as lib:
+        n = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+        # The ingest that built the library cached every stored tile's thumbnail as it committed.
+        pixels, index = cache.load()
+        assert len(index) == n and len(pixels) == n
         fresh = load_tile_table(lib, 2, use_cache=False)
-        folder = cache_dir(lib)
-        assert atlas_files(folder) == []  # use_cache=False leaves the library alone
         every = np.arange(len(fresh))
         first = load_tile_table(lib, 2)
-        index = folder / "mosaic_thumbs64_index.npz"
-        assert index.is_file() and len(atlas_files(folder)) == 1
         assert np.array_equal(first.rgb, fresh.rgb) and np.array_equal(first.thumbnails(every, 64), fresh.thumbnails(every, 64))
         tile = Image.open(lib.tile_path(int(first.bucket_ids[0]), str(first.ids[0]))).convert("RGB")
         assert np.array_equal(first.thumbnails([0], 64)[0], np.asarray(tile.reduce(4)))
         assert np.allclose(first.rgb[0], np.asarray(tile.reduce(4), dtype=float).reshape(2, 32, 2, 32, 3).mean(axis=(1, 3)))
-        stamp, name = index.stat().st_mtime_ns, atlas_files(folder)[0].name
+        stamps = {p: p.stat().st_mtime_ns for p in (cache.keys_path, cache.pixels_path)}
         again = load_tile_table(lib, 2)
-        assert index.stat().st_mtime_ns == stamp and atlas_files(folder)[0].name == name
+        assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing decoded, nothing appended
         assert np.array_equal(again.rgb, fresh.rgb)
 
-        # Wrong sub-cell colours beside a right atlas: caught against the re-decoded spot checks.
-        (features,) = folder.glob("mosaic_thumbs64.*.sub2.npy")
+        # Wrong sub-cell colours beside right thumbnails: caught against the re-decoded spot checks.
+        (features,) = cache.folder.glob("mosaic_thumbs64.*.sub2.npy")
         np.save(features, np.load(features) * 0.5)
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        assert np.array_equal(np.load(features), load_tile_table(lib, 2).rgb)
-        # Wrong pixels under the right keys: the spot check catches them and the atlas is rebuilt.
-        atlas = np.load(atlas_files(folder)[0], mmap_mode="r+")
-        atlas[:] = 255 - atlas
-        atlas.flush()
-        del atlas
-        rebuilt = load_tile_table(lib, 2)
-        assert np.array_equal(rebuilt.rgb, fresh.rgb) and atlas_files(folder)[0].name != name
-        # Garbage, a pickled object array, or an index naming a file outside the cache: ignored, never loaded.
-        index.write_bytes(b"not an npz at all")
+        table = load_tile_table(lib, 2)
+        assert np.array_equal(np.load(features)[table.thumb_rows], table.rgb)  # rewritten right
+        # Wrong pixels under the right keys: the spot check catches them and the cache is rebuilt.
+        wrong = np.memmap(cache.pixels_path, dtype=np.uint8, mode="r+")
+        wrong[:] = 255 - wrong
+        wrong.flush()
+        del wrong
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        np.savez(index, version=np.array(1), atlas=np.array("x"), ids=np.array([object()], dtype=object),
-                 phash=np.array(["x"]), ok=np.array([True]))
+        assert np.array_equal(cache.load()[0][cache.load()[1][(str(first.ids[0]), lib.conn.execute(
+            "SELECT phash FROM tiles WHERE id = ?", (str(first.ids[0]),)).fetchone()[0])]], np.asarray(tile.reduce(4)))
+        # A torn tail (a crash mid-append) and garbage keys are ignored, never trusted.
+        with open(cache.pixels_path, "ab") as fh:
+            fh.write(b"\x07" * 5000)
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        with np.load(index) as npz:
-            parts = {k: npz[k] for k in npz.files}
-        np.savez(index, **{**parts, "atlas": np.array("../../tiles.db")})
+        cache.keys_path.write_bytes(b"../../tiles.db\0" * 400)
         assert np.array_equal(load_tile_table(lib, 2).rgb, fresh.rgb)
-        assert len(atlas_files(folder)) == 1
+        assert len(cache.load()[1]) >= n
 
-    # tiles.db changes: a new tile joins the atlas, a deleted one leaves it.
+    # tiles.db changes: a new tile joins the cache through the store, a deleted one leaves the table.
+    cache.rewrite([], [], np.empty((0, 64, 64, 3), np.uint8))
+    with Library.open(root, readonly=True) as lib:
+        load_tile_table(lib, 2)  # a library cached before the hook existed: decoded once, appended
+    assert len(cache.load()[1]) == n
     extra = tmp_path / "extra"
     extra.mkdir()
     bluemarble.crop((4000, 300, 4256, 556)).save(extra / "new.png")
     with Library.open(root) as writer:
         assert ingest(writer, [extra], workers=1, progress=False).accepted == 1
-        gone = writer.conn.execute("SELECT id, bucket_id FROM tiles LIMIT 1").fetchone()
+        new_id = writer.conn.execute("SELECT id FROM tiles ORDER BY rowid DESC LIMIT 1").fetchone()[0]
+        gone = writer.conn.execute("SELECT id, bucket_id FROM tiles WHERE id != ? LIMIT 1", (new_id,)).fetchone()
         with writer.conn:
             writer.conn.execute("DELETE FROM tiles WHERE id = ?", (gone[0],))
         writer.tile_path(gone[1], gone[0]).unlink()
+    assert new_id in {key[0] for key in cache.load()[1]}  # appended by the store, no mosaic needed
     with Library.open(root, readonly=True) as lib:
+        size = cache.pixels_path.stat().st_size
         table = load_tile_table(lib, 2)
-        assert len(table) == len(fresh) and gone[0] not in set(table.ids.tolist())
-        with np.load(index) as npz:
-            assert npz["ids"].tolist() == table.ids.tolist()
-        assert len(atlas_files(folder)) == 1
+        assert cache.pixels_path.stat().st_size == size  # the new tile was already there
+        assert len(table) == n and gone[0] not in set(table.ids.tolist()) and new_id in set(table.ids.tolist())
         assert np.array_equal(table.rgb, load_tile_table(lib, 2, use_cache=False).rgb)
+    assert len([f for f in cache_files(cache.folder) if f.endswith(".sub2.npy")]) == 1
 
 
 def png_chunk(kind, data):
@@ -252,7 +258,7 @@ def test_bad_inputs_are_rejected_before_decoding(lib, tmp_path):
     [
         (["{tmp}/notes.txt", "--output", "{tmp}/o.png"], "error: not_image: {tmp}/notes.txt: not a PNG/JPEG/WEBP/BMP/GIF/TIFF image"),
         (["{tmp}/missing.jpg", "--output", "{tmp}/o.png"], "error: no such input image: {tmp}/missing.jpg"),
-        ([SAMPLE, "--output", "{tmp}/o.jpg"], "error: --output must be a .png file, got '{tmp}/o.jpg'"),
+        ([SAMPLE, "--output", "{tmp}/o.jpg"], "error: --output must be a .png or .dzi file, got '{tmp}/o.jpg'"),
         ([SAMPLE, "--output", "{tmp}/o.png", "--grid", "10by3"],
          "error: python -m builder mosaic: argument --grid: --grid must look like COLSxROWS (e.g. 48x32), got '10by3'"),
         ([SAMPLE, "--output", "{tmp}/o.png", "--blend", "1.5"],

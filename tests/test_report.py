@@ -37,7 +37,7 @@ def library_root(tmp_path_factory, bluemarble):
         for i, tile_id in enumerate(ids):
             lib.conn.execute("UPDATE tiles SET region = ? WHERE id = ?", ("Desert (Sahara)" if i % 3 else "<Arctic>", tile_id))
         rows = [("earth", 6, x, 0, "accepted" if x < 40 else "rejected:duplicate", "Desert (Sahara)", None) for x in range(60)]
-        lib.conn.executemany("INSERT INTO fetched VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        lib.conn.executemany("INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     return root
 
 

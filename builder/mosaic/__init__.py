@@ -4,63 +4,65 @@ How a mosaic is made, and why:
 
 1. **Target.**  The input is opened with decode-like safety (byte and pixel limits checked
    from the header before any decode; unknown formats rejected as :class:`ImageRejected`).
-   Only its ``s x s`` sub-cell colours are needed, so a JPEG is decoded at a reduced scale
-   (``draft``) and the sub-cell means come from one box-filtered resize.
-2. **Tile thumbnails and features.**  Every tile is decoded once per library into a 64-px
-   thumbnail atlas (an uncompressed, memory-mapped ``.npy`` in ``<library>/.cache/``, about a
-   tenth of the tiles' PNG size).  It is a derived file: matched row by row on ``(id, phash)``
-   against the current ``tiles.db`` (new tiles added, deleted ones dropped), validated on
-   load (no pickles, shapes, ids), spot-checked against re-decoded tiles, and rebuilt when
-   anything disagrees.  The ``s x s`` sub-cell mean colours are computed from it per run.
+   Only box means of it are needed (``s x s`` sub-cells, ``d x d`` detail samples and 4x4
+   fidelity samples per cell), so a JPEG is decoded at a reduced scale (``draft``) and each
+   grid comes from one box-filtered resize.
+2. **Tile thumbnails and features.**  Every tile has a 64-px thumbnail in the library's
+   append-only :class:`ThumbnailCache` (``<library>/.cache/``, about a tenth of the tiles' PNG
+   size), written by the store as each batch commits, so no mosaic has to decode the library.
+   It is derived data: matched row by row on ``(id, phash)`` against ``tiles.db`` (tiles it
+   lacks are decoded and appended), spot-checked against re-decoded tiles, and rebuilt when
+   anything disagrees.  Sub-cell colours come from it (and a small derived file).
 3. **Candidates.**  A cell's mean LAB picks buckets through a KD-tree over the *populated*
    centroids: its own bucket when that holds tiles, else the nearest populated ones (the
    fallback).  Whole buckets are taken, nearest first, until there are at least
-   ``min_candidates`` tiles (and enough to honour the repetition radius).  All of this is
-   vectorised over cells.
-4. **Choice.**  Candidates are ranked by the distance between the cell's and the tile's
-   sub-cell LAB vectors (texture and colour layout, not only the mean).  Only the repetition
-   constraint needs a loop over cells: in raster order each cell takes its best candidate not
-   used by any already placed cell within ``no_repeat_radius`` (Chebyshev distance), which
-   makes the constraint hold for every pair of cells.
+   ``min_candidates`` tiles; the best ``shortlist`` by sub-cell LAB distance are kept and
+   re-ranked by ``d x d`` LAB samples of the thumbnails (shapes, not only colours).  All of
+   this is vectorised over cells.
+4. **Choice.**  Greedy (:func:`place_tiles`): in raster order each cell takes its best
+   candidate not used by an already placed cell within ``no_repeat_radius``, which makes the
+   constraint hold for every pair of cells.  Fair (``max_uses``, :mod:`.fair`): a sparse
+   assignment problem over the shortlists, solved exactly, then the radius restored.
 5. **Rendering.**  Output rows are produced one band of cells at a time; every used tile is
-   fetched once (a slice of the atlas for tile sizes up to 64 px; above that its PNG is
-   decoded, on threads, since Pillow releases the GIL while inflating), kept at tile-size
-   resolution only from the first to the last row that uses it, and gathered into the band
-   with one fancy-indexing operation.  ``blend`` shifts each tile's sub-cell mean colours that
-   fraction of the way to the target's (bilinearly interpolated), which keeps the tile's
-   texture while the picture reads better.  :func:`write_mosaic` streams the bands into a PNG,
-   so the whole output never has to be in memory.
+   fetched (a slice of the thumbnail cache for tile sizes up to 64 px; above that its PNG is
+   decoded, on threads) into a bounded cache that drops the tile needed farthest ahead, and
+   gathered into the band with one fancy-indexing operation.  :mod:`.correct` shifts each
+   tile's sub-cell colours toward the target's within a CIEDE2000 budget (and optionally
+   matches its contrast), which keeps the texture while the picture reads better.
+   :func:`write_mosaic` streams the bands into a PNG or a Deep Zoom pyramid (:mod:`.dzi`), and
+   :mod:`.fidelity` measures them on the way, so the output never has to be in memory.
 
 Where each step lives: :mod:`.target` (options, ``--grid`` parsing, the layout, the target
-image), :mod:`.atlas` (the tile table and its thumbnail-atlas cache), :mod:`.match`
-(candidates, ranking, placement, :class:`MosaicPlan`), :mod:`.render` (bands and blending),
-:mod:`.pngstream` (the streamed PNG writer) and :mod:`.output` (writing a mosaic file).  This
-package re-exports their public names, so ``from builder.mosaic import ...`` is the API.
+image), :mod:`.thumbs` (the tile table and its thumbnail cache), :mod:`.match` (candidates,
+ranking, greedy placement, :class:`MosaicPlan`), :mod:`.fair` (the assignment), :mod:`.correct`
+(colour correction), :mod:`.render` (bands), :mod:`.fidelity` (the figures), :mod:`.pngstream`
+and :mod:`.dzi` (the streamed writers, the viewer page) and :mod:`.output` (writing a mosaic
+file, :class:`MosaicResult`).  This package re-exports their public names, so ``from
+builder.mosaic import ...`` is the API.
 """
 
-from .atlas import (
-    ATLAS_PREFIX,
-    ATLAS_SIZE,
-    CACHE_DIR,
-    CACHE_VERSION,
-    SPOT_CHECKS,
-    TileTable,
-    atlas_thumbnail,
-    cache_dir,
-    load_tile_table,
-    subcell_means,
-)
+from .correct import correction_shift
+from .dzi import DZI_FORMATS, DZI_TILE, DziWriter, viewer_html
+from .fair import fair_grid, match_with_uses
+from .fidelity import Fidelity, FidelityMeter, compare_samples, measure_fidelity
 from .match import MosaicPlan, candidate_tiles, place_tiles, plan_mosaic, rank_candidates, required_tiles
-from .output import MosaicResult, check_output_path, mosaic_file, write_mosaic
+from .output import OUTPUT_FORMATS, MosaicResult, check_output_path, mosaic_file, output_format, write_mosaic
 from .pngstream import PngStreamWriter
 from .render import MAX_IMAGE_PIXELS, iter_bands, load_thumbnail, make_mosaic, render_mosaic
 from .target import (
+    DEFAULT_BLEND,
+    DEFAULT_CONTRAST,
+    DEFAULT_DETAIL,
     DEFAULT_LONG_SIDE_CELLS,
+    DEFAULT_MAX_CORRECTION,
     DEFAULT_MIN_CANDIDATES,
     DEFAULT_MIN_TILE,
     DEFAULT_RADIUS,
+    DEFAULT_SHORTLIST,
     DEFAULT_SUBCELLS,
     MAX_CELLS,
+    MAX_DETAIL,
+    MAX_DZI_PIXELS,
     MAX_STREAM_PIXELS,
     MAX_SUBCELLS,
     MAX_TARGET_BYTES,
@@ -71,51 +73,85 @@ from .target import (
     displayed_size,
     open_target,
     parse_grid,
+    target_samples,
     target_subcells,
+)
+from .thumbs import (
+    CACHE_VERSION,
+    SPOT_CHECKS,
+    THUMB_PREFIX,
+    THUMB_SIZE,
+    ThumbnailCache,
+    TileTable,
+    cache_dir,
+    load_tile_table,
+    subcell_means,
+    tile_thumbnail,
 )
 
 __all__ = [
-    "ATLAS_PREFIX",
-    "ATLAS_SIZE",
-    "CACHE_DIR",
     "CACHE_VERSION",
+    "DEFAULT_BLEND",
+    "DEFAULT_CONTRAST",
+    "DEFAULT_DETAIL",
     "DEFAULT_LONG_SIDE_CELLS",
+    "DEFAULT_MAX_CORRECTION",
     "DEFAULT_MIN_CANDIDATES",
     "DEFAULT_MIN_TILE",
     "DEFAULT_RADIUS",
+    "DEFAULT_SHORTLIST",
     "DEFAULT_SUBCELLS",
+    "DZI_FORMATS",
+    "DZI_TILE",
     "MAX_CELLS",
+    "MAX_DETAIL",
+    "MAX_DZI_PIXELS",
     "MAX_IMAGE_PIXELS",
     "MAX_STREAM_PIXELS",
     "MAX_SUBCELLS",
     "MAX_TARGET_BYTES",
     "MAX_TARGET_PIXELS",
+    "OUTPUT_FORMATS",
     "SPOT_CHECKS",
     "TARGET_FORMATS",
-    "Layout",
-    "MosaicOptions",
-    "MosaicPlan",
-    "MosaicResult",
-    "PngStreamWriter",
-    "TileTable",
-    "atlas_thumbnail",
+    "THUMB_PREFIX",
+    "THUMB_SIZE",
     "cache_dir",
     "candidate_tiles",
     "check_output_path",
+    "compare_samples",
+    "correction_shift",
     "displayed_size",
+    "DziWriter",
+    "fair_grid",
+    "Fidelity",
+    "FidelityMeter",
     "iter_bands",
+    "Layout",
     "load_thumbnail",
     "load_tile_table",
     "make_mosaic",
+    "match_with_uses",
+    "measure_fidelity",
     "mosaic_file",
+    "MosaicOptions",
+    "MosaicPlan",
+    "MosaicResult",
     "open_target",
+    "output_format",
     "parse_grid",
     "place_tiles",
     "plan_mosaic",
+    "PngStreamWriter",
     "rank_candidates",
     "render_mosaic",
     "required_tiles",
     "subcell_means",
+    "target_samples",
     "target_subcells",
+    "tile_thumbnail",
+    "ThumbnailCache",
+    "TileTable",
+    "viewer_html",
     "write_mosaic",
 ]

@@ -4,6 +4,7 @@ placement under the repetition radius, and the resulting :class:`MosaicPlan`."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from ..errors import LibraryError, UsageError
 from ..layout import N_BUCKETS
 from ..library import Library
 from ..query import PopulatedIndex
-from .atlas import TileTable, load_tile_table
-from .target import MAX_STREAM_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_subcells
+from .fidelity import STRUCTURE_SAMPLES
+from .target import MAX_DZI_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_samples
+from .thumbs import TileTable, load_tile_table
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,39 @@ def rank_candidates(features: np.ndarray, cell_features: np.ndarray, candidates:
     return ranked
 
 
+def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    """Mean squared LAB distance between each cell's ``d x d`` samples and each shortlisted tile's
+    (``inf`` where ``ranked`` is -1): the whole-thumbnail comparison that sees shapes.
+
+    ``|c - t|^2 = |c|^2 + |t|^2 - 2 c.t``, with the dot products of a block of cells against the
+    union of that block's shortlisted tiles as one matrix product (BLAS), then gathered; only
+    the tiles on some shortlist have their ``d x d`` LAB computed (once per table), so the cost
+    follows the shortlists, not the library's size.
+    """
+    costs = np.empty(ranked.shape, dtype=np.float64)
+    # The (block, union) products stay within _CHUNK_BYTES, whatever the union of a block's shortlists.
+    budget = _CHUNK_BYTES // 8
+    block = max(16, int(min(math.sqrt(budget / max(1, ranked.shape[1])), budget / max(1, len(table)))))
+    for lo in range(0, len(ranked), block):
+        sl = slice(lo, lo + block)
+        used, local = np.unique(np.maximum(ranked[sl], 0), return_inverse=True)
+        tiles = table.detail_lab(detail, used).astype(np.float64)
+        cell = cell_detail[sl].astype(np.float64)
+        dots = cell @ tiles.T  # (block, union)
+        local = local.reshape(-1, ranked.shape[1])
+        rows = np.arange(len(cell))[:, None]
+        sq = (cell * cell).sum(axis=1)[:, None] + (tiles * tiles).sum(axis=1)[local] - 2 * dots[rows, local]
+        costs[sl] = np.maximum(sq, 0) / (detail * detail)
+    costs[ranked < 0] = np.inf
+    return costs
+
+
+def sort_by_cost(ranked: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's shortlist reordered cheapest first (stable, so ties keep the colour order)."""
+    order = np.argsort(costs, axis=1, kind="stable")
+    return np.take_along_axis(ranked, order, axis=1), np.take_along_axis(costs, order, axis=1)
+
+
 def place_tiles(ranked: np.ndarray, rows: int, cols: int, radius: int) -> np.ndarray:
     """The repetition constraint, the one per-cell loop: no tile twice within ``radius`` cells."""
     if radius == 0:
@@ -123,6 +158,7 @@ class MosaicPlan:
     target_rgb: np.ndarray  # (rows*s, cols*s, 3) float32 sub-cell colours of the target
     options: MosaicOptions
     fallback_cells: int  # cells whose own bucket is empty
+    reference: np.ndarray | None = None  # (rows*4, cols*4, 3) float32 target samples for the fidelity figures
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -138,23 +174,86 @@ class MosaicPlan:
     def output_size(self) -> tuple[int, int]:
         return self.layout.output_size
 
+    @property
+    def most_uses(self) -> int:
+        """How often the most used tile appears."""
+        return int(np.bincount(self.grid.ravel()).max())
+
+
+class _Cells:
+    """What matching needs of the target, per cell, flattened in raster order."""
+
+    def __init__(self, samples: dict[int, np.ndarray], layout: Layout, s: int, detail: int) -> None:
+        rows, cols = layout.rows, layout.cols
+        sub = samples[s].astype(np.float64).reshape(rows, s, cols, s, 3)
+        self.lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
+        self.features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
+        self.detail = None
+        if detail:  # LAB of d x d samples a cell, a band of rows at a time (float64 temporaries stay small)
+            fine = samples[detail].reshape(rows, detail, cols, detail, 3).transpose(0, 2, 1, 3, 4)
+            self.detail = np.empty((rows * cols, detail * detail * 3), dtype=np.float32)
+            step = max(1, _chunk(cols * detail * detail * 3 * 8 * 8) // max(1, cols))
+            for r in range(0, rows, step):
+                part = rgb_to_lab(fine[r:r + step].astype(np.float64))
+                self.detail[r * cols:(r + step) * cols] = part.reshape(-1, detail * detail * 3)
+
+
+def spread_pick(ranked: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Each row's ``n`` best entries plus ``n`` more spread evenly over the rest of its ranking,
+    from a different random offset per row.
+
+    Cells of a flat region rank the same tiles in nearly the same order; a fair assignment
+    needs their lists together to hold as many tiles as they are cells, not each list to hold
+    them all.  Evenly spread picks from shifted offsets do that with ``2n`` entries a cell
+    instead of the whole ranking.
+    """
+    rest = ranked.shape[1] - n
+    stride = rest / n
+    offsets = np.random.default_rng(seed).uniform(0, stride, len(ranked))
+    picks = n + np.minimum(rest - 1, (offsets[:, None] + stride * np.arange(n)[None]).astype(np.int64))
+    return np.concatenate([ranked[:, :n], np.take_along_axis(ranked, picks, axis=1)], axis=1)
+
+
+def shortlists(table: TileTable, index: PopulatedIndex, cells: _Cells, options: MosaicOptions,
+               minimum: int, subset: np.ndarray | None = None, spread: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's candidates (of ``subset``, or all cells), best first, and their costs: whole
+    nearest buckets until ``minimum`` tiles, the best by sub-cell colour kept (with ``spread``:
+    :func:`spread_pick` of them), then ordered by the finer comparison when ``options.detail``
+    is set (else by the sub-cell distance itself)."""
+    pick = slice(None) if subset is None else subset
+    lab, features = cells.lab[pick], cells.features[pick]
+    candidates = candidate_tiles(table, index, lab, minimum)
+    keep = max(options.shortlist, minimum)
+    ranked = rank_candidates(table.features, features, candidates, keep)
+    if spread is not None and ranked.shape[1] > 2 * spread:
+        ranked = spread_pick(ranked, spread)
+    if options.detail:
+        costs = detail_costs(table, options.detail, cells.detail[pick], ranked)
+    else:
+        diff = table.features[np.maximum(ranked, 0)] - features[:, None, :]
+        costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
+        costs[ranked < 0] = np.inf
+    return sort_by_cost(ranked, costs)
+
 
 def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: MosaicOptions | None = None,
                 progress: bool | None = None, table: TileTable | None = None) -> MosaicPlan:
     """Lay out the cells of ``target`` and choose a tile for each.
 
-    Tile files are read only to build, extend or spot-check the thumbnail atlas.
+    Tile files are read only to build, extend or spot-check the thumbnail cache.
     """
+    from .fair import fair_grid
+
     options = (options or MosaicOptions()).validate()
     started = time.perf_counter()
     img = open_target(target)
+    s, detail = options.subcells, options.detail
     try:
         layout = Layout(*displayed_size(img), options)
-        if layout.output_size[0] * layout.output_size[1] > MAX_STREAM_PIXELS:
+        if layout.output_size[0] * layout.output_size[1] > MAX_DZI_PIXELS:
             raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
                              "--tile-size or larger cells")
-        s = options.subcells
-        target_rgb = target_subcells(img, layout, s)
+        samples = target_samples(img, layout, tuple(n for n in (s, detail, STRUCTURE_SAMPLES) if n))
     finally:
         if img is not target:  # opened here from a path: release the file
             img.close()
@@ -166,16 +265,28 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
         raise UsageError(f"--no-repeat-radius {options.no_repeat_radius} needs at least {need} tiles, the library "
                          f"has {len(table)}: use a smaller radius")
     rows, cols = layout.rows, layout.cols
-    sub = target_rgb.astype(np.float64).reshape(rows, s, cols, s, 3)
-    cell_lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
-    cell_features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
+    if options.max_uses is not None and options.max_uses * len(table) < rows * cols:
+        raise UsageError(f"--max-uses {options.max_uses} with {len(table)} tiles fills at most "
+                         f"{options.max_uses * len(table)} cells, the mosaic has {rows * cols}: allow more uses or "
+                         "use fewer cells")
+    cells = _Cells(samples, layout, s, detail)
     counts = np.bincount(table.bucket_ids, minlength=N_BUCKETS)
     index = PopulatedIndex(lib.centroids, counts)
-    own_bucket = lib.index.assign_lab(cell_lab)[0]
+    own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())
-    candidates = candidate_tiles(table, index, cell_lab, max(options.min_candidates, need))
-    ranked = rank_candidates(table.features, cell_features, candidates, need)
-    grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
+    minimum = max(options.min_candidates, need)
+    if options.max_uses is None:
+        ranked, _costs = shortlists(table, index, cells, options, minimum)
+        grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
+    else:
+        def library_order(cell: int) -> np.ndarray:
+            return np.argsort(((table.features - cells.features[cell]) ** 2).sum(axis=1), kind="stable")
+
+        def fair_shortlist(k: int, subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            return shortlists(table, index, cells, options, k, subset, None if subset is None else minimum)
+
+        grid = fair_grid(fair_shortlist, minimum, len(table),
+                         rows, cols, options.max_uses, options.no_repeat_radius, library_order)
     done = time.perf_counter()
     seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}
-    return MosaicPlan(layout, table, grid, target_rgb, options, fallback, seconds)
+    return MosaicPlan(layout, table, grid, samples[s], options, fallback, samples[STRUCTURE_SAMPLES], seconds)

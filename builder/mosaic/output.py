@@ -1,5 +1,6 @@
-"""Writing a mosaic to a PNG file: the output-path checks, streaming the bands through
-:class:`PngStreamWriter`, and the result the CLI and the demo report."""
+"""Writing a mosaic to a file: a PNG (:class:`PngStreamWriter`) or a Deep Zoom pyramid with its
+viewer (:class:`DziWriter`), both streamed band by band, the fidelity measured on the way, and
+the result the CLI and the demo report."""
 
 from __future__ import annotations
 
@@ -12,19 +13,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..defaults import OUTPUT_FORMATS
 from ..errors import UsageError
 from ..library import Library
+from .dzi import DZI_FORMATS, DziWriter
+from .fidelity import Fidelity, FidelityMeter
 from .match import MosaicPlan, plan_mosaic
 from .pngstream import PngStreamWriter
 from .render import iter_bands
-from .target import MosaicOptions
+from .target import MAX_DZI_PIXELS, MAX_STREAM_PIXELS, MosaicOptions
 
 logger = logging.getLogger(__name__)
 
-def check_output_path(lib: Library, output: str | os.PathLike) -> Path:
+
+
+def output_format(output: str | os.PathLike, fmt: str | None = None) -> str:
+    """``fmt``, or the one the file name implies (``.png`` or ``.dzi``)."""
+    if fmt is None:
+        fmt = Path(output).suffix.lower().lstrip(".")
+        if fmt not in OUTPUT_FORMATS:
+            raise UsageError(f"--output must be a .png or .dzi file, got {str(output)!r}")
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png") -> Path:
     out = Path(output)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--output must be a .png file, got {str(output)!r}")
+    if out.suffix.lower() != f".{fmt}":
+        raise UsageError(f"--output must be a .{fmt} file, got {str(output)!r}")
     resolved = out.resolve()
     if resolved == lib.root.resolve() or lib.root.resolve() in resolved.parents:
         raise UsageError(f"--output {output} is inside the library {lib.root}: write it elsewhere")
@@ -33,14 +50,26 @@ def check_output_path(lib: Library, output: str | os.PathLike) -> Path:
     return out
 
 
-def write_mosaic(lib: Library, plan: MosaicPlan, output: str | os.PathLike, progress: bool | None = None) -> Path:
-    """Stream the mosaic into a PNG file band by band; returns its path."""
-    out = check_output_path(lib, output)
+def write_mosaic(lib: Library, plan: MosaicPlan, output: str | os.PathLike, progress: bool | None = None,
+                 fmt: str = "png", dzi_image: str = DZI_FORMATS[0], meter: FidelityMeter | None = None) -> Path:
+    """Stream the mosaic into a PNG file, or a Deep Zoom pyramid plus viewer (``fmt="dzi"``),
+    band by band; ``meter`` (if given) sees every band.  Returns the written path."""
+    out = check_output_path(lib, output, fmt)
+    width, height = plan.output_size
+    limit = MAX_DZI_PIXELS if fmt == "dzi" else MAX_STREAM_PIXELS
+    if width * height > limit:
+        raise UsageError(f"a {width}x{height} mosaic is more than {limit:,} pixels: use a smaller --tile-size"
+                         + (" or --format dzi" if fmt == "png" and width * height <= MAX_DZI_PIXELS else ""))
+    if fmt == "dzi" and dzi_image not in DZI_FORMATS:
+        raise UsageError(f"--dzi-image must be one of {', '.join(DZI_FORMATS)}, got {dzi_image!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = PngStreamWriter(out, *plan.output_size)
+    writer = DziWriter(out, width, height, dzi_image, title=out.stem) if fmt == "dzi" else \
+        PngStreamWriter(out, width, height)
     try:
         for band in iter_bands(lib, plan, progress):
             writer.write(band)
+            if meter is not None:
+                meter.add(band)
         writer.close()
     except BaseException:
         writer.abort()
@@ -53,30 +82,61 @@ class MosaicResult:
     output: Path
     plan: MosaicPlan
     seconds: float
+    fidelity: Fidelity | None = None
+    format: str = "png"
 
-    def as_dict(self) -> dict:
-        """The figures of :meth:`summary`, JSON-safe (the CLI's ``--json``)."""
-        p = self.plan
-        w, h = p.output_size
-        return {"output": str(self.output), "width": w, "height": h, "cols": p.layout.cols, "rows": p.layout.rows,
-                "tile_size": p.layout.tile, "distinct_tiles": len(np.unique(p.grid)),
-                "buckets": len(np.unique(p.bucket_grid)), "fallback_cells": int(p.fallback_cells),
-                "seconds": round(self.seconds, 3)}
+    @property
+    def viewer(self) -> Path | None:
+        """The HTML page that shows a Deep Zoom mosaic."""
+        return self.output.with_suffix(".html") if self.format == "dzi" else None
 
     def summary(self) -> str:
-        d = self.as_dict()
+        p = self.plan
+        w, h = p.output_size
+        buckets = len(np.unique(p.bucket_grid))
+        uses = f"at most {p.options.max_uses} uses a tile, " if p.options.max_uses else ""
+        viewer = f" (viewer {self.viewer})" if self.viewer else ""
+        fidelity = f", {self.fidelity.summary()}" if self.fidelity else ""
         return (
-            f"mosaic {self.output}: {d['width']}x{d['height']} px, {d['cols']}x{d['rows']} cells of {d['tile_size']} px, "
-            f"{d['distinct_tiles']} distinct tiles from {d['buckets']} buckets, "
-            f"{d['fallback_cells']} cells fell back to a nearby populated bucket, {self.seconds:.1f} s"
+            f"mosaic {self.output}{viewer}: {w}x{h} px, {p.layout.cols}x{p.layout.rows} cells of {p.layout.tile} px, "
+            f"{len(np.unique(p.grid))} distinct tiles from {buckets} buckets, {uses}"
+            f"{p.fallback_cells} cells fell back to a nearby populated bucket{fidelity}, {self.seconds:.1f} s"
         )
+
+    def as_dict(self) -> dict:
+        """The figures of :meth:`summary` and the options, JSON-safe (the CLI's ``--json``)."""
+        p = self.plan
+        o = p.options
+        return {
+            "output": str(self.output),
+            "format": self.format,
+            "viewer": str(self.viewer) if self.viewer else None,
+            "width": p.output_size[0],
+            "height": p.output_size[1],
+            "cols": p.layout.cols,
+            "rows": p.layout.rows,
+            "tile_size": p.layout.tile,
+            "distinct_tiles": int(len(np.unique(p.grid))),
+            "buckets": int(len(np.unique(p.bucket_grid))),
+            "most_uses": p.most_uses,
+            "fallback_cells": p.fallback_cells,
+            "fidelity": self.fidelity.as_dict() if self.fidelity else None,
+            "options": {"no_repeat_radius": o.no_repeat_radius, "max_uses": o.max_uses, "blend": o.blend,
+                        "max_correction": o.max_correction, "contrast": o.contrast, "subcells": o.subcells,
+                        "detail": o.detail},
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def mosaic_file(lib: Library, target: str | os.PathLike | Image.Image, output: str | os.PathLike,
-                options: MosaicOptions | None = None, progress: bool | None = None) -> MosaicResult:
-    """Plan and write a mosaic PNG: what the CLI and the demo call."""
+                options: MosaicOptions | None = None, progress: bool | None = None, fmt: str | None = None,
+                dzi_image: str = DZI_FORMATS[0]) -> MosaicResult:
+    """Plan and write a mosaic (PNG, or Deep Zoom with ``fmt="dzi"`` or a ``.dzi`` name), with its
+    fidelity figures: what the CLI and the demo call."""
     started = time.perf_counter()
-    check_output_path(lib, output)
+    fmt = output_format(output, fmt)
+    check_output_path(lib, output, fmt)
     plan = plan_mosaic(lib, target, options, progress)
-    path = write_mosaic(lib, plan, output, progress)
-    return MosaicResult(path, plan, time.perf_counter() - started)
+    meter = FidelityMeter(plan.reference, plan.layout.cols)
+    path = write_mosaic(lib, plan, output, progress, fmt, dzi_image, meter)
+    return MosaicResult(path, plan, time.perf_counter() - started, meter.result(), fmt)

@@ -1,5 +1,5 @@
-"""Rendering a plan into pixels, one band of cells at a time, with the optional blend of each
-tile's colours toward the target's."""
+"""Rendering a plan into pixels, one band of cells at a time, with each tile's colour
+correction (:mod:`.correct`) applied."""
 
 from __future__ import annotations
 
@@ -15,13 +15,16 @@ from tqdm import tqdm
 from ..errors import UsageError
 from ..layout import TILE_SIZE
 from ..library import Library
-from .atlas import ATLAS_SIZE, _pool, _read_tile
+from .correct import plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
+from .thumbs import THUMB_SIZE, _pool, _read_tile
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 150_000_000  # a returned PIL image lives in memory: 450 MB
+RENDER_CACHE_BYTES = 256 * 2**20  # decoded tiles kept at output size (at least one row's worth)
+CORRECTION_CHUNK_PIXELS = 4 * 2**20  # pixels of a band corrected at once (48 MB of float32 temporaries)
 
 
 # ============================================================================ rendering
@@ -46,67 +49,117 @@ def _interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-def _blend_shift(plan: MosaicPlan, diff: np.ndarray, row: int) -> np.ndarray:
-    """The colour shift for band ``row`` at output resolution ``(T, cols*T, 3)``."""
+def _shift_rows(plan: MosaicPlan, diff: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical interpolation of the sub-cell shift field for band ``row``: ``(T, w_in, 3)``."""
     tile = plan.layout.tile
-    h_in, w_in = diff.shape[:2]
-    y0, y1, wy = _interp_axis(plan.layout.rows * tile, h_in, row * tile, tile)
-    x0, x1, wx = _interp_axis(plan.layout.cols * tile, w_in, 0, plan.layout.cols * tile)
-    vert = diff[y0] * (1 - wy)[:, None, None] + diff[y1] * wy[:, None, None]
-    return vert[:, x0] * (1 - wx)[None, :, None] + vert[:, x1] * wx[None, :, None]
+    y0, y1, wy = _interp_axis(plan.layout.rows * tile, diff.shape[0], row * tile, tile)
+    return diff[y0] * (1 - wy)[:, None, None] + diff[y1] * wy[:, None, None]
+
+
+def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarray | None,
+                  gain: np.ndarray | None, means: np.ndarray | None) -> np.ndarray:
+    """Apply the contrast gain and the bilinearly interpolated colour shift to one band, a few
+    cells' width at a time so the float temporaries stay small on very wide mosaics."""
+    tile, cols = plan.layout.tile, plan.layout.cols
+    out = np.empty_like(band)
+    vert = _shift_rows(plan, shift, row) if shift is not None else None
+    step = max(1, CORRECTION_CHUNK_PIXELS // (tile * tile))
+    for c0 in range(0, cols, step):
+        c1 = min(cols, c0 + step)
+        px = slice(c0 * tile, c1 * tile)
+        part = band[:, px].astype(np.float32)
+        if gain is not None:
+            m = np.repeat(means[row, c0:c1], tile, axis=0)[None]
+            part = m + (part - m) * np.repeat(gain[row, c0:c1], tile)[None, :, None]
+        if vert is not None:
+            x0, x1, wx = _interp_axis(cols * tile, shift.shape[1], c0 * tile, (c1 - c0) * tile)
+            part += vert[:, x0] * (1 - wx)[None, :, None] + vert[:, x1] * wx[None, :, None]
+        np.clip(part, 0, 255, out=part)
+        out[:, px] = np.rint(part)
+    return out
+
+
+class _TileCache:
+    """Tiles decoded at output size, at most ``capacity`` at once: when full, the tile whose next
+    use lies farthest ahead is dropped (Belady's rule: every row's tiles are known in advance),
+    so memory stays flat however many distinct tiles a huge mosaic uses."""
+
+    def __init__(self, local: np.ndarray, tile: int, capacity: int) -> None:
+        rows = local.shape[0]
+        n = int(local.max()) + 1
+        self.needed = [np.unique(local[r]) for r in range(rows)]
+        self.uses_by_tile: list[list[int]] = [[] for _ in range(n)]
+        for r, tiles in enumerate(self.needed):
+            for t in tiles.tolist():
+                self.uses_by_tile[t].append(r)
+        self.pointer = np.zeros(n, dtype=np.int64)
+        widest = max(len(t) for t in self.needed)
+        self.capacity = int(min(n, max(widest, capacity)))
+        self.slots = np.empty((self.capacity, tile, tile, 3), dtype=np.uint8)
+        self.slot_of = np.full(n, -1, dtype=np.int64)
+        self.free = list(range(self.capacity))[::-1]
+
+    def _next_use(self, tiles: np.ndarray) -> np.ndarray:
+        out = np.empty(len(tiles), dtype=np.float64)
+        for i, t in enumerate(tiles.tolist()):
+            uses, p = self.uses_by_tile[t], int(self.pointer[t])
+            out[i] = uses[p] if p < len(uses) else np.inf
+        return out
+
+    def missing(self, r: int) -> np.ndarray:
+        """Row ``r``'s tiles not held; makes room for them."""
+        need = self.needed[r]
+        missing = need[self.slot_of[need] < 0]
+        short = len(missing) - len(self.free)
+        if short > 0:
+            held = np.flatnonzero(self.slot_of >= 0)
+            held = held[~np.isin(held, need)]
+            victims = held[np.argsort(-self._next_use(held), kind="stable")[:short]]
+            self.free.extend(self.slot_of[victims].tolist())
+            self.slot_of[victims] = -1
+        return missing
+
+    def store(self, tiles: np.ndarray, pixels: np.ndarray) -> None:
+        slots = np.array([self.free.pop() for _ in range(len(tiles))], dtype=np.int64)
+        self.slot_of[tiles] = slots
+        self.slots[slots] = pixels
+
+    def done(self, r: int) -> None:
+        """Row ``r`` rendered: its tiles' next uses move on."""
+        self.pointer[self.needed[r]] += 1
 
 
 def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> Iterator[np.ndarray]:
     """Yield the output one band of cells at a time, ``(T, cols*T, 3)`` uint8.
 
-    Each used tile is fetched once, when the first band needs it (from the thumbnail atlas
-    for tiles up to 64 px, else decoded from its PNG), and its slot is reused after the last
-    band that uses it, so memory is bounded by the tiles alive at once.
+    Each used tile is fetched when a band needs it (from the thumbnail cache for tiles up to
+    64 px, else decoded from its PNG, on threads) and kept while memory allows
+    (:data:`RENDER_CACHE_BYTES`), so memory is bounded whatever the mosaic's size.  The colour
+    correction of :mod:`.correct` is applied per band.
     """
     layout, grid = plan.layout, plan.grid
     tile, rows, cols = layout.tile, layout.rows, layout.cols
     used, inverse = np.unique(grid, return_inverse=True)
     local = inverse.reshape(rows, cols)
-    row_of = np.repeat(np.arange(rows), cols)
-    first = np.full(len(used), rows, dtype=np.int64)
-    last = np.full(len(used), -1, dtype=np.int64)
-    np.minimum.at(first, local.ravel(), row_of)
-    np.maximum.at(last, local.ravel(), row_of)
-    alive = np.zeros(rows + 1, dtype=np.int64)
-    np.add.at(alive, first, 1)
-    np.add.at(alive, last + 1, -1)
-    slots = np.empty((int(np.cumsum(alive).max()), tile, tile, 3), dtype=np.uint8)
-    slot_of = np.full(len(used), -1, dtype=np.int64)
-    free = list(range(len(slots)))[::-1]
-    blend = float(plan.options.blend)
-    diff = None
-    if blend > 0:
-        s = plan.table.subcells
-        tiles_rgb = plan.table.rgb[grid].transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, 3)
-        diff = (plan.target_rgb - tiles_rgb).astype(np.float32) * blend
-    starts_by_row = [np.flatnonzero(first == r) for r in range(rows)]
-    ends_by_row = [np.flatnonzero(last == r) for r in range(rows)]
+    cache = _TileCache(local, tile, RENDER_CACHE_BYTES // (tile * tile * 3))
+    shift, gain, means = plan_correction(plan)
     show = sys.stderr.isatty() if progress is None else progress
     table = plan.table
     with _pool(plan.options.workers) as pool, tqdm(total=rows, unit="row", desc="mosaic", disable=not show) as bar:
         for r in range(rows):
-            new = starts_by_row[r]
+            new = cache.missing(r)
             if len(new):
-                targets = np.array([free.pop() for _ in new], dtype=np.int64)
-                slot_of[new] = targets
-                if tile <= ATLAS_SIZE:  # from the thumbnail atlas: no PNG decoded at all
-                    slots[targets] = table.thumbnails(used[new], tile)
+                if tile <= THUMB_SIZE:  # from the thumbnail cache: no PNG decoded at all
+                    cache.store(new, table.thumbnails(used[new], tile))
                 else:
                     jobs = [(int(table.bucket_ids[used[i]]), str(table.ids[used[i]])) for i in new]
-                    for slot, pixels in zip(targets, pool.map(lambda job: load_thumbnail(lib, *job, tile), jobs)):
-                        slots[slot] = pixels
-            band = slots[slot_of[local[r]]]  # (cols, T, T, 3)
+                    cache.store(new, np.stack(list(pool.map(lambda job: load_thumbnail(lib, *job, tile), jobs))))
+            band = cache.slots[cache.slot_of[local[r]]]  # (cols, T, T, 3)
             band = band.transpose(1, 0, 2, 3).reshape(tile, cols * tile, 3)
-            if diff is not None:
-                band = np.clip(band + _blend_shift(plan, diff, r), 0, 255).round().astype(np.uint8)
+            if shift is not None or gain is not None:
+                band = _correct_band(plan, band, r, shift, gain, means)
             yield band
-            for i in ends_by_row[r]:
-                free.append(int(slot_of[i]))
+            cache.done(r)
             bar.update()
 
 

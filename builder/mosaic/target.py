@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..defaults import DEFAULT_LONG_SIDE_CELLS, DEFAULT_MIN_TILE, DEFAULT_RADIUS, DEFAULT_SUBCELLS
+from ..defaults import (
+    DEFAULT_BLEND,
+    DEFAULT_CONTRAST,
+    DEFAULT_DETAIL,
+    DEFAULT_LONG_SIDE_CELLS,
+    DEFAULT_MAX_CORRECTION,
+    DEFAULT_MIN_TILE,
+    DEFAULT_RADIUS,
+    DEFAULT_SUBCELLS,
+)
 from ..errors import ImageRejected, UsageError
 from ..layout import TILE_SIZE
 
@@ -27,21 +36,36 @@ TARGET_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_CELLS = 250_000
 MAX_SUBCELLS = 8
 MAX_STREAM_PIXELS = 600_000_000  # streamed PNG (about 1.8 GB of pixels, never all in memory)
+MAX_DZI_PIXELS = 4_000_000_000  # streamed Deep Zoom pyramid: 63,000 px a side, never in memory
 DEFAULT_MIN_CANDIDATES = 32
+DEFAULT_SHORTLIST = 32  # candidates kept by sub-cell colour for the finer comparison
+MAX_DETAIL = 16
 
 
 # ============================================================================ options and layout
 @dataclass(frozen=True)
 class MosaicOptions:
-    """What the user controls.  Give ``cell_size`` (target pixels) or ``grid`` (cols, rows)."""
+    """What the user controls.  Give ``cell_size`` (target pixels) or ``grid`` (cols, rows).
+
+    ``blend`` and ``max_correction`` shape the colour correction (how far toward the input,
+    at most how many CIEDE2000; either 0 turns it off), ``contrast`` the contrast match
+    (``max_correction=0, contrast=False`` renders tiles untouched), ``detail`` the finer comparison that
+    ranks the shortlist, ``max_uses`` the fair assignment (None: greedy, tiles reused freely
+    outside the repetition radius).
+    """
 
     cell_size: int | None = None
     grid: tuple[int, int] | None = None
     tile_size: int | None = None
     no_repeat_radius: int = DEFAULT_RADIUS
-    blend: float = 0.0
+    blend: float = DEFAULT_BLEND
+    max_correction: float = DEFAULT_MAX_CORRECTION
+    contrast: bool = DEFAULT_CONTRAST
     subcells: int = DEFAULT_SUBCELLS
+    detail: int = DEFAULT_DETAIL
+    max_uses: int | None = None
     min_candidates: int = DEFAULT_MIN_CANDIDATES
+    shortlist: int = DEFAULT_SHORTLIST
     workers: int | None = None
 
     def validate(self) -> MosaicOptions:
@@ -57,6 +81,14 @@ class MosaicOptions:
             raise UsageError(f"--no-repeat-radius must be 0 or more, got {self.no_repeat_radius!r}")
         if not (isinstance(self.blend, (int, float)) and 0.0 <= self.blend <= 1.0):
             raise UsageError(f"--blend must be within 0..1, got {self.blend!r}")
+        if not (isinstance(self.max_correction, (int, float)) and self.max_correction >= 0):
+            raise UsageError(f"--max-correction must be a CIEDE2000 budget of 0 or more, got {self.max_correction!r}")
+        if not isinstance(self.detail, int) or not 0 <= self.detail <= MAX_DETAIL:
+            raise UsageError(f"--detail must be within 0..{MAX_DETAIL}, got {self.detail!r}")
+        if self.max_uses is not None and (not isinstance(self.max_uses, int) or self.max_uses < 1):
+            raise UsageError(f"--max-uses must be at least 1, got {self.max_uses!r}")
+        if not isinstance(self.shortlist, int) or self.shortlist < 1:
+            raise UsageError(f"shortlist must be a positive integer, got {self.shortlist!r}")
         if not isinstance(self.subcells, int) or not 1 <= self.subcells <= MAX_SUBCELLS:
             raise UsageError(f"--subcells must be within 1..{MAX_SUBCELLS}, got {self.subcells!r}")
         if not isinstance(self.min_candidates, int) or self.min_candidates < 1:
@@ -167,14 +199,16 @@ def displayed_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if _orientation(img) in (5, 6, 7, 8) else (width, height)
 
 
-def target_subcells(img: Image.Image, layout: Layout, subcells: int) -> np.ndarray:
-    """Mean RGB of every sub-cell, ``(rows * s, cols * s, 3)`` float32, vectorised.
+def target_samples(img: Image.Image, layout: Layout, sizes: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Mean RGB of ``n x n`` samples per cell for every ``n`` in ``sizes``: ``{n: (rows * n, cols * n, 3)}``
+    float32, from one decode.
 
-    JPEGs decode at the smallest scale that keeps two pixels per sub-cell; the crop box is
-    scaled to whatever size the decode produced.
+    JPEGs decode at the smallest scale that keeps two pixels per sample of the finest size; the
+    crop box is scaled to whatever size the decode produced.
     """
+    finest = max(sizes)
     disp_w, disp_h = displayed_size(img)
-    need_w, need_h = layout.cols * subcells * 2, layout.rows * subcells * 2
+    need_w, need_h = layout.cols * finest * 2, layout.rows * finest * 2
     crop_w, crop_h = layout.box[2] - layout.box[0], layout.box[3] - layout.box[1]
     factor = min(1.0, max(need_w / crop_w, need_h / crop_h))
     try:
@@ -192,7 +226,11 @@ def target_subcells(img: Image.Image, layout: Layout, subcells: int) -> np.ndarr
         raise ImageRejected("corrupt", str(exc)) from None
     sx, sy = img.width / disp_w, img.height / disp_h
     x0, y0, x1, y1 = layout.box
-    small = img.resize(
-        (layout.cols * subcells, layout.rows * subcells), Image.Resampling.BOX, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-    )
-    return np.asarray(small, dtype=np.float32)
+    box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+    return {n: np.asarray(img.resize((layout.cols * n, layout.rows * n), Image.Resampling.BOX, box=box),
+                          dtype=np.float32) for n in sorted(set(sizes))}
+
+
+def target_subcells(img: Image.Image, layout: Layout, subcells: int) -> np.ndarray:
+    """Mean RGB of every sub-cell, ``(rows * s, cols * s, 3)`` float32 (see :func:`target_samples`)."""
+    return target_samples(img, layout, (subcells,))[subcells]

@@ -1,0 +1,89 @@
+"""Colour correction that keeps a tile's texture: a bounded LAB shift per sub-cell, and an
+optional contrast match.
+
+A tile rarely has exactly its cell's colours.  Shifting every pixel of a sub-cell by the same
+amount moves its mean toward the input's and leaves the texture (every difference between
+pixels) untouched.  The shift is chosen in CIE LAB - ``blend`` of the way from the tile's
+sub-cell colour to the input's - and cut back along the same line until it moves the colour by
+at most ``max_correction`` CIEDE2000 (``skimage.color.deltaE_ciede2000``), so a green field
+may become a greener field but never a red one; it is applied as the RGB offset between the two
+colours, bilinearly interpolated across sub-cells so no seams appear inside a tile.
+
+Contrast (on by default) scales a tile's deviations from its mean by the ratio of the input's
+luminance spread in the cell to the tile's (both at 4x4 samples a cell), within
+``1 / MAX_GAIN .. MAX_GAIN``: a flat cell gets a calmer tile, a busy one a crisper tile.
+
+>>> import numpy as np
+>>> tile, want = np.full((1, 1, 3), 100.0), np.full((1, 1, 3), 200.0)
+>>> shift = correction_shift(tile, want, blend=1.0, max_correction=5.0)
+>>> from skimage.color import deltaE_ciede2000; from builder.color import rgb_to_lab
+>>> round(float(deltaE_ciede2000(rgb_to_lab(tile), rgb_to_lab(tile + shift))[0, 0]), 2)
+5.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..color import lab_to_rgb, rgb_to_lab
+from .fidelity import LUMA, STRUCTURE_SAMPLES
+
+BISECTIONS = 24  # halvings of the step along the shift: far below 0.01 CIEDE2000
+MAX_GAIN = 2.0  # contrast is scaled by at most this factor either way
+
+
+def correction_shift(tile_rgb: np.ndarray, target_rgb: np.ndarray, blend: float, max_correction: float) -> np.ndarray:
+    """RGB offsets ``(..., 3)`` float32 moving each tile sub-cell colour ``blend`` of the way to the
+    target's in LAB, by at most ``max_correction`` CIEDE2000 (colours stay inside sRGB)."""
+    from skimage.color import deltaE_ciede2000  # imported on use: the store imports this package
+
+    lab_tile = rgb_to_lab(np.clip(tile_rgb, 0, 255))
+    step = (rgb_to_lab(np.clip(target_rgb, 0, 255)) - lab_tile) * float(blend)
+    if np.isfinite(max_correction):
+        lo, hi = np.zeros(step.shape[:-1]), np.ones(step.shape[:-1])
+        fits = deltaE_ciede2000(lab_tile, lab_tile + step) <= max_correction
+        lo[fits] = 1.0
+        todo = ~fits
+        for _ in range(BISECTIONS):
+            if not todo.any():
+                break
+            mid = (lo[todo] + hi[todo]) / 2
+            ok = deltaE_ciede2000(lab_tile[todo], lab_tile[todo] + step[todo] * mid[:, None]) <= max_correction
+            lo[todo] = np.where(ok, mid, lo[todo])
+            hi[todo] = np.where(ok, hi[todo], mid)
+        step = step * lo[..., None]
+    return (lab_to_rgb(lab_tile + step) - tile_rgb).astype(np.float32)
+
+
+def contrast_gain(tile_samples: np.ndarray, target_samples: np.ndarray) -> np.ndarray:
+    """Per cell gain ``(cells,)`` from ``(cells, n, n, 3)`` samples of the tiles and of the target."""
+    spread_tile = (tile_samples @ LUMA).reshape(len(tile_samples), -1).std(axis=1)
+    spread_target = (target_samples @ LUMA).reshape(len(target_samples), -1).std(axis=1)
+    gain = (spread_target + 1.0) / (spread_tile + 1.0)  # +1: flat tiles and cells stay as they are
+    return np.clip(gain, 1.0 / MAX_GAIN, MAX_GAIN).astype(np.float32)
+
+
+def cell_samples(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``(rows * n, cols * n, 3)`` -> ``(rows * cols, n, n, 3)``."""
+    n = samples.shape[0] // rows
+    return samples.reshape(rows, n, cols, n, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, n, n, 3)
+
+
+def plan_correction(plan) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """What the render applies for a :class:`~builder.mosaic.match.MosaicPlan`: the sub-cell RGB
+    shift field ``(rows*s, cols*s, 3)`` (or None), and for contrast the per-cell gain
+    ``(rows, cols)`` and tile mean RGB ``(rows, cols, 3)`` (or None, None)."""
+    options, grid, table = plan.options, plan.grid, plan.table
+    rows, cols = grid.shape
+    s = table.subcells
+    tiles_rgb = table.rgb[grid].transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, 3)
+    shift = None
+    if options.blend > 0 and options.max_correction > 0:
+        shift = correction_shift(tiles_rgb, plan.target_rgb, options.blend, options.max_correction)
+    if not options.contrast or plan.reference is None:
+        return shift, None, None
+    used, local = np.unique(grid.ravel(), return_inverse=True)
+    tile_fine = table.detail_rgb(STRUCTURE_SAMPLES, used)[local]
+    gain = contrast_gain(tile_fine, cell_samples(plan.reference, rows, cols)).reshape(rows, cols)
+    means = table.rgb[grid].mean(axis=(2, 3)).astype(np.float32)
+    return shift, gain, means

@@ -1,0 +1,402 @@
+"""The tile table and its cache: the append-only 64-px :class:`ThumbnailCache` in
+``<library>/.cache/`` (filled by the store as tiles are committed, matched, spot-checked and
+extended by the mosaic) and the tiles' sub-cell colours measured on it."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..color import rgb_to_lab
+from ..decode import decode_tile
+from ..errors import BadTile, ImageRejected, LibraryError
+from ..layout import CACHE_DIR, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
+from ..library import Library
+from .target import DEFAULT_SUBCELLS
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 2  # 2: append-only keys + pixels files (1 was one rewritten .npy and an index)
+THUMB_BYTES = THUMB_SIZE * THUMB_SIZE * 3
+THUMB_PREFIX = "mosaic_thumbs64"
+KEY = np.dtype([("id", "S36"), ("phash", "S16")])  # one row's key in the keys file
+LOCK_NAME = ".mosaic_thumbs.lock"
+SPOT_CHECKS = 3
+DEAD_ROWS_KEPT = 1000  # rows of deleted tiles tolerated before the cache is compacted
+
+
+# ============================================================================ tile features
+@dataclass
+class TileTable:
+    """Tiles a mosaic can use: id, bucket, ``s x s`` sub-cell mean RGB, and the 64-px thumbnail
+    thumbs they were measured on (``thumbs[thumb_rows[i]]`` is row ``i``'s thumbnail)."""
+
+    ids: np.ndarray  # (n,) str
+    bucket_ids: np.ndarray  # (n,) int64
+    rgb: np.ndarray  # (n, s, s, 3) float64
+    subcells: int
+    thumbs: np.ndarray  # (m, 64, 64, 3) uint8, usually a read-only memory map
+    thumb_rows: np.ndarray  # (n,) int64
+    skipped: int = 0  # rows whose file could not be read
+    scratch: object = None  # keeps a temporary cache folder alive (read-only libraries)
+    _detail: dict = field(default_factory=dict, repr=False)  # d -> (computed?, LAB) per row, filled on use
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """LAB of every sub-cell, flattened ``(n, s*s*3)``: what cells are matched against."""
+        return rgb_to_lab(self.rgb).reshape(len(self.ids), -1)
+
+    def detail_rgb(self, detail: int, rows: np.ndarray) -> np.ndarray:
+        """``(k, d, d, 3)`` mean RGB of ``d x d`` blocks of the thumbnails of table ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), detail, detail, 3), dtype=np.float64)
+        f = THUMB_SIZE // detail
+        for lo in range(0, len(rows), 2048):
+            pixels = np.asarray(self.thumbs[self.thumb_rows[rows[lo:lo + 2048]]])
+            if f * detail == THUMB_SIZE:  # equal blocks: a reshape, much faster than reduceat
+                sums = pixels.reshape(len(pixels), detail, f, detail, f, 3).sum(axis=(2, 4), dtype=np.uint32)
+                out[lo:lo + 2048] = sums / (f * f)
+            else:
+                out[lo:lo + 2048] = subcell_means(pixels, detail)
+        return out
+
+    def detail_lab(self, detail: int, rows: np.ndarray) -> np.ndarray:
+        """``(k, d*d*3)`` float32 LAB of :meth:`detail_rgb`, computed once per tile and kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        memo = self._detail.get(detail)
+        if memo is None:
+            memo = self._detail[detail] = (np.zeros(len(self), dtype=bool),
+                                          np.empty((len(self), detail * detail * 3), dtype=np.float32))
+        done, lab = memo
+        todo = np.unique(rows[~done[rows]])
+        if len(todo):
+            lab[todo] = rgb_to_lab(self.detail_rgb(detail, todo)).reshape(len(todo), -1)
+            done[todo] = True
+        return lab[rows]
+
+    def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
+        """``(k, size, size, 3)`` thumbnails of table rows from the thumbs (``size`` <= 64)."""
+        pixels = np.asarray(self.thumbs[self.thumb_rows[np.asarray(rows, dtype=np.int64)]])
+        if size == THUMB_SIZE:
+            return pixels
+        if THUMB_SIZE % size == 0:  # box reduction, vectorised
+            f = THUMB_SIZE // size
+            sums = pixels.reshape(len(pixels), size, f, size, f, 3).sum(axis=(2, 4), dtype=np.uint32)
+            return ((sums + f * f // 2) // (f * f)).astype(np.uint8)
+        return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
+
+
+def _block_edges(size: int, parts: int) -> np.ndarray:
+    return np.linspace(0, size, parts + 1).round().astype(np.int64)
+
+
+def subcell_means(pixels: np.ndarray, subcells: int) -> np.ndarray:
+    """Mean RGB of ``s x s`` blocks of ``(..., h, w, 3)`` uint8 images (blocks may differ by 1 px)."""
+    h, w = pixels.shape[-3], pixels.shape[-2]
+    ys, xs = _block_edges(h, subcells), _block_edges(w, subcells)
+    sums = np.add.reduceat(np.add.reduceat(pixels, ys[:-1], axis=-3, dtype=np.uint64), xs[:-1], axis=-2)
+    areas = np.diff(ys)[:, None, None] * np.diff(xs)[None, :, None]
+    return sums / areas
+
+
+def _read_tile(lib: Library, bucket_id: int, tile_id: str) -> Image.Image:
+    """Read a stored tile safely (``lib.read_tile``) and decode it with the same decoder as everything else."""
+    return decode_tile(lib.read_tile(int(bucket_id), str(tile_id))).image
+
+
+def tile_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
+    """A tile's 64-px thumbnail (exact 4x4 box average), or None if its file is unusable."""
+    try:
+        return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // THUMB_SIZE))
+    except (BadTile, ImageRejected) as exc:
+        logger.warning("tile %s in bucket %s unusable for mosaics: %s", tile_id, bucket_id, exc)
+        return None
+
+
+def cache_dir(lib: Library) -> Path:
+    return lib.root / CACHE_DIR
+
+
+# ============================================================================ the append-only cache
+class ThumbnailCache:
+    """The 64-px thumbnails of a library's tiles: two append-only files in ``<library>/.cache/``.
+
+    ``mosaic_thumbs64.v2.keys`` holds one :data:`KEY` record (tile id, pHash) per row and
+    ``mosaic_thumbs64.v2.pixels`` the row's 64x64x3 pixels, in the same order.  The store
+    appends a committed batch's thumbnails (:meth:`append`, from the images its workers already
+    decoded), so the first mosaic on a library reads them instead of decoding every tile; a
+    mosaic appends the few it had to decode itself.  Rows count only when both files hold them
+    whole: a crash mid-append leaves a torn tail that the next append cuts off.  Appends and
+    rewrites take an exclusive ``flock`` on the cache's lock file, loads a shared one, so a
+    load never sees a half-rewritten cache.  Being derived data, it is matched to ``tiles.db``
+    on ``(id, phash)`` and spot-checked against re-decoded tiles on every load.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.generation_path = self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.generation"
+        self.identity = ""  # generation of the rows last loaded: names the derived sub-cell files
+        self.keys_path = self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.keys"
+        self.pixels_path = self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.pixels"
+
+    @classmethod
+    def of(cls, root: str | os.PathLike) -> ThumbnailCache:
+        """The cache of the library at ``root``."""
+        return cls(Path(root) / CACHE_DIR)
+
+    @contextmanager
+    def _lock(self, kind: int):
+        """``flock`` on the cache's lock file; a reader of a folder it cannot write (no lock file
+        can be made) reads unlocked, as only a writer of that folder could change it."""
+        try:
+            if kind == fcntl.LOCK_EX:
+                self.folder.mkdir(exist_ok=True)
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            if kind == fcntl.LOCK_EX:
+                raise
+            yield
+            return
+        try:
+            fcntl.flock(fd, kind)
+            yield
+        finally:
+            os.close(fd)
+
+    def _generation(self) -> str:
+        try:
+            token = self.generation_path.read_text().strip()
+        except OSError:
+            return ""
+        return token if re.fullmatch(r"[0-9a-f]{16}", token) else ""
+
+    def _new_generation(self) -> None:
+        """Rows were rewritten or cut: what was derived from the old ones no longer applies."""
+        part = self.generation_path.with_name(f".{self.generation_path.name}.{os.getpid()}.part")
+        part.write_text(os.urandom(8).hex())
+        os.replace(part, self.generation_path)
+
+    def _rows_on_disk(self) -> int:
+        try:
+            return min(self.keys_path.stat().st_size // KEY.itemsize, self.pixels_path.stat().st_size // THUMB_BYTES)
+        except FileNotFoundError:
+            return 0
+
+    def append(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> int:
+        """Add ``(id, phash, 64x64x3 uint8 thumbnail)`` rows; returns how many were written.
+
+        The store calls this after a batch commits (a failure here must not undo the batch: it
+        only costs the next mosaic some decoding).
+        """
+        if not len(ids):
+            return 0
+        thumbs = np.ascontiguousarray(thumbs, dtype=np.uint8)
+        if thumbs.size != len(ids) * THUMB_BYTES or len(phashes) != len(ids) or not all(is_tile_id(i) for i in ids):
+            raise ValueError(f"append needs as many uuid4 ids, pHashes and {THUMB_SIZE}x{THUMB_SIZE} RGB thumbnails")
+        keys = np.empty(len(ids), dtype=KEY)
+        keys["id"], keys["phash"] = [i.encode() for i in ids], [str(h or "").encode() for h in phashes]
+        with self._lock(fcntl.LOCK_EX):
+            rows = self._rows_on_disk()
+            whole = [path.stat().st_size // size if path.exists() else 0
+                     for path, size in ((self.pixels_path, THUMB_BYTES), (self.keys_path, KEY.itemsize))]
+            if max(whole) > rows or not self._generation():  # whole rows cut (not only a torn tail)
+                self._new_generation()
+            with open(self.pixels_path, "ab") as px, open(self.keys_path, "ab") as kf:
+                px.truncate(rows * THUMB_BYTES)  # cut a torn tail left by a crash
+                kf.truncate(rows * KEY.itemsize)
+                px.write(thumbs.tobytes())
+                px.flush()
+                kf.write(keys.tobytes())  # keys last: a row exists once its key does
+        return len(ids)
+
+    def load(self) -> tuple[np.ndarray | None, dict[tuple[str, str], int]]:
+        """The pixels as a read-only ``(n, 64, 64, 3)`` memory map and ``{(id, phash): row}``
+        (the last row wins for a key written twice); ``(None, {})`` when empty or unreadable."""
+        try:
+            with self._lock(fcntl.LOCK_SH):
+                rows = self._rows_on_disk()
+                if not rows:
+                    return None, {}
+                keys = np.fromfile(self.keys_path, dtype=KEY, count=rows)
+                pixels = np.memmap(self.pixels_path, dtype=np.uint8, mode="r",
+                                   shape=(rows, THUMB_SIZE, THUMB_SIZE, 3))
+                self.identity = self._generation()
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable mosaic cache in %s: %s", self.folder, exc)
+            return None, {}
+        index = {}
+        for row, (tile_id, tile_hash) in enumerate(zip(keys["id"].tolist(), keys["phash"].tolist())):
+            tile_id = tile_id.decode("ascii", "replace")
+            if is_tile_id(tile_id):
+                index[(tile_id, tile_hash.decode("ascii", "replace"))] = row
+        return pixels, index
+
+    def rewrite(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> None:
+        """Replace the whole cache by these rows (drops dead rows; empties a cache found wrong)."""
+        with self._lock(fcntl.LOCK_EX):
+            for path in (self.keys_path, self.pixels_path):
+                path.unlink(missing_ok=True)
+            self._new_generation()
+        if len(ids):
+            self.append(ids, phashes, thumbs)
+
+
+def _decode_thumbnails(lib: Library, todo: list[tuple[str, int, str]], workers: int | None,
+                       progress: bool | None) -> list[np.ndarray | None]:
+    show = sys.stderr.isatty() if progress is None else progress
+    out: list[np.ndarray | None] = []
+    with _pool(workers) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
+        for thumb in pool.map(lambda row: tile_thumbnail(lib, row[1], row[0]), todo):
+            out.append(thumb)
+            bar.update()
+    return out
+
+
+def _writable_folder(folder: Path) -> bool:
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: str,
+                 checked: dict[int, np.ndarray]) -> np.ndarray:
+    """Sub-cell mean RGB of every cached row, from its small derived file where that is sane and
+    agrees with the freshly decoded spot-check tiles (rows appended since are computed and the
+    file extended); else computed from the thumbnails and saved.  The file is named after the
+    cache's generation, so rewritten or cut rows never reuse another row's colours."""
+    shape = (subcells, subcells, 3)
+    n = len(thumbs)
+    path = folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.{generation or 'none'}.sub{subcells}.npy"
+    done = np.empty((0, *shape), dtype=np.float64)
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            logger.warning("ignoring unreadable %s: %s", path, exc)
+        else:
+            sane = (cached.ndim == 4 and cached.shape[1:] == shape and len(cached) <= n and cached.dtype == np.float64
+                    and np.isfinite(cached).all() and cached.min(initial=0) >= 0 and cached.max(initial=0) <= 255)
+            if sane and all(r >= len(cached) or np.allclose(subcell_means(t, subcells), cached[r], atol=1e-9)
+                            for r, t in checked.items()):
+                done = cached
+            else:
+                logger.warning("ignoring %s: it disagrees with the thumbnails", path)
+    if len(done) == n:
+        return done
+    rgb = np.empty((n, *shape), dtype=np.float64)
+    rgb[:len(done)] = done
+    for lo in range(len(done), n, 2048):
+        rgb[lo:lo + 2048] = subcell_means(np.asarray(thumbs[lo:min(n, lo + 2048)]), subcells)
+    try:
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with open(part, "wb") as fh:
+            np.save(fh, rgb, allow_pickle=False)
+        os.replace(part, path)
+        for stale in folder.glob(f"{THUMB_PREFIX}.v{CACHE_VERSION}.*.sub{subcells}.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.info("sub-cell colours not cached (%s)", exc)
+    return rgb
+
+
+def _pool(workers: int | None) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, workers or min(4, os.cpu_count() or 1)))
+
+
+def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int | None = None,
+                    progress: bool | None = None, use_cache: bool = True) -> TileTable:
+    """Every usable tile with its thumbnail and sub-cell colours.
+
+    Thumbnails come from the library's :class:`ThumbnailCache`, matched to ``tiles.db`` row by
+    row on ``(id, phash)``: tiles the store did not cache (older libraries, other writers) are
+    decoded once and appended, deleted ones ignored (and dropped when they are most of the
+    file), and a few cached thumbnails are re-decoded and compared byte for byte, so a cache
+    that disagrees with the files is thrown away.  A library folder we cannot write to (or
+    ``use_cache=False``) gets a temporary cache instead.
+    """
+    import tempfile
+
+    rows = [
+        (tile_id, bucket_id, tile_hash or "")
+        for tile_id, bucket_id, tile_hash in lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY id")
+        if is_tile_id(tile_id) and is_bucket_id(bucket_id)
+    ]
+    if not rows:
+        raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
+    cache, scratch = ThumbnailCache(cache_dir(lib)), None
+    pixels, index = cache.load() if use_cache and cache.folder.is_dir() else (None, {})
+    sources = [index.get((tid, h)) for tid, _b, h in rows]
+    reused = [i for i, src in enumerate(sources) if src is not None]
+    checked: dict[int, np.ndarray] = {}  # cache row -> freshly decoded thumbnail
+    if reused:
+        for i in np.random.default_rng().choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
+            tid, bucket_id, _h = rows[i]
+            fresh = tile_thumbnail(lib, bucket_id, tid)
+            if fresh is None or not np.array_equal(fresh, pixels[sources[i]]):
+                logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", cache.folder, tid)
+                sources, pixels, index, checked = [None] * len(rows), None, {}, {}
+                if _writable_folder(cache.folder):
+                    cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
+                break
+            checked[int(sources[i])] = fresh
+    todo = [row for row, src in zip(rows, sources) if src is None]
+    decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
+    good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
+    writable = use_cache and _writable_folder(cache.folder)
+    live = len(rows) - len(todo)
+    if writable and pixels is not None and len(pixels) - live > max(DEAD_ROWS_KEPT, live):
+        keep_rows = sorted(src for src in sources if src is not None)  # compaction: dead rows dropped
+        keys = {row: key for key, row in index.items()}
+        cache.rewrite([keys[r][0] for r in keep_rows], [keys[r][1] for r in keep_rows], np.asarray(pixels[keep_rows]))
+        pixels, checked = None, {}
+    if writable:
+        if good:
+            cache.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
+        if good or pixels is None:
+            pixels, index = cache.load()
+    else:  # a temporary cache: what the library's holds for these tiles, plus the decoded ones
+        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
+        temp = ThumbnailCache(scratch.name)
+        have = [(row, src) for row, src in zip(rows, sources) if src is not None]
+        if have:
+            temp.append([r[0] for r, _s in have], [r[2] for r, _s in have], np.asarray(pixels[[s for _r, s in have]]))
+        if good:
+            temp.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
+        pixels, index = temp.load()
+        checked = {}
+        cache = temp
+    found = [(i, index.get((tid, h))) for i, (tid, _b, h) in enumerate(rows)]
+    keep = [i for i, src in found if src is not None]
+    if not keep or pixels is None:
+        raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
+    thumb_rows = np.array([src for _i, src in found if src is not None], dtype=np.int64)
+    all_rgb = _subcell_rgb(pixels, subcells, cache.folder, cache.identity, checked)
+    return TileTable(
+        ids=np.array([rows[i][0] for i in keep]),
+        bucket_ids=np.array([rows[i][1] for i in keep], dtype=np.int64),
+        rgb=all_rgb[thumb_rows],
+        subcells=subcells,
+        thumbs=pixels,
+        thumb_rows=thumb_rows,
+        skipped=len(rows) - len(keep),
+        scratch=scratch,
+    )
