@@ -40,6 +40,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from builder import db
 from builder.cli import main
 from builder.decode import is_plain_png
 from builder.ingest import ingest
@@ -448,7 +449,7 @@ def test_an_old_card_schema_is_read_by_readers_and_migrated_by_writers(library, 
     assert len(rows(library)[0]) == 7  # readers never migrate
     code, out, err = run_main(["ingest", "--library", library, pool[56]], capsys)
     assert code == 0, err
-    assert len(rows(library)[0]) == 15 and len(rows(library)) == n + 1
+    assert len(rows(library)[0]) == len(db.TILE_COLUMNS) and len(rows(library)) == n + 1
     with Library.open(library, readonly=True) as lib:
         assert verify_library(lib).ok
 
