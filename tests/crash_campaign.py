@@ -74,6 +74,7 @@ class Figures:
     served_twice: int = 0  # harvest over HTTP: tiles the server answered 200 more than once
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    startup: float | None = None  # a writer's start-up here, measured at the first round (startup_seconds)
 
     def summary(self) -> str:
         triggers = ", ".join(f"{k} {v}" for k, v in sorted(self.by_trigger.items()))
@@ -82,7 +83,7 @@ class Figures:
             f"{self.mid_batch} kills mid-batch (journal replayed), {self.orphans_rolled_back} uncommitted files "
             f"rolled back, {self.scratch_cleaned} scratch files cleaned, {self.rows} tiles at the end, "
             f"tiles lost {self.tiles_lost}, served twice {self.served_twice}, "
-            f"violations {len(self.violations)}, {self.seconds:.0f} s"
+            f"violations {len(self.violations)}, {self.seconds:.0f} s (a writer starts in {self.startup or 0:.1f} s here)"
         )
 
 
@@ -255,14 +256,33 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+# A fresh ``python -m builder stats`` on an idle 2-core machine of this project's kind (measured:
+# 0.3-0.35 s).  A slower start-up means a loaded machine, where every step of a writer is slower.
+IDLE_STARTUP = 0.35
+
+
+def startup_seconds(root: Path) -> float:
+    """Wall time of a fresh ``python -m builder stats`` on ``root``: what a writer costs before it
+    does any work on this machine now (imports, opening the library).  Campaigns stretch their
+    kill windows by it (see :func:`run_and_kill`), so that on a loaded machine the kills still land
+    in the work, not in start-up, and the events they wait for still come."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "builder", "stats", "--library", str(root)], env=cli_env(), cwd=REPO,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.monotonic() - started
+
+
 def run_and_kill(cmd: Sequence[str], root: Path, trigger: str, rng: random.Random, max_delay: float,
-                 log: Path) -> tuple[bool, dict, int, str]:
+                 log: Path, startup: float = 0.0) -> tuple[bool, dict, int, str]:
     """Start ``cmd`` in a new process group and SIGKILL the group at a ``trigger`` moment.
 
     Returns ``(killed, snapshot, returncode, fired)``; ``fired`` is the trigger, or
-    ``deadline`` when its event did not come within ``max_delay``.  The snapshot (committed rows) is read right
-    before the kill, except for the ``journal`` trigger, whose window is a few milliseconds:
-    there it is the last one read while polling (at most 50 ms old, still before the kill).
+    ``deadline`` when its event did not come within the window: ``startup`` (see
+    :func:`startup_seconds`) plus ``max_delay``, stretched by how much slower than
+    :data:`IDLE_STARTUP` the start-up was; a ``time`` kill falls in that window after start-up.
+    The snapshot (committed rows) is read right before the kill, except for the ``journal``
+    trigger, whose window is a few milliseconds: there it is the last one read while polling (at
+    most 50 ms old, still before the kill).
     """
     with open(log, "wb") as err:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
@@ -272,7 +292,8 @@ def run_and_kill(cmd: Sequence[str], root: Path, trigger: str, rng: random.Rando
         journal, temp = root / "temp" / "journal.json", root / "temp"
         base = row_count(root)
         snapshot, read_at = committed_rows(root), started
-        fire_at = started + rng.uniform(0.15, max_delay) if trigger == "time" else None
+        window = max_delay * max(1.0, startup / IDLE_STARTUP)
+        fire_at = started + startup + rng.uniform(0.15, window) if trigger == "time" else None
         fresh = trigger != "journal"
         fired = "time" if trigger == "time" else "deadline"
         while proc.poll() is None:
@@ -284,7 +305,7 @@ def run_and_kill(cmd: Sequence[str], root: Path, trigger: str, rng: random.Rando
                     fire_at, fired = now, trigger
                 elif trigger == "scratch" and any(p.suffix == ".png" for p in temp.iterdir()):
                     fire_at, fired = now + rng.uniform(0, 0.4), trigger
-                elif now - started > max_delay:
+                elif now - started > startup + window:
                     fire_at = now
             if fire_at is not None and now >= fire_at:
                 break
@@ -321,7 +342,9 @@ def _kill_round(cmd: list[str], root: Path, cap: int, rng: random.Random, max_de
                 figures: Figures, harvest: bool = False) -> tuple[str, bool]:
     """One round of a campaign: run ``cmd``, kill it at a random trigger, tally, check the library."""
     trigger = rng.choice(TRIGGERS)
-    killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log)
+    if figures.startup is None:
+        figures.startup = startup_seconds(root)
+    killed, snapshot, code, fired = run_and_kill(cmd, root, trigger, rng, max_delay, log, figures.startup)
     if killed:
         figures.kills += 1
         figures.by_trigger[fired] += 1
