@@ -47,8 +47,10 @@ from builder.errors import BadTile, LibraryError, MosaicError
 from builder.layout import (
     CENTROIDS_NAME,
     DB_NAME,
+    DEFAULT_CAP,
     LABEL_NAMES,
     MAX_TILE_BYTES,
+    N_BUCKETS,
     PNG_SIGNATURE,
     TILE_SIZE,
     tile_relpath,
@@ -70,8 +72,9 @@ from builder.tilefiles import TileFiles, check_png
 logger = logging.getLogger(__name__)
 
 _DESCRIPTION = (
-    "256x256 satellite tiles routed into 5,000 CIE LAB colour buckets (at most 100 per bucket, "
-    "perceptual duplicates dropped). label == bucket_id; label names are bucket_0000..bucket_4999."
+    f"{TILE_SIZE}x{TILE_SIZE} satellite tiles routed into {N_BUCKETS:,} CIE LAB colour buckets (at most "
+    f"{DEFAULT_CAP} per bucket by default, perceptual duplicates dropped). label == bucket_id; label names are "
+    f"{LABEL_NAMES[0]}..{LABEL_NAMES[-1]}."
 )
 _LICENSE = "other"
 

@@ -26,7 +26,6 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -284,10 +283,6 @@ def _cache_thumbnails(root: Path, stored: list[Analysis]) -> None:
         logger.warning("mosaic thumbnail cache not updated: %s", exc)
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class Pipeline:
     """Assign and store batches of candidates into a library opened for writing.
 
@@ -415,7 +410,7 @@ class Pipeline:
 
     def _row(self, cand: Candidate, an: Analysis) -> tuple:
         prov = {**self.default_provenance, **(cand.provenance or {})}
-        prov.setdefault("harvested_at", utc_now())
+        prov.setdefault("harvested_at", db.utc_now())
         mean_l, mean_a, mean_b = an.lab
         return db.tile_row({**prov, "id": an.tile_id, "bucket_id": an.bucket_id, "phash": an.phash,
                             "filepath": self.lib.filepath_for(an.bucket_id, an.tile_id),

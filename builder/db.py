@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import LibraryError
@@ -280,6 +281,12 @@ def migrate(conn: sqlite3.Connection) -> int:
                     conn.execute(f"ALTER TABLE fetched ADD COLUMN {name} {sqltype}")
     create_schema(conn)
     return version
+
+
+def utc_now() -> str:
+    """The form of every timestamp stored in ``tiles.db`` (``harvested_at``, ``tried_at``):
+    UTC, ISO 8601, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:

@@ -47,8 +47,9 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from .db import utc_now
 from .errors import SourceError
-from .ledger import BatchLog, Claim, FetchLedger, FetchResult, utc_now
+from .ledger import BatchLog, Claim, FetchLedger, FetchResult
 from .regions import TileRef
 from .sources import GateClosed, RequestGate, TileFault, TileSource
 

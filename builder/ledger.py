@@ -67,7 +67,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -452,7 +451,7 @@ class FetchLedger:
         """Log the batch, then mark it claimed and commit (new rows; retries: fault rows updated
         in place, guarded by the status they had).  Returns the batch's in-flight log."""
         log = BatchLog.create(self.inflight_dir(), self.table, self.source, claims)
-        now = utc_now()
+        now = db.utc_now()
         fresh = [c.ref for c in claims if c.prior is None]
         again = [c for c in claims if c.prior is not None]
         try:
@@ -586,8 +585,3 @@ class FetchLedger:
             if row is not None and row[0] == CLAIMED:
                 out.append(key)
         return out
-
-
-def utc_now() -> str:
-    """The ``tried_at`` timestamp: UTC, ISO 8601, to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
