@@ -102,8 +102,9 @@ def test_every_fault_kind_is_counted_and_no_bad_tile_is_stored(make_library):
         source = HttpSource(server.tile_template, retries=3, backoff_factor=0.01, timeout=(1.0, 1.0))
         report = harvest(lib, source, "1", zoom=10, threads=8, batch=25, max_tiles=60, seed=3, workers=1,
                          progress=False)
-        served = server.outcome_counts()
-        ok_counts = server.ok_counts()
+    # Counted once the server has stopped and every answer in progress has been recorded.
+    served = server.outcome_counts()
+    ok_counts = server.ok_counts()
 
     assert report.accepted == 60 and report.stop_reason == "max_tiles"
     for kind in FAULTS:

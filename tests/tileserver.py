@@ -251,6 +251,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         owner = self.server.owner
+        owner._begin()
+        try:
+            self._get(owner)
+        finally:
+            owner._end()
+
+    def _get(self, owner: TileServer) -> None:
         split = urlsplit(self.path)
         tile = parse_tile(split.path, split.query)
         user_agent = self.headers.get("User-Agent", "")
@@ -326,6 +333,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: eight fetching threads reconnecting at once (after
+    # resets and timeouts) overflow it, the kernel drops a SYN and the client's connect times out
+    # on a request the server never sees. Real tile servers listen with a deep backlog.
+    request_queue_size = 128
     owner: TileServer
 
     def handle_error(self, request, client_address) -> None:
@@ -359,6 +370,8 @@ class TileServer:
         self.lifetime = lifetime
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
+        self._active = 0  # requests being answered (recorded, answer not yet written)
+        self._idle = threading.Condition(self._lock)
         self._attempts: Counter = Counter()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -389,6 +402,8 @@ class TileServer:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._idle:  # answers in progress (hangs have just been woken) finish their records
+            self._idle.wait_for(lambda: self._active == 0, timeout=5)
 
     def __enter__(self) -> TileServer:
         return self.start()
@@ -452,6 +467,15 @@ class TileServer:
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self._records.append(record)
+
+    def _begin(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def _end(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
 
     def _next_attempt(self, tile: TileKey) -> int:
         with self._lock:
