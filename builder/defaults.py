@@ -34,3 +34,14 @@ DEFAULT_MAX_CORRECTION = 15.0  # --max-correction: CIEDE2000 a tile's sub-cell c
 DEFAULT_CONTRAST = True  # --contrast: match each tile's contrast to its cell's (bench/README.md)
 OUTPUT_FORMATS = ("png", "dzi")  # --format
 DZI_FORMATS = ("jpg", "png")  # --dzi-image: Deep Zoom pyramid tile formats
+
+# --- duplicates (ingest, harvest, synthesize) -------------------------------------------------
+# --near-duplicate-radius: pHash bits two tiles of a bucket may differ by and still count as
+# duplicates; 0 is the card's rule (identical hashes).  Flat tiles are held to 0 whatever the
+# radius (builder.phash.MIN_HASH_CONTRAST).
+DEFAULT_NEAR_DUPLICATE_RADIUS = 0
+
+# --- synthesize --------------------------------------------------------------------------------
+DEFAULT_PER_BUCKET = 1  # --per-bucket: synthetic tiles wanted in each bucket without a real tile
+DEFAULT_MAX_USES = 1  # --max-uses: synthetic tiles one real tile may be the source of
+DEFAULT_SYNTH_SEED = 0  # --seed: which of the nearest sources a bucket gets

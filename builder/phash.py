@@ -56,6 +56,27 @@ def phash_batch(images: list[Image.Image]) -> list[str]:
     return phash_from_pixels(np.stack([phash_pixels(img) for img in images]))
 
 
+# A tile's "contrast": the standard deviation of the 32x32 greyscale pixels its hash is made
+# from (0..255 grey levels).  Below this the hash carries no structure: a uniform tile hashes
+# from exact zeros, a near-uniform one (open ocean, ice) from noise and gentle gradients, and
+# such tiles share hashes with unrelated tiles.  Measured on the demo library (1,500 earth
+# tiles): every pair of tiles of a bucket within 8 bits had a member below 1.3; 21% of the
+# tiles are below 2.0.  The near-duplicate radius applies only between tiles at or above it.
+MIN_HASH_CONTRAST = 2.0
+MAX_RADIUS = 64  # bits in a hash: the largest meaningful --near-duplicate-radius
+
+
+def contrast(image: Image.Image) -> float:
+    """Standard deviation of :func:`phash_pixels` (see :data:`MIN_HASH_CONTRAST`)."""
+    return float(phash_pixels(image).std())
+
+
+def pixels_contrast(pixels: np.ndarray) -> np.ndarray:
+    """:func:`contrast` of a batch of 32x32 greyscale arrays, shape ``(n, 32, 32)``."""
+    batch = np.asarray(pixels, dtype=np.float64)
+    return batch.reshape(len(batch), -1).std(axis=1)
+
+
 def hamming(a: str, b: str) -> int:
     """Bits that differ between two hex hashes.
 

@@ -32,6 +32,7 @@ COMMANDS = (
     "init",
     "ingest",
     "harvest",
+    "synthesize",
     "stats",
     "verify",
     "build",

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
+
 DEFAULT_LIBRARY = "mosaic_library"
 
 
@@ -89,3 +91,11 @@ def add_threads_option(parser: argparse.ArgumentParser, what: str, default: int 
     """
     parser.add_argument("--threads", type=integer(minimum), default=default, metavar="N",
                         help=f"{what} threads (default: {default if shown is None else shown})")
+
+
+def add_near_duplicate_option(p: argparse.ArgumentParser) -> None:
+    """``--near-duplicate-radius R`` (ingest, harvest, synthesize); its range is the library's check."""
+    p.add_argument("--near-duplicate-radius", type=integer(), default=DEFAULT_NEAR_DUPLICATE_RADIUS, metavar="R",
+                   help="tiles of a bucket whose 64-bit pHashes differ in at most R bits are duplicates "
+                        f"(default: {DEFAULT_NEAR_DUPLICATE_RADIUS}, identical hashes only; flat, low-contrast "
+                        "tiles are held to identical hashes whatever R)")

@@ -1,0 +1,159 @@
+"""``synthesize``: flagged synthetic tiles that land in their bucket by the card's recipe, from
+real tiles of a small real library, stored through the commit protocol and checked by verify."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builder.errors import UsageError
+from builder.ingest import ingest
+from builder.layout import N_BUCKETS
+from builder.library import Library
+from builder.phash import MIN_HASH_CONTRAST
+from builder.synthesize import grey_std, recipe_lab, synthesize, targets, transfer
+from builder.verify import verify_library
+from tests.conftest import REPO, real_crops
+from tests.test_ingest import card_recipe
+
+
+@pytest.fixture(scope="module")
+def real_library(tmp_path_factory, bluemarble):
+    """A real library: 60 Blue Marble crops ingested (a few dozen buckets)."""
+    folder = tmp_path_factory.mktemp("synth_src")
+    for i, crop in enumerate(real_crops(bluemarble, 60, seed=11)):
+        crop.save(folder / f"t{i:03d}.png")
+    root = tmp_path_factory.mktemp("synth_lib") / "mosaic_library"
+    with Library.create(root) as lib:
+        ingest(lib, [folder], workers=1)
+    return root
+
+
+@pytest.fixture
+def library(real_library, tmp_path):
+    """A private copy of :func:`real_library`, opened for writing."""
+    root = tmp_path / "mosaic_library"
+    shutil.copytree(real_library, root)
+    lib = Library.open(root)
+    yield lib
+    lib.close()
+
+
+def _far_and_near_buckets(lib, n=24):
+    """Empty buckets spread over the colour space: some near the library's colours, most far."""
+    counts = lib.bucket_counts()
+    empty = np.flatnonzero(counts == 0)
+    rng = np.random.default_rng(5)
+    return sorted(int(b) for b in rng.choice(empty, n, replace=False))
+
+
+def _synthetic_rows(lib):
+    return lib.conn.execute(
+        "SELECT id, bucket_id, phash, mean_l, mean_a, mean_b, derived_from, source FROM tiles WHERE synthetic = 1"
+    ).fetchall()
+
+
+def test_synthetic_tiles_land_in_their_bucket_by_the_cards_recipe(library):
+    lib = library
+    real_before = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    wanted = _far_and_near_buckets(lib)
+    report = synthesize(lib, max_uses=4, buckets=wanted, progress=False)
+    rows = _synthetic_rows(lib)
+    assert report.made == len(rows) == len(wanted) and report.buckets_targeted == len(wanted)
+    assert sorted(r[1] for r in rows) == wanted
+    real_ids = {r[0] for r in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 0")}
+    assert len(real_ids) == real_before
+    for tile_id, bucket_id, phash, l_, a_, b_, derived_from, source in rows:
+        ref_bucket, ref_lab, ref_hash = card_recipe(lib.tile_path(bucket_id, tile_id), lib.centroids)
+        assert (ref_bucket, ref_hash) == (bucket_id, phash)
+        assert np.allclose((l_, a_, b_), ref_lab, atol=1e-9)
+        assert source == "synthetic"
+        assert derived_from is None or derived_from in real_ids
+    textured = [r for r in rows if r[6] is not None]
+    assert len(textured) >= len(wanted) // 2  # 60 sources, 4 uses each: most buckets get a texture
+    assert report.median_texture_kept is not None and report.median_texture_kept > 0.3
+    assert verify_library(lib, deep=True, workers=1, progress=False).ok
+    assert list(lib.temp_dir.iterdir()) == []
+
+
+def test_transfer_keeps_texture_and_hits_a_far_colour(bluemarble):
+    from builder.color import load_centroids
+    from builder.layout import SHIPPED_CENTROIDS
+
+    centroids = load_centroids(SHIPPED_CENTROIDS)
+    src = np.asarray(real_crops(bluemarble, 1, seed=3)[0])
+    # centroids far from Earth's colours: a magenta, a deep cyan, a near white
+    for wanted in ([60.0, 80.0, -50.0], [40.0, -30.0, -30.0], [95.0, -5.0, 20.0]):
+        target = centroids[np.argmin(np.linalg.norm(centroids - wanted, axis=1))]
+        out = transfer(src, target)
+        assert np.abs(recipe_lab(out) - target).max() < 1.0, target
+        assert grey_std(out) > MIN_HASH_CONTRAST  # texture scaled (to fit near white), not flattened
+        # the light-dark pattern is the source's: pixel luma strongly correlated
+        corr = np.corrcoef(np.asarray(Image.fromarray(out).convert("L"), float).ravel(),
+                           np.asarray(Image.fromarray(src).convert("L"), float).ravel())[0, 1]
+        assert corr > 0.8, (target, corr)
+
+
+def test_max_uses_is_never_exceeded_and_flat_tiles_fill_the_rest(library):
+    lib = library
+    n_sources = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    wanted = sorted(int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)[: n_sources + 20])
+    report = synthesize(lib, max_uses=1, buckets=wanted, progress=False)
+    uses = Counter(r[6] for r in _synthetic_rows(lib) if r[6] is not None)
+    assert uses and max(uses.values()) == 1 == report.max_uses_seen
+    assert report.flat >= 20 and report.made == len(wanted)
+    flat = [r for r in _synthetic_rows(lib) if r[6] is None]
+    for tile_id, bucket_id, *_ in flat[:5]:
+        with Image.open(lib.tile_path(bucket_id, tile_id)) as img:
+            assert len(img.getcolors()) == 1  # one colour
+    # A second run with K=2 may reuse each source once more, never a third time.
+    synthesize(lib, per_bucket=2, max_uses=2, buckets=wanted, progress=False)
+    uses = Counter(r[6] for r in _synthetic_rows(lib) if r[6] is not None)
+    assert max(uses.values()) == 2
+    assert verify_library(lib, deep=True, workers=1, progress=False).ok
+
+
+def test_a_rerun_tops_up_and_never_touches_buckets_with_a_real_tile(library):
+    lib = library
+    wanted = _far_and_near_buckets(lib, 6)
+    real_bucket = int(np.flatnonzero(lib.bucket_counts() > 0)[0])
+    first = synthesize(lib, max_uses=4, buckets=[*wanted, real_bucket], progress=False)
+    assert first.made == 6 and first.buckets_targeted == 6
+    again = synthesize(lib, max_uses=4, buckets=wanted, progress=False)
+    assert again.made == 0 and again.buckets_targeted == 0
+    more = synthesize(lib, per_bucket=3, max_uses=4, buckets=wanted, progress=False)
+    per_bucket = Counter(r[1] for r in _synthetic_rows(lib))
+    assert more.made + sum(more.rejected.values()) == 12
+    assert all(per_bucket[b] <= 3 for b in wanted) and real_bucket not in per_bucket
+    assert targets(lib, 3).keys().isdisjoint({b for b in wanted if per_bucket[b] == 3})
+
+
+def test_bad_values_are_one_line_errors(library, tmp_path):
+    for kwargs in ({"per_bucket": 0}, {"per_bucket": 101}, {"max_uses": 0}, {"near_duplicate_radius": -1},
+                   {"near_duplicate_radius": 65}):
+        with pytest.raises(UsageError):
+            synthesize(library, progress=False, **kwargs)
+    library.close()
+    for args, words in ((["--max-uses", "0"], "--max-uses must be an integer at least 1"),
+                        (["--per-bucket", "x"], "argument --per-bucket: not an integer"),
+                        (["--near-duplicate-radius", "99"], "--near-duplicate-radius must be an integer within 0..64")):
+        res = subprocess.run([sys.executable, "-m", "builder", "synthesize", "--library", str(library.root), *args],
+                             capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        assert res.returncode == 2 and words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+@pytest.mark.slow
+def test_after_synthesize_every_bucket_holds_a_tile_and_verify_is_clean(library):
+    lib = library
+    report = synthesize(lib, max_uses=4, progress=False)
+    counts = lib.bucket_counts()
+    assert (counts >= 1).all() and report.buckets_covered_after == N_BUCKETS
+    assert report.max_uses_seen <= 4
+    checked = verify_library(lib, deep=True, progress=False)
+    assert checked.ok, checked.summary()
