@@ -25,7 +25,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,10 +34,11 @@ import numpy as np
 from . import db, store
 from .color import CentroidIndex, rgb_to_lab
 from .decode import DecodedTile, decode_tile, encode_png, is_plain_png
-from .errors import ImageRejected
+from .defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
+from .errors import ImageRejected, LibraryError, UsageError
 from .layout import DB_NAME, MAX_INPUT_BYTES, TEMP_DIR, THUMB_SIZE, TILE_SIZE
 from .library import Library
-from .phash import phash_from_pixels, phash_pixels
+from .phash import MAX_RADIUS, MIN_HASH_CONTRAST, contrast, phash_from_pixels, phash_pixels, pixels_contrast
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Outcome(NamedTuple):
     phash: str | None = None
     lab: tuple[float, float, float] | None = None
     detail: str = ""
+    evicted: tuple[str, ...] = ()  # synthetic tiles that gave way to this (real) one
 
 
 class Analysis(NamedTuple):
@@ -82,6 +84,7 @@ class Analysis(NamedTuple):
     phash: str | None = None
     tile_id: str | None = None
     thumb: bytes | None = None  # 64x64 RGB box reduction of a staged tile, for the mosaic cache
+    contrast: float | None = None  # std of the pHash pixels (near-duplicate guard, builder.phash)
 
 
 _ONES_64 = np.ones(64 * 64)
@@ -96,6 +99,18 @@ def mean_rgb_64(image) -> np.ndarray:
     """
     small = np.frombuffer(image.resize((64, 64)).tobytes(), dtype=np.uint8).reshape(-1, 3)
     return (_ONES_64 @ small.astype(np.float64)) / float(64 * 64)
+
+
+def check_radius(radius: object) -> None:
+    """``--near-duplicate-radius``: an integer within 0..64 (bits of a pHash), else one-line :class:`UsageError`."""
+    if not isinstance(radius, int) or isinstance(radius, bool) or not 0 <= radius <= MAX_RADIUS:
+        raise UsageError(f"--near-duplicate-radius must be an integer within 0..{MAX_RADIUS}, got {radius!r}")
+
+
+def is_synthetic(candidate: Candidate) -> bool:
+    """A candidate made by ``synthesize`` (its provenance says ``synthetic``): it counts toward
+    nothing that would refuse a real tile, and gives way to one."""
+    return bool((candidate.provenance or {}).get("synthetic"))
 
 
 def read_candidate(candidate: Candidate) -> bytes:
@@ -166,26 +181,35 @@ class Worker:
             labs = rgb_to_lab(np.stack(means))
             bucket_ids, _ = self.index.assign_lab(labs)
             buckets = [int(b) for b in bucket_ids]
-            counts = db.bucket_counts(self.conn, set(buckets))  # committed tiles, one indexed query
+            # Committed tiles, one indexed query each: a real tile is refused only by real ones.
+            counts = db.bucket_counts(self.conn, set(buckets))
+            real_counts = db.bucket_counts(self.conn, set(buckets), real_only=True)
             room = []
             for (i, data, decoded), bucket_id, lab in zip(live, buckets, labs.tolist()):
                 lab_t = (lab[0], lab[1], lab[2])
-                if counts.get(bucket_id, 0) >= self.cap:
+                held = (counts if is_synthetic(candidates[i]) else real_counts).get(bucket_id, 0)
+                if held >= self.cap:
                     results[i] = Analysis("bucket_full", "", bucket_id, lab_t)
                 else:
                     room.append((i, data, decoded, bucket_id, lab_t))
             if room:
-                hashes = phash_from_pixels(np.stack([phash_pixels(decoded.image) for _i, _d, decoded, _b, _l in room]))
-                for (i, data, decoded, bucket_id, lab_t), tile_hash in zip(room, hashes):
-                    results[i] = self._dedupe_and_stage(data, decoded, bucket_id, lab_t, tile_hash)
+                pixels = np.stack([phash_pixels(decoded.image) for _i, _d, decoded, _b, _l in room])
+                hashes = phash_from_pixels(pixels)
+                contrasts = pixels_contrast(pixels)
+                for (i, data, decoded, bucket_id, lab_t), tile_hash, tile_contrast in zip(room, hashes, contrasts):
+                    results[i] = self._dedupe_and_stage(data, decoded, bucket_id, lab_t, tile_hash,
+                                                        is_synthetic(candidates[i]))._replace(
+                        contrast=float(tile_contrast))
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def _dedupe_and_stage(self, data: bytes, decoded: DecodedTile, bucket_id: int,
-                          lab_t: tuple[float, float, float], tile_hash: str) -> Analysis:
-        """Duplicate check against the committed bucket, then ``temp/<id>.png`` (PNG passthrough
-        when the source bytes are already a plain 256x256 RGB PNG)."""
+                          lab_t: tuple[float, float, float], tile_hash: str, synthetic: bool = False) -> Analysis:
+        """Duplicate check against the committed bucket (a real tile against real tiles only),
+        then ``temp/<id>.png`` (PNG passthrough when the source bytes are already a plain
+        256x256 RGB PNG)."""
         if self.conn.execute(
-            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", (bucket_id, tile_hash)
+            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ?" + ("" if synthetic else " AND synthetic = 0")
+            + " LIMIT 1", (bucket_id, tile_hash)
         ).fetchone():
             return Analysis("duplicate", "", bucket_id, lab_t, tile_hash)
         payload = data if decoded.png_passthrough and is_plain_png(data) else encode_png(decoded.image)
@@ -290,9 +314,12 @@ class Pipeline:
     """
 
     def __init__(self, lib: Library, workers: int | None = None, prefilter: Callable | None = None,
-                 default_provenance: dict | None = None) -> None:
+                 default_provenance: dict | None = None,
+                 near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS) -> None:
         lib._require_writer()
+        check_radius(near_duplicate_radius)
         self.lib = lib
+        self.radius = near_duplicate_radius
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.prefilter = prefilter
         self.default_provenance = default_provenance or {}
@@ -307,6 +334,10 @@ class Pipeline:
             )
             self._pool.submit(int).result()  # start every worker now, before callers start threads
         self.counts = lib.bucket_counts()
+        self.real_counts = lib.bucket_counts(real_only=True)
+        # --near-duplicate-radius: per bucket touched, its tiles' (id, hash, flat?, synthetic?),
+        # read once from the files (contrast is not stored), then kept up to date.
+        self._near: dict[int, list[tuple[str, int, bool, bool]]] = {}
 
     def __enter__(self) -> Pipeline:
         return self
@@ -322,6 +353,8 @@ class Pipeline:
     def _submit(self, candidates: list[Candidate]) -> _Pending:
         """Start analysing a batch.  In the pool it runs in the background (about four chunks
         per worker: even load, little IPC per tile); inline it is done before returning."""
+        if self.default_provenance.get("synthetic"):  # the workers judge a candidate by its own provenance
+            candidates = [replace(c, provenance={"synthetic": 1, **(c.provenance or {})}) for c in candidates]
         if self._pool is not None and len(candidates) >= POOL_THRESHOLD:
             size = min(CHUNK_MAX, max(1, -(-len(candidates) // (self.workers * 4))))
             return _Pending(candidates, [self._pool.submit(_pool_analyse_many, part) for part in chunked(candidates, size)])
@@ -367,46 +400,133 @@ class Pipeline:
             if pending is not None:
                 pending.discard(self.lib.temp_dir)
 
+    def _near_entries(self, bucket_id: int) -> list[tuple[str, int, bool, bool]]:
+        """The bucket's committed tiles for the near-duplicate check (read from their files once)."""
+        entries = self._near.get(bucket_id)
+        if entries is None:
+            entries = []
+            for tile_id, tile_hash, synthetic in self.lib.conn.execute(
+                    f"SELECT id, phash, {db.select_list(self.lib.conn, ('synthetic',))} FROM tiles WHERE bucket_id = ?",
+                    (bucket_id,)):
+                try:
+                    flat = contrast(decode_tile(self.lib.read_tile(bucket_id, tile_id)).image) < MIN_HASH_CONTRAST
+                    value = int(tile_hash, 16)
+                except (ImageRejected, LibraryError, TypeError, ValueError):
+                    continue  # an unreadable tile is verify's business; it blocks nothing here
+                entries.append((tile_id, value, flat, bool(synthetic)))
+            self._near[bucket_id] = entries
+        return entries
+
+    def _near_duplicate(self, an: Analysis, synthetic: bool) -> bool:
+        """Within the radius of a tile of its bucket (a real tile: of a real one), neither of them flat."""
+        if self.radius <= 0 or an.contrast is None or an.contrast < MIN_HASH_CONTRAST:
+            return False
+        value = int(an.phash, 16)
+        return any(not flat and (synthetic or not other_synthetic) and (value ^ other).bit_count() <= self.radius
+                   for _id, other, flat, other_synthetic in self._near_entries(an.bucket_id))
+
     def _decide_and_store(self, candidates: list[Candidate], analyses: list[Analysis],
                           on_commit: Callable | None) -> list[Outcome]:
-        """Re-check each worker verdict against this batch and the stored library, then store."""
+        """Re-check each worker verdict against this batch and the stored library, then store.
+
+        Real tiles always win: a real tile is refused only by real ones (cap, duplicate); when
+        its bucket is at the cap with synthetic tiles in it, the newest synthetic tile gives way
+        (and one with the same pHash always does), evicted in the same commit
+        (:func:`builder.store.commit`'s ``evict``).  A synthetic tile counts every tile.
+        """
         outcomes: list[Outcome] = []
         accepted: list[tuple[Candidate, Analysis]] = []
-        batch_hashes: set[tuple[int, str]] = set()
+        evict: list[tuple[str, int]] = []
+        evicted: set[str] = set()
+        batch_real: set[tuple[int, str]] = set()
+        batch_all: set[tuple[int, str]] = set()
         conn = self.lib.conn
+        cap = self.lib.cap
+
+        def synthetic_to_evict(bucket_id: int, tile_hash: str | None) -> str | None:
+            """A committed synthetic tile of the bucket not yet evicted: the one with ``tile_hash``, else the newest."""
+            sql = "SELECT id FROM tiles WHERE bucket_id = ? AND synthetic = 1"
+            args: tuple = (bucket_id,)
+            if tile_hash is not None:
+                sql, args = sql + " AND phash = ?", (bucket_id, tile_hash)
+            for (tile_id,) in conn.execute(sql + " ORDER BY rowid DESC", args):
+                if tile_id not in evicted:
+                    return tile_id
+            return None
+
         try:
             for cand, an in zip(candidates, analyses):
                 reason = an.reason
+                gives_way: list[str] = []
                 if reason is None:
+                    synthetic = is_synthetic(cand)
                     key = (an.bucket_id, an.phash)
-                    if self.counts[an.bucket_id] >= self.lib.cap:
-                        reason = "bucket_full"
-                    elif key in batch_hashes or conn.execute(
-                        "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", key
-                    ).fetchone():
-                        reason = "duplicate"
+                    if synthetic:
+                        if self.counts[an.bucket_id] >= cap:
+                            reason = "bucket_full"
+                        elif key in batch_all or conn.execute(
+                            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", key
+                        ).fetchone() or self._near_duplicate(an, True):
+                            reason = "duplicate"
+                    else:
+                        if self.real_counts[an.bucket_id] >= cap:
+                            reason = "bucket_full"
+                        elif key in batch_real or conn.execute(
+                            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? AND synthetic = 0 LIMIT 1", key
+                        ).fetchone() or self._near_duplicate(an, False):
+                            reason = "duplicate"
+                        else:
+                            twin = synthetic_to_evict(an.bucket_id, an.phash)
+                            if twin is not None:
+                                gives_way.append(twin)
+                            elif self.counts[an.bucket_id] >= cap:
+                                newest = synthetic_to_evict(an.bucket_id, None)
+                                if newest is None:  # full with this batch's own synthetic tiles
+                                    reason = "bucket_full"
+                                else:
+                                    gives_way.append(newest)
                     if reason is not None:
                         store.unstage(self.lib.temp_dir, [an.tile_id])
                     else:
-                        batch_hashes.add(key)
-                        self.counts[an.bucket_id] += 1
+                        batch_all.add(key)
+                        if not synthetic:
+                            batch_real.add(key)
+                            self.real_counts[an.bucket_id] += 1
+                        self.counts[an.bucket_id] += 1 - len(gives_way)
+                        for tile_id in gives_way:
+                            evicted.add(tile_id)
+                            evict.append((tile_id, an.bucket_id))
                         accepted.append((cand, an))
                 outcomes.append(
                     Outcome(cand.name, reason is None, reason, an.tile_id if reason is None else None,
-                            an.bucket_id, an.phash, an.lab, an.detail)
+                            an.bucket_id, an.phash, an.lab, an.detail, tuple(gives_way))
                 )
             store.commit(
                 self.lib,
                 [store.StagedTile(an.tile_id, an.bucket_id, self._row(cand, an)) for cand, an in accepted],
                 (lambda conn: on_commit(conn, outcomes)) if on_commit is not None else None,
+                evict=evict,
             )
         except BaseException:
-            for _cand, an in accepted:
-                self.counts[an.bucket_id] -= 1
+            self.counts = self.lib.bucket_counts()
+            self.real_counts = self.lib.bucket_counts(real_only=True)
+            self._near.clear()
             store.unstage(self.lib.temp_dir, (an.tile_id for an in analyses))
             raise
+        self._remember(accepted, evict)
         _cache_thumbnails(self.lib.root, [an for _c, an in accepted])
         return outcomes
+
+    def _remember(self, accepted: list[tuple[Candidate, Analysis]], evict: list[tuple[str, int]]) -> None:
+        """Keep the near-duplicate entries of buckets already read in step with the commit."""
+        gone = {tile_id for tile_id, _b in evict}
+        for bucket_id in {b for _t, b in evict}:
+            if bucket_id in self._near:
+                self._near[bucket_id] = [e for e in self._near[bucket_id] if e[0] not in gone]
+        for cand, an in accepted:
+            if an.bucket_id in self._near and an.contrast is not None:
+                self._near[an.bucket_id].append(
+                    (an.tile_id, int(an.phash, 16), an.contrast < MIN_HASH_CONTRAST, is_synthetic(cand)))
 
     def _row(self, cand: Candidate, an: Analysis) -> tuple:
         prov = {**self.default_provenance, **(cand.provenance or {})}

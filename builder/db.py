@@ -215,21 +215,25 @@ def select_list(conn: sqlite3.Connection, columns: Sequence[str], table: str = "
     return ", ".join(c if c in present else f"NULL AS {c}" for c in columns)
 
 
-def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None) -> dict[object, int]:
+def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None,
+                  real_only: bool = False) -> dict[object, int]:
     """Rows per ``bucket_id`` value as stored, for every value or only ``buckets``.
 
     Values are returned as stored, invalid ones included (a string, -1, 7000), so callers that
     must see every row (the build) can refuse them; callers that index arrays filter them.
+    ``real_only`` counts real tiles only (``synthetic = 0``: what the cap means for a real
+    tile, which synthetic ones never block; every row of a schema without the column).
     One indexed query (``idx_bucket``).
     """
+    real = " AND synthetic = 0" if real_only and "synthetic" in table_columns(conn, "tiles") else ""
     if buckets is None:
-        return dict(conn.execute("SELECT bucket_id, COUNT(*) FROM tiles GROUP BY bucket_id"))
+        return dict(conn.execute(f"SELECT bucket_id, COUNT(*) FROM tiles WHERE 1{real} GROUP BY bucket_id"))
     wanted = tuple(buckets)
     if not wanted:
         return {}
     marks = ", ".join("?" * len(wanted))
     return dict(conn.execute(
-        f"SELECT bucket_id, COUNT(*) FROM tiles WHERE bucket_id IN ({marks}) GROUP BY bucket_id", wanted
+        f"SELECT bucket_id, COUNT(*) FROM tiles WHERE bucket_id IN ({marks}){real} GROUP BY bucket_id", wanted
     ))
 
 

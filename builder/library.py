@@ -308,10 +308,10 @@ class Library:
             raise LibraryError(f"{self.root} was opened read-only")
 
     # ----------------------------------------------------------------- queries
-    def bucket_counts(self) -> np.ndarray:
-        """Tiles per bucket, shape (5000,)."""
+    def bucket_counts(self, real_only: bool = False) -> np.ndarray:
+        """Tiles per bucket, shape (5000,); ``real_only``: real tiles only (synthetic ones left out)."""
         counts = np.zeros(N_BUCKETS, dtype=np.int64)
-        for bucket_id, n in db.bucket_counts(self.conn).items():
+        for bucket_id, n in db.bucket_counts(self.conn, real_only=real_only).items():
             if is_bucket_id(bucket_id):  # rows with a damaged bucket_id are verify's business
                 counts[bucket_id] = n
         return counts

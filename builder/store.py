@@ -8,8 +8,9 @@ A batch of accepted tiles is made durable in this order:
    ``.part`` file and renamed, so it is whole or absent);
 3. **rename**: the staged files are renamed into their bucket folders;
 4. **insert**: the rows are inserted and committed in one transaction, together with whatever
-   the caller's ``on_commit(conn)`` writes (harvest's ``fetched`` statuses);
-5. the journal is deleted.
+   the caller's ``on_commit(conn)`` writes (harvest's ``fetched`` statuses), and the rows of
+   the tiles the batch *evicts* (synthetic tiles giving way to real ones) are deleted in it;
+5. the evicted tiles' files are removed, then the journal is deleted.
 
 If a step fails in the process (a full disk, a failed commit), :func:`commit` moves the
 renamed files back to ``temp/`` and deletes the journal; the caller removes the staged files.
@@ -21,7 +22,10 @@ Crash guarantees (SIGKILL at any instant, power kept; the crash campaigns in
 * a committed row is never lost: the commit is SQLite's, and replay keeps every committed file;
 * nothing half-written stays: when a writer next opens the library, :func:`replay` reads a
   leftover journal, keeps the files of rows that committed (moving one back from ``temp/`` if
-  it never left), removes the files of rows that did not, and empties ``temp/``.  The worst a
+  it never left), removes the files of rows that did not, and empties ``temp/``;
+* an eviction is all or nothing with its batch: the journal lists the evicted ``(id, bucket)``
+  pairs too; their files go only after the commit deleted their rows, and replay removes the
+  file of an evicted tile whose row is gone and keeps the one whose row is still there.  The worst a
   crash leaves behind is scratch that the next open removes.
 
 Stdlib only; a :class:`~builder.library.Library` is passed in (this module never imports it).
@@ -98,19 +102,23 @@ def unstage(temp: str | os.PathLike, tile_ids: Iterable[str | None]) -> None:
 
 
 def commit(lib: Library, tiles: Sequence[StagedTile],
-           on_commit: Callable[[sqlite3.Connection], None] | None = None) -> None:
+           on_commit: Callable[[sqlite3.Connection], None] | None = None,
+           evict: Sequence[tuple[str, int]] = ()) -> None:
     """Journal, rename into buckets, insert and commit ``tiles`` (see the module docstring).
 
     ``on_commit(conn)`` runs inside the batch's transaction, even for an empty batch, so its
-    writes commit together with the rows.  On any failure the renames are undone and the
-    journal removed before the exception propagates; the staged files stay for the caller.
+    writes commit together with the rows.  ``evict``: ``(id, bucket)`` of stored tiles whose
+    rows are deleted in the same transaction and whose files go after it.  On any failure the
+    renames are undone and the journal removed before the exception propagates (an evicted
+    tile is then untouched); the staged files stay for the caller.
     """
     lib._require_writer()
     conn, temp = lib.conn, lib.temp_dir
     journal = temp / JOURNAL_NAME
     moved: list[tuple[Path, Path]] = []
-    if tiles:
-        write_journal(temp, [(t.tile_id, t.bucket_id) for t in tiles])
+    gone = [(tile_id, bucket_id, lib.tile_path(bucket_id, tile_id)) for tile_id, bucket_id in evict]
+    if tiles or evict:
+        write_journal(temp, [(t.tile_id, t.bucket_id) for t in tiles], evict)
     try:
         for tile in tiles:
             final = lib.tile_path(tile.bucket_id, tile.tile_id)
@@ -120,6 +128,7 @@ def commit(lib: Library, tiles: Sequence[StagedTile],
             moved.append((final, staged))
         with conn:
             conn.executemany(db.INSERT_TILE_SQL, [t.row for t in tiles])
+            conn.executemany("DELETE FROM tiles WHERE id = ? AND bucket_id = ?", [(t, b) for t, b, _p in gone])
             if on_commit is not None:
                 on_commit(conn)
     except BaseException:
@@ -130,30 +139,37 @@ def commit(lib: Library, tiles: Sequence[StagedTile],
                 final.unlink(missing_ok=True)
         journal.unlink(missing_ok=True)
         raise
+    for _tile_id, _bucket_id, path in gone:
+        path.unlink(missing_ok=True)
     journal.unlink(missing_ok=True)
 
 
-def write_journal(temp: Path, entries: Sequence[tuple[str, int]]) -> None:
+def write_journal(temp: Path, entries: Sequence[tuple[str, int]], evict: Sequence[tuple[str, int]] = ()) -> None:
     """``temp/journal.json``, whole or absent (``.part`` then rename)."""
     part = temp / (JOURNAL_NAME + ".part")
-    part.write_text(json.dumps({"tiles": [[tile_id, bucket_id] for tile_id, bucket_id in entries]}))
+    body: dict = {"tiles": [[tile_id, bucket_id] for tile_id, bucket_id in entries]}
+    if evict:
+        body["evict"] = [[tile_id, bucket_id] for tile_id, bucket_id in evict]
+    part.write_text(json.dumps(body))
     os.replace(part, temp / JOURNAL_NAME)
 
 
-def read_journal(temp: Path) -> list[tuple[str, int]] | None:
+def read_journal(temp: Path, key: str = "tiles") -> list[tuple[str, int]] | None:
     """The ``(id, bucket)`` pairs of a batch being (or left half) stored; None without a journal.
 
+    ``key="evict"`` gives the tiles the batch evicts instead (none in a journal without them).
     Entries that are not an ``[id, bucket]`` pair are skipped (an unreadable journal is
     logged and reads as empty): replay must never stop a writer from opening the library.
     """
     journal = temp / JOURNAL_NAME
     try:
-        raw = json.loads(journal.read_text())["tiles"]
+        body = json.loads(journal.read_text())
+        raw = body["tiles"] if key == "tiles" else body.get(key, [])
         if not isinstance(raw, list):
-            raise TypeError("tiles is not a list")
+            raise TypeError(f"{key} is not a list")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("unreadable journal %s ignored (%s)", journal, exc)
         return []
     entries = []
@@ -186,6 +202,13 @@ def replay(lib: Library) -> Replay:
     temp.mkdir(exist_ok=True)
     kept = rolled_back = removed = 0
     entries = read_journal(temp)
+    for tile_id, bucket_id in (read_journal(temp, "evict") or []) if entries is not None else []:
+        try:
+            path = lib.tile_path(bucket_id, tile_id)
+        except UnsafePath:
+            continue
+        if not lib.conn.execute("SELECT 1 FROM tiles WHERE id = ?", (tile_id,)).fetchone():
+            path.unlink(missing_ok=True)  # its eviction committed: the file goes too
     if entries is not None:
         for tile_id, bucket_id in entries:
             try:

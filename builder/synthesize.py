@@ -243,6 +243,7 @@ class _Sources:
             "SELECT derived_from, COUNT(*) FROM tiles WHERE synthetic = 1 AND derived_from IS NOT NULL "
             "GROUP BY derived_from"))
         self.uses = np.array([used.get(i, 0) for i in self.ids], dtype=np.int64)
+        self.position = {tile_id: i for i, tile_id in enumerate(self.ids)}
         self.flat = np.zeros(len(rows), dtype=bool)  # found flat (or unreadable) when first read
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.tree = None
@@ -323,7 +324,7 @@ def targets(lib: Library, per_bucket: int) -> dict[int, int]:
 
 
 def _make_one(lib: Library, sources: _Sources, bucket_id: int, report: SynthesizeReport,
-              tried: set[int]) -> _Made | None:
+              tried: set[int], flat_allowed: bool = True) -> _Made | None:
     """A tile for ``bucket_id`` from the nearest usable source, or a flat one; None if none lands there."""
     index = lib.index
     centroid = lib.centroids[bucket_id]
@@ -343,6 +344,9 @@ def _make_one(lib: Library, sources: _Sources, bucket_id: int, report: Synthesiz
             continue
         kept = min(1.0, grey_std(out) / max(grey_std(rgb), 1e-9))
         return _Made(bucket_id, encode_png(Image.fromarray(out)), sources.ids[i], i, kept)
+    if not flat_allowed:  # every flat tile hashes alike (8000000000000000): one per bucket
+        report.skipped["no_source_left"] += 1
+        return None
     colour = flat_colour(index, bucket_id, centroid)
     if colour is None:
         report.skipped["unreachable_colour"] += 1
@@ -381,7 +385,8 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
     used_before = sources.uses.copy()
     provenance = {"source": SOURCE_NAME, "synthetic": 1}
     total = sum(need.values())
-    with Pipeline(lib, workers=1, default_provenance=provenance) as pipe, \
+    with Pipeline(lib, workers=1, default_provenance=provenance,
+                  near_duplicate_radius=near_duplicate_radius) as pipe, \
             tqdm(total=total, unit="tile", desc="synthesize", disable=not show) as bar:
         batch: list[_Made] = []
 
@@ -389,7 +394,7 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
             if not batch:
                 return
             cands = [Candidate(f"synthetic:bucket {m.bucket_id}", data=m.png,
-                               provenance={"derived_from": m.derived_from}) for m in batch]
+                               provenance={"synthetic": 1, "derived_from": m.derived_from}) for m in batch]
             for made, out in zip(batch, pipe.process(cands)):
                 if out.accepted and out.bucket_id == made.bucket_id:
                     report.made += 1
@@ -407,11 +412,16 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
             batch.clear()
 
         for bucket_id in order:
-            tried: set[int] = set()
+            # A source already behind a tile of this bucket would give it the same hash again.
+            behind = [d for (d,) in lib.conn.execute(
+                "SELECT derived_from FROM tiles WHERE bucket_id = ? AND synthetic = 1", (bucket_id,))]
+            tried = {sources.position[d] for d in behind if d in sources.position}
+            flat_allowed = None not in behind
             for _n in range(need[bucket_id]):
-                made = _make_one(lib, sources, bucket_id, report, tried)
+                made = _make_one(lib, sources, bucket_id, report, tried, flat_allowed)
                 if made is None:
                     continue
+                flat_allowed = flat_allowed and made.derived_from is not None
                 if made.source_index is not None:
                     sources.uses[made.source_index] += 1
                 batch.append(made)

@@ -55,6 +55,15 @@ def _arm(step: str) -> dict:
             return real_unlink(self, *args, **kwargs)
 
         pathlib.Path.unlink = unlink
+    elif step == "evicting":  # committed, an evicted tile's file not yet removed
+        real_unlink = pathlib.Path.unlink
+
+        def unlink(self, *args, **kwargs):
+            if self.parent.name.startswith("bucket_"):
+                _die()
+            return real_unlink(self, *args, **kwargs)
+
+        pathlib.Path.unlink = unlink
     else:
         raise ValueError(step)
     return {}
@@ -147,3 +156,63 @@ def test_an_unreadable_journal_never_stops_a_writer(make_library):
     (root / "temp" / JOURNAL_NAME).write_text('{"tiles": [["../../etc/passwd", 1], [1, 2], "x", ["' + "a" * 36 + '"]]}')
     with Library.open(root) as again:
         assert list(again.temp_dir.iterdir()) == [] and again.stats()["tiles"] == 0
+
+
+# ----------------------------------------------------------------- a real tile evicting a synthetic one
+
+
+def _variants(bluemarble, n: int) -> list[bytes]:
+    """``n`` tiles of one bucket with distinct hashes: a real crop turned and mirrored."""
+    from PIL import Image
+
+    crop = real_crops(bluemarble, 1, seed=41)[0]
+    turns = [crop.rotate(90 * k) for k in range(4)]
+    return [png_bytes(img) for img in (turns + [t.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for t in turns])[:n]]
+
+
+EVICT_STEPS = {  # step -> batch committed?
+    "journal": False,
+    "inserted": False,
+    "evicting": True,
+    "committed": True,
+}
+
+
+@pytest.mark.parametrize("step", list(EVICT_STEPS))
+def test_an_eviction_killed_at_each_step_is_all_or_nothing(make_library, bluemarble, step):
+    """A bucket at its cap with synthetic tiles; a real tile arrives and one synthetic tile gives way
+    (row deleted in the batch's commit, file after it).  Killed anywhere: the real tile is in and one
+    synthetic tile is wholly gone (row and file), or nothing changed."""
+    lib = make_library(cap=2)
+    tiles = _variants(bluemarble, 3)
+    synthetic = {"source": "synthetic", "synthetic": 1}
+    with Pipeline(lib, workers=1, default_provenance=synthetic) as pipe:
+        stored = pipe.process([Candidate(f"s{i}", data=p) for i, p in enumerate(tiles[:2])])
+    assert all(o.accepted for o in stored) and stored[0].bucket_id == stored[1].bucket_id
+    root = lib.root
+    lib.close()
+    before = committed_rows(root)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with Library.open(root) as writer, Pipeline(writer, workers=1) as pipe:
+                kwargs = _arm(step)
+                pipe.process([Candidate("real", data=tiles[2])], **kwargs)
+        finally:
+            os._exit(3)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"not killed at {step}: {status}"
+    assert (root / "temp" / JOURNAL_NAME).exists()
+    figures = Figures(rounds=1)
+    check_after_kill(root, before, cap=2, figures=figures, synthetic=set(before))
+    assert figures.violations == [], figures.violations
+    assert figures.tiles_lost == 0
+    final = committed_rows(root)
+    if EVICT_STEPS[step]:
+        assert len(final) == 2 and figures.evicted == 1 and len(set(before) & set(final)) == 1
+    else:
+        assert final == before and figures.evicted == 0
+    assert {(b, f"{i}.png") for i, (b, _h) in final.items()} == bucket_files(root)
+    with Library.open(root, readonly=True) as reader:
+        real = reader.conn.execute("SELECT COUNT(*) FROM tiles WHERE synthetic = 0").fetchone()[0]
+    assert real == int(EVICT_STEPS[step])

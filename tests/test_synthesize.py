@@ -129,7 +129,7 @@ def test_a_rerun_tops_up_and_never_touches_buckets_with_a_real_tile(library):
     assert again.made == 0 and again.buckets_targeted == 0
     more = synthesize(lib, per_bucket=3, max_uses=4, buckets=wanted, progress=False)
     per_bucket = Counter(r[1] for r in _synthetic_rows(lib))
-    assert more.made + sum(more.rejected.values()) == 12
+    assert more.made + sum(more.rejected.values()) + sum(more.skipped.values()) == 12
     assert all(per_bucket[b] <= 3 for b in wanted) and real_bucket not in per_bucket
     assert targets(lib, 3).keys().isdisjoint({b for b in wanted if per_bucket[b] == 3})
 
@@ -157,3 +157,55 @@ def test_after_synthesize_every_bucket_holds_a_tile_and_verify_is_clean(library)
     assert report.max_uses_seen <= 4
     checked = verify_library(lib, deep=True, progress=False)
     assert checked.ok, checked.summary()
+
+
+# ----------------------------------------------------------------- real tiles always win
+
+
+def _one_bucket_tiles(bluemarble, n):
+    """``n`` real tiles of one bucket with distinct hashes (a crop turned and mirrored)."""
+    from tests.test_store import _variants
+
+    return _variants(bluemarble, n)
+
+
+def test_real_tiles_evict_synthetic_ones_at_the_cap_and_are_never_refused_for_them(make_library, bluemarble):
+    from builder.assign import Candidate, Pipeline
+
+    lib = make_library(cap=3)
+    tiles = _one_bucket_tiles(bluemarble, 8)
+    synthetic = {"source": "synthetic", "synthetic": 1}
+    with Pipeline(lib, workers=1, default_provenance=synthetic) as pipe:
+        made = pipe.process([Candidate(f"s{i}", data=p) for i, p in enumerate(tiles[:4])])
+    assert [o.accepted for o in made] == [True, True, True, False] and made[3].reason == "bucket_full"
+    bucket = made[0].bucket_id
+    synthetic_ids = [o.tile_id for o in made[:3]]
+    with Pipeline(lib, workers=1) as pipe:
+        first = pipe.process([Candidate("r4", data=tiles[4])])
+        assert first[0].accepted and len(first[0].evicted) == 1
+        gone = first[0].evicted[0]
+        assert gone == synthetic_ids[2]  # the newest synthetic tile gives way
+        assert not lib.tile_path(bucket, gone).exists()
+        rest = pipe.process([Candidate(f"r{i}", data=p) for i, p in enumerate(tiles[5:8], 5)])
+    assert [o.accepted for o in rest] == [True, True, False] and rest[2].reason == "bucket_full"
+    rows = lib.conn.execute("SELECT synthetic, COUNT(*) FROM tiles WHERE bucket_id = ? GROUP BY 1", (bucket,)).fetchall()
+    assert rows == [(0, 3)]  # three real tiles, every synthetic one gone
+    # A synthetic tile never takes a real one's place.
+    with Pipeline(lib, workers=1, default_provenance=synthetic) as pipe:
+        late = pipe.process([Candidate("s_late", data=tiles[0])])
+    assert late[0].reason in ("bucket_full", "duplicate") and not late[0].accepted
+    assert verify_library(lib, deep=True, workers=1, progress=False).ok
+
+
+def test_a_real_tile_with_a_synthetic_twin_replaces_it_below_the_cap(make_library, bluemarble):
+    from builder.assign import Candidate, Pipeline
+
+    lib = make_library()
+    tile = _one_bucket_tiles(bluemarble, 1)[0]
+    with Pipeline(lib, workers=1, default_provenance={"synthetic": 1}) as pipe:
+        twin = pipe.process([Candidate("s", data=tile)])[0]
+    with Pipeline(lib, workers=1) as pipe:
+        real = pipe.process([Candidate("r", data=tile)])[0]
+    assert real.accepted and real.evicted == (twin.tile_id,)
+    assert lib.conn.execute("SELECT id, synthetic FROM tiles").fetchall() == [(real.tile_id, 0)]
+    assert verify_library(lib, deep=True, workers=1, progress=False).ok
