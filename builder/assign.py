@@ -19,6 +19,7 @@ insert, undo on failure), which also owns staging (step 6's write) and crash rep
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
@@ -417,13 +418,16 @@ class Pipeline:
             self._near[bucket_id] = entries
         return entries
 
-    def _near_duplicate(self, an: Analysis, synthetic: bool) -> bool:
-        """Within the radius of a tile of its bucket (a real tile: of a real one), neither of them flat."""
+    def _near_duplicate(self, an: Analysis, synthetic: bool, batch: list[tuple[str, int, bool, bool]]) -> bool:
+        """Within the radius of a tile of its bucket, committed or earlier in ``batch`` (a real tile:
+        of a real one), neither of them flat."""
         if self.radius <= 0 or an.contrast is None or an.contrast < MIN_HASH_CONTRAST:
             return False
         value = int(an.phash, 16)
-        return any(not flat and (synthetic or not other_synthetic) and (value ^ other).bit_count() <= self.radius
-                   for _id, other, flat, other_synthetic in self._near_entries(an.bucket_id))
+        return any(not flat and bucket_id == an.bucket_id and (synthetic or not other_synthetic)
+                   and (value ^ other).bit_count() <= self.radius
+                   for bucket_id, other, flat, other_synthetic in itertools.chain(
+                       ((an.bucket_id, *e[1:]) for e in self._near_entries(an.bucket_id)), batch))
 
     def _decide_and_store(self, candidates: list[Candidate], analyses: list[Analysis],
                           on_commit: Callable | None) -> list[Outcome]:
@@ -440,6 +444,7 @@ class Pipeline:
         evicted: set[str] = set()
         batch_real: set[tuple[int, str]] = set()
         batch_all: set[tuple[int, str]] = set()
+        batch_near: list = []  # (bucket, hash, flat?, synthetic?) of this batch's accepted tiles
         conn = self.lib.conn
         cap = self.lib.cap
 
@@ -466,14 +471,14 @@ class Pipeline:
                             reason = "bucket_full"
                         elif key in batch_all or conn.execute(
                             "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", key
-                        ).fetchone() or self._near_duplicate(an, True):
+                        ).fetchone() or self._near_duplicate(an, True, batch_near):
                             reason = "duplicate"
                     else:
                         if self.real_counts[an.bucket_id] >= cap:
                             reason = "bucket_full"
                         elif key in batch_real or conn.execute(
                             "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? AND synthetic = 0 LIMIT 1", key
-                        ).fetchone() or self._near_duplicate(an, False):
+                        ).fetchone() or self._near_duplicate(an, False, batch_near):
                             reason = "duplicate"
                         else:
                             twin = synthetic_to_evict(an.bucket_id, an.phash)
@@ -489,6 +494,9 @@ class Pipeline:
                         store.unstage(self.lib.temp_dir, [an.tile_id])
                     else:
                         batch_all.add(key)
+                        if self.radius > 0 and an.contrast is not None:
+                            batch_near.append((an.bucket_id, int(an.phash, 16), an.contrast < MIN_HASH_CONTRAST,
+                                               synthetic))
                         if not synthetic:
                             batch_real.add(key)
                             self.real_counts[an.bucket_id] += 1

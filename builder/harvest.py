@@ -70,8 +70,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .assign import Candidate, Outcome, Pipeline
-from .defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_THREADS
+from .assign import Candidate, Outcome, Pipeline, check_radius
+from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
 from .errors import SourceUnreachable, UsageError
 from .fetch import FetchEngine, graceful_sigint
 from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
@@ -581,6 +581,7 @@ def harvest(
     patience: int = DEFAULT_PATIENCE,
     workers: int | None = None,
     retry_faults: bool = False,
+    near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS,
 ) -> HarvestReport:
     """Harvest tiles from ``source`` into ``lib`` (opened for writing); see the module doc.
 
@@ -588,13 +589,15 @@ def harvest(
     ``plan``: a Plan, a phase ``1``/``2``/``all``, or a plan JSON path (default phase 1).
     ``progress``: show a tqdm bar (None: when stderr is a terminal).  ``workers``: pipeline
     processes (default: CPU count).  ``retry_faults``: ask again for the tiles that ended in
-    a transient fault in earlier runs (see the module doc).  Returns the run's
+    a transient fault in earlier runs (see the module doc).  ``near_duplicate_radius``: pHash
+    bits within which two tiles of a bucket are duplicates (:class:`~builder.assign.Pipeline`).  Returns the run's
     :class:`HarvestReport`; an interrupted run returns normally with ``report.interrupted`` set.
     Raises :class:`~builder.errors.SourceUnreachable` (``.report`` set) when the source is found
     down.
     """
     validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
                      rate=rate, patience=patience)
+    check_radius(near_duplicate_radius)
     lib._require_writer()
     the_plan = resolve_plan(plan)
     owned = isinstance(source, str)
@@ -604,7 +607,7 @@ def harvest(
         run = _Run(lib, src, the_plan, zoom, threads, batch, max_tiles, max_requests, seed, patience, report,
                    retry_faults=retry_faults)
         before = int((lib.bucket_counts() > 0).sum())
-        _drive(run, progress, workers, getattr(src, "screen_blank", True))
+        _drive(run, progress, workers, getattr(src, "screen_blank", True), near_duplicate_radius)
         report.requests = run.requests()
         report.faults = Counter({k: v for k, v in run.stats_delta().items() if k not in NON_FAULT_STATS})
         report.buckets_populated = int((lib.bucket_counts() > 0).sum())
@@ -620,14 +623,15 @@ def harvest(
     return report
 
 
-def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: bool) -> None:
+def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: bool, radius: int = 0) -> None:
     """Pipeline first (fork), then signals, threads and the bar; tear down in reverse."""
     lib, report = run.lib, run.report
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     clean = False
     with _sigint_ignored():
-        pipe = Pipeline(lib, workers=workers, prefilter=reject_blank if screen_blank else None)
+        pipe = Pipeline(lib, workers=workers, prefilter=reject_blank if screen_blank else None,
+                        near_duplicate_radius=radius)
     run.pipe = pipe
     try:
         with graceful_sigint(run.on_sigint):

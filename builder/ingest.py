@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .assign import POOL_THRESHOLD, Candidate, Pipeline, chunked
+from .assign import POOL_THRESHOLD, Candidate, Pipeline, check_radius, chunked
+from .defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
 from .errors import UsageError
 from .library import Library
 from .summary import format_counts
@@ -86,13 +87,16 @@ def iter_image_files(paths: Iterable[str | os.PathLike], skip: Path | None = Non
 
 
 def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None = None,
-           progress: bool | None = None, batch: int = BATCH) -> IngestReport:
+           progress: bool | None = None, batch: int = BATCH,
+           near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS) -> IngestReport:
     """Run every image under ``paths`` through the assignment pipeline into ``lib`` (opened for writing).
 
     ``workers``: decode processes (default: CPU count; one for a handful of files);
     ``progress``: a tqdm bar (default: when stderr is a terminal).  Returns counts of accepted
-    and rejected tiles, with the first input rejected for each reason.
+    and rejected tiles, with the first input rejected for each reason.  ``near_duplicate_radius``:
+    pHash bits within which two tiles of a bucket are duplicates (:class:`~builder.assign.Pipeline`).
     """
+    check_radius(near_duplicate_radius)
     lib._require_writer()
     paths = list(paths)
     if not paths:
@@ -105,7 +109,7 @@ def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None
     if len(files) < 2 * POOL_THRESHOLD:
         workers = 1  # a pool costs more than it saves on a handful of files
     chunks = chunked(files, batch)
-    with Pipeline(lib, workers=workers, default_provenance=provenance) as pipe, tqdm(
+    with Pipeline(lib, workers=workers, default_provenance=provenance, near_duplicate_radius=near_duplicate_radius) as pipe, tqdm(
         total=len(files), unit="tile", disable=not show, desc="ingest"
     ) as bar, closing(  # the workers analyse the next batch while this one is stored
         pipe.process_stream([Candidate(name=str(p), path=str(p)) for p in chunk] for chunk in chunks)

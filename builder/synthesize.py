@@ -49,14 +49,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import db
-from .assign import Candidate, Pipeline, mean_rgb_64
+from .assign import Candidate, Pipeline, check_radius, mean_rgb_64
 from .color import rgb_to_lab
 from .decode import decode_tile, encode_png
 from .defaults import DEFAULT_MAX_USES, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
 from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, TILE_SIZE
 from .library import Library
-from .phash import MAX_RADIUS, MIN_HASH_CONTRAST, contrast
+from .phash import MIN_HASH_CONTRAST, contrast
 
 SOURCE_NAME = "synthetic"  # the ``source`` column of a synthetic tile
 # Sources tried for one bucket before it gets a flat tile instead.
@@ -132,8 +132,8 @@ class SynthesizeReport:
 
 def validate_options(*, per_bucket: int, max_uses: int, near_duplicate_radius: int, cap: int) -> None:
     """One-line :class:`UsageError` for a bad value (the CLI and a notebook get the same words)."""
-    for name, value, low, high in (("--per-bucket", per_bucket, 1, cap), ("--max-uses", max_uses, 1, None),
-                                   ("--near-duplicate-radius", near_duplicate_radius, 0, MAX_RADIUS)):
+    check_radius(near_duplicate_radius)
+    for name, value, low, high in (("--per-bucket", per_bucket, 1, cap), ("--max-uses", max_uses, 1, None)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
             bound = f"within {low}..{high}" if high is not None else f"at least {low}"
             raise UsageError(f"{name} must be an integer {bound}, got {value!r}")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ..defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
 from ..layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
-from .options import add_library_option, add_threads_option, add_workers_option, integer, number
+from .options import (
+    add_library_option,
+    add_near_duplicate_option,
+    add_threads_option,
+    add_workers_option,
+    integer,
+    number,
+)
 from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_DOWN, CommandResult
 
 
@@ -43,6 +50,7 @@ def register(sub):
                         "timeout, reset, truncated, empty or non-image body), before sampling new ones; tiles that "
                         "were, or may have been, served are still never asked again")
     p.add_argument("--seed", type=integer(), default=None, help="sampling seed (default: random, shown in --json)")
+    add_near_duplicate_option(p)
     return p
 
 
@@ -63,7 +71,8 @@ def run(args) -> CommandResult:
             try:
                 report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
                                  max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
-                                 patience=args.patience, retry_faults=args.retry_faults, workers=args.workers)
+                                 patience=args.patience, retry_faults=args.retry_faults, workers=args.workers,
+                                 near_duplicate_radius=args.near_duplicate_radius)
             except SourceUnreachable as down:  # the run's summary still prints, then the one error line
                 return CommandResult(down.report, EXIT_SOURCE_DOWN, prefix="harvest: ", error=str(down))
     finally:

@@ -6,7 +6,7 @@ Exit status: 0 when every input was stored or refused by the library (duplicate,
 
 from __future__ import annotations
 
-from .options import add_library_option, add_workers_option
+from .options import add_library_option, add_near_duplicate_option, add_workers_option
 from .result import EXIT_OK, EXIT_PROBLEMS, CommandResult
 
 
@@ -15,6 +15,7 @@ def register(sub):
     add_library_option(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (PNG, JPEG, WebP)")
     add_workers_option(p)
+    add_near_duplicate_option(p)
     return p
 
 
@@ -23,7 +24,7 @@ def run(args) -> CommandResult:
     from ..library import Library
 
     with Library.open(args.library) as lib:
-        report = ingest(lib, args.paths, workers=args.workers)
+        report = ingest(lib, args.paths, workers=args.workers, near_duplicate_radius=args.near_duplicate_radius)
     unusable = unusable_inputs(report)
     return CommandResult(report, EXIT_PROBLEMS if unusable else EXIT_OK, prefix="ingest: ", error=unusable)
 
