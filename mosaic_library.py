@@ -15,7 +15,8 @@ is used directly; the published Hub repo holds Parquet files and needs no code::
     ds = builder.as_dataset(split="train")
     ds.features["label"].int2str(ds[0]["label"])     # 'bucket_0042'
 
-Configs: ``default`` (with images) and ``metadata`` (no image column; fast).  Options:
+Configs: ``default`` (real tiles with images), ``metadata`` (real tiles, no image column; fast)
+and ``synthetic`` (the flagged synthetic tiles ``synthesize`` made, with ``derived_from``).  Options:
 ``skip_bad=True`` logs and skips rows whose PNG is missing or unreadable instead of failing;
 ``db_path`` reads rows from a consistent snapshot of ``tiles.db``.  The cache folder's hash is a
 fingerprint of the library's rows and centroids, so a grown library is regenerated rather than
@@ -102,17 +103,19 @@ __all__ = [
 ]
 
 
-def dataset_features(with_images: bool = True) -> datasets.Features:
+def dataset_features(with_images: bool = True, synthetic: bool = False) -> datasets.Features:
     """The dataset's columns: ``Features.from_dict`` of :func:`builder.publish.schema.features_dict`,
     the one definition, from which ``build`` also derives its Parquet schema."""
-    return datasets.Features.from_dict(_schema.features_dict(_schema.feature_groups(with_images)))
+    return datasets.Features.from_dict(_schema.features_dict(_schema.feature_groups(with_images, synthetic)))
 
 
 def generate_examples(
-    root: str | Path, db_path: str | Path, shards: list[Shard], with_images: bool = True, skip_bad: bool = False
+    root: str | Path, db_path: str | Path, shards: list[Shard], with_images: bool = True, skip_bad: bool = False,
+    synthetic: bool = False,
 ) -> Iterator[tuple[Key, dict]]:
-    """``(Key, example)`` for every row of ``shards``, ordered by ``(bucket_id, id)``."""
-    for shard_idx, sample_idx, example in _rows.iter_examples(root, db_path, shards, with_images, skip_bad):
+    """``(Key, example)`` for every row of ``shards`` (real tiles, or the synthetic ones), ordered by ``(bucket_id, id)``."""
+    for shard_idx, sample_idx, example in _rows.iter_examples(root, db_path, shards, with_images, skip_bad,
+                                                              synthetic=synthetic):
         yield Key(shard_idx, sample_idx), example
 
 
@@ -126,9 +129,11 @@ class MosaicLibraryConfig(datasets.BuilderConfig):
         db_path: read rows from this ``tiles.db`` (e.g. a consistent snapshot) instead of
             ``<data_dir>/tiles.db``; image files are still read from ``data_dir``.
         shard_rows: rows per generator shard; shards are what ``num_proc`` distributes.
+        synthetic: the synthetic tiles (with ``derived_from``) instead of the real ones.
     """
 
     with_images: bool = True
+    synthetic: bool = False
     skip_bad: bool = False
     db_path: str | None = None
     shard_rows: int = DEFAULT_SHARD_ROWS
@@ -149,6 +154,10 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
         MosaicLibraryConfig(
             name="metadata", version=VERSION, with_images=False, description="Tile rows without images."
         ),
+        MosaicLibraryConfig(
+            name="synthetic", version=VERSION, synthetic=True,
+            description="Synthetic tiles (colour transfer from real tiles, flagged), with derived_from.",
+        ),
     ]
     DEFAULT_CONFIG_NAME = "default"
 
@@ -167,21 +176,24 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
             description=_DESCRIPTION,
-            features=dataset_features(with_images=self.config.with_images),
+            features=dataset_features(with_images=self.config.with_images, synthetic=self.config.synthetic),
             license=_LICENSE,
         )
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         root = self._library_root()
-        gen_kwargs = split_plan(root, self.config.db_path, self.config.skip_bad, self.config.shard_rows)
+        gen_kwargs = split_plan(root, self.config.db_path, self.config.skip_bad, self.config.shard_rows,
+                                synthetic=self.config.synthetic)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=gen_kwargs)]
 
-    def _generate_shards(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[dict]:
+    def _generate_shards(self, root: str, db_path: str, shards: list[Shard], synthetic: bool = False) -> Iterator[dict]:
         for shard in shards:
             yield {"db_path": db_path, "buckets": (shard.lo, shard.hi)}
 
-    def _generate_examples(self, root: str, db_path: str, shards: list[Shard]) -> Iterator[tuple[Key, dict]]:
-        yield from generate_examples(root, db_path, shards, self.config.with_images, self.config.skip_bad)
+    def _generate_examples(self, root: str, db_path: str, shards: list[Shard],
+                           synthetic: bool = False) -> Iterator[tuple[Key, dict]]:
+        yield from generate_examples(root, db_path, shards, self.config.with_images, self.config.skip_bad,
+                                     synthetic=synthetic)
 
     def _prepare_split_single(self, *args, **kwargs):
         """Re-raise our own errors unwrapped, so the caller (and a num_proc parent) sees the

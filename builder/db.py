@@ -237,6 +237,33 @@ def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None
     ))
 
 
+def synthetic_counts(conn: sqlite3.Connection, cap: int) -> dict[str, int]:
+    """Real and synthetic tiles apart: what ``stats``, the card and the demo report.
+
+    ``tiles`` synthetic tiles (``flat``: made without a source, ``sources``: distinct real tiles
+    they were made from), ``buckets`` holding one, ``buckets_only_synthetic`` holding nothing
+    else; ``real_tiles`` and the real tiles' ``buckets_populated_real`` / ``buckets_full_real``
+    (at ``cap``).  A schema without the column holds real tiles only.
+    """
+    has = "synthetic" in table_columns(conn, "tiles")
+    flag = "synthetic" if has else "0"
+    per_bucket = conn.execute(
+        f"SELECT bucket_id, SUM({flag} = 0), SUM({flag} = 1) FROM tiles GROUP BY bucket_id").fetchall()
+    tiles, flat, sources = (conn.execute(
+        "SELECT COUNT(*), SUM(derived_from IS NULL), COUNT(DISTINCT derived_from) FROM tiles WHERE synthetic = 1"
+    ).fetchone() if has else (0, 0, 0))
+    return {
+        "tiles": int(tiles or 0),
+        "flat": int(flat or 0),
+        "sources": int(sources or 0),
+        "buckets": sum(1 for _b, _r, s in per_bucket if s),
+        "buckets_only_synthetic": sum(1 for _b, r, s in per_bucket if s and not r),
+        "real_tiles": sum(int(r) for _b, r, _s in per_bucket),
+        "buckets_populated_real": sum(1 for _b, r, _s in per_bucket if r),
+        "buckets_full_real": sum(1 for _b, r, _s in per_bucket if r >= cap),
+    }
+
+
 def tile_row(values: dict) -> tuple:
     """A ``tiles`` row in :data:`TILE_COLUMNS` order from ``{column: value}``; a column not given
     gets its :data:`TILE_DEFAULTS` value, else NULL.

@@ -345,4 +345,5 @@ class Library:
             "by_region": regions,
             "by_source": sources,
             "fetched_by_region": fetched,
+            "synthetic": db.synthetic_counts(self.conn, self.cap),  # real and synthetic tiles apart
         }

@@ -159,7 +159,9 @@ def test_feature_groups_choose_columns_in_the_tables_order():
     full["label"]["names"].clear()  # a fresh copy each time: the definition cannot be changed through it
     assert len(schema.features_dict()["label"]["names"]) == 5000
     with pytest.raises(ValueError, match="unknown feature groups"):
-        schema.features_dict(["tile", "synthetic"])
+        schema.features_dict(["tile", "atlas"])
+    # the synthetic config: the default's columns, then derived_from
+    assert list(schema.features_dict(schema.feature_groups(synthetic=True))) == [*full, "derived_from"]
 
 
 def test_column_options_and_chunking_equal_what_datasets_chooses():

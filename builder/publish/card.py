@@ -92,6 +92,11 @@ class CardStats:
     built_at: str = ""
     builder_version: str = ""
     n_buckets: int = N_BUCKETS
+    # the synthetic config (``synthesize``): tiles, flat ones, real tiles used, buckets only they fill
+    synthetic_tiles: int = 0
+    synthetic_flat: int = 0
+    synthetic_sources: int = 0
+    synthetic_buckets: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -173,7 +178,37 @@ def card_yaml(stats: CardStats) -> str:
         "size_categories": [size_category(stats.tiles)],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
     }
+    if stats.synthetic_tiles:
+        data["configs"].append(dict(SYNTHETIC_CONFIG))
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
+
+
+# The synthetic tiles' config (only in the card of a library that has some).
+SYNTHETIC_CONFIG = {"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*"}]}
+
+
+def synthetic_section(stats: CardStats, repo_id: str) -> str:
+    """The card's words on synthetic tiles, glued after the column table (empty without any)."""
+    if not stats.synthetic_tiles:
+        return ""
+    textured = stats.synthetic_tiles - stats.synthetic_flat
+    return (
+        "\n\n### Synthetic tiles (config `synthetic`)\n\n"
+        f"Besides the real tiles above, this repository holds **{stats.synthetic_tiles} synthetic tiles** for colours "
+        f"the sources lack; they alone fill {stats.synthetic_buckets} buckets. They are **not** in the `default` "
+        "config (what `load_dataset` gives without a config name) and are always flagged:\n\n"
+        "```python\n"
+        f'synthetic = load_dataset("{repo_id}", "synthetic", split="train")\n'
+        'synthetic[0]["derived_from"]                   # id of the real tile it was made from\n'
+        "```\n\n"
+        f"How they were made (`python -m builder synthesize`): {textured} by colour transfer from {stats.synthetic_sources} "
+        "real tiles of the nearest populated colours (per pixel in CIE LAB, the lightness and colour shifted to the "
+        "target bucket's centroid, the light-dark spread scaled to fit the target lightness, so the texture is "
+        "the source tile's), each checked to land in its bucket by the assignment recipe on the stored PNG; "
+        f"{stats.synthetic_flat} are flat one-colour tiles (`derived_from` null) where no unused source was left. "
+        "In `tiles.db` they carry `synthetic = 1` and `derived_from`; add `WHERE synthetic = 0` to the queries "
+        "below to see real tiles only. A real tile always takes a synthetic one's place when a bucket is full."
+    )
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
@@ -292,6 +327,7 @@ def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
         "parquet_mb": f"{stats.parquet_bytes / 1e6:,.1f}",
         "built_at": stats.built_at or "-",
         "builder_version": stats.builder_version or "-",
+        "synthetic_section": synthetic_section(stats, repo_id or PLACEHOLDER_REPO),
     }
 
 

@@ -35,7 +35,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .. import db
 from ..errors import LibraryError, UnsafePath, UsageError
 from ..layout import N_BUCKETS, is_bucket_id
 from ..library import Library
@@ -66,12 +65,13 @@ def rows_per_file(total_rows: int, bytes_per_row: float, max_bytes: int) -> int:
     return max(1, min(high, max(low, -(-total_rows // FILES_PER_LIBRARY))))
 
 
-def mean_tile_bytes(root: Path, db_path: Path) -> float:
-    """Mean PNG size over a fixed sample (the first ids: uuid4s, so effectively random)."""
+def mean_tile_bytes(root: Path, db_path: Path, synthetic: bool = False) -> float:
+    """Mean PNG size over a fixed sample of a config's rows (the first ids: uuid4s, so effectively random)."""
     conn = rows.open_tiles_db(db_path)
     try:
         sample = conn.execute(
-            "SELECT bucket_id, id FROM tiles WHERE bucket_id BETWEEN 0 AND ? ORDER BY id LIMIT ?",
+            f"SELECT bucket_id, id FROM tiles WHERE bucket_id BETWEEN 0 AND ?{rows.kind_filter(conn, synthetic)} "
+            "ORDER BY id LIMIT ?",
             (N_BUCKETS - 1, SIZE_SAMPLE),
         ).fetchall()
     finally:
@@ -132,9 +132,9 @@ def _fits(value: object, pa_type: pa.DataType) -> bool:
 
 
 @functools.cache
-def _layout() -> tuple[pa.Schema, dict]:
-    """Schema (with the 5,000 label names in its metadata) and column options, once per process."""
-    arrow = schema.arrow_schema(with_images=True)
+def _layout(synthetic: bool = False) -> tuple[pa.Schema, dict]:
+    """Schema (with the 5,000 label names in its metadata) and column options, once per process and config."""
+    arrow = schema.arrow_schema(with_images=True, synthetic=synthetic)
     return arrow, schema.column_options(arrow)
 
 
@@ -183,9 +183,9 @@ class _ImageColumn:
 class _ShardWriter:
     """Writes 100-row record batches, rolling to a new file past ``max_bytes``."""
 
-    def __init__(self, out_dir: Path, prefix: str, max_bytes: int) -> None:
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int, synthetic: bool = False) -> None:
         self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
-        self.schema, self.options = _layout()
+        self.schema, self.options = _layout(synthetic)
         self.cdc = dict(schema.CDC_OPTIONS)
         self.files: list[str] = []
         self.rows = 0
@@ -228,7 +228,7 @@ class _ShardWriter:
 
 def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_bytes: int) -> tuple[int, JobResult]:
     """One job: stream the examples of its bucket range into ``job-JJJJJ-SSSSS.parquet``."""
-    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes)
+    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes, bool(gen_kwargs.get("synthetic")))
     names = [n for n in writer.schema.names if n != "image"]
     columns: dict[str, list] = {n: [] for n in names}
     images = _ImageColumn()
@@ -264,19 +264,20 @@ def write_parquet(
     skip_bad: bool = False,
     max_bytes: int = 500 * 10**6,
     progress: bool | None = None,
+    synthetic: bool = False,
 ) -> tuple[list[Path], int, list]:
-    """Every row of the library into Parquet files in ``out_dir``.
+    """Every row of a config (real tiles; with ``synthetic`` the synthetic ones) into Parquet files in ``out_dir``.
 
     Returns the files in row order, the number of rows written and the ids of rows skipped
     (``skip_bad``).  Nothing here grows with the library but that short list.
     """
     conn = rows.open_tiles_db(db_path)
     try:
-        total = sum(n for b, n in db.bucket_counts(conn).items() if is_bucket_id(b))
+        total = sum(n for b, n in rows.config_counts(conn, synthetic).items() if is_bucket_id(b))
     finally:
         conn.close()
-    per_file = rows_per_file(total, mean_tile_bytes(root, db_path), max_bytes)
-    plan = rows.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1)
+    per_file = rows_per_file(total, mean_tile_bytes(root, db_path, synthetic), max_bytes)
+    plan = rows.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1, synthetic=synthetic)
     jobs = [
         (job_id, {**plan, "shards": [shard]}, str(out_dir), skip_bad, max_bytes)
         for job_id, shard in enumerate(plan["shards"])

@@ -1,7 +1,9 @@
 """``restore``: recreate the on-disk library from a published release.
 
-The source is a staging folder or a downloaded copy of the Hub repo (``data/*.parquet``,
-``tiles.db``, ``centroids.npy``), or a folder of Parquet files plus a centroids file.  Every
+The source is a staging folder or a downloaded copy of the Hub repo (``data/*.parquet``, and
+``synthetic/*.parquet`` for the synthetic config's tiles, restored flagged ``synthetic = 1`` with
+their ``derived_from``; ``tiles.db``, ``centroids.npy``), or a folder of Parquet files plus a
+centroids file.  Every
 row's ``id`` and ``label`` come from data and are validated before they name a file
 (``Library.tile_path``); every PNG's header is checked.  Rows are rebuilt from the Parquet
 columns (``filepath`` re-derived for the new folder name); when the source ships a
@@ -56,6 +58,11 @@ def find_parquet(source: Path) -> list[Path]:
     return files
 
 
+def find_synthetic_parquet(source: Path) -> list[Path]:
+    """``source/synthetic/*.parquet``: the synthetic config's files (none for most releases)."""
+    return sorted(source.glob("synthetic/*.parquet"))
+
+
 def check_schema(path: Path) -> None:
     """The file must carry this dataset's features: all columns, label names bucket_0000..4999."""
     import datasets
@@ -101,9 +108,11 @@ def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) 
     os.replace(store.staged_path(lib.temp_dir, tile_id), final)
 
 
-def _row_values(lib: Library, row: dict) -> tuple:
-    """A ``tiles`` row in :data:`db.TILE_COLUMNS` order from a dataset row."""
+def _row_values(lib: Library, row: dict, synthetic: bool = False) -> tuple:
+    """A ``tiles`` row in :data:`db.TILE_COLUMNS` order from a dataset row (of the synthetic config:
+    flagged, ``derived_from`` from its column)."""
     values = {c: row[c] for c in db.TILE_COLUMNS if c in row}
+    values["synthetic"] = int(synthetic)
     values["bucket_id"] = row["label"]
     values["filepath"] = lib.filepath_for(row["label"], row["id"])
     return db.tile_row(values)
@@ -175,14 +184,15 @@ def restore_library(
     if not source.is_dir():
         raise UsageError(f"restore source not found or not a folder: {source}")
     files = find_parquet(source)
+    synthetic_files = find_synthetic_parquet(source)
     centroids_path = _centroids_for(source, centroids)
     _target_is_free(root)
-    for path in files:
+    for path in files + synthetic_files:
         check_schema(path)
     created = not root.exists()
     try:
         with Library.create(root, centroids=centroids_path) as lib:
-            tiles = _restore_rows(lib, files)
+            tiles = _restore_rows(lib, files) + _restore_rows(lib, synthetic_files, synthetic=True)
             shipped = source / DB_NAME
             note, used = "", False
             if shipped.is_file():
@@ -196,19 +206,19 @@ def restore_library(
     except BaseException:
         _remove_partial(root, created)
         raise
-    report = RestoreReport(root, tiles, len(files), used, note)
+    report = RestoreReport(root, tiles, len(files) + len(synthetic_files), used, note)
     logger.info(report.summary())
     return report
 
 
-def _restore_rows(lib: Library, files: list[Path]) -> int:
+def _restore_rows(lib: Library, files: list[Path], synthetic: bool = False) -> int:
     tiles = 0
     pending: list[tuple] = []
     with lib.conn:
         for row in iter_rows(files):
             image = row.get("image") or {}
             _write_tile(lib, row.get("label"), row.get("id"), image.get("bytes"))
-            pending.append(_row_values(lib, row))
+            pending.append(_row_values(lib, row, synthetic))
             if len(pending) >= 1000:
                 lib.conn.executemany(db.INSERT_TILE_SQL, pending)
                 tiles += len(pending)

@@ -37,6 +37,23 @@ DEFAULT_SHARD_ROWS = 1000
 # Columns read from tiles.db, in dataset order (``bucket_id`` becomes ``label``; ``filepath``,
 # which names a folder, is not published).
 ROW_COLUMNS = tuple(c for c in _db.SEED_COLUMNS + _db.PROVENANCE_COLUMNS if c != "filepath")
+# The synthetic config's: the same, then the tile it was made from.
+SYNTHETIC_ROW_COLUMNS = (*ROW_COLUMNS, "derived_from")
+
+
+def kind_filter(conn: sqlite3.Connection, synthetic: bool = False) -> str:
+    """``AND ...`` selecting the rows of a config: real tiles (``default``) or synthetic ones.
+
+    A ``tiles.db`` without the ``synthetic`` column (an older schema) holds real tiles only.
+    """
+    if "synthetic" in _db.table_columns(conn, "tiles"):
+        return f" AND synthetic = {int(bool(synthetic))}"
+    return " AND 0" if synthetic else ""
+
+
+def config_counts(conn: sqlite3.Connection, synthetic: bool = False) -> dict[object, int]:
+    """Rows per ``bucket_id`` value of a config (see :func:`kind_filter`)."""
+    return dict(conn.execute(f"SELECT bucket_id, COUNT(*) FROM tiles WHERE 1{kind_filter(conn, synthetic)} GROUP BY bucket_id"))
 
 
 class Shard(NamedTuple):
@@ -118,8 +135,10 @@ def split_plan(
     skip_bad: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     min_shards: int = 16,
+    synthetic: bool = False,
 ) -> dict:
-    """``gen_kwargs`` of the ``train`` split: the library root, the database and bucket-range shards.
+    """``gen_kwargs`` of the ``train`` split: the library root, the database and bucket-range shards
+    (of the real tiles, or with ``synthetic`` of the synthetic ones).
 
     Rows whose ``bucket_id`` is outside ``0..4999`` belong to no shard: they are an error (or
     skipped with ``skip_bad``) here, so none is dropped silently.
@@ -127,7 +146,7 @@ def split_plan(
     db_path = Path(db_path) if db_path else Path(root) / DB_NAME
     conn = open_tiles_db(db_path)
     try:
-        counts = _db.bucket_counts(conn)
+        counts = config_counts(conn, synthetic)
     finally:
         conn.close()
     invalid = {b: n for b, n in counts.items() if not is_bucket_id(b)}
@@ -138,7 +157,8 @@ def split_plan(
         logger.warning("skipping %d rows with invalid bucket_id: %s", sum(invalid.values()), detail)
     shards = plan_shards(counts, shard_rows, min_shards)
     logger.info("%s: %d rows in %d shards", db_path, sum(counts.values()), len(shards))
-    return {"root": str(root), "db_path": str(db_path), "shards": shards}
+    plan = {"root": str(root), "db_path": str(db_path), "shards": shards}
+    return {**plan, "synthetic": True} if synthetic else plan
 
 
 def iter_examples(
@@ -148,8 +168,10 @@ def iter_examples(
     with_images: bool = True,
     skip_bad: bool = False,
     on_skip: Callable[[object, Exception], None] | None = None,
+    synthetic: bool = False,
 ) -> Iterator[tuple[int, int, dict]]:
-    """``(shard_idx, sample_idx, example)`` for every row of ``shards``, ordered by ``(bucket_id, id)``.
+    """``(shard_idx, sample_idx, example)`` for every row of ``shards``, ordered by ``(bucket_id, id)``:
+    the real tiles, or with ``synthetic`` the synthetic ones (with ``derived_from``).
 
     Files are found with ``Library.tile_path`` from validated ``(bucket_id, id)``; a bad row
     raises (:class:`BadTile` / :class:`UnsafePath`) or, with ``skip_bad``, is logged, reported to
@@ -159,16 +181,18 @@ def iter_examples(
         conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
         files = TileFiles(lib.root)  # fresh per call: each bucket folder is checked once per read
         try:
-            select = _db.select_list(conn, ROW_COLUMNS)
+            columns = SYNTHETIC_ROW_COLUMNS if synthetic else ROW_COLUMNS
+            select = _db.select_list(conn, columns)
+            kind = kind_filter(conn, synthetic)
             for shard_idx, (lo, hi) in enumerate(shards):
                 skipped = 0
                 rows = conn.execute(
-                    f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ? ORDER BY bucket_id, id",
+                    f"SELECT {select} FROM tiles WHERE bucket_id >= ? AND bucket_id < ?{kind} ORDER BY bucket_id, id",
                     (lo, hi),
                 )
                 for sample_idx, row in enumerate(rows):
                     try:
-                        example = _example(files, row, with_images)
+                        example = _example(files, row, with_images, columns)
                     except (BadTile, UnsafePath) as exc:
                         if not skip_bad:
                             raise
@@ -185,8 +209,8 @@ def iter_examples(
                 conn.close()
 
 
-def _example(files: TileFiles, row: tuple, with_images: bool) -> dict:
-    record = dict(zip(ROW_COLUMNS, row))
+def _example(files: TileFiles, row: tuple, with_images: bool, columns: tuple[str, ...] = ROW_COLUMNS) -> dict:
+    record = dict(zip(columns, row))
     tile_id, bucket_id = record.pop("id"), record.pop("bucket_id")
     example: dict[str, object] = {}
     if with_images:

@@ -59,17 +59,21 @@ FEATURE_GROUPS: dict[str, dict[str, dict]] = {
         "region": _value("string"),
         "harvested_at": _value("string"),
     },
+    # the synthetic config only: the real tile a synthetic one was made from (null: a flat tile)
+    "synthetic": {"derived_from": _value("string")},
 }
 DEFAULT_GROUPS = ("image", "tile", "provenance")  # the default config: real tiles with images
+SYNTHETIC_GROUPS = (*DEFAULT_GROUPS, "synthetic")  # the synthetic config: synthetic tiles, with derived_from
 
 
-def feature_groups(with_images: bool = True) -> tuple[str, ...]:
-    """The groups of the ``default`` (``with_images``) or ``metadata`` config.
+def feature_groups(with_images: bool = True, synthetic: bool = False) -> tuple[str, ...]:
+    """The groups of the ``default`` (``with_images``), ``metadata`` or ``synthetic`` config.
 
-    >>> feature_groups(False)
-    ('tile', 'provenance')
+    >>> feature_groups(False), feature_groups(synthetic=True)[-1]
+    (('tile', 'provenance'), 'synthetic')
     """
-    return DEFAULT_GROUPS if with_images else tuple(g for g in DEFAULT_GROUPS if g != "image")
+    groups = SYNTHETIC_GROUPS if synthetic else DEFAULT_GROUPS
+    return groups if with_images else tuple(g for g in groups if g != "image")
 
 
 def features_dict(groups: Iterable[str] = DEFAULT_GROUPS) -> dict[str, dict]:
@@ -117,9 +121,9 @@ def arrow_type(feature: dict) -> pa.DataType:
     raise ValueError(f"no Arrow type for feature {feature!r}")
 
 
-def arrow_schema(with_images: bool = True) -> pa.Schema:
+def arrow_schema(with_images: bool = True, synthetic: bool = False) -> pa.Schema:
     """The Arrow schema with ``{"huggingface": {"info": {"features": ...}}}`` metadata."""
-    features = features_dict(feature_groups(with_images))
+    features = features_dict(feature_groups(with_images, synthetic))
     metadata = {"huggingface": json.dumps({"info": {"features": features}})}
     return pa.schema([pa.field(name, arrow_type(f)) for name, f in features.items()], metadata=metadata)
 

@@ -3,7 +3,8 @@
 ::
 
     staging/
-      data/train-00000-of-0000N.parquet   image bytes embedded, 100-row row groups
+      data/train-00000-of-0000N.parquet   image bytes embedded, 100-row row groups (real tiles: ``default``)
+      synthetic/train-00000-of-0000M.parquet  the synthetic tiles, with ``derived_from`` (only if any)
       README.md                           dataset card with live figures
       centroids.npy
       tiles.db                            consistent snapshot (SQLite backup API), rollback journal
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = ".mosaic_build.json"
 SHARDS_DIR = "data"
+SYNTHETIC_DIR = "synthetic"  # the ``synthetic`` config's files
 DEFAULT_MAX_SHARD_SIZE = "500MB"
 
 
@@ -149,14 +151,25 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
     """Live figures for the card, read from the staged snapshot (what users will download)."""
     with Library.open(staging, readonly=True) as lib:
         stats = lib.stats()
-        zooms = {
-            ("(none)" if z is None else str(z)): n
-            for z, n in lib.conn.execute("SELECT z, COUNT(*) FROM tiles GROUP BY z ORDER BY z")
-        }
+        real = rows.kind_filter(lib.conn)  # the card describes the default config: real tiles
+
+        def per(column: str, order: str) -> dict[str, int]:
+            return {("(none)" if v is None else str(v)): n for v, n in lib.conn.execute(
+                f"SELECT {_db.select_list(lib.conn, (column,))}, COUNT(*) FROM tiles WHERE 1{real} GROUP BY 1 ORDER BY {order}")}
+
+        zooms = per("z", "1")
+        if stats["synthetic"]["tiles"]:
+            stats["by_region"], stats["by_source"] = per("region", "2 DESC"), per("source", "2 DESC")
+    synthetic = stats["synthetic"]
     return CardStats(
-        tiles=stats["tiles"],
-        buckets_populated=stats["buckets_populated"],
-        buckets_full=stats["buckets_full"],
+        # the headline figures are the default config's: real tiles only
+        tiles=synthetic["real_tiles"],
+        buckets_populated=synthetic["buckets_populated_real"],
+        buckets_full=synthetic["buckets_full_real"],
+        synthetic_tiles=synthetic["tiles"],
+        synthetic_flat=synthetic["flat"],
+        synthetic_sources=synthetic["sources"],
+        synthetic_buckets=synthetic["buckets_only_synthetic"],
         cap=stats["cap"],
         n_buckets=stats["buckets_total"],
         by_region=dict(stats["by_region"]),
@@ -187,6 +200,15 @@ def drop_skipped_rows(db_path: Path, skipped_ids: list) -> int:
         if deleted:
             conn.execute("VACUUM")
         return deleted
+    finally:
+        conn.close()
+
+
+def synthetic_rows(db_path: Path) -> int:
+    """Synthetic tiles in a ``tiles.db`` (0 for a schema without the column)."""
+    conn = _db.connect(db_path, readonly=True)
+    try:
+        return _db.synthetic_counts(conn, 1)["tiles"]
     finally:
         conn.close()
 
@@ -229,15 +251,18 @@ def staged_files(staging: Path) -> dict[str, int]:
 
 
 def _prepare_parquet(
-    library_root: Path, work: Path, num_proc: int, skip_bad: bool, max_shard_size: str | int
+    library_root: Path, work: Path, num_proc: int, skip_bad: bool, max_shard_size: str | int,
+    synthetic: bool = False,
 ) -> tuple[list[Path], int, list]:
-    """Write the shards with :mod:`.parquet`; name them ``data/train-XXXXX-of-YYYYY.parquet``."""
+    """Write the shards with :mod:`.parquet`; name them ``data/train-XXXXX-of-YYYYY.parquet``
+    (with ``synthetic``, the synthetic config's: ``synthetic/train-...``)."""
     prepared = work / ".prepared"
     prepared.mkdir()
     shards, written, skipped = write_parquet(
-        library_root, work / DB_NAME, prepared, num_proc, skip_bad, file_size_limit(max_shard_size)
+        library_root, work / DB_NAME, prepared, num_proc, skip_bad, file_size_limit(max_shard_size),
+        synthetic=synthetic,
     )
-    data = work / SHARDS_DIR
+    data = work / (SYNTHETIC_DIR if synthetic else SHARDS_DIR)
     data.mkdir()
     out = []
     for i, shard in enumerate(shards):
@@ -311,6 +336,9 @@ def build_staging(
             raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
         fingerprint = rows.library_fingerprint(work / DB_NAME, work / CENTROIDS_NAME)
         parquet, written, skipped_ids = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
+        if synthetic_rows(work / DB_NAME):  # the synthetic config, only for a library that has some
+            more, extra, more_skipped = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size, synthetic=True)
+            parquet, written, skipped_ids = parquet + more, written + extra, skipped_ids + more_skipped
         skipped = drop_skipped_rows(work / DB_NAME, skipped_ids) if skip_bad else 0
         snapshot_rows = count_rows(work / DB_NAME)
         if snapshot_rows != written:
@@ -318,7 +346,7 @@ def build_staging(
                 f"the Parquet files hold {written} rows but the tiles.db snapshot {snapshot_rows}: "
                 "build is inconsistent"
             )
-        stats = card_stats(work, parquet)
+        stats = card_stats(work, [p for p in parquet if p.parent.name == SHARDS_DIR])
         if stats.tiles == 0:
             # datasets cannot load a split without rows ("corresponds to no data"): nothing to publish
             detail = f" ({skipped} bad tiles skipped)" if skipped else ""
