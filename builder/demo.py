@@ -7,11 +7,17 @@ Steps, each printed with where its result is:
    ``data/bluemarble_5400x2700.jpg``, no network), both of the card's phases, at ``zoom``
    and, while the library holds fewer than ``max_tiles`` tiles, the next two zooms (the
    plan's regions hold only a few hundred tiles at zoom 6);
-3. ``verify`` the library against its files (deep: every tile decoded and re-hashed);
-4. ``build`` the Hub-ready staging folder (``OUTPUT/staging``);
-5. ``report``: figures, contact sheets and ``OUTPUT/report/index.html``;
-6. ``mosaic`` of ``data/sample_target.jpg`` (NASA's portrait of astronaut Eileen Collins,
-   public domain) to ``OUTPUT/mosaic.png``.
+3. ``synthesize`` flagged synthetic tiles for every bucket the harvest left empty (colour
+   transfer from the harvested tiles, each used at most :data:`SYNTH_MAX_USES` times; skipped
+   with ``synthesize=False``);
+4. ``verify`` the library against its files (deep: every tile decoded and re-hashed);
+5. ``build`` the Hub-ready staging folder (``OUTPUT/staging``; synthetic tiles in its
+   ``synthetic`` config);
+6. ``report``: figures, contact sheets and ``OUTPUT/report/index.html``;
+7. ``mosaic`` of ``data/sample_target.jpg`` (NASA's portrait of astronaut Eileen Collins,
+   public domain) to ``OUTPUT/mosaic.png``, and, after a synthesize, the same from real tiles
+   only (``OUTPUT/mosaic_real_only.png``): the difference synthetic tiles make, in cells that
+   fell back to a neighbouring bucket.
 
 Running it again continues where the last run stopped: the harvest tops the library up to
 ``max_tiles`` (tiles already tried are never fetched again), the rest is rebuilt.
@@ -23,7 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
@@ -41,6 +47,9 @@ MAX_DEMO_ZOOM = 10
 DEFAULT_SEED = 0
 MOSAIC_GRID = (48, 48)
 MOSAIC_TILE = 32
+# Sources a synthetic tile of the demo may share: the demo's ~1,500 tiles (a third of them flat
+# sea and ice) for ~4,900 empty buckets; with 1, most buckets would get flat one-colour tiles.
+SYNTH_MAX_USES = 4
 
 
 @dataclass
@@ -52,7 +61,9 @@ class DemoResult:
     staging: Path | None = None
     report: Path | None = None
     mosaic: Path | None = None
+    mosaic_real_only: Path | None = None
     steps: list[tuple[str, str]] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)  # before/after synthesize: buckets covered, fallback cells
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -62,10 +73,10 @@ class DemoResult:
     def as_dict(self) -> dict:
         """JSON-safe: paths as strings (None for a step that did not run), steps in order."""
         paths = {"output": self.output, "library": self.library, "staging": self.staging, "report": self.report,
-                 "mosaic": self.mosaic}
+                 "mosaic": self.mosaic, "mosaic_real_only": self.mosaic_real_only}
         return {**{k: None if v is None else str(v) for k, v in paths.items()},
                 "steps": [{"step": name, "summary": line} for name, line in self.steps],
-                "seconds": round(self.seconds, 3)}
+                "figures": self.figures, "seconds": round(self.seconds, 3)}
 
 
 def _check(max_tiles: int, zoom: int) -> None:
@@ -79,19 +90,22 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
              zoom: int = DEFAULT_ZOOM, seed: int = DEFAULT_SEED, workers: int | None = None,
              progress: bool | None = None, say: Callable[[str], None] = print,
              sample: str | os.PathLike = SAMPLE_TARGET, library: str | os.PathLike | None = None,
-             threads: int | None = None) -> DemoResult:
+             threads: int | None = None, synthesize: bool = True) -> DemoResult:
     """Run every step (see the module doc); ``say`` receives one line per step.
 
     ``workers``: processes of the harvest's assignment pipeline and of ``verify`` (default: one
     per CPU); ``threads``: tile-decoding threads of the report and the mosaic (default: up to 4).
-    ``library`` puts the library elsewhere than ``OUTPUT/mosaic_library``.
+    ``library`` puts the library elsewhere than ``OUTPUT/mosaic_library``; ``synthesize=False``
+    leaves out the synthetic tiles (and the real-only mosaic).
     """
     # Imported here: the CLI imports this module for its defaults, and --help stays light.
+    from . import db
     from .harvest import harvest
     from .library import Library
     from .mosaic import MosaicOptions, mosaic_file
     from .publish import build_staging
     from .report import render_report
+    from .synthesize import synthesize as synthesize_tiles
     from .verify import verify_library
 
     _check(max_tiles, zoom)
@@ -124,6 +138,12 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
                              seed=seed, progress=progress, workers=workers)
             have = int(lib.bucket_counts().sum())
             step("harvest", f"earth zoom {z}: {report.summary()}")
+        if synthesize:
+            made = synthesize_tiles(lib, max_uses=SYNTH_MAX_USES, progress=progress)
+            result.figures.update(
+                buckets_covered_real=db.synthetic_counts(lib.conn, lib.cap)["buckets_populated_real"],
+                buckets_covered=made.buckets_covered_after, synthetic_tiles_made=made.made)
+            step("synthesize", made.summary())
         checked = verify_library(lib, deep=True, workers=workers, progress=progress)
         step("verify", checked.summary())
     built = build_staging(root, out / "staging")
@@ -137,5 +157,14 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
         mos = mosaic_file(reader, sample, out / "mosaic.png", options, progress=progress)
         result.mosaic = mos.output
         step("mosaic", mos.summary())
+        if synthesize:
+            real = mosaic_file(reader, sample, out / "mosaic_real_only.png", replace(options, real_only=True),
+                               progress=progress)
+            result.mosaic_real_only = real.output
+            result.figures.update(fallback_cells_real_only=real.plan.fallback_cells,
+                                  fallback_cells=mos.plan.fallback_cells, synthetic_cells=mos.synthetic_cells)
+            step("compare", f"real tiles only ({real.output.name}): {real.plan.fallback_cells} of "
+                            f"{real.plan.grid.size} cells fell back to a neighbouring bucket; with the synthetic tiles "
+                            f"{mos.plan.fallback_cells}, {mos.synthetic_cells} cells drawn with one")
     result.seconds = time.perf_counter() - started
     return result

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from . import db
 from .color import lab_to_rgb
 from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UsageError
@@ -48,6 +49,9 @@ AB_LIMIT = 115.0  # a*, b* axis range: covers every sRGB colour
 SHEET_VERSION = 2  # bump when the sheet layout changes: old sheets then get redrawn
 SHEET_THUMB = 64
 SHEET_GAP = 2
+# Synthetic tiles (``synthesize``) wear a badge on their contact-sheet thumbnail: a magenta corner with an "S".
+BADGE_SIZE = 20
+BADGE_COLOUR = (255, 0, 200)
 EMPTY_FADE = 0.4  # empty buckets' rings are drawn this much toward the background
 NEUTRAL_CHROMA = 6.0  # below this a centroid is "grey": sorted after the hues, by L
 FIGURES = ("centroids_ab", "centroids_l", "region_yield", "bucket_fill")
@@ -267,15 +271,28 @@ def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None
     return img.reduce(TILE_SIZE // SHEET_THUMB)
 
 
-def sheet_name(bucket_id: int, tile_ids: list[str]) -> str:
-    """``bucket_0042_<hash>.png``: the hash of the tile ids makes unchanged sheets reusable."""
-    key = f"v{SHEET_VERSION} {SHEET_THUMB} {SHEET_GAP}\n" + "\n".join(tile_ids)
+def sheet_name(bucket_id: int, tile_ids: list[str], synthetic: frozenset[str] | set[str] = frozenset()) -> str:
+    """``bucket_0042_<hash>.png``: the hash of the tile ids (and which are synthetic) makes unchanged
+    sheets reusable."""
+    key = f"v{SHEET_VERSION} {SHEET_THUMB} {SHEET_GAP}\n" + "\n".join(
+        f"synthetic {i}" if i in synthetic else i for i in tile_ids)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{bucket_name(bucket_id)}_{digest}.png"
 
 
-def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path) -> Path:
-    """A near-square grid of the bucket's tile thumbnails (missing files leave a dark gap)."""
+def badge(thumb: Image.Image) -> Image.Image:
+    """``thumb`` with the synthetic badge in its top-left corner (a copy)."""
+    marked = thumb.copy()
+    draw = ImageDraw.Draw(marked)
+    draw.polygon([(0, 0), (BADGE_SIZE, 0), (0, BADGE_SIZE)], fill=BADGE_COLOUR)
+    draw.text((2, 0), "S", fill=(255, 255, 255), font=_font(10))
+    return marked
+
+
+def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path,
+                 synthetic: frozenset[str] | set[str] = frozenset()) -> Path:
+    """A near-square grid of the bucket's tile thumbnails (missing files leave a dark gap; synthetic
+    tiles wear :func:`badge`)."""
     cols = max(1, math.ceil(math.sqrt(len(tile_ids))))
     rows = max(1, math.ceil(len(tile_ids) / cols))
     step = SHEET_THUMB + SHEET_GAP
@@ -283,6 +300,8 @@ def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path) 
     for i, tile_id in enumerate(tile_ids):
         thumb = _thumbnail(lib, bucket_id, tile_id)
         if thumb is not None:
+            if tile_id in synthetic:
+                thumb = badge(thumb)
             sheet.paste(thumb, (SHEET_GAP + (i % cols) * step, SHEET_GAP + (i // cols) * step))
     part = path.with_name(f".{path.name}.part")
     sheet.save(part, format="PNG")
@@ -297,6 +316,7 @@ class BucketEntry:
     lab: tuple[float, float, float]
     hex: str
     sheet: str  # relative path inside the report
+    synthetic: int = 0  # of ``count``, synthetic tiles (badged on the sheet)
 
 
 @dataclass
@@ -341,20 +361,25 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     sheets_dir = out / "sheets"
     sheets_dir.mkdir(exist_ok=True)
     by_bucket: dict[int, list[str]] = {}
-    for tile_id, bucket_id in lib.conn.execute("SELECT id, bucket_id FROM tiles ORDER BY bucket_id, rowid"):
+    synthetic: set[str] = set()
+    for tile_id, bucket_id, flag in lib.conn.execute(
+            f"SELECT id, bucket_id, {db.select_list(lib.conn, ('synthetic',))} FROM tiles ORDER BY bucket_id, rowid"):
         if is_bucket_id(bucket_id):
             by_bucket.setdefault(bucket_id, []).append(tile_id)
+            if flag:
+                synthetic.add(tile_id)
     colours = centroid_colours(lib.centroids)
     ordered = colour_order(lib.centroids, np.array(sorted(by_bucket), dtype=np.int64))
     entries = []
     jobs = []
     for bucket_id in ordered.tolist():
         ids = [i for i in by_bucket[bucket_id] if _safe_id(lib, bucket_id, i)]
-        name = sheet_name(bucket_id, ids)
+        marked = synthetic.intersection(ids)
+        name = sheet_name(bucket_id, ids, marked)
         entries.append(BucketEntry(bucket_id, len(ids), tuple(float(v) for v in lib.centroids[bucket_id]),
-                                   "#{:02x}{:02x}{:02x}".format(*colours[bucket_id]), f"sheets/{name}"))
+                                   "#{:02x}{:02x}{:02x}".format(*colours[bucket_id]), f"sheets/{name}", len(marked)))
         if not (sheets_dir / name).is_file():
-            jobs.append((bucket_id, ids, sheets_dir / name))
+            jobs.append((bucket_id, ids, sheets_dir / name, marked))
     show = sys.stderr.isatty() if progress is None else progress
     n_workers = max(1, workers or min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(n_workers) as pool, tqdm(total=len(jobs), unit="sheet", desc="contact sheets",
@@ -431,6 +456,14 @@ _CAPTIONS = {
 }
 
 
+def _synthetic_note(stats: dict) -> str:
+    s = stats.get("synthetic") or {}
+    if not s.get("tiles"):
+        return ""
+    return (f" Of these, {s['tiles']} are synthetic (colour transfer, badged <b>S</b> on the contact sheets); "
+            f"real tiles alone fill {s['buckets_populated_real']} buckets.")
+
+
 def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Path], out: Path) -> str:
     """The gallery page; every link is relative to ``out`` and points at a file written here."""
     esc = html.escape
@@ -448,7 +481,8 @@ def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Pat
         cards.append(
             f'<article class="bucket" id="{name}" data-order="{order}" data-l="{e.lab[0]:.3f}" data-count="{e.count}">'
             f'<div class="head"><span class="swatch" style="background:{e.hex}" title="{e.hex}"></span>'
-            f'<div><div class="name">{name}</div><div>{e.count} tile{"s" if e.count != 1 else ""}</div>'
+            f'<div><div class="name">{name}</div><div>{e.count} tile{"s" if e.count != 1 else ""}'
+            f'{f" ({e.synthetic} synthetic)" if e.synthetic else ""}</div>'
             f'<div class="lab">LAB {lab}</div></div></div>'
             f'<a href="{esc(e.sheet)}"><img loading="lazy" src="{esc(e.sheet)}" alt="{name} contact sheet"></a></article>'
         )
@@ -464,7 +498,7 @@ def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Pat
 <header>
 <h1>Mosaic Library: {esc(lib.name)}</h1>
 <p>{stats['tiles']} tiles in {stats['buckets_populated']} of {stats['buckets_total']} colour buckets
-({stats['coverage']:.1%}), {stats['buckets_full']} full at cap {stats['cap']}.</p>
+({stats['coverage']:.1%}), {stats['buckets_full']} full at cap {stats['cap']}.{_synthetic_note(stats)}</p>
 <p>Generated {esc(when)}.</p>
 </header>
 <main>

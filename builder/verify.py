@@ -12,6 +12,12 @@ Checks, each a problem ``kind``:
 * ``duplicate_phash``    same phash twice in a bucket
 * ``over_cap``           bucket holding more than the cap
 * ``orphan_file``        file in a bucket folder (or ``temp/``) with no row
+* ``bad_synthetic``      ``synthetic`` not 0/1, or a real tile (0) claiming a ``derived_from``
+* ``unknown_source``     synthetic tile whose ``derived_from`` names no real tile of the library
+                         (repair drops it: ``synthesize`` makes another)
+
+Synthetic tiles get every other check like any tile: stored bucket, LAB and pHash must equal
+the card's recipe on their file.
 * ``unsafe_path``        a bucket folder or ``temp/`` that is a symlink (reported, never followed
                          or repaired through: a person must look)
 
@@ -211,6 +217,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     for bucket_id, ids in sorted(per_bucket.items()):
         if len(ids) > lib.cap:
             report.problems.append(Problem("over_cap", None, bucket_id, f"{len(ids)} tiles > cap {lib.cap}"))
+    report.problems.extend(_synthetic_problems(lib))
 
     known = {(r[2], r[1]) for r in safe}
     # A journal is a batch being stored only while a writer runs; without one it is what a
@@ -254,6 +261,23 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     return report
 
 
+def _synthetic_problems(lib: Library) -> list[Problem]:
+    """The synthetic flag and its source: 0 or 1; a real tile has no source; a synthetic one's is a real tile here."""
+    if "synthetic" not in db.table_columns(lib.conn, "tiles"):
+        return []
+    problems = []
+    for tile_id, bucket_id, flag, source in lib.conn.execute(
+            "SELECT id, bucket_id, synthetic, derived_from FROM tiles WHERE synthetic IS NOT 0 OR derived_from IS NOT NULL "
+            "ORDER BY rowid"):
+        if flag not in (0, 1) or (flag == 0 and source is not None):
+            problems.append(Problem("bad_synthetic", tile_id, bucket_id, f"synthetic {flag!r}, derived_from {source!r}"))
+    for tile_id, bucket_id, source in lib.conn.execute(
+            "SELECT t.id, t.bucket_id, t.derived_from FROM tiles t LEFT JOIN tiles s ON s.id = t.derived_from "
+            "AND s.synthetic = 0 WHERE t.synthetic = 1 AND t.derived_from IS NOT NULL AND s.id IS NULL ORDER BY t.rowid"):
+        problems.append(Problem("unknown_source", tile_id, bucket_id, f"derived_from {str(source)[:80]!r} is no real tile here"))
+    return problems
+
+
 def _delete_tile(lib: Library, tile_id: str, bucket_id: int | None) -> None:
     """Row first, then file: a crash in between leaves an orphan, which verify repairs."""
     with lib.conn:
@@ -283,6 +307,17 @@ def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dic
             _delete_tile(lib, p.tile_id, p.bucket_id)
             dropped.add(p.tile_id)
             done[kind] += 1
+    for p in by_kind.get("unknown_source", []):
+        if p.tile_id not in dropped:
+            _delete_tile(lib, p.tile_id, p.bucket_id)
+            dropped.add(p.tile_id)
+            done["unknown_source"] += 1
+    for p in by_kind.get("bad_synthetic", []):
+        if p.tile_id not in dropped:  # a row that says it is real is real; anything else is synthetic
+            with conn:
+                conn.execute("UPDATE tiles SET derived_from = NULL WHERE id = ? AND synthetic = 0", (p.tile_id,))
+                conn.execute("UPDATE tiles SET synthetic = 1 WHERE id = ? AND synthetic IS NOT 0", (p.tile_id,))
+            done["bad_synthetic"] += 1
     for p in by_kind.get("filepath_mismatch", []):
         if p.tile_id not in dropped:
             with conn:

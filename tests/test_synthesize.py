@@ -209,3 +209,67 @@ def test_a_real_tile_with_a_synthetic_twin_replaces_it_below_the_cap(make_librar
     assert real.accepted and real.evicted == (twin.tile_id,)
     assert lib.conn.execute("SELECT id, synthetic FROM tiles").fetchall() == [(real.tile_id, 0)]
     assert verify_library(lib, deep=True, workers=1, progress=False).ok
+
+
+# ----------------------------------------------------------------- flagged everywhere
+
+
+def test_verify_checks_synthetic_tiles_like_any_other_and_their_source(library):
+    lib = library
+    synthesize(lib, max_uses=4, buckets=_far_and_near_buckets(lib, 6), progress=False)
+    rows = [r for r in _synthetic_rows(lib) if r[6] is not None]
+    assert len(rows) >= 3
+    with lib.conn:
+        lib.conn.execute("UPDATE tiles SET mean_l = mean_l + 1 WHERE id = ?", (rows[0][0],))
+        lib.conn.execute("UPDATE tiles SET derived_from = ? WHERE id = ?", ("0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a", rows[1][0]))
+        lib.conn.execute("UPDATE tiles SET synthetic = 2 WHERE id = ?", (rows[2][0],))
+        real = lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 0 LIMIT 1").fetchone()[0]
+        lib.conn.execute("UPDATE tiles SET derived_from = ? WHERE id = ?", (real, real))
+    found = verify_library(lib, deep=True, workers=1, progress=False)
+    assert {(p.kind, p.tile_id) for p in found.problems} == {
+        ("lab_mismatch", rows[0][0]), ("unknown_source", rows[1][0]), ("bad_synthetic", rows[2][0]), ("bad_synthetic", real)}
+    verify_library(lib, deep=True, repair=True, workers=1, progress=False)
+    assert verify_library(lib, deep=True, workers=1, progress=False).ok
+    assert lib.conn.execute("SELECT COUNT(*) FROM tiles WHERE id = ?", (rows[1][0],)).fetchone()[0] == 0  # dropped
+    assert lib.conn.execute("SELECT synthetic, derived_from FROM tiles WHERE id = ?", (real,)).fetchone() == (0, None)
+
+
+def test_stats_report_and_mosaic_know_synthetic_tiles(library, tmp_path):
+    from builder.cli.stats import StatsReport
+    from builder.mosaic import MosaicOptions, mosaic_file
+    from builder.report import BADGE_COLOUR, SHEET_GAP, render_report
+
+    lib = library
+    real_buckets = int((lib.bucket_counts() > 0).sum())
+    report = synthesize(lib, max_uses=4, buckets=_far_and_near_buckets(lib, 40), progress=False)
+    stats = lib.stats()["synthetic"]
+    assert stats["tiles"] == report.made == 40 and stats["buckets_only_synthetic"] == 40
+    real_rows = lib.conn.execute("SELECT COUNT(*) FROM tiles WHERE synthetic = 0").fetchone()[0]
+    assert stats["buckets_populated_real"] == real_buckets and stats["real_tiles"] == real_rows > 0
+    lines = StatsReport(lib.stats()).region_lines()
+    assert any("40 synthetic tiles" in line for line in lines)
+
+    rep = render_report(lib, tmp_path / "report", progress=False)
+    synthetic_entries = [e for e in rep.buckets if e.synthetic]
+    assert len(synthetic_entries) == 40 and all(e.synthetic == e.count == 1 for e in synthetic_entries)
+    with Image.open(rep.output / synthetic_entries[0].sheet) as sheet:
+        assert sheet.getpixel((SHEET_GAP + 2, SHEET_GAP + 2)) == BADGE_COLOUR  # the badge's corner
+    real_entry = next(e for e in rep.buckets if not e.synthetic)
+    with Image.open(rep.output / real_entry.sheet) as sheet:
+        assert sheet.getpixel((SHEET_GAP + 2, SHEET_GAP + 2)) != BADGE_COLOUR
+    assert "40 are synthetic" in rep.index.read_text()
+
+    target = Image.fromarray(np.asarray(real_crops(Image.open(REPO / "data" / "sample_target.jpg").convert("RGB"), 1, 0,
+                                                   size=200)[0]))
+    options = MosaicOptions(grid=(12, 12), tile_size=16, no_repeat_radius=0)
+    with_synthetic = mosaic_file(lib, target, tmp_path / "m.png", options, progress=False)
+    real_only = mosaic_file(lib, target, tmp_path / "r.png", MosaicOptions(grid=(12, 12), tile_size=16,
+                                                                              no_repeat_radius=0, real_only=True),
+                            progress=False)
+    synthetic_ids = {r[0] for r in _synthetic_rows(lib)}
+    used = [t for t in with_synthetic.plan.tile_ids.ravel() if t in synthetic_ids]
+    assert with_synthetic.synthetic_cells == len(used)
+    assert real_only.synthetic_cells == 0 and not synthetic_ids & set(real_only.plan.tile_ids.ravel())
+    assert real_only.plan.fallback_cells >= with_synthetic.plan.fallback_cells
+    assert "used a synthetic tile (--real-only)" in real_only.summary()
+    assert real_only.as_dict()["synthetic_cells"] == 0 and real_only.as_dict()["options"]["real_only"] is True

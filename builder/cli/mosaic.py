@@ -64,6 +64,9 @@ def register(sub):
                         "0 = sub-cell colours only)")
     p.add_argument("--subcells", type=integer(1), default=DEFAULT_SUBCELLS, metavar="N",
                    help=f"match NxN colour layout inside each cell (default {DEFAULT_SUBCELLS})")
+    p.add_argument("--real-only", action="store_true",
+                   help="use real tiles only, leaving out the synthetic ones `synthesize` made (default: use them; "
+                        "the summary says how many cells did)")
     add_threads_option(p, "tile decoding", None, shown="up to 4")
     return p
 
@@ -84,6 +87,7 @@ def run(args) -> CommandResult:
         max_uses=args.max_uses,
         subcells=args.subcells,
         workers=args.threads,  # MosaicOptions.workers: tile-decoding threads
+        real_only=args.real_only,
     ).validate()
     with Library.open(args.library, readonly=True) as lib:
         return CommandResult(mosaic_file(lib, args.input, args.output, options, fmt=args.format,

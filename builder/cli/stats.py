@@ -24,6 +24,11 @@ class StatsReport(NamedTuple):
             tried = sum(self.stats["fetched_by_region"].get(region, {}).values())
             yield_text = f", {n / tried:.1%} of {tried} fetched" if tried else ""
             lines.append(f"  {region}: {n} tiles{yield_text}")
+        synthetic = self.stats.get("synthetic") or {}
+        if synthetic.get("tiles"):
+            lines.append(f"  {synthetic['tiles']} synthetic tiles ({synthetic['flat']} flat, from {synthetic['sources']} "
+                         f"real tiles) fill {synthetic['buckets_only_synthetic']} buckets; real tiles alone "
+                         f"{synthetic['buckets_populated_real']}")
         return lines
 
     def as_dict(self) -> dict:

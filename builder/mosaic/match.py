@@ -258,7 +258,8 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
         if img is not target:  # opened here from a path: release the file
             img.close()
     t_target = time.perf_counter()
-    table = table if table is not None and table.subcells == s else load_tile_table(lib, s, options.workers, progress)
+    table = table if table is not None and table.subcells == s else load_tile_table(
+        lib, s, options.workers, progress, real_only=options.real_only)
     t_table = time.perf_counter()
     need = required_tiles(options.no_repeat_radius)
     if need > len(table):

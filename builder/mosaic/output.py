@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..db import table_columns
 from ..defaults import OUTPUT_FORMATS
 from ..errors import UsageError
 from ..library import Library
@@ -84,6 +85,7 @@ class MosaicResult:
     seconds: float
     fidelity: Fidelity | None = None
     format: str = "png"
+    synthetic_cells: int = 0  # cells drawn with a synthetic tile (0 with ``real_only``)
 
     @property
     def viewer(self) -> Path | None:
@@ -100,7 +102,9 @@ class MosaicResult:
         return (
             f"mosaic {self.output}{viewer}: {w}x{h} px, {p.layout.cols}x{p.layout.rows} cells of {p.layout.tile} px, "
             f"{len(np.unique(p.grid))} distinct tiles from {buckets} buckets, {uses}"
-            f"{p.fallback_cells} cells fell back to a nearby populated bucket{fidelity}, {self.seconds:.1f} s"
+            f"{p.fallback_cells} cells fell back to a nearby populated bucket, "
+            f"{self.synthetic_cells} used a synthetic tile{' (--real-only)' if p.options.real_only else ''}{fidelity}, "
+            f"{self.seconds:.1f} s"
         )
 
     def as_dict(self) -> dict:
@@ -120,10 +124,11 @@ class MosaicResult:
             "buckets": int(len(np.unique(p.bucket_grid))),
             "most_uses": p.most_uses,
             "fallback_cells": p.fallback_cells,
+            "synthetic_cells": self.synthetic_cells,
             "fidelity": self.fidelity.as_dict() if self.fidelity else None,
             "options": {"no_repeat_radius": o.no_repeat_radius, "max_uses": o.max_uses, "blend": o.blend,
                         "max_correction": o.max_correction, "contrast": o.contrast, "subcells": o.subcells,
-                        "detail": o.detail},
+                        "detail": o.detail, "real_only": o.real_only},
             "seconds": round(self.seconds, 3),
         }
 
@@ -139,4 +144,15 @@ def mosaic_file(lib: Library, target: str | os.PathLike | Image.Image, output: s
     plan = plan_mosaic(lib, target, options, progress)
     meter = FidelityMeter(plan.reference, plan.layout.cols)
     path = write_mosaic(lib, plan, output, progress, fmt, dzi_image, meter)
-    return MosaicResult(path, plan, time.perf_counter() - started, meter.result(), fmt)
+    return MosaicResult(path, plan, time.perf_counter() - started, meter.result(), fmt, synthetic_cells(lib, plan))
+
+
+def synthetic_cells(lib: Library, plan: MosaicPlan) -> int:
+    """Cells of ``plan`` whose tile is a synthetic one."""
+    if "synthetic" not in table_columns(lib.conn, "tiles"):
+        return 0
+    synthetic = {tile_id for (tile_id,) in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 1")}
+    if not synthetic:
+        return 0
+    used = np.isin(plan.table.ids, np.array(sorted(synthetic)))
+    return int(used[plan.grid].sum())

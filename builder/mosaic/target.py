@@ -67,6 +67,7 @@ class MosaicOptions:
     min_candidates: int = DEFAULT_MIN_CANDIDATES
     shortlist: int = DEFAULT_SHORTLIST
     workers: int | None = None
+    real_only: bool = False  # leave the library's synthetic tiles out of the candidates
 
     def validate(self) -> MosaicOptions:
         if self.cell_size is not None and self.grid is not None:

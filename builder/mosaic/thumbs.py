@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..color import rgb_to_lab
+from ..db import table_columns
 from ..decode import decode_tile
 from ..errors import BadTile, ImageRejected, LibraryError
 from ..layout import CACHE_DIR, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
@@ -323,8 +324,9 @@ def _pool(workers: int | None) -> ThreadPoolExecutor:
 
 
 def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int | None = None,
-                    progress: bool | None = None, use_cache: bool = True) -> TileTable:
-    """Every usable tile with its thumbnail and sub-cell colours.
+                    progress: bool | None = None, use_cache: bool = True, real_only: bool = False) -> TileTable:
+    """Every usable tile (``real_only``: every real one, synthetic tiles left out) with its
+    thumbnail and sub-cell colours.
 
     Thumbnails come from the library's :class:`ThumbnailCache`, matched to ``tiles.db`` row by
     row on ``(id, phash)``: tiles the store did not cache (older libraries, other writers) are
@@ -335,9 +337,10 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     """
     import tempfile
 
+    real = " WHERE synthetic = 0" if real_only and "synthetic" in table_columns(lib.conn, "tiles") else ""
     rows = [
         (tile_id, bucket_id, tile_hash or "")
-        for tile_id, bucket_id, tile_hash in lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY id")
+        for tile_id, bucket_id, tile_hash in lib.conn.execute(f"SELECT id, bucket_id, phash FROM tiles{real} ORDER BY id")
         if is_tile_id(tile_id) and is_bucket_id(bucket_id)
     ]
     if not rows:
