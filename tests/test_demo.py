@@ -5,6 +5,7 @@ import sqlite3
 from html.parser import HTMLParser
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from builder.cli import main
@@ -22,7 +23,7 @@ class Links(HTMLParser):
 
 def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1"]) == 0
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--no-synthesize"]) == 0
     lines = capsys.readouterr().out.splitlines()
     steps = [line.split("]")[0].lstrip("[") for line in lines[:-1]]
     assert steps == ["init", "harvest", "verify", "build", "report", "mosaic"]
@@ -51,7 +52,7 @@ def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
 
     # A second run reuses the library (already at --max-tiles) and rebuilds the rest.  With --json
     # stdout is one JSON object and the step lines go to stderr.
-    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json"]) == 0
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json", "--no-synthesize"]) == 0
     captured = capsys.readouterr()
     again = captured.err.splitlines()
     assert again[0].startswith("[init] reusing the library") and "[harvest] skipped" in again[1]
@@ -61,6 +62,23 @@ def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
     assert result["mosaic"] == str(out / "mosaic.png") and result["library"] == str(root)
     with sqlite3.connect(root / "tiles.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0] == 40
+
+
+@pytest.mark.slow
+def test_demo_synthesizes_every_empty_bucket_and_compares_the_mosaics(tmp_path, capsys):
+    """The default demo fills every bucket the harvest left empty with flagged synthetic tiles and
+    shows the difference: the real-only mosaic falls back in more cells than the one using them."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert [s["step"] for s in result["steps"]] == ["init", "harvest", "synthesize", "verify", "build", "report",
+                                                    "mosaic", "compare"]
+    figures = result["figures"]
+    assert figures["buckets_covered"] == 5000 and figures["buckets_covered_real"] < 100
+    assert figures["fallback_cells"] == 0 < figures["fallback_cells_real_only"]
+    assert figures["synthetic_cells"] > 0 and "no problems" in result["steps"][3]["summary"]
+    assert (out / "mosaic_real_only.png").is_file() and (out / "staging" / "synthetic").is_dir()
 
 
 def test_demo_bad_options_are_one_line(tmp_path, capsys):

@@ -16,7 +16,7 @@ from builder.library import Library
 from builder.publish import build_staging
 from builder.synthesize import synthesize
 from mosaic_library import MosaicLibrary
-from tests.publish_helpers import db_rows, make_library, subprocess_env
+from tests.publish_helpers import db_rows, make_library
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +41,8 @@ def stagings(libraries, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _load(staging: Path, tmp_path: Path, *config: str) -> datasets.Dataset:
-    import os
-
-    env = subprocess_env(tmp_path, HF_HUB_OFFLINE="1")
-    old = {k: os.environ.get(k) for k in ("HF_DATASETS_CACHE", "HF_HUB_OFFLINE")}
-    os.environ.update(HF_DATASETS_CACHE=env["HF_DATASETS_CACHE"], HF_HUB_OFFLINE="1")
-    try:
-        return datasets.load_dataset(str(staging), *config, split="train")
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """``load_dataset(staging[, config])`` with a cache of its own (nothing served from another run's)."""
+    return datasets.load_dataset(str(staging), *config, split="train", cache_dir=str(tmp_path / "hf_cache"))
 
 
 def test_default_config_is_real_tiles_only_byte_for_byte(stagings):

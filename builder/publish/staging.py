@@ -64,11 +64,13 @@ class BuildReport(NamedTuple):
     parquet_bytes: int
     fingerprint: str
     seconds: float
+    synthetic: int = 0  # rows of the synthetic config (not in ``rows``: the default config's)
 
     def summary(self) -> str:
         skipped = f", {self.skipped} bad tiles skipped" if self.skipped else ""
+        synthetic = f" (+ {self.synthetic} synthetic in the synthetic config)" if self.synthetic else ""
         return (
-            f"built {self.output}: {self.rows} tiles in {self.parquet_files} Parquet files "
+            f"built {self.output}: {self.rows} tiles{synthetic} in {self.parquet_files} Parquet files "
             f"({self.parquet_bytes / 1e6:.1f} MB){skipped} in {self.seconds:.1f} s"
         )
 
@@ -347,6 +349,7 @@ def build_staging(
                 "build is inconsistent"
             )
         stats = card_stats(work, [p for p in parquet if p.parent.name == SHARDS_DIR])
+        parquet_bytes = sum(p.stat().st_size for p in parquet)
         if stats.tiles == 0:
             # datasets cannot load a split without rows ("corresponds to no data"): nothing to publish
             detail = f" ({skipped} bad tiles skipped)" if skipped else ""
@@ -373,9 +376,10 @@ def build_staging(
         rows=stats.tiles,
         skipped=skipped,
         parquet_files=len(parquet),
-        parquet_bytes=stats.parquet_bytes,
+        parquet_bytes=parquet_bytes,
         fingerprint=fingerprint,
         seconds=time.perf_counter() - started,
+        synthetic=stats.synthetic_tiles,
     )
     logger.info(report.summary())
     return report
