@@ -123,6 +123,7 @@ class SynthesizeReport:
             "skipped": dict(self.skipped),
             "rejected": dict(self.rejected),
             "median_texture_kept": None if self.median_texture_kept is None else round(self.median_texture_kept, 4),
+            "texture_kept_p10": (round(float(np.percentile(self.texture_kept, 10)), 4) if self.texture_kept else None),
             "sources_used": self.sources_used,
             "max_uses_seen": self.max_uses_seen,
             "ms_per_tile": round(self.ms_per_tile, 2),
