@@ -430,6 +430,25 @@ def harvest_campaign(root: Path, source: str, kills: int, cap: int = 6, seed: in
     return figures
 
 
+def synthesize_campaign(root: Path, kills: int, max_uses: int = 2, seed: int = 0, max_delay: float = 4.0) -> Figures:
+    """Kill ``python -m builder synthesize`` ``kills`` times on a library that already holds real
+    tiles (``root``); check after every kill (synthetic tiles committed are never lost: synthesize
+    evicts nothing)."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    figures = Figures(writer="synthesize")
+    with Library.open(root, readonly=True) as lib:
+        cap = lib.cap
+    log = root.parent / f"{root.name}.stderr"
+    while figures.kills < kills and figures.rounds < kills * 3:
+        figures.rounds += 1
+        cmd = [sys.executable, "-m", "builder", "synthesize", "--library", str(root), "--max-uses", str(max_uses),
+               "--seed", str(figures.rounds)]
+        _kill_round(cmd, root, cap, rng, max_delay, log, figures)
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
 def deep_verify(root: Path) -> str | None:
     """A full verify (decode every file) of the library at rest; None when clean."""
     with Library.open(root, readonly=True) as lib:

@@ -273,3 +273,23 @@ def test_stats_report_and_mosaic_know_synthetic_tiles(library, tmp_path):
     assert real_only.plan.fallback_cells >= with_synthetic.plan.fallback_cells
     assert "used a synthetic tile (--real-only)" in real_only.summary()
     assert real_only.as_dict()["synthetic_cells"] == 0 and real_only.as_dict()["options"]["real_only"] is True
+
+
+@pytest.mark.slow
+def test_sigkill_during_synthesize_leaves_a_consistent_library(library):
+    from tests.crash_campaign import deep_verify, synthesize_campaign
+
+    root = library.root
+    library.close()
+    figures = synthesize_campaign(root, kills=6, max_uses=2, seed=3)
+    print(figures.summary())
+    assert figures.violations == [] and figures.tiles_lost == 0, figures.violations
+    assert figures.kills >= 6 and figures.rows > 60  # synthetic tiles were made between the kills
+    assert deep_verify(root) is None
+    with Library.open(root, readonly=True) as lib:
+        uses = lib.conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) n FROM tiles WHERE synthetic = 1 "
+                                "AND derived_from IS NOT NULL GROUP BY derived_from)").fetchone()[0]
+        assert uses <= 2
+        flats = lib.conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) n FROM tiles WHERE synthetic = 1 "
+                                 "AND derived_from IS NULL GROUP BY bucket_id)").fetchone()[0]
+        assert flats is None or flats == 1
