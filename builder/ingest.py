@@ -43,6 +43,7 @@ class IngestReport:
     rejected: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)  # reason -> first input name rejected for it
     seconds: float = 0.0
+    evicted: int = 0  # synthetic tiles that gave way to accepted (real) ones
 
     @property
     def total(self) -> int:
@@ -51,13 +52,15 @@ class IngestReport:
     def summary(self) -> str:
         reasons = format_counts(self.rejected) or "none"
         rate = f", {self.total / self.seconds:.0f} tiles/s" if self.seconds > 0 else ""
-        return f"{self.accepted} accepted, {sum(self.rejected.values())} rejected ({reasons}){rate}"
+        evicted = f", {self.evicted} synthetic tiles gave way" if self.evicted else ""
+        return f"{self.accepted} accepted, {sum(self.rejected.values())} rejected ({reasons}){evicted}{rate}"
 
     def as_dict(self) -> dict:
         return {
             "accepted": self.accepted,
             "rejected": dict(self.rejected),
             "examples": self.examples,
+            "evicted": self.evicted,
             "seconds": round(self.seconds, 3),
         }
 
@@ -118,6 +121,7 @@ def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None
             for out in outcomes:
                 if out.accepted:
                     report.accepted += 1
+                    report.evicted += len(out.evicted)
                 else:
                     report.rejected[out.reason] += 1
                     report.examples.setdefault(out.reason, f"{out.name}" + (f" ({out.detail})" if out.detail else ""))
