@@ -293,3 +293,18 @@ def test_sigkill_during_synthesize_leaves_a_consistent_library(library):
         flats = lib.conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) n FROM tiles WHERE synthetic = 1 "
                                  "AND derived_from IS NULL GROUP BY bucket_id)").fetchone()[0]
         assert flats is None or flats == 1
+
+
+def test_ingest_reports_the_synthetic_tiles_its_real_ones_evicted(make_library, bluemarble, tmp_path):
+    from builder.assign import Candidate, Pipeline
+
+    lib = make_library(cap=1)
+    tiles = _one_bucket_tiles(bluemarble, 2)
+    with Pipeline(lib, workers=1, default_provenance={"synthetic": 1}) as pipe:
+        assert pipe.process([Candidate("s", data=tiles[0])])[0].accepted
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (folder / "r.png").write_bytes(tiles[1])
+    report = ingest(lib, [folder], workers=1, progress=False)
+    assert report.accepted == 1 and report.evicted == 1 and "1 synthetic tiles gave way" in report.summary()
+    assert lib.conn.execute("SELECT synthetic FROM tiles").fetchall() == [(0,)]
