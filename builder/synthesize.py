@@ -48,7 +48,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import db
 from .assign import Candidate, Pipeline, check_radius, mean_rgb_64
 from .color import rgb_to_lab
 from .decode import decode_tile, encode_png
@@ -74,6 +73,9 @@ SPREAD_SHRINK = 0.6
 SPREAD_SHRINKS = 4
 LAB_TOLERANCE = 0.25  # LAB units between the recipe's mean and the centroid that end the corrections
 BATCH = 64  # tiles handed to the pipeline (and committed) together
+# Decoded sources kept (about 1 MB each: RGB and float32 LAB).  Buckets are visited nearest
+# colour first, so a source's next use, if any, usually comes soon.
+SOURCE_CACHE = 32
 
 
 @dataclass
@@ -316,7 +318,7 @@ class _Sources:
             return None
         rgb = np.asarray(image)
         found = (rgb, _rgb2lab(rgb))
-        if len(self.cache) > 256:  # a source is reused at most max_uses times: keep the cache small
+        if len(self.cache) >= SOURCE_CACHE:  # oldest out: a source is reused soon or never
             self.cache.pop(next(iter(self.cache)))
         self.cache[i] = found
         return found
@@ -463,10 +465,3 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
     report.buckets_covered_after = int((lib.bucket_counts() > 0).sum())
     report.seconds = time.perf_counter() - started
     return report
-
-
-def synthetic_count(conn) -> int:
-    """Synthetic tiles in a ``tiles.db`` (0 for a schema without the column)."""
-    if "synthetic" not in db.table_columns(conn, "tiles"):
-        return 0
-    return int(conn.execute("SELECT COUNT(*) FROM tiles WHERE synthetic = 1").fetchone()[0])
