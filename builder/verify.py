@@ -362,10 +362,11 @@ def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dic
         counts[p.bucket_id] -= 1
         counts[target] += 1
         done["wrong_bucket"] += 1
-    # Duplicates and over-cap buckets: keep the oldest rows, drop the newest.
+    # Duplicates and over-cap buckets: keep real tiles before synthetic ones, then the oldest rows;
+    # drop the rest (the writer migrated the schema: the synthetic column is there).
     dup_rows = conn.execute(
         "SELECT t.id, t.bucket_id FROM tiles t JOIN tiles o ON o.bucket_id = t.bucket_id AND o.phash = t.phash "
-        "AND o.rowid < t.rowid GROUP BY t.id"
+        "AND (o.synthetic < t.synthetic OR (o.synthetic = t.synthetic AND o.rowid < t.rowid)) GROUP BY t.id"
     ).fetchall()
     for tile_id, bucket_id in dup_rows:
         _delete_tile(lib, tile_id, bucket_id)
@@ -373,7 +374,7 @@ def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dic
     over_cap = {b: n for b, n in db.bucket_counts(conn).items() if n > lib.cap}
     for bucket_id, n in over_cap.items():
         extra = conn.execute(
-            "SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid DESC LIMIT ?", (bucket_id, n - lib.cap)
+            "SELECT id FROM tiles WHERE bucket_id = ? ORDER BY synthetic DESC, rowid DESC LIMIT ?", (bucket_id, n - lib.cap)
         ).fetchall()
         for (tile_id,) in extra:
             _delete_tile(lib, tile_id, bucket_id)

@@ -308,3 +308,25 @@ def test_ingest_reports_the_synthetic_tiles_its_real_ones_evicted(make_library, 
     report = ingest(lib, [folder], workers=1, progress=False)
     assert report.accepted == 1 and report.evicted == 1 and "1 synthetic tiles gave way" in report.summary()
     assert lib.conn.execute("SELECT synthetic FROM tiles").fetchall() == [(0,)]
+
+
+def test_verify_repair_keeps_real_tiles_before_synthetic_ones(make_library, bluemarble):
+    from builder import db
+    from builder.assign import Candidate, Pipeline
+
+    lib = make_library(cap=2)
+    tiles = _one_bucket_tiles(bluemarble, 2)
+    with Pipeline(lib, workers=1, default_provenance={"synthetic": 1}) as pipe:
+        older = pipe.process([Candidate("s", data=tiles[0])])[0]  # the synthetic tile is the older row
+    with Pipeline(lib, workers=1) as pipe:
+        real = pipe.process([Candidate("r", data=tiles[1])])[0]
+    assert older.accepted and real.accepted and not real.evicted
+    root = lib.root
+    with lib.conn:
+        db.set_meta(lib.conn, "cap", "1")
+    lib.close()
+    with Library.open(root) as again:
+        found = verify_library(again, deep=True, repair=True, workers=1, progress=False)
+        assert found.counts["over_cap"] == 1 and found.repaired["over_cap"] == 1
+        assert again.conn.execute("SELECT id FROM tiles").fetchall() == [(real.tile_id,)]
+        assert verify_library(again, deep=True, workers=1, progress=False).ok
