@@ -91,6 +91,8 @@ def test_the_card_counts_the_synthetic_tiles_and_lists_their_config(stagings):
     assert header["configs"][1]["data_files"] == [{"split": "train", "path": "synthetic/train-*"}]
     assert [c["config_name"] for c in yaml.safe_load(plain.split("---")[1])["configs"]] == ["default"]
     assert "Synthetic tiles" not in plain and "**30 synthetic tiles**" in card
+    block = card.split("### Synthetic tiles")[1].split("```python\n")[1].split("```")[0]
+    assert block.startswith("from datasets import load_dataset") and '"synthetic"' in block
     # the headline figures are the real tiles' (the default config), the same as without synthetic tiles
     headline = [line for line in plain.splitlines() if line.startswith("**")][0]
     assert headline in card
@@ -111,3 +113,22 @@ def test_restore_round_trips_the_synthetic_config(stagings, libraries, tmp_path)
         assert (after[tile_id]["synthetic"], after[tile_id]["derived_from"]) == (row["synthetic"], row["derived_from"])
         assert (target / f"bucket_{row['bucket_id']:04d}" / f"{tile_id}.png").read_bytes() == \
             (libraries[1] / f"bucket_{row['bucket_id']:04d}" / f"{tile_id}.png").read_bytes()
+
+
+def test_the_cards_synthetic_snippet_runs(stagings, tmp_path):
+    """The card's synthetic block, unchanged, from the folder that holds ``USER/mosaic_library``."""
+    import subprocess
+    import sys
+
+    from tests.publish_helpers import subprocess_env
+
+    _real, mixed = stagings
+    shutil.copytree(mixed, tmp_path / "USER" / "mosaic_library")
+    card = (mixed / "README.md").read_text()
+    block = card.split("### Synthetic tiles")[1].split("```python\n")[1].split("```")[0]
+    code = block.replace('synthetic[0]["derived_from"]', 'print(synthetic.num_rows, "derived_from" in synthetic[0]);'
+                                                           ' synthetic[0]["derived_from"]')
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=subprocess_env(tmp_path, HF_HUB_OFFLINE="1"), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["30", "True"]

@@ -194,18 +194,19 @@ def synthetic_section(stats: CardStats, repo_id: str) -> str:
     textured = stats.synthetic_tiles - stats.synthetic_flat
     return (
         "\n\n### Synthetic tiles (config `synthetic`)\n\n"
-        f"Besides the real tiles above, this repository holds **{stats.synthetic_tiles} synthetic tiles** for colours "
-        f"the sources lack; they alone fill {stats.synthetic_buckets} buckets. They are **not** in the `default` "
+        f"Besides the real tiles above, this repository holds **{stats.synthetic_tiles:,} synthetic tiles** for colours "
+        f"the sources lack; they alone fill {stats.synthetic_buckets:,} buckets. They are **not** in the `default` "
         "config (what `load_dataset` gives without a config name) and are always flagged:\n\n"
         "```python\n"
+        "from datasets import load_dataset\n\n"
         f'synthetic = load_dataset("{repo_id}", "synthetic", split="train")\n'
         'synthetic[0]["derived_from"]                   # id of the real tile it was made from\n'
         "```\n\n"
-        f"How they were made (`python -m builder synthesize`): {textured} by colour transfer from {stats.synthetic_sources} "
+        f"How they were made (`python -m builder synthesize`): {textured:,} by colour transfer from {stats.synthetic_sources:,} "
         "real tiles of the nearest populated colours (per pixel in CIE LAB, the lightness and colour shifted to the "
         "target bucket's centroid, the light-dark spread scaled to fit the target lightness, so the texture is "
         "the source tile's), each checked to land in its bucket by the assignment recipe on the stored PNG; "
-        f"{stats.synthetic_flat} are flat one-colour tiles (`derived_from` null) where no unused source was left. "
+        f"{stats.synthetic_flat:,} are flat one-colour tiles (`derived_from` null) where no unused source was left. "
         "In `tiles.db` they carry `synthetic = 1` and `derived_from`; add `WHERE synthetic = 0` to the queries "
         "below to see real tiles only. A real tile always takes a synthetic one's place when a bucket is full."
     )
