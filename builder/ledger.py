@@ -512,6 +512,22 @@ class FetchLedger:
             "AND status = ?",
             [(prior.status, prior.tried_at, self.source, r.z, r.x, r.y, status) for r, status, prior in rows if prior])
 
+    def set_predicted(self, conn: sqlite3.Connection, rows: Iterable[tuple[TileRef, int]]) -> None:
+        """The bucket the colour atlas predicted for each claimed tile ``(ref, bucket)``, inside the
+        caller's transaction (``fetched`` only: the table with the outcome columns)."""
+        conn.executemany(
+            f"UPDATE {self.table} SET predicted_bucket = ? WHERE source = ? AND z = ? AND x = ? AND y = ?",
+            [(int(b), self.source, r.z, r.x, r.y) for r, b in rows])
+
+    def record_outcomes(self, conn: sqlite3.Connection,
+                        rows: Iterable[tuple[TileRef, int, tuple[float, float, float]]]) -> None:
+        """Where each decoded tile's colour landed ``(ref, bucket, lab)``, inside the caller's
+        transaction (``fetched`` only)."""
+        conn.executemany(
+            f"UPDATE {self.table} SET bucket_id = ?, mean_l = ?, mean_a = ?, mean_b = ? "
+            "WHERE source = ? AND z = ? AND x = ? AND y = ?",
+            [(int(b), float(lab[0]), float(lab[1]), float(lab[2]), self.source, r.z, r.x, r.y) for r, b, lab in rows])
+
     def settle(self, log: BatchLog) -> None:
         """The batch's outcome is committed: its in-flight log goes."""
         log.remove()
