@@ -134,7 +134,7 @@ def per_1000(new: int, requests: int) -> float:
 def main() -> None:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--zoom", type=int, default=8, help="harvest zoom (default 8)")
-    parser.add_argument("--atlas-zoom", type=int, default=2, help="overview zoom (default 2: 4x4 px a tile)")
+    parser.add_argument("--atlas-zoom", type=int, default=3, help="overview zoom (default 3: 8x8 px a zoom-8 tile)")
     parser.add_argument("--budget", type=int, default=None, help="requests per arm (default 600; quick 120)")
     parser.add_argument("--tiles", type=int, default=None, help="tiles of the mature library (default 1500)")
     parser.add_argument("--seed", type=int, default=1)

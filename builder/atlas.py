@@ -743,15 +743,22 @@ class AimedSampler:
             raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
         import secrets
 
+        self.conn, self.source = conn, source
         self.zoom, self.target, self.cap, self.counts = zoom, target, cap, counts
         self.seed = secrets.randbits(63) if seed is None else int(seed)
-        rng = random.Random(self.seed)
-        self.pool = candidates(conn, source, zoom)
-        for tiles in self.pool.values():
-            rng.shuffle(tiles)
-        self.rng = rng
+        self.rng = random.Random(self.seed)
         self.outstanding: Counter = Counter()
-        self.predicted: dict[tuple[int, int, int], int] = {}
+        self.predicted: dict[tuple[int, int, int], int] = {}  # tile drawn -> the bucket it was drawn for
+        self.next_fit: int | None = None  # measured aimed tiles at which to calibrate again (None: never)
+        self.reload()
+
+    def reload(self, exclude=None) -> None:
+        """Read the atlas's candidates again (after a calibration re-predicted them)."""
+        self.pool = candidates(self.conn, self.source, self.zoom)
+        for tiles in self.pool.values():
+            if exclude is not None:
+                tiles[:] = [t for t in tiles if (self.zoom, *t) not in exclude]
+            self.rng.shuffle(tiles)
         self.reachable = len(self.pool)
 
     def need(self, bucket: int) -> int:
@@ -802,17 +809,40 @@ class AimedSampler:
 def aimed_sampler(lib: Library, source: str, zoom: int, target: str, counts, seed: int | None,
                   auto_calibrate: bool = True) -> tuple[AimedSampler, dict | None]:
     """The sampler for ``harvest --target`` from the library's atlas of ``source`` at ``zoom``,
-    after calibrating it when enough aimed tiles have a measured colour (see :func:`calibrate`)."""
+    after calibrating it when enough aimed tiles have a measured colour (see :func:`calibrate`).
+    With ``auto_calibrate`` the sampler's ``next_fit`` says when :func:`recalibrate` should fit
+    again during the run."""
     info = atlas_info(lib, source, zoom)
     if info is None:
         raise UsageError(f"--target needs an atlas of {source} at zoom {zoom}: run "
                          f"`python -m builder atlas --library {lib.root} --source {source} --zoom {zoom}` first")
     cal = None
+    fitted = info.calibration.tiles if info.calibration is not None else 0
     if auto_calibrate:
         n = len(calibration_pairs(lib.conn, source, zoom)[0])
-        if n >= AUTO_CALIBRATE_MIN and (info.calibration is None or n >= 2 * info.calibration.tiles):
+        if n >= max(AUTO_CALIBRATE_MIN, 2 * fitted):
             cal = calibrate(lib, source, zoom, min_tiles=AUTO_CALIBRATE_MIN)
-    return AimedSampler(lib.conn, source, zoom, target, lib.cap, counts, seed), cal
+            fitted = n
+    sampler = AimedSampler(lib.conn, source, zoom, target, lib.cap, counts, seed)
+    if auto_calibrate:
+        sampler.next_fit = max(AUTO_CALIBRATE_MIN, 2 * fitted)
+    return sampler, cal
+
+
+def recalibrate(lib: Library, sampler: AimedSampler, measured: int, exclude) -> dict | None:
+    """During an aimed harvest: once ``measured`` (the atlas's fetched candidates with a measured
+    colour, this run's and earlier ones) reaches ``sampler.next_fit``, fit again; when the fit is
+    kept, the sampler draws from the re-predicted candidates (less ``exclude``).  The next fit is
+    due when the count has doubled, so a run fits O(log n) times."""
+    if sampler.next_fit is None or measured < sampler.next_fit:
+        return None
+    result = calibrate(lib, sampler.source, sampler.zoom, min_tiles=AUTO_CALIBRATE_MIN)
+    sampler.next_fit = 2 * max(measured, result["tiles"])
+    if result["kept"]:
+        sampler.reload(exclude)
+    logger.info("atlas calibration on %d tiles: hit rate %.3f -> %.3f (%s)", result["tiles"],
+                result["hit_rate_before"], result["hit_rate_after"], "kept" if result["kept"] else "not kept")
+    return result
 
 
 def new_per_1000(buckets: int, requests: int) -> float:

@@ -338,12 +338,16 @@ class _Run:
         # Resuming with the same seed walks the same permutation past every tile done before;
         # the sampler's skip guard must not mistake that for an exhausted region.
         self.aimed = None
+        self.measured = 0  # aimed tiles answered so far (an upper bound of those with a measured colour)
         if target is None:
             self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
         else:  # drawn from the colour atlas, weighted by what each bucket still needs
             from .atlas import aimed_sampler
 
             self.aimed, report.calibration = aimed_sampler(lib, source.name, zoom, target, self._counts, seed)
+            from .atlas import calibration_pairs
+
+            self.measured = len(calibration_pairs(lib.conn, source.name, zoom)[0])
             self.sampler = self.aimed
             report.reachable = self.aimed.reachable
         report.seed = self.sampler.seed
@@ -488,6 +492,16 @@ class _Run:
             self.zero_streak = 0 if accepted_here else self.zero_streak + 1
         if self.aimed is not None:
             self.aimed.settle(r.ref for r in results)
+            self.measured += sum(1 for r in results if r.ref[:3] in self.aimed.predicted)
+            if self.measured >= (self.aimed.next_fit or math.inf):
+                from .atlas import calibration_pairs, recalibrate
+
+                # The true count (decoded candidates of the atlas, earlier runs included) decides.
+                n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
+                self.measured = n
+                fit = recalibrate(self.lib, self.aimed, n, self.done)
+                if fit is not None:
+                    self.report.calibration = fit
 
     def write_status(self, conn, chunk: list[FetchResult], outcomes: list[Outcome],
                      extra: list[tuple[str, FetchResult]], released: list[FetchResult]) -> None:

@@ -147,12 +147,9 @@ def test_hit_rate_and_new_buckets_per_1000_on_a_constructed_case(make_library, t
     assert reach["populated"] + reach["reachable_empty"] + reach["not_seen"] == 5000
 
 
-def test_calibration_learns_a_colour_cast_and_raises_the_hit_rate(make_library, tmp_path):
-    """A source whose overview is darker and bluer than its tiles (another imagery, as ArcGIS's low
-    zooms): the affine LAB map fitted on the fetched tiles takes the cross-validated hit rate up."""
-    lib = make_library()
+def cast_source(root: Path) -> tuple[object, int]:
+    """A tile folder whose zoom-0 overview is darker and bluer than its 64 zoom-3 tiles."""
     rng = np.random.default_rng(5)
-    root = tmp_path / "tiles"
     overview = np.zeros((256, 256, 3), np.uint8)
     zoom = 3  # 8x8 tiles, 32x32-pixel blocks
     for k in range(64):
@@ -165,7 +162,14 @@ def test_calibration_learns_a_colour_cast_and_raises_the_hit_rate(make_library, 
         overview[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32] = cast.astype(np.uint8)
     (root / "0" / "0").mkdir(parents=True)
     (root / "0" / "0" / "0.png").write_bytes(png(overview))
-    source = open_source(str(root))
+    return open_source(str(root)), zoom
+
+
+def test_calibration_learns_a_colour_cast_and_raises_the_hit_rate(make_library, tmp_path):
+    """A source whose overview is darker and bluer than its tiles (another imagery, as ArcGIS's low
+    zooms): the affine LAB map fitted on the fetched tiles takes the cross-validated hit rate up."""
+    lib = make_library()
+    source, zoom = cast_source(tmp_path / "tiles")
     build_atlas(lib, source, zoom=zoom, progress=False)
     first = harvest(lib, source, zoom=zoom, target="empty", max_requests=40, seed=0, progress=False, workers=1)
     result = calibrate(lib, source.name, zoom)
@@ -176,6 +180,20 @@ def test_calibration_learns_a_colour_cast_and_raises_the_hit_rate(make_library, 
     assert info.calibration is not None and info.calibration.tiles == first.aimed
     second = harvest(lib, source, zoom=zoom, target="empty", seed=1, progress=False, workers=1)
     assert second.aimed > 0 and second.hit_rate > first.hit_rate + 0.3
+
+
+def test_an_aimed_harvest_calibrates_itself_on_the_way(make_library, tmp_path):
+    """One run, batches of 10: after 30 measured tiles it fits the map, keeps it, and the tiles it
+    draws afterwards land in their predicted bucket far more often than those before."""
+    lib = make_library()
+    source, zoom = cast_source(tmp_path / "tiles")
+    build_atlas(lib, source, zoom=zoom, progress=False)
+    report = harvest(lib, source, zoom=zoom, target="underfilled", batch=10, seed=0, progress=False, workers=1)
+    assert report.calibration is not None and report.calibration["kept"] and report.calibration["tiles"] >= 30
+    rows = lib.conn.execute("SELECT predicted_bucket = bucket_id FROM fetched ORDER BY rowid").fetchall()
+    before = np.mean([hit for (hit,) in rows[:30]])
+    after = np.mean([hit for (hit,) in rows[50:]])
+    assert report.aimed == len(rows) == 64 and after > before + 0.3, (before, after)
 
 
 # --- the sample ------------------------------------------------------------------------------------
