@@ -71,6 +71,7 @@ from .layout import (
 )
 from .ledger import ACCEPTED, Claim, FetchLedger, FetchResult, Prior, answer_status, rejected
 from .library import Library, file_sha256
+from .reach import aimed_figures, reachability, reachable_buckets
 from .regions import Plan, Region, TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
 
@@ -683,49 +684,6 @@ def candidates(conn, source: str, zoom: int) -> dict[int, list[tuple[int, int]]]
     return out
 
 
-def reachable_buckets(conn) -> np.ndarray | None:
-    """Buckets any atlas of the library saw (bool, 5,000); None without an atlas."""
-    if not db.has_atlas(conn):
-        return None
-    seen = np.zeros(N_BUCKETS, bool)
-    for (b,) in conn.execute("SELECT DISTINCT predicted FROM atlas_sample"):
-        if isinstance(b, int) and 0 <= b < N_BUCKETS:
-            seen[b] = True
-    for (b,) in conn.execute("SELECT DISTINCT bucket_id FROM atlas_buckets"):
-        if isinstance(b, int) and 0 <= b < N_BUCKETS:
-            seen[b] = True
-    return seen
-
-
-def reachability(conn, counts: np.ndarray) -> dict | None:
-    """``{populated, reachable_empty, not_seen}`` buckets; None without an atlas."""
-    seen = reachable_buckets(conn)
-    if seen is None:
-        return None
-    populated = counts > 0
-    return {"populated": int(populated.sum()), "reachable_empty": int((seen & ~populated).sum()),
-            "not_seen": int((~seen & ~populated).sum())}
-
-
-def aimed_figures(conn) -> dict | None:
-    """Hit rate and new buckets of the aimed fetches (``fetched.predicted_bucket`` set); None if none."""
-    if "predicted_bucket" not in db.table_columns(conn, "fetched"):
-        return None
-    fetches, decoded, hits = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(bucket_id IS NOT NULL), 0), COALESCE(SUM(bucket_id = predicted_bucket), 0) "
-        "FROM fetched WHERE predicted_bucket IS NOT NULL").fetchone()
-    if not fetches:
-        return None
-    # Buckets whose first tile (in insertion order) came from an aimed fetch.
-    (new,) = conn.execute(
-        "SELECT COUNT(*) FROM (SELECT t.bucket_id, MIN(t.rowid) AS first FROM tiles t GROUP BY t.bucket_id) f "
-        "JOIN tiles t ON t.rowid = f.first JOIN fetched d ON d.source = t.source AND d.z = t.z AND d.x = t.x "
-        "AND d.y = t.y WHERE d.predicted_bucket IS NOT NULL").fetchone()
-    return {"fetches": fetches, "decoded": decoded, "hits": hits,
-            "hit_rate": round(hits / decoded, 4) if decoded else 0.0, "new_buckets": new,
-            "new_buckets_per_1000": round(1000.0 * new / fetches, 1)}
-
-
 # --- aimed sampling (harvest --target) ---------------------------------------------------------------
 
 TARGETS = ("empty", "underfilled")
@@ -851,4 +809,4 @@ def new_per_1000(buckets: int, requests: int) -> float:
 
 __all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasReport", "Calibration", "aimed_figures",
            "aimed_sampler", "block_size", "build_atlas", "calibrate", "check_zooms", "default_atlas_zoom",
-           "reachability", "tile_blocks"]
+           "reachability", "reachable_buckets", "tile_blocks"]

@@ -276,7 +276,7 @@ def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     counts = lib.bucket_counts()
     stats = lib.stats()
-    from .atlas import reachable_buckets
+    from .reach import reachable_buckets
 
     seen = reachable_buckets(lib.conn)  # None without a colour atlas: the figures as before
     return {

@@ -424,3 +424,33 @@ def test_a_killed_atlas_resumes_and_folds_every_fetched_tile_exactly_once(tmp_pa
         assert statuses.get("claimed", 0) <= 3 * 4  # at most the requests on the wire at each kill
         assert {b: n for b, n in enumerate(expected.tolist()) if n} == pixels
         assert reachability(lib.conn, lib.bucket_counts())["reachable_empty"] > 0
+
+
+# --- the card ----------------------------------------------------------------------------------------
+
+
+def test_the_card_states_reachability_with_an_atlas_and_is_unchanged_without(make_library):
+    """Card text from a library's own stats: without an atlas no word of it (the card as before);
+    with one, the empty buckets split into reachable and not seen, with the library's figures."""
+    from builder.publish.card import CardStats, render_card
+
+    lib = make_library()
+    harvest(lib, "earth", plan="1", zoom=6, max_tiles=40, seed=0, progress=False, workers=1)
+
+    def card() -> str:
+        s = lib.stats()
+        return render_card(CardStats(tiles=s["tiles"], buckets_populated=s["buckets_populated"],
+                                     buckets_full=s["buckets_full"], cap=s["cap"], by_source=s["by_source"],
+                                     reachability=s.get("reachability")))
+
+    plain = card()
+    assert "reachability" not in lib.stats() and "atlas" not in plain
+    assert plain == render_card(CardStats(tiles=40, buckets_populated=lib.stats()["buckets_populated"],
+                                          buckets_full=0, cap=lib.cap, by_source={"earth": 40}))
+    build_atlas(lib, "earth", zoom=8, atlas_zoom=1, progress=False)
+    reach = lib.stats()["reachability"]
+    text = card()
+    empty = 5000 - reach["populated"]
+    assert (f"Of the {empty:,} empty buckets, {reach['reachable_empty']:,} were seen by the library's colour atlas"
+            in text) and f"{reach['not_seen']:,} were not seen on the source" in text
+    assert text.replace(text.split("augmentation.")[1].split("\n")[0], "", 1) == plain
