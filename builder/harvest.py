@@ -417,12 +417,9 @@ class _Run:
                 claims += [Claim(ref) for ref in fresh]
             if not claims:
                 return
-            self.engine.submit(claims)
+            # An aimed tile's predicted bucket is committed with its claim.
+            self.engine.submit(claims, self.aimed.predicted if self.aimed is not None else None)
             self.done.update(c.ref[:3] for c in claims)
-            if self.aimed is not None:
-                with self.lib.conn:
-                    self.ledger.set_predicted(self.lib.conn, [(c.ref, self.aimed.predicted[c.ref[:3]])
-                                                              for c in claims if c.ref[:3] in self.aimed.predicted])
 
     def take_retries(self, size: int) -> list[Claim]:
         """Up to ``size`` queued transient-fault tiles (--retry-faults)."""

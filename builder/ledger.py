@@ -447,9 +447,11 @@ class FetchLedger:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def claim(self, claims: Sequence[Claim]) -> BatchLog:
+    def claim(self, claims: Sequence[Claim], predicted: dict[Key, int] | None = None) -> BatchLog:
         """Log the batch, then mark it claimed and commit (new rows; retries: fault rows updated
-        in place, guarded by the status they had).  Returns the batch's in-flight log."""
+        in place, guarded by the status they had).  ``predicted``: the bucket the colour atlas
+        predicted for some of the tiles (``fetched`` only), written in the same transaction.
+        Returns the batch's in-flight log."""
         log = BatchLog.create(self.inflight_dir(), self.table, self.source, claims)
         now = db.utc_now()
         fresh = [c.ref for c in claims if c.prior is None]
@@ -469,6 +471,9 @@ class FetchLedger:
                     if cur.rowcount != len(again):
                         raise LibraryError(f"{self.root / 'tiles.db'}: {len(again) - cur.rowcount} of {len(again)} "
                                            "faulted tiles changed status while this run held the lock; not retrying")
+                if predicted:
+                    self.set_predicted(self.conn, [(c.ref, predicted[c.ref[:3]]) for c in claims
+                                                   if c.ref[:3] in predicted])
         except BaseException:
             log.remove()
             raise

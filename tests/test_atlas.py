@@ -301,6 +301,7 @@ def test_aimed_sampler_weights_by_need_and_holds_back_while_in_flight(make_libra
 # --- errors, dead sources, kills -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_values_are_one_line_errors(tmp_path):
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
@@ -345,7 +346,7 @@ def test_an_atlas_made_with_other_centroids_or_damaged_is_refused_with_one_line(
     assert report.read == 4 and atlas_info(lib, "earth", 8).atlas_zoom == 1
 
 
-@pytest.mark.parametrize("case", ["connection refused", "503 to everything"])
+@pytest.mark.parametrize("case", ["connection refused", pytest.param("503 to everything", marks=pytest.mark.slow)])
 def test_atlas_of_a_dead_source_stops_fast_with_exit_3(case, tmp_path):
     from tests.test_harvest import free_port
 
@@ -429,6 +430,7 @@ def test_a_killed_atlas_resumes_and_folds_every_fetched_tile_exactly_once(tmp_pa
 # --- the card ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_card_states_reachability_with_an_atlas_and_is_unchanged_without(make_library):
     """Card text from a library's own stats: without an atlas no word of it (the card as before);
     with one, the empty buckets split into reachable and not seen, with the library's figures."""
@@ -454,3 +456,53 @@ def test_the_card_states_reachability_with_an_atlas_and_is_unchanged_without(mak
     assert (f"Of the {empty:,} empty buckets, {reach['reachable_empty']:,} were seen by the library's colour atlas"
             in text) and f"{reach['not_seen']:,} were not seen on the source" in text
     assert text.replace(text.split("augmentation.")[1].split("\n")[0], "", 1) == plain
+
+
+def kill_when_served(argv: list[str], server: TileServer, more: int) -> None:
+    """Start ``argv`` and SIGKILL it once the server has answered ``more`` further tiles."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    goal, deadline = len(server.ok_counts()) + more, time.monotonic() + 120
+    while len(server.ok_counts()) < goal and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkills_during_an_aimed_harvest_leave_a_consistent_library(tmp_path):
+    """Three SIGKILLs of ``harvest --target underfilled`` against a slow server, then a run to the
+    end: after each kill every crash invariant holds (tests/crash_campaign.py), no tile is served
+    twice, and the aimed fetches carry their prediction and measured colour."""
+    from tests.crash_campaign import Figures, check_after_kill, committed_rows
+
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    figures = Figures(writer="harvest --target")
+    with TileServer(bluemarble_tile, delay=0.1, lifetime=900) as server:
+        with Library.open(root) as lib:
+            source = open_source(server.tile_template)
+            try:
+                build_atlas(lib, source, zoom=8, atlas_zoom=3, progress=False)
+            finally:
+                source.close()
+        atlas_served = len(server.ok_counts())
+        argv = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
+                "--zoom", "8", "--target", "underfilled", "--threads", "4", "--batch", "10", "--workers", "1",
+                "--max-requests", "150", "--seed", "4"]
+        for more in (25, 40, 30):
+            snapshot = committed_rows(root)
+            kill_when_served(argv, server, more)
+            figures.rounds += 1
+            figures.kills += 1
+            check_after_kill(root, snapshot, 100, figures, harvest=True)
+        final = run_cli(*argv[3:], "--json", timeout=300)
+        ok = server.ok_counts()
+    assert final.returncode == 0, final.stderr
+    assert figures.violations == [], figures.violations
+    assert max(ok.values()) == 1 and len(ok) > atlas_served + 95
+    with Library.open(root, readonly=True) as lib:
+        rows = lib.conn.execute("SELECT status, predicted_bucket, bucket_id, mean_l FROM fetched").fetchall()
+    decoded = [r for r in rows if r[0] == "accepted" or r[0].startswith("rejected:bucket") or r[0] == "rejected:duplicate"]
+    assert decoded and all(r[2] is not None and r[3] is not None for r in decoded)
+    assert all(r[1] is not None for r in rows)  # committed with each claim, so no kill loses one
