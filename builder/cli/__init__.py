@@ -32,6 +32,7 @@ COMMANDS = (
     "init",
     "ingest",
     "harvest",
+    "atlas",
     "synthesize",
     "stats",
     "verify",

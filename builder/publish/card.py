@@ -97,6 +97,8 @@ class CardStats:
     synthetic_flat: int = 0
     synthetic_sources: int = 0
     synthetic_buckets: int = 0
+    # With a colour atlas: {populated, reachable_empty, not_seen} buckets (builder.atlas.reachability).
+    reachability: dict[str, int] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -303,6 +305,17 @@ def license_notes(stats: CardStats) -> str:
     return "\n".join(notes) or "- The library holds no tiles yet."
 
 
+def reachability_note(stats: CardStats) -> str:
+    """What the colour atlas says of the empty buckets; nothing without an atlas (the card is then
+    the same, byte for byte, as before atlases existed)."""
+    r = stats.reachability
+    if not r:
+        return ""
+    return (f" Of the {stats.n_buckets - stats.buckets_populated:,} empty buckets, {r['reachable_empty']:,} were "
+            f"seen by the library's colour atlas of its tile source (`python -m builder harvest --target empty` "
+            f"can fill them) and {r['not_seen']:,} were not seen on the source at all.")
+
+
 def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
     """Every placeholder of the card template, as text, from the live figures and the library's facts."""
     return {
@@ -329,6 +342,7 @@ def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
         "built_at": stats.built_at or "-",
         "builder_version": stats.builder_version or "-",
         "synthetic_section": synthetic_section(stats, repo_id or PLACEHOLDER_REPO),
+        "reachability_note": reachability_note(stats),
     }
 
 
