@@ -281,7 +281,8 @@ def measure(name: str, argv: list[str], work_items: int, cwd: Path | None = None
     if m["returncode"] != 0:
         raise SystemExit(f"{name} failed (exit {m['returncode']}):\n{m['output'][-3000:]}")
     common.log(f"  {name}: {m['seconds']:.2f} s, maxrss {m['maxrss_mb']:.0f} MiB")
-    return {"seconds": m["seconds"], "maxrss_mb": m["maxrss_mb"], "tree_mb": m["tree_peak_mb"],
+    return {"seconds": m["seconds"], "cpu_seconds": m.get("cpu_seconds"), "maxrss_mb": m["maxrss_mb"],
+            "tree_mb": m["tree_peak_mb"],
             "items": work_items, "tail": m["output"].strip().splitlines()[-1:] if m["output"].strip() else []}
 
 
