@@ -38,7 +38,7 @@ from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UnsafePath
-from .layout import TILE_SIZE, parse_bucket_dir, tile_stem
+from .layout import TILE_SIZE, bucket_name, parse_bucket_dir, tile_stem
 from .library import Library
 from .phash import phash
 from .summary import format_counts
@@ -142,11 +142,13 @@ class _Bucket:
 
     def __init__(self, lib: Library, bucket_id: int) -> None:
         self.bucket_id = bucket_id
-        self.ids: set[str] = set()
+        self.ids: set[str] = set()  # rows counted against the cap (file there and decodable)
+        self.rows: set[str] = set()  # every safe row: the folder's files that are not orphans
         self.hashes: dict[str, str] = {}  # file phash -> first tile id holding it
-        folder = lib.root / f"bucket_{bucket_id:04d}"
+        folder = lib.root / bucket_name(bucket_id)
         self.folder_ok = folder.is_dir() and not folder.is_symlink()
-        self.stems = {tile_stem(f.name) for f in folder.iterdir()} if self.folder_ok else set()
+        self.names = os.listdir(folder) if self.folder_ok else []
+        self.stems = {tile_stem(name) for name in self.names}
 
 
 def _row_chunks(lib: Library) -> Iterator[list[tuple]]:
@@ -175,10 +177,15 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     visited: set[int] = set()
     stray: dict[tuple[int, str], str] = {}  # (bucket it belongs in, hash) -> id, for wrong-bucket tiles
     current: _Bucket | None = None
+    unknown: list[tuple[int, Path]] = []  # files with no row: orphans unless a writer just stored them
 
     def close_bucket(bucket: _Bucket | None) -> None:
         if bucket is None:
             return
+        report.files += len(bucket.names)
+        for name in bucket.names:
+            if tile_stem(name) not in bucket.rows:
+                unknown.append((bucket.bucket_id, lib.root / bucket_name(bucket.bucket_id) / name))
         if len(bucket.ids) > lib.cap:
             report.problems.append(Problem("over_cap", None, bucket.bucket_id, f"{len(bucket.ids)} tiles > cap {lib.cap}"))
 
@@ -249,6 +256,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
                         close_bucket(current)
                         current = _Bucket(lib, bucket_id)
                         visited.add(bucket_id)
+                    current.rows.add(tile_id)
                     path = lib.tile_path(bucket_id, tile_id)
                     if fact is None:
                         if tile_id not in current.stems and not path.is_file():
@@ -300,7 +308,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
-    _check_folders(lib, report, visited)
+    _check_folders(lib, report, visited, unknown)
     if repair and report.problems:
         _repair(lib, report, index, problem_facts)
     return report
@@ -322,13 +330,11 @@ def _inspect_many(jobs: list[tuple[int, str]]) -> list[FileFacts]:
     return [inspect_tile(_FILES, *job) for job in jobs]
 
 
-def _check_folders(lib: Library, report: VerifyReport, visited: set[int]) -> None:
-    """Orphans (files with no row) and unsafe folders: each bucket folder listed against its rows."""
+def _check_folders(lib: Library, report: VerifyReport, visited: set[int], unknown: list[tuple[int, Path]]) -> None:
+    """Orphans (files with no row: ``unknown`` from the folders of buckets with rows, plus every
+    file of a bucket folder no row names) and unsafe folders (symlinks), then ``temp/``."""
     # A journal is a batch being stored only while a writer runs; without one it is what a
     # killed writer left, and its renamed-but-uncommitted files are orphans until the next open.
-    writer_busy = lib.readonly and Library.writer_active(lib.root)
-    in_flight = _journal_ids(lib) if writer_busy else set()
-    unknown: list[tuple[int, Path, str | None]] = []
     for entry in sorted(lib.root.iterdir()):
         bucket_id = parse_bucket_dir(entry.name)
         if bucket_id is None or not entry.is_dir():
@@ -336,25 +342,24 @@ def _check_folders(lib: Library, report: VerifyReport, visited: set[int]) -> Non
         if entry.is_symlink():  # never listed, never repaired through: it leads out of the library
             report.problems.append(Problem("unsafe_path", None, bucket_id, f"{entry.name} is a symlink"))
             continue
+        if bucket_id in visited:
+            continue  # listed with its rows
         names = os.listdir(entry)
         report.files += len(names)
-        stems = {tile_stem(name): name for name in names}
-        known = ({row[0] for row in lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = ?", (bucket_id,))}
-                 if bucket_id in visited else set())
-        for stem, name in stems.items():
-            if stem in in_flight or stem in known:
-                continue
-            unknown.append((bucket_id, entry / name, stem))
+        unknown.extend((bucket_id, entry / name) for name in names)
+    writer_busy = lib.readonly and Library.writer_active(lib.root)
+    in_flight = _journal_ids(lib) if writer_busy else set()
+    unknown = [(b, f) for b, f in unknown if tile_stem(f.name) not in in_flight]
     if unknown and lib.readonly:
         # A writer may have stored batches since the rows were read (a deep verify takes minutes):
         # their files are in the folders, their rows committed after our snapshot.  Ask again.
         in_flight = _journal_ids(lib) if Library.writer_active(lib.root) else set()
         unknown = [
-            (b, f, stem) for b, f, stem in unknown
-            if stem not in in_flight and f.exists() and not lib.conn.execute(
-                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (stem, b)).fetchone()
+            (b, f) for b, f in unknown
+            if tile_stem(f.name) not in in_flight and f.exists() and not lib.conn.execute(
+                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (tile_stem(f.name), b)).fetchone()
         ]
-    for bucket_id, f, _stem in unknown:
+    for bucket_id, f in unknown:
         report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
     if lib.temp_dir.is_symlink():
         report.problems.append(Problem("unsafe_path", None, None, "temp is a symlink"))
