@@ -24,6 +24,7 @@ meaningless).  A full run needs ~30 GB of disk under the cache and tens of minut
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -371,40 +372,52 @@ def run_size(n: int, root: Path, cache: Path, extra: Path, harvest_tiles: int, o
 # ---------------------------------------------------------------------------------------------
 
 
-def per_item_ms(result: dict) -> float:
-    return result["seconds"] / max(result["items"], 1) * 1000
+def per_item_ms(result: dict, key: str = "seconds") -> float:
+    value = result.get(key)
+    return math.nan if value is None else value / max(result["items"], 1) * 1000
+
+
+def _ratio(a: float, b: float) -> str:
+    return "-" if not (a and b) or math.isnan(a) or math.isnan(b) else f"{b / a:.2f}x"
 
 
 def table(results: dict[int, dict]) -> str:
+    """Per command and size: wall s, CPU s (every process), wall ms a tile, peak MiB; then the
+    smallest-to-largest ratios of wall and CPU per tile and of peak memory."""
     sizes = sorted(results)
     head = ["command"]
     for n in sizes:
-        head += [f"s @{n}", f"ms/tile @{n}", f"MiB @{n}"]
-    head += ["ratio time/tile", "ratio MiB"] if len(sizes) > 1 else []
+        head += [f"wall s @{n}", f"cpu s @{n}", f"ms/tile @{n}", f"MiB @{n}"]
+    if len(sizes) > 1:
+        head += ["ratio time/tile", "ratio cpu/tile", "ratio MiB"]
     lines = [head]
     for name, unit in COMMANDS.items():
         row = [name + (" (per item)" if unit == "work" else "")]
         have = [results[n].get(name) for n in sizes]
         for r in have:
-            row += ["-", "-", "-"] if r is None else [f"{r['seconds']:.2f}", f"{per_item_ms(r):.3f}",
-                                                        f"{r['maxrss_mb']:.0f}"]
+            cpu = r.get("cpu_seconds") if r else None
+            row += ["-"] * 4 if r is None else [f"{r['seconds']:.2f}", "-" if cpu is None else f"{cpu:.2f}",
+                                                 f"{per_item_ms(r):.3f}", f"{r['maxrss_mb']:.0f}"]
         if len(sizes) > 1:
             a, b = have[0], have[-1]
             if a and b:
-                row += [f"{per_item_ms(b) / per_item_ms(a):.2f}x", f"{b['maxrss_mb'] / a['maxrss_mb']:.2f}x"]
+                row += [_ratio(per_item_ms(a), per_item_ms(b)),
+                        _ratio(per_item_ms(a, "cpu_seconds"), per_item_ms(b, "cpu_seconds")),
+                        _ratio(a["maxrss_mb"], b["maxrss_mb"])]
             else:
-                row += ["-", "-"]
+                row += ["-"] * 3
         lines.append(row)
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     tiles = "  ".join(f"{n}: {results[n]['_tiles']['tiles']} tiles" for n in sizes)
-    text = [f"libraries: {tiles}; ms/tile = wall / library tiles (per item: / the command's own tiles)"]
+    text = [f"libraries: {tiles}; ms/tile = wall / library tiles (per item: / the command's own tiles); "
+            "MiB = maxrss of the largest process"]
     text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in lines]
     return "\n".join(text)
 
 
 def rows(results: dict[int, dict]) -> list:
-    """bench.common rows: time per tile and peak memory at the largest size against the smallest."""
+    """bench.common rows: time (and CPU) per tile and peak memory at the largest size against the smallest."""
     sizes = sorted(results)
     if len(sizes) < 2:
         return []
@@ -416,9 +429,22 @@ def rows(results: dict[int, dict]) -> list:
             continue
         out.append(common.Row("scale", f"{name}: time per tile", f"@{small}", per_item_ms(a), f"@{large}",
                               per_item_ms(b), "ms", higher_is_better=False, target=1 / 1.3))
+        if a.get("cpu_seconds") and b.get("cpu_seconds"):
+            out.append(common.Row("scale", f"{name}: CPU per tile", f"@{small}", per_item_ms(a, "cpu_seconds"),
+                                  f"@{large}", per_item_ms(b, "cpu_seconds"), "cpu ms", higher_is_better=False,
+                                  target=1 / 1.3))
         out.append(common.Row("scale", f"{name}: peak memory", f"@{small}", a["maxrss_mb"], f"@{large}",
                               b["maxrss_mb"], "MiB", higher_is_better=False, target=1 / 1.3))
     return out
+
+
+def load_results(paths: list[Path]) -> dict[int, dict]:
+    """Figures saved by earlier runs (``--results``), merged by size (a later file wins per command)."""
+    merged: dict[int, dict] = {}
+    for path in paths:
+        for n, by_command in json.loads(Path(path).read_text()).items():
+            merged.setdefault(int(n), {}).update(by_command)
+    return merged
 
 
 def main() -> None:
@@ -428,7 +454,15 @@ def main() -> None:
     parser.add_argument("--make-only", action="store_true", help="make the cached libraries and stop")
     parser.add_argument("--harvest-requests", type=int, default=None, help="loopback harvest size (default 500)")
     parser.add_argument("--results", type=Path, default=None, help="JSON file for the figures (default: in the cache)")
+    parser.add_argument("--table-from", default=None, metavar="FILES",
+                        help="print the table of earlier runs' comma-separated --results files and stop")
     args = parser.parse_args()
+    if args.table_from:
+        merged = load_results([Path(p) for p in args.table_from.split(",")])
+        print(table(merged))
+        print()
+        common.report(rows(merged))
+        return
     if os.environ.get("MOSAIC_SCALE_CACHE"):
         cache = Path(os.environ["MOSAIC_SCALE_CACHE"])
     else:
