@@ -196,10 +196,13 @@ def make_library(cache: Path, n: int, smaller: list[tuple[int, Path]]) -> Path:
     return root
 
 
-def make_libraries(cache: Path, sizes: list[int]) -> list[tuple[int, Path]]:
+def make_libraries(cache: Path, sizes: list[int], as_is: bool = False) -> list[tuple[int, Path]]:
+    """The cached library of each size, made or completed first (``as_is``: an unfinished
+    cached library is measured with the tiles it holds)."""
     made: list[tuple[int, Path]] = []
     for n in sorted(sizes):
-        made.append((n, make_library(cache, n, made)))
+        root = cache / f"lib_{n}" / "mosaic_library"
+        made.append((n, root if as_is and n_tiles(root) > 0 else make_library(cache, n, made)))
     return made
 
 
@@ -452,6 +455,8 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated library sizes (default 5000,25000,100000)")
     parser.add_argument("--only", default=None, help="comma-separated commands to time (default: all)")
     parser.add_argument("--make-only", action="store_true", help="make the cached libraries and stop")
+    parser.add_argument("--as-is", action="store_true",
+                        help="measure an unfinished cached library with the tiles it holds (no generation)")
     parser.add_argument("--harvest-requests", type=int, default=None, help="loopback harvest size (default 500)")
     parser.add_argument("--results", type=Path, default=None, help="JSON file for the figures (default: in the cache)")
     parser.add_argument("--table-from", default=None, metavar="FILES",
@@ -470,7 +475,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
     only = set(args.only.split(",")) if args.only else None
     common.log(f"scale bench: sizes {sizes}, cache {cache}; {common.machine_note()}")
-    libs = make_libraries(cache, sizes)
+    libs = make_libraries(cache, sizes, as_is=args.as_is)
     if args.make_only:
         for n, root in libs:
             print(n, root, n_tiles(root))
