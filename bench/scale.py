@@ -32,6 +32,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -290,9 +291,11 @@ def measure(name: str, argv: list[str], work_items: int, cwd: Path | None = None
             "items": work_items, "tail": m["output"].strip().splitlines()[-1:] if m["output"].strip() else []}
 
 
-def run_size(n: int, root: Path, cache: Path, extra: Path, harvest_tiles: int, only: set[str] | None) -> dict:
-    """Every command once on the library ``root`` (``n`` tiles asked for); figures by name."""
-    work = cache / "work"
+def run_size(n: int, root: Path, cache: Path, extra: Path, harvest_tiles: int, only: set[str] | None,
+             saved: Callable[[dict], None] = lambda out: None) -> dict:
+    """Every command once on the library ``root`` (``n`` tiles asked for); figures by name.
+    ``saved(figures)`` is called after each command (so a long run keeps what it measured)."""
+    work = cache / f"work_{n}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tiles = n_tiles(root)
@@ -303,6 +306,7 @@ def run_size(n: int, root: Path, cache: Path, extra: Path, harvest_tiles: int, o
 
     def done(name: str, result: dict) -> None:
         out[name] = result
+        saved(out)
 
     try:
         if want("stats"):
@@ -311,8 +315,6 @@ def run_size(n: int, root: Path, cache: Path, extra: Path, harvest_tiles: int, o
             done("query", measure("query", builder("query", "--library", str(root), "--hex", QUERY_HEX), tiles))
         if want("verify --quick"):
             done("verify --quick", measure("verify --quick", builder("verify", "--library", str(root), "--quick"), tiles))
-        if want("verify"):
-            done("verify", measure("verify", builder("verify", "--library", str(root), "--workers", "2"), tiles))
         if want("ingest"):
             lib = clone(root, work / "ingest" / "mosaic_library")
             done("ingest", measure("ingest", builder("ingest", "--library", str(lib), str(extra)),
@@ -365,6 +367,8 @@ def run_size(n: int, root: Path, cache: Path, extra: Path, harvest_tiles: int, o
         if want("load_bucket"):
             code = LOAD_BUCKET.replace("BUCKET", str(card_bucket(root)))
             done("load_bucket", measure("load_bucket", [sys.executable, "-c", code], tiles, cwd=root.parent))
+        if want("verify"):  # last: the longest (every tile decoded)
+            done("verify", measure("verify", builder("verify", "--library", str(root), "--workers", "2"), tiles))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -486,8 +490,11 @@ def main() -> None:
     results: dict[int, dict] = {}
     for n, root in libs:
         common.log(f"library of {n} tiles")
-        results[n] = run_size(n, root, cache, extra, harvest_requests, only)
-        results_path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+        def save(figures: dict, n: int = n) -> None:
+            results[n] = figures
+            results_path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+
+        save(run_size(n, root, cache, extra, harvest_requests, only, saved=save))
     print(table(results))
     print()
     common.report(rows(results))
