@@ -388,13 +388,20 @@ def _ratio(a: float, b: float) -> str:
     return "-" if not (a and b) or math.isnan(a) or math.isnan(b) else f"{b / a:.2f}x"
 
 
+def _label(results: dict[int, dict], n: int) -> str:
+    """A size as the tiles its library really held (an ``--as-is`` library may hold fewer)."""
+    tiles = results[n].get("_tiles", {}).get("tiles", n)
+    return f"{tiles // 1000}k" if tiles % 1000 == 0 else str(tiles)
+
+
 def table(results: dict[int, dict]) -> str:
     """Per command and size: wall s, CPU s (every process), wall ms a tile, peak MiB; then the
     smallest-to-largest ratios of wall and CPU per tile and of peak memory."""
     sizes = sorted(results)
     head = ["command"]
     for n in sizes:
-        head += [f"wall s @{n}", f"cpu s @{n}", f"ms/tile @{n}", f"MiB @{n}"]
+        held = _label(results, n)
+        head += [f"wall s @{held}", f"cpu s @{held}", f"ms/tile @{held}", f"MiB @{held}"]
     if len(sizes) > 1:
         head += ["ratio time/tile", "ratio cpu/tile", "ratio MiB"]
     lines = [head]
@@ -429,18 +436,19 @@ def rows(results: dict[int, dict]) -> list:
     if len(sizes) < 2:
         return []
     small, large = sizes[0], sizes[-1]
+    at_small, at_large = f"@{_label(results, small)}", f"@{_label(results, large)}"
     out = []
     for name in COMMANDS:
         a, b = results[small].get(name), results[large].get(name)
         if not (a and b):
             continue
-        out.append(common.Row("scale", f"{name}: time per tile", f"@{small}", per_item_ms(a), f"@{large}",
+        out.append(common.Row("scale", f"{name}: time per tile", at_small, per_item_ms(a), at_large,
                               per_item_ms(b), "ms", higher_is_better=False, target=1 / 1.3))
         if a.get("cpu_seconds") and b.get("cpu_seconds"):
-            out.append(common.Row("scale", f"{name}: CPU per tile", f"@{small}", per_item_ms(a, "cpu_seconds"),
-                                  f"@{large}", per_item_ms(b, "cpu_seconds"), "cpu ms", higher_is_better=False,
+            out.append(common.Row("scale", f"{name}: CPU per tile", at_small, per_item_ms(a, "cpu_seconds"),
+                                  at_large, per_item_ms(b, "cpu_seconds"), "cpu ms", higher_is_better=False,
                                   target=1 / 1.3))
-        out.append(common.Row("scale", f"{name}: peak memory", f"@{small}", a["maxrss_mb"], f"@{large}",
+        out.append(common.Row("scale", f"{name}: peak memory", at_small, a["maxrss_mb"], at_large,
                               b["maxrss_mb"], "MiB", higher_is_better=False, target=1 / 1.3))
     return out
 
