@@ -20,6 +20,18 @@ Tables:
   ledger's columns), with the bucket the colour atlas predicted for it and the bucket and LAB
   its pixels gave (calibration and hit rates are computed from these).
 * ``meta``    key/value facts about the library (centroids checksum, bucket cap, ...).
+
+The colour atlas's tables (:func:`create_atlas_tables`, made by the first ``atlas`` run only,
+so a library without an atlas has none of them; see :mod:`builder.atlas`):
+
+* ``atlas_meta``     one row per atlas ``(source, zoom)``: its overview zoom, sample size, the
+  centroids checksum it was made with, and its calibration (JSON, or NULL);
+* ``atlas_buckets``  per atlas and bucket, the overview pixels (or pixel blocks) seen in it;
+* ``atlas_sample``   per atlas, a bounded uniform sample of candidate zoom-``z`` tiles per bucket
+  (the ones with the smallest random ``key``), with the LAB the overview gave, the bucket
+  that LAB falls in (``bucket_id``) and the bucket predicted after calibration (``predicted``);
+* ``atlas_fetched``  the fetch ledger of the overview tiles (the ledger's columns; its
+  ``source`` is ``<source>@z<zoom>``, so atlases of two zooms keep separate books).
 """
 
 from __future__ import annotations
@@ -109,6 +121,37 @@ def ledger_table_sql(table: str, extra: Sequence[tuple[str, str]] = ()) -> str:
 _FETCHED_SQL = ledger_table_sql("fetched", _FETCH_OUTCOME_TYPES)
 
 _META_SQL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
+
+ATLAS_LEDGER_TABLE = "atlas_fetched"
+ATLAS_TABLES = ("atlas_meta", "atlas_buckets", "atlas_sample", ATLAS_LEDGER_TABLE)
+_ATLAS_SQL = (
+    "CREATE TABLE IF NOT EXISTS atlas_meta (source TEXT NOT NULL, zoom INTEGER NOT NULL, "
+    "atlas_zoom INTEGER NOT NULL, sample_size INTEGER NOT NULL, centroids_sha256 TEXT NOT NULL, "
+    "calibration TEXT, created_at TEXT, updated_at TEXT, PRIMARY KEY (source, zoom))",
+    "CREATE TABLE IF NOT EXISTS atlas_buckets (source TEXT NOT NULL, zoom INTEGER NOT NULL, "
+    "bucket_id INTEGER NOT NULL, pixels INTEGER NOT NULL, PRIMARY KEY (source, zoom, bucket_id))",
+    "CREATE TABLE IF NOT EXISTS atlas_sample (source TEXT NOT NULL, zoom INTEGER NOT NULL, "
+    "x INTEGER NOT NULL, y INTEGER NOT NULL, bucket_id INTEGER NOT NULL, predicted INTEGER NOT NULL, "
+    "key REAL NOT NULL, mean_l REAL NOT NULL, mean_a REAL NOT NULL, mean_b REAL NOT NULL, "
+    "PRIMARY KEY (source, zoom, x, y))",
+    "CREATE INDEX IF NOT EXISTS idx_atlas_sample_bucket ON atlas_sample(source, zoom, bucket_id, key)",
+    "CREATE INDEX IF NOT EXISTS idx_atlas_sample_predicted ON atlas_sample(source, zoom, predicted)",
+    ledger_table_sql(ATLAS_LEDGER_TABLE),
+)
+
+
+def create_atlas_tables(conn: sqlite3.Connection) -> None:
+    """Create the colour atlas's tables (idempotent; see the module doc)."""
+    with conn:
+        for sql in _ATLAS_SQL:
+            conn.execute(sql)
+
+
+def has_atlas(conn: sqlite3.Connection) -> bool:
+    """True when the file holds an atlas (its tables exist and ``atlas_meta`` has a row)."""
+    if "atlas_meta" not in table_names(conn):
+        return False
+    return conn.execute("SELECT 1 FROM atlas_meta LIMIT 1").fetchone() is not None
 
 
 def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:

@@ -159,11 +159,12 @@ class FetchEngine:
 
     # -- work ------------------------------------------------------------------------------------
 
-    def submit(self, claims: Sequence[Claim]) -> Batch:
-        """Claim ``claims`` through the ledger and queue their fetches."""
+    def submit(self, claims: Sequence[Claim], predicted: dict | None = None) -> Batch:
+        """Claim ``claims`` through the ledger (with the atlas's ``predicted`` buckets, see
+        :meth:`FetchLedger.claim`) and queue their fetches."""
         assert self._executor is not None, "start the engine first (or use it as a context manager)"
         claims = list(claims)
-        log = self.ledger.claim(claims)
+        log = self.ledger.claim(claims, predicted)
         batch = Batch(claims, [self._executor.submit(self._fetch, c.ref, log) for c in claims], log)
         self.pending.append(batch)
         return batch

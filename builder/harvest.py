@@ -145,6 +145,11 @@ class HarvestReport:
     interrupted: bool = False
     source_down: str | None = None  # why the source was found down (the SourceUnreachable message)
     recovery: dict = field(default_factory=dict)  # what a killed run left in flight (Recovery.as_dict)
+    target: str | None = None  # --target empty|underfilled: tiles drawn from the colour atlas
+    aimed: int = 0  # tiles drawn for a predicted bucket whose colour was measured (decoded)
+    hits: int = 0  # of those, tiles that landed in their predicted bucket
+    reachable: int = 0  # --target: buckets the atlas has candidates for
+    calibration: dict | None = None  # --target: the atlas calibration run at the start, if any
 
     @property
     def fetched(self) -> int:
@@ -156,6 +161,16 @@ class HarvestReport:
         """Images assigned (accepted + rejected) per second of run time."""
         assigned = self.accepted + sum(self.rejected.values())
         return assigned / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of the aimed tiles that landed in their predicted bucket."""
+        return self.hits / self.aimed if self.aimed else 0.0
+
+    @property
+    def new_per_1000(self) -> float:
+        """New buckets populated per 1,000 requests."""
+        return round(1000.0 * self.buckets_new / self.requests, 1) if self.requests else 0.0
 
     def region_yield(self) -> dict[str, dict]:
         out = {}
@@ -182,6 +197,9 @@ class HarvestReport:
         if any(self.recovery.values()):
             parts.append("after a kill: " + ", ".join(f"{k} {v}" for k, v in self.recovery.items() if v))
         parts.append(f"{self.buckets_populated} buckets populated (+{self.buckets_new})")
+        if self.target:
+            parts.append(f"target {self.target}: hit rate {self.hit_rate:.1%} ({self.hits}/{self.aimed}), "
+                         f"{self.new_per_1000:g} new buckets per 1,000 requests")
         return "; ".join(parts) + f"; stopped: {self.stop_reason}"
 
     def as_dict(self) -> dict:
@@ -209,6 +227,13 @@ class HarvestReport:
             "interrupted": self.interrupted,
             "source_down": self.source_down,
             "recovery": self.recovery,
+            "target": self.target,
+            "aimed": self.aimed,
+            "hits": self.hits,
+            "hit_rate": round(self.hit_rate, 4),
+            "new_buckets_per_1000_requests": self.new_per_1000,
+            "reachable": self.reachable,
+            "calibration": self.calibration,
         }
 
 
@@ -293,7 +318,7 @@ class _Run:
 
     def __init__(self, lib: Library, source: TileSource, plan: Plan, zoom: int, threads: int, batch: int,
                  max_tiles: int | None, max_requests: int | None, seed: int | None, patience: int,
-                 report: HarvestReport, retry_faults: bool = False) -> None:
+                 report: HarvestReport, retry_faults: bool = False, target: str | None = None) -> None:
         self.lib = lib
         self.source = source
         self.name = source.name
@@ -312,7 +337,19 @@ class _Run:
         self.retry_queue: deque[Claim] = deque(transient_claims(self.ledger, plan, zoom) if retry_faults else ())
         # Resuming with the same seed walks the same permutation past every tile done before;
         # the sampler's skip guard must not mistake that for an exhausted region.
-        self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
+        self.aimed = None
+        self.measured = 0  # aimed tiles answered so far (an upper bound of those with a measured colour)
+        if target is None:
+            self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
+        else:  # drawn from the colour atlas, weighted by what each bucket still needs
+            from .atlas import aimed_sampler
+
+            self.aimed, report.calibration = aimed_sampler(lib, source.name, zoom, target, self._counts, seed)
+            from .atlas import calibration_pairs
+
+            self.measured = len(calibration_pairs(lib.conn, source.name, zoom)[0])
+            self.sampler = self.aimed
+            report.reachable = self.aimed.reachable
         report.seed = self.sampler.seed
         self.engine = FetchEngine(source, self.ledger, threads, max_requests)
         self.interrupt = threading.Event()  # set by the first Ctrl-C
@@ -325,6 +362,10 @@ class _Run:
         self.pipe: Pipeline | None = None
 
     # -- bookkeeping -------------------------------------------------------------------------
+
+    def _counts(self) -> np.ndarray:
+        """Tiles per bucket now (the pipeline's running counts once it exists)."""
+        return self.pipe.counts if self.pipe is not None else self.lib.bucket_counts()
 
     def stats_delta(self) -> Counter:
         return self.engine.stats_delta()
@@ -369,12 +410,15 @@ class _Run:
             claims = self.take_retries(size)
             if len(claims) < size:
                 fresh = self.sampler.sample(size - len(claims), exclude=self.done)
-                if len(fresh) < size - len(claims):
+                # An aimed sampler may hold back while its buckets' tiles are in flight: only
+                # "done" (no bucket that needs a tile has a candidate left) is exhaustion.
+                if len(fresh) < size - len(claims) and getattr(self.sampler, "done", True):
                     self.exhausted = True
                 claims += [Claim(ref) for ref in fresh]
             if not claims:
                 return
-            self.engine.submit(claims)
+            # An aimed tile's predicted bucket is committed with its claim.
+            self.engine.submit(claims, self.aimed.predicted if self.aimed is not None else None)
             self.done.update(c.ref[:3] for c in claims)
 
     def take_retries(self, size: int) -> list[Claim]:
@@ -443,6 +487,18 @@ class _Run:
         self.failing = faulted if answered else self.failing + faulted
         if any(r.started for r in results):
             self.zero_streak = 0 if accepted_here else self.zero_streak + 1
+        if self.aimed is not None:
+            self.aimed.settle(r.ref for r in results)
+            self.measured += sum(1 for r in results if r.ref[:3] in self.aimed.predicted)
+            if self.measured >= (self.aimed.next_fit or math.inf):
+                from .atlas import calibration_pairs, recalibrate
+
+                # The true count (decoded candidates of the atlas, earlier runs included) decides.
+                n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
+                self.measured = n
+                fit = recalibrate(self.lib, self.aimed, n, self.done)
+                if fit is not None:
+                    self.report.calibration = fit
 
     def write_status(self, conn, chunk: list[FetchResult], outcomes: list[Outcome],
                      extra: list[tuple[str, FetchResult]], released: list[FetchResult]) -> None:
@@ -450,6 +506,8 @@ class _Run:
         rows = [(r.ref, ACCEPTED if o.accepted else rejected(o.reason), r.at) for r, o in zip(chunk, outcomes)]
         rows += [(r.ref, status, r.at) for status, r in extra]
         self.ledger.record(conn, rows)
+        self.ledger.record_outcomes(conn, [(r.ref, o.bucket_id, o.lab) for r, o in zip(chunk, outcomes)
+                                           if o.bucket_id is not None and o.lab is not None])
         self.ledger.release(conn, [r.ref for r in released])
 
     def account(self, chunk: list[FetchResult], outcomes: list[Outcome],
@@ -458,6 +516,10 @@ class _Run:
         rep = self.report
         accepted = 0
         for r, o in zip(chunk, outcomes):
+            predicted = self.aimed.predicted.get(r.ref[:3]) if self.aimed is not None else None
+            if predicted is not None and o.bucket_id is not None:
+                rep.aimed += 1
+                rep.hits += int(o.bucket_id == predicted)
             region = rep.by_region.setdefault(r.ref.region, Counter())
             region["fetched"] += 1
             if o.accepted:
@@ -581,6 +643,7 @@ def harvest(
     patience: int = DEFAULT_PATIENCE,
     workers: int | None = None,
     retry_faults: bool = False,
+    target: str | None = None,
 ) -> HarvestReport:
     """Harvest tiles from ``source`` into ``lib`` (opened for writing); see the module doc.
 
@@ -588,7 +651,9 @@ def harvest(
     ``plan``: a Plan, a phase ``1``/``2``/``all``, or a plan JSON path (default phase 1).
     ``progress``: show a tqdm bar (None: when stderr is a terminal).  ``workers``: pipeline
     processes (default: CPU count).  ``retry_faults``: ask again for the tiles that ended in
-    a transient fault in earlier runs (see the module doc).  Returns the run's
+    a transient fault in earlier runs (see the module doc).  ``target`` (``"empty"`` or
+    ``"underfilled"``): draw tiles from the library's colour atlas of this source and zoom instead
+    of ``plan`` (see :class:`builder.atlas.AimedSampler`).  Returns the run's
     :class:`HarvestReport`; an interrupted run returns normally with ``report.interrupted`` set.
     Raises :class:`~builder.errors.SourceUnreachable` (``.report`` set) when the source is found
     down.
@@ -596,13 +661,22 @@ def harvest(
     validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
                      rate=rate, patience=patience)
     lib._require_writer()
-    the_plan = resolve_plan(plan)
+    if target is not None:
+        from .atlas import TARGETS, world_plan
+
+        if target not in TARGETS:
+            raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+        if plan is not None:
+            raise UsageError("--target draws its tiles from the atlas: give it without --phase or --plan")
+        the_plan = world_plan()._replace(name=f"target:{target}")
+    else:
+        the_plan = resolve_plan(plan)
     owned = isinstance(source, str)
     src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
-    report = HarvestReport(source=src.name, plan=the_plan.name, zoom=zoom)
+    report = HarvestReport(source=src.name, plan=the_plan.name, zoom=zoom, target=target)
     try:
         run = _Run(lib, src, the_plan, zoom, threads, batch, max_tiles, max_requests, seed, patience, report,
-                   retry_faults=retry_faults)
+                   retry_faults=retry_faults, target=target)
         before = int((lib.bucket_counts() > 0).sum())
         _drive(run, progress, workers, getattr(src, "screen_blank", True))
         report.requests = run.requests()

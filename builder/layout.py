@@ -61,6 +61,13 @@ THUMB_SIZE = 64  # pixels a side of the mosaic cache's thumbnails: the 4x4 box r
 JOURNAL_NAME = "journal.json"  # in temp/: the batch being stored (see builder.store)
 INFLIGHT_DIR = "inflight"  # the fetch ledger's logs of batches not yet settled (see builder.ledger)
 
+# --- the colour atlas (builder.atlas; its tables live in tiles.db, see builder.db) ----------
+# One pixel of a tile at zoom z-8 covers one whole tile at zoom z (TILE_SIZE = 2**8).
+ATLAS_ZOOM_SPAN = 8
+# Candidate tiles kept per bucket: a uniform sample (the smallest random keys), so the atlas of
+# the whole world at zoom 15 stays at most N_BUCKETS * ATLAS_SAMPLE_PER_BUCKET rows (320,000).
+ATLAS_SAMPLE_PER_BUCKET = 64
+
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _BUCKET_DIR = re.compile(r"^bucket_(\d{4})$")
 

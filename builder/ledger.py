@@ -447,9 +447,11 @@ class FetchLedger:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def claim(self, claims: Sequence[Claim]) -> BatchLog:
+    def claim(self, claims: Sequence[Claim], predicted: dict[Key, int] | None = None) -> BatchLog:
         """Log the batch, then mark it claimed and commit (new rows; retries: fault rows updated
-        in place, guarded by the status they had).  Returns the batch's in-flight log."""
+        in place, guarded by the status they had).  ``predicted``: the bucket the colour atlas
+        predicted for some of the tiles (``fetched`` only), written in the same transaction.
+        Returns the batch's in-flight log."""
         log = BatchLog.create(self.inflight_dir(), self.table, self.source, claims)
         now = db.utc_now()
         fresh = [c.ref for c in claims if c.prior is None]
@@ -469,6 +471,9 @@ class FetchLedger:
                     if cur.rowcount != len(again):
                         raise LibraryError(f"{self.root / 'tiles.db'}: {len(again) - cur.rowcount} of {len(again)} "
                                            "faulted tiles changed status while this run held the lock; not retrying")
+                if predicted:
+                    self.set_predicted(self.conn, [(c.ref, predicted[c.ref[:3]]) for c in claims
+                                                   if c.ref[:3] in predicted])
         except BaseException:
             log.remove()
             raise
@@ -511,6 +516,22 @@ class FetchLedger:
             f"UPDATE {self.table} SET status = ?, tried_at = ? WHERE source = ? AND z = ? AND x = ? AND y = ? "
             "AND status = ?",
             [(prior.status, prior.tried_at, self.source, r.z, r.x, r.y, status) for r, status, prior in rows if prior])
+
+    def set_predicted(self, conn: sqlite3.Connection, rows: Iterable[tuple[TileRef, int]]) -> None:
+        """The bucket the colour atlas predicted for each claimed tile ``(ref, bucket)``, inside the
+        caller's transaction (``fetched`` only: the table with the outcome columns)."""
+        conn.executemany(
+            f"UPDATE {self.table} SET predicted_bucket = ? WHERE source = ? AND z = ? AND x = ? AND y = ?",
+            [(int(b), self.source, r.z, r.x, r.y) for r, b in rows])
+
+    def record_outcomes(self, conn: sqlite3.Connection,
+                        rows: Iterable[tuple[TileRef, int, tuple[float, float, float]]]) -> None:
+        """Where each decoded tile's colour landed ``(ref, bucket, lab)``, inside the caller's
+        transaction (``fetched`` only)."""
+        conn.executemany(
+            f"UPDATE {self.table} SET bucket_id = ?, mean_l = ?, mean_a = ?, mean_b = ? "
+            "WHERE source = ? AND z = ? AND x = ? AND y = ?",
+            [(int(b), float(lab[0]), float(lab[1]), float(lab[2]), self.source, r.z, r.x, r.y) for r, b, lab in rows])
 
     def settle(self, log: BatchLog) -> None:
         """The batch's outcome is committed: its in-flight log goes."""

@@ -334,6 +334,15 @@ class Library:
         from .ledger import status_counts_by_region  # here: the ledger imports the sources (requests)
 
         fetched = status_counts_by_region(self.conn)
+        from .reach import aimed_figures, reachability
+
+        extra = {}
+        reach = reachability(self.conn, counts)
+        if reach is not None:  # only with a colour atlas: the split of the buckets it allows
+            extra["reachability"] = reach
+        aimed = aimed_figures(self.conn)
+        if aimed is not None:  # only after harvest --target
+            extra["aimed"] = aimed
         return {
             "library": str(self.root),
             "tiles": tiles,
@@ -345,4 +354,5 @@ class Library:
             "by_region": regions,
             "by_source": sources,
             "fetched_by_region": fetched,
+            **extra,
         }

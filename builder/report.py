@@ -121,15 +121,29 @@ def dot_radius(counts: np.ndarray, cap: int) -> np.ndarray:
     return 2.5 + 6.5 * np.sqrt(np.clip(counts, 0, cap) / max(cap, 1))
 
 
-def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, counts: np.ndarray, cap: int) -> None:
-    """Empty buckets as hollow rings first, then populated ones as outlined discs, biggest first."""
+def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, counts: np.ndarray, cap: int,
+             reachable: np.ndarray | None = None) -> None:
+    """Empty buckets as hollow rings first, then populated ones as outlined discs, biggest first.
+
+    With a colour atlas (``reachable``), an empty bucket the atlas saw is a bold ring in its
+    colour with a black outline (``harvest --target empty`` can fill it); one not seen on the
+    source stays a faded ring."""
     px, py = canvas.xy(x, y)
     empty = np.flatnonzero(counts == 0)
     ring = 2.2 * SCALE
     faded = np.round(colours * (1 - EMPTY_FADE) + np.array(PLOT_BG) * EMPTY_FADE).astype(int)
     for i in empty:
+        if reachable is not None and reachable[i]:
+            continue
         canvas.draw.ellipse((px[i] - ring, py[i] - ring, px[i] + ring, py[i] + ring),
                             outline=tuple(int(v) for v in faded[i]), width=max(1, SCALE // 2 + 1))
+    if reachable is not None:
+        bold = 3.2 * SCALE
+        for i in empty[reachable[empty]]:
+            canvas.draw.ellipse((px[i] - bold, py[i] - bold, px[i] + bold, py[i] + bold), outline=(0, 0, 0),
+                                width=SCALE * 2 + 1)
+            canvas.draw.ellipse((px[i] - ring, py[i] - ring, px[i] + ring, py[i] + ring),
+                                outline=tuple(int(v) for v in colours[i]), width=SCALE)
     filled = np.flatnonzero(counts > 0)
     radius = dot_radius(counts[filled], cap) * SCALE
     for i, r in sorted(zip(filled, radius), key=lambda t: -t[1]):
@@ -137,7 +151,8 @@ def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, 
                             fill=tuple(int(v) for v in colours[i]), outline=(0, 0, 0), width=SCALE)
 
 
-def _legend(canvas: Canvas, at: tuple[int, int], cap: int, populated: int) -> None:
+def _legend(canvas: Canvas, at: tuple[int, int], cap: int, populated: int,
+            reachable_empty: int | None = None) -> None:
     x, y = at
     d = canvas.draw
     s = SCALE
@@ -149,7 +164,15 @@ def _legend(canvas: Canvas, at: tuple[int, int], cap: int, populated: int) -> No
     cx, cy = (x + 10) * s, (y + 52) * s
     r = 2.2 * s
     d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(60, 60, 60), width=s // 2 + 1)
-    canvas.text((x + 26, y + 52), f"empty ({N_BUCKETS - populated})", size=12, anchor="lm")
+    if reachable_empty is None:
+        canvas.text((x + 26, y + 52), f"empty ({N_BUCKETS - populated})", size=12, anchor="lm")
+        return
+    canvas.text((x + 26, y + 52), f"empty, not seen on the source ({N_BUCKETS - populated - reachable_empty})",
+                size=12, anchor="lm")
+    cy = (y + 74) * s
+    bold = 3.2 * s
+    d.ellipse((cx - bold, cy - bold, cx + bold, cy + bold), outline=(0, 0, 0), width=s * 2 + 1)
+    canvas.text((x + 26, y + 74), f"empty, reachable: the atlas saw it ({reachable_empty})", size=12, anchor="lm")
 
 
 def hue_angle(centroids: np.ndarray) -> np.ndarray:
@@ -162,7 +185,8 @@ def chroma(centroids: np.ndarray) -> np.ndarray:
 
 
 # ============================================================================ figures
-def figure_centroids_ab(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path) -> Path:
+def figure_centroids_ab(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path,
+                        reachable: np.ndarray | None = None) -> Path:
     width, height = 900, 860
     plot = (90, 50, 870, 50 + 720)
     canvas = Canvas(width, height, plot, (-AB_LIMIT, AB_LIMIT), (-AB_LIMIT, AB_LIMIT))
@@ -171,12 +195,15 @@ def figure_centroids_ab(centroids: np.ndarray, counts: np.ndarray, cap: int, pat
     canvas.axes(ticks, ticks, "a*  (green - red)", "b*", f"{N_BUCKETS} LAB centroids on the a*/b* plane: "
                 f"{populated} populated, {int(counts.sum())} tiles")
     order = np.argsort(centroids[:, 0])  # darker first, lighter on top among the rings
-    _scatter(canvas, centroids[order, 1], centroids[order, 2], centroid_colours(centroids)[order], counts[order], cap)
-    _legend(canvas, (plot[0] + 10, plot[1] + 10), cap, populated)
+    _scatter(canvas, centroids[order, 1], centroids[order, 2], centroid_colours(centroids)[order], counts[order], cap,
+             None if reachable is None else reachable[order])
+    _legend(canvas, (plot[0] + 10, plot[1] + 10), cap, populated,
+            None if reachable is None else int((reachable & (counts == 0)).sum()))
     return canvas.save(path)
 
 
-def figure_centroids_l(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path) -> Path:
+def figure_centroids_l(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path,
+                       reachable: np.ndarray | None = None) -> Path:
     width, height = 900, 620
     plot = (90, 50, 870, 50 + 480)
     canvas = Canvas(width, height, plot, (0.0, 360.0), (0.0, 100.0))
@@ -185,7 +212,7 @@ def figure_centroids_l(centroids: np.ndarray, counts: np.ndarray, cap: int, path
                 f"Lightness against hue: {populated} of {N_BUCKETS} buckets populated")
     order = np.argsort(chroma(centroids))
     _scatter(canvas, hue_angle(centroids)[order], centroids[order, 0], centroid_colours(centroids)[order],
-             counts[order], cap)
+             counts[order], cap, None if reachable is None else reachable[order])
     return canvas.save(path)
 
 
@@ -252,9 +279,12 @@ def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     counts = lib.bucket_counts()
     stats = lib.stats()
+    from .reach import reachable_buckets
+
+    seen = reachable_buckets(lib.conn)  # None without a colour atlas: the figures as before
     return {
-        "centroids_ab": figure_centroids_ab(lib.centroids, counts, lib.cap, out / "centroids_ab.png"),
-        "centroids_l": figure_centroids_l(lib.centroids, counts, lib.cap, out / "centroids_l.png"),
+        "centroids_ab": figure_centroids_ab(lib.centroids, counts, lib.cap, out / "centroids_ab.png", seen),
+        "centroids_l": figure_centroids_l(lib.centroids, counts, lib.cap, out / "centroids_l.png", seen),
         "region_yield": figure_region_yield(stats, out / "region_yield.png"),
         "bucket_fill": figure_bucket_fill(counts, lib.cap, out / "bucket_fill.png"),
     }
@@ -507,6 +537,16 @@ _CAPTIONS = {
 }
 
 
+def _reach_html(stats: dict) -> str:
+    """The three-way split of the buckets when the library has a colour atlas (else nothing)."""
+    r = stats.get("reachability")
+    if r is None:
+        return ""
+    return (f"<p>Colour atlas: {r['populated']} buckets populated, {r['reachable_empty']} reachable but empty "
+            f"(the atlas saw the colour: <code>harvest --target empty</code> can fill them), {r['not_seen']} not "
+            "seen on the source.</p>\n")
+
+
 def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Path], out: Path) -> str:
     """The gallery page; every link is relative to ``out`` and points at a file written here."""
     esc = html.escape
@@ -541,7 +581,7 @@ def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Pat
 <h1>Mosaic Library: {esc(lib.name)}</h1>
 <p>{stats['tiles']} tiles in {stats['buckets_populated']} of {stats['buckets_total']} colour buckets
 ({stats['coverage']:.1%}), {stats['buckets_full']} full at cap {stats['cap']}.</p>
-<p>Generated {esc(when)}.</p>
+{_reach_html(stats)}<p>Generated {esc(when)}.</p>
 </header>
 <main>
 <h2>Coverage</h2>

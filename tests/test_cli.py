@@ -20,6 +20,7 @@ def cli(*args, cwd):
                           cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow
 def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir):
     res = cli("init", cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.startswith("initialised mosaic_library"), res.stderr
@@ -116,7 +117,7 @@ def test_every_command_has_json_and_pool_options_mean_one_thing():
     with_workers = {n for n, p in commands.items() if any("--workers" in a.option_strings for a in p._actions)}
     with_threads = {n for n, p in commands.items() if any("--threads" in a.option_strings for a in p._actions)}
     assert with_workers == {"ingest", "harvest", "verify", "demo"}
-    assert with_threads == {"harvest", "mosaic", "report", "demo"}
+    assert with_threads == {"harvest", "atlas", "mosaic", "report", "demo"}
 
 
 def run_json(capsys, *argv) -> tuple[int, dict, str]:

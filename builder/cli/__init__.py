@@ -32,6 +32,7 @@ COMMANDS = (
     "init",
     "ingest",
     "harvest",
+    "atlas",
     "stats",
     "verify",
     "build",

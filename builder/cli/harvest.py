@@ -42,6 +42,10 @@ def register(sub):
                    help="ask again for the tiles earlier runs gave up on after a transient fault (429, 5xx, "
                         "timeout, reset, truncated, empty or non-image body), before sampling new ones; tiles that "
                         "were, or may have been, served are still never asked again")
+    p.add_argument("--target", choices=("empty", "underfilled"), default=None,
+                   help="draw tiles from the library's colour atlas of this source and zoom (see `atlas`) instead of "
+                        "a plan, weighted by how many tiles each bucket still needs: 'empty' aims at buckets with no "
+                        "tile, 'underfilled' at buckets below the cap; never a tile already tried")
     p.add_argument("--seed", type=integer(), default=None, help="sampling seed (default: random, shown in --json)")
     return p
 
@@ -56,14 +60,17 @@ def run(args) -> CommandResult:
                      max_requests=args.max_requests, rate=args.rate, patience=args.patience)
     if args.plan is not None and args.phase is not None:
         raise UsageError(f"give --phase {args.phase} or --plan {args.plan}, not both")
-    plan = resolve_plan(args.plan if args.plan is not None else args.phase)
+    if args.target is not None and (args.plan is not None or args.phase is not None):
+        raise UsageError(f"--target {args.target} draws its tiles from the atlas: give it without --phase or --plan")
+    plan = None if args.target is not None else resolve_plan(args.plan if args.plan is not None else args.phase)
     source = open_source(args.source, **({"rate": args.rate} if args.rate else {}))
     try:
         with Library.open(args.library) as lib:
             try:
                 report = harvest(lib, source, plan, zoom=args.zoom, threads=args.threads, batch=args.batch,
                                  max_tiles=args.max_tiles, max_requests=args.max_requests, seed=args.seed,
-                                 patience=args.patience, retry_faults=args.retry_faults, workers=args.workers)
+                                 patience=args.patience, retry_faults=args.retry_faults, workers=args.workers,
+                                 target=args.target)
             except SourceUnreachable as down:  # the run's summary still prints, then the one error line
                 return CommandResult(down.report, EXIT_SOURCE_DOWN, prefix="harvest: ", error=str(down))
     finally:

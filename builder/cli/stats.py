@@ -15,8 +15,17 @@ class StatsReport(NamedTuple):
 
     def summary(self) -> str:
         s = self.stats
-        return (f"{s['tiles']} tiles in {s['buckets_populated']}/{s['buckets_total']} buckets "
+        line = (f"{s['tiles']} tiles in {s['buckets_populated']}/{s['buckets_total']} buckets "
                 f"({s['coverage']:.1%}), {s['buckets_full']} full at cap {s['cap']}")
+        if "reachability" in s:
+            r = s["reachability"]
+            line += (f"; buckets: {r['populated']} populated, {r['reachable_empty']} reachable but empty (the atlas "
+                     f"saw the colour), {r['not_seen']} not seen on the source")
+        if "aimed" in s:
+            a = s["aimed"]
+            line += (f"; aimed harvest: hit rate {a['hit_rate']:.1%} ({a['hits']}/{a['decoded']}), "
+                     f"{a['new_buckets']} new buckets, {a['new_buckets_per_1000']:g} per 1,000 fetches")
+        return line
 
     def region_lines(self) -> list[str]:
         lines = []

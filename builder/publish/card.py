@@ -92,6 +92,8 @@ class CardStats:
     built_at: str = ""
     builder_version: str = ""
     n_buckets: int = N_BUCKETS
+    # With a colour atlas: {populated, reachable_empty, not_seen} buckets (builder.atlas.reachability).
+    reachability: dict[str, int] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -267,6 +269,17 @@ def license_notes(stats: CardStats) -> str:
     return "\n".join(notes) or "- The library holds no tiles yet."
 
 
+def reachability_note(stats: CardStats) -> str:
+    """What the colour atlas says of the empty buckets; nothing without an atlas (the card is then
+    the same, byte for byte, as before atlases existed)."""
+    r = stats.reachability
+    if not r:
+        return ""
+    return (f" Of the {stats.n_buckets - stats.buckets_populated:,} empty buckets, {r['reachable_empty']:,} were "
+            f"seen by the library's colour atlas of its tile source (`python -m builder harvest --target empty` "
+            f"can fill them) and {r['not_seen']:,} were not seen on the source at all.")
+
+
 def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
     """Every placeholder of the card template, as text, from the live figures and the library's facts."""
     return {
@@ -292,6 +305,7 @@ def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
         "parquet_mb": f"{stats.parquet_bytes / 1e6:,.1f}",
         "built_at": stats.built_at or "-",
         "builder_version": stats.builder_version or "-",
+        "reachability_note": reachability_note(stats),
     }
 
 

@@ -167,6 +167,7 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
         parquet_bytes=sum(p.stat().st_size for p in parquet_files),
         built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         builder_version=__version__,
+        reachability=stats.get("reachability"),
     )
 
 
