@@ -229,8 +229,9 @@ import resource, subprocess, sys, time
 start = time.perf_counter()
 code = subprocess.call(sys.argv[2:])
 seconds = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(sys.argv[1], "w") as fh:
-    fh.write(f"{seconds} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+    fh.write(f"{seconds} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(code)
 """
 
@@ -244,7 +245,8 @@ def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None =
     its parent count in both, so for a multi-process run it is an upper bound.  RSS, not PSS:
     reading PSS (``/proc/PID/smaps``) costs about 2 ms per process per sample, which on two
     cores would slow the run being measured.  ``maxrss_mb`` is the kernel's exact peak RSS of
-    the largest single process in the tree.  ``seconds`` is the command's wall time.
+    the largest single process in the tree.  ``seconds`` is the command's wall time,
+    ``cpu_seconds`` the user + system CPU of the whole tree (every process reaped: pool workers too).
     """
     import subprocess
     import tempfile
@@ -273,9 +275,10 @@ def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None =
                 time.sleep(interval)
             log_fh.seek(0)
             output = log_fh.read().decode("utf-8", "replace")
-        seconds, maxrss = (result.read_text().split() if result.is_file() else ("nan", "nan"))
+        seconds, maxrss, cpu = (result.read_text().split() if result.is_file() else ("nan", "nan", "nan"))
     return Measured(
         seconds=float(seconds),
+        cpu_seconds=float(cpu),
         tree_peak_mb=peak / 2**20,
         maxrss_mb=float(maxrss) / 1024,
         returncode=launcher.returncode,

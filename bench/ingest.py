@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import uuid
 from collections import Counter
@@ -34,6 +35,10 @@ try:
     from bench import common
 except ModuleNotFoundError:  # run as a script: bench/ is on sys.path, the repo is not (yet)
     import common  # type: ignore[no-redef]
+try:
+    from bench.card_recipe import card_recipe_ingest
+except ModuleNotFoundError:
+    from card_recipe import card_recipe_ingest  # type: ignore[no-redef]
 
 from builder import db  # noqa: E402  (common put the repo on sys.path)
 from builder.ingest import ingest  # noqa: E402
@@ -41,62 +46,11 @@ from builder.layout import SHIPPED_CENTROIDS  # noqa: E402
 from builder.library import Library  # noqa: E402
 
 BENCH = "ingest"
-CARD_CAP = 100
 
 
 # ---------------------------------------------------------------------------------------------
 # (a) the card's recipe, literally
 # ---------------------------------------------------------------------------------------------
-
-
-def card_recipe_ingest(paths: list[Path], root: Path, centroids: np.ndarray) -> Counter:
-    """The card's six steps for each tile in turn; returns the stored ``(bucket_id, phash)`` rows.
-
-    Same schema and pragmas as the project (``builder.db``), so only the per-tile way of
-    working differs.  The KD-tree is built once, as the card's harvester would.
-    """
-    import imagehash
-    from PIL import Image
-    from scipy.spatial import cKDTree
-    from skimage.color import rgb2lab
-
-    root.mkdir(parents=True)
-    temp = root / "temp"
-    temp.mkdir()
-    conn = db.connect(root / "tiles.db")
-    db.create_schema(conn)
-    tree = cKDTree(centroids)
-    stored: Counter = Counter()
-    try:
-        for path in paths:
-            img = Image.open(path).convert("RGB")
-            mean = np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)  # 1-2. resize, mean
-            lab = rgb2lab((mean / 255.0).reshape(1, 1, 3)).reshape(3)
-            _dist, bucket = tree.query(lab)  # 3. nearest centroid
-            bucket = int(bucket)
-            (count,) = conn.execute("SELECT COUNT(*) FROM tiles WHERE bucket_id = ?", (bucket,)).fetchone()
-            if count >= CARD_CAP:  # 4. bucket full
-                continue
-            tile_hash = str(imagehash.phash(img, hash_size=8))  # 5. pHash, duplicate check
-            if conn.execute(
-                "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", (bucket, tile_hash)
-            ).fetchone():
-                continue
-            tile_id = str(uuid.uuid4())  # 6. save, atomic move, insert + commit
-            folder = root / f"bucket_{bucket:04d}"
-            folder.mkdir(exist_ok=True)
-            staged = temp / f"{tile_id}.png"
-            img.save(staged)
-            os.replace(staged, folder / f"{tile_id}.png")
-            conn.execute(
-                "INSERT INTO tiles (id, bucket_id, filepath, phash, mean_l, mean_a, mean_b) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (tile_id, bucket, f"{root.name}/bucket_{bucket:04d}/{tile_id}.png", tile_hash, *map(float, lab)),
-            )
-            conn.commit()
-            stored[(bucket, tile_hash)] += 1
-    finally:
-        conn.close()
-    return stored
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +191,67 @@ def bench_format(fmt: str, n: int, repeats: int, card_repeats: int, cache: Path,
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# (e) fresh processes: what a user runs
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_fresh(n: int, repeats: int, cache: Path, work: Path) -> list[common.Row]:
+    """``python -m builder ingest`` against ``python bench/card_recipe.py``, each a fresh process
+    on the same ``n`` PNG tiles into a new library: start-up, imports and the pool included.
+    The project's library is made by ``init`` first (not timed); the card's script makes its own."""
+    import sys
+
+    folder = common.tile_folder(n, "png", cache=cache)
+    env = {**os.environ, "PYTHONPATH": str(common.REPO), "TQDM_DISABLE": "1"}
+    recipe = Path(__file__).resolve().parent / "card_recipe.py"
+    state = {"round": 0}
+
+    def fresh() -> Path:
+        state["round"] += 1
+        return work / f"fresh_{state['round']}_{uuid.uuid4().hex[:6]}" / "mosaic_library"
+
+    def run(argv: list[str]) -> tuple[float, float]:
+        measured = common.run_measured(argv, env=env)
+        if measured["returncode"] != 0:
+            raise RuntimeError(f"{argv[:4]} failed: {measured['output'][-2000:]}")
+        return measured["seconds"], measured["cpu_seconds"]
+
+    def step_pipe() -> tuple[float, float]:
+        root = fresh()
+        subprocess.run([sys.executable, "-m", "builder", "init", "--library", str(root)], env=env, check=True,
+                       capture_output=True)
+        seconds = run([sys.executable, "-m", "builder", "ingest", "--library", str(root), str(folder)])
+        shutil.rmtree(root.parent)
+        return seconds
+
+    def step_card() -> tuple[float, float]:
+        root = fresh()
+        seconds = run([sys.executable, str(recipe), str(folder), str(root)])
+        shutil.rmtree(root.parent)
+        return seconds
+
+    def step_help() -> tuple[float, float]:
+        return run([sys.executable, "-m", "builder", "--help"])
+
+    common.log(f"fresh processes: {n} PNG tiles, x{repeats}")
+    runs = common.interleaved(repeats, {"card": step_card, "pipe": step_pipe, "help": step_help})
+    card, pipe, help_ = (common.samples(wall for wall, _cpu in runs[k]) for k in ("card", "pipe", "help"))
+    card_cpu, pipe_cpu = (common.samples(cpu for _wall, cpu in runs[k]) for k in ("card", "pipe"))
+    return [
+        common.Row(BENCH, f"PNG fresh process: ingest vs card ({n} tiles)", "card_recipe.py", card.median,
+                   "python -m builder ingest", pipe.median, "s", higher_is_better=False, target=5.0,
+                   note="each a new process: interpreter, imports, pool start and library open included",
+                   repeats=repeats, spread=max(card.spread, pipe.spread)),
+        common.Row(BENCH, f"PNG fresh process: CPU, ingest vs card ({n} tiles)", "card_recipe.py", card_cpu.median,
+                   "python -m builder ingest", pipe_cpu.median, "cpu s", higher_is_better=False,
+                   note="user + system of every process; on an idle 2-core machine the wall ratio is up to ~2x this",
+                   repeats=repeats, spread=max(card_cpu.spread, pipe_cpu.spread)),
+        common.Row(BENCH, "python -m builder --help", "0.3 s (issue 13)", 0.3, "fresh process", help_.median, "s",
+                   higher_is_better=False, target=1.0, repeats=repeats, spread=help_.spread),
+    ]
+
+
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="tiles per format (default 2000, quick 48)")
@@ -244,6 +259,8 @@ def main(argv=None) -> int:
                         help="rounds of the (slow) card recipe (default 1: it takes ~20x longer than the rest)")
     parser.add_argument("--formats", default="png,jpg", help="comma-separated: png,jpg")
     parser.add_argument("--workers", type=int, default=2, help="pipeline workers (default 2, the machine's cores)")
+    parser.add_argument("--fresh-n", type=int, default=None,
+                        help="PNG tiles of the fresh-process comparison (default 1500, quick 48; 0 skips it)")
     args = parser.parse_args(argv)
     n = args.n or (48 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -253,6 +270,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ingest_", dir=args.cache))
     rows: list[common.Row] = []
     try:
+        fresh_n = args.fresh_n if args.fresh_n is not None else (48 if args.quick else 1500)
+        if fresh_n:
+            rows += bench_fresh(fresh_n, repeats, args.cache, work)
         for fmt in formats:
             rows += bench_format(fmt, n, repeats, card_repeats, args.cache, work, args.workers)
     finally:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from scipy.spatial import cKDTree
 
+from . import db
 from .color import hex_to_rgb, lab_to_rgb, rgb_to_lab
 from .errors import UsageError
 from .layout import N_BUCKETS
@@ -34,6 +34,10 @@ L_RANGE = (0.0, 100.0)
 AB_RANGE = (-128.0, 128.0)
 # cKDTree.query splits a large batch over every core (-1); answers are identical to one thread.
 QUERY_WORKERS = -1
+# Up to this many colours a query compares them with every centroid directly (5,000 x 3: well
+# under a millisecond) instead of importing scipy and building a KD-tree (~0.3 s of a fresh
+# ``query``): the nearest buckets are the same, ties broken by the lower bucket id.
+BRUTE_FORCE_MAX = 64
 
 
 class Neighbours(NamedTuple):
@@ -158,26 +162,52 @@ def _as_lab(colours_lab) -> np.ndarray:
     return lab
 
 
+def _nearest_brute(points: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` nearest rows of ``points`` to each colour of ``lab``, nearest first (few colours)."""
+    d2 = ((lab[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+    order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    return np.sqrt(np.take_along_axis(d2, order, axis=1)), order
+
+
 class PopulatedIndex:
     """KD-tree over the centroids of buckets that hold at least one tile.
 
     Mosaics fall back to the nearest *populated* bucket when a colour's own bucket is empty;
     searching this smaller tree answers that directly instead of over-fetching from the
-    full one.  Built from ``lib.bucket_counts()`` once and reused for every query.
+    full one.  Built from ``lib.bucket_counts()`` once and reused for every query (the tree
+    on the first query of more than :data:`BRUTE_FORCE_MAX` colours).
     """
 
     def __init__(self, centroids: np.ndarray, counts: np.ndarray) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)
         self.bucket_ids = np.flatnonzero(self.counts > 0)
-        self.tree = cKDTree(centroids[self.bucket_ids]) if len(self.bucket_ids) else None
+        self.points = centroids[self.bucket_ids]
+        self._tree = None
+
+    @property
+    def tree(self):
+        if self._tree is None and len(self.bucket_ids):
+            from scipy.spatial import cKDTree  # lazy: ~0.3 s of a fresh process
+
+            self._tree = cKDTree(self.points)
+        return self._tree
 
     def query(self, lab: np.ndarray, k: int) -> Neighbours:
         k = _check_k(k, len(self.bucket_ids))
-        assert self.tree is not None
-        dist, local = self.tree.query(lab, k=k, workers=QUERY_WORKERS)
+        if len(lab) <= BRUTE_FORCE_MAX:
+            dist, local = _nearest_brute(self.points, lab, k)
+        else:
+            dist, local = self.tree.query(lab, k=k, workers=QUERY_WORKERS)
         local = np.asarray(local, dtype=np.int64).reshape(len(lab), k)
         ids = self.bucket_ids[local]
         return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), self.counts[ids])
+
+
+def counts_of(lib: Library, bucket_ids: np.ndarray) -> np.ndarray:
+    """Tile counts of just these buckets (one indexed query), shaped like ``bucket_ids``."""
+    ids = np.asarray(bucket_ids, dtype=np.int64)
+    found = db.bucket_counts(lib.conn, sorted({int(b) for b in ids.reshape(-1)}))
+    return np.array([found.get(int(b), 0) for b in ids.reshape(-1)], dtype=np.int64).reshape(ids.shape)
 
 
 def nearest_buckets(lib: Library, colours_lab, k: int = 5, populated: bool = False,
@@ -185,17 +215,22 @@ def nearest_buckets(lib: Library, colours_lab, k: int = 5, populated: bool = Fal
     """The ``k`` nearest buckets of every LAB colour in ``colours_lab`` ``(n, 3)``, in one query.
 
     ``populated=True`` searches only buckets holding tiles (what a mosaic can use).  ``counts``
-    lets a caller that already has ``lib.bucket_counts()`` skip the SQL.  ``k`` above the
-    number of searchable buckets is clipped to it.
+    lets a caller that already has ``lib.bucket_counts()`` skip the SQL (without it, a search
+    of all buckets counts only the buckets found).  ``k`` above the number of searchable
+    buckets is clipped to it.
     """
     lab = _as_lab(colours_lab)
-    counts = lib.bucket_counts() if counts is None else np.asarray(counts, dtype=np.int64)
     if populated:
+        counts = lib.bucket_counts() if counts is None else np.asarray(counts, dtype=np.int64)
         return PopulatedIndex(lib.centroids, counts).query(lab, k)
     k = _check_k(k, N_BUCKETS)
-    dist, ids = lib.index.tree.query(lab, k=k, workers=QUERY_WORKERS)
+    if len(lab) <= BRUTE_FORCE_MAX:
+        dist, ids = _nearest_brute(lib.centroids, lab, k)
+    else:
+        dist, ids = lib.index.tree.query(lab, k=k, workers=QUERY_WORKERS)
     ids = np.asarray(ids, dtype=np.int64).reshape(len(lab), k)
-    return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), counts[ids])
+    found = counts_of(lib, ids) if counts is None else np.asarray(counts, dtype=np.int64)[ids]
+    return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), found)
 
 
 def bucket_tiles(lib: Library, bucket_id: int) -> list[Path]:

@@ -20,12 +20,14 @@ library redraws only the buckets that changed, and stale sheets are removed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import html
 import logging
 import math
 import os
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,9 +39,9 @@ from tqdm import tqdm
 
 from . import db
 from .color import lab_to_rgb
-from .decode import decode_tile
+from .decode import PNG_ZLIB_STRATEGY, decode_tile
 from .errors import BadTile, ImageRejected, UsageError
-from .layout import N_BUCKETS, TILE_SIZE, bucket_name, is_bucket_id
+from .layout import N_BUCKETS, THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id
 from .library import Library
 
 logger = logging.getLogger(__name__)
@@ -301,6 +303,58 @@ def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None
     return img.reduce(TILE_SIZE // SHEET_THUMB)
 
 
+class StoredThumbnails:
+    """The 64-px thumbnails the store keeps for mosaics (``builder.mosaic.thumbs``), looked up by
+    ``(id, phash)``: the same 4x4 box reduction :func:`_thumbnail` makes, without decoding the tile.
+
+    Only the keys are read into memory, as one sorted NumPy array (52 bytes a tile, no Python
+    object per tile); each thumbnail is read from the pixels file when drawn (``os.pread``: no
+    memory map, whose touched pages would count in the report's memory).  A tile the cache lacks, or holds under
+    another pHash, is decoded as before.  Unusable cache: every tile is decoded.
+    """
+
+    def __init__(self, lib: Library) -> None:
+        self.ids = self.hashes = self.order = None
+        self.fd: int | None = None
+        if SHEET_THUMB != THUMB_SIZE:
+            return
+        from .mosaic.thumbs import KEY, ThumbnailCache
+
+        cache = ThumbnailCache.of(lib.root)
+        try:
+            with cache._lock(fcntl.LOCK_SH):
+                rows = cache._rows_on_disk()
+                if not rows:
+                    return
+                keys = np.fromfile(cache.keys_path, dtype=KEY, count=rows)
+                fd = os.open(cache.pixels_path, os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, ValueError) as exc:
+            logger.warning("contact sheets decode every tile: thumbnail cache unreadable (%s)", exc)
+            return
+        # The last row written for an id wins, as in the cache's own load: stable sort, take the last.
+        order = np.argsort(keys["id"], kind="stable")
+        ids = keys["id"][order]
+        last = np.ones(len(ids), dtype=bool)
+        last[:-1] = ids[1:] != ids[:-1]
+        self.order, self.ids, self.hashes, self.fd = order[last], ids[last], keys["phash"][order[last]], fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def get(self, tile_id: str, tile_hash: str | None) -> Image.Image | None:
+        if self.ids is None or not isinstance(tile_id, str) or not isinstance(tile_hash, str):
+            return None
+        key = tile_id.encode("ascii", "replace")
+        at = int(np.searchsorted(self.ids, key))
+        if at >= len(self.ids) or self.ids[at] != key or self.hashes[at] != tile_hash.encode("ascii", "replace"):
+            return None
+        size = THUMB_SIZE * THUMB_SIZE * 3
+        data = os.pread(self.fd, size, int(self.order[at]) * size)  # rows are appended whole
+        return Image.frombytes("RGB", (THUMB_SIZE, THUMB_SIZE), data) if len(data) == size else None
+
+
 def sheet_name(bucket_id: int, tile_ids: list[str], synthetic: frozenset[str] | set[str] = frozenset()) -> str:
     """``bucket_0042_<hash>.png``: the hash of the tile ids (and which are synthetic) makes unchanged
     sheets reusable."""
@@ -320,21 +374,30 @@ def badge(thumb: Image.Image) -> Image.Image:
 
 
 def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path,
-                 synthetic: frozenset[str] | set[str] = frozenset()) -> Path:
+                 synthetic: frozenset[str] | set[str] = frozenset(), hashes: list[str] | None = None,
+                 stored: StoredThumbnails | None = None) -> Path:
     """A near-square grid of the bucket's tile thumbnails (missing files leave a dark gap; synthetic
-    tiles wear :func:`badge`)."""
+    tiles wear :func:`badge`).
+
+    With ``stored`` and the tiles' ``hashes``, thumbnails of tiles whose file is there come from
+    the store's cache where it holds them; the sheet is the same image either way.
+    """
     cols = max(1, math.ceil(math.sqrt(len(tile_ids))))
     rows = max(1, math.ceil(len(tile_ids) / cols))
     step = SHEET_THUMB + SHEET_GAP
     sheet = Image.new("RGB", (cols * step + SHEET_GAP, rows * step + SHEET_GAP), (24, 24, 24))
     for i, tile_id in enumerate(tile_ids):
-        thumb = _thumbnail(lib, bucket_id, tile_id)
+        thumb = None
+        if stored is not None and hashes is not None and lib.tile_path(bucket_id, tile_id).is_file():
+            thumb = stored.get(tile_id, hashes[i])  # a tile whose file is gone still leaves a gap
+        if thumb is None:
+            thumb = _thumbnail(lib, bucket_id, tile_id)
         if thumb is not None:
             if tile_id in synthetic:
                 thumb = badge(thumb)
             sheet.paste(thumb, (SHEET_GAP + (i % cols) * step, SHEET_GAP + (i // cols) * step))
     part = path.with_name(f".{path.name}.part")
-    sheet.save(part, format="PNG")
+    sheet.save(part, format="PNG", compress_type=PNG_ZLIB_STRATEGY)  # lossless; ~3x faster than the default
     os.replace(part, path)
     return path
 
@@ -390,32 +453,42 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     figures = render_figures(lib, out / "figures")
     sheets_dir = out / "sheets"
     sheets_dir.mkdir(exist_ok=True)
-    by_bucket: dict[int, list[str]] = {}
-    synthetic: set[str] = set()
-    for tile_id, bucket_id, flag in lib.conn.execute(
-            f"SELECT id, bucket_id, {db.select_list(lib.conn, ('synthetic',))} FROM tiles ORDER BY bucket_id, rowid"):
-        if is_bucket_id(bucket_id):
-            by_bucket.setdefault(bucket_id, []).append(tile_id)
-            if flag:
-                synthetic.add(tile_id)
+    # Bucket by bucket (one indexed query each), so no list of every tile is ever held; at most
+    # a few sheets' ids wait for the drawing threads.
+    populated = [b for b in db.bucket_counts(lib.conn) if is_bucket_id(b)]
+    synthetic_column = db.select_list(lib.conn, ("synthetic",))  # 0 in a library from before the flag
     colours = centroid_colours(lib.centroids)
-    ordered = colour_order(lib.centroids, np.array(sorted(by_bucket), dtype=np.int64))
+    ordered = colour_order(lib.centroids, np.array(sorted(populated), dtype=np.int64))
+    stored = StoredThumbnails(lib)
     entries = []
-    jobs = []
-    for bucket_id in ordered.tolist():
-        ids = [i for i in by_bucket[bucket_id] if _safe_id(lib, bucket_id, i)]
-        marked = synthetic.intersection(ids)
-        name = sheet_name(bucket_id, ids, marked)
-        entries.append(BucketEntry(bucket_id, len(ids), tuple(float(v) for v in lib.centroids[bucket_id]),
-                                   "#{:02x}{:02x}{:02x}".format(*colours[bucket_id]), f"sheets/{name}", len(marked)))
-        if not (sheets_dir / name).is_file():
-            jobs.append((bucket_id, ids, sheets_dir / name, marked))
+    drawn = 0
     show = sys.stderr.isatty() if progress is None else progress
     n_workers = max(1, workers or min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(n_workers) as pool, tqdm(total=len(jobs), unit="sheet", desc="contact sheets",
-                                                       disable=not show) as bar:
-        for _ in pool.map(lambda job: render_sheet(lib, *job), jobs):
-            bar.update()
+    try:
+        with ThreadPoolExecutor(n_workers) as pool, tqdm(total=len(ordered), unit="bucket", desc="contact sheets",
+                                                           disable=not show) as bar:
+            in_flight: deque = deque()
+            for bucket_id in ordered.tolist():
+                rows = [(i, h, flag) for i, h, flag in lib.conn.execute(
+                    f"SELECT id, phash, {synthetic_column} FROM tiles WHERE bucket_id = ? ORDER BY rowid", (bucket_id,))
+                    if _safe_id(lib, bucket_id, i)]
+                ids = [i for i, _h, _f in rows]
+                marked = frozenset(i for i, _h, flag in rows if flag)
+                name = sheet_name(bucket_id, ids, marked)
+                entries.append(BucketEntry(bucket_id, len(ids), tuple(float(v) for v in lib.centroids[bucket_id]),
+                                           "#{:02x}{:02x}{:02x}".format(*colours[bucket_id]), f"sheets/{name}",
+                                           len(marked)))
+                if not (sheets_dir / name).is_file():
+                    drawn += 1
+                    in_flight.append(pool.submit(render_sheet, lib, bucket_id, ids, sheets_dir / name, marked,
+                                                 [h for _i, h, _f in rows], stored))
+                    while len(in_flight) > 2 * n_workers:
+                        in_flight.popleft().result()
+                bar.update()
+            for future in in_flight:
+                future.result()
+    finally:
+        stored.close()
     keep = {Path(e.sheet).name for e in entries}
     for stale in sheets_dir.glob("bucket_*.png"):
         if stale.name not in keep:
@@ -424,7 +497,7 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     part = out / ".index.html.part"
     part.write_text(render_html(lib, entries, figures, out), encoding="utf-8")
     os.replace(part, index)
-    return ReportResult(out, index, figures, entries, len(jobs), len(entries) - len(jobs))
+    return ReportResult(out, index, figures, entries, drawn, len(entries) - drawn)
 
 
 def _safe_id(lib: Library, bucket_id: int, tile_id: object) -> bool:

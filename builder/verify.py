@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from .assign import mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UnsafePath
-from .layout import TILE_SIZE, parse_bucket_dir, tile_stem
+from .layout import TILE_SIZE, bucket_name, parse_bucket_dir, tile_stem
 from .library import Library
 from .phash import phash
 from .summary import format_counts
@@ -139,92 +140,208 @@ def _journal_ids(lib: Library) -> set[str]:
     return {tile_id for tile_id, _bucket in store.read_journal(lib.temp_dir) or ()}
 
 
+CHUNK = 2048  # rows read, decoded and checked at a time: memory stays flat in the library's size
+
+
+class _Bucket:
+    """The bucket being checked: its folder's tile stems and the file hashes seen in it so far."""
+
+    def __init__(self, lib: Library, bucket_id: int) -> None:
+        self.bucket_id = bucket_id
+        self.ids: set[str] = set()  # rows counted against the cap (file there and decodable)
+        self.rows: set[str] = set()  # every safe row: the folder's files that are not orphans
+        self.hashes: dict[str, str] = {}  # file phash -> first tile id holding it
+        folder = lib.root / bucket_name(bucket_id)
+        self.folder_ok = folder.is_dir() and not folder.is_symlink()
+        self.names = os.listdir(folder) if self.folder_ok else []
+        self.stems = {tile_stem(name) for name in self.names}
+
+
+def _row_chunks(lib: Library) -> Iterator[list[tuple]]:
+    """Every row, by bucket then age, ``CHUNK`` at a time (one read snapshot: one statement)."""
+    cursor = lib.conn.execute(f"SELECT rowid, {', '.join(db.SEED_COLUMNS)} FROM tiles ORDER BY bucket_id, rowid")
+    while chunk := cursor.fetchmany(CHUNK):
+        yield chunk
+
+
 def verify_library(lib: Library, deep: bool = True, repair: bool = False, workers: int | None = None,
                    progress: bool | None = None) -> VerifyReport:
-    """Check (and with ``repair``, fix) the library; see the module docstring for the kinds."""
+    """Check (and with ``repair``, fix) the library; see the module docstring for the kinds.
+
+    Streams: rows come by bucket, ``CHUNK`` at a time; each bucket's folder is listed once, when
+    its first row comes, and compared with its rows when its last row has gone by, so memory
+    holds one bucket and a chunk, whatever the library's size (the deep decodes of the next
+    chunk run on the pool while this one is checked).  A tile stored in the wrong bucket is
+    checked for a duplicate against the stored hashes of the bucket it belongs in.
+    """
     if repair:
         lib._require_writer()
     report = VerifyReport()
     show = sys.stderr.isatty() if progress is None else progress
     index = lib.index  # the library's own KD-tree, built once per open
-    rows = lib.conn.execute(f"SELECT rowid, {', '.join(db.SEED_COLUMNS)} FROM tiles ORDER BY rowid").fetchall()
-    report.rows = len(rows)
-    safe: list[tuple] = []
-    for row in rows:
-        rowid, tile_id, bucket_id, filepath, *_ = row
-        try:
-            expected = lib.filepath_for(bucket_id, tile_id)
-        except UnsafePath as exc:
-            report.problems.append(Problem("unsafe_row", str(tile_id)[:80], None, str(exc)))
-            continue
-        if filepath != expected:
-            report.problems.append(Problem("filepath_mismatch", tile_id, bucket_id, f"{filepath!r} != {expected!r}"))
-        safe.append(row)
+    problem_facts: dict[str, FileFacts] = {}  # what repair needs: facts of tiles with a problem
+    visited: set[int] = set()
+    stray: dict[tuple[int, str], str] = {}  # (bucket it belongs in, hash) -> id, for wrong-bucket tiles
+    current: _Bucket | None = None
+    unknown: list[tuple[int, Path]] = []  # files with no row: orphans unless a writer just stored them
 
-    facts: list[FileFacts | None] = [None] * len(safe)
-    if deep and safe:
+    def close_bucket(bucket: _Bucket | None) -> None:
+        if bucket is None:
+            return
+        report.files += len(bucket.names)
+        for name in bucket.names:
+            if tile_stem(name) not in bucket.rows:
+                unknown.append((bucket.bucket_id, lib.root / bucket_name(bucket.bucket_id) / name))
+        if len(bucket.ids) > lib.cap:
+            report.problems.append(Problem("over_cap", None, bucket.bucket_id, f"{len(bucket.ids)} tiles > cap {lib.cap}"))
+
+    files = TileFiles(lib.root)  # fresh: bucket folders are checked again on every run
+    n_workers = workers or os.cpu_count() or 1
+    total = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    pool = None
+    if deep and n_workers > 1 and total >= 64:
+        pool = ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
+                                   initargs=(files,))
+
+    def submit(safe: list[tuple]):
         jobs = [(r[2], r[1]) for r in safe]
-        files = TileFiles(lib.root)  # fresh: bucket folders are checked again on every run
-        n_workers = workers or os.cpu_count() or 1
-        with tqdm(total=len(jobs), unit="tile", desc="verify", disable=not show) as bar:
-            if n_workers > 1 and len(jobs) >= 64:
-                with ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
-                                         initargs=(files,)) as pool:
-                    for i, fact in enumerate(pool.map(_inspect, jobs, chunksize=64)):
-                        facts[i] = fact
-                        bar.update()
-            else:
-                for i, (bucket_id, tile_id) in enumerate(jobs):
-                    facts[i] = inspect_tile(files, bucket_id, tile_id)
-                    bar.update()
+        if not deep:
+            return None
+        if pool is None:
+            return [inspect_tile(files, b, t) for b, t in jobs]
+        size = max(1, min(64, len(jobs) // (2 * n_workers) or 1))
+        return [pool.submit(_inspect_many, jobs[i:i + size]) for i in range(0, len(jobs), size)]
 
-    seen: dict[tuple[int, str], str] = {}
-    per_bucket: dict[int, list[str]] = {}
-    for row, fact in zip(safe, facts):
-        rowid, tile_id, bucket_id, _fp, stored_hash, l_, a_, b_ = row
-        path = lib.tile_path(bucket_id, tile_id)
-        if fact is None:
-            if not path.is_file():
-                report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
+    def collect(pending) -> list[FileFacts | None] | None:
+        if pending is None or not pool:
+            return pending
+        return [fact for future in pending for fact in future.result()]
+
+    def safe_rows(chunk: list[tuple]) -> list[tuple]:
+        out = []
+        for row in chunk:
+            _rowid, tile_id, bucket_id, filepath, *_ = row
+            try:
+                expected = lib.filepath_for(bucket_id, tile_id)
+            except UnsafePath as exc:
+                report.problems.append(Problem("unsafe_row", str(tile_id)[:80], None, str(exc)))
                 continue
-            lab = (l_, a_, b_)
-            file_hash = stored_hash
-        elif fact.error == MISSING:
-            report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
-            continue
-        elif fact.error:
-            report.problems.append(Problem("bad_image", tile_id, bucket_id, fact.error))
-            continue
-        else:
-            lab, file_hash = fact.lab, fact.phash
-            stored = np.array([l_, a_, b_], dtype=np.float64)
-            if not np.all(np.isfinite(stored)) or np.abs(stored - np.array(lab)).max() > LAB_TOLERANCE:
-                report.problems.append(Problem("lab_mismatch", tile_id, bucket_id, f"stored {(l_, a_, b_)} file {lab}"))
-            if stored_hash != file_hash:
-                report.problems.append(Problem("bad_phash", tile_id, bucket_id, f"stored {stored_hash!r} file {file_hash!r}"))
-        try:
-            nearest = int(index.assign_lab(lab)[0][0])
-        except ValueError:
-            nearest = -1
-        if nearest != bucket_id:
-            report.problems.append(Problem("wrong_bucket", tile_id, bucket_id, f"nearest centroid is {nearest}"))
-        key = (nearest if nearest >= 0 else bucket_id, file_hash)
-        if key in seen:
-            report.problems.append(Problem("duplicate_phash", tile_id, bucket_id, f"same phash as {seen[key]}"))
-        else:
-            seen[key] = tile_id
-        per_bucket.setdefault(bucket_id, []).append(tile_id)
-    for bucket_id, ids in sorted(per_bucket.items()):
-        if len(ids) > lib.cap:
-            report.problems.append(Problem("over_cap", None, bucket_id, f"{len(ids)} tiles > cap {lib.cap}"))
-    report.problems.extend(_synthetic_problems(lib))
+            if filepath != expected:
+                report.problems.append(Problem("filepath_mismatch", tile_id, bucket_id, f"{filepath!r} != {expected!r}"))
+            out.append(row)
+        return out
 
-    known = {(r[2], r[1]) for r in safe}
+    try:
+        with tqdm(total=total, unit="tile", desc="verify", disable=not show) as bar:
+            chunks = _row_chunks(lib)
+            ahead = None  # (rows, pending facts) of the next chunk, decoding on the pool
+            chunk = next(chunks, None)
+            if chunk is not None:
+                report.rows += len(chunk)
+                rows = safe_rows(chunk)
+                ahead = (rows, submit(rows))
+            while ahead is not None:
+                safe, pending = ahead
+                chunk = next(chunks, None)
+                if chunk is not None:  # start the next chunk's decodes before checking this one
+                    report.rows += len(chunk)
+                    rows = safe_rows(chunk)
+                    ahead = (rows, submit(rows))
+                else:
+                    ahead = None
+                facts = collect(pending) or [None] * len(safe)
+                labs = np.array([f.lab if f is not None and f.lab is not None else _floats(r[5:8])
+                                 for r, f in zip(safe, facts)], dtype=np.float64).reshape(-1, 3)
+                nearest_all = np.full(len(safe), -1, dtype=np.int64)
+                finite = np.isfinite(labs).all(axis=1)
+                if finite.any():  # one KD-tree query for the chunk
+                    nearest_all[finite] = index.assign_lab(labs[finite])[0].reshape(-1)
+                for row, fact, nearest in zip(safe, facts, nearest_all.tolist()):
+                    _rowid, tile_id, bucket_id, _fp, stored_hash, l_, a_, b_ = row
+                    if current is None or current.bucket_id != bucket_id:
+                        close_bucket(current)
+                        current = _Bucket(lib, bucket_id)
+                        visited.add(bucket_id)
+                    current.rows.add(tile_id)
+                    path = lib.tile_path(bucket_id, tile_id)
+                    if fact is None:
+                        if tile_id not in current.stems and not path.is_file():
+                            report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
+                            continue
+                        file_hash = stored_hash
+                    elif fact.error == MISSING:
+                        report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
+                        continue
+                    elif fact.error:
+                        report.problems.append(Problem("bad_image", tile_id, bucket_id, fact.error))
+                        problem_facts[tile_id] = fact
+                        continue
+                    else:
+                        lab, file_hash = fact.lab, fact.phash
+                        stored = np.array([l_, a_, b_], dtype=np.float64)
+                        if not np.all(np.isfinite(stored)) or np.abs(stored - np.array(lab)).max() > LAB_TOLERANCE:
+                            report.problems.append(Problem("lab_mismatch", tile_id, bucket_id,
+                                                           f"stored {(l_, a_, b_)} file {lab}"))
+                            problem_facts[tile_id] = fact
+                        if stored_hash != file_hash:
+                            report.problems.append(Problem("bad_phash", tile_id, bucket_id,
+                                                           f"stored {stored_hash!r} file {file_hash!r}"))
+                            problem_facts[tile_id] = fact
+                    current.ids.add(tile_id)
+                    if nearest != bucket_id:
+                        report.problems.append(Problem("wrong_bucket", tile_id, bucket_id, f"nearest centroid is {nearest}"))
+                        if fact is not None:
+                            problem_facts[tile_id] = fact
+                        home = nearest if nearest >= 0 else bucket_id
+                        first = stray.get((home, file_hash))
+                        if first is None and home != bucket_id:
+                            clash = lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? AND phash = ? AND id != ?",
+                                                     (home, file_hash, tile_id)).fetchone()
+                            first = clash[0] if clash else None
+                        if first is not None:
+                            report.problems.append(Problem("duplicate_phash", tile_id, bucket_id, f"same phash as {first}"))
+                        else:
+                            stray[(home, file_hash)] = tile_id
+                        continue
+                    first = current.hashes.get(file_hash) or stray.get((bucket_id, file_hash))
+                    if first is not None:
+                        report.problems.append(Problem("duplicate_phash", tile_id, bucket_id, f"same phash as {first}"))
+                    else:
+                        current.hashes[file_hash] = tile_id
+                bar.update(len(safe))
+            close_bucket(current)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    report.problems.extend(_synthetic_problems(lib))
+    _check_folders(lib, report, visited, unknown)
+    if repair and report.problems:
+        _repair(lib, report, index, problem_facts)
+    return report
+
+
+def _floats(values) -> tuple[float, ...]:
+    """Stored LAB as floats; NaN for what is not a number (a damaged row: no nearest bucket)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return tuple(out)
+
+
+def _inspect_many(jobs: list[tuple[int, str]]) -> list[FileFacts]:
+    assert _FILES is not None
+    return [inspect_tile(_FILES, *job) for job in jobs]
+
+
+def _check_folders(lib: Library, report: VerifyReport, visited: set[int], unknown: list[tuple[int, Path]]) -> None:
+    """Orphans (files with no row: ``unknown`` from the folders of buckets with rows, plus every
+    file of a bucket folder no row names) and unsafe folders (symlinks), then ``temp/``."""
     # A journal is a batch being stored only while a writer runs; without one it is what a
     # killed writer left, and its renamed-but-uncommitted files are orphans until the next open.
-    writer_busy = lib.readonly and Library.writer_active(lib.root)
-    in_flight = _journal_ids(lib) if writer_busy else set()
-    unknown: list[tuple[int, Path, str | None]] = []
     for entry in sorted(lib.root.iterdir()):
         bucket_id = parse_bucket_dir(entry.name)
         if bucket_id is None or not entry.is_dir():
@@ -232,33 +349,30 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         if entry.is_symlink():  # never listed, never repaired through: it leads out of the library
             report.problems.append(Problem("unsafe_path", None, bucket_id, f"{entry.name} is a symlink"))
             continue
-        for f in entry.iterdir():
-            report.files += 1
-            stem = tile_stem(f.name)
-            if stem in in_flight:
-                continue
-            if (bucket_id, stem) not in known:
-                unknown.append((bucket_id, f, stem))
+        if bucket_id in visited:
+            continue  # listed with its rows
+        names = os.listdir(entry)
+        report.files += len(names)
+        unknown.extend((bucket_id, entry / name) for name in names)
+    writer_busy = lib.readonly and Library.writer_active(lib.root)
+    in_flight = _journal_ids(lib) if writer_busy else set()
+    unknown = [(b, f) for b, f in unknown if tile_stem(f.name) not in in_flight]
     if unknown and lib.readonly:
         # A writer may have stored batches since the rows were read (a deep verify takes minutes):
         # their files are in the folders, their rows committed after our snapshot.  Ask again.
         in_flight = _journal_ids(lib) if Library.writer_active(lib.root) else set()
         unknown = [
-            (b, f, stem) for b, f, stem in unknown
-            if stem not in in_flight and f.exists() and not lib.conn.execute(
-                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (stem, b)).fetchone()
+            (b, f) for b, f in unknown
+            if tile_stem(f.name) not in in_flight and f.exists() and not lib.conn.execute(
+                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (tile_stem(f.name), b)).fetchone()
         ]
-    for bucket_id, f, _stem in unknown:
+    for bucket_id, f in unknown:
         report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
     if lib.temp_dir.is_symlink():
         report.problems.append(Problem("unsafe_path", None, None, "temp is a symlink"))
     elif lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
         for f in lib.temp_dir.iterdir():
             report.problems.append(Problem("orphan_file", None, None, str(f.relative_to(lib.root))))
-
-    if repair and report.problems:
-        _repair(lib, report, index, dict(zip([r[1] for r in safe], facts)))
-    return report
 
 
 def _synthetic_problems(lib: Library) -> list[Problem]:

@@ -41,6 +41,27 @@ def test_bench_runs_in_quick_mode_and_prints_ratios(name, tmp_path):
         assert {r["status"] for r in rows} <= {"met", "MISSED", "-"}
 
 
+@pytest.mark.slow
+def test_scale_bench_quick_times_every_command_at_two_sizes(tmp_path):
+    """bench/scale.py --quick: libraries of 300 and 1,500 real-imagery tiles, every command a fresh
+    process that succeeds, and a row of figures per command and size (never a time asserted)."""
+    from bench import scale
+
+    env = {**os.environ, "MOSAIC_SCALE_CACHE": str(tmp_path / "scale"), "PYTHONPATH": str(REPO)}
+    results = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--quick", "--results", str(results)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    figures = json.loads(results.read_text())
+    assert sorted(int(n) for n in figures) == list(scale.QUICK_SIZES)
+    for n, by_command in figures.items():
+        assert by_command["_tiles"]["tiles"] == int(n)  # the library holds what was asked for
+        assert set(scale.COMMANDS) <= set(by_command)
+        for name in scale.COMMANDS:
+            assert by_command[name]["seconds"] > 0 and by_command[name]["maxrss_mb"] > 0
+    assert "ratio time/tile" in proc.stdout and "ratio" in proc.stdout.lower()
+
+
 def test_expected_benches_are_present():
     assert {"ingest", "build"} <= set(discover())
 

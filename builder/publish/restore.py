@@ -35,6 +35,7 @@ from ..tilefiles import check_png
 logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 100
+READ_BUFFER = 1 << 20  # bytes read from a shard at a time
 _REQUIRED = ("image", "label", "id", "phash", "mean_l", "mean_a", "mean_b")
 
 
@@ -79,7 +80,9 @@ def check_schema(path: Path) -> None:
 def iter_rows(files: list[Path]) -> Iterator[dict]:
     """Rows of every shard, in file order, ``BATCH_ROWS`` at a time (image bytes never pile up)."""
     for path in files:
-        parquet = pq.ParquetFile(path)
+        # No pre-buffering: by default pyarrow reads ahead far more than a batch, so memory grew
+        # with the shard size (25,000 tiles, 190 MB shards: 370 MB -> 200 MB for reading alone).
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
             yield from batch.to_pylist()
 
