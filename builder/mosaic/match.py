@@ -61,12 +61,16 @@ def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarra
     width = int(n_cand.max())
     out = np.full((len(cell_lab), width), -1, dtype=np.int64)
     pos = np.arange(width)
-    chunk = _chunk(width * k)
+    chunk = _chunk(width * 8 * 6)
     for lo in range(0, len(cell_lab), chunk):
         sl = slice(lo, lo + chunk)
-        slot = (pos[None, :, None] >= cum[sl][:, None, :]).sum(axis=2)  # which bucket each position falls in
-        slot = np.minimum(slot, k - 1)
-        rows = np.arange(slot.shape[0])[:, None]
+        # Which bucket each position falls in: how many of the row's (increasing) cumulative
+        # counts it reaches, one searchsorted over all rows at once (rows offset apart).
+        rows = np.arange(len(cum[sl]))[:, None]
+        gap = int(cum[sl].max(initial=0)) + width + 1
+        flat = (cum[sl] + rows * gap).ravel()
+        slot = np.searchsorted(flat, (pos[None, :] + rows * gap).ravel(), side="right").reshape(-1, width)
+        slot = np.minimum(slot - rows * k, k - 1)
         bucket = bucket_ids[sl][rows, slot]
         offset = pos[None, :] - before[sl][rows, slot]
         valid = pos[None, :] < n_cand[sl][:, None]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -129,24 +130,32 @@ class _TileCache:
         self.pointer[self.needed[r]] += 1
 
 
-def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> Iterator[np.ndarray]:
+def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
+               seconds: dict | None = None) -> Iterator[np.ndarray]:
     """Yield the output one band of cells at a time, ``(T, cols*T, 3)`` uint8.
 
     Each used tile is fetched when a band needs it (from the thumbnail cache for tiles up to
     64 px, else decoded from its PNG, on threads) and kept while memory allows
     (:data:`RENDER_CACHE_BYTES`), so memory is bounded whatever the mosaic's size.  The colour
-    correction of :mod:`.correct` is applied per band.
+    correction of :mod:`.correct` is applied per band.  ``seconds`` (if given) accumulates the
+    time spent fetching and placing tiles (``"render"``) and correcting them (``"correct"``).
     """
+    seconds = {} if seconds is None else seconds
+    seconds.setdefault("render", 0.0)
+    seconds.setdefault("correct", 0.0)
+    clock = time.perf_counter()
     layout, grid = plan.layout, plan.grid
     tile, rows, cols = layout.tile, layout.rows, layout.cols
     used, inverse = np.unique(grid, return_inverse=True)
     local = inverse.reshape(rows, cols)
     cache = _TileCache(local, tile, RENDER_CACHE_BYTES // (tile * tile * 3))
     shift, gain, means = plan_correction(plan)
+    seconds["correct"] += time.perf_counter() - clock
     show = sys.stderr.isatty() if progress is None else progress
     table = plan.table
     with _pool(plan.options.workers) as pool, tqdm(total=rows, unit="row", desc="mosaic", disable=not show) as bar:
         for r in range(rows):
+            clock = time.perf_counter()
             new = cache.missing(r)
             if len(new):
                 if tile <= THUMB_SIZE:  # from the thumbnail cache: no PNG decoded at all
@@ -156,8 +165,11 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> 
                     cache.store(new, np.stack(list(pool.map(lambda job: load_thumbnail(lib, *job, tile), jobs))))
             band = cache.slots[cache.slot_of[local[r]]]  # (cols, T, T, 3)
             band = band.transpose(1, 0, 2, 3).reshape(tile, cols * tile, 3)
+            placed = time.perf_counter()
+            seconds["render"] += placed - clock
             if shift is not None or gain is not None:
                 band = _correct_band(plan, band, r, shift, gain, means)
+            seconds["correct"] += time.perf_counter() - placed
             yield band
             cache.done(r)
             bar.update()

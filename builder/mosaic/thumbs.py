@@ -69,9 +69,8 @@ class TileTable:
         f = THUMB_SIZE // detail
         for lo in range(0, len(rows), 2048):
             pixels = np.asarray(self.thumbs[self.thumb_rows[rows[lo:lo + 2048]]])
-            if f * detail == THUMB_SIZE:  # equal blocks: a reshape, much faster than reduceat
-                sums = pixels.reshape(len(pixels), detail, f, detail, f, 3).sum(axis=(2, 4), dtype=np.uint32)
-                out[lo:lo + 2048] = sums / (f * f)
+            if f * detail == THUMB_SIZE:  # equal blocks: reshapes, much faster than reduceat
+                out[lo:lo + 2048] = block_sums(pixels, f) / (f * f)
             else:
                 out[lo:lo + 2048] = subcell_means(pixels, detail)
         return out
@@ -97,9 +96,17 @@ class TileTable:
             return pixels
         if THUMB_SIZE % size == 0:  # box reduction, vectorised
             f = THUMB_SIZE // size
-            sums = pixels.reshape(len(pixels), size, f, size, f, 3).sum(axis=(2, 4), dtype=np.uint32)
-            return ((sums + f * f // 2) // (f * f)).astype(np.uint8)
+            return ((block_sums(pixels, f) + f * f // 2) // (f * f)).astype(np.uint8)
         return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
+
+
+def block_sums(pixels: np.ndarray, f: int) -> np.ndarray:
+    """Sums of ``f x f`` blocks of ``(n, h, w, 3)`` uint8 images (sides divisible by ``f``) as
+    ``(n, h/f, w/f, 3)`` uint32: rows first along the contiguous axis, then columns, which is
+    several times faster than one ``sum(axis=(2, 4))`` over the strided 6-d view."""
+    n, h, w, c = pixels.shape
+    rows = pixels.reshape(n, h // f, f, w * c).sum(axis=2, dtype=np.uint32 if f > 257 else np.uint16)
+    return rows.reshape(n, h // f, w // f, f, c).sum(axis=3, dtype=np.uint32)
 
 
 def _block_edges(size: int, parts: int) -> np.ndarray:
