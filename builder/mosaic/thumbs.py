@@ -25,6 +25,7 @@ from ..decode import decode_tile
 from ..errors import BadTile, ImageRejected, LibraryError
 from ..layout import CACHE_DIR, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
 from ..library import Library
+from .pixels import block_sums
 from .target import DEFAULT_SUBCELLS
 
 logger = logging.getLogger(__name__)
@@ -100,15 +101,6 @@ class TileTable:
         return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
 
 
-def block_sums(pixels: np.ndarray, f: int) -> np.ndarray:
-    """Sums of ``f x f`` blocks of ``(n, h, w, 3)`` uint8 images (sides divisible by ``f``) as
-    ``(n, h/f, w/f, 3)`` uint32: rows first along the contiguous axis, then columns, which is
-    several times faster than one ``sum(axis=(2, 4))`` over the strided 6-d view."""
-    n, h, w, c = pixels.shape
-    rows = pixels.reshape(n, h // f, f, w * c).sum(axis=2, dtype=np.uint32 if f > 257 else np.uint16)
-    return rows.reshape(n, h // f, w // f, f, c).sum(axis=3, dtype=np.uint32)
-
-
 def _block_edges(size: int, parts: int) -> np.ndarray:
     return np.linspace(0, size, parts + 1).round().astype(np.int64)
 
@@ -116,6 +108,11 @@ def _block_edges(size: int, parts: int) -> np.ndarray:
 def subcell_means(pixels: np.ndarray, subcells: int) -> np.ndarray:
     """Mean RGB of ``s x s`` blocks of ``(..., h, w, 3)`` uint8 images (blocks may differ by 1 px)."""
     h, w = pixels.shape[-3], pixels.shape[-2]
+    if h == w and h % subcells == 0 and pixels.ndim in (3, 4) and pixels.dtype == np.uint8:  # equal blocks: fast
+        f = h // subcells
+        batch = pixels if pixels.ndim == 4 else pixels[None]
+        sums = block_sums(batch, f) / (f * f)
+        return sums if pixels.ndim == 4 else sums[0]
     ys, xs = _block_edges(h, subcells), _block_edges(w, subcells)
     sums = np.add.reduceat(np.add.reduceat(pixels, ys[:-1], axis=-3, dtype=np.uint64), xs[:-1], axis=-2)
     areas = np.diff(ys)[:, None, None] * np.diff(xs)[None, :, None]
