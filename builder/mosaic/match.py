@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 32 * 1024 * 1024  # temporaries per vectorised step over cells
 KD_TREE_K = 64  # nearest_tiles: a KD-tree up to this many neighbours, brute force beyond
+CANDIDATE_BLOCK = 2048  # cells whose candidate buckets are listed at once (2048 x 1,200 tiles: 20 MB)
 
 
 # ============================================================================ matching
@@ -261,10 +262,16 @@ def shortlists(table: TileTable, index: PopulatedIndex, cells: _Cells, options: 
     ``options.detail`` is set (else by the sub-cell distance itself)."""
     pick = slice(None) if subset is None else subset
     lab, features = cells.lab[pick], cells.features[pick]
-    if free is None:
-        candidates = candidate_tiles(table, index, lab, minimum)
+    if free is None:  # a block of cells at a time: a full bucket can give every cell 1,000+ candidates
         keep = max(options.shortlist, minimum)
-        ranked = rank_candidates(table.features, features, candidates, keep)
+        ranked = np.full((len(lab), keep), -1, dtype=np.int64)
+        width = 0
+        for lo in range(0, len(lab), CANDIDATE_BLOCK):
+            sl = slice(lo, lo + CANDIDATE_BLOCK)
+            part = rank_candidates(table.features, features[sl], candidate_tiles(table, index, lab[sl], minimum), keep)
+            ranked[sl, :part.shape[1]] = part
+            width = max(width, part.shape[1])
+        ranked = ranked[:, :width]
     else:
         ranked = nearest_tiles(table, features, minimum, free)
     if spread is not None and ranked.shape[1] > 2 * spread:
