@@ -20,6 +20,7 @@ def cli(*args, cwd):
                           cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow
 def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir):
     res = cli("init", cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.startswith("initialised mosaic_library"), res.stderr

@@ -31,6 +31,7 @@ def test_shipped_centroids_are_the_cards_shape_and_finite():
     assert c[:, 0].min() >= 0 and c[:, 0].max() <= 100
 
 
+@pytest.mark.slow
 def test_make_centroids_is_reproducible_for_a_seed():
     a = make_centroids(seed=3, n_colours=20000, n_clusters=50)
     b = make_centroids(seed=3, n_colours=20000, n_clusters=50)

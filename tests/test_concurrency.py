@@ -103,6 +103,7 @@ def sources(root) -> set[str]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_two_ingests_at_once(tmp_path):
     """The second of two ingests is refused while the first runs; the first completes untouched."""
     root = tmp_path / "mosaic_library"

@@ -5,6 +5,7 @@ import sqlite3
 from html.parser import HTMLParser
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from builder.cli import main
@@ -20,6 +21,7 @@ class Links(HTMLParser):
         self.links += [v for k, v in attrs if k in ("href", "src")]
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1"]) == 0

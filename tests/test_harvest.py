@@ -170,6 +170,7 @@ def test_provenance_columns_and_resume_never_refetches(make_library):
         assert first.by_region.get(region, {}).get("accepted", 0) + second.by_region.get(region, {}).get("accepted", 0) == n
 
 
+@pytest.mark.slow
 def test_earth_source_offline_fills_buckets_with_real_colours(tmp_path):
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
@@ -428,6 +429,7 @@ def test_a_dead_source_stops_fast_with_one_line_exit_3_and_marks_no_tile(case, m
     assert list((root / "inflight").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_outage_shorter_than_the_retries_does_not_stop_the_run(tmp_path):
     """503 to everything for the first 1.5 s, then healthy: every tile's retries (3.75 s or more
     with the default backoff) outlast it, so nothing is lost and the run goes on."""

@@ -538,6 +538,7 @@ def _as_nobody() -> list[str]:
     return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
+@pytest.mark.slow
 def test_read_only_library_readers_work_writers_get_one_line(pool):
     """Extends tests/test_library.py's read-only test (ingest, stats) to every other command,
     on a library whose last writer was SIGKILLed: its last commits are still in the WAL."""

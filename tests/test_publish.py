@@ -543,6 +543,7 @@ def test_restore_refuses_out_of_range_labels(staging, tmp_path):
 # --------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
     out = tmp_path / "staging"
     built = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out), "--num-proc", "2")
@@ -605,6 +606,7 @@ def push_cli(tmp_path: Path, hub: HubStub, *args: str) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path):
     out = tmp_path / "staging"
     with HubStub() as hub:

@@ -171,6 +171,7 @@ def test_cli_prints_one_line(library_root, tmp_path, capsys):
     assert len(out) == 1 and out[0].startswith(f"report {tmp_path / 'r' / 'index.html'}: 4 figures, ")
 
 
+@pytest.mark.slow
 def test_gallery_renders_in_headless_chromium(lib, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is not installed: `apt-get install -y chromium` (CI installs it in .ci/run)"

@@ -108,6 +108,7 @@ def test_repair_fixes_everything_and_a_second_verify_is_clean(damaged):
     assert lib.conn.execute("SELECT COUNT(*) FROM tiles WHERE id LIKE '%/%'").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_cli_verify_exit_codes(damaged):
     lib, _ = damaged
     root = lib.root
