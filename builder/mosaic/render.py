@@ -28,8 +28,7 @@ MAX_IMAGE_PIXELS = 150_000_000  # a returned PIL image lives in memory: 450 MB
 # tiles of data/sample_target.jpg uses 1,710 distinct tiles: 128 MB (682 tiles) decodes 1,725
 # times, 256 MB 1,710, 64 MB 2,381 (Belady's rule keeps what is needed soonest).
 RENDER_CACHE_BYTES = 128 * 2**20
-CORRECTION_CHUNK_PIXELS = 2**18  # pixels of a band corrected at once (two 3 MB float32 buffers, cache-sized)
-MAX_LEVEL = np.float32(255.999)  # clip bound before the truncating cast: 255.5 and above become 255
+CORRECTION_CHUNK_PIXELS = 2**20  # pixels of a band corrected at once (two 12 MB float32 temporaries)
 
 
 # ============================================================================ rendering
@@ -70,13 +69,12 @@ def _vertical_weights(plan: MosaicPlan, shift: np.ndarray, row: int) -> tuple[np
 def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarray | None,
                   gain: np.ndarray | None, means: np.ndarray | None) -> np.ndarray:
     """Apply the contrast gain and the bilinearly interpolated colour shift to one band, a few
-    cells' width at a time so the float temporaries stay small (and in cache) on very wide mosaics.
+    cells' width at a time so the float temporaries stay small on very wide mosaics.
 
     Per pixel this is ``p * gain + offset``: the contrast match ``m + (p - m) * g`` and the
     shift are one multiply and one add, with ``offset = m (1 - g) + shift(x, y)``.  The offset is
     interpolated horizontally on the few shift rows the band needs, then vertically for all its
-    rows at once as one small contraction (``einsum``), so no per-pixel gather is made; 0.5 is added to it so
-    the final cast (which truncates) rounds.  Five passes over the pixels, into reused buffers.
+    rows at once as a small matrix product, so no per-pixel gather is made.
     """
     tile, cols = plan.layout.tile, plan.layout.cols
     out = np.empty_like(band)
@@ -84,8 +82,6 @@ def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarra
         used, weights = _vertical_weights(plan, shift, row)
         shift_rows = shift[used]  # (k, cols * s, 3)
     step = max(1, CORRECTION_CHUNK_PIXELS // (tile * tile))
-    part = np.empty((tile, min(cols, step) * tile, 3), dtype=np.float32)
-    offset = np.empty_like(part) if shift is not None else None
     for c0 in range(0, cols, step):
         c1 = min(cols, c0 + step)
         px = slice(c0 * tile, c1 * tile)
@@ -95,24 +91,20 @@ def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarra
             rows_h = shift_rows[:, x0] * (1 - wx)[None, :, None] + shift_rows[:, x1] * wx[None, :, None]
         else:
             rows_h = np.zeros((1, width, 3), dtype=np.float32)
-        rows_h += 0.5  # rounding, folded in (the weights of a row sum to 1)
         if gain is not None:
             g = np.repeat(gain[row, c0:c1], tile)
             rows_h += (np.repeat(means[row, c0:c1], tile, axis=0) * (1 - g)[:, None])[None]
-        chunk = part[:, :width]
         if shift is not None:
-            off = offset[:, :width]
-            # einsum's own loops, not BLAS: threaded BLAS on a product this thin costs 4x the CPU
-            np.einsum("tk,kwc->twc", weights, rows_h, out=off)
+            offset = (weights @ rows_h.reshape(len(used), -1)).reshape(tile, width, 3)
         else:
-            off = rows_h
+            offset = rows_h
+        part = band[:, px].astype(np.float32)
         if gain is not None:
-            np.multiply(band[:, px], g[None, :, None], out=chunk)
-            chunk += off
-        else:
-            np.add(band[:, px], off, out=chunk)
-        np.clip(chunk, 0.0, MAX_LEVEL, out=chunk)
-        out[:, px] = chunk  # truncation of value + 0.5: rounding
+            part *= g[None, :, None]
+        part += offset
+        np.clip(part, 0, 255, out=part)
+        np.rint(part, out=part)
+        out[:, px] = part
     return out
 
 
