@@ -1,6 +1,7 @@
 """Benchmark: colour queries, and photomosaics measured for fidelity, time and memory.
 
-    /path/to/python bench/mosaic.py [--library DIR] [--crops N] [--quick] [--skip-dzi] [--skip-cold]
+    /path/to/python bench/mosaic.py [--library DIR] [--crops N] [--quick] [--only SECTIONS] [--skip-dzi]
+        [--skip-cold] [--skip-nocache] [--cold-library DIR] [--dzi-library DIR] [--pyvips-path DIR]
 
 Run it with a Python that has ``phomo`` 1.2 installed to compare against it (the project's own
 venv does not: ``pip install --no-deps phomo==1.2.0 matplotlib opencv-python-headless`` in a
@@ -23,16 +24,19 @@ venv of your own); without it the phomo rows say "absent".
    cache warm; phomo's its distance matrix and assignment (its pool and master are given as
    arrays, no file loading).
 3. **Fair assignment**: ``--max-uses 1`` against the greedy default on 2,500 cells and 5,000
-   tiles (a random subset of the library), same process, interleaved rounds; and at scale,
-   10,000 cells on 100,000+ tiles (the library's tiles repeated with jittered colours), each in
-   a fresh process with its peak memory.
+   tiles (a random subset of the library), same process, interleaved rounds, wall and CPU time
+   and their ratios; and at scale, 10,000 cells on 100,000+ tiles (the library's tiles repeated
+   with jittered colours), each in a fresh process with its peak memory.
 4. **No cold start**: fresh ``python -m builder mosaic`` processes on a library of 20,000+ tiles
    built through ``ingest`` (so the store cached every thumbnail as it committed): the first
-   mosaic against the second, and the first with the cache deleted (what every first mosaic
-   paid before).
+   mosaic (the derived sub-cell colour file deleted, as ingest leaves a library) against the
+   second, interleaved rounds, wall and CPU; and the first with the thumbnail cache deleted (what
+   every first mosaic paid before; ``--skip-nocache`` leaves it out).
 5. **Huge mosaics**: ``--format dzi`` of 200x200 cells of 256-px tiles (51,200 px a side) in a
-   fresh process: time and peak RSS; and, where ``pyvips`` is installed, libvips' ``dzsave`` of
-   the same mosaic written as a PNG first, against our streamed writer on that size.
+   fresh process: wall, CPU, peak RSS and the stage seconds of its ``--json``; then the same plan
+   and render streamed (an uncompressed PNG on a pipe) into libvips' ``dzsave`` (``pyvips``;
+   ``--pyvips-path`` for a folder it was ``pip install --target``-ed into), and the render
+   alone, so each pyramid writer's own cost is the difference.
 
 The library is built once (if ``--library`` does not hold one) from real Blue Marble crops
 through ``builder.ingest.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,
@@ -43,7 +47,9 @@ nothing here runs as a test.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +74,7 @@ from builder.ingest import ingest  # noqa: E402
 from builder.library import Library  # noqa: E402
 from builder.mosaic import (  # noqa: E402
     DEFAULT_MAX_CORRECTION,
+    THUMB_PREFIX,
     Layout,
     MosaicOptions,
     ThumbnailCache,
@@ -307,20 +314,26 @@ def bench_fair(lib: Library, table: TileTable, quick: bool, skip_scale: bool = F
         plan = plan_mosaic(lib, img, options, table=sub)
         return plan, render_mosaic(lib, plan)
 
-    times = common.interleaved(1 if quick else 3, {"greedy": lambda: timed(lambda: run(greedy)),
-                                                   "fair": lambda: timed(lambda: run(fair))})
-    t_greedy = float(np.median([t for t, _ in times["greedy"]]))
-    t_fair = float(np.median([t for t, _ in times["fair"]]))
+    times = common.interleaved(1 if quick else 3, {"greedy": lambda: common.timed_cpu(lambda: run(greedy)),
+                                                   "fair": lambda: common.timed_cpu(lambda: run(fair))})
+    t_greedy = float(np.median([t.wall for t, _ in times["greedy"]]))
+    t_fair = float(np.median([t.wall for t, _ in times["fair"]]))
+    c_greedy = float(np.median([t.cpu for t, _ in times["greedy"]]))
+    c_fair = float(np.median([t.cpu for t, _ in times["fair"]]))
     plan, out = times["fair"][0][1]
     f_fair = measure_fidelity(img, out, side, side, plan.layout.box)
     gplan, gout = times["greedy"][0][1]
     f_greedy = measure_fidelity(img, gout, side, side, gplan.layout.box)
-    print(f"\n3. fair assignment, {side}x{side} cells, {len(sub)} tiles: greedy {t_greedy:.2f} s (most uses "
-          f"{gplan.most_uses}, {f_greedy.summary()}), --max-uses 1 {t_fair:.2f} s (most uses {plan.most_uses}, "
-          f"{f_fair.summary()}): {t_fair / t_greedy:.1f}x the greedy time", flush=True)
+    print(f"\n3. fair assignment, {side}x{side} cells, {len(sub)} tiles (plan + render, median of interleaved rounds): "
+          f"greedy {t_greedy:.2f} s wall / {c_greedy:.2f} s CPU (most uses {gplan.most_uses}, {f_greedy.summary()}), "
+          f"--max-uses 1 {t_fair:.2f} s / {c_fair:.2f} s CPU (most uses {plan.most_uses}, {f_fair.summary()})", flush=True)
+    print(f"   --max-uses 1 / greedy: {t_fair / t_greedy:.2f}x wall, {c_fair / c_greedy:.2f}x CPU (target: within 3x)",
+          flush=True)
     rows = [common.Row("mosaic", f"--max-uses 1, {side * side} cells, {len(sub)} tiles", "greedy default", t_greedy,
                        "--max-uses 1", t_fair, "s", higher_is_better=False, target=1 / 3,
-                       note="target: within 3x of greedy")]
+                       note="target: within 3x of greedy"),
+            common.Row("mosaic", f"--max-uses 1, {side * side} cells: CPU", "greedy default", c_greedy,
+                       "--max-uses 1", c_fair, "cpu s", higher_is_better=False, target=1 / 3)]
     if not quick and not skip_scale:
         for mode in ("greedy", "fair"):
             m = common.run_measured([sys.executable, __file__, "--library", str(lib.root), "--scale-case", mode])
@@ -343,8 +356,25 @@ def scale_case(root: Path, mode: str) -> None:
               f"{len(np.unique(plan.grid))} distinct")
 
 
+def run_cpu(argv: list[str], env: dict) -> tuple[common.Timing, common.Measured]:
+    """:func:`common.run_measured` with the CPU seconds of the measured process tree alone (not
+    this process's own, which samples its memory every 20 ms)."""
+    import resource
+
+    def kids() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu0 = kids()
+    m = common.run_measured(argv, env=env)
+    return common.Timing(m["seconds"], kids() - cpu0), m
+
+
 # ============================================================================ 4. cold start
-def bench_cold(root: Path, work: Path, quick: bool) -> list:
+def bench_cold(root: Path, work: Path, quick: bool, skip_nocache: bool = False) -> list:
+    """Fresh ``python -m builder mosaic`` processes, as users run them: the first mosaic on the
+    library as ingest left it (the store cached every thumbnail; the derived sub-cell colour file
+    does not exist yet) against the second, in interleaved rounds; wall and CPU time."""
     with Library.open(root, readonly=True) as lib:
         n = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
     cache = ThumbnailCache.of(root)
@@ -352,11 +382,32 @@ def bench_cold(root: Path, work: Path, quick: bool) -> list:
     argv = [sys.executable, "-m", "builder", "mosaic", "--library", str(root), str(REPO / "data" / "sample_target.jpg"),
             "--output", str(work / "cold.png")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = common.run_measured(argv, env=env)
-    second = common.run_measured(argv, env=env)
-    print(f"\n4. no cold start, {n} tiles ({len(index)} cached by the store as they were ingested): first mosaic "
-          f"{first['seconds']:.2f} s, second {second['seconds']:.2f} s ({first['seconds'] / second['seconds']:.2f}x)",
+
+    def first():
+        for derived in cache.folder.glob(f"{THUMB_PREFIX}.v*.sub*.npy"):  # what only a mosaic writes
+            derived.unlink()
+        return run_cpu(argv, env)
+
+    runs = common.interleaved(1 if quick else 3, {"first": first, "second": lambda: run_cpu(argv, env)})
+    for _t, m in runs["first"] + runs["second"]:
+        if m["returncode"]:
+            print(m["output"][-2000:])
+    wall = {k: float(np.median([t.wall for t, _m in v])) for k, v in runs.items()}
+    cpu = {k: float(np.median([t.cpu for t, _m in v])) for k, v in runs.items()}
+    print(f"\n4. no cold start, {n} tiles ({len(index)} cached by the store as they were ingested), fresh processes, "
+          f"median of {len(runs['first'])} interleaved rounds: first mosaic {wall['first']:.2f} s wall / "
+          f"{cpu['first']:.2f} s CPU, second {wall['second']:.2f} s / {cpu['second']:.2f} s CPU: "
+          f"{wall['first'] / wall['second']:.2f}x wall, {cpu['first'] / cpu['second']:.2f}x CPU (target: within 1.5x)",
           flush=True)
+    rows = [
+        common.Row("mosaic", f"first vs second mosaic, {n} tiles (fresh processes)", "second (warm)",
+                   wall["second"], "first (store-made cache)", wall["first"], "s", higher_is_better=False,
+                   target=1 / 1.5, note="target: cold within 1.5x of warm"),
+        common.Row("mosaic", f"first vs second mosaic, {n} tiles: CPU", "second (warm)", cpu["second"],
+                   "first (store-made cache)", cpu["first"], "cpu s", higher_is_better=False, target=1 / 1.5),
+    ]
+    if skip_nocache:
+        return rows
     scratch = work / "nocache" / root.name
     shutil.copytree(root, scratch, ignore=shutil.ignore_patterns(".cache", ".lock"))
     argv_old = [a if a != str(root) else str(scratch) for a in argv]
@@ -364,56 +415,120 @@ def bench_cold(root: Path, work: Path, quick: bool) -> list:
     print(f"   the same first mosaic with no cached thumbnails (every tile decoded, as before): {old['seconds']:.2f} s",
           flush=True)
     shutil.rmtree(scratch.parent, ignore_errors=True)
-    return [
-        common.Row("mosaic", f"first vs second mosaic, {n} tiles (fresh processes)", "second (warm)",
-                   second["seconds"], "first (store-made cache)", first["seconds"], "s", higher_is_better=False,
-                   target=1 / 1.5, note="target: cold within 1.5x of warm"),
-        common.Row("mosaic", f"first mosaic, {n} tiles", "no cache (decode all)", old["seconds"],
-                   "store-made cache", first["seconds"], "s", higher_is_better=False),
-    ]
-
-
-# ============================================================================ 5. huge mosaics
-def bench_dzi(root: Path, work: Path, cells: int) -> list:
-    out = work / "huge" / "huge.dzi"
-    argv = [sys.executable, "-m", "builder", "mosaic", "--library", str(root), str(REPO / "data" / "sample_target.jpg"),
-            "--output", str(out), "--grid", f"{cells}x{cells}", "--tile-size", "256"]
-    m = common.run_measured(argv, env={**os.environ, "PYTHONPATH": str(REPO)})
-    side = cells * 256
-    files = sum(1 for _ in out.with_name("huge_files").rglob("*.jpg")) if out.is_file() else 0
-    print(f"\n5. --format dzi, {cells}x{cells} cells of 256 px ({side:,} px a side): {m['seconds']:.1f} s, peak RSS "
-          f"{m['maxrss_mb']:.0f} MB, {files:,} pyramid tiles (exit {m['returncode']})", flush=True)
-    if m["returncode"]:
-        print(m["output"][-2000:])
-    rows = [common.Row("mosaic", f"dzi {side:,} px a side: peak RSS", "-", m["maxrss_mb"], "streamed DZI",
-                       m["maxrss_mb"], "MB", higher_is_better=False)]
-    shutil.rmtree(out.parent, ignore_errors=True)
-    rows += bench_vips(root, work, min(cells, 60))
+    rows.append(common.Row("mosaic", f"first mosaic, {n} tiles", "no cache (decode all)", old["seconds"],
+                           "store-made cache", wall["first"], "s", higher_is_better=False))
     return rows
 
 
-def bench_vips(root: Path, work: Path, cells: int) -> list:
-    """libvips' dzsave of a PNG of the same mosaic against our streamed writer, same size."""
+def build_cold_library(root: Path) -> None:
+    """20,000+ tiles: 24,000 256-px Blue Marble crops with a bucket cap of 1000 (18,875 accepted:
+    the common colours fill their buckets), then 4,000 crops with their channels permuted and
+    scaled (3,855 more, in colours the Earth lacks): 22,730 tiles."""
+    build_library(root, 24000, seed=7, cap=1000, sizes=(256,))
+    world = Image.open(BLUEMARBLE).convert("RGB")
+    rng = np.random.default_rng(11)
+    with tempfile.TemporaryDirectory(prefix="bench_crops_") as tmp:
+        for i in range(4000):
+            x, y = int(rng.integers(0, world.width - 256)), int(rng.integers(0, world.height - 256))
+            a = np.asarray(world.crop((x, y, x + 256, y + 256)), dtype=np.float32)
+            a = a[..., rng.permutation(3)] * rng.uniform(0.6, 1.6, 3) + rng.uniform(-40, 40, 3)
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(f"{tmp}/c{i:05d}.jpg", quality=92)
+        with Library.open(root) as lib:
+            print(f"  ingest (recoloured crops): {ingest(lib, [Path(tmp)], progress=False).summary()}", flush=True)
+
+
+# ============================================================================ 5. huge mosaics
+def _json_of(output: str) -> dict:
+    import json
+
     try:
-        import pyvips
-    except (ImportError, OSError):
-        print("   pyvips absent: libvips' dzsave not compared")
-        return []
+        return json.loads(output[output.index("{"):output.rindex("}") + 1])
+    except ValueError:
+        return {}
+
+
+def bench_dzi(root: Path, work: Path, cells: int, pyvips_path: str | None = None) -> list:
+    """``--format dzi`` of ``cells x cells`` cells of 256 px in a fresh process (wall, CPU, peak
+    RSS, stage seconds); the same plan and render streamed into libvips' ``dzsave`` (when
+    ``pyvips`` imports, from ``pyvips_path`` if given), and the render alone, to tell the
+    writers' own costs apart."""
+    out = work / "huge" / "huge.dzi"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "builder", "mosaic", "--library", str(root), str(REPO / "data" / "sample_target.jpg"),
-            "--grid", f"{cells}x{cells}", "--tile-size", "256"]
-    ours = common.run_measured([*base, "--output", str(work / "v" / "ours.dzi")], env=env)
-    png = common.run_measured([*base, "--output", str(work / "v" / "m.png")], env=env)
-    code = (f"import pyvips; pyvips.Image.new_from_file({str(work / 'v' / 'm.png')!r}, access='sequential')"
-            f".dzsave({str(work / 'v' / 'vips')!r}, suffix='.jpg[Q=90]', overlap=0, tile_size=256)")
-    vips = common.run_measured([sys.executable, "-c", code])
+    argv = [sys.executable, "-m", "builder", "mosaic", "--library", str(root), str(REPO / "data" / "sample_target.jpg"),
+            "--output", str(out), "--grid", f"{cells}x{cells}", "--tile-size", "256", "--json"]
+    t, m = run_cpu(argv, env)
     side = cells * 256
-    print(f"   {side:,} px: ours (plan + render + streamed DZI) {ours['seconds']:.1f} s, {ours['maxrss_mb']:.0f} MB; "
-          f"PNG then libvips {pyvips.version(0)}.{pyvips.version(1)} dzsave: {png['seconds']:.1f} s + "
-          f"{vips['seconds']:.1f} s, {max(png['maxrss_mb'], vips['maxrss_mb']):.0f} MB", flush=True)
-    shutil.rmtree(work / "v", ignore_errors=True)
-    return [common.Row("mosaic", f"dzi {side:,} px: time", "PNG + libvips dzsave", png["seconds"] + vips["seconds"],
-                       "streamed DZI", ours["seconds"], "s", higher_is_better=False)]
+    files = sum(1 for _ in out.with_name("huge_files").rglob("*.jpg")) if out.is_file() else 0
+    stages = _json_of(m["output"]).get("stages", {})
+    print(f"\n5. --format dzi, {cells}x{cells} cells of 256 px ({side:,} px a side), fresh process: {m['seconds']:.1f} s "
+          f"wall, {t.cpu:.1f} s CPU, peak RSS {m['maxrss_mb']:.0f} MB, {files:,} pyramid tiles (exit {m['returncode']}); "
+          "stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()), flush=True)
+    if m["returncode"]:
+        print(m["output"][-2000:])
+    shutil.rmtree(out.parent, ignore_errors=True)
+    rows = [common.Row("mosaic", f"dzi {side:,} px a side: peak RSS", "-", m["maxrss_mb"], "streamed DZI",
+                       m["maxrss_mb"], "MB", higher_is_better=False)]
+    vips_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pyvips_path, os.environ.get("PYTHONPATH")) if p)}
+    probe = subprocess.run([sys.executable, "-c", "import pyvips; print(pyvips.version(0), pyvips.version(1), "
+                            "pyvips.version(2))"], env=vips_env, capture_output=True, text=True)
+    if probe.returncode:
+        print("   pyvips absent (pip install pyvips pyvips-binary; --pyvips-path DIR): libvips' dzsave not compared")
+        return rows
+    version = probe.stdout.strip().replace(" ", ".")
+    stream = [sys.executable, __file__, "--library", str(root), "--stream-case", str(cells)]
+    vips_code = ("import sys, pyvips; pyvips.Image.new_from_source(pyvips.Source.new_from_descriptor(0), '', "
+                 "access='sequential').dzsave(sys.argv[1], suffix='.jpg[Q=90]', overlap=0, tile_size=256, "
+                 "depth='onepixel')")
+    quoted = " ".join(shlex.quote(a) for a in stream)
+    pipeline = (f"set -o pipefail; {quoted} png | PYTHONPATH={shlex.quote(vips_env['PYTHONPATH'])} "
+                f"{shlex.quote(sys.executable)} -c {shlex.quote(vips_code)} {shlex.quote(str(work / 'vips' / 'huge'))}")
+    (work / "vips").mkdir(parents=True, exist_ok=True)
+    tv, mv = run_cpu(["bash", "-c", pipeline], env)
+    vfiles = sum(1 for _ in (work / "vips" / "huge_files").rglob("*.jpg"))
+    shutil.rmtree(work / "vips", ignore_errors=True)
+    tr, mr = run_cpu([*stream, "null"], env)
+    print(f"   the same plan and render streamed into libvips {version} dzsave (uncompressed PNG on a pipe): "
+          f"{mv['seconds']:.1f} s wall, {tv.cpu:.1f} s CPU, peak RSS {mv['tree_peak_mb']:.0f} MB (both processes), "
+          f"{vfiles:,} tiles (exit {mv['returncode']}); the render alone: {mr['seconds']:.1f} s, {tr.cpu:.1f} s CPU, "
+          f"{mr['maxrss_mb']:.0f} MB", flush=True)
+    print(f"   pyramid writing alone (minus the render): ours {t.cpu - tr.cpu:.1f} s CPU, libvips {tv.cpu - tr.cpu:.1f} s "
+          f"CPU (PNG pipe included); wall {m['seconds']:.1f} s vs {mv['seconds']:.1f} s", flush=True)
+    if mv["returncode"]:
+        print(mv["output"][-2000:])
+    rows += [common.Row("mosaic", f"dzi {side:,} px: time", "render | libvips dzsave", mv["seconds"],
+                        "streamed DZI", m["seconds"], "s", higher_is_better=False),
+             common.Row("mosaic", f"dzi {side:,} px: CPU", "render | libvips dzsave", tv.cpu,
+                        "streamed DZI", t.cpu, "cpu s", higher_is_better=False),
+             common.Row("mosaic", f"dzi {side:,} px: peak RSS", "render | libvips dzsave", mv["tree_peak_mb"],
+                        "streamed DZI", m["maxrss_mb"], "MB", higher_is_better=False)]
+    return rows
+
+
+def stream_case(root: Path, cells: int, sink: str) -> None:
+    """Plan and render the DZI case's mosaic, its bands streamed to stdout as one uncompressed PNG
+    (no filter, zlib level 0: libvips reads it sequentially at memory speed), or dropped."""
+    import struct
+    import zlib
+
+    from builder.mosaic import iter_bands
+    from builder.mosaic.pngstream import _png_chunk
+
+    with Library.open(root, readonly=True) as lib:
+        plan = plan_mosaic(lib, REPO / "data" / "sample_target.jpg", MosaicOptions(grid=(cells, cells), tile_size=256),
+                           progress=False)
+        w, h = plan.output_size
+        out = sys.stdout.buffer if sink == "png" else None
+        z = zlib.compressobj(0)
+        if out:
+            out.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
+        for band in iter_bands(lib, plan, progress=False):
+            if out:
+                rows = np.zeros((len(band), w * 3 + 1), dtype=np.uint8)
+                rows[:, 1:] = band.reshape(len(band), -1)
+                out.write(_png_chunk(b"IDAT", z.compress(rows.tobytes())))
+        if out:
+            out.write(_png_chunk(b"IDAT", z.flush()) + _png_chunk(b"IEND", b""))
+            out.flush()
 
 
 def main() -> int:
@@ -423,19 +538,29 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=None, help="colours timed in the per-colour loop (default 20000)")
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild the bench library")
     parser.add_argument("--cold-library", default=None, help="library of 20,000+ tiles for the cold-start case "
-                        "(default: a cached one, built from 24,000 256-px crops with a bucket cap of 1000)")
+                        "(default: a cached one, built from 28,000 256-px crops with a bucket cap of 1000)")
     parser.add_argument("--dzi-cells", type=int, default=None, help="cells a side of the DZI case (default 200)")
+    parser.add_argument("--dzi-library", default=None, help="library for the DZI case (default: --library)")
     parser.add_argument("--skip-dzi", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--skip-nocache", action="store_true", help="leave out the first mosaic with no thumbnail "
+                        "cache (decodes every tile: minutes at 20,000 tiles)")
     parser.add_argument("--skip-phomo", action="store_true", help="leave phomo out (minutes a photo)")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the 10,000 x 100,000 fair case")
     parser.add_argument("--only", default="queries,fidelity,fair,cold,dzi", help="sections to run")
     parser.add_argument("--scale-case", choices=("greedy", "fair"), help=argparse_hidden())
+    parser.add_argument("--stream-case", type=int, help=argparse_hidden())
+    parser.add_argument("stream_sink", nargs="?", choices=("png", "null"), help=argparse_hidden())
+    parser.add_argument("--pyvips-path", default=None, help="folder holding pyvips (pip install --target DIR pyvips "
+                        "pyvips-binary) for the libvips comparison")
     args = parser.parse_args()
     global SKIP_PHOMO
     SKIP_PHOMO = args.skip_phomo
     if args.scale_case:
         scale_case(Path(args.library), args.scale_case)
+        return 0
+    if args.stream_case:
+        stream_case(Path(args.library), args.stream_case, args.stream_sink or "null")
         return 0
     quick_tmp = tempfile.TemporaryDirectory(prefix="bench_mosaic_quick_") if args.quick else None
     default_root = Path(quick_tmp.name) if quick_tmp else Path(tempfile.gettempdir()) / "mosaic_bench"
@@ -463,11 +588,12 @@ def main() -> int:
         if "cold" in sections and not args.skip_cold:
             cold = root if args.quick else Path(args.cold_library or default_root / "cold20k" / "mosaic_library")
             if not (cold / "tiles.db").is_file():
-                print(f"building the cold-start library at {cold} (24,000 256-px crops, cap 1000) ...", flush=True)
-                build_library(cold, 24000, seed=7, cap=1000, sizes=(256,))
-            rows += bench_cold(cold, work, args.quick)
+                print(f"building the cold-start library at {cold} (28,000 256-px crops, cap 1000) ...", flush=True)
+                build_cold_library(cold)
+            rows += bench_cold(cold, work, args.quick, args.skip_nocache)
         if "dzi" in sections and not args.skip_dzi:
-            rows += bench_dzi(root, work, args.dzi_cells or (4 if args.quick else 200))
+            rows += bench_dzi(Path(args.dzi_library) if args.dzi_library else root, work,
+                              args.dzi_cells or (4 if args.quick else 200), args.pyvips_path)
     common.report(rows)
     if quick_tmp:
         quick_tmp.cleanup()

@@ -2,15 +2,18 @@
 (``scipy.optimize.linear_sum_assignment``), never over the limit on real mosaics, with the
 repetition radius still holding, and one-line errors for impossible or bad values."""
 
+import logging
+
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from builder.cli import main
 from builder.errors import UsageError
 from builder.library import Library
 from builder.mosaic import MosaicOptions, match_with_uses, plan_mosaic
-from builder.mosaic.fair import NoFullMatching
+from builder.mosaic.fair import NoFullMatching, match_some
 from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
@@ -83,3 +86,22 @@ def test_max_uses_zero_is_a_one_line_error(library_root, tmp_path, capsys):
     assert capsys.readouterr().err == "error: python -m builder mosaic: argument --max-uses: must be at least 1, got 0\n"
     with pytest.raises(UsageError, match="--max-uses must be at least 1, got 0"):
         MosaicOptions(max_uses=0).validate()
+
+
+def test_a_round_places_as_many_cells_as_the_lists_allow_and_names_the_rest():
+    ranked = np.array([[0, -1], [0, -1], [1, 0]])
+    got = match_some(ranked, np.array([[1.0, np.inf], [2.0, np.inf], [5.0, 1.0]]), 1)
+    assert got[2] == 1 and sorted(got[:2].tolist()) == [-1, 0]  # one of the first two is left out, named -1
+    got = match_some(ranked, np.ones((3, 2)), np.array([0, 1]))  # tile 0 used up: only cell 2 has a tile left
+    assert got.tolist() == [-1, -1, 1]
+
+
+def test_a_flat_picture_needs_several_rounds_and_still_gets_distinct_tiles(library_root, caplog):
+    flat = Image.new("RGB", (300, 300), (40, 90, 160))
+    with Library.open(library_root, readonly=True) as lib:
+        n_tiles = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+        side = int(np.sqrt(n_tiles * 0.8))
+        with caplog.at_level(logging.INFO, logger="builder.mosaic.fair"):
+            plan = plan_mosaic(lib, flat, MosaicOptions(grid=(side, side), max_uses=1))
+    assert "go again" in caplog.text  # identical cells' shortlists overlap: later rounds were needed
+    assert len(np.unique(plan.tile_ids)) == side * side

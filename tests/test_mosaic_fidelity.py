@@ -155,6 +155,9 @@ def test_cli_prints_fidelity_and_json(earth_root, tmp_path, capsys):
     assert report["output"] == str(tmp_path / "b.png") and report["format"] == "png"
     assert set(report["fidelity"]) == {"delta_e2000", "ssim"} and 0 < report["fidelity"]["delta_e2000"] < 100
     assert report["options"]["max_correction"] == 0 and report["options"]["contrast"] is False
+    stages = report["stages"]  # where the time went, every stage of a mosaic timed
+    assert set(stages) == {"target", "tiles", "match", "render", "correct", "write", "fidelity"}
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= report["seconds"] + 0.01
 
 
 @pytest.mark.parametrize("args, message", [

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from ..defaults import DZI_FORMATS
 
 DZI_TILE = 256  # pixels a side of a pyramid tile (no overlap)
 JPEG_QUALITY = 90
+PNG_LEVEL = 1  # zlib level of PNG pyramid tiles: photo tiles gain a few % from 6 at 3-4x the time
+ENCODERS = 2  # threads encoding a row of pyramid tiles (Pillow releases the GIL while encoding)
 VIEWER_JS = Path(__file__).resolve().parent / "viewer" / "openseadragon.min.js"
 
 
@@ -55,11 +58,15 @@ def dzi_xml(width: int, height: int, fmt: str, tile: int = DZI_TILE) -> str:
 def _halve_pairs(pairs: np.ndarray) -> np.ndarray:
     """2x2 box average: ``(n, k, w, 3)`` uint8 (``k`` = 2 rows, or 1 for a last odd row) ->
     ``(n, ceil(w/2), 3)``; an odd last column is paired with itself, as DZI rounds sizes up."""
-    k = pairs.shape[1]
-    acc = pairs.astype(np.uint16).sum(axis=1)
-    if acc.shape[1] % 2:
+    n, k, w, _ = pairs.shape
+    acc = pairs.sum(axis=1, dtype=np.uint16)
+    if w % 2:
         acc = np.concatenate([acc, acc[:, -1:]], axis=1)
-    return ((acc[:, 0::2] + acc[:, 1::2] + k) // (2 * k)).astype(np.uint8)
+    acc = acc.reshape(n, (w + 1) // 2, 6)  # a pixel pair's six channel values side by side
+    acc = acc[:, :, :3] + acc[:, :, 3:]
+    acc += k
+    acc //= 2 * k
+    return acc.astype(np.uint8)
 
 
 class _Level:
@@ -88,6 +95,7 @@ class DziWriter:
         self.levels = [_Level(i, w, h, files / str(i)) for i, (w, h) in enumerate(levels(width, height))]
         self.received = 0
         self.tiles_written = 0
+        self._pool = ThreadPoolExecutor(ENCODERS)
 
     # ------------------------------------------------------------------ streaming
     def write(self, rows: np.ndarray) -> None:
@@ -118,16 +126,24 @@ class DziWriter:
             pair = rows[:pairs].reshape(pairs // 2, 2, self.levels[number].width, 3)
             self._feed(number - 1, _halve_pairs(pair))
 
+    def _save(self, level: _Level, block: np.ndarray, col: int, row: int) -> None:
+        img = Image.fromarray(np.ascontiguousarray(block[:, col * DZI_TILE:(col + 1) * DZI_TILE]), "RGB")
+        name = level.folder / f"{col}_{row}.{self.fmt}"
+        if self.fmt == "jpg":
+            img.save(name, "JPEG", quality=self.quality)
+        else:
+            img.save(name, "PNG", compress_level=PNG_LEVEL)
+
     def _cut(self, level: _Level, block: np.ndarray) -> None:
-        """Write one row of pyramid tiles from ``block`` (at most DZI_TILE rows of the level)."""
-        for col, x in enumerate(range(0, level.width, DZI_TILE)):
-            img = Image.fromarray(np.ascontiguousarray(block[:, x:x + DZI_TILE]), "RGB")
-            name = level.folder / f"{col}_{level.tile_row}.{self.fmt}"
-            if self.fmt == "jpg":
-                img.save(name, "JPEG", quality=self.quality)
-            else:
-                img.save(name, "PNG", compress_level=6)
-            self.tiles_written += 1
+        """Write one row of pyramid tiles from ``block`` (at most DZI_TILE rows of the level), each
+        tile encoded once, on :data:`ENCODERS` threads."""
+        n = math.ceil(level.width / DZI_TILE)
+        row = level.tile_row
+        if n > 1:
+            list(self._pool.map(lambda col: self._save(level, block, col, row), range(n)))
+        else:
+            self._save(level, block, 0, row)
+        self.tiles_written += n
         level.tile_row += 1
 
     # ------------------------------------------------------------------ finishing
@@ -142,6 +158,7 @@ class DziWriter:
             if level.held:
                 self._cut(level, np.concatenate(level.rows, axis=0))
                 level.rows, level.held = [], 0
+        self._pool.shutdown()
         (self.part / self.path.name).write_text(dzi_xml(self.width, self.height, self.fmt))
         (self.part / f"{self.stem}.html").write_text(viewer_html(self.stem, self.width, self.height, self.fmt,
                                                                  self.title), encoding="utf-8")
@@ -158,6 +175,7 @@ class DziWriter:
         return self.path
 
     def abort(self) -> None:
+        self._pool.shutdown()
         shutil.rmtree(self.part, ignore_errors=True)
 
 

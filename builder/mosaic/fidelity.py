@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..color import rgb_to_lab
 from ..errors import UsageError
+from .pixels import block_sums
 
 COLOUR_SAMPLES = 2  # samples a cell side for the CIEDE2000 figure
 STRUCTURE_SAMPLES = 4  # samples a cell side for the SSIM figure
@@ -105,8 +106,7 @@ def band_samples(band: np.ndarray, cols: int, per_cell: int = STRUCTURE_SAMPLES)
     tile = band.shape[0]
     if tile % per_cell == 0:  # exact, vectorised
         f = tile // per_cell
-        sums = band.reshape(per_cell, f, cols * per_cell, f, 3).sum(axis=(1, 3), dtype=np.uint32)
-        return (sums / (f * f)).astype(np.float32)
+        return (block_sums(band[None], f)[0] / (f * f)).astype(np.float32)
     small = Image.fromarray(band).resize((cols * per_cell, per_cell), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32)
 

@@ -54,7 +54,8 @@ def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png")
 def write_mosaic(lib: Library, plan: MosaicPlan, output: str | os.PathLike, progress: bool | None = None,
                  fmt: str = "png", dzi_image: str = DZI_FORMATS[0], meter: FidelityMeter | None = None) -> Path:
     """Stream the mosaic into a PNG file, or a Deep Zoom pyramid plus viewer (``fmt="dzi"``),
-    band by band; ``meter`` (if given) sees every band.  Returns the written path."""
+    band by band; ``meter`` (if given) sees every band.  Returns the written path; the seconds
+    of each stage (render, correct, write, fidelity) are added to ``plan.seconds``."""
     out = check_output_path(lib, output, fmt)
     width, height = plan.output_size
     limit = MAX_DZI_PIXELS if fmt == "dzi" else MAX_STREAM_PIXELS
@@ -66,12 +67,21 @@ def write_mosaic(lib: Library, plan: MosaicPlan, output: str | os.PathLike, prog
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = DziWriter(out, width, height, dzi_image, title=out.stem) if fmt == "dzi" else \
         PngStreamWriter(out, width, height)
+    stages = plan.seconds
+    for stage in ("write", "fidelity"):
+        stages.setdefault(stage, 0.0)
     try:
-        for band in iter_bands(lib, plan, progress):
+        for band in iter_bands(lib, plan, progress, stages):
+            clock = time.perf_counter()
             writer.write(band)
+            written = time.perf_counter()
             if meter is not None:
                 meter.add(band)
+            stages["write"] += written - clock
+            stages["fidelity"] += time.perf_counter() - written
+        clock = time.perf_counter()
         writer.close()
+        stages["write"] += time.perf_counter() - clock
     except BaseException:
         writer.abort()
         raise
@@ -130,6 +140,7 @@ class MosaicResult:
                         "max_correction": o.max_correction, "contrast": o.contrast, "subcells": o.subcells,
                         "detail": o.detail, "real_only": o.real_only},
             "seconds": round(self.seconds, 3),
+            "stages": {stage: round(value, 3) for stage, value in p.seconds.items()},
         }
 
 
@@ -144,7 +155,10 @@ def mosaic_file(lib: Library, target: str | os.PathLike | Image.Image, output: s
     plan = plan_mosaic(lib, target, options, progress)
     meter = FidelityMeter(plan.reference, plan.layout.cols)
     path = write_mosaic(lib, plan, output, progress, fmt, dzi_image, meter)
-    return MosaicResult(path, plan, time.perf_counter() - started, meter.result(), fmt, synthetic_cells(lib, plan))
+    clock = time.perf_counter()
+    fidelity = meter.result()
+    plan.seconds["fidelity"] = plan.seconds.get("fidelity", 0.0) + time.perf_counter() - clock
+    return MosaicResult(path, plan, time.perf_counter() - started, fidelity, fmt, synthetic_cells(lib, plan))
 
 
 def synthetic_cells(lib: Library, plan: MosaicPlan) -> int:

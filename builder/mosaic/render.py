@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,8 +24,11 @@ from .thumbs import THUMB_SIZE, _pool, _read_tile
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 150_000_000  # a returned PIL image lives in memory: 450 MB
-RENDER_CACHE_BYTES = 256 * 2**20  # decoded tiles kept at output size (at least one row's worth)
-CORRECTION_CHUNK_PIXELS = 4 * 2**20  # pixels of a band corrected at once (48 MB of float32 temporaries)
+# Decoded tiles kept at output size (at least one row's worth).  A 200x200-cell mosaic of 256-px
+# tiles of data/sample_target.jpg uses 1,710 distinct tiles: 128 MB (682 tiles) decodes 1,725
+# times, 256 MB 1,710, 64 MB 2,381 (Belady's rule keeps what is needed soonest).
+RENDER_CACHE_BYTES = 128 * 2**20
+CORRECTION_CHUNK_PIXELS = 2**20  # pixels of a band corrected at once (two 12 MB float32 temporaries)
 
 
 # ============================================================================ rendering
@@ -49,33 +53,58 @@ def _interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-def _shift_rows(plan: MosaicPlan, diff: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical interpolation of the sub-cell shift field for band ``row``: ``(T, w_in, 3)``."""
+def _vertical_weights(plan: MosaicPlan, shift: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shift field's rows that band ``row`` interpolates between, and the ``(T, k)`` weights
+    that take those ``k`` rows to the band's ``T`` output rows (each row's weights sum to 1)."""
     tile = plan.layout.tile
-    y0, y1, wy = _interp_axis(plan.layout.rows * tile, diff.shape[0], row * tile, tile)
-    return diff[y0] * (1 - wy)[:, None, None] + diff[y1] * wy[:, None, None]
+    y0, y1, wy = _interp_axis(plan.layout.rows * tile, shift.shape[0], row * tile, tile)
+    used = np.unique(np.concatenate([y0, y1]))
+    weights = np.zeros((tile, len(used)), dtype=np.float32)
+    out_rows = np.arange(tile)
+    np.add.at(weights, (out_rows, np.searchsorted(used, y0)), 1 - wy)
+    np.add.at(weights, (out_rows, np.searchsorted(used, y1)), wy)
+    return used, weights
 
 
 def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarray | None,
                   gain: np.ndarray | None, means: np.ndarray | None) -> np.ndarray:
     """Apply the contrast gain and the bilinearly interpolated colour shift to one band, a few
-    cells' width at a time so the float temporaries stay small on very wide mosaics."""
+    cells' width at a time so the float temporaries stay small on very wide mosaics.
+
+    Per pixel this is ``p * gain + offset``: the contrast match ``m + (p - m) * g`` and the
+    shift are one multiply and one add, with ``offset = m (1 - g) + shift(x, y)``.  The offset is
+    interpolated horizontally on the few shift rows the band needs, then vertically for all its
+    rows at once as a small matrix product, so no per-pixel gather is made.
+    """
     tile, cols = plan.layout.tile, plan.layout.cols
     out = np.empty_like(band)
-    vert = _shift_rows(plan, shift, row) if shift is not None else None
+    if shift is not None:
+        used, weights = _vertical_weights(plan, shift, row)
+        shift_rows = shift[used]  # (k, cols * s, 3)
     step = max(1, CORRECTION_CHUNK_PIXELS // (tile * tile))
     for c0 in range(0, cols, step):
         c1 = min(cols, c0 + step)
         px = slice(c0 * tile, c1 * tile)
+        width = (c1 - c0) * tile
+        if shift is not None:
+            x0, x1, wx = _interp_axis(cols * tile, shift.shape[1], c0 * tile, width)
+            rows_h = shift_rows[:, x0] * (1 - wx)[None, :, None] + shift_rows[:, x1] * wx[None, :, None]
+        else:
+            rows_h = np.zeros((1, width, 3), dtype=np.float32)
+        if gain is not None:
+            g = np.repeat(gain[row, c0:c1], tile)
+            rows_h += (np.repeat(means[row, c0:c1], tile, axis=0) * (1 - g)[:, None])[None]
+        if shift is not None:
+            offset = (weights @ rows_h.reshape(len(used), -1)).reshape(tile, width, 3)
+        else:
+            offset = rows_h
         part = band[:, px].astype(np.float32)
         if gain is not None:
-            m = np.repeat(means[row, c0:c1], tile, axis=0)[None]
-            part = m + (part - m) * np.repeat(gain[row, c0:c1], tile)[None, :, None]
-        if vert is not None:
-            x0, x1, wx = _interp_axis(cols * tile, shift.shape[1], c0 * tile, (c1 - c0) * tile)
-            part += vert[:, x0] * (1 - wx)[None, :, None] + vert[:, x1] * wx[None, :, None]
+            part *= g[None, :, None]
+        part += offset
         np.clip(part, 0, 255, out=part)
-        out[:, px] = np.rint(part)
+        np.rint(part, out=part)
+        out[:, px] = part
     return out
 
 
@@ -129,24 +158,48 @@ class _TileCache:
         self.pointer[self.needed[r]] += 1
 
 
-def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> Iterator[np.ndarray]:
+def _release(thumbs: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped thumbnail file from this process (``MADV_DONTNEED``:
+    they stay in the page cache and come back on the next read), so a huge mosaic's peak RSS
+    does not carry the 12 KB a tile the planning read."""
+    import mmap
+
+    mapped = getattr(thumbs, "_mmap", None)  # numpy.memmap's mapping
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
+               seconds: dict | None = None) -> Iterator[np.ndarray]:
     """Yield the output one band of cells at a time, ``(T, cols*T, 3)`` uint8.
 
     Each used tile is fetched when a band needs it (from the thumbnail cache for tiles up to
     64 px, else decoded from its PNG, on threads) and kept while memory allows
     (:data:`RENDER_CACHE_BYTES`), so memory is bounded whatever the mosaic's size.  The colour
-    correction of :mod:`.correct` is applied per band.
+    correction of :mod:`.correct` is applied per band.  ``seconds`` (if given) accumulates the
+    time spent fetching and placing tiles (``"render"``) and correcting them (``"correct"``).
     """
+    seconds = {} if seconds is None else seconds
+    seconds.setdefault("render", 0.0)
+    seconds.setdefault("correct", 0.0)
+    clock = time.perf_counter()
     layout, grid = plan.layout, plan.grid
     tile, rows, cols = layout.tile, layout.rows, layout.cols
     used, inverse = np.unique(grid, return_inverse=True)
     local = inverse.reshape(rows, cols)
     cache = _TileCache(local, tile, RENDER_CACHE_BYTES // (tile * tile * 3))
     shift, gain, means = plan_correction(plan)
+    if tile > THUMB_SIZE:  # the thumbnails are not read again: their pages need not stay ours
+        _release(plan.table.thumbs)
+    seconds["correct"] += time.perf_counter() - clock
     show = sys.stderr.isatty() if progress is None else progress
     table = plan.table
     with _pool(plan.options.workers) as pool, tqdm(total=rows, unit="row", desc="mosaic", disable=not show) as bar:
         for r in range(rows):
+            clock = time.perf_counter()
             new = cache.missing(r)
             if len(new):
                 if tile <= THUMB_SIZE:  # from the thumbnail cache: no PNG decoded at all
@@ -156,8 +209,11 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None) -> 
                     cache.store(new, np.stack(list(pool.map(lambda job: load_thumbnail(lib, *job, tile), jobs))))
             band = cache.slots[cache.slot_of[local[r]]]  # (cols, T, T, 3)
             band = band.transpose(1, 0, 2, 3).reshape(tile, cols * tile, 3)
+            placed = time.perf_counter()
+            seconds["render"] += placed - clock
             if shift is not None or gain is not None:
                 band = _correct_band(plan, band, r, shift, gain, means)
+            seconds["correct"] += time.perf_counter() - placed
             yield band
             cache.done(r)
             bar.update()

@@ -26,6 +26,7 @@ from ..decode import decode_tile
 from ..errors import BadTile, ImageRejected, LibraryError
 from ..layout import CACHE_DIR, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
 from ..library import Library
+from .pixels import block_sums
 from .target import DEFAULT_SUBCELLS
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,8 @@ class TileTable:
         f = THUMB_SIZE // detail
         for lo in range(0, len(rows), 2048):
             pixels = np.asarray(self.thumbs[self.thumb_rows[rows[lo:lo + 2048]]])
-            if f * detail == THUMB_SIZE:  # equal blocks: a reshape, much faster than reduceat
-                sums = pixels.reshape(len(pixels), detail, f, detail, f, 3).sum(axis=(2, 4), dtype=np.uint32)
-                out[lo:lo + 2048] = sums / (f * f)
+            if f * detail == THUMB_SIZE:  # equal blocks: reshapes, much faster than reduceat
+                out[lo:lo + 2048] = block_sums(pixels, f) / (f * f)
             else:
                 out[lo:lo + 2048] = subcell_means(pixels, detail)
         return out
@@ -98,8 +98,7 @@ class TileTable:
             return pixels
         if THUMB_SIZE % size == 0:  # box reduction, vectorised
             f = THUMB_SIZE // size
-            sums = pixels.reshape(len(pixels), size, f, size, f, 3).sum(axis=(2, 4), dtype=np.uint32)
-            return ((sums + f * f // 2) // (f * f)).astype(np.uint8)
+            return ((block_sums(pixels, f) + f * f // 2) // (f * f)).astype(np.uint8)
         return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
 
 
@@ -110,6 +109,11 @@ def _block_edges(size: int, parts: int) -> np.ndarray:
 def subcell_means(pixels: np.ndarray, subcells: int) -> np.ndarray:
     """Mean RGB of ``s x s`` blocks of ``(..., h, w, 3)`` uint8 images (blocks may differ by 1 px)."""
     h, w = pixels.shape[-3], pixels.shape[-2]
+    if h == w and h % subcells == 0 and pixels.ndim in (3, 4) and pixels.dtype == np.uint8:  # equal blocks: fast
+        f = h // subcells
+        batch = pixels if pixels.ndim == 4 else pixels[None]
+        sums = block_sums(batch, f) / (f * f)
+        return sums if pixels.ndim == 4 else sums[0]
     ys, xs = _block_edges(h, subcells), _block_edges(w, subcells)
     sums = np.add.reduceat(np.add.reduceat(pixels, ys[:-1], axis=-3, dtype=np.uint64), xs[:-1], axis=-2)
     areas = np.diff(ys)[:, None, None] * np.diff(xs)[None, :, None]
