@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.demo import MOSAIC_GRID, MOSAIC_TILE
+from builder.demo import MOSAIC_GRID, MOSAIC_TILE, SYNTH_MAX_USES
 
 
 class Links(HTMLParser):
@@ -80,6 +80,13 @@ def test_demo_synthesizes_every_empty_bucket_and_compares_the_mosaics(tmp_path, 
     assert figures["fallback_cells"] == 0 < figures["fallback_cells_real_only"]
     assert figures["synthetic_cells"] > 0 and "no problems" in result["steps"][3]["summary"]
     assert (out / "mosaic_real_only.png").is_file() and (out / "staging" / "synthetic").is_dir()
+    # The library itself (verified deep above): every bucket holds a tile, and no source tile lent
+    # its texture more than the demo's --max-uses times.
+    with sqlite3.connect(out / "mosaic_library" / "tiles.db") as conn:
+        assert conn.execute("SELECT COUNT(DISTINCT bucket_id) FROM tiles").fetchone()[0] == 5000
+        uses = conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM tiles WHERE synthetic = 1 "
+                            "AND derived_from IS NOT NULL GROUP BY derived_from)").fetchone()[0]
+    assert 1 <= uses <= SYNTH_MAX_USES
 
 
 def test_demo_bad_options_are_one_line(tmp_path, capsys):
