@@ -19,7 +19,7 @@ from ..library import Library
 from .correct import plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
-from .thumbs import THUMB_SIZE, _pool, _read_tile
+from .thumbs import THUMB_SIZE, _pool, _read_tile, release_pages
 
 logger = logging.getLogger(__name__)
 
@@ -158,20 +158,6 @@ class _TileCache:
         self.pointer[self.needed[r]] += 1
 
 
-def _release(thumbs: np.ndarray) -> None:
-    """Drop the pages of a memory-mapped thumbnail file from this process (``MADV_DONTNEED``:
-    they stay in the page cache and come back on the next read), so a huge mosaic's peak RSS
-    does not carry the 12 KB a tile the planning read."""
-    import mmap
-
-    mapped = getattr(thumbs, "_mmap", None)  # numpy.memmap's mapping
-    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mapped.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
-
-
 def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
                seconds: dict | None = None) -> Iterator[np.ndarray]:
     """Yield the output one band of cells at a time, ``(T, cols*T, 3)`` uint8.
@@ -193,7 +179,7 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
     cache = _TileCache(local, tile, RENDER_CACHE_BYTES // (tile * tile * 3))
     shift, gain, means = plan_correction(plan)
     if tile > THUMB_SIZE:  # the thumbnails are not read again: their pages need not stay ours
-        _release(plan.table.thumbs)
+        release_pages(plan.table.thumbs)
     seconds["correct"] += time.perf_counter() - clock
     show = sys.stderr.isatty() if progress is None else progress
     table = plan.table
