@@ -57,7 +57,7 @@ from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .defaults import DEFAULT_BATCH, DEFAULT_THREADS
 from .errors import ImageRejected, LibraryError, SourceUnreachable, UsageError
-from .fetch import FetchEngine, graceful_sigint
+from .fetch import FetchEngine, drive
 from .layout import (
     ATLAS_SAMPLE_PER_BUCKET,
     ATLAS_ZOOM_SPAN,
@@ -584,22 +584,16 @@ def _build(lib: Library, src: TileSource, plan: Plan, zoom: int, atlas_zoom: int
     report.already = len(refs) - len(run.todo)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(run.todo), unit="tile", desc="atlas", disable=not show, dynamic_ncols=True)
-    clean = False
+    def interrupted() -> None:
+        report.interrupted = True
+        run.stop("interrupted")
+        cancelled = run.engine.abandon()
+        if cancelled:
+            with lib.conn:
+                run.ledger.release(lib.conn, cancelled)
+
     try:
-        with graceful_sigint(run.on_sigint):
-            run.engine.start()
-            try:
-                run.loop(bar)
-                clean = True
-            except KeyboardInterrupt:
-                report.interrupted = True
-                run.stop("interrupted")
-                cancelled = run.engine.abandon()
-                if cancelled:
-                    with lib.conn:
-                        run.ledger.release(lib.conn, cancelled)
-            finally:
-                run.engine.close(wait=clean)
+        drive(run.engine, lambda: run.loop(bar), run.on_sigint, interrupted)
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started

@@ -229,6 +229,26 @@ class FetchEngine:
         return FetchResult(ref, data, None, "", utc_now())
 
 
+def drive(engine: FetchEngine, loop: Callable[[], None], on_sigint: Callable[[], None],
+          on_interrupt: Callable[[], None]) -> bool:
+    """Run a driver's ``loop`` over a started ``engine`` under :func:`graceful_sigint`, the way
+    every driver does: the first Ctrl-C calls ``on_sigint`` (stop in order), a second one ends
+    the loop with KeyboardInterrupt and ``on_interrupt`` runs (book the abandoned tiles); the
+    engine is closed in all cases, waiting for its threads only after a clean end.  True when
+    the loop ended cleanly."""
+    clean = False
+    with graceful_sigint(on_sigint):
+        engine.start()
+        try:
+            loop()
+            clean = True
+        except KeyboardInterrupt:
+            on_interrupt()
+        finally:
+            engine.close(wait=clean)
+    return clean
+
+
 @contextmanager
 def graceful_sigint(on_first: Callable[[], None]) -> Iterator[None]:
     """First Ctrl-C calls ``on_first`` (stop in order); a second raises KeyboardInterrupt.

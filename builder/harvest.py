@@ -73,7 +73,7 @@ from tqdm import tqdm
 from .assign import Candidate, Outcome, Pipeline, check_radius
 from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
 from .errors import SourceUnreachable, UsageError
-from .fetch import FetchEngine, graceful_sigint
+from .fetch import FetchEngine, drive
 from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .ledger import (
     ACCEPTED,
@@ -699,7 +699,7 @@ def harvest(
 
 
 def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: bool, radius: int = 0) -> None:
-    """Pipeline first (fork), then signals, threads and the bar; tear down in reverse."""
+    """Pipeline first (fork), then the bar, signals and threads (:func:`~builder.fetch.drive`); tear down in reverse."""
     lib, report = run.lib, run.report
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
@@ -708,20 +708,18 @@ def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: 
         pipe = Pipeline(lib, workers=workers, prefilter=reject_blank if screen_blank else None,
                         near_duplicate_radius=radius)
     run.pipe = pipe
+
+    def interrupted() -> None:
+        report.interrupted = True
+        run.stop("interrupted")
+        run.abandon()
+
     try:
-        with graceful_sigint(run.on_sigint):
-            run.engine.start()
-            bar = tqdm(total=run.max_tiles, unit="tile", desc="harvest", disable=not show, dynamic_ncols=True)
-            try:
-                run.loop(bar)
-                clean = True
-            except KeyboardInterrupt:
-                report.interrupted = True
-                run.stop("interrupted")
-                run.abandon()
-            finally:
-                run.engine.close(wait=clean)
-                bar.close()
+        bar = tqdm(total=run.max_tiles, unit="tile", desc="harvest", disable=not show, dynamic_ncols=True)
+        try:
+            clean = drive(run.engine, lambda: run.loop(bar), run.on_sigint, interrupted)
+        finally:
+            bar.close()
     finally:
         report.seconds = time.perf_counter() - started
         pipe.close()
