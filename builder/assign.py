@@ -474,30 +474,25 @@ class Pipeline:
                 if reason is None:
                     synthetic = is_synthetic(cand)
                     key = (an.bucket_id, an.phash)
-                    if synthetic:
-                        if self.counts[an.bucket_id] >= cap:
-                            reason = "bucket_full"
-                        elif key in batch_all or conn.execute(
-                            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? LIMIT 1", key
-                        ).fetchone() or self._near_duplicate(an, True, batch_near):
-                            reason = "duplicate"
-                    else:
-                        if self.real_counts[an.bucket_id] >= cap:
-                            reason = "bucket_full"
-                        elif key in batch_real or conn.execute(
-                            "SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ? AND synthetic = 0 LIMIT 1", key
-                        ).fetchone() or self._near_duplicate(an, False, batch_near):
-                            reason = "duplicate"
-                        else:
-                            twin = synthetic_to_evict(an.bucket_id, an.phash)
-                            if twin is not None:
-                                gives_way.append(twin)
-                            elif self.counts[an.bucket_id] >= cap:
-                                newest = synthetic_to_evict(an.bucket_id, None)
-                                if newest is None:  # full with this batch's own synthetic tiles
-                                    reason = "bucket_full"
-                                else:
-                                    gives_way.append(newest)
+                    # A synthetic tile is refused by any tile, a real one only by real ones.
+                    counts, seen, only_real = ((self.counts, batch_all, "") if synthetic else
+                                               (self.real_counts, batch_real, " AND synthetic = 0"))
+                    if counts[an.bucket_id] >= cap:
+                        reason = "bucket_full"
+                    elif key in seen or conn.execute(
+                        f"SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ?{only_real} LIMIT 1", key
+                    ).fetchone() or self._near_duplicate(an, synthetic, batch_near):
+                        reason = "duplicate"
+                    elif not synthetic:  # a synthetic twin, or the newest synthetic tile at the cap, gives way
+                        twin = synthetic_to_evict(an.bucket_id, an.phash)
+                        if twin is not None:
+                            gives_way.append(twin)
+                        elif self.counts[an.bucket_id] >= cap:
+                            newest = synthetic_to_evict(an.bucket_id, None)
+                            if newest is None:  # full with this batch's own synthetic tiles
+                                reason = "bucket_full"
+                            else:
+                                gives_way.append(newest)
                     if reason is not None:
                         store.unstage(self.lib.temp_dir, [an.tile_id])
                     else:
