@@ -401,12 +401,7 @@ def test_a_killed_atlas_resumes_and_folds_every_fetched_tile_exactly_once(tmp_pa
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         progress = []
         for more in (20, 45, 30):  # kill once the server has answered this many more tiles
-            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            goal, deadline = len(server.ok_counts()) + more, time.monotonic() + 120
-            while len(server.ok_counts()) < goal and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            kill_when_served(argv, server, more)
             progress.append(len(server.ok_counts()))
         final = subprocess.run(argv + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         ok = server.ok_counts()
