@@ -290,7 +290,7 @@ def choose_budget(results: dict) -> None:
 # ============================================================================ 3. fair assignment
 def subset_table(table: TileTable, n: int, seed: int = 0) -> TileTable:
     keep = np.sort(np.random.default_rng(seed).choice(len(table), size=min(n, len(table)), replace=False))
-    return TileTable(table.ids[keep], table.bucket_ids[keep], table.rgb[keep], table.subcells, table.thumbs,
+    return TileTable(table.id_bytes[keep], table.bucket_ids[keep], table.rgb[keep], table.subcells, table.thumbs,
                      table.thumb_rows[keep])
 
 
@@ -299,7 +299,7 @@ def repeated_table(table: TileTable, n: int, seed: int = 0) -> TileTable:
     rng = np.random.default_rng(seed)
     src = rng.integers(0, len(table), n)
     rgb = np.clip(table.rgb[src] + rng.uniform(-4, 4, (n, *table.rgb.shape[1:])), 0, 255)
-    ids = np.array([f"{i:08x}-0000-4000-8000-000000000000" for i in range(n)])
+    ids = np.array([f"{i:08x}-0000-4000-8000-000000000000" for i in range(n)], dtype="S36")
     return TileTable(ids, table.bucket_ids[src], rgb, table.subcells, table.thumbs, table.thumb_rows[src])
 
 

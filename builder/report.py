@@ -20,7 +20,6 @@ library redraws only the buckets that changed, and stale sheets are removed.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import html
 import logging
@@ -307,36 +306,31 @@ class StoredThumbnails:
     """The 64-px thumbnails the store keeps for mosaics (``builder.mosaic.thumbs``), looked up by
     ``(id, phash)``: the same 4x4 box reduction :func:`_thumbnail` makes, without decoding the tile.
 
-    Only the keys are read into memory, as one sorted NumPy array (52 bytes a tile, no Python
-    object per tile); each thumbnail is read from the pixels file when drawn (``os.pread``: no
-    memory map, whose touched pages would count in the report's memory).  A tile the cache lacks, or holds under
-    another pHash, is decoded as before.  Unusable cache: every tile is decoded.
+    Only the keys are read into memory, as the cache's own :class:`~builder.mosaic.thumbs.CacheIndex`
+    (60 bytes a tile, no Python object per tile); each thumbnail is read from the pixels file when
+    drawn (``os.pread``: no memory map, whose touched pages would count in the report's memory).
+    A tile the cache lacks, or holds under another pHash, is decoded as before.  Unusable cache:
+    every tile is decoded.
     """
 
     def __init__(self, lib: Library) -> None:
-        self.ids = self.hashes = self.order = None
+        self.index = None
         self.fd: int | None = None
         if SHEET_THUMB != THUMB_SIZE:
             return
-        from .mosaic.thumbs import KEY, ThumbnailCache
+        from .mosaic.thumbs import ThumbnailCache
 
         cache = ThumbnailCache.of(lib.root)
         try:
-            with cache._lock(fcntl.LOCK_SH):
-                rows = cache._rows_on_disk()
-                if not rows:
+            with cache.shared():
+                index = cache.read_keys()
+                if not index.size:
                     return
-                keys = np.fromfile(cache.keys_path, dtype=KEY, count=rows)
-                fd = os.open(cache.pixels_path, os.O_RDONLY | os.O_CLOEXEC)
+                self.fd = os.open(cache.pixels_path, os.O_RDONLY | os.O_CLOEXEC)
         except (OSError, ValueError) as exc:
             logger.warning("contact sheets decode every tile: thumbnail cache unreadable (%s)", exc)
             return
-        # The last row written for an id wins, as in the cache's own load: stable sort, take the last.
-        order = np.argsort(keys["id"], kind="stable")
-        ids = keys["id"][order]
-        last = np.ones(len(ids), dtype=bool)
-        last[:-1] = ids[1:] != ids[:-1]
-        self.order, self.ids, self.hashes, self.fd = order[last], ids[last], keys["phash"][order[last]], fd
+        self.index = index
 
     def close(self) -> None:
         if self.fd is not None:
@@ -344,14 +338,15 @@ class StoredThumbnails:
             self.fd = None
 
     def get(self, tile_id: str, tile_hash: str | None) -> Image.Image | None:
-        if self.ids is None or not isinstance(tile_id, str) or not isinstance(tile_hash, str):
+        if self.index is None or not isinstance(tile_id, str) or not isinstance(tile_hash, str):
             return None
-        key = tile_id.encode("ascii", "replace")
-        at = int(np.searchsorted(self.ids, key))
-        if at >= len(self.ids) or self.ids[at] != key or self.hashes[at] != tile_hash.encode("ascii", "replace"):
+        from .mosaic.thumbs import cache_keys
+
+        row = int(self.index.rows(cache_keys([tile_id], [tile_hash]))[0])
+        if row < 0:
             return None
         size = THUMB_SIZE * THUMB_SIZE * 3
-        data = os.pread(self.fd, size, int(self.order[at]) * size)  # rows are appended whole
+        data = os.pread(self.fd, size, row * size)  # rows are appended whole
         return Image.frombytes("RGB", (THUMB_SIZE, THUMB_SIZE), data) if len(data) == size else None
 
 

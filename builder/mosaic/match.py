@@ -14,7 +14,6 @@ from PIL import Image
 
 from ..color import rgb_to_lab
 from ..errors import LibraryError, UsageError
-from ..layout import N_BUCKETS
 from ..library import Library
 from ..query import PopulatedIndex
 from .fidelity import STRUCTURE_SAMPLES
@@ -46,9 +45,7 @@ def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarra
     Returns ``(cells, width)`` table row indices padded with -1.  Vectorised: bucket slots
     are mapped to positions with cumulative counts, never a loop over cells.
     """
-    counts = np.bincount(table.bucket_ids, minlength=N_BUCKETS)
-    order = np.argsort(table.bucket_ids, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    counts, order, starts = table.by_bucket
     minimum = min(minimum, len(table))
     # Enough buckets for any cell: the smallest populated buckets together reach ``minimum``.
     smallest = np.cumsum(np.sort(counts[counts > 0]))
@@ -170,7 +167,7 @@ class MosaicPlan:
     @property
     def tile_ids(self) -> np.ndarray:
         """``(rows, cols)`` tile ids: what tests and callers inspect."""
-        return self.table.ids[self.grid]
+        return self.table.id_bytes[self.grid].astype(str)
 
     @property
     def bucket_grid(self) -> np.ndarray:
@@ -320,7 +317,7 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
                          f"{options.max_uses * len(table)} cells, the mosaic has {rows * cols}: allow more uses or "
                          "use fewer cells")
     cells = _Cells(samples, layout, s, detail)
-    counts = np.bincount(table.bucket_ids, minlength=N_BUCKETS)
+    counts = table.by_bucket[0]
     index = PopulatedIndex(lib.centroids, counts)
     own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())

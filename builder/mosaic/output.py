@@ -168,5 +168,5 @@ def synthetic_cells(lib: Library, plan: MosaicPlan) -> int:
     synthetic = {tile_id for (tile_id,) in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 1")}
     if not synthetic:
         return 0
-    used = np.isin(plan.table.ids, np.array(sorted(synthetic)))
+    used = np.isin(plan.table.id_bytes, np.array(sorted(synthetic), dtype=plan.table.id_bytes.dtype))
     return int(used[plan.grid].sum())

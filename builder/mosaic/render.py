@@ -191,7 +191,7 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
                 if tile <= THUMB_SIZE:  # from the thumbnail cache: no PNG decoded at all
                     cache.store(new, table.thumbnails(used[new], tile))
                 else:
-                    jobs = [(int(table.bucket_ids[used[i]]), str(table.ids[used[i]])) for i in new]
+                    jobs = [(int(table.bucket_ids[used[i]]), table.tile_id(used[i])) for i in new]
                     cache.store(new, np.stack(list(pool.map(lambda job: load_thumbnail(lib, *job, tile), jobs))))
             band = cache.slots[cache.slot_of[local[r]]]  # (cols, T, T, 3)
             band = band.transpose(1, 0, 2, 3).reshape(tile, cols * tile, 3)

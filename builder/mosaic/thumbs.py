@@ -10,7 +10,7 @@ import mmap
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from ..color import rgb_to_lab
 from ..db import table_columns
 from ..decode import decode_tile
 from ..errors import BadTile, ImageRejected, LibraryError
-from ..layout import CACHE_DIR, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
+from ..layout import CACHE_DIR, N_BUCKETS, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
 from ..library import Library
 from .pixels import block_sums
 from .target import DEFAULT_SUBCELLS
@@ -36,6 +36,7 @@ CACHE_VERSION = 2  # 2: append-only keys + pixels files (1 was one rewritten .np
 THUMB_BYTES = THUMB_SIZE * THUMB_SIZE * 3
 THUMB_PREFIX = "mosaic_thumbs64"
 KEY = np.dtype([("id", "S36"), ("phash", "S16")])  # one row's key in the keys file
+KEY_BYTES = np.dtype(f"S{KEY.itemsize}")  # a key as one byte string: sorts and compares as (id, phash)
 LOCK_NAME = ".mosaic_thumbs.lock"
 SPOT_CHECKS = 3
 DEAD_ROWS_KEPT = 1000  # rows of deleted tiles tolerated before the cache is compacted
@@ -45,9 +46,13 @@ DEAD_ROWS_KEPT = 1000  # rows of deleted tiles tolerated before the cache is com
 @dataclass
 class TileTable:
     """Tiles a mosaic can use: id, bucket, ``s x s`` sub-cell mean RGB, and the 64-px thumbnail
-    thumbs they were measured on (``thumbs[thumb_rows[i]]`` is row ``i``'s thumbnail)."""
+    thumbs they were measured on (``thumbs[thumb_rows[i]]`` is row ``i``'s thumbnail).
 
-    ids: np.ndarray  # (n,) str
+    Everything is held as NumPy arrays, no Python object per tile: about 230 bytes a tile with
+    the sub-cell features (ids as 36 ASCII bytes; :attr:`ids` decodes them on demand).
+    """
+
+    id_bytes: np.ndarray  # (n,) S36: the tile ids, ASCII
     bucket_ids: np.ndarray  # (n,) int64
     rgb: np.ndarray  # (n, s, s, 3) float64
     subcells: int
@@ -55,15 +60,32 @@ class TileTable:
     thumb_rows: np.ndarray  # (n,) int64
     skipped: int = 0  # rows whose file could not be read
     scratch: object = None  # keeps a temporary cache folder alive (read-only libraries)
-    _detail: dict = field(default_factory=dict, repr=False)  # d -> (computed?, LAB) per row, filled on use
+    _detail: dict = field(default_factory=dict, repr=False)  # d -> _DetailMemo, filled on use
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.id_bytes)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """``(n,)`` str tile ids: a new array on each access (:meth:`tile_id` for one tile)."""
+        return self.id_bytes.astype(str)
+
+    def tile_id(self, row: int) -> str:
+        """The id of table row ``row``."""
+        return self.id_bytes[int(row)].decode("ascii")
 
     @cached_property
     def features(self) -> np.ndarray:
         """LAB of every sub-cell, flattened ``(n, s*s*3)``: what cells are matched against."""
-        return rgb_to_lab(self.rgb).reshape(len(self.ids), -1)
+        return rgb_to_lab(self.rgb).reshape(len(self), -1)
+
+    @cached_property
+    def by_bucket(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(counts, order, starts)``: tiles per bucket, table rows sorted by bucket (stable),
+        and where each bucket's rows start in that order."""
+        counts = np.bincount(self.bucket_ids, minlength=N_BUCKETS)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return counts, np.argsort(self.bucket_ids, kind="stable"), starts
 
     def detail_rgb(self, detail: int, rows: np.ndarray) -> np.ndarray:
         """``(k, d, d, 3)`` mean RGB of ``d x d`` blocks of the thumbnails of table ``rows``."""
@@ -80,18 +102,16 @@ class TileTable:
         return out
 
     def detail_lab(self, detail: int, rows: np.ndarray) -> np.ndarray:
-        """``(k, d*d*3)`` float32 LAB of :meth:`detail_rgb`, computed once per tile and kept."""
+        """``(k, d*d*3)`` float32 LAB of :meth:`detail_rgb`, computed once per tile and kept
+        (only for the tiles asked for: memory follows the shortlists, not the library)."""
         rows = np.asarray(rows, dtype=np.int64)
         memo = self._detail.get(detail)
         if memo is None:
-            memo = self._detail[detail] = (np.zeros(len(self), dtype=bool),
-                                          np.empty((len(self), detail * detail * 3), dtype=np.float32))
-        done, lab = memo
-        todo = np.unique(rows[~done[rows]])
+            memo = self._detail[detail] = _DetailMemo(len(self), detail * detail * 3)
+        todo = np.unique(rows[memo.slot[rows] < 0])
         if len(todo):
-            lab[todo] = rgb_to_lab(self.detail_rgb(detail, todo)).reshape(len(todo), -1)
-            done[todo] = True
-        return lab[rows]
+            memo.add(todo, rgb_to_lab(self.detail_rgb(detail, todo)).reshape(len(todo), -1))
+        return memo.lab[memo.slot[rows]]
 
     def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
         """``(k, size, size, 3)`` thumbnails of table rows from the thumbs (``size`` <= 64)."""
@@ -102,6 +122,25 @@ class TileTable:
             f = THUMB_SIZE // size
             return ((block_sums(pixels, f) + f * f // 2) // (f * f)).astype(np.uint8)
         return np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.LANCZOS)) for p in pixels])
+
+
+class _DetailMemo:
+    """Rows' computed detail LAB, packed: ``lab[slot[row]]`` (``slot`` -1 until computed)."""
+
+    def __init__(self, n: int, width: int) -> None:
+        self.slot = np.full(n, -1, dtype=np.int32)
+        self.lab = np.empty((0, width), dtype=np.float32)
+        self.used = 0
+
+    def add(self, rows: np.ndarray, lab: np.ndarray) -> None:
+        end = self.used + len(rows)
+        if end > len(self.lab):  # grow by doubling: amortised copies
+            grown = np.empty((max(end, 2 * len(self.lab), 1024), self.lab.shape[1]), dtype=np.float32)
+            grown[:self.used] = self.lab[:self.used]
+            self.lab = grown
+        self.lab[self.used:end] = lab
+        self.slot[rows] = np.arange(self.used, end, dtype=np.int32)
+        self.used = end
 
 
 def _block_edges(size: int, parts: int) -> np.ndarray:
@@ -154,6 +193,62 @@ def cache_dir(lib: Library) -> Path:
 
 
 # ============================================================================ the append-only cache
+def cache_keys(ids: Sequence, phashes: Sequence) -> np.ndarray:
+    """:data:`KEY` records of ``(id, phash)`` pairs (str or ASCII bytes, sequences or arrays)."""
+    keys = np.empty(len(ids), dtype=KEY)
+    for name, values in (("id", ids), ("phash", phashes)):
+        values = values if isinstance(values, np.ndarray) and values.dtype.kind == "S" else \
+            [v.encode("ascii", "replace") if isinstance(v, str) else (v or b"") for v in values]
+        keys[name] = values
+    return keys
+
+
+class CacheIndex(Mapping):
+    """``(id, phash) -> row`` of a cache's keys file as one sorted NumPy array (60 bytes a row,
+    no Python object per row); the last row written for a key wins.
+
+    :meth:`rows` looks many keys up at once; as a ``Mapping`` of ``(id, phash)`` str pairs it
+    holds the rows whose id is a tile id.
+
+    >>> index = CacheIndex(cache_keys(["0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a"] * 2, ["c3a1", "c3a1"]))
+    >>> index[("0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a", "c3a1")], len(index)
+    (1, 1)
+    """
+
+    def __init__(self, keys: np.ndarray) -> None:
+        flat = np.ascontiguousarray(keys, dtype=KEY).view(KEY_BYTES)
+        order = np.argsort(flat, kind="stable")  # equal keys keep their row order: the last is the newest
+        flat = flat[order]
+        last = np.ones(len(flat), dtype=bool)
+        last[:-1] = flat[1:] != flat[:-1]
+        self._keys, self._rows = flat[last], order[last]
+        self.size = len(keys)  # rows in the file, dead and repeated ones included
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """``(k,)`` int64 cache rows of :data:`KEY` records ``keys``, -1 where the cache has none."""
+        flat = np.ascontiguousarray(keys, dtype=KEY).view(KEY_BYTES)
+        if not len(self._keys):
+            return np.full(len(flat), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._keys, flat), len(self._keys) - 1)
+        return np.where(self._keys[at] == flat, self._rows[at], -1).astype(np.int64)
+
+    def __getitem__(self, key: tuple[str, str]) -> int:
+        row = int(self.rows(cache_keys([key[0]], [key[1]]))[0])
+        if row < 0 or not is_tile_id(key[0]):
+            raise KeyError(key)
+        return row
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for flat in self._keys.tolist():
+            record = np.frombuffer(flat.ljust(KEY.itemsize, b"\0"), dtype=KEY)[0]
+            tile_id = record["id"].decode("ascii", "replace")
+            if is_tile_id(tile_id):
+                yield tile_id, record["phash"].decode("ascii", "replace")
+
+    def __len__(self) -> int:
+        return sum(1 for _key in self)
+
+
 class ThumbnailCache:
     """The 64-px thumbnails of a library's tiles: two append-only files in ``<library>/.cache/``.
 
@@ -229,8 +324,7 @@ class ThumbnailCache:
         thumbs = np.ascontiguousarray(thumbs, dtype=np.uint8)
         if thumbs.size != len(ids) * THUMB_BYTES or len(phashes) != len(ids) or not all(is_tile_id(i) for i in ids):
             raise ValueError(f"append needs as many uuid4 ids, pHashes and {THUMB_SIZE}x{THUMB_SIZE} RGB thumbnails")
-        keys = np.empty(len(ids), dtype=KEY)
-        keys["id"], keys["phash"] = [i.encode() for i in ids], [str(h or "").encode() for h in phashes]
+        keys = cache_keys(ids, [str(h or "") for h in phashes])
         with self._lock(fcntl.LOCK_EX):
             rows = self._rows_on_disk()
             whole = [path.stat().st_size // size if path.exists() else 0
@@ -245,26 +339,31 @@ class ThumbnailCache:
                 kf.write(keys.tobytes())  # keys last: a row exists once its key does
         return len(ids)
 
-    def load(self) -> tuple[np.ndarray | None, dict[tuple[str, str], int]]:
-        """The pixels as a read-only ``(n, 64, 64, 3)`` memory map and ``{(id, phash): row}``
-        (the last row wins for a key written twice); ``(None, {})`` when empty or unreadable."""
+    @contextmanager
+    def shared(self):
+        """Hold the cache's shared lock: no rewrite can happen meanwhile (appends wait too)."""
+        with self._lock(fcntl.LOCK_SH):
+            yield
+
+    def read_keys(self) -> CacheIndex:
+        """The whole rows' keys as a :class:`CacheIndex`; call it holding :meth:`shared`."""
+        rows = self._rows_on_disk()
+        return CacheIndex(np.fromfile(self.keys_path, dtype=KEY, count=rows) if rows else np.empty(0, KEY))
+
+    def load(self) -> tuple[np.ndarray | None, CacheIndex]:
+        """The pixels as a read-only ``(n, 64, 64, 3)`` memory map and the rows' :class:`CacheIndex`;
+        ``(None, empty index)`` when empty or unreadable."""
         try:
-            with self._lock(fcntl.LOCK_SH):
-                rows = self._rows_on_disk()
-                if not rows:
-                    return None, {}
-                keys = np.fromfile(self.keys_path, dtype=KEY, count=rows)
+            with self.shared():
+                index = self.read_keys()
+                if not index.size:
+                    return None, index
                 pixels = np.memmap(self.pixels_path, dtype=np.uint8, mode="r",
-                                   shape=(rows, THUMB_SIZE, THUMB_SIZE, 3))
+                                   shape=(index.size, THUMB_SIZE, THUMB_SIZE, 3))
                 self.identity = self._generation()
         except (OSError, ValueError) as exc:
             logger.warning("ignoring unreadable mosaic cache in %s: %s", self.folder, exc)
-            return None, {}
-        index = {}
-        for row, (tile_id, tile_hash) in enumerate(zip(keys["id"].tolist(), keys["phash"].tolist())):
-            tile_id = tile_id.decode("ascii", "replace")
-            if is_tile_id(tile_id):
-                index[(tile_id, tile_hash.decode("ascii", "replace"))] = row
+            return None, CacheIndex(np.empty(0, KEY))
         return pixels, index
 
     def rewrite(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> None:
@@ -343,6 +442,23 @@ def _pool(workers: int | None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, workers or min(4, os.cpu_count() or 1)))
 
 
+ROW = np.dtype([("id", "S36"), ("bucket", np.int64), ("phash", "S16")])  # one tiles.db row a mosaic reads
+SQL_CHUNK = 20_000  # tiles.db rows read per fetchmany
+
+
+def _tile_rows(lib: Library, real_only: bool) -> np.ndarray:
+    """Every ``tiles`` row with a tile id and a bucket id, as :data:`ROW` records in id order,
+    read in chunks (no Python object kept per row)."""
+    real = " WHERE synthetic = 0" if real_only and "synthetic" in table_columns(lib.conn, "tiles") else ""
+    cursor = lib.conn.execute(f"SELECT id, bucket_id, phash FROM tiles{real} ORDER BY id")
+    parts = []
+    while chunk := cursor.fetchmany(SQL_CHUNK):
+        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16])
+                for tile_id, bucket_id, tile_hash in chunk if is_tile_id(tile_id) and is_bucket_id(bucket_id)]
+        parts.append(np.array(good, dtype=ROW))
+    return np.concatenate(parts) if parts else np.empty(0, ROW)
+
+
 def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int | None = None,
                     progress: bool | None = None, use_cache: bool = True, real_only: bool = False) -> TileTable:
     """Every usable tile (``real_only``: every real one, synthetic tiles left out) with its
@@ -357,39 +473,36 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     """
     import tempfile
 
-    real = " WHERE synthetic = 0" if real_only and "synthetic" in table_columns(lib.conn, "tiles") else ""
-    rows = [
-        (tile_id, bucket_id, tile_hash or "")
-        for tile_id, bucket_id, tile_hash in lib.conn.execute(f"SELECT id, bucket_id, phash FROM tiles{real} ORDER BY id")
-        if is_tile_id(tile_id) and is_bucket_id(bucket_id)
-    ]
-    if not rows:
+    rows = _tile_rows(lib, real_only)
+    if not len(rows):
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
+    keys = cache_keys(rows["id"], rows["phash"])
     cache, scratch = ThumbnailCache(cache_dir(lib)), None
-    pixels, index = cache.load() if use_cache and cache.folder.is_dir() else (None, {})
-    sources = [index.get((tid, h)) for tid, _b, h in rows]
-    reused = [i for i, src in enumerate(sources) if src is not None]
+    pixels, index = cache.load() if use_cache and cache.folder.is_dir() else (None, CacheIndex(np.empty(0, KEY)))
+    sources = index.rows(keys)
+    reused = np.flatnonzero(sources >= 0)
     checked: dict[int, np.ndarray] = {}  # cache row -> freshly decoded thumbnail
-    if reused:
-        for i in np.random.default_rng().choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
-            tid, bucket_id, _h = rows[i]
-            fresh = tile_thumbnail(lib, bucket_id, tid)
-            if fresh is None or not np.array_equal(fresh, pixels[sources[i]]):
-                logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", cache.folder, tid)
-                sources, pixels, index, checked = [None] * len(rows), None, {}, {}
-                if _writable_folder(cache.folder):
-                    cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
-                break
-            checked[int(sources[i])] = fresh
-    todo = [row for row, src in zip(rows, sources) if src is None]
+    for i in np.random.default_rng().choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
+        tile_id = rows["id"][i].decode("ascii")
+        fresh = tile_thumbnail(lib, int(rows["bucket"][i]), tile_id)
+        if fresh is None or not np.array_equal(fresh, pixels[sources[i]]):
+            logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", cache.folder, tile_id)
+            sources, pixels, checked = np.full(len(rows), -1, dtype=np.int64), None, {}
+            if _writable_folder(cache.folder):
+                cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
+            break
+        checked[int(sources[i])] = fresh
+    missing = np.flatnonzero(sources < 0)
+    todo = [(rows["id"][i].decode("ascii"), int(rows["bucket"][i]), rows["phash"][i].decode("ascii")) for i in missing]
     decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
     good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
     writable = use_cache and _writable_folder(cache.folder)
     live = len(rows) - len(todo)
     if writable and pixels is not None and len(pixels) - live > max(DEAD_ROWS_KEPT, live):
-        keep_rows = sorted(src for src in sources if src is not None)  # compaction: dead rows dropped
-        keys = {row: key for key, row in index.items()}
-        cache.rewrite([keys[r][0] for r in keep_rows], [keys[r][1] for r in keep_rows], np.asarray(pixels[keep_rows]))
+        held = np.flatnonzero(sources >= 0)  # compaction: dead rows dropped, live ones kept in file order
+        held = held[np.argsort(sources[held], kind="stable")]
+        cache.rewrite(rows["id"][held].astype(str).tolist(), rows["phash"][held].astype(str).tolist(),
+                      np.asarray(pixels[sources[held]]))
         pixels, checked = None, {}
     if writable:
         if good:
@@ -399,24 +512,25 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     else:  # a temporary cache: what the library's holds for these tiles, plus the decoded ones
         scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
         temp = ThumbnailCache(scratch.name)
-        have = [(row, src) for row, src in zip(rows, sources) if src is not None]
-        if have:
-            temp.append([r[0] for r, _s in have], [r[2] for r, _s in have], np.asarray(pixels[[s for _r, s in have]]))
+        held = np.flatnonzero(sources >= 0)
+        if len(held):
+            temp.append(rows["id"][held].astype(str).tolist(), rows["phash"][held].astype(str).tolist(),
+                        np.asarray(pixels[sources[held]]))
         if good:
             temp.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
         pixels, index = temp.load()
         checked = {}
         cache = temp
-    found = [(i, index.get((tid, h))) for i, (tid, _b, h) in enumerate(rows)]
-    keep = [i for i, src in found if src is not None]
-    if not keep or pixels is None:
+    found = index.rows(keys)
+    keep = np.flatnonzero(found >= 0)
+    if not len(keep) or pixels is None:
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
-    thumb_rows = np.array([src for _i, src in found if src is not None], dtype=np.int64)
+    thumb_rows = found[keep]
     all_rgb = _subcell_rgb(pixels, subcells, cache.folder, cache.identity, checked)
     return TileTable(
-        ids=np.array([rows[i][0] for i in keep]),
-        bucket_ids=np.array([rows[i][1] for i in keep], dtype=np.int64),
-        rgb=all_rgb[thumb_rows],
+        id_bytes=rows["id"][keep],
+        bucket_ids=rows["bucket"][keep],
+        rgb=np.ascontiguousarray(all_rgb[thumb_rows]),
         subcells=subcells,
         thumbs=pixels,
         thumb_rows=thumb_rows,
