@@ -39,6 +39,9 @@ KEY = np.dtype([("id", "S36"), ("phash", "S16")])  # one row's key in the keys f
 KEY_BYTES = np.dtype(f"S{KEY.itemsize}")  # a key as one byte string: sorts and compares as (id, phash)
 LOCK_NAME = ".mosaic_thumbs.lock"
 SPOT_CHECKS = 3
+LAB_CHUNK = 8192  # tiles converted to LAB at once
+BLOCK_ROWS = 512  # thumbnails reduced to block means at once (6 MB of pixels)
+THUMB_READ_ROWS = 128  # thumbnails read between page releases: ~8 MB of mapped pages at most
 DEAD_ROWS_KEPT = 1000  # rows of deleted tiles tolerated before the cache is compacted
 
 
@@ -54,7 +57,7 @@ class TileTable:
 
     id_bytes: np.ndarray  # (n,) S36: the tile ids, ASCII
     bucket_ids: np.ndarray  # (n,) int64
-    rgb: np.ndarray  # (n, s, s, 3) float64
+    rgb: np.ndarray  # (n, s, s, 3) float32 (exact for 2x2 sub-cells: means of 32x32 8-bit pixels)
     subcells: int
     thumbs: np.ndarray  # (m, 64, 64, 3) uint8, usually a read-only memory map
     thumb_rows: np.ndarray  # (n,) int64
@@ -76,8 +79,11 @@ class TileTable:
 
     @cached_property
     def features(self) -> np.ndarray:
-        """LAB of every sub-cell, flattened ``(n, s*s*3)``: what cells are matched against."""
-        return rgb_to_lab(self.rgb).reshape(len(self), -1)
+        """float32 LAB of every sub-cell, flattened ``(n, s*s*3)``: what cells are matched against."""
+        out = np.empty((len(self), self.subcells * self.subcells * 3), dtype=np.float32)
+        for lo in range(0, len(self), LAB_CHUNK):  # in chunks: rgb_to_lab's temporaries stay small
+            out[lo:lo + LAB_CHUNK] = rgb_to_lab(self.rgb[lo:lo + LAB_CHUNK]).reshape(-1, out.shape[1])
+        return out
 
     @cached_property
     def by_bucket(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,13 +98,12 @@ class TileTable:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), detail, detail, 3), dtype=np.float64)
         f = THUMB_SIZE // detail
-        for lo in range(0, len(rows), 2048):
-            pixels = np.asarray(self.thumbs[self.thumb_rows[rows[lo:lo + 2048]]])
+        for lo in range(0, len(rows), BLOCK_ROWS):
+            pixels = read_thumbs(self.thumbs, self.thumb_rows[rows[lo:lo + BLOCK_ROWS]])
             if f * detail == THUMB_SIZE:  # equal blocks: reshapes, much faster than reduceat
-                out[lo:lo + 2048] = block_sums(pixels, f) / (f * f)
+                out[lo:lo + BLOCK_ROWS] = block_sums(pixels, f) / (f * f)
             else:
-                out[lo:lo + 2048] = subcell_means(pixels, detail)
-            release_pages(self.thumbs)
+                out[lo:lo + BLOCK_ROWS] = subcell_means(pixels, detail)
         return out
 
     def detail_lab(self, detail: int, rows: np.ndarray) -> np.ndarray:
@@ -115,7 +120,7 @@ class TileTable:
 
     def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
         """``(k, size, size, 3)`` thumbnails of table rows from the thumbs (``size`` <= 64)."""
-        pixels = np.asarray(self.thumbs[self.thumb_rows[np.asarray(rows, dtype=np.int64)]])
+        pixels = read_thumbs(self.thumbs, self.thumb_rows[np.asarray(rows, dtype=np.int64)])
         if size == THUMB_SIZE:
             return pixels
         if THUMB_SIZE % size == 0:  # box reduction, vectorised
@@ -134,8 +139,8 @@ class _DetailMemo:
 
     def add(self, rows: np.ndarray, lab: np.ndarray) -> None:
         end = self.used + len(rows)
-        if end > len(self.lab):  # grow by doubling: amortised copies
-            grown = np.empty((max(end, 2 * len(self.lab), 1024), self.lab.shape[1]), dtype=np.float32)
+        if end > len(self.lab):  # grow by a quarter: amortised copies, little slack
+            grown = np.empty((max(end, len(self.lab) * 5 // 4, 1024), self.lab.shape[1]), dtype=np.float32)
             grown[:self.used] = self.lab[:self.used]
             self.lab = grown
         self.lab[self.used:end] = lab
@@ -145,6 +150,21 @@ class _DetailMemo:
 
 def _block_edges(size: int, parts: int) -> np.ndarray:
     return np.linspace(0, size, parts + 1).round().astype(np.int64)
+
+
+def read_thumbs(thumbs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``thumbs[rows]`` as an in-memory array, read from a memory-mapped file
+    :data:`THUMB_READ_ROWS` rows at a time with the mapping's pages dropped in between: each row
+    read at random faults in the kernel's whole fault-around window (64 KB, five rows' worth)
+    around it, so one fancy index of k rows would hold ~5k thumbnails' pages in the process."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not isinstance(getattr(thumbs, "_mmap", None), mmap.mmap):
+        return np.asarray(thumbs[rows])
+    out = np.empty((len(rows), *thumbs.shape[1:]), dtype=thumbs.dtype)
+    for lo in range(0, len(rows), THUMB_READ_ROWS):
+        out[lo:lo + THUMB_READ_ROWS] = thumbs[rows[lo:lo + THUMB_READ_ROWS]]
+        release_pages(thumbs)
+    return out
 
 
 def release_pages(thumbs: np.ndarray) -> None:
@@ -422,8 +442,8 @@ def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: st
         return done
     rgb = np.empty((n, *shape), dtype=np.float64)
     rgb[:len(done)] = done
-    for lo in range(len(done), n, 2048):
-        rgb[lo:lo + 2048] = subcell_means(np.asarray(thumbs[lo:min(n, lo + 2048)]), subcells)
+    for lo in range(len(done), n, BLOCK_ROWS):
+        rgb[lo:lo + BLOCK_ROWS] = subcell_means(np.asarray(thumbs[lo:min(n, lo + BLOCK_ROWS)]), subcells)
         release_pages(thumbs)
     try:
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -522,18 +542,23 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         checked = {}
         cache = temp
     found = index.rows(keys)
+    del keys, index, sources  # what is no longer needed goes before the colours are read (peak memory)
     keep = np.flatnonzero(found >= 0)
     if not len(keep) or pixels is None:
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
-    thumb_rows = found[keep]
+    thumb_rows, skipped = found[keep], len(rows) - len(keep)
+    id_bytes, bucket_ids = rows["id"][keep], rows["bucket"][keep]
+    del rows, found, keep
     all_rgb = _subcell_rgb(pixels, subcells, cache.folder, cache.identity, checked)
+    rgb = all_rgb[thumb_rows].astype(np.float32)
+    del all_rgb
     return TileTable(
-        id_bytes=rows["id"][keep],
-        bucket_ids=rows["bucket"][keep],
-        rgb=np.ascontiguousarray(all_rgb[thumb_rows]),
+        id_bytes=id_bytes,
+        bucket_ids=bucket_ids,
+        rgb=rgb,
         subcells=subcells,
         thumbs=pixels,
         thumb_rows=thumb_rows,
-        skipped=len(rows) - len(keep),
+        skipped=skipped,
         scratch=scratch,
     )
