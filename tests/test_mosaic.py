@@ -3,6 +3,7 @@ sizes, the streamed PNG, the feature cache and bad inputs."""
 
 import shutil
 import struct
+import uuid
 import zlib
 
 import numpy as np
@@ -15,6 +16,7 @@ from builder.errors import ImageRejected, UsageError
 from builder.ingest import ingest
 from builder.library import Library
 from builder.mosaic import (
+    CacheIndex,
     MosaicOptions,
     ThumbnailCache,
     load_tile_table,
@@ -24,6 +26,7 @@ from builder.mosaic import (
     render_mosaic,
     required_tiles,
 )
+from builder.mosaic.thumbs import DEAD_ROWS_KEPT, cache_keys, read_thumbs
 from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
@@ -221,6 +224,48 @@ def test_thumbnail_cache_is_filled_by_the_store_reused_and_never_trusted_blindly
         assert len(table) == n and gone[0] not in set(table.ids.tolist()) and new_id in set(table.ids.tolist())
         assert np.array_equal(table.rgb, load_tile_table(lib, 2, use_cache=False).rgb)
     assert len([f for f in cache_files(cache.folder) if f.endswith(".sub2.npy")]) == 1
+
+
+def test_cache_index_finds_the_last_row_of_each_key_and_leaves_hostile_ids_out():
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    index = CacheIndex(cache_keys([a, b, a, "../../tiles.db", b], ["aa", "bb", "aa", "cc", "b2"]))
+    assert index.size == 5
+    found = index.rows(cache_keys([a, b, b, "../../tiles.db", str(uuid.uuid4())], ["aa", "bb", "b2", "cc", "aa"]))
+    assert found.tolist() == [2, 1, 4, 3, -1]  # the newer row of a key written twice; -1 when absent
+    assert index[(a, "aa")] == 2 and len(index) == 3 and set(index) == {(a, "aa"), (b, "bb"), (b, "b2")}
+    for missing in [(a, "bb"), ("../../tiles.db", "cc")]:  # another pHash; an id that is no tile id
+        with pytest.raises(KeyError):
+            index[missing]
+    assert CacheIndex(cache_keys([], [])).rows(cache_keys([a], ["aa"])).tolist() == [-1]
+
+
+def test_read_thumbs_gives_the_memory_maps_rows_in_order(tmp_path):
+    rng = np.random.default_rng(3)
+    thumbs = rng.integers(0, 256, (700, 64, 64, 3), dtype=np.uint8)
+    cache = ThumbnailCache(tmp_path)
+    cache.append([str(uuid.uuid4()) for _ in range(700)], ["ab"] * 700, thumbs)
+    pixels, _index = cache.load()
+    rows = rng.integers(0, 700, 1000)  # unsorted, repeated, longer than one read block
+    assert isinstance(pixels, np.memmap) and np.array_equal(read_thumbs(pixels, rows), thumbs[rows])
+    assert np.array_equal(read_thumbs(thumbs, rows[:5]), thumbs[rows[:5]])  # an in-memory array too
+
+
+def test_a_cache_mostly_of_deleted_tiles_is_compacted(library_root, tmp_path):
+    root = tmp_path / "mosaic_library"
+    shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".lock"))
+    cache = ThumbnailCache.of(root)
+    n = len(cache.load()[1])
+    dead = DEAD_ROWS_KEPT + n + 1  # rows of tiles tiles.db no longer holds
+    cache.append([str(uuid.uuid4()) for _ in range(dead)], ["00"] * dead, np.zeros((dead, 64, 64, 3), np.uint8))
+    assert cache.load()[1].size == n + dead
+    with Library.open(root, readonly=True) as lib:
+        table = load_tile_table(lib, 2)
+        fresh = load_tile_table(lib, 2, use_cache=False)
+    pixels, index = cache.load()
+    assert index.size == len(index) == n and len(pixels) == n  # rewritten with the live rows only
+    assert np.array_equal(table.id_bytes, fresh.id_bytes) and np.array_equal(table.rgb, fresh.rgb)
+    every = np.arange(len(table))
+    assert np.array_equal(table.thumbnails(every, 64), fresh.thumbnails(every, 64))
 
 
 def png_chunk(kind, data):

@@ -81,6 +81,7 @@ from .thumbs import (
     SPOT_CHECKS,
     THUMB_PREFIX,
     THUMB_SIZE,
+    CacheIndex,
     ThumbnailCache,
     TileTable,
     cache_dir,
@@ -91,6 +92,7 @@ from .thumbs import (
 
 __all__ = [
     "CACHE_VERSION",
+    "CacheIndex",
     "DEFAULT_BLEND",
     "DEFAULT_CONTRAST",
     "DEFAULT_DETAIL",
