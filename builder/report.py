@@ -340,9 +340,7 @@ class StoredThumbnails:
     def get(self, tile_id: str, tile_hash: str | None) -> Image.Image | None:
         if self.index is None or not isinstance(tile_id, str) or not isinstance(tile_hash, str):
             return None
-        from .mosaic.thumbs import cache_keys
-
-        row = int(self.index.rows(cache_keys([tile_id], [tile_hash]))[0])
+        row = self.index.row(tile_id, tile_hash)
         if row < 0:
             return None
         size = THUMB_SIZE * THUMB_SIZE * 3

@@ -51,7 +51,7 @@ class TileTable:
     """Tiles a mosaic can use: id, bucket, ``s x s`` sub-cell mean RGB, and the 64-px thumbnail
     thumbs they were measured on (``thumbs[thumb_rows[i]]`` is row ``i``'s thumbnail).
 
-    Everything is held as NumPy arrays, no Python object per tile: about 230 bytes a tile with
+    Everything is held as NumPy arrays, no Python object per tile: about 160 bytes a tile with
     the sub-cell features (ids as 36 ASCII bytes; :attr:`ids` decodes them on demand).
     """
 
@@ -158,8 +158,6 @@ def read_thumbs(thumbs: np.ndarray, rows: np.ndarray) -> np.ndarray:
     read at random faults in the kernel's whole fault-around window (64 KB, five rows' worth)
     around it, so one fancy index of k rows would hold ~5k thumbnails' pages in the process."""
     rows = np.asarray(rows, dtype=np.int64)
-    if not isinstance(getattr(thumbs, "_mmap", None), mmap.mmap):
-        return np.asarray(thumbs[rows])
     out = np.empty((len(rows), *thumbs.shape[1:]), dtype=thumbs.dtype)
     for lo in range(0, len(rows), THUMB_READ_ROWS):
         out[lo:lo + THUMB_READ_ROWS] = thumbs[rows[lo:lo + THUMB_READ_ROWS]]
@@ -252,8 +250,12 @@ class CacheIndex(Mapping):
         at = np.minimum(np.searchsorted(self._keys, flat), len(self._keys) - 1)
         return np.where(self._keys[at] == flat, self._rows[at], -1).astype(np.int64)
 
+    def row(self, tile_id: str, tile_hash: str) -> int:
+        """The cache row of one ``(id, phash)``, -1 where the cache has none."""
+        return int(self.rows(cache_keys([tile_id], [tile_hash]))[0])
+
     def __getitem__(self, key: tuple[str, str]) -> int:
-        row = int(self.rows(cache_keys([key[0]], [key[1]]))[0])
+        row = self.row(*key)
         if row < 0 or not is_tile_id(key[0]):
             raise KeyError(key)
         return row
@@ -479,6 +481,15 @@ def _tile_rows(lib: Library, real_only: bool) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, ROW)
 
 
+def _held_rows(rows: np.ndarray, held: np.ndarray, sources: np.ndarray,
+               pixels: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:
+    """``(ids, phashes, thumbnails)`` of :data:`ROW` records ``rows[held]`` and their cached
+    thumbnails (``sources``: each row's cache row), as :meth:`ThumbnailCache.append` and
+    :meth:`ThumbnailCache.rewrite` take them."""
+    return (rows["id"][held].astype(str).tolist(), rows["phash"][held].astype(str).tolist(),
+            read_thumbs(pixels, sources[held]))
+
+
 def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int | None = None,
                     progress: bool | None = None, use_cache: bool = True, real_only: bool = False) -> TileTable:
     """Every usable tile (``real_only``: every real one, synthetic tiles left out) with its
@@ -512,17 +523,14 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
                 cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
             break
         checked[int(sources[i])] = fresh
-    missing = np.flatnonzero(sources < 0)
+    held, missing = np.flatnonzero(sources >= 0), np.flatnonzero(sources < 0)
     todo = [(rows["id"][i].decode("ascii"), int(rows["bucket"][i]), rows["phash"][i].decode("ascii")) for i in missing]
     decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
     good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
     writable = use_cache and _writable_folder(cache.folder)
-    live = len(rows) - len(todo)
-    if writable and pixels is not None and len(pixels) - live > max(DEAD_ROWS_KEPT, live):
-        held = np.flatnonzero(sources >= 0)  # compaction: dead rows dropped, live ones kept in file order
-        held = held[np.argsort(sources[held], kind="stable")]
-        cache.rewrite(rows["id"][held].astype(str).tolist(), rows["phash"][held].astype(str).tolist(),
-                      np.asarray(pixels[sources[held]]))
+    if writable and pixels is not None and len(pixels) - len(held) > max(DEAD_ROWS_KEPT, len(held)):
+        # compaction: dead rows dropped, live ones kept in file order
+        cache.rewrite(*_held_rows(rows, held[np.argsort(sources[held], kind="stable")], sources, pixels))
         pixels, checked = None, {}
     if writable:
         if good:
@@ -532,17 +540,15 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     else:  # a temporary cache: what the library's holds for these tiles, plus the decoded ones
         scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
         temp = ThumbnailCache(scratch.name)
-        held = np.flatnonzero(sources >= 0)
         if len(held):
-            temp.append(rows["id"][held].astype(str).tolist(), rows["phash"][held].astype(str).tolist(),
-                        np.asarray(pixels[sources[held]]))
+            temp.append(*_held_rows(rows, held, sources, pixels))
         if good:
             temp.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
         pixels, index = temp.load()
         checked = {}
         cache = temp
     found = index.rows(keys)
-    del keys, index, sources  # what is no longer needed goes before the colours are read (peak memory)
+    del keys, index, sources, held  # what is no longer needed goes before the colours are read (peak memory)
     keep = np.flatnonzero(found >= 0)
     if not len(keep) or pixels is None:
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
