@@ -45,7 +45,8 @@ from builder.publish.card import (
 from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
 from tests.conftest import REPO, real_crops
 
-NOT_IN_SEED = {"load_dataset"}  # the seed card predates the Hub dataset; its other snippets are the seed's
+# The seed card predates the Hub dataset and partial reads; its other snippets are the seed's.
+NOT_IN_SEED = {"load_dataset", "metadata_config", "streaming_filters", "pyarrow_index"}
 
 # Runs a block like the interactive prompt does: statements executed in order, the repr of each
 # bare expression's value printed (``row["label"]`` shows its value, as in a notebook).
@@ -148,6 +149,24 @@ def test_load_dataset_block(card_library, tmp_path):
     image, label, name = lines
     assert image.startswith("<PIL.") and "mode=RGB size=256x256" in image
     assert (label, name) == (str(bucket), repr(f"bucket_{bucket:04d}"))
+
+
+def test_metadata_config_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "metadata_config"), card_library.base, tmp_path)
+    with Library.open(card_library.base / "mosaic_library", readonly=True) as lib:
+        tiles = lib.stats()["tiles"]
+    assert lines == [f"{tiles} {card_library.in_42} 0"]  # bucket 42 is the example: it holds real tiles
+
+
+def test_streaming_filters_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "streaming_filters"), card_library.base, tmp_path)
+    assert lines == [f"{card_library.in_42} (256, 256)"]
+
+
+def test_pyarrow_index_block_needs_the_hub_and_is_run_there(card_library):
+    """The pyarrow block reads through HfFileSystem: tests/test_release_hub.py runs it against a pushed repo."""
+    block = python_block(card_library.card, "pyarrow_index")
+    assert 'repo = "datasets/USER/mosaic_library"' in block and '("bucket", "==", 42)' in block
 
 
 def test_quick_queries_block(card_library, tmp_path):

@@ -87,9 +87,9 @@ def test_the_card_counts_the_synthetic_tiles_and_lists_their_config(stagings):
     plain = (real / "README.md").read_text()
     card = (mixed / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
-    assert [c["config_name"] for c in header["configs"]] == ["default", "synthetic"]
+    assert [c["config_name"] for c in header["configs"]] == ["default", "synthetic", "metadata"]
     assert header["configs"][1]["data_files"] == [{"split": "train", "path": "synthetic/train-*"}]
-    assert [c["config_name"] for c in yaml.safe_load(plain.split("---")[1])["configs"]] == ["default"]
+    assert [c["config_name"] for c in yaml.safe_load(plain.split("---")[1])["configs"]] == ["default", "metadata"]
     assert "Synthetic tiles" not in plain and "**30 synthetic tiles**" in card
     block = card.split("### Synthetic tiles")[1].split("```python\n")[1].split("```")[0]
     assert block.startswith("from datasets import load_dataset") and '"synthetic"' in block

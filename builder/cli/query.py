@@ -1,4 +1,4 @@
-"""``query --lab L A B | --rgb R G B | --hex RRGGBB``: nearest buckets and their tiles."""
+"""``query --lab L A B | --rgb R G B | --hex RRGGBB [--hub USER/NAME]``: nearest buckets and their tiles."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def register(sub):
     colour.add_argument("--hex", metavar="RRGGBB", help="sRGB colour as hex, with or without #")
     p.add_argument("-k", type=integer(1), default=5, metavar="N", help="how many buckets (default 5)")
     p.add_argument("--populated", action="store_true", help="only buckets that hold tiles")
+    p.add_argument("--hub", metavar="USER/NAME", default=None,
+                   help="ask a Hub release instead of a library: populated buckets, from its metadata (no image fetched)")
+    p.add_argument("--revision", metavar="REV", default=None, help="with --hub: branch, tag or commit (default main)")
     return p
 
 
@@ -63,6 +66,15 @@ def run(args) -> CommandResult:
     from ..query import describe
 
     lab, label = query_lab(args)
+    if args.hub is not None:
+        from ..publish.remote import query_hub
+
+        report = QueryReport(label, lab, query_hub(args.hub, lab, k=args.k, revision=args.revision))
+        return CommandResult(report, after=report.bucket_lines())
+    if args.revision:
+        from ..errors import UsageError
+
+        raise UsageError("--revision is for --hub")
     with Library.open(args.library, readonly=True) as lib:
         report = QueryReport(label, lab, describe(lib, lab, k=args.k, populated=args.populated))
     return CommandResult(report, after=report.bucket_lines())

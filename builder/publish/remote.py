@@ -1,0 +1,265 @@
+"""Reading a release on the Hub, whole or in part, through ``huggingface_hub`` and pyarrow.
+
+:class:`HubRelease` pins a repo to one commit (``--revision``, default ``main``, resolved once so
+every read sees the same release), fetches its small files (``release.json``, the bucket index,
+``centroids.npy``) with ``hf_hub_download`` and checks each against the manifest's sha256, and
+reads the row groups that hold given buckets with ``fsspec.parquet.open_parquet_file`` over
+``HfFileSystem``: one footer (its length is in the manifest, so it is one request of exactly that
+size) and the row groups' byte ranges, nothing else of a shard.  ``HF_ENDPOINT``, ``HF_TOKEN`` and
+the saved login apply as everywhere in ``huggingface_hub``; the token is never printed.
+
+* :func:`query_hub`: the nearest populated buckets of a colour and their tiles, from the index
+  and the ``metadata`` config alone (no image fetched).
+* :func:`restore_from_hub`: the whole release (its files downloaded into the Hub cache, checked,
+  then restored as a local download is), or only some buckets' tiles of both configs
+  (:class:`HubBuckets`: only their row groups fetched, each checked against the index).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..color import lab_to_rgb, load_centroids, rgb_to_hex
+from ..errors import MosaicError, UsageError
+from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
+from . import index as bucket_index
+from . import manifest as release_manifest
+from .manifest import ReleaseIncomplete
+from .restore import (
+    TILE_CONFIGS,
+    LocalRelease,
+    RestoreReport,
+    _parse_buckets,
+    bucket_rows,
+    release_identity,
+    restore_release,
+)
+from .schema import INDEX_NAME, RELEASE_MANIFEST
+
+logger = logging.getLogger(__name__)
+
+
+class HubError(MosaicError):
+    """The Hub could not be reached, or refused; one line, never the token."""
+
+
+def _hub_call(what: str, call, *args, **kwargs):
+    """Run a ``huggingface_hub`` call; its errors become one :class:`HubError` line."""
+    try:
+        return call(*args, **kwargs)
+    except MosaicError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the Hub's and the network's errors, on one line
+        from huggingface_hub.utils import get_token
+
+        token = get_token()
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if token:
+            message = message.replace(token, "***")
+        raise HubError(f"{what} failed: {message}") from None
+
+
+class HubRelease:
+    """A release on the Hub at one commit: its manifest, checked small files and row-group reads."""
+
+    def __init__(self, repo_id: str, revision: str | None = None, token: str | None = None) -> None:
+        from huggingface_hub import HfApi, HfFileSystem
+
+        from .hub import validate_repo_id
+
+        self.repo_id = validate_repo_id(repo_id)
+        self.token = token
+        self.api = HfApi(token=token)
+        info = _hub_call(f"reading {repo_id}", self.api.dataset_info, repo_id, revision=revision)
+        self.commit = info.sha
+        self.fs = HfFileSystem(token=token)
+        self.manifest_bytes = self.read(RELEASE_MANIFEST, check=False)
+        self.manifest = release_manifest.parse_manifest(self.manifest_bytes, self.where)
+
+    @property
+    def where(self) -> str:
+        return f"{self.repo_id}@{self.commit[:12]}"
+
+    def path(self, name: str) -> str:
+        """``HfFileSystem`` path of a file of this commit."""
+        return f"datasets/{self.repo_id}@{self.commit}/{name}"
+
+    def download(self, name: str, check: bool = True) -> Path:
+        """A file of the release in the Hub cache (``hf_hub_download``), checked against the manifest."""
+        from huggingface_hub import hf_hub_download
+
+        local = Path(_hub_call(f"downloading {name} from {self.repo_id}", hf_hub_download, self.repo_id, name,
+                               repo_type="dataset", revision=self.commit, token=self.token))
+        if check:
+            facts = self.manifest["files"].get(name)
+            problem = "is not in its manifest" if facts is None else release_manifest.file_problem(local, facts)
+            if problem:
+                raise ReleaseIncomplete(f"release {self.where} is damaged: {name} {problem}")
+        return local
+
+    def read(self, name: str, check: bool = True) -> bytes:
+        return self.download(name, check).read_bytes()
+
+    def index(self):
+        if INDEX_NAME not in self.manifest["files"]:
+            raise ReleaseIncomplete(f"release {self.where} has no {INDEX_NAME}: read it whole")
+        return bucket_index.read_index(io.BytesIO(self.read(INDEX_NAME)))
+
+    def centroids(self) -> Path:
+        return self.download(CENTROIDS_NAME)
+
+    def check_remote(self, names: Iterable[str]) -> None:
+        """The Hub's files are those the manifest names: LFS sha256 and size (``paths-info``)."""
+        names = list(names)
+        infos = _hub_call(f"reading {self.repo_id}", self.api.get_paths_info, self.repo_id, names,
+                          repo_type="dataset", revision=self.commit)
+        found = {info.path: info for info in infos}
+        for name in names:
+            facts, info = self.manifest["files"][name], found.get(name)
+            if info is None:
+                raise ReleaseIncomplete(f"release {self.where} is incomplete: {name} is missing")
+            lfs = getattr(info, "lfs", None)
+            sha, size = (lfs.sha256, lfs.size) if lfs is not None else (None, info.size)
+            if size != facts["size"] or (sha is not None and sha != facts["sha256"]):
+                raise ReleaseIncomplete(f"release {self.where} is damaged: {name} differs from its manifest")
+
+    def row_groups(self, name: str, groups: list[int]):
+        """A ``pq.ParquetFile`` of shard ``name`` holding only its footer and ``groups``' byte ranges."""
+        import pyarrow.parquet as pq
+        from fsspec.parquet import open_parquet_file
+
+        footer = self.manifest["files"][name].get("footer", 1 << 20) + 8
+        handle = _hub_call(f"reading {name} from {self.repo_id}", open_parquet_file, self.path(name), fs=self.fs,
+                           row_groups=groups, engine="pyarrow", footer_sample_size=footer)
+        return pq.ParquetFile(handle)
+
+
+class HubBuckets:
+    """The tiles of some buckets of a Hub release, both configs: a :class:`~.restore.ReleaseSource`."""
+
+    def __init__(self, release: HubRelease, buckets: Iterable[int]) -> None:
+        self.release = release
+        self.buckets = _parse_buckets(buckets)
+        self.description = f"hub:{release.where}"
+        self.cap = release.manifest.get("cap")
+        self.index = bucket_index.select(release.index(), self.buckets, TILE_CONFIGS)
+        self.groups = bucket_index.row_groups_by_file(self.index)
+        release.check_remote(self.groups)
+        self.parquet_files = len(self.groups)
+        self.release_id = release_identity(release.manifest_bytes, (), self.buckets)
+        self._centroids = release.centroids()
+
+    def centroids(self) -> Path:
+        return self._centroids
+
+    def shipped_db(self) -> None:
+        return None
+
+    def batches(self, config: str) -> Iterator[list[dict]]:
+        rows = bucket_index.select(self.index, self.buckets, [config])
+        for name, groups in bucket_index.row_groups_by_file(rows).items():
+            yield from bucket_rows(self.release.row_groups(name, groups), rows, name)
+
+
+def parse_bucket_list(buckets: str | Iterable[int] | None) -> tuple[int, ...] | None:
+    if buckets is None:
+        return None
+    if isinstance(buckets, str):
+        try:
+            values = [int(b) for b in buckets.replace(" ", "").split(",") if b]
+        except ValueError:
+            raise UsageError(f"--buckets takes bucket ids separated by commas, e.g. 42,57; got {buckets!r}") from None
+        if not values:
+            raise UsageError("--buckets names no bucket")
+        return _parse_buckets(values)
+    return _parse_buckets(buckets)
+
+
+def restore_from_hub(repo_id: str, library_root: str | os.PathLike, revision: str | None = None,
+                     buckets: str | Iterable[int] | None = None, token: str | None = None,
+                     progress: bool | None = None) -> RestoreReport:
+    """``restore --hub``: the whole release, or only ``buckets`` (both configs), into ``library_root``."""
+    from .restore import _target_is_free
+
+    chosen = parse_bucket_list(buckets)
+    release = HubRelease(repo_id, revision, token)
+    if chosen:
+        return restore_release(HubBuckets(release, chosen), library_root, progress)
+    root = Path(library_root)
+    if not (root.is_dir() and any(root.iterdir())):
+        _target_is_free(root)
+    needed = release_manifest.needed_files(release.manifest, TILE_CONFIGS, [DB_NAME, CENTROIDS_NAME])
+    release.check_remote(needed)  # before downloading anything: a file missing on the Hub is refused here
+    from huggingface_hub import snapshot_download
+
+    folder = Path(_hub_call(f"downloading {repo_id}", snapshot_download, repo_id, repo_type="dataset",
+                            revision=release.commit, allow_patterns=[*needed, RELEASE_MANIFEST], token=token))
+    local = LocalRelease(folder)
+    local.description = f"hub:{release.where}"
+    return restore_release(local, root, progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# query --hub
+# ---------------------------------------------------------------------------------------------
+
+
+class RemoteBucket(NamedTuple):
+    """One populated bucket near a queried colour, and its tiles, read from a Hub release."""
+
+    bucket_id: int
+    distance: float
+    count: int
+    centroid_lab: tuple[float, float, float]
+    centroid_hex: str
+    tiles: list[str]  # tile ids, real first; a synthetic one ends in " (synthetic)"
+
+    def as_dict(self) -> dict:
+        return {"bucket_id": self.bucket_id, "distance": round(self.distance, 4), "count": self.count,
+                "centroid_lab": [round(v, 4) for v in self.centroid_lab], "centroid_hex": self.centroid_hex,
+                "tiles": self.tiles}
+
+
+def nearest_populated(centroids: np.ndarray, counts: np.ndarray, lab, k: int) -> list[tuple[int, float]]:
+    """The ``k`` populated buckets nearest ``lab`` (ties: the lower id), with their distances."""
+    populated = np.flatnonzero(counts > 0)
+    if not len(populated):
+        raise UsageError("the release holds no tiles")
+    d = np.sqrt(((centroids[populated] - np.asarray(lab, dtype=np.float64)) ** 2).sum(axis=1))
+    order = np.argsort(d, kind="stable")[:k]
+    return [(int(populated[i]), float(d[i])) for i in order]
+
+
+def query_hub(repo_id: str, lab, k: int = 5, revision: str | None = None, token: str | None = None) -> list[RemoteBucket]:
+    """The ``k`` populated buckets nearest the LAB colour ``lab`` and their tiles, from the release's
+    index, ``centroids.npy`` and ``metadata`` rows of those buckets (no image is fetched)."""
+    if not isinstance(k, int) or k < 1:
+        raise UsageError(f"k must be a positive integer, got {k!r}")
+    release = HubRelease(repo_id, revision, token)
+    index = release.index()
+    counts = np.zeros(N_BUCKETS, dtype=np.int64)
+    for bucket, n in bucket_index.bucket_counts(index, "metadata").items():
+        counts[bucket] = n
+    centroids = load_centroids(release.centroids())
+    near = nearest_populated(centroids, counts, lab, k)
+    rows = bucket_index.select(index, [b for b, _d in near], ["metadata"])
+    release.check_remote(bucket_index.row_groups_by_file(rows))
+    tiles: dict[int, list[tuple[bool, str]]] = {}
+    for name, groups in bucket_index.row_groups_by_file(rows).items():
+        for part in bucket_rows(release.row_groups(name, groups), rows, name):
+            for row in part:
+                tiles.setdefault(row["label"], []).append((bool(row.get("synthetic")), row["id"]))
+    out = []
+    rgb = lab_to_rgb(centroids[[b for b, _d in near]])
+    for (bucket, distance), colour in zip(near, rgb):
+        listed = sorted(tiles.get(bucket, []))
+        out.append(RemoteBucket(bucket, distance, int(counts[bucket]), tuple(float(v) for v in centroids[bucket]),
+                                rgb_to_hex(colour), [f"{i} (synthetic)" if s else i for s, i in listed]))
+    return out
