@@ -364,9 +364,9 @@ def rare_colours_note(stats: CardStats) -> str:
 
 
 _CONFIG_WORDS = {
-    "default": "the real tiles with embedded PNG bytes (config `default`)",
-    "synthetic": "the synthetic tiles with embedded PNG bytes and `derived_from` (config `synthetic`)",
-    "metadata": "every tile, real and synthetic, every column but `image` (config `metadata`)",
+    "default": "config `default`: the real tiles with embedded PNG bytes",
+    "synthetic": "config `synthetic`: the synthetic tiles with embedded PNG bytes and `derived_from`",
+    "metadata": "config `metadata`: every tile, real and synthetic, every column but `image`",
 }
 
 
@@ -376,7 +376,7 @@ def files_table(stats: CardStats) -> str:
     for name in release_configs(stats):
         files, size = stats.configs.get(name, [stats.parquet_files, stats.parquet_bytes] if name == "default" else [0, 0])
         rows.append((f"`{CONFIGS[name].folder}/train-XXXXX-of-YYYYY.parquet`",
-                     f"{_CONFIG_WORDS[name]} ({files} files, {size / 1e6:,.1f} MB)"))
+                     f"{_CONFIG_WORDS[name]} ({files} file{'s' if files != 1 else ''}, {size / 1e6:,.1f} MB)"))
     rows += [
         (f"`{INDEX_NAME}`", f"bucket -> config, file, row group, rows and byte range: read one bucket without scanning "
                             f"every file ({stats.index_bytes / 1e3:,.0f} KB)"),

@@ -63,7 +63,7 @@ from .schema import INDEX_NAME, RELEASE_MANIFEST
 logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 100  # rows read from a shard at a time
-COMMIT_ROWS = 200  # tiles per commit of the store's protocol (one journal, one transaction)
+COMMIT_ROWS = 100  # tiles per commit of the store's protocol (one journal, one transaction): a read batch
 READ_BUFFER = 1 << 20  # bytes read from a shard at a time
 SOURCE_RECORD = "source.json"  # in the scratch folder: which release it is being restored from
 RESTORED_FROM = "restored_from"  # meta key of a restored library: the release it came from
@@ -495,11 +495,12 @@ def restore_release(source: ReleaseSource, library_root: str | os.PathLike, prog
     from tqdm import tqdm
 
     root = Path(library_root).expanduser().absolute()
+    scratch = scratch_for(root)
     finished = _already_restored(root, source.release_id) if root.is_dir() else None
-    if finished is not None:
+    if finished is not None:  # a run killed after its final rename: only its scratch folder is left
+        shutil.rmtree(scratch, ignore_errors=True)
         return RestoreReport(root, finished, source.parquet_files, False, "already restored", 0, source.buckets)
     _target_is_free(root)
-    scratch = scratch_for(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     lib, resumed = _open_scratch(scratch, root.name, source)
     show = sys.stderr.isatty() if progress is None else progress
