@@ -21,6 +21,7 @@ MARKERS = {
     "metadata_config": '"metadata", split="train")',
     "streaming_filters": "streaming=True, filters=",
     "pyarrow_index": "open_parquet_file(",
+    "duckdb": "register_filesystem(",
     "quick_queries": "HAVING n >=",
     "cluster_recipe": "MiniBatchKMeans(",
     "all_metadata": "Total tiles",

@@ -46,7 +46,7 @@ from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_block
 from tests.conftest import REPO, real_crops
 
 # The seed card predates the Hub dataset and partial reads; its other snippets are the seed's.
-NOT_IN_SEED = {"load_dataset", "metadata_config", "streaming_filters", "pyarrow_index"}
+NOT_IN_SEED = {"load_dataset", "metadata_config", "streaming_filters", "pyarrow_index", "duckdb"}
 
 # Runs a block like the interactive prompt does: statements executed in order, the repr of each
 # bare expression's value printed (``row["label"]`` shows its value, as in a notebook).
@@ -163,10 +163,12 @@ def test_streaming_filters_block(card_library, tmp_path):
     assert lines == [f"{card_library.in_42} (256, 256)"]
 
 
-def test_pyarrow_index_block_needs_the_hub_and_is_run_there(card_library):
-    """The pyarrow block reads through HfFileSystem: tests/test_release_hub.py runs it against a pushed repo."""
+def test_hub_blocks_name_the_repo_and_the_example_bucket(card_library):
+    """The pyarrow and DuckDB blocks read through HfFileSystem: tests/test_release_hub.py runs them
+    (with every other block) against a pushed repo."""
     block = python_block(card_library.card, "pyarrow_index")
     assert 'repo = "datasets/USER/mosaic_library"' in block and '("bucket", "==", 42)' in block
+    assert "'hf://datasets/USER/mosaic_library/metadata/*.parquet'" in python_block(card_library.card, "duckdb")
 
 
 def test_quick_queries_block(card_library, tmp_path):

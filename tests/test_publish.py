@@ -615,7 +615,9 @@ def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
     restored = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
     assert restored.returncode == 0 and restored.stdout.startswith("restored ")
 
-    refused = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
+    again = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))  # the same release: done
+    assert again.returncode == 0 and again.stdout.rstrip().endswith("(already restored)")
+    refused = cli(tmp_path, "restore", str(out), "--library", str(library_copy))  # anything else: refused
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not empty" in refused.stderr
 
     victim = next(iter(db_rows(library_copy / "tiles.db").values()))
@@ -629,7 +631,7 @@ def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
     bad_repo = cli(tmp_path, "push", "--library", str(library_copy), "--repo-id", "not a repo", "--dry-run")
     assert bad_repo.returncode == 2 and "'not a repo'" in bad_repo.stderr
 
-    everything = [built, restored, refused, failed, skipped, bad_repo]
+    everything = [built, restored, again, refused, failed, skipped, bad_repo]
     assert all(FAKE_TOKEN not in r.stdout + r.stderr for r in everything)
 
 

@@ -132,3 +132,25 @@ def test_the_cards_synthetic_snippet_runs(stagings, tmp_path):
                          env=subprocess_env(tmp_path, HF_HUB_OFFLINE="1"), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["30", "True"]
+
+
+def test_push_dry_run_of_a_library_with_synthetic_tiles_lists_every_config(libraries, stagings, tmp_path):
+    """The demo's library runs synthesize: its release must publish (was: refused as foreign files)."""
+    import subprocess
+    import sys
+
+    from builder.publish import plan_upload
+    from tests.publish_helpers import FAKE_TOKEN, subprocess_env
+
+    _real, mixed = libraries
+    out = tmp_path / "staging"
+    result = subprocess.run([sys.executable, "-m", "builder", "push", "--library", str(mixed), "--output", str(out),
+                             "--repo-id", "alice/mosaic", "--dry-run"], capture_output=True, text=True,
+                            env=subprocess_env(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[-1] for line in result.stdout.splitlines()[1:-1]]
+    assert listed == [item.path_in_repo for item in plan_upload(out)]
+    folders = {name.split("/")[0] for name in listed if "/" in name}
+    assert folders == {"data", "synthetic", "metadata"}
+    assert {"README.md", "bucket_index.parquet", "release.json", "tiles.db", "centroids.npy"} <= set(listed)
+    assert FAKE_TOKEN not in result.stdout + result.stderr

@@ -388,9 +388,6 @@ def files_table(stats: CardStats) -> str:
     return _table(("File", "What it is"), rows)
 
 
-DUCKDB_NOTE = ""
-
-
 def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
     """Every placeholder of the card template, as text, from the live figures and the library's facts."""
     metadata_files, metadata_bytes = stats.configs.get("metadata", [0, 0])
@@ -427,7 +424,6 @@ def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
         "index_name": INDEX_NAME,
         "metadata_rows": f"{stats.total_rows or stats.tiles + stats.synthetic_tiles:,}",
         "metadata_mb": f"{metadata_bytes / 1e6:,.1f}",
-        "duckdb_note": DUCKDB_NOTE,
     }
 
 
