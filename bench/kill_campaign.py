@@ -7,6 +7,7 @@ defaults are 100 ingest kills and 50 harvest kills (about 2.5 and 1.5 minutes on
     python bench/kill_campaign.py --ingest-kills 300 --harvest-kills 0 --keep /tmp/wreck
     python bench/kill_campaign.py --quick         # 5 + 3 kills, a smoke run
     python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0   # only the burn scenario
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --restore-kills 30
 
 Every kill takes down the writer's whole process group (CLI and process pool) at a moment
 drawn from four triggers (random delay, workers mid-batch, journal on disk, right after a
@@ -15,6 +16,12 @@ before the kill lost, ``temp/`` emptied by the next open, files == rows, no buck
 cap, no phash twice in a bucket, ``verify`` clean, and for harvest ``fetched`` agreeing with
 ``tiles`` and no tile served twice by the loopback server.  The exit status is 1 if any
 invariant broke or any tile was lost.
+
+The restore scenario (``--restore-kills``, default 10: each of the ten points of
+``tests/restore_campaign.py`` once; more cycle through them): ``python -m builder restore`` of a
+staging folder (160 real tiles with a fetch ledger, 40 synthetic) SIGKILLed at a point found by
+polling the file system, then run again to the end; printed: kills, tiles before and after each
+rerun, tiles lost, and any rerun that failed or differs from the source.
 
 The burn scenario (``--burn-kills``, default 3) measures what kills cost a plan: a zoom-7
 harvest of both phases (751 candidate tiles), SIGKILLed right after each run's first commit,
@@ -51,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ingest-kills", type=int, default=100)
     p.add_argument("--harvest-kills", type=int, default=50)
     p.add_argument("--burn-kills", type=int, default=3, help="kills of the zoom-7 burn scenario (0: skip it)")
+    p.add_argument("--restore-kills", type=int, default=10, help="restore kills (the ten points, cycled; 0: skip)")
     p.add_argument("--pool", type=int, default=4000, help="distinct input tiles for the ingest campaign")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep the libraries")
@@ -60,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.ingest_kills, args.harvest_kills, args.pool = 5, 3, 600
         args.burn_kills = min(args.burn_kills, 1)
+        args.restore_kills = min(args.restore_kills, 3)
     return args
 
 
@@ -94,7 +103,38 @@ def run(args: argparse.Namespace, work: Path) -> list[Figures]:
         print(figures.summary() + f"; {served} tiles served by the loopback server", flush=True)
     if args.burn_kills > 0:
         run_burn_scenario(args.burn_kills, work / "burn")
+    if args.restore_kills > 0:
+        results.append(run_restore_campaign(args.restore_kills, work / "restore", progress))
     return results
+
+
+def run_restore_campaign(kills: int, work: Path, progress=None) -> Figures:
+    """Kill ``restore`` at the campaign's points (cycled ``kills`` times); print and return the figures."""
+    import numpy as np
+    from PIL import Image
+
+    from builder.library import Library
+    from builder.publish import build_staging
+    from builder.synthesize import synthesize
+    from tests.conftest import BLUEMARBLE
+    from tests.publish_helpers import make_library
+    from tests.restore_campaign import POINTS, library_state, restore_campaign
+
+    work.mkdir(parents=True)
+    image = Image.open(BLUEMARBLE).convert("RGB")
+    root = make_library(work / "source" / "mosaic_library", image, n_ingest=120, n_harvest=40)
+    with Library.open(root) as lib:
+        empty = [int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)]
+        synthesize(lib, max_uses=2, buckets=empty[::100][:40], progress=False)
+    staging = build_staging(root, work / "staging", max_shard_size="1MB").output
+    expected = library_state(root)
+    real = sum(1 for row in expected["rows"].values() if row[-2] == 0)
+    names = list(POINTS)
+    points = [names[i % len(names)] for i in range(kills)]
+    found = restore_campaign(staging, expected, work / "rounds", points, real=real, progress=progress)
+    print(found.summary(), flush=True)
+    return Figures(writer="restore", rounds=len(points), kills=found.kills, tiles_lost=found.lost,
+                   rows=len(expected["rows"]), violations=list(found.violations))
 
 
 def run_burn_scenario(kills: int, work: Path) -> None:
