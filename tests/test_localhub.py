@@ -33,6 +33,9 @@ from huggingface_hub.errors import (
 
 from tests.support.localhub import LocalHub
 
+# huggingface_hub's LFS upload hands httpx2 a file as `data=`, which httpx2 deprecates: the client's own call.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
 REPO = "alice/tiles"
 ROWS = 2000
 
