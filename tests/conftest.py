@@ -74,3 +74,23 @@ def make_library(tmp_path):
     yield make
     for lib in opened:
         lib.close()
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A :class:`tests.support.localhub.LocalHub` on 127.0.0.1, and this process's Hugging Face
+    clients pointed at it: ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_DISABLE_XET=1`` and every cache
+    under tmp_path, in the environment (so subprocesses inherit it; ``local_hub.env()`` gives the
+    same dict) and in the settings ``huggingface_hub`` and ``datasets`` read when imported."""
+    from huggingface_hub import HfFileSystem
+
+    from tests.support.localhub import LocalHub
+
+    with LocalHub(tmp_path / "local_hub", client_home=tmp_path / "hf_client") as hub:
+        for name, value in hub.env().items():
+            monkeypatch.setenv(name, value)
+        for target, name, value in hub.client_patches():
+            monkeypatch.setattr(target, name, value)
+        HfFileSystem.clear_instance_cache()  # an instance cached by an earlier test knows other repos
+        yield hub
+        HfFileSystem.clear_instance_cache()

@@ -8,8 +8,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,8 +30,8 @@ from builder.publish.manifest import ReleaseIncomplete, describe
 from builder.publish.staging import MANIFEST
 from builder.verify import verify_library
 from tests.conftest import real_crops
-from tests.hubstub import HubStub
 from tests.publish_helpers import FAKE_TOKEN, db_rows, load_in_fresh_process, make_library, sha256, subprocess_env
+from tests.support.localhub import LocalHub
 
 SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"
 
@@ -456,26 +454,6 @@ def test_push_dry_run_builds_then_prints_the_plan_without_the_token(library_copy
         assert FAKE_TOKEN not in text
 
 
-class _HubStub(BaseHTTPRequestHandler):
-    """A real HTTP server answering every request 401, recording what it was sent."""
-
-    seen: list[dict] = []
-
-    def _reply(self):
-        self.seen.append({"path": self.path, "auth": self.headers.get("authorization", "")})
-        body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
-        self.send_response(401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_HEAD = _reply
-
-    def log_message(self, *args):
-        pass
-
-
 PUSH_SCRIPT = r"""
 import sys
 from builder.errors import MosaicError
@@ -489,25 +467,21 @@ except MosaicError as exc:
 
 
 def test_push_reports_a_refusing_hub_on_one_line_and_never_leaks_the_token(staging, tmp_path):
-    """The Hub itself can't be reached from the tests: a local server refusing the token stands in."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HubStub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """The local Hub holds another token than the one in HF_TOKEN: it refuses every request 401."""
     copy = tmp_path / "staging"
     shutil.copytree(staging, copy)
-    try:
-        env = subprocess_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+    with LocalHub(token="hf_the_hubs_own_token") as hub:
+        env = subprocess_env(tmp_path, **hub.env(token=False))
         result = subprocess.run(
             [sys.executable, "-c", PUSH_SCRIPT, str(copy)], env=env, capture_output=True, text=True, timeout=120
         )
-    finally:
-        server.shutdown()
-        server.server_close()
+        requests = hub.requests
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stdout.startswith("error: push to alice/mosaic failed:") and result.stdout.count("\n") == 1
-    assert FAKE_TOKEN not in result.stdout + result.stderr
-    # huggingface_hub's own token resolution picked HF_TOKEN up and sent it
-    assert _HubStub.seen and all(s["auth"] == f"Bearer {FAKE_TOKEN}" for s in _HubStub.seen)
+    assert "401" in result.stdout and FAKE_TOKEN not in result.stdout + result.stderr
+    # huggingface_hub's own token resolution picked HF_TOKEN up and sent it; the Hub refused it
+    assert requests and all(r.auth == "invalid" and r.status == 401 for r in requests)
+    assert "alice/mosaic" not in {repo_id for _type, repo_id in hub.repos}
 
 
 def test_push_without_any_token_is_a_clear_error(staging, tmp_path):
@@ -658,11 +632,12 @@ def test_cli_default_output_is_beside_the_library(library_copy, tmp_path):
 # --------------------------------------------------------------------------------------- push, end to end
 
 
-def push_cli(tmp_path: Path, hub: HubStub, *args: str) -> subprocess.CompletedProcess:
+def push_cli(tmp_path: Path, hub: LocalHub, *args: str) -> subprocess.CompletedProcess:
+    """``python -m builder push`` in a fresh process pointed at the local Hub (HF_TOKEN is the fake token)."""
     return subprocess.run(
         [sys.executable, "-m", "builder", "push", *args],
         cwd=tmp_path,
-        env=subprocess_env(tmp_path, HF_ENDPOINT=hub.endpoint),
+        env=subprocess_env(tmp_path, **hub.env(token=False)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -672,7 +647,7 @@ def push_cli(tmp_path: Path, hub: HubStub, *args: str) -> subprocess.CompletedPr
 @pytest.mark.slow
 def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path):
     out = tmp_path / "staging"
-    with HubStub() as hub:
+    with LocalHub(token=FAKE_TOKEN) as hub:
         result = push_cli(
             tmp_path,
             hub,
@@ -686,14 +661,24 @@ def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path
         )
         assert result.returncode == 0, result.stderr
         remote = hub.files("alice/mosaic")
-        assert hub.repos["alice/mosaic"]["private"] is True
-        assert {path for _m, path, _a in hub.requests} >= {
-            "/api/repos/create",
-            "/api/datasets/alice/mosaic/commit/main",
-        }
-        assert all(auth == f"Bearer {FAKE_TOKEN}" for _m, _p, auth in hub.requests)
-        assert [v["repoType"] for v in hub.validated] == ["dataset"]  # the card's YAML passed the check
+        head = hub.history("alice/mosaic")[0]
+        assert hub.repo("alice/mosaic").private is True
+        requests = hub.requests
+    assert remote.pop(".gitattributes").startswith(b"*.7z filter=lfs")  # the Hub's own, made with the repo
+    assert {(r.method, r.path) for r in requests} >= {
+        ("POST", "/api/repos/create"),
+        ("POST", "/api/datasets/alice/mosaic/preupload/main"),
+        ("POST", "/datasets/alice/mosaic.git/info/lfs/objects/batch"),
+        ("POST", "/api/datasets/alice/mosaic/commit/main"),
+    }
+    assert [r for r in requests if r.status >= 400] == []
+    # the token went to the Hub on every call and never to LFS storage
+    assert all(r.auth == "valid" for r in requests if r.origin == "hub")
+    assert {(r.method, r.auth) for r in requests if r.origin == "cdn"} == {("PUT", "none")}
+    assert [r.status for r in requests if r.path == "/api/validate-yaml"] == [200]  # the card's YAML passed the check
+    # the shards, tiles.db and centroids.npy went through LFS (storage PUTs), the card in the commit itself
     plan = plan_upload(out)
+    assert {p for p, e in head.files.items() if e.kind == "lfs"} == {i.path_in_repo for i in plan} - {"README.md"}
     assert remote == {item.path_in_repo: item.local_path.read_bytes() for item in plan}
     assert result.stdout.splitlines()[-1] == (
         f"uploaded {len(plan)} files ({sum(i.size for i in plan) / 1e6:.1f} MB) to {hub.endpoint}/datasets/alice/mosaic"
@@ -712,31 +697,33 @@ def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, 
     build_staging(library_copy, out, max_shard_size="1MB")
     first = len(list((out / "data").glob("*.parquet")))
     assert first > 2
-    with HubStub() as hub:
+    # an organisation whose new repos are private: push without --private must not make it public
+    with LocalHub(token=FAKE_TOKEN, default_private=True) as hub:
         args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
         assert push_cli(tmp_path, hub, *args).returncode == 0
-        assert hub.repos["alice/mosaic"]["visibility"] is None  # no --private: the Hub's default applies
+        assert hub.repo("alice/mosaic").private is True
         old = {p for p in hub.files("alice/mosaic") if p.startswith("data/")}
         assert len(old) == first
         build_staging(library_copy, out)  # default shard size: one file
         second = push_cli(tmp_path, hub, *args)
         assert second.returncode == 0, second.stderr
         remote = hub.files("alice/mosaic")
-        ops = hub.commits[-1]["ops"]
+        deleted = set(hub.changes("alice/mosaic")["deleted"])
     assert sorted(p for p in remote if p.startswith("data/")) == ["data/train-00000-of-00001.parquet"]
-    deleted = {op["value"]["path"] for op in ops if op["key"] == "deletedFile"}
     assert deleted == old - {"data/train-00000-of-00001.parquet"}
     assert f"deleted {len(deleted)} stale files" in second.stdout
 
 
 def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(library_copy, tmp_path):
     out = tmp_path / "staging"
-    with HubStub() as hub:
+    with LocalHub(token=FAKE_TOKEN) as hub:
         args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
         result = push_cli(tmp_path, hub, *args, "--revision", "release-2")
         assert result.returncode == 0, result.stderr
-        assert hub.files("alice/mosaic", "main") == {}
-        assert set(hub.files("alice/mosaic", "release-2")) == {i.path_in_repo for i in plan_upload(out)}
+        assert set(hub.files("alice/mosaic", "main")) == {".gitattributes"}
+        assert set(hub.files("alice/mosaic", "release-2")) == {".gitattributes"} | {
+            i.path_in_repo for i in plan_upload(out)
+        }
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.crash_campaign import REPO, make_tile_pool
-from tests.hubstub import HubStub
+from tests.support.localhub import LocalHub
 from tests.tileserver import Rates, TileServer, distinct_tile
 
-# Every command in a fresh process, with a faulty tile server and a Hub stub: about half a minute.
+# Every command in a fresh process, with a faulty tile server and the local Hub: about half a minute.
 pytestmark = pytest.mark.slow
 
 HUB_TOKEN = "hf_" + "Kq7Zp2Lm9Xv4" * 3
@@ -35,8 +35,9 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update(
         PYTHONPATH=str(REPO), HF_TOKEN=HUB_TOKEN, HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf_home"),
         HF_DATASETS_CACHE=str(tmp_path / "datasets_cache"), XDG_CACHE_HOME=str(tmp_path / "xdg_cache"),
-        MPLCONFIGDIR=str(tmp_path / "mpl"), HF_HUB_DISABLE_TELEMETRY="1", **extra,
+        MPLCONFIGDIR=str(tmp_path / "mpl"), HF_HUB_DISABLE_TELEMETRY="1",
     )
+    env.update(extra)
     return env
 
 
@@ -51,15 +52,17 @@ def leaks(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    """Every command, -v, HF_TOKEN set; returns (base folder, {command: result}, hub stub)."""
+    """Every command, -v, HF_TOKEN set; returns (base folder, {command: result}, faults served,
+    the local Hub's requests, the files it holds)."""
     base = tmp_path_factory.mktemp("secrets")
     (base / "home").mkdir()
     pool = make_tile_pool(base / "tiles", 40, seed=8)
     lib, staging = base / "mosaic_library", base / "staging"
     results = {}
     faults = Rates({"503": 0.15, "429": 0.1, "reset": 0.05}, seed=3, max_per_tile=1)
-    with TileServer(distinct_tile, faults=faults, lifetime=600) as server, HubStub() as hub:
-        env = env_for(base, HF_ENDPOINT=hub.endpoint)
+    # the Hub keeps its repos under base too, so the search of every written file covers them
+    with TileServer(distinct_tile, faults=faults, lifetime=600) as server, LocalHub(base / "hub", token=HUB_TOKEN) as hub:
+        env = env_for(base, **hub.env(token=False))
         source = f"{server.tile_template}?access_token={URL_TOKEN}"
         commands = {
             "init": ["init", "--library", lib],
@@ -78,7 +81,7 @@ def session(tmp_path_factory):
         for name, args in commands.items():
             results[name] = run(base, env, *args)
         faults_served = server.outcome_counts()
-        requests = list(hub.requests)
+        requests = hub.requests
         uploaded = hub.files("alice/mosaic")
     return base, results, faults_served, requests, uploaded
 
@@ -89,7 +92,10 @@ def test_every_command_ran(session):
         assert res.returncode == 0, f"{name}: {res.stdout[-500:]} {res.stderr[-2000:]}"
     assert sum(n for kind, n in faults_served.items() if kind != "ok") > 0  # retries were logged
     assert "README.md" in uploaded and any(p.endswith(".parquet") for p in uploaded)
-    assert requests and all(auth == f"Bearer {HUB_TOKEN}" for _m, _p, auth in requests if auth)  # it was used
+    # the token was sent to the Hub and accepted, and never sent to LFS storage
+    assert any(r.method == "POST" and r.path.endswith("/commit/main") and r.auth == "valid" for r in requests)
+    assert all(r.auth == "valid" for r in requests if r.origin == "hub")
+    assert any(r.origin == "cdn" for r in requests) and all(r.auth == "none" for r in requests if r.origin == "cdn")
 
 
 @pytest.mark.parametrize("command", ["init", "ingest", "harvest", "stats", "verify", "query", "mosaic", "build",
