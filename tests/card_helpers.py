@@ -20,7 +20,7 @@ MARKERS = {
     "load_dataset": "ds = load_dataset(",
     "metadata_config": '"metadata", split="train")',
     "streaming_filters": "streaming=True, filters=",
-    "pyarrow_index": "open_parquet_file(",
+    "pyarrow_index": 'cache_type="none"',
     "duckdb": "register_filesystem(",
     "quick_queries": "HAVING n >=",
     "cluster_recipe": "MiniBatchKMeans(",

@@ -676,9 +676,11 @@ def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path
     assert all(r.auth == "valid" for r in requests if r.origin == "hub")
     assert {(r.method, r.auth) for r in requests if r.origin == "cdn"} == {("PUT", "none")}
     assert [r.status for r in requests if r.path == "/api/validate-yaml"] == [200]  # the card's YAML passed the check
-    # the shards, tiles.db and centroids.npy went through LFS (storage PUTs), the card in the commit itself
+    # the shards, the index, tiles.db and centroids.npy went through LFS (storage PUTs), the card and the
+    # release manifest (small text) in the commit itself
     plan = plan_upload(out)
-    assert {p for p, e in head.files.items() if e.kind == "lfs"} == {i.path_in_repo for i in plan} - {"README.md"}
+    assert {p for p, e in head.files.items() if e.kind == "lfs"} == {i.path_in_repo for i in plan} - {
+        "README.md", "release.json"}
     assert remote == {item.path_in_repo: item.local_path.read_bytes() for item in plan}
     assert result.stdout.splitlines()[-1] == (
         f"uploaded {len(plan)} files ({sum(i.size for i in plan) / 1e6:.1f} MB) to {hub.endpoint}/datasets/alice/mosaic"

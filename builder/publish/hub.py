@@ -17,9 +17,12 @@ of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,6 +75,23 @@ class PushReport(NamedTuple):
         same = f"; {len(self.unchanged)} unchanged" if self.unchanged else ""
         return (f"uploaded {len(self.uploaded)} files ({self.total_bytes / 1e6:.1f} MB{same}) to {self.repo_url}"
                 f"{deleted}")
+
+
+@contextlib.contextmanager
+def hub_progress(show: bool | None = None) -> Iterator[None]:
+    """``huggingface_hub``'s progress bars only on a terminal (by default): a command's output stays
+    its summary line when piped or logged."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    show = sys.stderr.isatty() if show is None else show
+    was_disabled = are_progress_bars_disabled()
+    if not show and not was_disabled:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not show and not was_disabled:
+            enable_progress_bars()
 
 
 def validate_repo_id(repo_id: object) -> str:
@@ -219,13 +239,14 @@ def push_staging(
         if not operations:
             return PushReport(str(repo_url), plan, [], None, False, tuple(unchanged))
         configs = sorted({i.path_in_repo.split("/")[0] for i in plan if i.path_in_repo.startswith(CONFIG_FOLDERS)})
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=f"Mosaic Library release: {', '.join(configs)} ({len(plan)} files), card, index, tiles.db",
-            repo_type="dataset",
-            revision=revision,
-        )
+        with hub_progress():
+            info = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=f"Mosaic Library release: {', '.join(configs)} ({len(plan)} files), card, index, tiles.db",
+                repo_type="dataset",
+                revision=revision,
+            )
     except MosaicError:
         raise
     except Exception as exc:  # noqa: BLE001 - the Hub's and the network's errors, reported on one line

@@ -102,6 +102,14 @@ def row_groups_by_file(rows: pa.Table) -> dict[str, list[int]]:
     return {file: sorted(groups) for file, groups in sorted(out.items())}
 
 
+def ranges_by_file(rows: pa.Table) -> dict[str, dict[int, tuple[int, int]]]:
+    """``{file: {row group: (offset, length)}}`` to fetch for the index rows ``rows``."""
+    out: dict[str, dict[int, tuple[int, int]]] = {}
+    for row in rows.select(["file", "row_group", "offset", "length"]).to_pylist():
+        out.setdefault(row["file"], {})[row["row_group"]] = (row["offset"], row["length"])
+    return dict(sorted(out.items()))
+
+
 def bucket_counts(index: pa.Table, config: str) -> dict[int, int]:
     """Rows per bucket of one config, from the index alone."""
     rows = index.filter(pc.equal(index["config"], config))
