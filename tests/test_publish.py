@@ -26,11 +26,19 @@ from builder.publish import (
     staging_state,
     validate_repo_id,
 )
-from builder.publish.manifest import ReleaseIncomplete, describe
+from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.staging import MANIFEST
 from builder.verify import verify_library
 from tests.conftest import real_crops
-from tests.publish_helpers import FAKE_TOKEN, db_rows, load_in_fresh_process, make_library, sha256, subprocess_env
+from tests.publish_helpers import (
+    FAKE_TOKEN,
+    db_rows,
+    load_in_fresh_process,
+    make_library,
+    reseal,
+    sha256,
+    subprocess_env,
+)
 from tests.support.localhub import LocalHub
 
 SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"
@@ -79,14 +87,6 @@ def read_parquet_rows(staging: Path) -> list[dict]:
 def footer_bytes(path: Path) -> int:
     """A Parquet file's footer length (its last 8 bytes: length, then ``PAR1``)."""
     return int.from_bytes(path.read_bytes()[-8:-4], "little")
-
-
-def reseal(folder: Path) -> None:
-    """Rewrite a release's manifest to vouch for its files as they are now (what a hostile release would do)."""
-    release = json.loads((folder / "release.json").read_text())
-    for name in release["files"]:
-        release["files"][name] = describe(folder / name)
-    (folder / "release.json").write_text(json.dumps(release))
 
 
 def card_header(readme: Path) -> tuple[str, dict]:

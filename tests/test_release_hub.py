@@ -22,6 +22,8 @@ from tests.publish_helpers import make_library
 from tests.restore_campaign import library_state
 
 REPO_ID = "user/mosaic_library"
+# huggingface_hub's own LFS upload passes bytes as data= to httpx, which warns
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ SQLite, real processes; kill points found by polling the file system)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.restore import scratch_for
 from builder.synthesize import synthesize
 from builder.verify import verify_library
-from tests.publish_helpers import make_library
+from tests.publish_helpers import make_library, reseal
 from tests.restore_campaign import POINTS, cli_env, library_state, restore_campaign
 
 
@@ -106,11 +105,7 @@ def test_tiles_db_of_another_release_is_refused(staging, tmp_path, source):
         conn.execute("DELETE FROM tiles WHERE rowid IN (SELECT rowid FROM tiles WHERE synthetic = 0 LIMIT 3)")
     conn.execute("VACUUM")
     conn.close()
-    release = json.loads((copy / "release.json").read_text())
-    from builder.publish.manifest import describe
-
-    release["files"]["tiles.db"] = describe(copy / "tiles.db")  # a manifest that vouches for the edited file
-    (copy / "release.json").write_text(json.dumps(release))
+    reseal(copy)  # a manifest that vouches for the edited file
     with pytest.raises(ReleaseIncomplete, match=r"tiles.db holds \d+ real and 40 synthetic tiles, the release's files"):
         restore_library(copy, tmp_path / "mosaic_library")
     assert nothing_left(tmp_path / "mosaic_library")
@@ -129,8 +124,6 @@ def test_restore_equals_the_source_and_a_second_run_says_it_is_done(staging, sou
     other = tmp_path / "other"
     shutil.copytree(staging, other)
     (other / "README.md").write_text("another card")  # another release: the same target is not overwritten
-    from tests.test_publish import reseal
-
     reseal(other)
     with pytest.raises(Exception, match="not empty"):
         restore_library(other, target)
