@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -84,7 +85,16 @@ class HubRelease:
         info = _hub_call(f"reading {repo_id}", self.api.dataset_info, repo_id, revision=revision)
         self.commit = info.sha
         self.fs = HfFileSystem(token=token)
-        self.manifest_bytes = self.read(RELEASE_MANIFEST, check=False)
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            self.manifest_bytes = self.download(RELEASE_MANIFEST, check=False).read_bytes()
+        except HubError as exc:
+            if EntryNotFoundError.__name__ not in str(exc):
+                raise
+            raise ReleaseIncomplete(
+                f"{self.where} has no {RELEASE_MANIFEST}: it was not published by this builder's push; download it "
+                "(huggingface_hub.snapshot_download) and restore the folder") from None
         self.manifest = release_manifest.parse_manifest(self.manifest_bytes, self.where)
 
     @property
@@ -210,16 +220,19 @@ def restore_from_hub(repo_id: str, library_root: str | os.PathLike, revision: st
                      buckets: str | Iterable[int] | None = None, token: str | None = None,
                      progress: bool | None = None) -> RestoreReport:
     """``restore --hub``: the whole release, or only ``buckets`` (both configs), into ``library_root``."""
-    from .restore import _target_is_free
+    from .restore import _already_restored, _target_is_free, scratch_for
 
     chosen = parse_bucket_list(buckets)
     release = HubRelease(repo_id, revision, token)
     if chosen:
         return restore_release(HubBuckets(release, chosen), library_root, progress)
     root = Path(library_root)
-    if not (root.is_dir() and any(root.iterdir())):
-        _target_is_free(root)
     needed = release_manifest.needed_files(release.manifest, TILE_CONFIGS, [DB_NAME, CENTROIDS_NAME])
+    done = _already_restored(root, release_identity(release.manifest_bytes, (), ()))
+    if done is not None:  # nothing to download: a run killed after its final rename, or a second run
+        shutil.rmtree(scratch_for(root), ignore_errors=True)
+        return RestoreReport(root, done, sum(1 for n in needed if n.endswith(".parquet")), False, "already restored")
+    _target_is_free(root)  # before downloading anything
     release.check_remote(needed)  # before downloading anything: a file missing on the Hub is refused here
     from huggingface_hub import snapshot_download
 
