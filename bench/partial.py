@@ -5,7 +5,7 @@
     python bench/partial.py --tiles 5000
 
 The library is ``bench/scale.py``'s (real-imagery tiles spread over the buckets, cached under
-``--cache``); ``python -m builder build`` makes its staging folder with the default shards (64 MB)
+``--cache``, by default scale's own cache); ``python -m builder build`` makes its staging folder with the default shards (64 MB)
 and ``push`` uploads it to the local Hub of the tests (``tests/support/localhub.py``: real HTTP,
 ``Range`` reads, every byte it serves counted).  Each reader is one fresh process with an empty
 Hugging Face cache of its own, as a user's first read is:
@@ -14,7 +14,9 @@ Hugging Face cache of its own, as a user's first read is:
 * **default config**: ``load_dataset(repo, split="train")``;
 * **metadata config**: ``load_dataset(repo, "metadata", split="train")``;
 * **one full bucket**: the card's pyarrow snippet (bucket index, then ``HfFileSystem`` without
-  read-ahead: one footer and the bucket's row group), on the fullest bucket; and, for comparison,
+  read-ahead: one footer and the bucket's row group), on the fullest bucket (scale's libraries
+  spread their tiles evenly: at 25,000 tiles the fullest holds 19, and shares its 100-row row
+  group with other buckets; a full bucket of 100 is a row group of its own); and, for comparison,
   ``load_dataset(repo, streaming=True, filters=[("label", "==", B)])``, which reads every file's footer;
 * **colour query**: ``python -m builder query --hub`` of a colour whose nearest populated buckets
   hold at least 20 tiles (ids and rows, no image);
@@ -140,11 +142,12 @@ def run_reader(hub, name: str, argv: list[str], work: Path) -> tuple[float, int]
 def main() -> None:
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--tiles", type=int, default=25_000, help="library size (default 25,000)")
+    parser.set_defaults(cache=scale.DEFAULT_CACHE)  # bench/scale.py's libraries, shared with it
     args = parser.parse_args()
     tiles = 300 if args.quick else args.tiles
     from tests.support.localhub import LocalHub
 
-    root = dict(scale.make_libraries(args.cache / "partial", [tiles]))[tiles]
+    root = dict(scale.make_libraries(args.cache, [tiles]))[tiles]
     work = Path(tempfile.mkdtemp(prefix="bench_partial_"))
     try:
         staging = work / "staging"

@@ -251,18 +251,18 @@ class _GroupBuffer:
     """Row groups of whole buckets: the row group being filled, and the bucket being read.
 
     Rows arrive ordered by ``(label, id)``; each bucket goes whole into the current group, which is
-    written first if the bucket would not fit: past ``rows_per_group`` rows, or past ``group_bytes``
-    of images (a group always takes one bucket).  A bucket larger than a group (a library with a cap
-    above it) fills groups of its own, split only where it must be.  A reader of one bucket then
-    reads one row group, never the tail of one and the head of the next, and a small bucket's
-    row group holds little else (bench/README.md measures what this costs in row groups and footers).
+    written first if the bucket would not fit in its ``rows_per_group`` rows.  A bucket larger than
+    a group (a library with a cap above it) fills groups of its own, split only where it must be.
+    A reader of one bucket then reads one row group, never the tail of one and the head of the
+    next; a full bucket (100 tiles) is a row group of its own.  Smaller groups (a cap on their
+    bytes, so that a small bucket shares its group with less) were measured and not kept:
+    ``load_dataset`` pays about 13 ms a row group (bench/README.md).
     """
 
-    def __init__(self, names: list[str], with_images: bool, rows_per_group: int, group_bytes: int | None) -> None:
-        self.names, self.rows_per_group, self.group_bytes = names, rows_per_group, group_bytes
+    def __init__(self, names: list[str], with_images: bool, rows_per_group: int) -> None:
+        self.names, self.rows_per_group = names, rows_per_group
         self.images = _ImageColumn() if with_images else None
         self.group: dict[str, list] = {n: [] for n in names}
-        self.filled = 0  # image bytes in the group
         self.bucket: list[dict] = []  # the current bucket's examples, images still inside
 
     def add(self, example: dict, writer: _ShardWriter) -> None:
@@ -273,24 +273,19 @@ class _GroupBuffer:
             self.end_bucket(writer)
 
     def end_bucket(self, writer: _ShardWriter) -> None:
-        size = sum(len(e["image"]["bytes"]) for e in self.bucket) if self.images is not None else 0
-        rows = len(self.group["id"])
-        too_big = self.group_bytes is not None and self.filled + size > self.group_bytes
-        if rows and (rows + len(self.bucket) > self.rows_per_group or too_big):
+        if len(self.group["id"]) + len(self.bucket) > self.rows_per_group:
             self.flush(writer)
         for example in self.bucket:
             if self.images is not None:
                 self.images.append(example.pop("image"))
             for name in self.names:
                 self.group[name].append(example[name])
-        self.filled += size
         self.bucket = []
 
     def flush(self, writer: _ShardWriter) -> None:
         if self.group["id"]:
             writer.write(self.group, self.images)
         self.group = {n: [] for n in self.names}
-        self.filled = 0
         if self.images is not None:
             self.images.reset()
 
@@ -304,8 +299,7 @@ def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_b
     """One job: stream the examples of its bucket range into ``job-JJJJJ-SSSSS.parquet``, whole buckets a row group."""
     config = schema.CONFIGS[config_name]
     writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes, config_name)
-    buffer = _GroupBuffer([n for n in writer.schema.names if n != "image"], config.with_images, config.rows_per_group,
-                          config.group_bytes)
+    buffer = _GroupBuffer([n for n in writer.schema.names if n != "image"], config.with_images, config.rows_per_group)
     skipped: list = []
     try:
         examples = rows.iter_examples(

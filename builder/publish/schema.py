@@ -78,9 +78,8 @@ class Config(NamedTuple):
     """One dataset config of a release: its name, its folder in the repo, its columns and its rows.
 
     ``synthetic`` selects the rows (``False``: real tiles, ``True``: synthetic ones, ``None``:
-    every tile); ``rows_per_group`` is the most rows a Parquet row group holds and
-    ``group_bytes`` the most image bytes it takes more buckets in up to (a row group holds whole
-    buckets whenever a bucket fits in it: ``builder.publish.parquet``'s ``_GroupBuffer``).
+    every tile); ``rows_per_group`` is the most rows a Parquet row group holds (a row group holds
+    whole buckets whenever a bucket fits in it: ``builder.publish.parquet``'s ``_GroupBuffer``).
     """
 
     name: str
@@ -88,7 +87,6 @@ class Config(NamedTuple):
     groups: tuple[str, ...]
     synthetic: bool | None
     rows_per_group: int
-    group_bytes: int | None = None
 
     @property
     def with_images(self) -> bool:
@@ -107,13 +105,9 @@ class Config(NamedTuple):
 # Metadata rows are about 150 bytes: 2,000 of them make a row group of a few hundred KB, few enough
 # groups for a small footer at 500,000 tiles and small enough that a colour query reads little.
 METADATA_ROWS_PER_GROUP = 2000
-# A row group of an image config takes in the next bucket only while its images stay under this:
-# a reader of one small bucket then fetches at most about this much more than the bucket itself,
-# and a full bucket (100 tiles, ~8 MB) has a row group of its own (bench/README.md measures it).
-GROUP_IMAGE_BYTES = 1_000_000
 CONFIGS: dict[str, Config] = {
-    "default": Config("default", "data", DEFAULT_GROUPS, False, ROWS_PER_GROUP, GROUP_IMAGE_BYTES),
-    "synthetic": Config("synthetic", "synthetic", SYNTHETIC_GROUPS, True, ROWS_PER_GROUP, GROUP_IMAGE_BYTES),
+    "default": Config("default", "data", DEFAULT_GROUPS, False, ROWS_PER_GROUP),
+    "synthetic": Config("synthetic", "synthetic", SYNTHETIC_GROUPS, True, ROWS_PER_GROUP),
     "metadata": Config("metadata", "metadata", METADATA_GROUPS, None, METADATA_ROWS_PER_GROUP),
 }
 
