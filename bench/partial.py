@@ -13,7 +13,7 @@ Hugging Face cache of its own, as a user's first read is:
 * **full snapshot**: ``huggingface_hub.snapshot_download`` of the whole repo (the baseline);
 * **default config**: ``load_dataset(repo, split="train")``;
 * **metadata config**: ``load_dataset(repo, "metadata", split="train")``;
-* **one full bucket**: the card's pyarrow snippet (bucket index, then ``HfFileSystem`` without
+* **the fullest bucket**: the card's pyarrow snippet (bucket index, then ``HfFileSystem`` without
   read-ahead: one footer and the bucket's row group), on the fullest bucket (scale's libraries
   spread their tiles evenly: at 25,000 tiles the fullest holds 19, and shares its 100-row row
   group with other buckets; a full bucket of 100 is a row group of its own); and, for comparison,
@@ -167,9 +167,9 @@ def main() -> None:
             cases = [
                 ("default config", [py, "-c", LOAD, REPO_ID], None),
                 ("metadata config", [py, "-c", LOAD, REPO_ID, "metadata"], 0.01 * release_bytes),
-                (f"one full bucket ({plan['fullest_tiles']} tiles), card's pyarrow",
+                (f"fullest bucket ({plan['fullest_tiles']} tiles), card's pyarrow",
                  [py, "-c", CARD_BUCKET, REPO_ID, str(plan["fullest"])], 1.5 * plan["own_bytes"] + 1 * MB),
-                (f"one full bucket ({plan['fullest_tiles']} tiles), streaming filters=",
+                (f"fullest bucket ({plan['fullest_tiles']} tiles), streaming filters=",
                  [py, "-c", STREAM_BUCKET, REPO_ID, str(plan["fullest"])], None),
                 (f"colour query ({plan['query_tiles']} tiles, k={plan['k']})",
                  [*builder, "query", "--hub", REPO_ID, "--hex", plan["colour"], "-k", str(plan["k"])], 5 * MB),
