@@ -101,6 +101,10 @@ def test_the_release_journey_from_harvest_to_a_reader_of_the_hub(local_hub, tmp_
                 assert row["synthetic"] is (row["id"] not in real)
     assert "image" not in loaded["metadata"]["features"] and loaded["metadata"]["features"][-2:] == [
         "synthetic", "derived_from"]
+    # and load_dataset(staging folder) gives the very same rows and features as the Hub
+    staged_file = tmp_path / "staged.json"
+    run(env, sys.executable, "-c", LOAD_EVERY_CONFIG, str(staging), str(staged_file))
+    assert json.loads(staged_file.read_text()) == loaded
 
     # query --hub: the library's own nearest populated buckets and tiles, no image fetched
     local_hub.reset_counters()
