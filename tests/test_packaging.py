@@ -51,6 +51,10 @@ def test_an_installed_copy_runs_the_demo_from_another_folder(tmp_path):
     shipped = {f"builder/data/{p.relative_to(REPO / 'data')}" for p in (REPO / "data").rglob("*") if p.is_file()}
     assert shipped <= names and "builder/data/centroids.npy" in shipped and "mosaic_library.py" in names
     assert {"builder/__main__.py", "builder/cli/__init__.py", "builder/publish/__init__.py"} <= names
+    # Every file of the package that is not Python source ships too (the DZI viewer's script, say).
+    package_files = {str(p.relative_to(REPO)) for p in (REPO / "builder").rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert package_files <= names, sorted(package_files - names)
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, clean)
@@ -81,3 +85,7 @@ def test_an_installed_copy_runs_the_demo_from_another_folder(tmp_path):
     assert (out / "mosaic_library" / "centroids.npy").read_bytes() == (REPO / "data" / "centroids.npy").read_bytes()
     assert (out / "mosaic.png").is_file() and (out / "report" / "index.html").is_file()
     assert sorted((out / "staging" / "data").glob("train-*.parquet"))
+    # The Deep Zoom output inlines the shipped viewer script: it must be found in the installed copy.
+    run([python, "-m", "builder", "mosaic", REPO / "data" / "sample_target.jpg", "--library", out / "mosaic_library",
+         "--output", elsewhere / "deep.dzi", "--grid", "8x6"], elsewhere, env)
+    assert (elsewhere / "deep.dzi").is_file() and "OpenSeadragon" in (elsewhere / "deep.html").read_text()
