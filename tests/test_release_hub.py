@@ -146,3 +146,19 @@ def test_restore_hub_whole_equals_the_library_and_a_missing_shard_is_refused_bef
     with pytest.raises(ReleaseIncomplete, match=victim):
         restore_from_hub(REPO_ID, target)
     assert query_hub(REPO_ID, (50.0, 0.0, 0.0), k=2)  # the metadata and the index are still all there
+
+
+def test_a_release_on_a_branch_is_read_with_revision(local_hub, staging, library, tmp_path):
+    push_staging(staging, REPO_ID, revision="release-2")
+    assert set(local_hub.files(REPO_ID, "main")) == {".gitattributes"}
+    whole = library_state(library)
+    bucket = next(row[1] for row in whole["rows"].values() if row[-2] == 0)
+    target = tmp_path / "part" / "mosaic_library"
+    refused = builder_cli(local_hub, "restore", "--hub", REPO_ID, "--buckets", str(bucket), "--library", str(target))
+    assert refused.returncode == 2 and "has no release.json" in refused.stderr and refused.stderr.count("\n") == 1
+    result = builder_cli(local_hub, "restore", "--hub", REPO_ID, "--revision", "release-2", "--buckets", str(bucket),
+                         "--library", str(target))
+    assert result.returncode == 0, result.stderr
+    assert set(library_state(target)["rows"]) == {i for i, row in whole["rows"].items() if row[1] == bucket}
+    query = builder_cli(local_hub, "query", "--hub", REPO_ID, "--revision", "release-2", "--lab", "50", "0", "0")
+    assert query.returncode == 0 and "populated" in query.stdout

@@ -170,3 +170,23 @@ def test_a_restore_killed_at_ten_points_completes_when_run_again(staging, source
     assert figures.violations == [] and figures.lost == 0
     assert figures.kills == 10, figures.missed
     assert figures.tiles_after == [200] * 10
+
+
+def test_a_bucket_index_naming_a_file_outside_the_release_is_refused(staging, tmp_path):
+    """The index comes from data and its file names become paths: only the release's own shards are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "evil"
+    shutil.copytree(staging, copy)
+    index = pq.read_table(copy / "bucket_index.parquet")
+    files = index.column("file").to_pylist()
+    row = index.column("config").to_pylist().index("default")
+    files[row] = "../outside.parquet"
+    index = index.set_column(index.schema.get_field_index("file"), "file", pa.array(files, pa.string()))
+    pq.write_table(index, copy / "bucket_index.parquet")
+    reseal(copy)
+    bucket = index.column("bucket")[row].as_py()
+    with pytest.raises(ReleaseIncomplete, match="names '../outside.parquet', which is no shard of the release"):
+        restore_library(copy, tmp_path / "lib", buckets=[bucket])
+    assert nothing_left(tmp_path / "lib")

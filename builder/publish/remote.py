@@ -39,6 +39,7 @@ from .restore import (
     RestoreReport,
     _parse_buckets,
     bucket_rows,
+    check_index_files,
     release_identity,
     restore_release,
 )
@@ -185,6 +186,7 @@ class HubBuckets:
         self.cap = release.manifest.get("cap")
         self.index = bucket_index.select(release.index(), self.buckets, TILE_CONFIGS)
         self.groups = bucket_index.row_groups_by_file(self.index)
+        check_index_files(self.groups, release.manifest, release.where)
         release.check_remote(self.groups)
         self.parquet_files = len(self.groups)
         self.release_id = release_identity(release.manifest_bytes, (), self.buckets)
@@ -287,7 +289,12 @@ def query_hub(repo_id: str, lab, k: int = 5, revision: str | None = None, token:
     centroids = load_centroids(release.centroids())
     near = nearest_populated(centroids, counts, lab, k)
     rows = bucket_index.select(index, [b for b, _d in near], ["metadata"])
-    release.check_remote(bucket_index.row_groups_by_file(rows))
+    named = bucket_index.row_groups_by_file(rows)
+    metadata = set(release_manifest.needed_files(release.manifest, ["metadata"]))
+    foreign = sorted(set(named) - metadata)
+    if foreign:
+        raise ReleaseIncomplete(f"{release.where}: its bucket index names {foreign[0]!r}, which is no metadata shard")
+    release.check_remote(named)
     tiles: dict[int, list[tuple[bool, str]]] = {}
     for name, ranges in bucket_index.ranges_by_file(rows).items():
         for part in bucket_rows(release.row_groups(name, ranges), rows, name):

@@ -192,6 +192,20 @@ def _parse_buckets(buckets: Iterable[int] | None) -> tuple[int, ...]:
     return chosen
 
 
+def check_index_files(named: Iterable[str], manifest: dict, where: str) -> None:
+    """Every file the bucket index names must be a shard of the release's image configs: the index
+    comes from data and its names become paths, read only once they are the manifest's own."""
+    shards = set(needed_shards(manifest))
+    foreign = sorted(set(named) - shards)
+    if foreign:
+        raise ReleaseIncomplete(f"{where}: its bucket index names {foreign[0]!r}, which is no shard of the release")
+
+
+def needed_shards(manifest: dict) -> list[str]:
+    """The shards of the configs a library is made of (``default``, ``synthetic``)."""
+    return release_manifest.needed_files(manifest, TILE_CONFIGS)
+
+
 def release_identity(manifest_bytes: bytes | None, fallback: Iterable[str], buckets: Sequence[int]) -> str:
     """A stable id of what is being restored: the manifest's bytes (or the files' names and sizes)
     and the bucket selection."""
@@ -239,6 +253,7 @@ class LocalRelease:
             self.index = bucket_index.select(bucket_index.read_index(self.folder / INDEX_NAME), self.buckets,
                                              TILE_CONFIGS)
             groups = bucket_index.row_groups_by_file(self.index)
+            check_index_files(groups, manifest, str(self.folder))
             names = list(groups) + extra
             self.files = {c: [self.folder / f for f in manifest["configs"].get(c, {}).get("files", []) if f in groups]
                           for c in TILE_CONFIGS}
