@@ -83,7 +83,7 @@ with fs.open(f"{repo}/bucket_index.parquet") as fh:
 parts = []
 for where in index.to_pylist():
     with fs.open(f"{repo}/{where['file']}", "rb", cache_type="none") as fh:
-        group = pq.ParquetFile(fh, pre_buffer=False).read_row_group(where["row_group"])
+        group = pq.ParquetFile(fh, pre_buffer=False).read_row_group(where["row_group"], use_threads=False)
     parts.append(group.slice(where["first_row"], where["rows"]))
 print(pa.concat_tables(parts).num_rows)
 """
