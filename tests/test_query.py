@@ -90,14 +90,18 @@ def test_cli_lists_buckets_with_derived_tile_paths(library, capsys):
     first = out["buckets"][0]
     assert first["bucket_id"] == bucket and first["distance"] < 1e-4 and first["count"] == counts[bucket]
     ids = [r[0] for r in library.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid", (bucket,))]
-    assert first["tiles"] == [str(library.tile_path(bucket, i)) for i in ids]
+    assert len(ids) > 5 and first["tiles"] == [str(library.tile_path(bucket, i)) for i in ids[:5]]  # --paths 5
+    assert first["kinds"] == ["real"] * 5 and (first["real"], first["synthetic"]) == (counts[bucket], 0)
     assert all("passwd" not in p for b in out["buckets"] for p in b["tiles"])
     assert len(out["buckets"]) == 3
+    assert main([*argv, "--paths", "1000"]) == 0  # every path
+    assert json.loads(capsys.readouterr().out)["buckets"][0]["tiles"] == [str(library.tile_path(bucket, i)) for i in ids]
 
     assert main(["query", "--library", str(library.root), "--hex", "#1e3c78", "-k", "2", "--populated"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].startswith("rgb #1e3c78 = LAB (") and "2 nearest buckets, 2 populated" in text[0]
-    assert all(line.strip().endswith(".png") for line in text[1:] if not line.strip().startswith("bucket_"))
+    listed = [line.strip() for line in text[1:] if not line.strip().startswith(("bucket_", "..."))]
+    assert listed and all(line.endswith(".png") for line in listed)
 
 
 @pytest.mark.parametrize(
