@@ -20,6 +20,7 @@ from ..library import Library
 from .dzi import DZI_FORMATS, DziWriter
 from .fidelity import Fidelity, FidelityMeter
 from .match import MosaicPlan, plan_mosaic
+from .outfiles import clean_leftovers, refuse_overwriting_input
 from .pngstream import PngStreamWriter
 from .render import iter_bands
 from .target import MAX_DZI_PIXELS, MAX_STREAM_PIXELS, MosaicOptions
@@ -39,7 +40,11 @@ def output_format(output: str | os.PathLike, fmt: str | None = None) -> str:
     return fmt
 
 
-def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png") -> Path:
+def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png",
+                      target: str | os.PathLike | Image.Image | None = None) -> Path:
+    """The output path, refused (:class:`UsageError`) when it is not a ``.png``/``.dzi`` name,
+    lies inside the library, is a folder, or would overwrite ``target``, the picture being
+    redrawn (:func:`~.outfiles.refuse_overwriting_input`)."""
     out = Path(output)
     if out.suffix.lower() != f".{fmt}":
         raise UsageError(f"--output must be a .{fmt} file, got {str(output)!r}")
@@ -48,6 +53,8 @@ def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png")
         raise UsageError(f"--output {output} is inside the library {lib.root}: write it elsewhere")
     if out.is_dir():
         raise UsageError(f"--output {output} is a folder")
+    if target is not None and not isinstance(target, Image.Image):
+        refuse_overwriting_input(target, out, fmt)
     return out
 
 
@@ -65,6 +72,7 @@ def write_mosaic(lib: Library, plan: MosaicPlan, output: str | os.PathLike, prog
     if fmt == "dzi" and dzi_image not in DZI_FORMATS:
         raise UsageError(f"--dzi-image must be one of {', '.join(DZI_FORMATS)}, got {dzi_image!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out.parent)  # what killed mosaics left here; frees their space first
     writer = DziWriter(out, width, height, dzi_image, title=out.stem) if fmt == "dzi" else \
         PngStreamWriter(out, width, height)
     stages = plan.seconds
@@ -151,7 +159,7 @@ def mosaic_file(lib: Library, target: str | os.PathLike | Image.Image, output: s
     fidelity figures: what the CLI and the demo call."""
     started = time.perf_counter()
     fmt = output_format(output, fmt)
-    check_output_path(lib, output, fmt)
+    check_output_path(lib, output, fmt, target)
     plan = plan_mosaic(lib, target, options, progress)
     meter = FidelityMeter(plan.reference, plan.layout.cols)
     path = write_mosaic(lib, plan, output, progress, fmt, dzi_image, meter)
