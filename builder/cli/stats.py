@@ -41,7 +41,8 @@ class StatsReport(NamedTuple):
         for region, n in self.stats["by_region"].items():
             tried = sum(self.stats["fetched_by_region"].get(region, {}).values())
             yield_text = f", {n / tried:.1%} of {tried} fetched" if tried else ""
-            lines.append(f"  {region}: {plural(n, 'tile')}{yield_text}")
+            name = "(no region: ingested)" if region == "(none)" else region
+            lines.append(f"  {name}: {plural(n, 'real tile')}{yield_text}")
         synthetic = self.stats.get("synthetic") or {}
         if synthetic.get("tiles"):
             lines.append(f"  {synthetic['tiles']} synthetic tiles ({synthetic['flat']} flat, from {synthetic['sources']} "
