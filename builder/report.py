@@ -42,6 +42,7 @@ from .decode import PNG_ZLIB_STRATEGY, decode_tile
 from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id
 from .library import Library
+from .scratch import dead_scratch, scratch_path
 from .summary import plural
 
 logger = logging.getLogger(__name__)
@@ -117,9 +118,12 @@ class Canvas:
         self.draw.text((self.size[0] * SCALE / 2, 12 * SCALE), title, font=_font(TITLE_FONT), anchor="ma", fill=INK)
 
     def save(self, path: Path) -> Path:
+        """Write the figure (downsampled) to ``path`` whole: a scratch file renamed into place."""
         out = self.img.resize(self.size, Image.Resampling.LANCZOS)
         path.parent.mkdir(parents=True, exist_ok=True)
-        out.save(path, format="PNG", optimize=False)
+        part = scratch_path(path)
+        out.save(part, format="PNG", optimize=False)
+        os.replace(part, path)
         return path
 
 
@@ -458,7 +462,7 @@ def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path,
             if tile_id in synthetic:
                 thumb = badge(thumb)
             sheet.paste(thumb, (SHEET_GAP + (i % cols) * step, SHEET_GAP + (i // cols) * step))
-    part = path.with_name(f".{path.name}.part")
+    part = scratch_path(path)
     sheet.save(part, format="PNG", compress_type=PNG_ZLIB_STRATEGY)  # lossless; ~3x faster than the default
     os.replace(part, path)
     return path
@@ -520,9 +524,13 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     """Figures, contact sheets and ``index.html`` in ``output``; returns what was written."""
     out = check_output_dir(lib, output)
     out.mkdir(parents=True, exist_ok=True)
-    figures = render_figures(lib, out / "figures")
     sheets_dir = out / "sheets"
     sheets_dir.mkdir(exist_ok=True)
+    for folder in (out, out / "figures", sheets_dir):  # a killed report's half-written page, figures or sheets
+        for leftover in dead_scratch(folder):
+            if leftover.target.endswith((".html", ".png")) and leftover.path.is_file():
+                leftover.path.unlink(missing_ok=True)
+    figures = render_figures(lib, out / "figures")
     # Bucket by bucket (one indexed query each), so no list of every tile is ever held; at most
     # a few sheets' ids wait for the drawing threads.
     populated = [b for b in db.bucket_counts(lib.conn) if is_bucket_id(b)]
@@ -565,7 +573,7 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
         if stale.name not in keep:
             stale.unlink()
     index = out / "index.html"
-    part = out / ".index.html.part"
+    part = scratch_path(index)
     part.write_text(render_html(lib, entries, figures, out), encoding="utf-8")
     os.replace(part, index)
     return ReportResult(out, index, figures, entries, drawn, len(entries) - drawn)

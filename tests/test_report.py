@@ -280,3 +280,18 @@ def test_empty_library_still_gets_a_report(make_library, tmp_path):
     for path in result.figures.values():
         valid_png(path)
     assert "Buckets (0 populated: 0 with real tiles, 0 synthetic only)" in result.index.read_text(encoding="utf-8")
+
+
+def test_a_report_removes_what_a_killed_report_left(lib, tmp_path):
+    out = tmp_path / "report"
+    (out / "sheets").mkdir(parents=True)
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # a process that has ended: what it left is a killed run's
+    left = [out / f".index.html.{proc.pid}.part", out / "sheets" / f".bucket_0001_ab.png.{proc.pid}.part"]
+    for path in left:
+        path.write_bytes(b"half written")
+    mine = out / f".notes.txt.{proc.pid}.part"  # not a report's kind of file: left alone
+    mine.write_text("mine")
+    render_report(lib, out, progress=False)
+    assert not any(path.exists() for path in left) and mine.read_text() == "mine"
+    assert not [p for p in out.rglob(".*.part") if p != mine]
