@@ -91,6 +91,19 @@ def nearby_libraries(root: Path) -> list[Path]:
     return found
 
 
+def centroids_origin(sha256: str) -> str:
+    """Where the right ``centroids.npy`` of a library comes from, for the mismatch error: the
+    shipped file when the library was made with it (``init``'s default, seed 0), else its release."""
+    try:
+        shipped = file_sha256(SHIPPED_CENTROIDS)
+    except OSError:
+        shipped = None
+    if sha256 == shipped:
+        return f"the shipped seed-0 file: copy {SHIPPED_CENTROIDS} (sha256 {sha256})"
+    return (f"the one with sha256 {sha256}: the centroids.npy of the release this library was built or restored "
+            "from (a staging folder or the Hub repo), or `python -m builder init --seed N` with the seed that made it")
+
+
 def file_sha256(path: Path) -> str:
     import hashlib
 
@@ -269,7 +282,8 @@ class Library:
         elif expected != actual:
             raise CentroidsError(
                 f"{root / CENTROIDS_NAME} differs from the file this library was built with "
-                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}"
+                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}, "
+                f"{centroids_origin(expected)}"
             )
 
     @staticmethod
