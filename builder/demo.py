@@ -119,7 +119,8 @@ class ProgressLines:
             return
         self.last = now
         share = f" ({done / total:.0%})" if total else ""
-        self.say(f"[{self.name}] {done:,} of {plural(total, 'tile')}{share}, {now - self.started:.0f} s")
+        self.say(f"[{self.name}] {done:,} of {total:,} {'tile' if total == 1 else 'tiles'}{share}, "
+                 f"{now - self.started:.0f} s")
 
 
 def compare_line(with_synthetic, real_only) -> str:
