@@ -488,7 +488,7 @@ class ReportResult:
     sheets_reused: int = 0
 
     def summary(self) -> str:
-        return (f"report {self.index}: {len(self.figures)} figures, {len(self.buckets)} bucket contact sheets "
+        return (f"report {self.index}: {len(self.figures)} figures, {plural(len(self.buckets), 'bucket contact sheet')} "
                 f"({self.sheets_drawn} drawn, {self.sheets_reused} unchanged)")
 
 

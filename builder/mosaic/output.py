@@ -17,6 +17,7 @@ from ..db import table_columns
 from ..defaults import OUTPUT_FORMATS
 from ..errors import UsageError
 from ..library import Library
+from ..summary import plural
 from .dzi import DZI_FORMATS, DziWriter
 from .fidelity import Fidelity, FidelityMeter
 from .match import MosaicPlan, plan_mosaic
@@ -117,10 +118,11 @@ class MosaicResult:
         uses = f"at most {p.options.max_uses} uses a tile, " if p.options.max_uses else ""
         viewer = f" (viewer {self.viewer})" if self.viewer else ""
         fidelity = f", {self.fidelity.summary()}" if self.fidelity else ""
+        fell_back = "cell fell" if p.fallback_cells == 1 else "cells fell"
         return (
             f"mosaic {self.output}{viewer}: {w}x{h} px, {p.layout.cols}x{p.layout.rows} cells of {p.layout.tile} px, "
-            f"{len(np.unique(p.grid))} distinct tiles from {buckets} buckets, {uses}"
-            f"{p.fallback_cells} cells fell back to a nearby populated bucket, "
+            f"{plural(len(np.unique(p.grid)), 'distinct tile')} from {plural(buckets, 'bucket')}, {uses}"
+            f"{p.fallback_cells} {fell_back} back to a nearby populated bucket, "
             f"{self.synthetic_cells} used a synthetic tile{' (--real-only)' if p.options.real_only else ''}{fidelity}, "
             f"{self.seconds:.1f} s"
         )
