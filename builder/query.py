@@ -263,6 +263,19 @@ def bucket_tiles(lib: Library, bucket_id: int, real_only: bool = False,
              SYNTHETIC if synthetic else REAL) for tile_id, synthetic, is_flat in rows]
 
 
+def real_and_all(lib: Library, bucket_ids) -> dict[int, tuple[int, int]]:
+    """``{bucket: (real tiles, all tiles)}`` of just these buckets, in one indexed query (buckets
+    holding nothing are left out)."""
+    wanted = sorted({int(b) for b in np.asarray(bucket_ids).reshape(-1)})
+    if not wanted:
+        return {}
+    flag = db.synthetic_expr(lib.conn)
+    marks = ", ".join("?" * len(wanted))
+    return {int(b): (int(real), int(n)) for b, real, n in lib.conn.execute(
+        f"SELECT bucket_id, SUM({flag} = 0), COUNT(*) FROM tiles WHERE bucket_id IN ({marks}) GROUP BY bucket_id",
+        wanted)}
+
+
 def describe(lib: Library, lab, k: int = 5, populated: bool = False, real_only: bool = False,
              max_paths: int | None = DEFAULT_QUERY_PATHS) -> list[BucketMatch]:
     """The nearest buckets of one LAB colour with counts (real and synthetic apart), centroid
@@ -271,16 +284,20 @@ def describe(lib: Library, lab, k: int = 5, populated: bool = False, real_only: 
     ``real_only`` counts and lists real tiles only, so a bucket holding only synthetic tiles is
     empty (and left out with ``populated``).
     """
-    real = lib.bucket_counts(real_only=True)
-    every = lib.bucket_counts()
-    counts = real if real_only else every
-    found = nearest_buckets(lib, _as_lab(lab)[:1], k=k, populated=populated, counts=counts)
+    lab = _as_lab(lab)[:1]
+    if populated:  # the search itself needs every bucket's count
+        found = nearest_buckets(lib, lab, k=k, populated=True, counts=lib.bucket_counts(real_only=real_only))
+    else:
+        found = nearest_buckets(lib, lab, k=k)
+    split = real_and_all(lib, found.bucket_ids[0])
     centroid_rgb = lab_to_rgb(lib.centroids[found.bucket_ids[0]])
     matches = []
-    for bucket_id, dist, count, rgb in zip(found.bucket_ids[0], found.distances[0], found.counts[0], centroid_rgb):
+    for bucket_id, dist, rgb in zip(found.bucket_ids[0], found.distances[0], centroid_rgb):
+        real, every = split.get(int(bucket_id), (0, 0))
+        count = real if real_only else every
         centroid = tuple(float(v) for v in lib.centroids[bucket_id])
         listed = bucket_tiles(lib, int(bucket_id), real_only, max_paths) if count and max_paths != 0 else []
         matches.append(BucketMatch(int(bucket_id), float(dist), int(count), centroid, rgb_to_hex(rgb),  # type: ignore[arg-type]
-                                   [path for path, _kind in listed], int(real[bucket_id]),
-                                   int(every[bucket_id] - real[bucket_id]), [kind for _path, kind in listed]))
+                                   [path for path, _kind in listed], real, every - real,
+                                   [kind for _path, kind in listed]))
     return matches
