@@ -287,7 +287,9 @@ def figure_region_yield(stats: dict, path: Path) -> Path:
     bar_h, gap = 22, 12
     height = 50 + max(1, len(bars)) * (bar_h + gap) + 18 + 30
     plot = (200, 50, 440, height - 30)
-    top = max([max(k, f) for _r, k, f in bars] + [1])
+    # The scale is the real rows' (synthetic tiles can outnumber them a hundred to one); a longer
+    # synthetic bar is cut at the edge, with a break mark.
+    top = max([max(k, f) for _r, k, f in (rows or bars)] + [1])
     canvas = Canvas(FIGURE_WIDTH, height, plot, (0.0, float(top)), (0.0, 1.0))
     d = canvas.draw
     d.rectangle(canvas.plot, fill=(245, 245, 245), outline=INK, width=SCALE)
@@ -303,7 +305,12 @@ def figure_region_yield(stats: dict, path: Path) -> Path:
         if fetched:
             d.rectangle((canvas.plot[0], y0, float(x_fetched[0]), y1), fill=(170, 196, 222))
         made = region == SYNTHETIC_ROW and i == len(rows)
-        d.rectangle((canvas.plot[0], y0, float(x_kept[0]), y1), fill=SYNTHETIC_COLOUR if made else (38, 84, 140))
+        end = min(float(x_kept[0]), canvas.plot[2])
+        d.rectangle((canvas.plot[0], y0, end, y1), fill=SYNTHETIC_COLOUR if made else (38, 84, 140))
+        if kept > top:  # cut: two white slashes near the edge
+            for dx in (14, 20):
+                x = canvas.plot[2] - dx * SCALE
+                d.line([(x - 3 * SCALE, y1 + SCALE), (x + 3 * SCALE, y0 - SCALE)], fill=(255, 255, 255), width=2 * SCALE)
         label = "(no region: ingested)" if region == "(none)" else region
         label = label if len(label) <= 26 else label[:25] + "..."
         canvas.text((plot[0] - 8, y + bar_h / 2), label, size=NOTE_FONT, anchor="rm")
