@@ -7,6 +7,7 @@ defaults are 100 ingest kills and 50 harvest kills (about 2.5 and 1.5 minutes on
     python bench/kill_campaign.py --ingest-kills 300 --harvest-kills 0 --keep /tmp/wreck
     python bench/kill_campaign.py --quick         # 5 + 3 kills, a smoke run
     python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0   # only the burn scenario
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --mosaic-kills 40
 
 Every kill takes down the writer's whole process group (CLI and process pool) at a moment
 drawn from four triggers (random delay, workers mid-batch, journal on disk, right after a
@@ -21,6 +22,14 @@ harvest of both phases (751 candidate tiles), SIGKILLed right after each run's f
 then run to the end, against the ``earth`` source and the loopback server (50 ms a tile);
 printed: claims left after the kills, claims left for good at the end (requests that were on
 the wire at a kill), tiles tried and stored.
+
+The mosaic scenario (``--mosaic-kills``, default 20 per format) kills ``mosaic`` runs writing a
+PNG and a Deep Zoom output over an earlier output, at moments found by polling the output folder
+(mid-stream, the staged pyramid complete, right after the swap, a random delay), and follows
+every kill with a run to completion (``tests/mosaic_campaign.py``).  Printed per format: kills,
+how often the old or the new output was found whole, how often a kill fell inside the Deep Zoom
+installation (no descriptor, finished by the next run), and the scratch left after the next runs
+(must be 0), tiles lost 0 (a mosaic run writes no tile).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ingest-kills", type=int, default=100)
     p.add_argument("--harvest-kills", type=int, default=50)
     p.add_argument("--burn-kills", type=int, default=3, help="kills of the zoom-7 burn scenario (0: skip it)")
+    p.add_argument("--mosaic-kills", type=int, default=20, help="kills of mosaic runs, per output format (0: skip)")
     p.add_argument("--pool", type=int, default=4000, help="distinct input tiles for the ingest campaign")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep the libraries")
@@ -60,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.ingest_kills, args.harvest_kills, args.pool = 5, 3, 600
         args.burn_kills = min(args.burn_kills, 1)
+        args.mosaic_kills = min(args.mosaic_kills, 4)
     return args
 
 
@@ -94,6 +105,8 @@ def run(args: argparse.Namespace, work: Path) -> list[Figures]:
         print(figures.summary() + f"; {served} tiles served by the loopback server", flush=True)
     if args.burn_kills > 0:
         run_burn_scenario(args.burn_kills, work / "burn")
+    if args.mosaic_kills > 0:
+        results.extend(run_mosaic_scenario(args.mosaic_kills, work / "mosaic", args.seed, progress))
     return results
 
 
@@ -109,6 +122,26 @@ def run_burn_scenario(kills: int, work: Path) -> None:
         print(f"burn scenario, {kills} kills, {source}: {figures['claimed_after_kills']} claimed after the kills, "
               f"{figures['claimed_at_end']} claimed for good, {figures['tried']} tiles tried, "
               f"{figures['stored']} stored{twice}", flush=True)
+
+
+# ---------------------------------------------------------------------------- mosaic outputs
+
+
+def run_mosaic_scenario(kills: int, work: Path, seed: int, progress=None) -> list[Figures]:
+    """Kill ``kills`` PNG and ``kills`` Deep Zoom mosaic runs over earlier outputs; print the figures."""
+    from PIL import Image
+
+    from builder.layout import EARTH_IMAGE
+    from tests.mosaic_campaign import mosaic_campaign
+    from tests.mosaic_helpers import build_library
+
+    library = build_library(work / "mosaic_library", Image.open(EARTH_IMAGE).convert("RGB"), n=160, seed=11)
+    results = []
+    for name in ("mosaic.png", "mosaic.dzi"):
+        found = mosaic_campaign(library, work / "out" / name, kills, seed=seed, progress=progress)
+        print(found.summary() + ", tiles lost 0", flush=True)
+        results.append(Figures(writer=f"mosaic {found.fmt}", kills=found.kills, violations=found.violations))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -258,6 +258,12 @@ def select_list(conn: sqlite3.Connection, columns: Sequence[str], table: str = "
     return ", ".join(c if c in present else f"NULL AS {c}" for c in columns)
 
 
+def synthetic_expr(conn: sqlite3.Connection) -> str:
+    """SQL for a row's synthetic flag in expressions (``WHERE ... = 0``): the column, or ``0`` in
+    a schema from before it (every row real)."""
+    return "synthetic" if "synthetic" in table_columns(conn, "tiles") else "0"
+
+
 def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None,
                   real_only: bool = False) -> dict[object, int]:
     """Rows per ``bucket_id`` value as stored, for every value or only ``buckets``.

@@ -49,6 +49,61 @@ logger = logging.getLogger(__name__)
 _INIT_LEFTOVERS = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal", TEMP_DIR, LOCK_NAME})
 
 
+# How far :func:`nearby_libraries` looks: folders under the missing library's parent, this deep,
+# at most this many folders read (a home folder must not cost a long walk for one error line).
+NEARBY_DEPTH = 2
+NEARBY_MAX_FOLDERS = 400
+
+
+def is_library_folder(folder: Path) -> bool:
+    """A folder holding a library's two defining files (``tiles.db`` and ``centroids.npy``)."""
+    try:
+        return (folder / DB_NAME).is_file() and (folder / CENTROIDS_NAME).is_file()
+    except OSError:
+        return False
+
+
+def nearby_libraries(root: Path) -> list[Path]:
+    """Libraries near a path that holds none: in its parent folder and up to
+    :data:`NEARBY_DEPTH` levels below it (the demo's ``demo_output/mosaic_library`` seen from the
+    checkout), nearest first, then by name; hidden folders and bucket folders are not entered."""
+    parent = root.parent
+    found: list[Path] = []
+    level, read = [parent], 0
+    for _depth in range(NEARBY_DEPTH):
+        below: list[Path] = []
+        for folder in level:
+            if read >= NEARBY_MAX_FOLDERS:
+                break
+            read += 1
+            try:
+                with os.scandir(folder) as scan:
+                    entries = [e for e in scan if not e.name.startswith(".") and e.is_dir()]
+            except OSError:
+                continue
+            for entry in sorted(entries, key=lambda e: e.name):
+                path = Path(folder) / entry.name if folder != Path(".") else Path(entry.name)
+                if is_library_folder(path):
+                    found.append(path)
+                elif not entry.name.startswith(("bucket_", TEMP_DIR)):
+                    below.append(path)
+        level = below
+    return found
+
+
+def centroids_origin(sha256: str) -> str:
+    """Where the right ``centroids.npy`` of a library comes from, for the mismatch error: the
+    shipped file when the library was made with it (``init``'s default, seed 0), else its release."""
+    try:
+        shipped = file_sha256(SHIPPED_CENTROIDS)
+    except OSError:
+        shipped = None
+    if sha256 == shipped:
+        return f"the shipped seed-0 file: copy {SHIPPED_CENTROIDS} (sha256 {sha256})"
+    return (f"the one with sha256 {sha256}: the centroids.npy of the release this library was built or restored "
+            "from (a staging folder or the Hub repo), or `python -m builder init --seed N` with the seed that made it")
+
+
 def file_sha256(path: Path) -> str:
     import hashlib
 
@@ -90,11 +145,11 @@ class Library:
         existing ``centroids.npy`` is never overwritten.
         """
         root = Path(root)
-        if (root / CENTROIDS_NAME).exists():
-            raise LibraryError(f"{root} is already initialised: {CENTROIDS_NAME} exists and is never overwritten")
         if root.exists() and not root.is_dir():
             raise LibraryError(f"{root} exists and is not a folder")
         foreign = sorted(e.name for e in root.iterdir() if e.name not in _INIT_LEFTOVERS) if root.is_dir() else []
+        if CENTROIDS_NAME in foreign:
+            raise LibraryError(f"{root} is already initialised: {root / CENTROIDS_NAME} exists and is never overwritten")
         if foreign:
             # Writers empty temp/ on open: a folder of someone else's files is no place for a library.
             raise LibraryError(f"refusing to initialise {root}: it already holds {', '.join(foreign[:3])}"
@@ -113,12 +168,7 @@ class Library:
             arr = load_centroids(SHIPPED_CENTROIDS)
         root.mkdir(parents=True, exist_ok=True)
         (root / TEMP_DIR).mkdir(exist_ok=True)
-        tmp = root / TEMP_DIR / f"{CENTROIDS_NAME}.part"
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / CENTROIDS_NAME)
+        cls._publish_centroids(root, arr)
         conn = db.connect(root / DB_NAME)
         db.create_schema(conn)
         with conn:
@@ -126,6 +176,30 @@ class Library:
             db.set_meta(conn, "cap", str(cap))
         conn.close()
         return cls.open(root)
+
+    @staticmethod
+    def _publish_centroids(root: Path, centroids: np.ndarray) -> None:
+        """Write ``centroids.npy`` once: staged under a name of this process's own, then linked
+        into place, which fails if the file exists.  Two ``init`` racing into one folder: one
+        links, the other is told that ``centroids.npy`` exists, never about a scratch file (and
+        never publishes a file the other was still writing)."""
+        final = root / CENTROIDS_NAME
+        part = root / TEMP_DIR / f"{CENTROIDS_NAME}.{os.getpid()}.part"
+        try:
+            try:
+                with open(part, "xb") as fh:
+                    np.save(fh, centroids, allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(part, final)
+            finally:
+                part.unlink(missing_ok=True)
+        except OSError as exc:
+            # FileExistsError from the link, or our scratch file gone: the winner's open emptied temp/.
+            if final.exists():
+                raise LibraryError(f"{root} is already initialised: {final} was created by another "
+                                   "`init` meanwhile and is never overwritten") from None
+            raise LibraryError(f"cannot write {final}: {exc.strerror or exc}") from None
 
     @classmethod
     def open(cls, root: str | os.PathLike, readonly: bool = False) -> Library:
@@ -174,6 +248,12 @@ class Library:
     def verify_layout(root: Path) -> None:
         """Actionable errors for a folder that is not (yet) a library."""
         if not root.exists():
+            nearby = nearby_libraries(root)
+            if nearby:
+                shown = ", ".join(str(p) for p in nearby[:3]) + (" ..." if len(nearby) > 3 else "")
+                raise LibraryError(f"no library at {root}; libraries nearby: {shown}: pass one with "
+                                   f"`--library {nearby[0]}` (or create a new one here with "
+                                   f"`python -m builder init --library {root}`)")
             raise LibraryError(f"no library at {root}: run `python -m builder init --library {root}` first")
         if not root.is_dir():
             raise LibraryError(f"{root} is not a folder")
@@ -202,7 +282,8 @@ class Library:
         elif expected != actual:
             raise CentroidsError(
                 f"{root / CENTROIDS_NAME} differs from the file this library was built with "
-                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}"
+                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}, "
+                f"{centroids_origin(expected)}"
             )
 
     @staticmethod
@@ -317,14 +398,21 @@ class Library:
         return counts
 
     def stats(self) -> dict:
-        """Tile count, buckets populated and full, and yield per source/region."""
+        """Tile count, buckets populated and full, and yield per source/region; real and
+        synthetic tiles apart (``tiles_real``, ``buckets_real``: what the source gave;
+        ``tiles_synthetic``, ``buckets_synthetic_only``: what ``synthesize`` added), while
+        ``tiles``, ``buckets_populated`` and ``coverage`` count every tile.  ``by_region`` counts
+        real tiles (synthetic ones come from no region)."""
         counts = self.bucket_counts()
+        real = self.bucket_counts(real_only=True)
         tiles = int(counts.sum())
         # Readers never migrate: an old (card-schema) tiles.db lacks provenance and `fetched`.
+        synthetic_flag = db.synthetic_expr(self.conn)
         regions = {
             (region or "(none)"): n
             for region, n in self.conn.execute(
-                f"SELECT {db.select_list(self.conn, ('region',))}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
+                f"SELECT {db.select_list(self.conn, ('region',))}, COUNT(*) FROM tiles WHERE {synthetic_flag} = 0 "
+                "GROUP BY 1 ORDER BY 2 DESC")
         }
         sources = {
             (source or "(none)"): n
@@ -337,7 +425,7 @@ class Library:
         from .reach import aimed_figures, reachability
 
         extra = {}
-        reach = reachability(self.conn, self.bucket_counts(real_only=True))  # the source's reach: real tiles
+        reach = reachability(self.conn, real)  # the source's reach: real tiles
         if reach is not None:  # only with a colour atlas: the split of the buckets it allows
             extra["reachability"] = reach
         aimed = aimed_figures(self.conn)
@@ -346,6 +434,12 @@ class Library:
         return {
             "library": str(self.root),
             "tiles": tiles,
+            "tiles_real": int(real.sum()),
+            "tiles_synthetic": tiles - int(real.sum()),
+            "buckets_real": int((real > 0).sum()),
+            "buckets_synthetic_only": int(((counts > 0) & (real == 0)).sum()),
+            "buckets_full_real": int((real >= self.cap).sum()),
+            "coverage_real": round(float((real > 0).mean()), 4),
             "buckets_total": N_BUCKETS,
             "buckets_populated": int((counts > 0).sum()),
             "buckets_full": int((counts >= self.cap).sum()),

@@ -47,7 +47,7 @@ from .errors import BadTile, ImageRejected, UnsafePath
 from .layout import TILE_SIZE, bucket_name, parse_bucket_dir, tile_stem
 from .library import Library
 from .phash import phash
-from .summary import format_counts
+from .summary import format_counts, plural
 from .tilefiles import MISSING, TileFiles
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class VerifyReport:
 
     def summary(self) -> str:
         found = format_counts(self.counts) or "no problems"
-        line = f"checked {self.rows} rows and {self.files} files: {found}"
+        line = f"checked {plural(self.rows, 'row')} and {plural(self.files, 'file')}: {found}"
         if self.repaired:
             line += "; repaired: " + format_counts(self.repaired)
         return line

@@ -10,7 +10,7 @@ import mmap
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from ..decode import decode_tile
 from ..errors import BadTile, ImageRejected, LibraryError
 from ..layout import CACHE_DIR, N_BUCKETS, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
 from ..library import Library
+from ..scratch import dead_scratch, scratch_path
 from .pixels import block_sums
 from .target import DEFAULT_SUBCELLS
 
@@ -325,9 +326,26 @@ class ThumbnailCache:
 
     def _new_generation(self) -> None:
         """Rows were rewritten or cut: what was derived from the old ones no longer applies."""
-        part = self.generation_path.with_name(f".{self.generation_path.name}.{os.getpid()}.part")
-        part.write_text(os.urandom(8).hex())
-        os.replace(part, self.generation_path)
+        part = scratch_path(self.generation_path)
+        try:
+            part.write_text(os.urandom(8).hex())
+            os.replace(part, self.generation_path)
+        except OSError:
+            part.unlink(missing_ok=True)  # a full disk leaves no empty scratch file behind
+            raise
+
+    def clean_scratch(self) -> int:
+        """Remove the scratch files killed runs left in the cache folder (every file there is
+        derived data of this cache); returns how many."""
+        removed = 0
+        for leftover in dead_scratch(self.folder):
+            if leftover.path.is_file() and not leftover.path.is_symlink():
+                try:
+                    leftover.path.unlink()
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
 
     def _rows_on_disk(self) -> int:
         try:
@@ -356,9 +374,18 @@ class ThumbnailCache:
             with open(self.pixels_path, "ab") as px, open(self.keys_path, "ab") as kf:
                 px.truncate(rows * THUMB_BYTES)  # cut a torn tail left by a crash
                 kf.truncate(rows * KEY.itemsize)
-                px.write(thumbs.tobytes())
-                px.flush()
-                kf.write(keys.tobytes())  # keys last: a row exists once its key does
+                try:
+                    px.write(thumbs.tobytes())
+                    px.flush()
+                    kf.write(keys.tobytes())  # keys last: a row exists once its key does
+                    kf.flush()
+                except OSError:  # a full disk: give back what was written of these rows
+                    for fh, size in ((px, THUMB_BYTES), (kf, KEY.itemsize)):
+                        try:
+                            fh.truncate(rows * size)
+                        except OSError:
+                            pass
+                    raise
         return len(ids)
 
     @contextmanager
@@ -417,14 +444,17 @@ def _writable_folder(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: str,
+def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path | None, generation: str,
                  checked: dict[int, np.ndarray]) -> np.ndarray:
     """Sub-cell mean RGB of every cached row, from its small derived file where that is sane and
     agrees with the freshly decoded spot-check tiles (rows appended since are computed and the
     file extended); else computed from the thumbnails and saved.  The file is named after the
-    cache's generation, so rewritten or cut rows never reuse another row's colours."""
+    cache's generation, so rewritten or cut rows never reuse another row's colours.  ``folder``
+    None (thumbnails held in memory): computed, not saved."""
     shape = (subcells, subcells, 3)
     n = len(thumbs)
+    if folder is None:
+        return subcell_means(np.asarray(thumbs), subcells) if n else np.empty((0, *shape), dtype=np.float64)
     path = folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.{generation or 'none'}.sub{subcells}.npy"
     done = np.empty((0, *shape), dtype=np.float64)
     if path.is_file():
@@ -447,8 +477,8 @@ def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: st
     for lo in range(len(done), n, BLOCK_ROWS):
         rgb[lo:lo + BLOCK_ROWS] = subcell_means(np.asarray(thumbs[lo:min(n, lo + BLOCK_ROWS)]), subcells)
         release_pages(thumbs)
+    part = scratch_path(path)
     try:
-        part = path.with_name(f".{path.name}.{os.getpid()}.part")
         with open(part, "wb") as fh:
             np.save(fh, rgb, allow_pickle=False)
         os.replace(part, path)
@@ -456,6 +486,7 @@ def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: st
             if stale != path:
                 stale.unlink(missing_ok=True)
     except OSError as exc:
+        part.unlink(missing_ok=True)  # a full disk leaves no scratch file behind
         logger.info("sub-cell colours not cached (%s)", exc)
     return rgb
 
@@ -500,16 +531,19 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     decoded once and appended, deleted ones ignored (and dropped when they are most of the
     file), and a few cached thumbnails are re-decoded and compared byte for byte, so a cache
     that disagrees with the files is thrown away.  A library folder we cannot write to (or
-    ``use_cache=False``) gets a temporary cache instead.
+    ``use_cache=False``) gets a temporary cache instead; so does one whose disk turns out full
+    (one warning: the cache is not updated, the mosaic is made all the same), and when the
+    temporary folder is full too, the thumbnails are held in memory.
     """
-    import tempfile
-
     rows = _tile_rows(lib, real_only)
     if not len(rows):
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
     keys = cache_keys(rows["id"], rows["phash"])
-    cache, scratch = ThumbnailCache(cache_dir(lib)), None
+    cache = ThumbnailCache(cache_dir(lib))
     pixels, index = cache.load() if use_cache and cache.folder.is_dir() else (None, CacheIndex(np.empty(0, KEY)))
+    writable = use_cache and _writable_folder(cache.folder)
+    if writable:
+        cache.clean_scratch()  # what killed runs left there: removed before anything is written
     sources = index.rows(keys)
     reused = np.flatnonzero(sources >= 0)
     checked: dict[int, np.ndarray] = {}  # cache row -> freshly decoded thumbnail
@@ -519,34 +553,35 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         if fresh is None or not np.array_equal(fresh, pixels[sources[i]]):
             logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", cache.folder, tile_id)
             sources, pixels, checked = np.full(len(rows), -1, dtype=np.int64), None, {}
-            if _writable_folder(cache.folder):
-                cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
+            if writable:
+                writable = _try_write(cache, lambda: cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3),
+                                                                                    np.uint8)))
             break
         checked[int(sources[i])] = fresh
     held, missing = np.flatnonzero(sources >= 0), np.flatnonzero(sources < 0)
     todo = [(rows["id"][i].decode("ascii"), int(rows["bucket"][i]), rows["phash"][i].decode("ascii")) for i in missing]
     decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
     good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
-    writable = use_cache and _writable_folder(cache.folder)
     if writable and pixels is not None and len(pixels) - len(held) > max(DEAD_ROWS_KEPT, len(held)):
         # compaction: dead rows dropped, live ones kept in file order
-        cache.rewrite(*_held_rows(rows, held[np.argsort(sources[held], kind="stable")], sources, pixels))
-        pixels, checked = None, {}
-    if writable:
-        if good:
-            cache.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
-        if good or pixels is None:
+        compacted = _held_rows(rows, held[np.argsort(sources[held], kind="stable")], sources, pixels)
+        if _try_write(cache, lambda: cache.rewrite(*compacted)):
             pixels, index = cache.load()
-    else:  # a temporary cache: what the library's holds for these tiles, plus the decoded ones
-        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
-        temp = ThumbnailCache(scratch.name)
-        if len(held):
-            temp.append(*_held_rows(rows, held, sources, pixels))
-        if good:
-            temp.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
-        pixels, index = temp.load()
-        checked = {}
-        cache = temp
+            sources, checked = index.rows(keys), {}
+            held = np.flatnonzero(sources >= 0)
+        else:
+            writable = False
+    if writable:
+        def extend() -> None:
+            if good:
+                cache.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
+
+        writable = _try_write(cache, extend)
+        if writable and (good or pixels is None):
+            pixels, index = cache.load()
+    scratch, folder = None, cache.folder
+    if not writable:  # a temporary copy of what the library's cache holds for these tiles, plus the decoded ones
+        (pixels, index, folder, scratch), checked = _temporary_thumbs(rows, held, sources, pixels, good), {}
     found = index.rows(keys)
     del keys, index, sources, held  # what is no longer needed goes before the colours are read (peak memory)
     keep = np.flatnonzero(found >= 0)
@@ -555,7 +590,7 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     thumb_rows, skipped = found[keep], len(rows) - len(keep)
     id_bytes, bucket_ids = rows["id"][keep], rows["bucket"][keep]
     del rows, found, keep
-    all_rgb = _subcell_rgb(pixels, subcells, cache.folder, cache.identity, checked)
+    all_rgb = _subcell_rgb(pixels, subcells, folder, cache.identity if folder == cache.folder else "", checked)
     rgb = all_rgb[thumb_rows].astype(np.float32)
     del all_rgb
     return TileTable(
@@ -568,3 +603,44 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         skipped=skipped,
         scratch=scratch,
     )
+
+
+def _try_write(cache: ThumbnailCache, write: Callable[[], object]) -> bool:
+    """Run a write to the library's cache; False (and one warning) when the disk refuses it (full,
+    read-only, over quota): the mosaic goes on without updating the cache."""
+    try:
+        write()
+    except OSError as exc:
+        logger.warning("mosaic thumbnail cache in %s not updated (%s): this mosaic keeps its thumbnails "
+                       "aside, and a later one will update the cache", cache.folder, exc.strerror or exc)
+        return False
+    return True
+
+
+def _temporary_thumbs(rows: np.ndarray, held: np.ndarray, sources: np.ndarray, pixels: np.ndarray | None,
+                      good: list) -> tuple[np.ndarray | None, CacheIndex, Path | None, object]:
+    """``(pixels, index, folder, keep-alive)`` of a cache of these tiles outside the library: in a
+    temporary folder, or, when that cannot be written either, in memory (``folder`` None)."""
+    import tempfile
+
+    ids = [r[0] for r, _t in good]
+    phashes = [r[2] for r, _t in good]
+    new = np.stack([t for _r, t in good]) if good else np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)
+    have = _held_rows(rows, held, sources, pixels) if len(held) and pixels is not None else ([], [], new[:0])
+    scratch = None
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
+        temp = ThumbnailCache(scratch.name)
+        if have[0]:
+            temp.append(*have)
+        if ids:
+            temp.append(ids, phashes, new)
+        loaded, index = temp.load()
+        return loaded, index, temp.folder, scratch
+    except OSError as exc:
+        if scratch is not None:
+            scratch.cleanup()
+        logger.info("temporary thumbnail cache not written (%s): thumbnails held in memory", exc)
+    every = np.concatenate([have[2], new]) if len(have[2]) or len(new) else None
+    keys = cache_keys([*have[0], *ids], [*have[1], *phashes])
+    return every, CacheIndex(keys), None, None
