@@ -92,21 +92,20 @@ def _lock_or_refuse(fd: int, root: Path) -> None:
 
 
 def holder(root: Path) -> str:
-    """Who holds the writer lock, for messages: the pid ``.lock`` names, else the process the
-    kernel lists as holding the folder's lock (Linux ``/proc/locks``), else "another process"."""
+    """Who holds the writer lock, for messages: the process the kernel lists as holding the
+    folder's lock (Linux ``/proc/locks``), else the pid ``.lock`` names, else "another process"."""
+    pid = _folder_lock_pid(root)
+    if pid:
+        return f"pid {pid}"
     try:
         fd = os.open(root / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        text = ""
-    else:
-        try:
-            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        finally:
-            os.close(fd)
-    if text.startswith("pid ") and text[4:].isdigit():
-        return text
-    pid = _folder_lock_pid(root)
-    return f"pid {pid}" if pid else "another process"
+        return "another process"
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.startswith("pid ") and text[4:].isdigit() else "another process"
 
 
 def _folder_lock_pid(root: Path) -> int | None:

@@ -56,7 +56,7 @@ from .library import Library
 from .mosaic.thumbs import ThumbnailCache, cache_keys, release_pages, thumbnail
 from .phash import phash_from_pixels, phash_pixels
 from .summary import format_counts
-from .tilefiles import MISSING, TileFiles
+from .tilefiles import MISSING, TileFiles, check_png
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def inspect_tiles(files: TileFiles, jobs: Sequence[tuple[int, str, int]], thumbs
     means, grey = [], []
     for k, (bucket_id, tile_id, cache_row) in enumerate(jobs):
         try:
-            tile = decode_tile(files.read(bucket_id, tile_id))
+            data = files.read(bucket_id, tile_id)
+            tile = decode_tile(data)
         except BadTile as exc:
             out[k] = FileFacts(exc.problem)
             continue
@@ -152,7 +153,7 @@ def inspect_tiles(files: TileFiles, jobs: Sequence[tuple[int, str, int]], thumbs
             out[k] = FileFacts(str(exc))
             continue
         if not tile.png_passthrough:  # decode_tile's verdict: a PNG, RGB, 256x256, no transparency
-            out[k] = FileFacts(f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
+            out[k] = FileFacts(check_png(data) or f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
             continue
         means.append(mean_rgb_64(tile.image))
         grey.append(phash_pixels(tile.image))
