@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             def step():
                 if "--repair" in extra:
                     damage_one_row(root)
+                # cwd too: ``python -m`` finds a package in the current folder before PYTHONPATH
                 done = common.run_measured([sys.executable, "-m", "builder", "verify", "--library", str(root),
-                                            "--workers", str(args.workers), *extra], env=env_for(repo), cwd=str(REPO))
+                                            "--workers", str(args.workers), *extra], env=env_for(repo), cwd=str(repo))
                 if done["returncode"] != 0:
                     raise SystemExit(f"verify {' '.join(extra)} failed: {done['output'][-2000:]}")
                 return done
