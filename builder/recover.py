@@ -61,6 +61,7 @@ from .layout import (
 )
 from .library import Library, file_sha256
 from .lock import WriterLock
+from .publish.restore import find_parquet, find_synthetic_parquet
 from .tilefiles import TileFiles
 from .verify import inspect_stream, verify_library
 
@@ -305,9 +306,7 @@ def _release_db(conn: sqlite3.Connection, out: sqlite3.Connection, centroids_sha
 
 
 def _release_shards(release: Path) -> list[tuple[Path, bool]]:
-    """``(shard, synthetic?)`` of the release's Parquet files."""
-    from .publish.restore import find_parquet, find_synthetic_parquet
-
+    """``(shard, synthetic?)`` of the release's Parquet files (found as ``restore`` finds them)."""
     try:
         real = find_parquet(release)
     except UsageError:

@@ -254,6 +254,7 @@ def apply_repairs(lib: Library, relocations: Sequence[Relocation], quarantined: 
         with lib.conn:
             change(lib.conn)
     except BaseException:
+        undone = True
         for src, dst, moved in reversed(linked):
             try:
                 if moved:
@@ -262,8 +263,9 @@ def apply_repairs(lib: Library, relocations: Sequence[Relocation], quarantined: 
                     dst.unlink()
             except OSError as exc:
                 logger.warning("could not undo the move of %s (%s); the next writer's replay will", src, exc)
-                return  # leave the journal: replay finishes the undo
-        journal.unlink(missing_ok=True)
+                undone = False
+        if undone:  # else the journal stays: replay finishes the undo
+            journal.unlink(missing_ok=True)
         raise
     for r in relocations:
         settle_relocation(lib, r)

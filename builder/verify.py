@@ -342,8 +342,9 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         cache_rows = thumbs.rows([r[1] for r in safe], [r[4] for r in safe]).tolist()
         jobs = [(r[2], r[1], c) for r, c in zip(safe, cache_rows)]
         if pool is None:
-            return [f for i in range(0, len(jobs), 64) for f in inspect_tiles(files, jobs[i:i + 64], thumbs.pixels)]
-        size = max(1, min(64, len(jobs) // (2 * n_workers) or 1))
+            return [f for i in range(0, len(jobs), INSPECT_CHUNK)
+                    for f in inspect_tiles(files, jobs[i:i + INSPECT_CHUNK], thumbs.pixels)]
+        size = max(1, min(INSPECT_CHUNK, len(jobs) // (2 * n_workers) or 1))
         return [(pool.submit(_inspect_many, jobs[i:i + size]), cache_rows[i:i + size]) for i in range(0, len(jobs), size)]
 
     def collect(pending) -> list[FileFacts | None] | None:

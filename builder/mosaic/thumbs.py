@@ -550,9 +550,7 @@ def _replace_off_colour(lib: Library, cache: ThumbnailCache, pixels: np.ndarray,
     that differ from their tile get the fresh thumbnail (appended to ``cache``, so it wins from
     now on) and their sub-cell colours recomputed.  Returns ``(pixels, thumb_rows)``, updated in
     place with ``rgb``, so a mosaic never draws a tile from a wrong row the cheap check can see."""
-    from ..color import rgb_to_lab as to_lab
-
-    distance = np.linalg.norm(to_lab(_mean_rgb(rgb)) - labs, axis=1)
+    distance = np.linalg.norm(rgb_to_lab(_mean_rgb(rgb)) - labs, axis=1)
     suspects = np.flatnonzero(distance > OFF_COLOUR_DE)  # NaN (no stored LAB) compares False
     wrong: list[tuple[int, np.ndarray]] = []
     for i in suspects.tolist():
