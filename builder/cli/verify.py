@@ -59,10 +59,11 @@ def run(args) -> CommandResult:
             emptied = [f"emptied quarantine/: {count} entries deleted"]
         if args.repair and report.problems:
             # What is left after the repair decides the exit status.  Every file was decoded once
-            # above and every change since was made from those facts: rows against files is enough.
+            # above and every change since was made from those facts: rows against files (and a
+            # sample of the mosaic cache) is enough, no second decode of the library.
             after = verify_library(lib, deep=False, workers=args.workers)
             return CommandResult(report, EXIT_OK if after.ok else EXIT_PROBLEMS, prefix="verify: ",
-                                 after=[*quarantine_lines(report), f"after repair (rows against files): {after.summary()}",
+                                 after=[*quarantine_lines(report), f"after repair: {after.summary()}",
                                         *problem_lines(after), *emptied],
                                  extra={"after_repair": after})
     return CommandResult(report, EXIT_OK if report.ok else EXIT_PROBLEMS, prefix="verify: ",
