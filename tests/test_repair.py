@@ -24,7 +24,7 @@ from PIL import Image
 from builder import quarantine, store
 from builder.layout import JOURNAL_NAME, bucket_name
 from builder.library import Library
-from builder.verify import verify_library
+from builder.verify import QUICK_THUMBNAIL_SAMPLE, verify_library
 from tests.conftest import png_bytes, real_crops
 from tests.crash_campaign import (
     REPO,
@@ -409,7 +409,7 @@ def test_quick_verify_samples_the_cache(cached_library):
     pixels[:] = np.random.default_rng(0).integers(0, 256, pixels.shape, dtype=np.uint8)  # every row random
     pixels.flush()
     report = verify_library(lib, deep=False, workers=1, progress=False)
-    assert 0 < report.thumbnails_checked <= 64
+    assert 0 < report.thumbnails_checked <= QUICK_THUMBNAIL_SAMPLE
     assert report.counts["bad_thumbnail"] == report.thumbnails_checked
     verify_library(lib, deep=False, repair=True, workers=1, progress=False)
     assert verify_library(lib, deep=False, workers=1, progress=False).counts["bad_thumbnail"] == 0
