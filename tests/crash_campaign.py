@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import struct
@@ -590,6 +591,17 @@ def misfile(root: Path, count: int, seed: int = 0) -> list[str]:
     finally:
         conn.close()
     return [tile_id for tile_id, _b in chosen]
+
+
+def sigkill_self() -> None:
+    """SIGKILL this process (a forked writer armed to die at a chosen step of its work)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def copy_library(src: Path, dst: Path) -> None:
+    """A copy of a library whose tile files are hard links (cheap): for writers that rename and
+    link names but never write into a tile (repair, recover), not for ones that rewrite files."""
+    shutil.copytree(src, dst, copy_function=lambda s, d: os.link(s, d) if s.endswith(".png") else shutil.copy2(s, d))
 
 
 def tile_copies(root: Path) -> Counter:

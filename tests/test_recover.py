@@ -24,10 +24,10 @@ from tests.crash_campaign import (
     build_library,
     cli_env,
     committed_rows,
+    copy_library,
     damage_db,
     provenance,
 )
-from tests.test_repair import _copy_library
 
 
 def _cli(*args: object) -> subprocess.CompletedProcess:
@@ -59,7 +59,7 @@ def released(tmp_path_factory):
 def library(released, tmp_path):
     base, release = released
     root = tmp_path / "mosaic_library"
-    _copy_library(base, root)
+    copy_library(base, root)
     return root, release, provenance(root)
 
 

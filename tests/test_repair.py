@@ -32,15 +32,13 @@ from tests.crash_campaign import (
     build_library,
     cli_env,
     committed_rows,
+    copy_library,
     misfile,
+    sigkill_self,
     tile_copies,
 )
 
 MISFILED = 300
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _die_on_call(module, name: str, call: int) -> None:
@@ -50,7 +48,7 @@ def _die_on_call(module, name: str, call: int) -> None:
     def patched(*args, **kwargs):
         calls.append(1)
         if len(calls) == call:
-            _die()
+            sigkill_self()
         return real(*args, **kwargs)
 
     setattr(module, name, patched)
@@ -71,7 +69,7 @@ def _arm(step: str) -> None:
 
         def unlink(self, *args, **kwargs):
             if self.name == JOURNAL_NAME:
-                _die()
+                sigkill_self()
             return real_unlink(self, *args, **kwargs)
 
         pathlib.Path.unlink = unlink
@@ -98,14 +96,9 @@ def _repair_in_a_child(root: pathlib.Path, step: str) -> int:
     return status
 
 
-def _copy_library(src: pathlib.Path, dst: pathlib.Path) -> None:
-    """A copy whose tile files are hard links (repair renames and links names, never writes a tile)."""
-    shutil.copytree(src, dst, copy_function=lambda s, d: os.link(s, d) if s.endswith(".png") else shutil.copy2(s, d))
-
-
 @pytest.fixture(scope="module")
 def stored_library(tmp_path_factory) -> tuple[pathlib.Path, set[str]]:
-    """A library of 320 tiles (copy it before changing it: :func:`_copy_library`)."""
+    """A library of 320 tiles (copy it before changing it: :func:`copy_library`)."""
     root = tmp_path_factory.mktemp("repair") / "mosaic_library"
     rows = build_library(root, 320, seed=21)
     assert len(rows) >= MISFILED
@@ -117,7 +110,7 @@ def misfiled_library(stored_library, tmp_path) -> tuple[pathlib.Path, set[str]]:
     """A copy of ``stored_library`` with 300 tiles moved (file and row) into the wrong bucket."""
     base, expected = stored_library
     root = tmp_path / "mosaic_library"
-    _copy_library(base, root)
+    copy_library(base, root)
     misfile(root, MISFILED, seed=5)
     return root, expected
 
@@ -173,7 +166,7 @@ def _plant_duplicates(root: pathlib.Path, n: int) -> set[str]:
 def test_a_repair_moving_duplicates_to_quarantine_killed_midway_loses_nothing(stored_library, tmp_path, step):
     base, originals = stored_library
     root = tmp_path / "mosaic_library"
-    _copy_library(base, root)
+    copy_library(base, root)
     duplicates = _plant_duplicates(root, 70)
     status = _repair_in_a_child(root, step)
     assert os.WIFSIGNALED(status), status
@@ -196,7 +189,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess:
 def test_rows_deleted_behind_the_librarys_back_come_back_with_their_ids(stored_library, tmp_path):
     base, _expected = stored_library
     root = tmp_path / "mosaic_library"
-    _copy_library(base, root)
+    copy_library(base, root)
     columns = "id, bucket_id, filepath, phash, mean_l, mean_a, mean_b"
     conn = sqlite3.connect(root / "tiles.db")
     before = {r[0]: r for r in conn.execute(f"SELECT {columns} FROM tiles")}
@@ -345,7 +338,7 @@ def cached_base(tmp_path_factory, bluemarble) -> pathlib.Path:
 def cached_library(cached_base, tmp_path):
     """A library of 40 tiles whose thumbnails are in the mosaic cache (the store put them there)."""
     root = tmp_path / "mosaic_library"
-    _copy_library(cached_base, root)
+    copy_library(cached_base, root)
     with Library.open(root) as lib:
         yield lib
 

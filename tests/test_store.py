@@ -19,19 +19,15 @@ from builder.assign import Candidate, Pipeline
 from builder.layout import JOURNAL_NAME
 from builder.library import Library
 from tests.conftest import png_bytes, real_crops
-from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows
+from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows, sigkill_self
 
 BATCH = 3
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _arm(step: str) -> dict:
     """Patch this (child) process so it SIGKILLs itself at ``step``; returns ``process`` kwargs."""
     if step == "staged":  # every tile in temp/, before the journal is written
-        store.write_journal = lambda *a, **k: _die()
+        store.write_journal = lambda *a, **k: sigkill_self()
     elif step in ("journal", "renamed"):  # journal on disk; before the first / the last rename
         renames_before_kill = 0 if step == "journal" else BATCH - 1
         real_replace, done = os.replace, []
@@ -39,19 +35,19 @@ def _arm(step: str) -> dict:
         def replace(src, dst, *args, **kwargs):
             if pathlib.Path(dst).parent.name.startswith("bucket_"):
                 if len(done) == renames_before_kill:
-                    _die()
+                    sigkill_self()
                 done.append(dst)
             return real_replace(src, dst, *args, **kwargs)
 
         os.replace = replace
     elif step == "inserted":  # rows inserted, transaction not committed
-        return {"on_commit": lambda conn, outcomes: _die()}
+        return {"on_commit": lambda conn, outcomes: sigkill_self()}
     elif step == "committed":  # committed, journal not yet removed
         real_unlink = pathlib.Path.unlink
 
         def unlink(self, *args, **kwargs):
             if self.name == JOURNAL_NAME:
-                _die()
+                sigkill_self()
             return real_unlink(self, *args, **kwargs)
 
         pathlib.Path.unlink = unlink
@@ -60,7 +56,7 @@ def _arm(step: str) -> dict:
 
         def unlink(self, *args, **kwargs):
             if self.parent.name.startswith("bucket_"):
-                _die()
+                sigkill_self()
             return real_unlink(self, *args, **kwargs)
 
         pathlib.Path.unlink = unlink
