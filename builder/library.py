@@ -8,8 +8,10 @@ Layout (contract; names and limits in :mod:`builder.layout`)::
       temp/             scratch, empty at rest
       bucket_XXXX/      <uuid4>.png, PNG RGB 256x256
 
-Writers hold an exclusive ``flock`` on ``.lock`` for their whole life, so two harvests never
-interleave; readers (``stats``, ``build``, the card's snippets) need no lock thanks to WAL.
+Writers hold the writer lock (:mod:`builder.lock`: an exclusive ``flock`` on the library folder
+itself, and on ``.lock``, which names the holder) for their whole life, so two harvests never
+interleave, even when ``.lock`` is deleted; readers (``stats``, ``build``, the card's snippets)
+need no lock thanks to WAL.
 
 Crash safety is the commit protocol of :mod:`builder.store`: a writer's open replays a batch
 a crash left half stored (:meth:`Library.recover`) and empties ``temp/``.  Tile files are named
@@ -19,7 +21,6 @@ Adding tiles is :func:`builder.ingest.ingest` and :func:`builder.harvest.harvest
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -29,18 +30,22 @@ import numpy as np
 
 from . import db, store
 from .color import CentroidIndex, load_centroids, make_centroids
-from .errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
+from .errors import CentroidsError, LibraryError
 from .layout import (
     CENTROIDS_NAME,
     DB_NAME,
     DEFAULT_CAP,
     LOCK_NAME,
     N_BUCKETS,
+    QUARANTINE_DIR,
+    RECOVERED_DB_NAME,
     SHIPPED_CENTROIDS,
     TEMP_DIR,
     is_bucket_id,
+    parse_bucket_dir,
     tile_filepath,
 )
+from .lock import WriterLock, writer_active
 from .tilefiles import TileFiles
 
 logger = logging.getLogger(__name__)
@@ -120,7 +125,8 @@ class Library:
     0
     """
 
-    def __init__(self, root: Path, conn: sqlite3.Connection, centroids: np.ndarray, readonly: bool, lock_fd: int | None):
+    def __init__(self, root: Path, conn: sqlite3.Connection, centroids: np.ndarray, readonly: bool,
+                 lock: WriterLock | None):
         self.root = root
         self.name = root.name
         self.db_path = root / DB_NAME
@@ -128,7 +134,7 @@ class Library:
         self.conn = conn
         self.centroids = centroids
         self.readonly = readonly
-        self._lock_fd = lock_fd
+        self._lock = lock
         self._index: CentroidIndex | None = None
         self._recovered = False  # close() sweeps temp/ again only if open() could
         cap = db.get_meta(conn, "cap") if "meta" in db.table_names(conn) else None
@@ -202,23 +208,29 @@ class Library:
             raise LibraryError(f"cannot write {final}: {exc.strerror or exc}") from None
 
     @classmethod
-    def open(cls, root: str | os.PathLike, readonly: bool = False) -> Library:
+    def open(cls, root: str | os.PathLike, readonly: bool = False, lock: WriterLock | None = None) -> Library:
         """Open an existing library.  Writers lock it, migrate the schema, replay a crashed
-        batch and empty ``temp/``; readers do none of that and never block a writer."""
+        batch and empty ``temp/``; readers do none of that and never block a writer.
+
+        ``lock``: a writer lock the caller already holds on ``root`` (``recover`` takes it before
+        there is a database to open); the library releases it on close."""
         root = Path(root)
         cls.verify_layout(root)
-        lock_fd = None if readonly else cls._acquire_lock(root)
+        if readonly:
+            lock = None
+        elif lock is None:
+            lock = WriterLock.acquire(root)
         try:
             centroids = load_centroids(root / CENTROIDS_NAME)
             if not readonly and not os.access(root / DB_NAME, os.W_OK):
                 raise LibraryError(f"cannot write to {root / DB_NAME}: the file is read-only")
             if readonly:  # checks the tiles table, never migrates
-                conn = db.open_readonly(root / DB_NAME)
+                conn = db.open_readonly(root / DB_NAME, library=root)
             else:
                 try:
                     conn = db.connect(root / DB_NAME)
                 except sqlite3.DatabaseError as exc:  # not SQLite at all: WAL setup is the first read
-                    raise db.not_a_database(root / DB_NAME, exc) from None
+                    raise db.not_a_database(root / DB_NAME, exc, root) from None
             try:
                 if not readonly:
                     found = db.migrate(conn)  # checks the tiles table first
@@ -227,14 +239,14 @@ class Library:
                 cls._check_centroids_identity(conn, root, readonly)
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise db.not_a_database(root / DB_NAME, exc) from None
+                raise db.not_a_database(root / DB_NAME, exc, root) from None
             except BaseException:
                 conn.close()
                 raise
-            lib = cls(root, conn, centroids, readonly, lock_fd)
+            lib = cls(root, conn, centroids, readonly, lock)
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if lock is not None:
+                lock.release()
             raise
         if not readonly:
             try:
@@ -262,10 +274,16 @@ class Library:
                 f"{root} has no {CENTROIDS_NAME}: run `python -m builder init --library {root}` "
                 "(or restore a published library)"
             )
+        if (root / RECOVERED_DB_NAME).is_file():
+            raise LibraryError(f"a recover of {root} was interrupted: run `python -m builder recover --library {root}` "
+                               "to finish it")
         if not (root / DB_NAME).is_file():
+            if any(parse_bucket_dir(e.name) is not None for e in os.scandir(root)):
+                raise LibraryError(f"{root} has bucket folders but no {DB_NAME}{db.recover_hint(root)}")
             raise LibraryError(f"{root} has no {DB_NAME}: run `python -m builder init --library {root}`")
         if (root / DB_NAME).stat().st_size == 0:  # SQLite would happily turn it into a new database
-            raise LibraryError(f"{root / DB_NAME} is empty: no 'tiles' table, not a Mosaic Library database")
+            raise LibraryError(f"{root / DB_NAME} is empty: no 'tiles' table, not a Mosaic Library database"
+                               f"{db.recover_hint(root)}")
 
     @staticmethod
     def _check_centroids_identity(conn: sqlite3.Connection, root: Path, readonly: bool = False) -> None:
@@ -287,50 +305,12 @@ class Library:
             )
 
     @staticmethod
-    def _acquire_lock(root: Path) -> int:
-        path = root / LOCK_NAME
-        if path.is_symlink():
-            raise UnsafePath(f"{path} is a symlink: refusing to write through it")
-        try:
-            # O_NOFOLLOW: the pid is written into this file; never through a planted symlink.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except PermissionError:
-            raise LibraryError(f"cannot write to {root}: the library folder is read-only") from None
-        except OSError as exc:
-            raise LibraryError(f"cannot lock {root}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            finally:
-                os.close(fd)
-            raise LibraryLocked(f"{root} is being written by {holder}; wait for it to finish and retry") from None
-        if not os.access(root, os.W_OK):
-            os.close(fd)
-            raise LibraryError(f"cannot write to {root}: the library folder is read-only")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        return fd
-
-    @staticmethod
     def writer_active(root: str | os.PathLike) -> bool:
         """True while another process holds the writer lock (a harvest or ingest is running)."""
-        path = Path(root) / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return writer_active(root)
 
     def close(self) -> None:
-        if self.conn is not None and self._recovered and self._lock_fd is not None:
+        if self.conn is not None and self._recovered and self._lock is not None:
             # temp/ empty at rest: a run that failed mid-batch (disk full, a worker's error)
             # leaves its scratch there, and a full disk should not stay full until the next open.
             try:
@@ -342,9 +322,9 @@ class Library:
                 self.conn.close()
             finally:
                 self.conn = None  # type: ignore[assignment]
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> Library:
         return self
@@ -362,6 +342,11 @@ class Library:
     @property
     def temp_dir(self) -> Path:
         return self.root / TEMP_DIR
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where ``verify --repair`` puts what it takes out of the bucket folders (:mod:`builder.quarantine`)."""
+        return self.root / QUARANTINE_DIR
 
     def tile_path(self, bucket_id: int, tile_id: str) -> Path:
         """The only way this project names a tile's file: derived from a validated

@@ -41,6 +41,7 @@ COMMANDS = (
     "synthesize",
     "stats",
     "verify",
+    "recover",
     "build",
     "push",
     "restore",
@@ -175,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise  # our SQL is wrong: a bug, keep the traceback
             # "database or disk is full", "disk I/O error", a damaged file: SQLite's view of the same.
             logging.getLogger(__name__).info("sqlite error", exc_info=True)
-            say(f"error: SQLite: {exc}", file=sys.stderr)
+            damaged = any(word in str(exc) for word in ("malformed", "not a database"))
+            hint = ""
+            if damaged and getattr(args, "library", None):
+                from ..db import recover_hint
+
+                hint = recover_hint(args.library)
+            say(f"error: SQLite: {exc}{hint}", file=sys.stderr)
             return EXIT_USAGE
     except BrokenPipeError:  # the error line itself met the closed pipe (stderr piped too)
         return _quiet_broken_pipe()

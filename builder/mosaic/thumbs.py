@@ -198,10 +198,15 @@ def _read_tile(lib: Library, bucket_id: int, tile_id: str) -> Image.Image:
     return decode_tile(lib.read_tile(int(bucket_id), str(tile_id))).image
 
 
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """The 64-px thumbnail of a decoded 256-px tile: the exact 4x4 box average, as cached."""
+    return np.asarray(image.reduce(TILE_SIZE // THUMB_SIZE))
+
+
 def tile_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
-    """A tile's 64-px thumbnail (exact 4x4 box average), or None if its file is unusable."""
+    """A tile's 64-px thumbnail (:func:`thumbnail`), or None if its file is unusable."""
     try:
-        return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // THUMB_SIZE))
+        return thumbnail(_read_tile(lib, bucket_id, tile_id))
     except (BadTile, ImageRejected) as exc:
         logger.warning("tile %s in bucket %s unusable for mosaics: %s", tile_id, bucket_id, exc)
         return None
@@ -415,6 +420,35 @@ class ThumbnailCache:
             return None, CacheIndex(np.empty(0, KEY))
         return pixels, index
 
+    def _bad_path(self, generation: str) -> Path:
+        return self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.{generation or 'none'}.bad.npy"
+
+    def bad_rows(self, generation: str | None = None) -> np.ndarray:
+        """Sorted int64 cache rows ``verify`` found to disagree with their tiles (:meth:`mark_bad`),
+        for ``generation`` (default: the current one); empty when none or unreadable."""
+        path = self._bad_path(self._generation() if generation is None else generation)
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return np.empty(0, dtype=np.int64)
+        return np.unique(rows.astype(np.int64)) if rows.ndim == 1 and rows.dtype.kind in "iu" else np.empty(0, np.int64)
+
+    def mark_bad(self, rows: Sequence[int]) -> None:
+        """Record cache rows that disagree with their tiles, so that no mosaic uses them: a load
+        treats them as not cached (the tile is decoded and its thumbnail appended, which then
+        wins).  A read-only ``verify`` leaves this mark; ``verify --repair`` appends the right rows."""
+        with self._lock(fcntl.LOCK_EX):
+            generation = self._generation()
+            path = self._bad_path(generation)
+            rows = np.union1d(self.bad_rows(generation), np.asarray(rows, dtype=np.int64))
+            part = path.with_name(f".{path.name}.{os.getpid()}.part")
+            with open(part, "wb") as fh:
+                np.save(fh, rows, allow_pickle=False)
+            os.replace(part, path)
+            for stale in self.folder.glob(f"{THUMB_PREFIX}.v{CACHE_VERSION}.*.bad.npy"):
+                if stale != path:
+                    stale.unlink(missing_ok=True)
+
     def rewrite(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> None:
         """Replace the whole cache by these rows (drops dead rows; empties a cache found wrong)."""
         with self._lock(fcntl.LOCK_EX):
@@ -495,7 +529,8 @@ def _pool(workers: int | None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, workers or min(4, os.cpu_count() or 1)))
 
 
-ROW = np.dtype([("id", "S36"), ("bucket", np.int64), ("phash", "S16")])  # one tiles.db row a mosaic reads
+# One tiles.db row a mosaic reads: its LAB lets a load notice a cached thumbnail of another colour.
+ROW = np.dtype([("id", "S36"), ("bucket", np.int64), ("phash", "S16"), ("lab", np.float64, 3)])
 SQL_CHUNK = 20_000  # tiles.db rows read per fetchmany
 
 
@@ -503,13 +538,76 @@ def _tile_rows(lib: Library, real_only: bool) -> np.ndarray:
     """Every ``tiles`` row with a tile id and a bucket id, as :data:`ROW` records in id order,
     read in chunks (no Python object kept per row)."""
     real = " WHERE synthetic = 0" if real_only and "synthetic" in table_columns(lib.conn, "tiles") else ""
-    cursor = lib.conn.execute(f"SELECT id, bucket_id, phash FROM tiles{real} ORDER BY id")
+    cursor = lib.conn.execute(f"SELECT id, bucket_id, phash, mean_l, mean_a, mean_b FROM tiles{real} ORDER BY id")
     parts = []
     while chunk := cursor.fetchmany(SQL_CHUNK):
-        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16])
-                for tile_id, bucket_id, tile_hash in chunk if is_tile_id(tile_id) and is_bucket_id(bucket_id)]
+        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16], _lab(lab))
+                for tile_id, bucket_id, tile_hash, *lab in chunk if is_tile_id(tile_id) and is_bucket_id(bucket_id)]
         parts.append(np.array(good, dtype=ROW))
     return np.concatenate(parts) if parts else np.empty(0, ROW)
+
+
+def _lab(values: Sequence) -> tuple[float, float, float]:
+    """A row's stored LAB as floats; NaN where it is not a number (no colour check for that row)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out[0], out[1], out[2]
+
+
+# A cached thumbnail whose mean colour is further than this (CIE76) from the LAB tiles.db holds for
+# its tile is re-decoded and compared before a mosaic uses it.  The box-average thumbnail's mean and
+# the 64x64 resize's the LAB was made from differ by at most 0.07 on 1,378 real tiles (median
+# 0.016), while two tiles of one bucket are a median 3.3 apart: swapped, random or flat rows of
+# another colour show; a suspect that was right costs one decode.
+OFF_COLOUR_DE = 1.0
+
+
+def _mean_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` mean RGB of whole thumbnails from their ``(n, s, s, 3)`` sub-cell means (area-weighted)."""
+    s = rgb.shape[1]
+    edges = _block_edges(THUMB_SIZE, s)
+    areas = np.outer(np.diff(edges), np.diff(edges)).astype(np.float64)
+    return np.einsum("nijc,ij->nc", rgb.astype(np.float64), areas) / areas.sum()
+
+
+def _replace_off_colour(lib: Library, cache: ThumbnailCache, pixels: np.ndarray, id_bytes: np.ndarray,
+                        bucket_ids: np.ndarray, labs: np.ndarray, phashes: np.ndarray, thumb_rows: np.ndarray,
+                        rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Table rows whose cached thumbnail is not of their tile's colour are re-decoded; those
+    that differ from their tile get the fresh thumbnail (appended to ``cache``, so it wins from
+    now on) and their sub-cell colours recomputed.  Returns ``(pixels, thumb_rows)``, updated in
+    place with ``rgb``, so a mosaic never draws a tile from a wrong row the cheap check can see."""
+    distance = np.linalg.norm(rgb_to_lab(_mean_rgb(rgb)) - labs, axis=1)
+    suspects = np.flatnonzero(distance > OFF_COLOUR_DE)  # NaN (no stored LAB) compares False
+    wrong: list[tuple[int, np.ndarray]] = []
+    for i in suspects.tolist():
+        fresh = tile_thumbnail(lib, int(bucket_ids[i]), id_bytes[i].decode("ascii"))
+        if fresh is not None and not np.array_equal(fresh, pixels[thumb_rows[i]]):
+            wrong.append((i, fresh))
+    if not wrong:
+        return pixels, thumb_rows
+    logger.warning("mosaic cache in %s: %d thumbnails disagree with their tiles; using the tiles "
+                   "(`python -m builder verify --repair` checks every row)", cache.folder, len(wrong))
+    at = np.array([i for i, _t in wrong])
+    fresh = np.stack([t for _i, t in wrong])
+    keys = cache_keys(id_bytes[at], phashes[at])
+    try:
+        cache.append(id_bytes[at].astype(str).tolist(), phashes[at].astype(str).tolist(), fresh)
+        reloaded, index = cache.load()
+        found = index.rows(keys)  # the appended rows: the last for their keys
+    except (OSError, ValueError) as exc:
+        logger.warning("could not add the fresh thumbnails to %s (%s); leaving those tiles out", cache.folder, exc)
+        reloaded, found = None, np.full(len(at), -1, dtype=np.int64)
+    if reloaded is None or (found < 0).any():
+        thumb_rows[at] = -1
+        return pixels, thumb_rows
+    thumb_rows[at] = found
+    rgb[at] = subcell_means(fresh, rgb.shape[1]).astype(rgb.dtype)
+    return reloaded, thumb_rows
 
 
 def _held_rows(rows: np.ndarray, held: np.ndarray, sources: np.ndarray,
@@ -545,6 +643,8 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     if writable:
         cache.clean_scratch()  # what killed runs left there: removed before anything is written
     sources = index.rows(keys)
+    if pixels is not None:  # rows verify found wrong are used by no mosaic: their tiles are decoded again
+        sources[np.isin(sources, cache.bad_rows(cache.identity))] = -1
     reused = np.flatnonzero(sources >= 0)
     checked: dict[int, np.ndarray] = {}  # cache row -> freshly decoded thumbnail
     for i in np.random.default_rng().choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
@@ -589,10 +689,17 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
     thumb_rows, skipped = found[keep], len(rows) - len(keep)
     id_bytes, bucket_ids = rows["id"][keep], rows["bucket"][keep]
+    labs, phashes = rows["lab"][keep], rows["phash"][keep]
     del rows, found, keep
     all_rgb = _subcell_rgb(pixels, subcells, folder, cache.identity if folder == cache.folder else "", checked)
     rgb = all_rgb[thumb_rows].astype(np.float32)
     del all_rgb
+    pixels, thumb_rows = _replace_off_colour(lib, cache, pixels, id_bytes, bucket_ids, labs, phashes, thumb_rows, rgb)
+    if (thumb_rows < 0).any():
+        usable = thumb_rows >= 0
+        skipped += int((~usable).sum())
+        id_bytes, bucket_ids, rgb, thumb_rows = id_bytes[usable], bucket_ids[usable], rgb[usable], thumb_rows[usable]
+    del labs, phashes
     return TileTable(
         id_bytes=id_bytes,
         bucket_ids=bucket_ids,
