@@ -1,13 +1,17 @@
-"""Long SIGKILL campaigns against real ``ingest`` and ``harvest`` runs; prints the figures.
+"""Long SIGKILL campaigns against real ``ingest``, ``harvest``, ``verify --repair`` and ``recover``
+runs; prints the figures.
 
 The CI test (``tests/test_crash.py``) is the short form of the same campaigns.  Here the
-defaults are 100 ingest kills and 50 harvest kills (about 2.5 and 1.5 minutes on 2 cores)::
+defaults are 100 ingest kills, 50 harvest kills (about 2.5 and 1.5 minutes on 2 cores), 30
+repair kills and 20 recover kills::
 
-    python bench/kill_campaign.py                 # 100 + 50 kills
+    python bench/kill_campaign.py                 # 100 + 50 + 30 + 20 kills
     python bench/kill_campaign.py --ingest-kills 300 --harvest-kills 0 --keep /tmp/wreck
-    python bench/kill_campaign.py --quick         # 5 + 3 kills, a smoke run
-    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0   # only the burn scenario
-    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --restore-kills 30
+    python bench/kill_campaign.py --quick         # 5 + 3 + 2 + 2 kills and 4 mosaic kills a format, a smoke run
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --repair-kills 0 --recover-kills 0 --mosaic-kills 0  # burn only
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --mosaic-kills 0   # repair and recover only
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --repair-kills 0 --recover-kills 0 --mosaic-kills 40
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --repair-kills 0 --recover-kills 0 --mosaic-kills 0 --restore-kills 30
 
 Every kill takes down the writer's whole process group (CLI and process pool) at a moment
 drawn from four triggers (random delay, workers mid-batch, journal on disk, right after a
@@ -16,6 +20,17 @@ before the kill lost, ``temp/`` emptied by the next open, files == rows, no buck
 cap, no phash twice in a bucket, ``verify`` clean, and for harvest ``fetched`` agreeing with
 ``tiles`` and no tile served twice by the loopback server.  The exit status is 1 if any
 invariant broke or any tile was lost.
+
+Maintenance (``--repair-kills``, default 30; ``--recover-kills``, default 20), on a library of
+``--maintenance-tiles`` (320) tiles: ``verify --repair`` of 300 wrong-bucket rows killed with its
+journal on disk, while it links files into their buckets, right after a batch's commit, or at a
+random moment, run again after each kill until it completes, then 300 more rows misfiled; and
+``recover`` of a damaged ``tiles.db`` (truncated, one page overwritten, or not SQLite) with the
+library's release, killed while it rebuilds in ``temp/``, rebuilt and not swapped in, swapped in
+and repairing, or at random, run again until it completes, then damaged again.  After each kill
+no tile may be without a file and, once a writer opened the library, files == rows; after each
+completed run the ids (and, for recover, the provenance) equal the start's.  Printed: kills by
+moment, tiles before and after, tiles lost.
 
 The restore scenario (``--restore-kills``, default 10: each of the ten points of
 ``tests/restore_campaign.py`` once; more cycle through them): ``python -m builder restore`` of a
@@ -28,12 +43,21 @@ harvest of both phases (751 candidate tiles), SIGKILLed right after each run's f
 then run to the end, against the ``earth`` source and the loopback server (50 ms a tile);
 printed: claims left after the kills, claims left for good at the end (requests that were on
 the wire at a kill), tiles tried and stored.
+
+The mosaic scenario (``--mosaic-kills``, default 20 per format) kills ``mosaic`` runs writing a
+PNG and a Deep Zoom output over an earlier output, at moments found by polling the output folder
+(mid-stream, the staged pyramid complete, right after the swap, a random delay), and follows
+every kill with a run to completion (``tests/mosaic_campaign.py``).  Printed per format: kills,
+how often the old or the new output was found whole, how often a kill fell inside the Deep Zoom
+installation (no descriptor, finished by the next run), and the scratch left after the next runs
+(must be 0), tiles lost 0 (a mosaic run writes no tile).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,11 +68,15 @@ if str(REPO) not in sys.path:
 
 from tests.crash_campaign import (  # noqa: E402
     Figures,
+    build_library,
     burn_scenario,
+    cli_env,
     deep_verify,
     harvest_campaign,
     ingest_campaign,
     make_tile_pool,
+    recover_campaign,
+    repair_campaign,
 )
 from tests.tileserver import TileServer, bluemarble_tile, distinct_tile  # noqa: E402
 
@@ -58,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ingest-kills", type=int, default=100)
     p.add_argument("--harvest-kills", type=int, default=50)
     p.add_argument("--burn-kills", type=int, default=3, help="kills of the zoom-7 burn scenario (0: skip it)")
+    p.add_argument("--mosaic-kills", type=int, default=20, help="kills of mosaic runs, per output format (0: skip)")
+    p.add_argument("--repair-kills", type=int, default=30, help="kills of verify --repair (0: skip it)")
+    p.add_argument("--recover-kills", type=int, default=20, help="kills of recover (0: skip it)")
+    p.add_argument("--maintenance-tiles", type=int, default=320, help="tiles of the repair/recover library")
     p.add_argument("--restore-kills", type=int, default=10, help="restore kills (the ten points, cycled; 0: skip)")
     p.add_argument("--pool", type=int, default=4000, help="distinct input tiles for the ingest campaign")
     p.add_argument("--seed", type=int, default=0)
@@ -68,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.ingest_kills, args.harvest_kills, args.pool = 5, 3, 600
         args.burn_kills = min(args.burn_kills, 1)
+        args.mosaic_kills = min(args.mosaic_kills, 4)
+        args.repair_kills, args.recover_kills = min(args.repair_kills, 2), min(args.recover_kills, 2)
         args.restore_kills = min(args.restore_kills, 3)
     return args
 
@@ -101,10 +135,35 @@ def run(args: argparse.Namespace, work: Path) -> list[Figures]:
             figures.violations.append(f"deep verify at the end: {problem}")
         results.append(figures)
         print(figures.summary() + f"; {served} tiles served by the loopback server", flush=True)
+    if args.repair_kills > 0 or args.recover_kills > 0:
+        results += run_maintenance_campaigns(args, work / "maintenance", progress)
     if args.burn_kills > 0:
         run_burn_scenario(args.burn_kills, work / "burn")
+    if args.mosaic_kills > 0:
+        results.extend(run_mosaic_scenario(args.mosaic_kills, work / "mosaic", args.seed, progress))
     if args.restore_kills > 0:
         results.append(run_restore_campaign(args.restore_kills, work / "restore", progress))
+    return results
+
+
+def run_maintenance_campaigns(args: argparse.Namespace, work: Path, progress) -> list[Figures]:
+    """``verify --repair`` then ``recover`` campaigns on one library (see the module docstring)."""
+    root = work / "mosaic_library"
+    root.parent.mkdir(parents=True)
+    build_library(root, args.maintenance_tiles, seed=args.seed)
+    results = []
+    if args.repair_kills > 0:
+        figures = repair_campaign(root, kills=args.repair_kills, misfiled=min(300, args.maintenance_tiles - 10),
+                                  seed=args.seed, progress=progress)
+        results.append(figures)
+        print(figures.summary(), flush=True)
+    if args.recover_kills > 0:
+        release = work / "release"
+        subprocess.run([sys.executable, "-m", "builder", "build", "--library", str(root), "--output", str(release)],
+                       env=cli_env(), cwd=REPO, check=True, capture_output=True)
+        figures = recover_campaign(root, kills=args.recover_kills, release=release, seed=args.seed, progress=progress)
+        results.append(figures)
+        print(figures.summary(), flush=True)
     return results
 
 
@@ -149,6 +208,26 @@ def run_burn_scenario(kills: int, work: Path) -> None:
         print(f"burn scenario, {kills} kills, {source}: {figures['claimed_after_kills']} claimed after the kills, "
               f"{figures['claimed_at_end']} claimed for good, {figures['tried']} tiles tried, "
               f"{figures['stored']} stored{twice}", flush=True)
+
+
+# ---------------------------------------------------------------------------- mosaic outputs
+
+
+def run_mosaic_scenario(kills: int, work: Path, seed: int, progress=None) -> list[Figures]:
+    """Kill ``kills`` PNG and ``kills`` Deep Zoom mosaic runs over earlier outputs; print the figures."""
+    from PIL import Image
+
+    from builder.layout import EARTH_IMAGE
+    from tests.mosaic_campaign import mosaic_campaign
+    from tests.mosaic_helpers import build_library
+
+    library = build_library(work / "mosaic_library", Image.open(EARTH_IMAGE).convert("RGB"), n=160, seed=11)
+    results = []
+    for name in ("mosaic.png", "mosaic.dzi"):
+        found = mosaic_campaign(library, work / "out" / name, kills, seed=seed, progress=progress)
+        print(found.summary() + ", tiles lost 0", flush=True)
+        results.append(Figures(writer=f"mosaic {found.fmt}", kills=found.kills, violations=found.violations))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

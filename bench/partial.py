@@ -96,7 +96,7 @@ def bucket_plan(staging: Path) -> dict:
 
     from builder.color import lab_to_rgb, load_centroids, rgb_to_hex
     from builder.publish.index import bucket_counts, read_index, select
-    from builder.publish.remote import nearest_populated
+    from builder.query import PopulatedIndex
 
     index = read_index(staging / "bucket_index.parquet")
     counts = bucket_counts(index, "default")
@@ -117,8 +117,8 @@ def bucket_plan(staging: Path) -> dict:
     lab = centroids[order[len(order) // 2]]
     k, tiles = 1, 0
     while tiles < 20:
-        near = nearest_populated(centroids, all_counts, lab, k)
-        tiles = sum(int(all_counts[b]) for b, _d in near)
+        near = PopulatedIndex(centroids, all_counts).query(lab.reshape(1, 3), k).bucket_ids[0]
+        tiles = sum(int(all_counts[b]) for b in near)
         k += 1
     return {"fullest": fullest, "fullest_tiles": counts[fullest], "own_bytes": own, "ten": order[:10],
             "colour": colour, "k": k - 1, "query_tiles": tiles}

@@ -53,12 +53,14 @@ CHUNK_MAX = 32
 
 @dataclass(frozen=True)
 class Candidate:
-    """One input tile: raw ``data`` bytes, or a ``path`` the worker reads itself."""
+    """One input tile: raw ``data`` bytes, or a ``path`` the worker reads itself; ``crop``: take a
+    non-square image's centre square (``ingest --crop``) instead of rejecting it."""
 
     name: str
     data: bytes | None = None
     path: str | None = None
     provenance: dict | None = None
+    crop: bool = False
 
 
 class Outcome(NamedTuple):
@@ -167,7 +169,7 @@ class Worker:
         for i, candidate in enumerate(candidates):
             try:
                 data = read_candidate(candidate)
-                decoded = decode_tile(data)
+                decoded = decode_tile(data, crop=candidate.crop)
             except ImageRejected as exc:
                 results[i] = Analysis(exc.reason, exc.detail)
                 continue

@@ -77,6 +77,9 @@ SEED_COLUMNS = tuple(name for name, _type in _SEED_TYPES)
 PROVENANCE_COLUMNS = tuple(name for name, _type in _PROVENANCE_TYPES)
 SYNTHETIC_COLUMNS = tuple(name for name, _type in _SYNTHETIC_TYPES)
 TILE_COLUMNS = SEED_COLUMNS + PROVENANCE_COLUMNS + SYNTHETIC_COLUMNS
+# The ``source`` of a tile whose file was found without its row and taken back by ``verify --repair``
+# or ``recover`` (same id, colour and hash from the file; where it came from is unknown).
+ADOPTED_SOURCE = "adopted"
 # Values a row gets for columns its maker does not set (everything else is NULL).
 TILE_DEFAULTS = {"synthetic": 0}
 # One full tiles row, values in TILE_COLUMNS order (the commit protocol's batches, restore's rows).
@@ -186,30 +189,38 @@ def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite
     return conn
 
 
-def open_readonly(path: str | os.PathLike) -> sqlite3.Connection:
+def open_readonly(path: str | os.PathLike, library: str | os.PathLike | None = None) -> sqlite3.Connection:
     """A read-only connection to a ``tiles.db`` whose ``tiles`` table passed :func:`check_tiles_table`.
 
     Never migrates, never takes the writer's lock.  A file that is not SQLite at all, or has
-    no usable ``tiles`` table, is one :class:`~builder.errors.LibraryError`.
+    no usable ``tiles`` table, is one :class:`~builder.errors.LibraryError` (``library``: the
+    library folder the file belongs to, named in the way back the message gives).
     """
     try:
         conn = connect(Path(path), readonly=True)
     except sqlite3.DatabaseError as exc:
-        raise not_a_database(path, exc) from None
+        raise not_a_database(path, exc, library) from None
     try:
         check_tiles_table(conn, path)
     except sqlite3.DatabaseError as exc:  # the first read is where SQLite notices a file is not a database
         conn.close()
-        raise not_a_database(path, exc) from None
+        raise not_a_database(path, exc, library) from None
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def not_a_database(path: str | os.PathLike, exc: sqlite3.DatabaseError) -> LibraryError:
-    """The error for a file SQLite cannot read as a database (one wording for every command)."""
-    return LibraryError(f"{path} is not a usable SQLite database ({exc})")
+def not_a_database(path: str | os.PathLike, exc: sqlite3.DatabaseError,
+                   library: str | os.PathLike | None = None) -> LibraryError:
+    """The error for a file SQLite cannot read as a database (one wording for every command);
+    for a library's own ``tiles.db`` it names the way back (:func:`recover_hint`)."""
+    return LibraryError(f"{path} is not a usable SQLite database ({exc})" + (recover_hint(library) if library else ""))
+
+
+def recover_hint(library: str | os.PathLike) -> str:
+    """What to run when a library's ``tiles.db`` is damaged (``recover`` rebuilds it from the files)."""
+    return f"; rebuild it from the files with `python -m builder recover --library {library}`"
 
 
 def database_file(conn: sqlite3.Connection) -> str:
@@ -256,6 +267,12 @@ def select_list(conn: sqlite3.Connection, columns: Sequence[str], table: str = "
     """
     present = set(table_columns(conn, table))
     return ", ".join(c if c in present else f"NULL AS {c}" for c in columns)
+
+
+def synthetic_expr(conn: sqlite3.Connection) -> str:
+    """SQL for a row's synthetic flag in expressions (``WHERE ... = 0``): the column, or ``0`` in
+    a schema from before it (every row real)."""
+    return "synthetic" if "synthetic" in table_columns(conn, "tiles") else "0"
 
 
 def bucket_counts(conn: sqlite3.Connection, buckets: Iterable[int] | None = None,

@@ -7,7 +7,10 @@ that harvest and ingest count.
 
 Size rule for inputs that are not 256x256 (documented in the README): a square image between
 64 and 4096 pixels a side is resized to 256x256 with Lanczos; anything else is rejected
-(``not_square``, ``too_small``, ``too_large``).  Images over
+(``not_square``, ``too_small``, ``too_large``), unless ``crop`` is asked for (``ingest --crop``):
+then a non-square image's centre square is taken.  Bytes that carry an image format's
+signature but do not decode (truncated, damaged) are ``corrupt``; ``not_image`` is for bytes
+that are no PNG, JPEG or WebP at all.  Images over
 :data:`~builder.layout.MAX_INPUT_PIXELS` are never decoded (decompression bombs).  The limits
 themselves live in :mod:`builder.layout`.
 """
@@ -56,8 +59,20 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_tile(data: bytes) -> DecodedTile:
-    """Decode ``data`` into a 256x256 RGB tile or raise :class:`ImageRejected`."""
+def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The box of the largest centred square of a ``width x height`` image (``crop``'s cut).
+
+    >>> centre_square(300, 200), centre_square(200, 301)
+    ((50, 0, 250, 200), (0, 50, 200, 250))
+    """
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def decode_tile(data: bytes, crop: bool = False) -> DecodedTile:
+    """Decode ``data`` into a 256x256 RGB tile or raise :class:`ImageRejected`; ``crop`` takes
+    a non-square image's centre square instead of rejecting it."""
     if not data:
         raise ImageRejected("empty", "0 bytes")
     if len(data) > MAX_INPUT_BYTES:
@@ -74,20 +89,25 @@ def decode_tile(data: bytes) -> DecodedTile:
             width, height = img.size
             if width * height > MAX_INPUT_PIXELS or max(width, height) > MAX_INPUT_SIDE:
                 raise ImageRejected("too_large", f"{width}x{height} exceeds {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}")
-            if width != height:
-                raise ImageRejected("not_square", f"{width}x{height}")
-            if width < MIN_INPUT_SIDE:
+            if width != height and not crop:
+                raise ImageRejected("not_square", f"{width}x{height}: tiles are square; `ingest --crop` takes the "
+                                                  "centre square of such images")
+            if min(width, height) < MIN_INPUT_SIDE:
                 raise ImageRejected("too_small", f"{width}x{height} < {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}")
             img.load()
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("too_large", str(exc)) from None
-    except UnidentifiedImageError:
-        raise ImageRejected("not_image", f"{fmt} signature but undecodable") from None
+    except UnidentifiedImageError:  # the signature is right, the rest is not: damaged, not foreign
+        raise ImageRejected("corrupt", f"{fmt} signature but undecodable") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("corrupt", f"{fmt}: {exc}") from None
-    passthrough = fmt == "PNG" and img.mode == "RGB" and img.size == (TILE_SIZE, TILE_SIZE) and "transparency" not in img.info
+    cropped = img.width != img.height
+    if cropped:  # crop: the centre square (a copy; the source bytes are no longer the tile's)
+        img = img.crop(centre_square(img.width, img.height))
+    passthrough = (fmt == "PNG" and not cropped and img.mode == "RGB" and img.size == (TILE_SIZE, TILE_SIZE)
+                   and "transparency" not in img.info)
     if img.mode in _SIXTEEN_BIT:  # Pillow's convert("RGB") clips 16-bit grey to white: scale it
         img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     rgb = img if img.mode == "RGB" else img.convert("RGB")

@@ -35,6 +35,9 @@ DEFAULT_CONTRAST = True  # --contrast: match each tile's contrast to its cell's 
 OUTPUT_FORMATS = ("png", "dzi")  # --format
 DZI_FORMATS = ("jpg", "png")  # --dzi-image: Deep Zoom pyramid tile formats
 
+# --- query -------------------------------------------------------------------------------------
+DEFAULT_QUERY_PATHS = 5  # --paths: tile paths listed per bucket (a full bucket holds 100)
+
 # --- duplicates (ingest, harvest, synthesize) -------------------------------------------------
 # --near-duplicate-radius: pHash bits two tiles of a bucket may differ by and still count as
 # duplicates; 0 is the card's rule (identical hashes).  Flat tiles are held to 0 whatever the

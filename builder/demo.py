@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .layout import CENTROIDS_NAME, SAMPLE_TARGET
+from .summary import plural
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +73,68 @@ class DemoResult:
         return (f"demo done in {self.seconds:.0f} s: library {self.library}, staging {self.staging}, "
                 f"report {self.report}, mosaic {self.mosaic}")
 
+    def next_commands(self, program: str = "python -m builder") -> list[str]:
+        """What to run next on the library the demo made, each naming it with ``--library``
+        (the default ``./mosaic_library`` is not where the demo put it)."""
+        lib = shlex.quote(str(self.library))
+        commands = [f"{program} stats --library {lib}",
+                    f"{program} query --library {lib} --hex 2e8b57 --real-only",
+                    f"{program} mosaic --library {lib} YOUR_PHOTO.jpg --output my_mosaic.png",
+                    f"{program} verify --library {lib}"]
+        if self.report is not None:
+            commands.append(f"open {shlex.quote(str(self.report))} in a browser: the gallery")
+        return commands
+
+    def next_lines(self, program: str = "python -m builder") -> list[str]:
+        """The lines printed under the summary: :meth:`next_commands`, indented."""
+        return ["next, explore the library:", *(f"  {c}" for c in self.next_commands(program))]
+
     def as_dict(self) -> dict:
         """JSON-safe: paths as strings (None for a step that did not run), steps in order."""
         paths = {"output": self.output, "library": self.library, "staging": self.staging, "report": self.report,
                  "mosaic": self.mosaic, "mosaic_real_only": self.mosaic_real_only}
         return {**{k: None if v is None else str(v) for k, v in paths.items()},
                 "steps": [{"step": name, "summary": line} for name, line in self.steps],
-                "figures": self.figures, "seconds": round(self.seconds, 3)}
+                "figures": self.figures, "next": self.next_commands(), "seconds": round(self.seconds, 3)}
+
+
+# Progress lines where no bar is shown (a log file, CI): at most one per this many seconds,
+# besides the first and the last.
+PROGRESS_EVERY = 10.0
+
+
+class ProgressLines:
+    """``on_progress(done, total)`` for a long step, as lines: ``[synthesize] 980 of 4,881 tiles
+    (20%), 35 s``, the first at once, then at most one per :data:`PROGRESS_EVERY` seconds, and
+    the last; so a demo run in a log or a pipe shows it is alive."""
+
+    def __init__(self, name: str, say: Callable[[str], None], every: float = PROGRESS_EVERY) -> None:
+        self.name, self.say, self.every = name, say, every
+        self.started = time.perf_counter()
+        self.last: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and self.last is not None and now - self.last < self.every:
+            return
+        self.last = now
+        share = f" ({done / total:.0%})" if total else ""
+        self.say(f"[{self.name}] {done:,} of {total:,} {'tile' if total == 1 else 'tiles'}{share}, "
+                 f"{now - self.started:.0f} s")
+
+
+def compare_line(with_synthetic, real_only) -> str:
+    """The demo's comparison of its two mosaics (``MosaicResult``s): fidelity side by side, then
+    the cells that fell back to a neighbouring bucket."""
+    cells = real_only.plan.grid.size
+    fidelity = ""
+    if with_synthetic.fidelity is not None and real_only.fidelity is not None:
+        a, b = with_synthetic.fidelity, real_only.fidelity
+        fidelity = (f"fidelity (CIEDE2000, lower is better / SSIM, higher is better): with synthetic tiles "
+                    f"{a.delta_e:.2f} / {a.ssim:.3f}, real tiles only {b.delta_e:.2f} / {b.ssim:.3f}; ")
+    return (f"{fidelity}real tiles only ({real_only.output.name}): {real_only.plan.fallback_cells} of "
+            f"{plural(cells, 'cell')} fell back to a neighbouring bucket; with the synthetic tiles "
+            f"{with_synthetic.plan.fallback_cells}, {plural(with_synthetic.synthetic_cells, 'cell')} drawn with one")
 
 
 def _check(max_tiles: int, zoom: int) -> None:
@@ -139,7 +197,9 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
             have = int(lib.bucket_counts().sum())
             step("harvest", f"earth zoom {z}: {report.summary()}")
         if synthesize:
-            made = synthesize_tiles(lib, max_uses=SYNTH_MAX_USES, progress=progress)
+            show_bar = sys.stderr.isatty() if progress is None else progress
+            made = synthesize_tiles(lib, max_uses=SYNTH_MAX_USES, progress=progress,
+                                    on_progress=None if show_bar else ProgressLines("synthesize", say))
             result.figures.update(
                 buckets_covered_real=db.synthetic_counts(lib.conn, lib.cap)["buckets_populated_real"],
                 buckets_covered=made.buckets_covered_after, synthetic_tiles_made=made.made)
@@ -163,8 +223,8 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
             result.mosaic_real_only = real.output
             result.figures.update(fallback_cells_real_only=real.plan.fallback_cells,
                                   fallback_cells=mos.plan.fallback_cells, synthetic_cells=mos.synthetic_cells)
-            step("compare", f"real tiles only ({real.output.name}): {real.plan.fallback_cells} of "
-                            f"{real.plan.grid.size} cells fell back to a neighbouring bucket; with the synthetic tiles "
-                            f"{mos.plan.fallback_cells}, {mos.synthetic_cells} cells drawn with one")
+            if mos.fidelity is not None and real.fidelity is not None:
+                result.figures.update(fidelity=mos.fidelity.as_dict(), fidelity_real_only=real.fidelity.as_dict())
+            step("compare", compare_line(mos, real))
     result.seconds = time.perf_counter() - started
     return result

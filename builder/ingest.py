@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -27,7 +28,7 @@ from .assign import POOL_THRESHOLD, Candidate, Pipeline, check_radius, chunked
 from .defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
 from .errors import UsageError
 from .library import Library
-from .summary import format_counts
+from .summary import format_counts, plural
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,31 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 BATCH = 256
 
 
+class Rejection(NamedTuple):
+    """One input that did not become a tile: its name, the reason tag and the detail."""
+
+    path: str
+    reason: str
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.reason}: {self.path}" + (f" ({self.detail})" if self.detail else "")
+
+
+# Rejections that are the library's choice (the input is a usable image), not a fault of the input.
+LIBRARY_REASONS = frozenset({"duplicate", "bucket_full"})
+
+
 @dataclass
 class IngestReport:
-    """What an ingest did: accepted count and rejections by reason."""
+    """What an ingest did: accepted count, rejections by reason, and every rejected input."""
 
     accepted: int = 0
     rejected: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)  # reason -> first input name rejected for it
     seconds: float = 0.0
     evicted: int = 0  # synthetic tiles that gave way to accepted (real) ones
+    rejections: list[Rejection] = field(default_factory=list)  # every rejected input, in input order
 
     @property
     def total(self) -> int:
@@ -52,14 +69,24 @@ class IngestReport:
     def summary(self) -> str:
         reasons = format_counts(self.rejected) or "none"
         rate = f", {self.total / self.seconds:.0f} tiles/s" if self.seconds > 0 else ""
-        evicted = f", {self.evicted} synthetic tiles gave way" if self.evicted else ""
+        evicted = f", {plural(self.evicted, 'synthetic tile')} gave way" if self.evicted else ""
         return f"{self.accepted} accepted, {sum(self.rejected.values())} rejected ({reasons}){evicted}{rate}"
+
+    def rejection_lines(self, shown: int) -> list[str]:
+        """The first ``shown`` rejected inputs, one line each (unusable ones before the library's
+        duplicates and full buckets), and how many more there are."""
+        ordered = sorted(self.rejections, key=lambda r: r.reason in LIBRARY_REASONS)  # stable: input order kept
+        lines = [f"  rejected {r.line()}" for r in ordered[:shown]]
+        if len(ordered) > shown:
+            lines.append(f"  ... and {len(ordered) - shown} more rejected (--json lists every one)")
+        return lines
 
     def as_dict(self) -> dict:
         return {
             "accepted": self.accepted,
             "rejected": dict(self.rejected),
             "examples": self.examples,
+            "rejected_files": [r._asdict() for r in self.rejections],
             "evicted": self.evicted,
             "seconds": round(self.seconds, 3),
         }
@@ -91,13 +118,15 @@ def iter_image_files(paths: Iterable[str | os.PathLike], skip: Path | None = Non
 
 def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None = None,
            progress: bool | None = None, batch: int = BATCH,
-           near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS) -> IngestReport:
+           near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS, crop: bool = False) -> IngestReport:
     """Run every image under ``paths`` through the assignment pipeline into ``lib`` (opened for writing).
 
     ``workers``: decode processes (default: CPU count; one for a handful of files);
     ``progress``: a tqdm bar (default: when stderr is a terminal).  Returns counts of accepted
-    and rejected tiles, with the first input rejected for each reason.  ``near_duplicate_radius``:
-    pHash bits within which two tiles of a bucket are duplicates (:class:`~builder.assign.Pipeline`).
+    and rejected tiles, every rejected input with its reason, and the first input rejected for
+    each reason.  ``near_duplicate_radius``: pHash bits within which two tiles of a bucket are
+    duplicates (:class:`~builder.assign.Pipeline`).  ``crop``: a non-square image gives its centre
+    square instead of being rejected as ``not_square``.
     """
     check_radius(near_duplicate_radius)
     lib._require_writer()
@@ -115,7 +144,7 @@ def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None
     with Pipeline(lib, workers=workers, default_provenance=provenance, near_duplicate_radius=near_duplicate_radius) as pipe, tqdm(
         total=len(files), unit="tile", disable=not show, desc="ingest"
     ) as bar, closing(  # the workers analyse the next batch while this one is stored
-        pipe.process_stream([Candidate(name=str(p), path=str(p)) for p in chunk] for chunk in chunks)
+        pipe.process_stream([Candidate(name=str(p), path=str(p), crop=crop) for p in chunk] for chunk in chunks)
     ) as stream:
         for chunk, outcomes in zip(chunks, stream):
             for out in outcomes:
@@ -124,6 +153,7 @@ def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None
                     report.evicted += len(out.evicted)
                 else:
                     report.rejected[out.reason] += 1
+                    report.rejections.append(Rejection(out.name, out.reason, out.detail))
                     report.examples.setdefault(out.reason, f"{out.name}" + (f" ({out.detail})" if out.detail else ""))
                     logger.info("rejected %s: %s %s", out.name, out.reason, out.detail)
             bar.update(len(chunk))

@@ -10,6 +10,7 @@ On-disk layout of a library (contract, see DESIGN.md)::
       centroids.npy     float64 (5000, 3), LAB; never overwritten
       temp/             scratch, empty at rest
       bucket_XXXX/      <uuid4>.png, PNG RGB 256x256
+      quarantine/       what repair took out of the bucket folders, never read as tiles
 
 >>> bucket_name(42), tile_relpath(42, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a")
 ('bucket_0042', 'bucket_0042/0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a.png')
@@ -59,6 +60,14 @@ LOCK_NAME = ".lock"
 CACHE_DIR = ".cache"  # derived data (mosaic thumbnails), rebuilt when it disagrees with tiles.db
 THUMB_SIZE = 64  # pixels a side of the mosaic cache's thumbnails: the 4x4 box reduction of a tile
 JOURNAL_NAME = "journal.json"  # in temp/: the batch being stored (see builder.store)
+# What ``verify --repair`` takes out of the bucket folders instead of deleting it (see
+# builder.quarantine): ``quarantine/<reason>/<bucket_XXXX>/<name>``.  No reader of the library
+# looks inside; only ``verify --empty-quarantine`` deletes what it holds.
+QUARANTINE_DIR = "quarantine"
+# ``recover`` (builder.recover): the rebuilt database, complete, waiting to replace tiles.db, and
+# the name prefix of a damaged tiles.db it set aside (never overwritten).
+RECOVERED_DB_NAME = f"{DB_NAME}.recovered"
+BROKEN_DB_PREFIX = f"{DB_NAME}.broken-"
 INFLIGHT_DIR = "inflight"  # the fetch ledger's logs of batches not yet settled (see builder.ledger)
 
 # --- the colour atlas (builder.atlas; its tables live in tiles.db, see builder.db) ----------

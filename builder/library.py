@@ -8,8 +8,10 @@ Layout (contract; names and limits in :mod:`builder.layout`)::
       temp/             scratch, empty at rest
       bucket_XXXX/      <uuid4>.png, PNG RGB 256x256
 
-Writers hold an exclusive ``flock`` on ``.lock`` for their whole life, so two harvests never
-interleave; readers (``stats``, ``build``, the card's snippets) need no lock thanks to WAL.
+Writers hold the writer lock (:mod:`builder.lock`: an exclusive ``flock`` on the library folder
+itself, and on ``.lock``, which names the holder) for their whole life, so two harvests never
+interleave, even when ``.lock`` is deleted; readers (``stats``, ``build``, the card's snippets)
+need no lock thanks to WAL.
 
 Crash safety is the commit protocol of :mod:`builder.store`: a writer's open replays a batch
 a crash left half stored (:meth:`Library.recover`) and empties ``temp/``.  Tile files are named
@@ -19,7 +21,6 @@ Adding tiles is :func:`builder.ingest.ingest` and :func:`builder.harvest.harvest
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -29,24 +30,83 @@ import numpy as np
 
 from . import db, store
 from .color import CentroidIndex, load_centroids, make_centroids
-from .errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
+from .errors import CentroidsError, LibraryError
 from .layout import (
     CENTROIDS_NAME,
     DB_NAME,
     DEFAULT_CAP,
     LOCK_NAME,
     N_BUCKETS,
+    QUARANTINE_DIR,
+    RECOVERED_DB_NAME,
     SHIPPED_CENTROIDS,
     TEMP_DIR,
     is_bucket_id,
+    parse_bucket_dir,
     tile_filepath,
 )
+from .lock import WriterLock, writer_active
 from .tilefiles import TileFiles
 
 logger = logging.getLogger(__name__)
 
 # What a crashed ``init`` can leave in a folder; ``create`` refuses a folder holding anything else.
 _INIT_LEFTOVERS = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal", TEMP_DIR, LOCK_NAME})
+
+
+# How far :func:`nearby_libraries` looks: folders under the missing library's parent, this deep,
+# at most this many folders read (a home folder must not cost a long walk for one error line).
+NEARBY_DEPTH = 2
+NEARBY_MAX_FOLDERS = 400
+
+
+def is_library_folder(folder: Path) -> bool:
+    """A folder holding a library's two defining files (``tiles.db`` and ``centroids.npy``)."""
+    try:
+        return (folder / DB_NAME).is_file() and (folder / CENTROIDS_NAME).is_file()
+    except OSError:
+        return False
+
+
+def nearby_libraries(root: Path) -> list[Path]:
+    """Libraries near a path that holds none: in its parent folder and up to
+    :data:`NEARBY_DEPTH` levels below it (the demo's ``demo_output/mosaic_library`` seen from the
+    checkout), nearest first, then by name; hidden folders and bucket folders are not entered."""
+    parent = root.parent
+    found: list[Path] = []
+    level, read = [parent], 0
+    for _depth in range(NEARBY_DEPTH):
+        below: list[Path] = []
+        for folder in level:
+            if read >= NEARBY_MAX_FOLDERS:
+                break
+            read += 1
+            try:
+                with os.scandir(folder) as scan:
+                    entries = [e for e in scan if not e.name.startswith(".") and e.is_dir()]
+            except OSError:
+                continue
+            for entry in sorted(entries, key=lambda e: e.name):
+                path = Path(folder) / entry.name if folder != Path(".") else Path(entry.name)
+                if is_library_folder(path):
+                    found.append(path)
+                elif not entry.name.startswith(("bucket_", TEMP_DIR)):
+                    below.append(path)
+        level = below
+    return found
+
+
+def centroids_origin(sha256: str) -> str:
+    """Where the right ``centroids.npy`` of a library comes from, for the mismatch error: the
+    shipped file when the library was made with it (``init``'s default, seed 0), else its release."""
+    try:
+        shipped = file_sha256(SHIPPED_CENTROIDS)
+    except OSError:
+        shipped = None
+    if sha256 == shipped:
+        return f"the shipped seed-0 file: copy {SHIPPED_CENTROIDS} (sha256 {sha256})"
+    return (f"the one with sha256 {sha256}: the centroids.npy of the release this library was built or restored "
+            "from (a staging folder or the Hub repo), or `python -m builder init --seed N` with the seed that made it")
 
 
 def file_sha256(path: Path) -> str:
@@ -65,7 +125,8 @@ class Library:
     0
     """
 
-    def __init__(self, root: Path, conn: sqlite3.Connection, centroids: np.ndarray, readonly: bool, lock_fd: int | None):
+    def __init__(self, root: Path, conn: sqlite3.Connection, centroids: np.ndarray, readonly: bool,
+                 lock: WriterLock | None):
         self.root = root
         self.name = root.name
         self.db_path = root / DB_NAME
@@ -73,7 +134,7 @@ class Library:
         self.conn = conn
         self.centroids = centroids
         self.readonly = readonly
-        self._lock_fd = lock_fd
+        self._lock = lock
         self._index: CentroidIndex | None = None
         self._recovered = False  # close() sweeps temp/ again only if open() could
         cap = db.get_meta(conn, "cap") if "meta" in db.table_names(conn) else None
@@ -90,11 +151,11 @@ class Library:
         existing ``centroids.npy`` is never overwritten.
         """
         root = Path(root)
-        if (root / CENTROIDS_NAME).exists():
-            raise LibraryError(f"{root} is already initialised: {CENTROIDS_NAME} exists and is never overwritten")
         if root.exists() and not root.is_dir():
             raise LibraryError(f"{root} exists and is not a folder")
         foreign = sorted(e.name for e in root.iterdir() if e.name not in _INIT_LEFTOVERS) if root.is_dir() else []
+        if CENTROIDS_NAME in foreign:
+            raise LibraryError(f"{root} is already initialised: {root / CENTROIDS_NAME} exists and is never overwritten")
         if foreign:
             # Writers empty temp/ on open: a folder of someone else's files is no place for a library.
             raise LibraryError(f"refusing to initialise {root}: it already holds {', '.join(foreign[:3])}"
@@ -113,12 +174,7 @@ class Library:
             arr = load_centroids(SHIPPED_CENTROIDS)
         root.mkdir(parents=True, exist_ok=True)
         (root / TEMP_DIR).mkdir(exist_ok=True)
-        tmp = root / TEMP_DIR / f"{CENTROIDS_NAME}.part"
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / CENTROIDS_NAME)
+        cls._publish_centroids(root, arr)
         conn = db.connect(root / DB_NAME)
         db.create_schema(conn)
         with conn:
@@ -127,24 +183,54 @@ class Library:
         conn.close()
         return cls.open(root)
 
+    @staticmethod
+    def _publish_centroids(root: Path, centroids: np.ndarray) -> None:
+        """Write ``centroids.npy`` once: staged under a name of this process's own, then linked
+        into place, which fails if the file exists.  Two ``init`` racing into one folder: one
+        links, the other is told that ``centroids.npy`` exists, never about a scratch file (and
+        never publishes a file the other was still writing)."""
+        final = root / CENTROIDS_NAME
+        part = root / TEMP_DIR / f"{CENTROIDS_NAME}.{os.getpid()}.part"
+        try:
+            try:
+                with open(part, "xb") as fh:
+                    np.save(fh, centroids, allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(part, final)
+            finally:
+                part.unlink(missing_ok=True)
+        except OSError as exc:
+            # FileExistsError from the link, or our scratch file gone: the winner's open emptied temp/.
+            if final.exists():
+                raise LibraryError(f"{root} is already initialised: {final} was created by another "
+                                   "`init` meanwhile and is never overwritten") from None
+            raise LibraryError(f"cannot write {final}: {exc.strerror or exc}") from None
+
     @classmethod
-    def open(cls, root: str | os.PathLike, readonly: bool = False) -> Library:
+    def open(cls, root: str | os.PathLike, readonly: bool = False, lock: WriterLock | None = None) -> Library:
         """Open an existing library.  Writers lock it, migrate the schema, replay a crashed
-        batch and empty ``temp/``; readers do none of that and never block a writer."""
+        batch and empty ``temp/``; readers do none of that and never block a writer.
+
+        ``lock``: a writer lock the caller already holds on ``root`` (``recover`` takes it before
+        there is a database to open); the library releases it on close."""
         root = Path(root)
         cls.verify_layout(root)
-        lock_fd = None if readonly else cls._acquire_lock(root)
+        if readonly:
+            lock = None
+        elif lock is None:
+            lock = WriterLock.acquire(root)
         try:
             centroids = load_centroids(root / CENTROIDS_NAME)
             if not readonly and not os.access(root / DB_NAME, os.W_OK):
                 raise LibraryError(f"cannot write to {root / DB_NAME}: the file is read-only")
             if readonly:  # checks the tiles table, never migrates
-                conn = db.open_readonly(root / DB_NAME)
+                conn = db.open_readonly(root / DB_NAME, library=root)
             else:
                 try:
                     conn = db.connect(root / DB_NAME)
                 except sqlite3.DatabaseError as exc:  # not SQLite at all: WAL setup is the first read
-                    raise db.not_a_database(root / DB_NAME, exc) from None
+                    raise db.not_a_database(root / DB_NAME, exc, root) from None
             try:
                 if not readonly:
                     found = db.migrate(conn)  # checks the tiles table first
@@ -153,14 +239,14 @@ class Library:
                 cls._check_centroids_identity(conn, root, readonly)
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise db.not_a_database(root / DB_NAME, exc) from None
+                raise db.not_a_database(root / DB_NAME, exc, root) from None
             except BaseException:
                 conn.close()
                 raise
-            lib = cls(root, conn, centroids, readonly, lock_fd)
+            lib = cls(root, conn, centroids, readonly, lock)
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if lock is not None:
+                lock.release()
             raise
         if not readonly:
             try:
@@ -174,6 +260,12 @@ class Library:
     def verify_layout(root: Path) -> None:
         """Actionable errors for a folder that is not (yet) a library."""
         if not root.exists():
+            nearby = nearby_libraries(root)
+            if nearby:
+                shown = ", ".join(str(p) for p in nearby[:3]) + (" ..." if len(nearby) > 3 else "")
+                raise LibraryError(f"no library at {root}; libraries nearby: {shown}: pass one with "
+                                   f"`--library {nearby[0]}` (or create a new one here with "
+                                   f"`python -m builder init --library {root}`)")
             raise LibraryError(f"no library at {root}: run `python -m builder init --library {root}` first")
         if not root.is_dir():
             raise LibraryError(f"{root} is not a folder")
@@ -182,10 +274,16 @@ class Library:
                 f"{root} has no {CENTROIDS_NAME}: run `python -m builder init --library {root}` "
                 "(or restore a published library)"
             )
+        if (root / RECOVERED_DB_NAME).is_file():
+            raise LibraryError(f"a recover of {root} was interrupted: run `python -m builder recover --library {root}` "
+                               "to finish it")
         if not (root / DB_NAME).is_file():
+            if any(parse_bucket_dir(e.name) is not None for e in os.scandir(root)):
+                raise LibraryError(f"{root} has bucket folders but no {DB_NAME}{db.recover_hint(root)}")
             raise LibraryError(f"{root} has no {DB_NAME}: run `python -m builder init --library {root}`")
         if (root / DB_NAME).stat().st_size == 0:  # SQLite would happily turn it into a new database
-            raise LibraryError(f"{root / DB_NAME} is empty: no 'tiles' table, not a Mosaic Library database")
+            raise LibraryError(f"{root / DB_NAME} is empty: no 'tiles' table, not a Mosaic Library database"
+                               f"{db.recover_hint(root)}")
 
     @staticmethod
     def _check_centroids_identity(conn: sqlite3.Connection, root: Path, readonly: bool = False) -> None:
@@ -202,54 +300,17 @@ class Library:
         elif expected != actual:
             raise CentroidsError(
                 f"{root / CENTROIDS_NAME} differs from the file this library was built with "
-                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}"
+                f"(sha256 {actual[:12]} != {expected[:12]}): restore the original {CENTROIDS_NAME}, "
+                f"{centroids_origin(expected)}"
             )
-
-    @staticmethod
-    def _acquire_lock(root: Path) -> int:
-        path = root / LOCK_NAME
-        if path.is_symlink():
-            raise UnsafePath(f"{path} is a symlink: refusing to write through it")
-        try:
-            # O_NOFOLLOW: the pid is written into this file; never through a planted symlink.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except PermissionError:
-            raise LibraryError(f"cannot write to {root}: the library folder is read-only") from None
-        except OSError as exc:
-            raise LibraryError(f"cannot lock {root}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            finally:
-                os.close(fd)
-            raise LibraryLocked(f"{root} is being written by {holder}; wait for it to finish and retry") from None
-        if not os.access(root, os.W_OK):
-            os.close(fd)
-            raise LibraryError(f"cannot write to {root}: the library folder is read-only")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        return fd
 
     @staticmethod
     def writer_active(root: str | os.PathLike) -> bool:
         """True while another process holds the writer lock (a harvest or ingest is running)."""
-        path = Path(root) / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return writer_active(root)
 
     def close(self) -> None:
-        if self.conn is not None and self._recovered and self._lock_fd is not None:
+        if self.conn is not None and self._recovered and self._lock is not None:
             # temp/ empty at rest: a run that failed mid-batch (disk full, a worker's error)
             # leaves its scratch there, and a full disk should not stay full until the next open.
             try:
@@ -261,9 +322,9 @@ class Library:
                 self.conn.close()
             finally:
                 self.conn = None  # type: ignore[assignment]
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> Library:
         return self
@@ -281,6 +342,11 @@ class Library:
     @property
     def temp_dir(self) -> Path:
         return self.root / TEMP_DIR
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where ``verify --repair`` puts what it takes out of the bucket folders (:mod:`builder.quarantine`)."""
+        return self.root / QUARANTINE_DIR
 
     def tile_path(self, bucket_id: int, tile_id: str) -> Path:
         """The only way this project names a tile's file: derived from a validated
@@ -317,14 +383,21 @@ class Library:
         return counts
 
     def stats(self) -> dict:
-        """Tile count, buckets populated and full, and yield per source/region."""
+        """Tile count, buckets populated and full, and yield per source/region; real and
+        synthetic tiles apart (``tiles_real``, ``buckets_real``: what the source gave;
+        ``tiles_synthetic``, ``buckets_synthetic_only``: what ``synthesize`` added), while
+        ``tiles``, ``buckets_populated`` and ``coverage`` count every tile.  ``by_region`` counts
+        real tiles (synthetic ones come from no region)."""
         counts = self.bucket_counts()
+        real = self.bucket_counts(real_only=True)
         tiles = int(counts.sum())
         # Readers never migrate: an old (card-schema) tiles.db lacks provenance and `fetched`.
+        synthetic_flag = db.synthetic_expr(self.conn)
         regions = {
             (region or "(none)"): n
             for region, n in self.conn.execute(
-                f"SELECT {db.select_list(self.conn, ('region',))}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
+                f"SELECT {db.select_list(self.conn, ('region',))}, COUNT(*) FROM tiles WHERE {synthetic_flag} = 0 "
+                "GROUP BY 1 ORDER BY 2 DESC")
         }
         sources = {
             (source or "(none)"): n
@@ -337,7 +410,7 @@ class Library:
         from .reach import aimed_figures, reachability
 
         extra = {}
-        reach = reachability(self.conn, self.bucket_counts(real_only=True))  # the source's reach: real tiles
+        reach = reachability(self.conn, real)  # the source's reach: real tiles
         if reach is not None:  # only with a colour atlas: the split of the buckets it allows
             extra["reachability"] = reach
         aimed = aimed_figures(self.conn)
@@ -346,6 +419,12 @@ class Library:
         return {
             "library": str(self.root),
             "tiles": tiles,
+            "tiles_real": int(real.sum()),
+            "tiles_synthetic": tiles - int(real.sum()),
+            "buckets_real": int((real > 0).sum()),
+            "buckets_synthetic_only": int(((counts > 0) & (real == 0)).sum()),
+            "buckets_full_real": int((real >= self.cap).sum()),
+            "coverage_real": round(float((real > 0).mean()), 4),
             "buckets_total": N_BUCKETS,
             "buckets_populated": int((counts > 0).sum()),
             "buckets_full": int((counts >= self.cap).sum()),

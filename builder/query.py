@@ -22,6 +22,7 @@ import numpy as np
 
 from . import db
 from .color import hex_to_rgb, lab_to_rgb, rgb_to_hex, rgb_to_lab  # noqa: F401  (rgb_to_hex: part of this module's API)
+from .defaults import DEFAULT_QUERY_PATHS
 from .errors import UsageError
 from .layout import N_BUCKETS
 from .library import Library
@@ -52,8 +53,17 @@ class Neighbours(NamedTuple):
     counts: np.ndarray
 
 
+# What a tile is, as ``query`` marks it: flat synthetic tiles are the one-colour squares
+# ``synthesize`` makes where no source was left (``derived_from`` NULL).
+REAL, SYNTHETIC, FLAT_SYNTHETIC = "real", "synthetic", "synthetic, flat"
+
+
 class BucketMatch(NamedTuple):
-    """One bucket near a queried colour, with its tiles' paths."""
+    """One bucket near a queried colour: its tiles (real and synthetic apart) and the paths of
+    the first few, each with its kind (:data:`REAL`, :data:`SYNTHETIC`, :data:`FLAT_SYNTHETIC`).
+
+    ``count`` is the tiles the query counts: all of them, or the real ones with ``real_only``.
+    """
 
     bucket_id: int
     distance: float
@@ -61,15 +71,21 @@ class BucketMatch(NamedTuple):
     centroid_lab: tuple[float, float, float]
     centroid_hex: str
     tiles: list[Path]
+    real: int = 0
+    synthetic: int = 0
+    kinds: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
     def as_dict(self) -> dict:
         return {
             "bucket_id": self.bucket_id,
             "distance": round(self.distance, 4),
             "count": self.count,
+            "real": self.real,
+            "synthetic": self.synthetic,
             "centroid_lab": [round(v, 4) for v in self.centroid_lab],
             "centroid_hex": self.centroid_hex,
             "tiles": [str(p) for p in self.tiles],
+            "kinds": list(self.kinds),
         }
 
 
@@ -227,19 +243,55 @@ def nearest_buckets(lib: Library, colours_lab, k: int = 5, populated: bool = Fal
     return Neighbours(ids, np.asarray(dist, dtype=np.float64).reshape(len(lab), k), found)
 
 
-def bucket_tiles(lib: Library, bucket_id: int) -> list[Path]:
-    """Paths of a bucket's tiles, derived from ``(bucket_id, id)``; oldest first."""
-    ids = [row[0] for row in lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid", (int(bucket_id),))]
-    return [lib.tile_path(int(bucket_id), tile_id) for tile_id in ids]
+def bucket_tiles(lib: Library, bucket_id: int, real_only: bool = False,
+                 limit: int | None = None) -> list[tuple[Path, str]]:
+    """``(path, kind)`` of a bucket's tiles, oldest first (at most ``limit``; real ones only with
+    ``real_only``); paths derived from ``(bucket_id, id)``, kinds as :class:`BucketMatch` says."""
+    kind = db.synthetic_expr(lib.conn)  # 0 in a library from before the flag
+    flat = "derived_from IS NULL" if "derived_from" in db.table_columns(lib.conn, "tiles") else "0"
+    where = f" AND {kind} = 0" if real_only else ""
+    rows = lib.conn.execute(
+        f"SELECT id, {kind}, {flat} FROM tiles WHERE bucket_id = ?{where} ORDER BY rowid"
+        + ("" if limit is None else " LIMIT ?"), (int(bucket_id),) if limit is None else (int(bucket_id), int(limit)))
+    return [(lib.tile_path(int(bucket_id), tile_id), FLAT_SYNTHETIC if synthetic and is_flat else
+             SYNTHETIC if synthetic else REAL) for tile_id, synthetic, is_flat in rows]
 
 
-def describe(lib: Library, lab, k: int = 5, populated: bool = False) -> list[BucketMatch]:
-    """The nearest buckets of one LAB colour with counts, centroid colours and tile paths."""
-    found = nearest_buckets(lib, _as_lab(lab)[:1], k=k, populated=populated)
+def real_and_all(lib: Library, bucket_ids) -> dict[int, tuple[int, int]]:
+    """``{bucket: (real tiles, all tiles)}`` of just these buckets, in one indexed query (buckets
+    holding nothing are left out)."""
+    wanted = sorted({int(b) for b in np.asarray(bucket_ids).reshape(-1)})
+    if not wanted:
+        return {}
+    flag = db.synthetic_expr(lib.conn)
+    marks = ", ".join("?" * len(wanted))
+    return {int(b): (int(real), int(n)) for b, real, n in lib.conn.execute(
+        f"SELECT bucket_id, SUM({flag} = 0), COUNT(*) FROM tiles WHERE bucket_id IN ({marks}) GROUP BY bucket_id",
+        wanted)}
+
+
+def describe(lib: Library, lab, k: int = 5, populated: bool = False, real_only: bool = False,
+             max_paths: int | None = DEFAULT_QUERY_PATHS) -> list[BucketMatch]:
+    """The nearest buckets of one LAB colour with counts (real and synthetic apart), centroid
+    colours and the paths of at most ``max_paths`` tiles each (None: all).
+
+    ``real_only`` counts and lists real tiles only, so a bucket holding only synthetic tiles is
+    empty (and left out with ``populated``).
+    """
+    lab = _as_lab(lab)[:1]
+    if populated:  # the search itself needs every bucket's count
+        found = nearest_buckets(lib, lab, k=k, populated=True, counts=lib.bucket_counts(real_only=real_only))
+    else:
+        found = nearest_buckets(lib, lab, k=k)
+    split = real_and_all(lib, found.bucket_ids[0])
     centroid_rgb = lab_to_rgb(lib.centroids[found.bucket_ids[0]])
     matches = []
-    for bucket_id, dist, count, rgb in zip(found.bucket_ids[0], found.distances[0], found.counts[0], centroid_rgb):
+    for bucket_id, dist, rgb in zip(found.bucket_ids[0], found.distances[0], centroid_rgb):
+        real, every = split.get(int(bucket_id), (0, 0))
+        count = real if real_only else every
         centroid = tuple(float(v) for v in lib.centroids[bucket_id])
-        tiles = bucket_tiles(lib, int(bucket_id)) if count else []
-        matches.append(BucketMatch(int(bucket_id), float(dist), int(count), centroid, rgb_to_hex(rgb), tiles))  # type: ignore[arg-type]
+        listed = bucket_tiles(lib, int(bucket_id), real_only, max_paths) if count and max_paths != 0 else []
+        matches.append(BucketMatch(int(bucket_id), float(dist), int(count), centroid, rgb_to_hex(rgb),  # type: ignore[arg-type]
+                                   [path for path, _kind in listed], real, every - real,
+                                   [kind for _path, kind in listed]))
     return matches

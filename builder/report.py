@@ -42,6 +42,8 @@ from .decode import PNG_ZLIB_STRATEGY, decode_tile
 from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id
 from .library import Library
+from .scratch import dead_scratch, scratch_path
+from .summary import plural
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ BADGE_COLOUR = (255, 0, 200)
 EMPTY_FADE = 0.4  # empty buckets' rings are drawn this much toward the background
 NEUTRAL_CHROMA = 6.0  # below this a centroid is "grey": sorted after the hues, by L
 FIGURES = ("centroids_ab", "centroids_l", "region_yield", "bucket_fill")
+
+# Figures are drawn about as wide as the gallery shows them (two a row on a laptop screen, each
+# ~600 px), with these font sizes (px), so their labels read without opening them.
+FIGURE_WIDTH = 640
+TICK_FONT, LABEL_FONT, TITLE_FONT, NOTE_FONT = 13, 15, 17, 13
+AB_PLOT = (70, 44, 620, 594)  # centroids_ab's plot area (left, top, right, bottom): a square
+L_PLOT = (70, 44, 620, 384)  # centroids_l's
+SYNTHETIC_COLOUR = BADGE_COLOUR  # how synthetic tiles are drawn in every figure
 
 PAGE_BG = (250, 250, 248)
 PLOT_BG = (128, 128, 128)
@@ -91,25 +101,29 @@ class Canvas:
     def text(self, xy: tuple[float, float], text: str, size: int = 13, anchor: str = "la", fill=INK) -> None:
         self.draw.text((xy[0] * SCALE, xy[1] * SCALE), text, font=_font(size), anchor=anchor, fill=fill)
 
-    def axes(self, xticks, yticks, xlabel: str, ylabel: str, title: str) -> None:
+    def axes(self, xticks, yticks, xlabel: str, ylabel: str, title: str, tick_labels=None) -> None:
+        """Grid, ticks (``tick_labels``: the y ticks' texts, for a log axis), axis labels and title."""
         x0, y0, x1, y1 = self.plot
         px, _ = self.xy(np.asarray(xticks, float), np.zeros(len(xticks)))
         _, py = self.xy(np.zeros(len(yticks)), np.asarray(yticks, float))
         for x, label in zip(px, xticks):
             self.draw.line([(x, y0), (x, y1)], fill=GRID, width=SCALE)
-            self.draw.text((x, y1 + 6 * SCALE), f"{label:g}", font=_font(12), anchor="ma", fill=INK)
-        for y, label in zip(py, yticks):
+            self.draw.text((x, y1 + 6 * SCALE), f"{label:g}", font=_font(TICK_FONT), anchor="ma", fill=INK)
+        for y, label in zip(py, tick_labels or [f"{v:g}" for v in yticks]):
             self.draw.line([(x0, y), (x1, y)], fill=GRID, width=SCALE)
-            self.draw.text((x0 - 6 * SCALE, y), f"{label:g}", font=_font(12), anchor="rm", fill=INK)
+            self.draw.text((x0 - 6 * SCALE, y), label, font=_font(TICK_FONT), anchor="rm", fill=INK)
         self.draw.rectangle(self.plot, outline=INK, width=SCALE)
-        self.draw.text(((x0 + x1) / 2, y1 + 26 * SCALE), xlabel, font=_font(14), anchor="ma", fill=INK)
-        self.draw.text((x0 - 8 * SCALE, y0 - 8 * SCALE), ylabel, font=_font(14), anchor="rd", fill=INK)
-        self.draw.text((self.size[0] * SCALE / 2, 14 * SCALE), title, font=_font(17), anchor="ma", fill=INK)
+        self.draw.text(((x0 + x1) / 2, y1 + 26 * SCALE), xlabel, font=_font(LABEL_FONT), anchor="ma", fill=INK)
+        self.draw.text((x0 - 8 * SCALE, y0 - 8 * SCALE), ylabel, font=_font(LABEL_FONT), anchor="rd", fill=INK)
+        self.draw.text((self.size[0] * SCALE / 2, 12 * SCALE), title, font=_font(TITLE_FONT), anchor="ma", fill=INK)
 
     def save(self, path: Path) -> Path:
+        """Write the figure (downsampled) to ``path`` whole: a scratch file renamed into place."""
         out = self.img.resize(self.size, Image.Resampling.LANCZOS)
         path.parent.mkdir(parents=True, exist_ok=True)
-        out.save(path, format="PNG", optimize=False)
+        part = scratch_path(path)
+        out.save(part, format="PNG", optimize=False)
+        os.replace(part, path)
         return path
 
 
@@ -124,14 +138,17 @@ def dot_radius(counts: np.ndarray, cap: int) -> np.ndarray:
 
 
 def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, counts: np.ndarray, cap: int,
-             reachable: np.ndarray | None = None) -> None:
-    """Empty buckets as hollow rings first, then populated ones as outlined discs, biggest first.
+             reachable: np.ndarray | None = None, synthetic_only: np.ndarray | None = None) -> None:
+    """Empty buckets as hollow rings first, then buckets holding only synthetic tiles as small
+    squares outlined in :data:`SYNTHETIC_COLOUR`, then buckets with real tiles as outlined discs
+    sized by their real tiles, biggest first (``counts`` are real tiles).
 
     With a colour atlas (``reachable``), an empty bucket the atlas saw is a bold ring in its
     colour with a black outline (``harvest --target empty`` can fill it); one not seen on the
     source stays a faded ring."""
     px, py = canvas.xy(x, y)
-    empty = np.flatnonzero(counts == 0)
+    synthetic_only = np.zeros(len(counts), bool) if synthetic_only is None else synthetic_only
+    empty = np.flatnonzero((counts == 0) & ~synthetic_only)
     ring = 2.2 * SCALE
     faded = np.round(colours * (1 - EMPTY_FADE) + np.array(PLOT_BG) * EMPTY_FADE).astype(int)
     for i in empty:
@@ -146,6 +163,10 @@ def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, 
                                 width=SCALE * 2 + 1)
             canvas.draw.ellipse((px[i] - ring, py[i] - ring, px[i] + ring, py[i] + ring),
                                 outline=tuple(int(v) for v in colours[i]), width=SCALE)
+    half = 2.4 * SCALE
+    for i in np.flatnonzero(synthetic_only & (counts == 0)):
+        canvas.draw.rectangle((px[i] - half, py[i] - half, px[i] + half, py[i] + half),
+                              fill=tuple(int(v) for v in colours[i]), outline=SYNTHETIC_COLOUR, width=SCALE)
     filled = np.flatnonzero(counts > 0)
     radius = dot_radius(counts[filled], cap) * SCALE
     for i, r in sorted(zip(filled, radius), key=lambda t: -t[1]):
@@ -153,28 +174,45 @@ def _scatter(canvas: Canvas, x: np.ndarray, y: np.ndarray, colours: np.ndarray, 
                             fill=tuple(int(v) for v in colours[i]), outline=(0, 0, 0), width=SCALE)
 
 
-def _legend(canvas: Canvas, at: tuple[int, int], cap: int, populated: int,
+def _legend(canvas: Canvas, at: tuple[int, int], cap: int, real: int, synthetic_only: int = 0,
             reachable_empty: int | None = None) -> None:
+    """Keys for the discs (real tiles), the squares (synthetic only) and the rings (empty)."""
     x, y = at
     d = canvas.draw
     s = SCALE
-    for n, dy in ((1, 0), (cap, 22)):
+    step = 22
+    rows = 3 + (synthetic_only > 0) + (reachable_empty is not None)
+    d.rectangle(((x - 4) * s, (y - 4) * s, (x + 250) * s, (y + rows * step) * s), fill=(246, 246, 246),
+                outline=(120, 120, 120), width=s // 2 + 1)
+    lines = 0
+    for n in (1, cap):
         r = float(dot_radius(np.array([n]), cap)[0]) * s
-        cx, cy = (x + 10) * s, (y + dy + 8) * s
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(235, 235, 235), outline=(0, 0, 0), width=s)
-        canvas.text((x + 26, y + dy + 8), f"populated, {n} tile{'s' if n > 1 else ''}", size=12, anchor="lm")
-    cx, cy = (x + 10) * s, (y + 52) * s
-    r = 2.2 * s
+        cx, cy = (x + 10) * s, (y + lines * step + 8) * s
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(200, 200, 200), outline=(0, 0, 0), width=s)
+        canvas.text((x + 26, y + lines * step + 8), f"real tiles: {n}" + (" (the cap)" if n == cap else ""),
+                    size=NOTE_FONT, anchor="lm")
+        lines += 1
+    cx = (x + 10) * s
+    if synthetic_only:
+        cy, half = (y + lines * step + 8) * s, 2.4 * s
+        d.rectangle((cx - half, cy - half, cx + half, cy + half), fill=(200, 200, 200), outline=SYNTHETIC_COLOUR,
+                    width=s)
+        canvas.text((x + 26, y + lines * step + 8), f"synthetic tiles only ({synthetic_only})", size=NOTE_FONT,
+                    anchor="lm")
+        lines += 1
+    cy, r = (y + lines * step + 8) * s, 2.2 * s
     d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(60, 60, 60), width=s // 2 + 1)
+    empty = N_BUCKETS - real - synthetic_only
     if reachable_empty is None:
-        canvas.text((x + 26, y + 52), f"empty ({N_BUCKETS - populated})", size=12, anchor="lm")
+        canvas.text((x + 26, y + lines * step + 8), f"empty ({empty})", size=NOTE_FONT, anchor="lm")
         return
-    canvas.text((x + 26, y + 52), f"empty, not seen on the source ({N_BUCKETS - populated - reachable_empty})",
-                size=12, anchor="lm")
-    cy = (y + 74) * s
-    bold = 3.2 * s
+    canvas.text((x + 26, y + lines * step + 8), f"empty, not seen on the source ({empty - reachable_empty})",
+                size=NOTE_FONT, anchor="lm")
+    lines += 1
+    cy, bold = (y + lines * step + 8) * s, 3.2 * s
     d.ellipse((cx - bold, cy - bold, cx + bold, cy + bold), outline=(0, 0, 0), width=s * 2 + 1)
-    canvas.text((x + 26, y + 74), f"empty, reachable: the atlas saw it ({reachable_empty})", size=12, anchor="lm")
+    canvas.text((x + 26, y + lines * step + 8), f"empty, the atlas saw it ({reachable_empty})", size=NOTE_FONT,
+                anchor="lm")
 
 
 def hue_angle(centroids: np.ndarray) -> np.ndarray:
@@ -186,40 +224,48 @@ def chroma(centroids: np.ndarray) -> np.ndarray:
     return np.hypot(centroids[:, 1], centroids[:, 2])
 
 
+def _synthetic_only(counts: np.ndarray, every: np.ndarray | None) -> np.ndarray:
+    """Buckets holding tiles, none of them real (``every``: all tiles per bucket; None: none synthetic)."""
+    return np.zeros(len(counts), bool) if every is None else (every > 0) & (counts == 0)
+
+
 # ============================================================================ figures
 def figure_centroids_ab(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path,
-                        reachable: np.ndarray | None = None) -> Path:
-    width, height = 900, 860
-    plot = (90, 50, 870, 50 + 720)
-    canvas = Canvas(width, height, plot, (-AB_LIMIT, AB_LIMIT), (-AB_LIMIT, AB_LIMIT))
+                        reachable: np.ndarray | None = None, every: np.ndarray | None = None) -> Path:
+    """The centroids on the a*/b* plane; ``counts``: real tiles per bucket, ``every``: all tiles
+    (buckets with synthetic tiles only are drawn as squares)."""
+    plot = AB_PLOT
+    canvas = Canvas(FIGURE_WIDTH, plot[3] + 56, plot, (-AB_LIMIT, AB_LIMIT), (-AB_LIMIT, AB_LIMIT))
     ticks = list(range(-100, 101, 25))
-    populated = int((counts > 0).sum())
-    canvas.axes(ticks, ticks, "a*  (green - red)", "b*", f"{N_BUCKETS} LAB centroids on the a*/b* plane: "
-                f"{populated} populated, {int(counts.sum())} tiles")
+    real = int((counts > 0).sum())
+    synthetic = _synthetic_only(counts, every)
+    canvas.axes(ticks, ticks, "a*  (green - red)", "b*",
+                f"a*/b* plane: {real} of {N_BUCKETS} buckets hold real tiles ({int(counts.sum())})")
     order = np.argsort(centroids[:, 0])  # darker first, lighter on top among the rings
     _scatter(canvas, centroids[order, 1], centroids[order, 2], centroid_colours(centroids)[order], counts[order], cap,
-             None if reachable is None else reachable[order])
-    _legend(canvas, (plot[0] + 10, plot[1] + 10), cap, populated,
-            None if reachable is None else int((reachable & (counts == 0)).sum()))
+             None if reachable is None else reachable[order], synthetic[order])
+    _legend(canvas, (plot[0] + 8, plot[1] + 8), cap, real, int(synthetic.sum()),
+            None if reachable is None else int((reachable & (counts == 0) & ~synthetic).sum()))
     return canvas.save(path)
 
 
 def figure_centroids_l(centroids: np.ndarray, counts: np.ndarray, cap: int, path: Path,
-                       reachable: np.ndarray | None = None) -> Path:
-    width, height = 900, 620
-    plot = (90, 50, 870, 50 + 480)
-    canvas = Canvas(width, height, plot, (0.0, 360.0), (0.0, 100.0))
-    populated = int((counts > 0).sum())
+                       reachable: np.ndarray | None = None, every: np.ndarray | None = None) -> Path:
+    plot = L_PLOT
+    canvas = Canvas(FIGURE_WIDTH, plot[3] + 56, plot, (0.0, 360.0), (0.0, 100.0))
+    real = int((counts > 0).sum())
+    synthetic = _synthetic_only(counts, every)
+    extra = f", {int(synthetic.sum())} synthetic only" if synthetic.any() else ""
     canvas.axes(list(range(0, 361, 45)), list(range(0, 101, 20)), "hue angle h (degrees from +a*)", "L*",
-                f"Lightness against hue: {populated} of {N_BUCKETS} buckets populated")
+                f"Lightness by hue: {real} buckets with real tiles{extra}")
     order = np.argsort(chroma(centroids))
     _scatter(canvas, hue_angle(centroids)[order], centroids[order, 0], centroid_colours(centroids)[order],
-             counts[order], cap, None if reachable is None else reachable[order])
+             counts[order], cap, None if reachable is None else reachable[order], synthetic[order])
     return canvas.save(path)
 
 
 def region_rows(stats: dict) -> list[tuple[str, int, int]]:
-    """``(region, tiles kept, tiles fetched)`` per region, most tiles first."""
+    """``(region, real tiles kept, tiles fetched)`` per region, most tiles first."""
     regions = set(stats.get("by_region", {})) | set(stats.get("fetched_by_region", {}))
     rows = []
     for region in regions:
@@ -229,66 +275,100 @@ def region_rows(stats: dict) -> list[tuple[str, int, int]]:
     return sorted(rows, key=lambda r: (-r[1], -r[2], r[0]))
 
 
+SYNTHETIC_ROW = "synthetic tiles"
+
+
 def figure_region_yield(stats: dict, path: Path) -> Path:
+    """Real tiles kept of tiles fetched per region, and the synthetic tiles on a row of their own
+    (made here, fetched nowhere)."""
     rows = region_rows(stats)
+    synthetic = int(stats.get("tiles_synthetic", 0))
+    bars = rows + ([(SYNTHETIC_ROW, synthetic, 0)] if synthetic else [])
     bar_h, gap = 22, 12
-    width = 900
-    height = 50 + max(1, len(rows)) * (bar_h + gap) + 18 + 30
-    plot = (230, 50, 720, height - 30)
-    top = max([max(k, f) for _r, k, f in rows] + [1])
-    canvas = Canvas(width, height, plot, (0.0, float(top)), (0.0, 1.0))
+    height = 50 + max(1, len(bars)) * (bar_h + gap) + 18 + 30
+    plot = (200, 50, 440, height - 30)
+    # The scale is the real rows' (synthetic tiles can outnumber them a hundred to one); a longer
+    # synthetic bar is cut at the edge, with a break mark.
+    top = max([max(k, f) for _r, k, f in (rows or bars)] + [1])
+    canvas = Canvas(FIGURE_WIDTH, height, plot, (0.0, float(top)), (0.0, 1.0))
     d = canvas.draw
     d.rectangle(canvas.plot, fill=(245, 245, 245), outline=INK, width=SCALE)
-    canvas.text((width / 2, 14), "Yield per region: tiles kept (dark) of tiles fetched (light)", size=17, anchor="ma")
-    if not rows:
-        canvas.text(((plot[0] + plot[2]) / 2, (plot[1] + plot[3]) / 2), "no tiles yet", size=14, anchor="mm")
-    for i, (region, kept, fetched) in enumerate(rows):
+    canvas.text((FIGURE_WIDTH / 2, 12), "Real tiles kept (dark) of tiles fetched (light), per region", size=TITLE_FONT,
+                anchor="ma")
+    if not bars:
+        canvas.text(((plot[0] + plot[2]) / 2, (plot[1] + plot[3]) / 2), "no tiles yet", size=LABEL_FONT, anchor="mm")
+    for i, (region, kept, fetched) in enumerate(bars):
         y = plot[1] + 12 + i * (bar_h + gap)
         x_fetched, _ = canvas.xy([fetched], [0])
         x_kept, _ = canvas.xy([kept], [0])
         y0, y1 = y * SCALE, (y + bar_h) * SCALE
         if fetched:
             d.rectangle((canvas.plot[0], y0, float(x_fetched[0]), y1), fill=(170, 196, 222))
-        d.rectangle((canvas.plot[0], y0, float(x_kept[0]), y1), fill=(38, 84, 140))
+        made = region == SYNTHETIC_ROW and i == len(rows)
+        end = min(float(x_kept[0]), canvas.plot[2])
+        d.rectangle((canvas.plot[0], y0, end, y1), fill=SYNTHETIC_COLOUR if made else (38, 84, 140))
+        if kept > top:  # cut: two white slashes near the edge
+            for dx in (14, 20):
+                x = canvas.plot[2] - dx * SCALE
+                d.line([(x - 3 * SCALE, y1 + SCALE), (x + 3 * SCALE, y0 - SCALE)], fill=(255, 255, 255), width=2 * SCALE)
         label = "(no region: ingested)" if region == "(none)" else region
-        label = label if len(label) <= 30 else label[:29] + "..."
-        canvas.text((plot[0] - 8, y + bar_h / 2), label, size=12, anchor="rm")
-        share = f" of {fetched} ({kept / fetched:.0%})" if fetched else " (not fetched here)"
-        canvas.text((plot[2] + 8, y + bar_h / 2), f"{kept}{share}", size=12, anchor="lm")
+        label = label if len(label) <= 26 else label[:25] + "..."
+        canvas.text((plot[0] - 8, y + bar_h / 2), label, size=NOTE_FONT, anchor="rm")
+        share = (" made, not fetched" if made else f" of {fetched} ({kept / fetched:.0%})" if fetched
+                 else " (not fetched here)")
+        canvas.text((plot[2] + 8, y + bar_h / 2), f"{kept}{share}", size=NOTE_FONT, anchor="lm")
     return canvas.save(path)
 
 
-def figure_bucket_fill(counts: np.ndarray, cap: int, path: Path) -> Path:
-    width, height = 900, 420
-    plot = (90, 50, 870, 340)
+def figure_bucket_fill(counts: np.ndarray, cap: int, path: Path, every: np.ndarray | None = None) -> Path:
+    """Buckets by how many tiles they hold, on a log scale (one bar may be a hundred times the
+    next): buckets with real tiles by their real tiles (dark), and beside them the buckets holding
+    only synthetic tiles (:data:`SYNTHETIC_COLOUR`); each bar labelled with its number."""
+    plot = (78, 62, 620, 330)
     edges = np.unique(np.linspace(1, cap + 1, min(cap, 20) + 1).round().astype(int))
-    hist = np.histogram(counts[counts > 0], bins=edges)[0]
-    top = max(int(hist.max(initial=0)), 1)
-    canvas = Canvas(width, height, plot, (float(edges[0]), float(edges[-1])), (0.0, top * 1.1), background=(245, 245, 245))
-    step = max(1, round(top / 5))
-    canvas.axes([int(v) for v in edges[:: max(1, len(edges) // 10)]], list(range(0, top + 1, step)),
+    synthetic = _synthetic_only(counts, every)
+    series = [(np.histogram(counts[counts > 0], bins=edges)[0], (38, 84, 140))]
+    if synthetic.any():
+        series.append((np.histogram(every[synthetic], bins=edges)[0], SYNTHETIC_COLOUR))
+    top = max(max(int(h.max(initial=0)) for h, _c in series), 1)
+    decades = max(1, math.ceil(math.log10(top * 1.5)))
+    base = -0.3  # log10 of 0.5: a bar of one bucket still shows
+    canvas = Canvas(FIGURE_WIDTH, 400, plot, (float(edges[0]), float(edges[-1])), (base, decades + 0.15),
+                    background=(245, 245, 245))
+    key = "dark: with real tiles (by real tiles)" + (", magenta: synthetic only" if synthetic.any() else "")
+    canvas.axes([int(v) for v in edges[:: max(1, len(edges) // 10)]], list(range(decades + 1)),
                 "tiles in the bucket", "buckets",
-                f"Bucket fill: {int((counts > 0).sum())} populated, {int((counts >= cap).sum())} full at cap {cap}")
-    for lo, hi, n in zip(edges[:-1], edges[1:], hist):
-        (x0, x1), (y0, y1) = canvas.xy([lo, hi], [0, n])
-        canvas.draw.rectangle((x0 + SCALE, y1, x1 - SCALE, y0), fill=(38, 84, 140))
+                f"Bucket fill: {int((counts > 0).sum())} with real tiles, {int((counts >= cap).sum())} full at "
+                f"cap {cap}", tick_labels=[f"{10 ** k:,}" for k in range(decades + 1)])
+    canvas.text((FIGURE_WIDTH / 2, 34), key, size=NOTE_FONT, anchor="ma")
+    width = 1 / len(series)
+    for k, (hist, colour) in enumerate(series):
+        for lo, hi, n in zip(edges[:-1], edges[1:], hist):
+            if not n:
+                continue
+            left = lo + (hi - lo) * k * width
+            (x0, x1), (y0, y1) = canvas.xy([left, left + (hi - lo) * width], [base, math.log10(n)])
+            canvas.draw.rectangle((x0 + SCALE, y1, x1 - SCALE, y0), fill=colour)
+            canvas.draw.text(((x0 + x1) / 2, y1 - 2 * SCALE), f"{n}", font=_font(11), anchor="md", fill=INK)
     return canvas.save(path)
 
 
 def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """The report's figures as PNGs in ``out_dir``: ``{name: path}`` (see the module doc)."""
+    """The report's figures as PNGs in ``out_dir``: ``{name: path}`` (see the module doc).  Real
+    tiles first everywhere: discs and bars are real tiles, synthetic tiles are drawn apart."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts = lib.bucket_counts()
+    real = lib.bucket_counts(real_only=True)
+    every = lib.bucket_counts()
     stats = lib.stats()
     from .reach import reachable_buckets
 
     seen = reachable_buckets(lib.conn)  # None without a colour atlas: the figures as before
     return {
-        "centroids_ab": figure_centroids_ab(lib.centroids, counts, lib.cap, out / "centroids_ab.png", seen),
-        "centroids_l": figure_centroids_l(lib.centroids, counts, lib.cap, out / "centroids_l.png", seen),
+        "centroids_ab": figure_centroids_ab(lib.centroids, real, lib.cap, out / "centroids_ab.png", seen, every),
+        "centroids_l": figure_centroids_l(lib.centroids, real, lib.cap, out / "centroids_l.png", seen, every),
         "region_yield": figure_region_yield(stats, out / "region_yield.png"),
-        "bucket_fill": figure_bucket_fill(counts, lib.cap, out / "bucket_fill.png"),
+        "bucket_fill": figure_bucket_fill(real, lib.cap, out / "bucket_fill.png", every),
     }
 
 
@@ -389,7 +469,7 @@ def render_sheet(lib: Library, bucket_id: int, tile_ids: list[str], path: Path,
             if tile_id in synthetic:
                 thumb = badge(thumb)
             sheet.paste(thumb, (SHEET_GAP + (i % cols) * step, SHEET_GAP + (i // cols) * step))
-    part = path.with_name(f".{path.name}.part")
+    part = scratch_path(path)
     sheet.save(part, format="PNG", compress_type=PNG_ZLIB_STRATEGY)  # lossless; ~3x faster than the default
     os.replace(part, path)
     return path
@@ -415,8 +495,16 @@ class ReportResult:
     sheets_reused: int = 0
 
     def summary(self) -> str:
-        return (f"report {self.index}: {len(self.figures)} figures, {len(self.buckets)} bucket contact sheets "
+        return (f"report {self.index}: {len(self.figures)} figures, {plural(len(self.buckets), 'bucket contact sheet')} "
                 f"({self.sheets_drawn} drawn, {self.sheets_reused} unchanged)")
+
+
+def gallery_order(centroids: np.ndarray, bucket_ids: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """The gallery's default order: buckets holding real tiles first, then those holding only
+    synthetic ones, each group by colour (:func:`colour_order`); ``real``: real tiles per bucket id."""
+    with_real = np.array([b for b in bucket_ids if real[b] > 0], dtype=np.int64)
+    synthetic = np.array([b for b in bucket_ids if real[b] == 0], dtype=np.int64)
+    return np.concatenate([colour_order(centroids, with_real), colour_order(centroids, synthetic)])
 
 
 def colour_order(centroids: np.ndarray, bucket_ids: np.ndarray) -> np.ndarray:
@@ -443,15 +531,20 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     """Figures, contact sheets and ``index.html`` in ``output``; returns what was written."""
     out = check_output_dir(lib, output)
     out.mkdir(parents=True, exist_ok=True)
-    figures = render_figures(lib, out / "figures")
     sheets_dir = out / "sheets"
     sheets_dir.mkdir(exist_ok=True)
+    for folder in (out, out / "figures", sheets_dir):  # a killed report's half-written page, figures or sheets
+        for leftover in dead_scratch(folder):
+            if leftover.target.endswith((".html", ".png")) and leftover.path.is_file():
+                leftover.path.unlink(missing_ok=True)
+    figures = render_figures(lib, out / "figures")
     # Bucket by bucket (one indexed query each), so no list of every tile is ever held; at most
     # a few sheets' ids wait for the drawing threads.
     populated = [b for b in db.bucket_counts(lib.conn) if is_bucket_id(b)]
     synthetic_column = db.select_list(lib.conn, ("synthetic",))  # 0 in a library from before the flag
     colours = centroid_colours(lib.centroids)
-    ordered = colour_order(lib.centroids, np.array(sorted(populated), dtype=np.int64))
+    ordered = gallery_order(lib.centroids, np.array(sorted(populated), dtype=np.int64),
+                            lib.bucket_counts(real_only=True))
     stored = StoredThumbnails(lib)
     entries = []
     drawn = 0
@@ -487,7 +580,7 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
         if stale.name not in keep:
             stale.unlink()
     index = out / "index.html"
-    part = out / ".index.html.part"
+    part = scratch_path(index)
     part.write_text(render_html(lib, entries, figures, out), encoding="utf-8")
     os.replace(part, index)
     return ReportResult(out, index, figures, entries, drawn, len(entries) - drawn)
@@ -507,57 +600,83 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#fafaf8;color:#1e1e1e}
 header{padding:18px 28px;background:#1f2d3d;color:#f4f4f4}
 header h1{margin:0 0 6px;font-size:24px}
-header p{margin:2px 0;font-size:14px;opacity:.9}
+header p{margin:2px 0;font-size:15px;opacity:.92}
+header .real{font-size:17px;font-weight:600;opacity:1}
 main{padding:12px 28px 40px}
 h2{font-size:19px;margin:22px 0 10px}
-.figures{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
-.figures figure{margin:0;background:#fff;border:1px solid #ddd;padding:6px}
-.figures img{width:260px;height:auto;display:block}
-.figures figcaption{font-size:12px;color:#555;max-width:260px;padding-top:4px}
-.controls{margin:6px 0 12px;font-size:14px}
+.figures{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px;align-items:start}
+.figures figure{margin:0;background:#fff;border:1px solid #ddd;padding:8px}
+.figures img{width:100%;max-width:640px;height:auto;display:block;margin:0 auto}
+.figures figcaption{font-size:14px;color:#444;padding-top:6px}
+.controls{margin:6px 0 12px;font-size:14px;display:flex;flex-wrap:wrap;gap:6px 18px;align-items:center}
 .controls button{font:inherit;margin-right:6px;padding:3px 10px;border:1px solid #999;background:#fff;border-radius:4px;cursor:pointer}
 .controls button.on{background:#1f2d3d;color:#fff;border-color:#1f2d3d}
 #buckets{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}
 .bucket{background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}
+.bucket.synthetic-only{border:2px dashed #ff00c8}
+.bucket[hidden]{display:none}
 .bucket .head{display:flex;align-items:center;gap:8px;padding:6px 8px;font-size:13px}
 .swatch{width:34px;height:34px;border-radius:4px;border:1px solid rgba(0,0,0,.35);flex:none}
 .bucket .name{font-weight:600}
 .bucket .lab{color:#666;font-size:11px}
+.bucket .tag{color:#b0008c;font-weight:600}
 .bucket img{display:block;width:100%;aspect-ratio:1/1;object-fit:contain;background:#181818}
 """
 
+# Sorting (hue, lightness, tiles; real buckets first unless "all by hue") and filtering (all,
+# with real tiles, synthetic only; also from the address: index.html#real, #synthetic, #all).
 _JS = """
 (function(){
   var grid=document.getElementById('buckets');
-  var keys={hue:function(e){return +e.dataset.order},l:function(e){return -e.dataset.l},
-            count:function(e){return -e.dataset.count}};
-  document.querySelectorAll('.controls button').forEach(function(b){
-    b.addEventListener('click',function(){
-      var k=keys[b.dataset.sort];
-      var items=Array.prototype.slice.call(grid.children);
-      items.sort(function(x,y){return k(x)-k(y)||(+x.dataset.order)-(+y.dataset.order)});
-      items.forEach(function(e){grid.appendChild(e)});
-      document.querySelectorAll('.controls button').forEach(function(o){o.classList.toggle('on',o===b)});
+  var keys={real:function(e){return +e.dataset.order},hue:function(e){return +e.dataset.hue},
+            l:function(e){return -e.dataset.l},count:function(e){return -e.dataset.count}};
+  function sort(b){
+    var k=keys[b.dataset.sort];
+    var items=Array.prototype.slice.call(grid.children);
+    items.sort(function(x,y){return k(x)-k(y)||(+x.dataset.order)-(+y.dataset.order)});
+    items.forEach(function(e){grid.appendChild(e)});
+    document.querySelectorAll('button[data-sort]').forEach(function(o){o.classList.toggle('on',o===b)});
+  }
+  function show(kind){
+    var shown=0;
+    Array.prototype.forEach.call(grid.children,function(e){
+      var real=+e.dataset.real>0;
+      e.hidden=kind==='real'?!real:kind==='synthetic'?real:false;
+      if(!e.hidden)shown++;
     });
+    document.querySelectorAll('button[data-show]').forEach(function(o){o.classList.toggle('on',o.dataset.show===kind)});
+    document.getElementById('shown').textContent=shown;
+  }
+  document.querySelectorAll('button[data-sort]').forEach(function(b){b.addEventListener('click',function(){sort(b)})});
+  document.querySelectorAll('button[data-show]').forEach(function(b){
+    b.addEventListener('click',function(){show(b.dataset.show);history.replaceState(null,'','#'+b.dataset.show)});
   });
+  var wanted=location.hash.slice(1);
+  show(wanted==='real'||wanted==='synthetic'?wanted:'all');
 })();
 """
 
 _CAPTIONS = {
-    "centroids_ab": "Every centroid on the a*/b* plane in its own colour: solid discs are populated buckets "
-                    "(area grows with tiles), hollow rings are empty.",
+    "centroids_ab": "Every centroid on the a*/b* plane in its own colour: discs are buckets holding real tiles "
+                    "(area grows with them), magenta-outlined squares buckets holding only synthetic tiles, "
+                    "hollow rings empty buckets.",
     "centroids_l": "The same buckets by hue angle and lightness L*.",
-    "region_yield": "Tiles kept and tiles fetched per sampling region.",
-    "bucket_fill": "How many tiles the populated buckets hold.",
+    "region_yield": "Real tiles kept and tiles fetched per sampling region; synthetic tiles, made here from real "
+                    "ones, on a magenta row of their own.",
+    "bucket_fill": "How many tiles the buckets hold, on a log scale: buckets with real tiles by their real tiles, "
+                   "beside them (magenta) the buckets holding only synthetic tiles.",
 }
 
 
-def _synthetic_note(stats: dict) -> str:
-    s = stats.get("synthetic") or {}
-    if not s.get("tiles"):
-        return ""
-    return (f" Of these, {s['tiles']} are synthetic (colour transfer, badged <b>S</b> on the contact sheets); "
-            f"real tiles alone fill {s['buckets_populated_real']} buckets.")
+def header_html(stats: dict) -> str:
+    """The page's headline: real coverage first, then what synthetic tiles add (when any)."""
+    real = (f"{stats['tiles_real']:,} real tiles in {stats['buckets_real']:,} of {stats['buckets_total']:,} colour "
+            f"buckets ({stats['coverage_real']:.1%}), {stats['buckets_full_real']} full at cap {stats['cap']}.")
+    if not stats["tiles_synthetic"]:
+        return f'<p class="real">{real}</p>\n'
+    return (f'<p class="real">{real}</p>\n<p>Synthetic tiles (colour transfer from real ones, badged <b>S</b> on the '
+            f"contact sheets) add {stats['tiles_synthetic']:,} tiles and {stats['buckets_synthetic_only']:,} buckets "
+            f"that hold nothing else: {stats['buckets_populated']:,} buckets ({stats['coverage']:.1%}) with them.</p>\n")
 
 
 def _reach_html(stats: dict) -> str:
@@ -581,17 +700,24 @@ def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Pat
         figs.append(f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}" alt="{esc(name)}"></a>'
                     f"<figcaption>{esc(_CAPTIONS.get(name, name))}</figcaption></figure>")
     cards = []
+    hue_rank = {int(b): i for i, b in enumerate(colour_order(lib.centroids, np.array([e.bucket_id for e in entries],
+                                                                                     dtype=np.int64)))}
     for order, e in enumerate(entries):
         name = bucket_name(e.bucket_id)
         lab = " ".join(f"{v:.1f}" for v in e.lab)
+        real = e.count - e.synthetic
+        kind = "" if real else " synthetic-only"
+        tiles = (f"{plural(real, 'real tile')}" + (f" + {e.synthetic} synthetic" if e.synthetic else "") if real
+                 else f'<span class="tag">{plural(e.synthetic, "synthetic tile")} only</span>')
         cards.append(
-            f'<article class="bucket" id="{name}" data-order="{order}" data-l="{e.lab[0]:.3f}" data-count="{e.count}">'
+            f'<article class="bucket{kind}" id="{name}" data-order="{order}" data-hue="{hue_rank[e.bucket_id]}" '
+            f'data-l="{e.lab[0]:.3f}" data-count="{e.count}" data-real="{real}">'
             f'<div class="head"><span class="swatch" style="background:{e.hex}" title="{e.hex}"></span>'
-            f'<div><div class="name">{name}</div><div>{e.count} tile{"s" if e.count != 1 else ""}'
-            f'{f" ({e.synthetic} synthetic)" if e.synthetic else ""}</div>'
+            f'<div><div class="name">{name}</div><div>{tiles}</div>'
             f'<div class="lab">LAB {lab}</div></div></div>'
             f'<a href="{esc(e.sheet)}"><img loading="lazy" src="{esc(e.sheet)}" alt="{name} contact sheet"></a></article>'
         )
+    with_real = sum(1 for e in entries if e.count > e.synthetic)
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -603,17 +729,16 @@ def render_html(lib: Library, entries: list[BucketEntry], figures: dict[str, Pat
 <body>
 <header>
 <h1>Mosaic Library: {esc(lib.name)}</h1>
-<p>{stats['tiles']} tiles in {stats['buckets_populated']} of {stats['buckets_total']} colour buckets
-({stats['coverage']:.1%}), {stats['buckets_full']} full at cap {stats['cap']}.{_synthetic_note(stats)}</p>
-{_reach_html(stats)}<p>Generated {esc(when)}.</p>
+{header_html(stats)}{_reach_html(stats)}<p>Generated {esc(when)}.</p>
 </header>
 <main>
 <h2>Coverage</h2>
 <div class="figures">
 {chr(10).join(figs)}
 </div>
-<h2>Buckets ({len(entries)} populated)</h2>
-<div class="controls">Sort by: <button class="on" data-sort="hue">hue</button><button data-sort="l">lightness</button><button data-sort="count">tiles</button></div>
+<h2>Buckets ({len(entries)} populated: {with_real} with real tiles, {len(entries) - with_real} synthetic only)</h2>
+<div class="controls"><span>Show: <button data-show="all" class="on">all</button><button data-show="real">with real tiles</button><button data-show="synthetic">synthetic only</button> (<span id="shown">{len(entries)}</span> shown)</span>
+<span>Sort by: <button class="on" data-sort="real">real first, by hue</button><button data-sort="hue">hue</button><button data-sort="l">lightness</button><button data-sort="count">tiles</button></span></div>
 <div id="buckets">
 {chr(10).join(cards)}
 </div>

@@ -28,11 +28,27 @@ Crash guarantees (SIGKILL at any instant, power kept; the crash campaigns in
   file of an evicted tile whose row is gone and keeps the one whose row is still there.  The worst a
   crash leaves behind is scratch that the next open removes.
 
+Maintenance goes through the same journal (:func:`apply_repairs`, ``verify --repair`` and
+``recover``), with two more kinds of entry, and never deletes a tile file:
+
+* a **relocation** ``(id, from bucket, to bucket)`` moves a stored tile's file to another bucket
+  folder together with its row's change (a wrong-bucket tile re-filed, a file without a row
+  adopted): the file is hard-linked into its new folder, the row changes in the batch's
+  transaction, then the old name is removed.  A reader sees the row and its file together at
+  every instant.  Replay lets the row decide: a row that names the new bucket keeps the new
+  name, anything else (the change never committed, no row at all) the old one; the other name
+  goes only when it is the same file (a link of it), else it is moved back;
+* a **quarantine** ``(from, to, row id, row bucket)`` moves an entry of a bucket folder into
+  ``quarantine/`` (:mod:`builder.quarantine`), deleting the row that named it (if any) in the
+  batch's transaction; the move comes after the commit.  Replay finishes the move when the row
+  is gone (or there never was one) and puts the entry back if the row is still there.
+
 Stdlib only; a :class:`~builder.library.Library` is passed in (this module never imports it).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -44,7 +60,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import db
 from .errors import UnsafePath
-from .layout import JOURNAL_NAME, TILE_SUFFIX, new_tile_id, parse_bucket_dir
+from .layout import JOURNAL_NAME, QUARANTINE_DIR, TILE_SUFFIX, is_tile_id, new_tile_id, parse_bucket_dir
 
 if TYPE_CHECKING:
     from .library import Library
@@ -61,11 +77,32 @@ class StagedTile(NamedTuple):
 
 
 class Replay(NamedTuple):
-    """What :func:`replay` did: journal entries kept (committed) and rolled back, scratch removed."""
+    """What :func:`replay` did: journal entries kept (committed) and rolled back, scratch removed,
+    and repair entries (relocations and quarantine moves) settled."""
 
     kept: int = 0
     rolled_back: int = 0
     temp_removed: int = 0
+    repairs_settled: int = 0
+
+
+class Relocation(NamedTuple):
+    """A stored tile's file moving from bucket folder ``src`` to ``dst`` with its row (``dst`` is
+    the bucket the row names once the batch commits; ``src == dst``: adopted where it lies)."""
+
+    tile_id: str
+    src: int
+    dst: int
+
+
+class Quarantined(NamedTuple):
+    """An entry of a bucket folder moving into ``quarantine/``: paths relative to the library
+    root; ``tile_id``/``bucket``: the row deleted with it (None: no row names the entry)."""
+
+    src: str
+    dst: str
+    tile_id: str | None = None
+    bucket: int | None = None
 
 
 # --------------------------------------------------------------------------- 1. stage
@@ -146,10 +183,14 @@ def commit(lib: Library, tiles: Sequence[StagedTile],
 
 def write_journal(temp: Path, entries: Sequence[tuple[str, int]], evict: Sequence[tuple[str, int]] = ()) -> None:
     """``temp/journal.json``, whole or absent (``.part`` then rename)."""
-    part = temp / (JOURNAL_NAME + ".part")
     body: dict = {"tiles": [[tile_id, bucket_id] for tile_id, bucket_id in entries]}
     if evict:
         body["evict"] = [[tile_id, bucket_id] for tile_id, bucket_id in evict]
+    _write_journal_body(temp, body)
+
+
+def _write_journal_body(temp: Path, body: dict) -> None:
+    part = temp / (JOURNAL_NAME + ".part")
     part.write_text(json.dumps(body))
     os.replace(part, temp / JOURNAL_NAME)
 
@@ -164,7 +205,7 @@ def read_journal(temp: Path, key: str = "tiles") -> list[tuple[str, int]] | None
     journal = temp / JOURNAL_NAME
     try:
         body = json.loads(journal.read_text())
-        raw = body["tiles"] if key == "tiles" else body.get(key, [])
+        raw = body.get(key, [])  # a repair's journal has no "tiles"
         if not isinstance(raw, list):
             raise TypeError(f"{key} is not a list")
     except FileNotFoundError:
@@ -180,6 +221,173 @@ def read_journal(temp: Path, key: str = "tiles") -> list[tuple[str, int]] | None
             except (TypeError, ValueError):
                 continue
     return entries
+
+
+# --------------------------------------------------------------------------- repairs
+
+
+def apply_repairs(lib: Library, relocations: Sequence[Relocation], quarantined: Sequence[Quarantined],
+                  change: Callable[[sqlite3.Connection], None]) -> None:
+    """One batch of maintenance through the journal (see the module docstring).
+
+    Journal, hard-link each relocated file into its new bucket folder, run ``change(conn)`` in
+    one transaction (the rows' UPDATEs, INSERTs and DELETEs), then drop the old names and move
+    the quarantined entries, and delete the journal.  A failure before the commit undoes the
+    links; one after it leaves the journal for :func:`replay` (the library's close runs it).
+    """
+    lib._require_writer()
+    temp = lib.temp_dir
+    journal = temp / JOURNAL_NAME
+    if relocations or quarantined:
+        _write_journal_body(temp, {
+            "relocate": [[r.tile_id, r.src, r.dst] for r in relocations],
+            "quarantine": [[q.src, q.dst, q.tile_id, q.bucket] for q in quarantined],
+        })
+    linked: list[tuple[Path, Path, bool]] = []
+    try:
+        for r in relocations:
+            if r.src == r.dst:
+                continue
+            src, dst = lib.tile_path(r.src, r.tile_id), lib.tile_path(r.dst, r.tile_id)
+            dst.parent.mkdir(exist_ok=True)
+            linked.append((src, dst, _link_or_move(src, dst)))
+        with lib.conn:
+            change(lib.conn)
+    except BaseException:
+        undone = True
+        for src, dst, moved in reversed(linked):
+            try:
+                if moved:
+                    os.replace(dst, src)
+                elif _same_file(src, dst):
+                    dst.unlink()
+            except OSError as exc:
+                logger.warning("could not undo the move of %s (%s); the next writer's replay will", src, exc)
+                undone = False
+        if undone:  # else the journal stays: replay finishes the undo
+            journal.unlink(missing_ok=True)
+        raise
+    for r in relocations:
+        settle_relocation(lib, r)
+    for q in quarantined:
+        settle_quarantine(lib, q)
+    journal.unlink(missing_ok=True)
+
+
+def _link_or_move(src: Path, dst: Path) -> bool:
+    """Hard-link ``src`` as ``dst`` (both names hold the tile until the row moves); where the
+    file system has no hard links, rename it instead.  True when it was renamed."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return False
+    except FileExistsError:
+        if _same_file(src, dst):
+            return False  # a replayed or repeated batch
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "refusing to move a tile over another file", str(dst))
+    os.replace(src, dst)
+    return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are names of one inode (a link made by :func:`apply_repairs`); no symlink followed."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _row_bucket(lib: Library, tile_id: str) -> object:
+    row = lib.conn.execute("SELECT bucket_id FROM tiles WHERE id = ?", (tile_id,)).fetchone()
+    return row[0] if row else None
+
+
+def settle_relocation(lib: Library, r: Relocation) -> bool:
+    """Put a relocated tile's file where its row says (the new folder if the row names it, else
+    the old one) and drop the other name if it is a link of the same file.  Never deletes the
+    only name of a file.  True when anything moved or went."""
+    if r.src == r.dst:
+        return False
+    try:
+        src, dst = lib.tile_path(r.src, r.tile_id), lib.tile_path(r.dst, r.tile_id)
+    except UnsafePath:
+        return False
+    keep, other = (dst, src) if _row_bucket(lib, r.tile_id) == r.dst else (src, dst)
+    if not os.path.lexists(other):
+        return False
+    if os.path.lexists(keep):
+        if _same_file(keep, other):
+            other.unlink()
+            return True
+        return False  # two different files: the next verify quarantines the stray one
+    keep.parent.mkdir(exist_ok=True)
+    os.replace(other, keep)
+    return True
+
+
+def settle_quarantine(lib: Library, q: Quarantined) -> bool:
+    """Finish a quarantine move whose row is gone (or never was), or put the entry back where
+    the row still names it.  True when anything moved."""
+    src, dst = lib.root / q.src, lib.root / q.dst
+    row_stays = q.tile_id is not None and lib.conn.execute(
+        "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (q.tile_id, q.bucket)).fetchone() is not None
+    if row_stays:
+        if os.path.lexists(dst) and not os.path.lexists(src):
+            os.replace(dst, src)
+            return True
+        return False
+    if os.path.lexists(src) and not os.path.lexists(dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        return True
+    return False
+
+
+def _bucket_entry(rel: object) -> bool:
+    """``bucket_XXXX/<name>``: an entry of a bucket folder, as a quarantine journal names it."""
+    if not isinstance(rel, str):
+        return False
+    parts = rel.split("/")
+    return len(parts) == 2 and parse_bucket_dir(parts[0]) is not None and parts[1] not in ("", ".", "..")
+
+
+def _quarantine_path(rel: object) -> bool:
+    """``quarantine/...`` without ``..`` or empty parts: where a quarantine journal may move an entry."""
+    if not isinstance(rel, str):
+        return False
+    parts = rel.split("/")
+    return len(parts) >= 2 and parts[0] == QUARANTINE_DIR and all(p not in ("", ".", "..") for p in parts)
+
+
+def read_repairs(temp: Path) -> tuple[list[Relocation], list[Quarantined]]:
+    """The relocations and quarantine moves of a repair's journal (none without one).
+
+    Entries come from a file: ids must be uuid4s, buckets integers in range, paths inside the
+    bucket folders and ``quarantine/``; anything else is skipped, as an unreadable journal is.
+    """
+    try:
+        body = json.loads((temp / JOURNAL_NAME).read_text())
+        raw_moves, raw_quarantine = body.get("relocate", []), body.get("quarantine", [])
+    except (OSError, ValueError, AttributeError):
+        return [], []
+    moves, quarantined = [], []
+    for entry in raw_moves if isinstance(raw_moves, list) else []:
+        if (isinstance(entry, list) and len(entry) == 3 and is_tile_id(entry[0])
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in entry[1:])):
+            moves.append(Relocation(entry[0], entry[1], entry[2]))
+    for entry in raw_quarantine if isinstance(raw_quarantine, list) else []:
+        if not (isinstance(entry, list) and len(entry) == 4 and _bucket_entry(entry[0]) and _quarantine_path(entry[1])):
+            continue
+        tile_id, bucket = entry[2], entry[3]
+        if tile_id is not None and not (is_tile_id(tile_id) and isinstance(bucket, int)):
+            continue
+        quarantined.append(Quarantined(entry[0], entry[1], tile_id, bucket))
+    return moves, quarantined
 
 
 # --------------------------------------------------------------------------- replay
@@ -200,7 +408,12 @@ def replay(lib: Library) -> Replay:
         if entry.is_symlink() and parse_bucket_dir(entry.name) is not None:
             raise UnsafePath(f"{lib.root / entry.name} is a symlink: refusing to write through it")
     temp.mkdir(exist_ok=True)
-    kept = rolled_back = removed = 0
+    kept = rolled_back = removed = settled = 0
+    moves, quarantined = read_repairs(temp)
+    for r in moves:
+        settled += settle_relocation(lib, r)
+    for q in quarantined:
+        settled += settle_quarantine(lib, q)
     entries = read_journal(temp)
     for tile_id, bucket_id in (read_journal(temp, "evict") or []) if entries is not None else []:
         try:
@@ -233,7 +446,7 @@ def replay(lib: Library) -> Replay:
         else:
             entry.unlink()
         removed += 1
-    done = Replay(kept, rolled_back, removed)
+    done = Replay(kept, rolled_back, removed, settled)
     if any(done):
         logger.info("recovered %s: %s", lib.root, done._asdict())
     return done

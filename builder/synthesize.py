@@ -45,6 +45,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -398,10 +399,13 @@ def _make_one(lib: Library, sources: _Sources, bucket_id: int, report: Synthesiz
 
 def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int = DEFAULT_MAX_USES,
                near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS, seed: int = DEFAULT_SYNTH_SEED,
-               progress: bool | None = None, buckets: list[int] | None = None) -> SynthesizeReport:
+               progress: bool | None = None, buckets: list[int] | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> SynthesizeReport:
     """Make and store synthetic tiles (see the module doc) in ``lib``, opened for writing.
 
     ``buckets`` limits the run to some buckets (tests, a notebook); default all that need one.
+    ``on_progress(done, total)`` is called before the first tile and after each stored batch
+    (tiles tried so far of the tiles wanted): the demo's progress lines where no bar is shown.
     """
     lib._require_writer()
     validate_options(per_bucket=per_bucket, max_uses=max_uses, near_duplicate_radius=near_duplicate_radius,
@@ -430,6 +434,7 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
                   near_duplicate_radius=near_duplicate_radius) as pipe, \
             tqdm(total=total, unit="tile", desc="synthesize", disable=not show) as bar:
         batch: list[_Made] = []
+        done = [0]  # tiles tried so far (tqdm counts nothing when its bar is off)
 
         def flush() -> None:
             if not batch:
@@ -450,7 +455,13 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
                         sources.uses[made.source_index] -= 1
             bar.update(len(batch))
             bar.set_postfix(made=report.made, flat=report.flat)
+            done[0] += len(batch)
             batch.clear()
+            if on_progress is not None:
+                on_progress(done[0], total)
+
+        if on_progress is not None:
+            on_progress(0, total)
 
         for bucket_id in order:
             # A source already behind a tile of this bucket would give it the same hash again.

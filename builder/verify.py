@@ -11,17 +11,24 @@ Checks, each a problem ``kind``:
 * ``bad_phash``          stored phash differs from the file's
 * ``duplicate_phash``    same phash twice in a bucket
 * ``over_cap``           bucket holding more than the cap
-* ``orphan_file``        file in a bucket folder (or ``temp/``) with no row
+* ``orphan_file``        entry of a bucket folder (or ``temp/``) with no row: a file, a folder...
 * ``bad_synthetic``      ``synthetic`` not 0/1, or a real tile (0) claiming a ``derived_from``
 * ``unknown_source``     synthetic tile whose ``derived_from`` names no real tile of the library
-                         (repair drops it: ``synthesize`` makes another)
-
-Synthetic tiles get every other check like any tile: stored bucket, LAB and pHash must equal
-the card's recipe on their file.
+                         (repair quarantines it: ``synthesize`` makes another)
+* ``bad_thumbnail``      the mosaic's cached thumbnail of a tile differs from the tile (every row
+                         in a full run, a sample with ``deep=False``); a read-only run marks the
+                         row so that no mosaic uses it, repair writes the right one
 * ``unsafe_path``        a bucket folder or ``temp/`` that is a symlink (reported, never followed
                          or repaired through: a person must look)
 
-The deep checks (decode every file) run on a process pool; ``deep=False`` checks rows only.
+Synthetic tiles get every other check like any tile: stored bucket, LAB and pHash must equal
+the card's recipe on their file.
+
+The deep checks decode each file **once** for all of them (PNG validity, LAB, pHash, the cached
+thumbnail), on a process pool; the colours and hashes of a chunk are computed together.
+``deep=False`` checks rows against the folders only.  What repair does is :mod:`builder.repair`
+(through the store's journal; it never deletes a tile file: what cannot be kept goes to
+``quarantine/``, which the report lists).
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,20 +46,23 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from . import db, store
+from . import db, quarantine, store
 from .assign import mean_rgb_64, pool_context
-from .color import CentroidIndex, rgb_to_lab
+from .color import rgb_to_lab
 from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UnsafePath
-from .layout import TILE_SIZE, bucket_name, parse_bucket_dir, tile_stem
+from .layout import THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id, is_tile_id, parse_bucket_dir, tile_stem
 from .library import Library
-from .phash import phash
-from .summary import format_counts
-from .tilefiles import MISSING, TileFiles
+from .mosaic.thumbs import ThumbnailCache, cache_keys, release_pages, thumbnail
+from .phash import phash_from_pixels, phash_pixels
+from .summary import format_counts, plural
+from .tilefiles import MISSING, TileFiles, check_png
 
 logger = logging.getLogger(__name__)
 
 LAB_TOLERANCE = 1e-6
+QUICK_THUMBNAIL_SAMPLE = 32  # cached thumbnails compared with their tiles by a quick verify (~0.1 s)
+SHOWN_QUARANTINE = 1000  # quarantine entries kept in the report (all are counted)
 
 
 class Problem(NamedTuple):
@@ -68,6 +78,10 @@ class VerifyReport:
     files: int = 0
     problems: list[Problem] = field(default_factory=list)
     repaired: Counter = field(default_factory=Counter)
+    adopted: int = 0  # files without a row given their row back by repair (ids kept)
+    quarantined: Counter = field(default_factory=Counter)  # entries repair moved to quarantine/, by reason
+    quarantine: list[quarantine.Item] = field(default_factory=list)  # what quarantine/ holds now
+    thumbnails_checked: int = 0
 
     @property
     def counts(self) -> Counter:
@@ -79,9 +93,15 @@ class VerifyReport:
 
     def summary(self) -> str:
         found = format_counts(self.counts) or "no problems"
-        line = f"checked {self.rows} rows and {self.files} files: {found}"
+        line = f"checked {plural(self.rows, 'row')} and {plural(self.files, 'file')}: {found}"
         if self.repaired:
             line += "; repaired: " + format_counts(self.repaired)
+        if self.adopted:
+            line += f"; adopted {plural(self.adopted, 'file')} without a row"
+        if self.quarantined:
+            line += "; moved to quarantine/: " + format_counts(self.quarantined)
+        if self.quarantine:
+            line += f"; quarantine/ holds {quarantine.summary(self.quarantine)}"
         return line
 
     def as_dict(self) -> dict:
@@ -90,54 +110,150 @@ class VerifyReport:
             "files": self.files,
             "problems": dict(self.counts),
             "repaired": dict(self.repaired),
+            "adopted": self.adopted,
+            "quarantined": dict(self.quarantined),
+            "quarantine": [item._asdict() for item in self.quarantine[:SHOWN_QUARANTINE]],
+            "quarantine_entries": len(self.quarantine),
+            "thumbnails_checked": self.thumbnails_checked,
             "details": [p._asdict() for p in self.problems[:1000]],
         }
 
 
 class FileFacts(NamedTuple):
-    """What a tile file really holds."""
+    """What a tile file really holds, and whether the mosaic's cached thumbnail of it agrees."""
 
     error: str | None
     lab: tuple[float, float, float] | None = None
     phash: str | None = None
+    thumb_ok: bool | None = None  # None: no cached thumbnail compared
+    thumb: bytes | None = None  # the tile's thumbnail, when the cached one disagrees (repair writes it)
 
 
-def inspect_tile(files: TileFiles, bucket_id: int, tile_id: str) -> FileFacts:
-    """Read a stored tile (safely: :meth:`TileFiles.read`), decode it, recompute its colour and hash.
+def inspect_tiles(files: TileFiles, jobs: Sequence[tuple[int, str, int]], thumbs: np.ndarray | None = None) -> list[FileFacts]:
+    """Read each stored tile safely (:meth:`TileFiles.read`), decode it once, and take every fact
+    the checks need from that one decode: PNG validity, LAB (64x64 mean RGB), pHash, and the
+    thumbnail, compared with row ``cache_row`` of ``thumbs`` (the mosaic cache's pixels) when
+    that is not -1.  ``jobs``: ``(bucket, id, cache_row)``.
 
+    LAB and the pHash DCT run once over the chunk (bit-identical to one tile at a time).
     ``error`` is :data:`~builder.tilefiles.MISSING` for a file that is not there, else the
     problem :class:`~builder.errors.BadTile` or the decoder gave.
     """
-    try:
-        data = files.read(bucket_id, tile_id)
-    except BadTile as exc:
-        return FileFacts(exc.problem)
-    try:
-        tile = decode_tile(data)
-    except ImageRejected as exc:
-        return FileFacts(str(exc))
-    if not tile.png_passthrough:  # decode_tile's verdict: a PNG, RGB, 256x256, no transparency
-        return FileFacts(f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
-    lab = rgb_to_lab(mean_rgb_64(tile.image))
-    return FileFacts(None, (float(lab[0]), float(lab[1]), float(lab[2])), phash(tile.image))
+    out: list[FileFacts | None] = [None] * len(jobs)
+    live: list[tuple[int, bool | None, bytes | None]] = []
+    means, grey = [], []
+    for k, (bucket_id, tile_id, cache_row) in enumerate(jobs):
+        try:
+            data = files.read(bucket_id, tile_id)
+            tile = decode_tile(data)
+        except BadTile as exc:
+            out[k] = FileFacts(exc.problem)
+            continue
+        except ImageRejected as exc:
+            out[k] = FileFacts(str(exc))
+            continue
+        if not tile.png_passthrough:  # decode_tile's verdict: a PNG, RGB, 256x256, no transparency
+            out[k] = FileFacts(check_png(data) or f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
+            continue
+        means.append(mean_rgb_64(tile.image))
+        grey.append(phash_pixels(tile.image))
+        thumb_ok, thumb = None, None
+        if thumbs is not None and 0 <= cache_row < len(thumbs):
+            fresh = thumbnail(tile.image)
+            thumb_ok = bool(np.array_equal(fresh, thumbs[cache_row]))
+            thumb = None if thumb_ok else fresh.tobytes()
+        live.append((k, thumb_ok, thumb))
+    if thumbs is not None:
+        release_pages(thumbs)
+    if live:
+        labs = rgb_to_lab(np.stack(means)).tolist()
+        hashes = phash_from_pixels(np.stack(grey))
+        for (k, thumb_ok, thumb), lab, tile_hash in zip(live, labs, hashes):
+            out[k] = FileFacts(None, (lab[0], lab[1], lab[2]), tile_hash, thumb_ok, thumb)
+    return out  # type: ignore[return-value]  # every slot is filled above
 
 
-_FILES: TileFiles | None = None  # a pool worker's reader: each bucket folder checked once per run
+def inspect_tile(files: TileFiles, bucket_id: int, tile_id: str) -> FileFacts:
+    """:func:`inspect_tiles` for one tile, without the thumbnail check."""
+    return inspect_tiles(files, [(bucket_id, tile_id, -1)])[0]
 
 
-def _init_inspect_worker(files: TileFiles) -> None:
-    global _FILES
-    _FILES = files
+# A pool worker's reader (each bucket folder checked once per run) and its view of the cache.
+_FILES: TileFiles | None = None
+_THUMBS: tuple[str, int] | None = None
+_THUMBS_MAP: np.ndarray | None = None
 
 
-def _inspect(job: tuple[int, str]) -> FileFacts:
+def _init_inspect_worker(files: TileFiles, thumbs: tuple[str, int] | None = None) -> None:
+    global _FILES, _THUMBS, _THUMBS_MAP
+    _FILES, _THUMBS, _THUMBS_MAP = files, thumbs, None
+
+
+def _worker_thumbs() -> np.ndarray | None:
+    """The cache's pixels, memory-mapped once per worker (a map does not cross processes)."""
+    global _THUMBS_MAP
+    if _THUMBS is not None and _THUMBS_MAP is None:
+        path, rows = _THUMBS
+        try:
+            _THUMBS_MAP = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, THUMB_SIZE, THUMB_SIZE, 3))
+        except (OSError, ValueError):
+            return None
+    return _THUMBS_MAP
+
+
+def _inspect_many(jobs: list[tuple[int, str, int]]) -> list[FileFacts]:
     assert _FILES is not None
-    return inspect_tile(_FILES, *job)
+    return inspect_tiles(_FILES, jobs, _worker_thumbs())
+
+
+INSPECT_CHUNK = 64  # tiles a worker inspects together (their LAB and pHash DCT computed at once)
+
+
+def inspect_stream(files: TileFiles, jobs: Iterable[tuple[int, str, int]], workers: int | None = None
+                   ) -> Iterator[tuple[tuple[int, str, int], FileFacts]]:
+    """``(job, facts)`` of :func:`inspect_tiles` for a stream of ``(bucket, id, -1)`` jobs, in
+    order, on a process pool (a few chunks in flight: memory stays flat in the number of jobs)."""
+    n_workers = workers or os.cpu_count() or 1
+    chunks = _chunks(jobs, INSPECT_CHUNK)
+    if n_workers <= 1:
+        for chunk in chunks:
+            yield from zip(chunk, inspect_tiles(files, chunk))
+        return
+    with ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
+                             initargs=(files, None)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_inspect_many, chunk)))
+            if len(pending) >= 4 * n_workers:
+                done, future = pending.popleft()
+                yield from zip(done, future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield from zip(done, future.result())
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def inspect_all(files: TileFiles, jobs: Sequence[tuple[int, str, int]], workers: int | None = None) -> list[FileFacts]:
+    """:func:`inspect_tiles` over many tiles (a process pool when there are more than a chunk)."""
+    if len(jobs) <= INSPECT_CHUNK:
+        return inspect_tiles(files, jobs)
+    return [facts for _job, facts in inspect_stream(files, jobs, workers)]
 
 
 def _journal_ids(lib: Library) -> set[str]:
-    """Tiles of a batch being stored right now by a running writer (not orphans)."""
-    return {tile_id for tile_id, _bucket in store.read_journal(lib.temp_dir) or ()}
+    """Tiles of a batch being stored (or moved by a repair) right now by a running writer (not orphans)."""
+    moves, _quarantined = store.read_repairs(lib.temp_dir)
+    return {tile_id for tile_id, _bucket in store.read_journal(lib.temp_dir) or ()} | {r.tile_id for r in moves}
 
 
 CHUNK = 2048  # rows read, decoded and checked at a time: memory stays flat in the library's size
@@ -164,6 +280,21 @@ def _row_chunks(lib: Library) -> Iterator[list[tuple]]:
         yield chunk
 
 
+class _Thumbs:
+    """The mosaic's thumbnail cache as verify reads it: the pixels (memory-mapped) and the row
+    of each ``(id, phash)``; ``None`` pixels when there is no cache."""
+
+    def __init__(self, lib: Library) -> None:
+        self.cache = ThumbnailCache.of(lib.root)
+        self.pixels, self.index = self.cache.load() if self.cache.folder.is_dir() else (None, None)
+        self.file = (str(self.cache.pixels_path), len(self.pixels)) if self.pixels is not None else None
+
+    def rows(self, ids: Sequence[str], phashes: Sequence[object]) -> np.ndarray:
+        if self.pixels is None or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        return self.index.rows(cache_keys(list(ids), [h if isinstance(h, str) else "" for h in phashes]))
+
+
 def verify_library(lib: Library, deep: bool = True, repair: bool = False, workers: int | None = None,
                    progress: bool | None = None) -> VerifyReport:
     """Check (and with ``repair``, fix) the library; see the module docstring for the kinds.
@@ -180,10 +311,12 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     show = sys.stderr.isatty() if progress is None else progress
     index = lib.index  # the library's own KD-tree, built once per open
     problem_facts: dict[str, FileFacts] = {}  # what repair needs: facts of tiles with a problem
+    bad_thumbs: dict[str, int] = {}  # id -> bucket of tiles whose cached thumbnail is wrong
     visited: set[int] = set()
     stray: dict[tuple[int, str], str] = {}  # (bucket it belongs in, hash) -> id, for wrong-bucket tiles
     current: _Bucket | None = None
     unknown: list[tuple[int, Path]] = []  # files with no row: orphans unless a writer just stored them
+    thumbs = _Thumbs(lib) if deep else None
 
     def close_bucket(bucket: _Bucket | None) -> None:
         if bucket is None:
@@ -201,21 +334,23 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     pool = None
     if deep and n_workers > 1 and total >= 64:
         pool = ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
-                                   initargs=(files,))
+                                   initargs=(files, thumbs.file if thumbs else None))
 
     def submit(safe: list[tuple]):
-        jobs = [(r[2], r[1]) for r in safe]
-        if not deep:
+        if not deep or thumbs is None:
             return None
+        cache_rows = thumbs.rows([r[1] for r in safe], [r[4] for r in safe]).tolist()
+        jobs = [(r[2], r[1], c) for r, c in zip(safe, cache_rows)]
         if pool is None:
-            return [inspect_tile(files, b, t) for b, t in jobs]
-        size = max(1, min(64, len(jobs) // (2 * n_workers) or 1))
-        return [pool.submit(_inspect_many, jobs[i:i + size]) for i in range(0, len(jobs), size)]
+            return [f for i in range(0, len(jobs), INSPECT_CHUNK)
+                    for f in inspect_tiles(files, jobs[i:i + INSPECT_CHUNK], thumbs.pixels)]
+        size = max(1, min(INSPECT_CHUNK, len(jobs) // (2 * n_workers) or 1))
+        return [(pool.submit(_inspect_many, jobs[i:i + size]), cache_rows[i:i + size]) for i in range(0, len(jobs), size)]
 
     def collect(pending) -> list[FileFacts | None] | None:
         if pending is None or not pool:
             return pending
-        return [fact for future in pending for fact in future.result()]
+        return [fact for future, _rows in pending for fact in future.result()]
 
     def safe_rows(chunk: list[tuple]) -> list[tuple]:
         out = []
@@ -278,6 +413,12 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
                         continue
                     else:
                         lab, file_hash = fact.lab, fact.phash
+                        report.thumbnails_checked += fact.thumb_ok is not None
+                        if fact.thumb_ok is False:
+                            report.problems.append(Problem("bad_thumbnail", tile_id, bucket_id,
+                                                           "the mosaic cache's thumbnail differs from the tile"))
+                            problem_facts[tile_id] = fact
+                            bad_thumbs[tile_id] = bucket_id
                         stored = np.array([l_, a_, b_], dtype=np.float64)
                         if not np.all(np.isfinite(stored)) or np.abs(stored - np.array(lab)).max() > LAB_TOLERANCE:
                             report.problems.append(Problem("lab_mismatch", tile_id, bucket_id,
@@ -314,10 +455,17 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
+    if not deep:
+        _sample_thumbnails(lib, files, report, problem_facts, bad_thumbs)
     report.problems.extend(_synthetic_problems(lib))
     _check_folders(lib, report, visited, unknown)
+    if bad_thumbs and not repair:
+        _mark_bad_thumbnails(lib, bad_thumbs)
     if repair and report.problems:
-        _repair(lib, report, index, problem_facts)
+        from .repair import repair_library  # repair builds on verify's facts
+
+        repair_library(lib, report, index, problem_facts, workers=workers)
+    report.quarantine = quarantine.list_items(lib.root)
     return report
 
 
@@ -332,14 +480,40 @@ def _floats(values) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _inspect_many(jobs: list[tuple[int, str]]) -> list[FileFacts]:
-    assert _FILES is not None
-    return [inspect_tile(_FILES, *job) for job in jobs]
+def _sample_thumbnails(lib: Library, files: TileFiles, report: VerifyReport, problem_facts: dict[str, FileFacts],
+                       bad_thumbs: dict[str, int], size: int = QUICK_THUMBNAIL_SAMPLE) -> None:
+    """A quick verify's look at the thumbnail cache: ``size`` random tiles it holds, decoded and compared."""
+    thumbs = _Thumbs(lib)
+    if thumbs.pixels is None:
+        return
+    sample = [r for r in lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY random() LIMIT ?", (size * 4,))
+              if is_tile_id(r[0]) and is_bucket_id(r[1])]
+    cache_rows = thumbs.rows([r[0] for r in sample], [r[2] for r in sample])
+    jobs = [(b, t, int(c)) for (t, b, _h), c in zip(sample, cache_rows) if c >= 0][:size]
+    facts = inspect_tiles(files, jobs, thumbs.pixels)
+    for (bucket_id, tile_id, _c), fact in zip(jobs, facts):
+        report.thumbnails_checked += fact.thumb_ok is not None
+        if fact.thumb_ok is False:
+            report.problems.append(Problem("bad_thumbnail", tile_id, bucket_id,
+                                           "the mosaic cache's thumbnail differs from the tile"))
+            problem_facts[tile_id] = fact
+            bad_thumbs[tile_id] = bucket_id
+
+
+def _mark_bad_thumbnails(lib: Library, bad: dict[str, int]) -> None:
+    """Mark the cache rows of ``bad`` tiles so that no mosaic uses them (a read-only run repairs nothing)."""
+    thumbs = _Thumbs(lib)
+    ids = list(bad)
+    rows = thumbs.rows(ids, [lib.conn.execute("SELECT phash FROM tiles WHERE id = ?", (i,)).fetchone()[0] for i in ids])
+    try:
+        thumbs.cache.mark_bad(rows[rows >= 0].tolist())
+    except OSError as exc:
+        logger.warning("could not mark %d wrong thumbnails in %s (%s)", len(ids), thumbs.cache.folder, exc)
 
 
 def _check_folders(lib: Library, report: VerifyReport, visited: set[int], unknown: list[tuple[int, Path]]) -> None:
-    """Orphans (files with no row: ``unknown`` from the folders of buckets with rows, plus every
-    file of a bucket folder no row names) and unsafe folders (symlinks), then ``temp/``."""
+    """Orphans (entries with no row: ``unknown`` from the folders of buckets with rows, plus every
+    entry of a bucket folder no row names) and unsafe folders (symlinks), then ``temp/``."""
     # A journal is a batch being stored only while a writer runs; without one it is what a
     # killed writer left, and its renamed-but-uncommitted files are orphans until the next open.
     for entry in sorted(lib.root.iterdir()):
@@ -363,11 +537,12 @@ def _check_folders(lib: Library, report: VerifyReport, visited: set[int], unknow
         in_flight = _journal_ids(lib) if Library.writer_active(lib.root) else set()
         unknown = [
             (b, f) for b, f in unknown
-            if tile_stem(f.name) not in in_flight and f.exists() and not lib.conn.execute(
+            if tile_stem(f.name) not in in_flight and os.path.lexists(f) and not lib.conn.execute(
                 "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (tile_stem(f.name), b)).fetchone()
         ]
-    for bucket_id, f in unknown:
-        report.problems.append(Problem("orphan_file", None, bucket_id, str(f.relative_to(lib.root))))
+    for bucket_id, f in unknown:  # the detail is the entry's path in the library ("/" at the end: a folder)
+        folder = "/" if f.is_dir() and not f.is_symlink() else ""
+        report.problems.append(Problem("orphan_file", None, bucket_id, f.relative_to(lib.root).as_posix() + folder))
     if lib.temp_dir.is_symlink():
         report.problems.append(Problem("unsafe_path", None, None, "temp is a symlink"))
     elif lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
@@ -390,119 +565,3 @@ def _synthetic_problems(lib: Library) -> list[Problem]:
             "AND s.synthetic = 0 WHERE t.synthetic = 1 AND t.derived_from IS NOT NULL AND s.id IS NULL ORDER BY t.rowid"):
         problems.append(Problem("unknown_source", tile_id, bucket_id, f"derived_from {str(source)[:80]!r} is no real tile here"))
     return problems
-
-
-def _delete_tile(lib: Library, tile_id: str, bucket_id: int | None) -> None:
-    """Row first, then file: a crash in between leaves an orphan, which verify repairs."""
-    with lib.conn:
-        lib.conn.execute("DELETE FROM tiles WHERE id = ?", (tile_id,))
-    try:
-        path = lib.tile_path(bucket_id, tile_id)  # type: ignore[arg-type]  # None: no bucket known
-    except UnsafePath:
-        return  # no file can be named from this row
-    path.unlink(missing_ok=True)
-
-
-def _repair(lib: Library, report: VerifyReport, index: CentroidIndex, facts: dict) -> None:
-    conn = lib.conn
-    done = report.repaired
-    by_kind: dict[str, list[Problem]] = {}
-    for p in report.problems:
-        by_kind.setdefault(p.kind, []).append(p)
-    dropped: set[str] = set()
-
-    for p in by_kind.get("unsafe_row", []):
-        # Never build a path from this row: delete the row by its exact id, touch no file.
-        with conn:
-            conn.execute("DELETE FROM tiles WHERE id = ? OR id IS NULL", (p.tile_id,))
-        done["unsafe_row"] += 1
-    for kind in ("missing_file", "bad_image"):
-        for p in by_kind.get(kind, []):
-            _delete_tile(lib, p.tile_id, p.bucket_id)
-            dropped.add(p.tile_id)
-            done[kind] += 1
-    for p in by_kind.get("unknown_source", []):
-        if p.tile_id not in dropped:
-            _delete_tile(lib, p.tile_id, p.bucket_id)
-            dropped.add(p.tile_id)
-            done["unknown_source"] += 1
-    for p in by_kind.get("bad_synthetic", []):
-        if p.tile_id not in dropped:  # a row that says it is real is real; anything else is synthetic
-            with conn:
-                conn.execute("UPDATE tiles SET derived_from = NULL WHERE id = ? AND synthetic = 0", (p.tile_id,))
-                conn.execute("UPDATE tiles SET synthetic = 1 WHERE id = ? AND synthetic IS NOT 0", (p.tile_id,))
-            done["bad_synthetic"] += 1
-    for p in by_kind.get("filepath_mismatch", []):
-        if p.tile_id not in dropped:
-            with conn:
-                conn.execute("UPDATE tiles SET filepath = ? WHERE id = ?", (lib.filepath_for(p.bucket_id, p.tile_id), p.tile_id))
-            done["filepath_mismatch"] += 1
-    for kind in ("lab_mismatch", "bad_phash"):
-        for p in by_kind.get(kind, []):
-            fact = facts.get(p.tile_id)
-            if p.tile_id in dropped or fact is None or fact.error:
-                continue
-            with conn:
-                conn.execute(
-                    "UPDATE tiles SET mean_l = ?, mean_a = ?, mean_b = ?, phash = ? WHERE id = ?",
-                    (*fact.lab, fact.phash, p.tile_id),
-                )
-            done[kind] += 1
-    counts = lib.bucket_counts()
-    for p in by_kind.get("wrong_bucket", []):
-        if p.tile_id in dropped:
-            continue
-        fact = facts.get(p.tile_id)
-        if fact is not None and fact.lab is not None:
-            lab = fact.lab
-        else:
-            lab = conn.execute("SELECT mean_l, mean_a, mean_b FROM tiles WHERE id = ?", (p.tile_id,)).fetchone()
-        row_hash = conn.execute("SELECT phash FROM tiles WHERE id = ?", (p.tile_id,)).fetchone()[0]
-        target = int(index.assign_lab(lab)[0][0])
-        clash = conn.execute("SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ?", (target, row_hash)).fetchone()
-        if counts[target] >= lib.cap or clash:
-            _delete_tile(lib, p.tile_id, p.bucket_id)
-            dropped.add(p.tile_id)
-            done["wrong_bucket_dropped"] += 1
-            continue
-        src, dst = lib.tile_path(p.bucket_id, p.tile_id), lib.tile_path(target, p.tile_id)
-        dst.parent.mkdir(exist_ok=True)
-        os.replace(src, dst)
-        with conn:
-            conn.execute(
-                "UPDATE tiles SET bucket_id = ?, filepath = ? WHERE id = ?",
-                (target, lib.filepath_for(target, p.tile_id), p.tile_id),
-            )
-        counts[p.bucket_id] -= 1
-        counts[target] += 1
-        done["wrong_bucket"] += 1
-    # Duplicates and over-cap buckets: keep real tiles before synthetic ones, then the oldest rows;
-    # drop the rest (the writer migrated the schema: the synthetic column is there).
-    dup_rows = conn.execute(
-        "SELECT t.id, t.bucket_id FROM tiles t JOIN tiles o ON o.bucket_id = t.bucket_id AND o.phash = t.phash "
-        "AND (o.synthetic < t.synthetic OR (o.synthetic = t.synthetic AND o.rowid < t.rowid)) GROUP BY t.id"
-    ).fetchall()
-    for tile_id, bucket_id in dup_rows:
-        _delete_tile(lib, tile_id, bucket_id)
-        done["duplicate_phash"] += 1
-    over_cap = {b: n for b, n in db.bucket_counts(conn).items() if n > lib.cap}
-    for bucket_id, n in over_cap.items():
-        extra = conn.execute(
-            "SELECT id FROM tiles WHERE bucket_id = ? ORDER BY synthetic DESC, rowid DESC LIMIT ?", (bucket_id, n - lib.cap)
-        ).fetchall()
-        for (tile_id,) in extra:
-            _delete_tile(lib, tile_id, bucket_id)
-            done["over_cap"] += 1
-    known = {(b, i) for i, b in conn.execute("SELECT id, bucket_id FROM tiles")}
-    for entry in lib.root.iterdir():
-        bucket_id = parse_bucket_dir(entry.name)
-        if bucket_id is None or not entry.is_dir() or entry.is_symlink():
-            continue
-        for f in entry.iterdir():
-            stem = tile_stem(f.name)
-            if (bucket_id, stem) not in known:
-                f.unlink()
-                done["orphan_file"] += 1
-    for f in lib.temp_dir.iterdir():
-        f.unlink()
-        done["orphan_file"] += 1

@@ -32,8 +32,10 @@ Used by ``tests/test_crash.py`` and ``tests/test_harvest_kill.py`` (short, CI) a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import struct
@@ -46,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import LibraryLocked
+from builder.errors import LibraryError, LibraryLocked
 from builder.layout import bucket_name, parse_bucket_dir
 from builder.ledger import CLAIMED, FetchLedger
 from builder.library import Library
@@ -554,3 +556,345 @@ def burn_scenario(root: Path, source: str, kills: int = 3, zoom: int = 7, phase:
         conn.close()
     return {"claimed_after_kills": claimed_after_kills, "claimed_at_end": statuses.get(CLAIMED, 0),
             "tried": sum(statuses.values()), "stored": stored, "final_run": final.stdout.strip()[-120:]}
+
+
+# --------------------------------------------------------------------------- maintenance: repair and recover
+#
+# ``verify --repair`` and ``recover`` are writers like the others: killed anywhere, no tile is lost.
+# A tile is lost when no file of its id is left in the bucket folders or ``quarantine/``; after the
+# next writer's open (replay) every row has its file and every file in a bucket folder its row.
+
+
+def build_library(root: Path, n: int, seed: int = 0, cap: int = 100) -> dict[str, tuple[int, str]]:
+    """A library of about ``n`` distinct Blue Marble tiles (ingested on two processes); its rows."""
+    from builder.ingest import ingest
+
+    pool = make_tile_pool(root.parent / f"{root.name}_pool", n, seed=seed)
+    with Library.create(root, cap=cap) as lib:
+        ingest(lib, pool, workers=2, progress=False)
+    return committed_rows(root)
+
+
+def misfile(root: Path, count: int, seed: int = 0) -> list[str]:
+    """Move ``count`` tiles (file and row) into the next bucket behind the library's back: wrong-bucket rows."""
+    conn = sqlite3.connect(root / "tiles.db")
+    try:
+        rows = conn.execute("SELECT id, bucket_id FROM tiles ORDER BY id").fetchall()
+        chosen = random.Random(seed).sample(rows, min(count, len(rows)))
+        with conn:
+            for tile_id, bucket in chosen:
+                other = (bucket + 1) % 5000
+                (root / bucket_name(other)).mkdir(exist_ok=True)
+                os.replace(root / bucket_name(bucket) / f"{tile_id}.png", root / bucket_name(other) / f"{tile_id}.png")
+                conn.execute("UPDATE tiles SET bucket_id = ?, filepath = ? WHERE id = ?",
+                             (other, f"{root.name}/{bucket_name(other)}/{tile_id}.png", tile_id))
+    finally:
+        conn.close()
+    return [tile_id for tile_id, _b in chosen]
+
+
+def sigkill_self() -> None:
+    """SIGKILL this process (a forked writer armed to die at a chosen step of its work)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def copy_library(src: Path, dst: Path) -> None:
+    """A copy of a library whose tile files are hard links (cheap): for writers that rename and
+    link names but never write into a tile (repair, recover), not for ones that rewrite files."""
+    shutil.copytree(src, dst, copy_function=lambda s, d: os.link(s, d) if s.endswith(".png") else shutil.copy2(s, d))
+
+
+def tile_copies(root: Path) -> Counter:
+    """id -> number of files named ``<id>.png`` in the bucket folders and under ``quarantine/``."""
+    found: Counter = Counter()
+    for _bucket, name in bucket_files(root):
+        found[name[:-4]] += name.endswith(".png")
+    quarantine = root / "quarantine"
+    if quarantine.is_dir():
+        found.update(p.name[:-4] for p in quarantine.rglob("*.png"))
+    return found
+
+
+@dataclass
+class MaintenanceFigures(Figures):
+    """A maintenance campaign: ``tiles_before`` ids it started with, ``tiles_after`` ids at the end."""
+
+    tiles_before: int = 0
+    tiles_after: int = 0
+    completed: int = 0  # runs that finished (exit 0) after the kills before them
+
+    def summary(self) -> str:
+        triggers = ", ".join(f"{k} {v}" for k, v in sorted(self.by_trigger.items()))
+        return (f"{self.writer}: {self.kills} kills ({triggers}), {self.completed} runs completed after them, "
+                f"{self.mid_batch} kills with a journal on disk, tiles before {self.tiles_before}, "
+                f"after {self.tiles_after}, tiles lost {self.tiles_lost}, violations {len(self.violations)}, "
+                f"{self.seconds:.0f} s")
+
+
+def check_maintenance_kill(root: Path, expected: set[str], figures: Figures, label: str,
+                           damaged: bool = False) -> None:
+    """After a kill of ``verify --repair`` or ``recover``: no id of ``expected`` without a file; once
+    a writer opened the library (replay), files == rows.  Opening needs a usable ``tiles.db``: a
+    recover killed before its swap leaves the damaged one (``damaged``: that may be so), checked
+    by the next run."""
+    bad = figures.violations
+    copies = tile_copies(root)
+    lost = {t for t in expected if not copies.get(t)}
+    figures.tiles_lost += len(lost)
+    bad.extend(f"{label}: tile {t} has no file left" for t in sorted(lost)[:5])
+    figures.mid_batch += (root / "temp" / "journal.json").exists()
+    try:
+        rows = committed_rows(root)
+    except sqlite3.DatabaseError:
+        return  # a recover killed before its swap: tiles.db is still the damaged file
+    if (root / "tiles.db.recovered").exists():
+        return
+    for tile_id, (bucket, _h) in rows.items():  # a reader, before any writer cleaned up
+        if not (root / bucket_name(bucket) / f"{tile_id}.png").is_file():
+            bad.append(f"{label}: reader sees row {tile_id} without its file")
+    try:
+        lib = open_writer(root)  # replays the journal a kill left
+    except (LibraryError, sqlite3.DatabaseError):
+        if damaged:
+            return
+        raise
+    try:
+        rows = committed_rows(root)
+        files = bucket_files(root)
+        expected_files = {(b, f"{i}.png") for i, (b, _h) in rows.items()}
+        if files != expected_files:
+            bad.append(f"{label}: files != rows after open: {len(files - expected_files)} files without a row, "
+                       f"{len(expected_files - files)} rows without a file")
+        if set(rows) != expected:
+            bad.append(f"{label}: ids differ after open: {len(expected - set(rows))} missing, "
+                       f"{len(set(rows) - expected)} new")
+    finally:
+        lib.close()
+
+
+def _kill_at(cmd: Sequence[str], root: Path, fire: Callable[[], bool], delay: float, log: Path,
+             timeout: float = 120.0) -> tuple[bool, int]:
+    """Run ``cmd`` in its own process group; SIGKILL the group ``delay`` seconds after ``fire()``
+    first holds (polled every millisecond).  ``(killed, returncode)``."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                env=cli_env(), cwd=REPO, start_new_session=True)
+    try:
+        deadline, fire_at = time.monotonic() + timeout, None
+        while proc.poll() is None:
+            now = time.monotonic()
+            if fire_at is None and fire():
+                fire_at = now + delay
+            if fire_at is not None and now >= fire_at:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True, proc.returncode
+            if now > deadline:
+                raise TimeoutError(f"{cmd[3]} ran for more than {timeout} s")
+            time.sleep(0.001)
+        return False, proc.returncode
+    except BaseException:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+
+
+def _journal_relocations(root: Path) -> list[tuple[str, int, int]]:
+    try:
+        body = json.loads((root / "temp" / "journal.json").read_text())
+        return [tuple(r) for r in body.get("relocate", [])]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _relocated(root: Path, at_least: int) -> bool:
+    """At least ``at_least`` of the batch's relocations have their new name (linked, or renamed)."""
+    moves = _journal_relocations(root)
+    return len(moves) > 0 and sum((root / bucket_name(dst) / f"{t}.png").exists() for t, _s, dst in moves) >= at_least
+
+
+def _row_moved(root: Path) -> bool:
+    """A row of the journal's batch names its new bucket: the batch committed."""
+    moves = _journal_relocations(root)
+    if not moves:
+        return False
+    tile_id, _src, dst = moves[-1]
+    conn = ro_connect(root)
+    try:
+        row = conn.execute("SELECT bucket_id FROM tiles WHERE id = ?", (tile_id,)).fetchone()
+    finally:
+        conn.close()
+    return row is not None and row[0] == dst
+
+
+REPAIR_TRIGGERS = ("journal", "linking", "committed", "time")
+
+
+def _repair_trigger(trigger: str, root: Path, rng: random.Random) -> Callable[[], bool]:
+    """When to kill a repair: journal written, the k-th file of its batch linked, its rows
+    committed, a random moment after the start."""
+    if trigger == "journal":
+        return lambda: (root / "temp" / "journal.json").exists()
+    if trigger == "linking":
+        k = rng.randint(1, 60)
+        return lambda: _relocated(root, k)
+    if trigger == "committed":
+        return lambda: _row_moved(root)
+    if trigger == "time":
+        at = time.monotonic() + rng.uniform(0.5, 4.0)
+        return lambda: time.monotonic() > at
+    return lambda: False
+
+
+def repair_campaign(root: Path, kills: int, misfiled: int = 300, seed: int = 0, max_rounds: int | None = None,
+                    progress: Callable[[str], None] | None = None) -> MaintenanceFigures:
+    """Kill ``python -m builder verify --repair`` of ``misfiled`` wrong-bucket rows at every step of
+    its batches (journal written, files being linked, rows committed, a random moment), run it
+    again after each kill until one run completes, and plant new wrong-bucket rows when it has:
+    every id must keep its file, and the library its ids.  ``root`` holds a library already."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    figures = MaintenanceFigures(writer="verify --repair")
+    expected = set(committed_rows(root))
+    figures.tiles_before = len(expected)
+    log = root.parent / f"{root.name}.repair.stderr"
+    cmd = [sys.executable, "-m", "builder", "verify", "--repair", "--library", str(root), "--workers", "2"]
+    max_rounds = max_rounds or kills * 4
+    misfile(root, misfiled, seed=rng.randrange(10**6))
+    while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
+        figures.rounds += 1
+        trigger = rng.choice(REPAIR_TRIGGERS) if figures.kills < kills else "none"
+        fire = _repair_trigger(trigger, root, rng)
+        killed, code = _kill_at(cmd, root, fire, rng.uniform(0, 0.002) if trigger != "time" else 0, log)
+        label = f"round {figures.rounds} ({trigger})"
+        if killed:
+            figures.kills += 1
+            figures.by_trigger[trigger] += 1
+            check_maintenance_kill(root, expected, figures, label)
+        else:
+            if code not in (0, 1):
+                figures.violations.append(f"{label}: exited {code}: {log.read_text()[-400:]}")
+            figures.completed += 1
+            rows = committed_rows(root)
+            if set(rows) != expected:
+                figures.violations.append(f"{label}: ids differ after a completed repair: "
+                                          f"{len(expected - set(rows))} missing, {len(set(rows) - expected)} new")
+                figures.tiles_lost += len(expected - set(rows))
+            problem = deep_verify(root)
+            if problem:
+                figures.violations.append(f"{label}: verify after the repair: {problem}")
+            if figures.kills < kills:
+                misfile(root, misfiled, seed=rng.randrange(10**6))
+        if progress:
+            progress(f"{label}: {'kill' if killed else 'completed'}, lost {figures.tiles_lost}")
+    figures.tiles_after = len(committed_rows(root))
+    figures.rows = figures.tiles_after
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
+def damage_db(root: Path, how: str, rng: random.Random) -> None:
+    """Damage ``tiles.db`` as a disk or a person would: ``truncate`` (to a random fraction of its
+    pages), ``page`` (one page in the middle overwritten with random bytes), ``garbage`` (not SQLite)."""
+    conn = sqlite3.connect(root / "tiles.db")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    path = root / "tiles.db"
+    size = path.stat().st_size
+    if how == "truncate":
+        pages = size // 4096
+        os.truncate(path, 4096 * rng.randint(2, max(2, pages // 2)))
+    elif how == "page":
+        with open(path, "r+b") as fh:
+            fh.seek(4096 * rng.randint(2, max(2, size // 4096 - 2)))
+            fh.write(rng.randbytes(4096))
+    elif how == "garbage":
+        path.write_bytes(rng.randbytes(4096))
+    else:
+        raise ValueError(how)
+    for suffix in ("-wal", "-shm"):
+        (root / f"tiles.db{suffix}").unlink(missing_ok=True)
+
+
+def provenance(root: Path) -> dict[str, tuple]:
+    """id -> (source, z, x, y, region, synthetic, derived_from) of every row."""
+    conn = ro_connect(root)
+    try:
+        return {r[0]: tuple(r[1:]) for r in conn.execute(
+            "SELECT id, source, z, x, y, region, synthetic, derived_from FROM tiles")}
+    finally:
+        conn.close()
+
+
+RECOVER_TRIGGERS = ("building", "built", "swapped", "time")
+
+
+def _recover_trigger(trigger: str, root: Path, rng: random.Random) -> Callable[[], bool]:
+    """When to kill a recover: rebuilding in ``temp/``, rebuilt and not yet swapped in, swapped
+    (repairing), a random moment after the start."""
+    if trigger == "building":
+        return lambda: (root / "temp" / "recover.db").exists()
+    if trigger == "built":
+        return lambda: (root / "tiles.db.recovered").exists()
+    if trigger == "swapped":  # a damaged file newly set aside, the rebuilt one in place
+        aside = len(list(root.glob("tiles.db.broken-*")))
+        return lambda: ((root / "tiles.db").exists() and not (root / "tiles.db.recovered").exists()
+                        and len(list(root.glob("tiles.db.broken-*"))) > aside)
+    if trigger == "time":
+        at = time.monotonic() + rng.uniform(0.5, 4.0)
+        return lambda: time.monotonic() > at
+    return lambda: False
+
+
+def recover_campaign(root: Path, kills: int, release: Path | None = None, seed: int = 0,
+                     max_rounds: int | None = None, progress: Callable[[str], None] | None = None) -> MaintenanceFigures:
+    """Damage ``tiles.db``, kill ``python -m builder recover`` while it rebuilds (database being
+    built in ``temp/``, built and waiting to be swapped in, swapped and repairing, a random moment),
+    run it again until it completes, damage again; every id must keep its file, and a completed
+    recover give back every id (with the release's provenance when ``release`` is given)."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    figures = MaintenanceFigures(writer="recover")
+    expected_rows = provenance(root)
+    expected = set(expected_rows)
+    figures.tiles_before = len(expected)
+    log = root.parent / f"{root.name}.recover.stderr"
+    cmd = [sys.executable, "-m", "builder", "recover", "--library", str(root), "--workers", "2"]
+    if release is not None:
+        cmd += ["--release", str(release)]
+    max_rounds = max_rounds or kills * 4
+    damage_db(root, rng.choice(("truncate", "page", "garbage")), rng)
+    while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
+        figures.rounds += 1
+        trigger = rng.choice(RECOVER_TRIGGERS) if figures.kills < kills else "none"
+        fire = _recover_trigger(trigger, root, rng)
+        delay = rng.uniform(0, 0.3) if trigger == "building" else rng.uniform(0, 0.002) if trigger != "time" else 0
+        killed, code = _kill_at(cmd, root, fire, delay, log)
+        label = f"round {figures.rounds} ({trigger})"
+        if killed:
+            figures.kills += 1
+            figures.by_trigger[trigger] += 1
+            check_maintenance_kill(root, expected, figures, label, damaged=True)
+        else:
+            figures.completed += 1
+            if code != 0:
+                figures.violations.append(f"{label}: exited {code}: {log.read_text()[-400:]}")
+                continue
+            rows = provenance(root)
+            if set(rows) != expected:
+                figures.violations.append(f"{label}: ids differ after recover: {len(expected - set(rows))} missing")
+                figures.tiles_lost += len(expected - set(rows))
+            if release is not None and rows != expected_rows:
+                wrong = sum(1 for t in expected if rows.get(t) != expected_rows[t])
+                figures.violations.append(f"{label}: {wrong} tiles without their provenance from the release")
+            if figures.kills < kills:
+                damage_db(root, rng.choice(("truncate", "page", "garbage")), rng)
+        if progress:
+            progress(f"{label}: {'kill' if killed else 'completed'}, lost {figures.tiles_lost}")
+    figures.tiles_after = len(provenance(root))
+    figures.rows = figures.tiles_after
+    figures.seconds = time.monotonic() - started
+    return figures

@@ -16,6 +16,7 @@ finds it as a local folder (offline).
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 import shutil
@@ -47,6 +48,9 @@ from tests.conftest import REPO, real_crops
 
 # The seed card predates the Hub dataset and partial reads; its other snippets are the seed's.
 NOT_IN_SEED = {"load_dataset", "metadata_config", "streaming_filters", "pyarrow_index", "duckdb"}
+# The seed's cluster recipe saved over mosaic_library/centroids.npy, the library's identity; the
+# card's saves beside it (its recipe lines are still the seed's: see the test below).
+SAVED_ELSEWHERE = {"cluster_recipe"}
 
 # Runs a block like the interactive prompt does: statements executed in order, the repr of each
 # bare expression's value printed (``row["label"]`` shows its value, as in a notebook).
@@ -203,16 +207,44 @@ def test_kdtree_query_block(card_library, tmp_path):
 
 
 @pytest.mark.slow
-def test_cluster_recipe_block_runs_and_the_library_then_refuses_the_new_centroids(card_library, tmp_path):
-    """The card's recipe overwrites centroids.npy with an unseeded run (~50 s): it runs unchanged,
-    and the library then refuses to assign with the wrong centroids instead of misfiling tiles."""
+def test_cluster_recipe_block_writes_beside_the_library_and_never_touches_its_centroids(card_library, tmp_path):
+    """The card's recipe (~50 s), run unchanged from the folder holding the library as the other
+    snippets are: it writes centroids_regenerated.npy beside the library, compares it with the
+    library's, and leaves mosaic_library/centroids.npy as it was, so the library still opens."""
     copy = tmp_path / "copy"
     shutil.copytree(card_library.base / "mosaic_library", copy / "mosaic_library")
-    (fitted,) = run_block(python_block(card_library.card, "cluster_recipe"), copy, tmp_path)
+    library_file = copy / "mosaic_library" / "centroids.npy"
+    before = (library_file.read_bytes(), library_file.stat().st_mtime_ns)
+    fitted, compared = run_block(python_block(card_library.card, "cluster_recipe"), copy, tmp_path)
     assert fitted.startswith("MiniBatchKMeans(") and "n_clusters=5000" in fitted  # kmeans.fit() echoes the model
-    assert np.load(copy / "mosaic_library" / "centroids.npy").shape == (5000, 3)
-    with pytest.raises(CentroidsError, match="restore the original centroids.npy"):
-        Library.open(copy / "mosaic_library")
+    assert (library_file.read_bytes(), library_file.stat().st_mtime_ns) == before
+    regenerated = np.load(copy / "centroids_regenerated.npy", allow_pickle=False)
+    assert regenerated.shape == (5000, 3) and not np.array_equal(regenerated, np.load(library_file))
+    gaps = np.sqrt(((regenerated[:, None, :] - np.load(library_file)[None, :, :]) ** 2).sum(-1)).min(axis=1)
+    assert compared == (f"regenerated vs the library's centroids: mean distance {gaps.mean():.2f}, "
+                        f"max {gaps.max():.2f} (LAB)")
+    with Library.open(copy / "mosaic_library", readonly=True) as lib:
+        assert lib.stats()["tiles"] > 100
+
+
+def test_swapped_centroids_are_refused_naming_where_the_right_file_comes_from(card_library, tmp_path):
+    """What a user who overwrote centroids.npy reads: the shipped file for a seed-0 library, with its
+    sha256; for other centroids, the release's file and its sha256."""
+    root = tmp_path / "mosaic_library"
+    shutil.copytree(card_library.base / "mosaic_library", root)
+    shipped = hashlib.sha256(SHIPPED_CENTROIDS.read_bytes()).hexdigest()
+    np.save(root / "centroids.npy", np.load(SHIPPED_CENTROIDS)[::-1].copy(), allow_pickle=False)
+    with pytest.raises(CentroidsError) as caught:
+        Library.open(root, readonly=True)
+    message = str(caught.value)
+    assert "restore the original centroids.npy" in message and f"copy {SHIPPED_CENTROIDS} (sha256 {shipped})" in message
+    other = tmp_path / "other"
+    with Library.create(other, centroids=root / "centroids.npy"):
+        pass  # a library made with other centroids
+    expected = hashlib.sha256((other / "centroids.npy").read_bytes()).hexdigest()
+    shutil.copy(SHIPPED_CENTROIDS, other / "centroids.npy")
+    with pytest.raises(CentroidsError, match=f"the one with sha256 {expected}: the centroids.npy of the release"):
+        Library.open(other)
 
 
 def _code_lines(text: str) -> list[str]:
@@ -226,7 +258,7 @@ def _code_lines(text: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("name", sorted(set(MARKERS) - NOT_IN_SEED))
+@pytest.mark.parametrize("name", sorted(set(MARKERS) - NOT_IN_SEED - SAVED_ELSEWHERE))
 def test_blocks_are_the_seed_cards_own_lines(card_library, name):
     """A default-cap library's card quotes the seed card's snippets (data/seed_dataset_card.md)
     line for line, as users know them (the seed's plain text lost their indentation)."""
@@ -234,6 +266,19 @@ def test_blocks_are_the_seed_cards_own_lines(card_library, name):
     wanted = _code_lines(python_block(card_library.card, name))
     starts = [i for i, line in enumerate(seed) if line == wanted[0]]
     assert any(seed[i : i + len(wanted)] == wanted for i in starts), wanted
+
+
+def test_cluster_recipe_is_the_seeds_own_recipe_saved_beside_the_library(card_library):
+    """The recipe is the seed card's, line for line, up to its result; the seed's last line saved
+    that result over mosaic_library/centroids.npy, the card's saves it beside the library."""
+    seed = _code_lines((REPO / "data" / "seed_dataset_card.md").read_text())
+    block = _code_lines(python_block(card_library.card, "cluster_recipe"))
+    recipe = block[: block.index("centroids = kmeans.cluster_centers_") + 1]
+    starts = [i for i, line in enumerate(seed) if line == recipe[0]]
+    assert any(seed[i : i + len(recipe)] == recipe for i in starts), recipe
+    assert 'np.save("mosaic_library/centroids.npy", centroids)' in seed
+    assert 'np.save("centroids_regenerated.npy", centroids)' in block
+    assert not any("np.save" in line and "mosaic_library" in line for line in block)
 
 
 # ------------------------------------------------------------------------------ the template

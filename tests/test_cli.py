@@ -40,7 +40,9 @@ def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["stats", "--library", "missing_lib"], "run `python -m builder init"),
+        (["stats", "--library", "missing_lib"], "`python -m builder init --library missing_lib`"),
+        (["stat"], "invalid choice: 'stat' is not a command; did you mean `stats`?"),
+        (["-v", "qurey", "--hex", "336699"], "invalid choice: 'qurey' is not a command; did you mean `query`?"),
         (["ingest", "nowhere"], "no such file or folder: nowhere"),
         (["ingest", "--workers", "0", "x"], "argument --workers: must be at least 1, got 0"),
         (["init", "--seed", "x"], "argument --seed: not an integer: 'x'"),
@@ -87,10 +89,12 @@ def imported_modules(*args: str) -> set[str]:
     return {parts[2].strip() for parts in lines if len(parts) == 3}
 
 
-@pytest.mark.parametrize("command", ["", *COMMANDS])
+@pytest.mark.parametrize("command", ["", *COMMANDS, "(bare)"])
 def test_help_imports_none_of_the_heavy_libraries(command):
-    modules = imported_modules(*([command] if command else []), "--help")
-    assert "builder.cli" in modules and (not command or f"builder.cli.{command}" in modules)
+    """``--help`` of the CLI and of each command, and a bare ``python -m builder`` (which prints the help)."""
+    modules = imported_modules() if command == "(bare)" else imported_modules(*([command] if command else []),
+                                                                             "--help")
+    assert "builder.cli" in modules and (command in ("", "(bare)") or f"builder.cli.{command}" in modules)
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert heavy == [], f"--help of {command or 'the CLI'} imports {heavy[:10]}"
 
@@ -116,7 +120,7 @@ def test_every_command_has_json_and_pool_options_mean_one_thing():
             assert "threads" in options["--threads"].help, name
     with_workers = {n for n, p in commands.items() if any("--workers" in a.option_strings for a in p._actions)}
     with_threads = {n for n, p in commands.items() if any("--threads" in a.option_strings for a in p._actions)}
-    assert with_workers == {"ingest", "harvest", "verify", "demo"}
+    assert with_workers == {"ingest", "harvest", "verify", "recover", "demo"}
     assert with_threads == {"harvest", "atlas", "mosaic", "report", "demo"}
 
 
@@ -168,3 +172,99 @@ def test_every_command_prints_json(tmp_path, capsys, real_tiles_dir):
                                "--grid", "4x3", "--tile-size", "8")
     assert code == 0 and (mosaic["cols"], mosaic["rows"], mosaic["width"]) == (4, 3, 32)
     assert (tmp_path / "m.png").is_file()
+
+
+# --------------------------------------------------------------------------- meeting people where they are
+
+
+def test_a_bare_call_lists_every_command_and_a_typo_names_the_closest(tmp_path):
+    res = cli(cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("usage: python -m builder") and res.stderr == ""
+    listed = {line.split()[0] for line in res.stdout.splitlines() if line.startswith("    ") and line.split()}
+    assert set(COMMANDS) <= listed
+    res = cli("frobnicate", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: python -m builder: invalid choice: 'frobnicate' is not a command; the commands are "
+        + ", ".join(COMMANDS)]
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """``query ... | head``: the reader went away; no ``error: Broken pipe``, the status of a SIGPIPE."""
+    assert cli("init", cwd=tmp_path).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "query", "--hex", "2e8b57", "-k", "20"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_a_missing_library_points_to_the_libraries_nearby_before_init(tmp_path):
+    demo_library = tmp_path / "demo_output" / "mosaic_library"
+    assert cli("init", "--library", demo_library, cwd=tmp_path).returncode == 0
+    res = cli("stats", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: no library at mosaic_library; libraries nearby: demo_output/mosaic_library: pass one with "
+        "`--library demo_output/mosaic_library` (or create a new one here with "
+        "`python -m builder init --library mosaic_library`)"]
+    assert not (tmp_path / "mosaic_library").exists()
+    res = cli("stats", "--library", demo_library, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("0 tiles in 0/5000 buckets"), res.stderr
+
+
+def test_two_inits_at_once_the_loser_names_the_file_that_exists(tmp_path):
+    """Both start before either has written anything; one wins, the other is told centroids.npy exists
+    (never about a scratch file), every time."""
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    for round_no in range(4):
+        root = tmp_path / f"race{round_no}"
+        procs = [subprocess.Popen([sys.executable, "-m", "builder", "init", "--library", str(root)], cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+        results = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
+        assert sorted(code for code, _out, _err in results) == [0, 2], results
+        (loser_err,) = [err for code, _out, err in results if code == 2]
+        assert loser_err.startswith(f"error: {root} is already initialised: {root / 'centroids.npy'} ")
+        assert len(loser_err.strip().splitlines()) == 1 and ".part" not in loser_err
+        assert sorted(p.name for p in (root / "temp").iterdir()) == []
+
+
+def test_names_are_printed_escaped_so_no_line_can_be_forged(tmp_path, real_tiles_dir):
+    """A file named ``a\nerror: forged.png`` (and one with a terminal escape) in every message that
+    names it, through the real CLI: ingest's rejections and error line, verify's problems, a missing
+    library; each stays one line, its control characters escaped."""
+    forged = "a\nerror: forged.png"
+    escape = "b\x1b[2Jc.png"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / forged).write_bytes(b"not an image at all")
+    (inputs / escape).write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    shutil.copy(sorted(real_tiles_dir.glob("*.png"))[0], inputs / "good.png")
+    assert cli("init", cwd=tmp_path).returncode == 0
+    res = cli("ingest", inputs, "--workers", "1", cwd=tmp_path)
+    assert res.returncode == 1
+    everything = res.stdout + res.stderr
+    assert not any(line.startswith(("error: forged", "forged")) for line in everything.splitlines())
+    assert "\x1b" not in everything and "a\\nerror: forged.png" in everything and "b\\x1b[2Jc.png" in everything
+    (error_line,) = res.stderr.strip().splitlines()
+    assert error_line.startswith("error: 2 of 3 inputs unusable (corrupt 1, not_image 1)")
+
+    bucket = next((tmp_path / "mosaic_library").glob("bucket_*"))
+    (bucket / forged).write_bytes(b"stray")  # a file with no row: verify names it
+    res = cli("verify", "--quick", cwd=tmp_path)
+    assert res.returncode == 1 and "a\\nerror: forged.png" in res.stdout
+    assert not any(line.startswith("error: forged") for line in (res.stdout + res.stderr).splitlines())
+
+    res = cli("stats", "--library", "lib\nerror: forged", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "lib\\nerror: forged" in res.stderr
+
+
+def test_counts_agree_with_their_nouns(tmp_path, real_tiles_dir):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(sorted(real_tiles_dir.glob("*.png"))[0], one / "t.png")
+    assert cli("init", cwd=tmp_path).returncode == 0
+    assert cli("ingest", one, "--workers", "1", cwd=tmp_path).returncode == 0
+    res = cli("stats", cwd=tmp_path)
+    assert res.stdout.splitlines()[0].startswith("1 tile in 1/5000 buckets (0.0%)")
+    assert res.stdout.splitlines()[1] == "  (no region: ingested): 1 real tile"

@@ -202,3 +202,39 @@ def test_the_datasets_builder_reads_a_consistent_library_beside_the_writer(harve
         bucket = after[row["id"]][0]
         assert row["label"] == bucket
         assert row["image"]["bytes"] == (root / f"bucket_{bucket:04d}" / f"{row['id']}.png").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_harvest_keeps_its_lock_when_lock_file_is_deleted(tmp_path):
+    """``.lock`` deleted during a harvest, then a second writer: refused with one line (its open
+    would have emptied temp/ under the harvest), the harvest finishes, verify is clean."""
+    root = tmp_path / "mosaic_library"
+    Library.create(root).close()
+    inputs = make_tile_pool(tmp_path / "in", 3)
+    with TileServer(distinct_tile, delay=0.02, lifetime=600) as server:
+        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
+               "--zoom", "12", "--threads", "4", "--batch", "12", "--phase", "all", "--patience", "1000",
+               "--seed", "5", "--max-tiles", "120"]
+        harvest = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                                   cwd=REPO, start_new_session=True)
+        try:
+            wait_until(lambda: len(committed_rows(root)) >= 12 or harvest.poll() is not None, 120, "first batches")
+            (root / ".lock").unlink()
+            refused = [cli("ingest", "--library", root, *map(str, inputs)), cli("verify", "--repair", "--library", root)]
+            still_running = harvest.poll() is None
+            out, err = harvest.communicate(timeout=300)
+        finally:
+            if harvest.poll() is None:
+                os.killpg(harvest.pid, signal.SIGKILL)
+                harvest.wait()
+    assert still_running, "the harvest ended before the second writer came: make it longer"
+    for res in refused:
+        assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+        assert res.stderr == f"error: {root} is being written by pid {harvest.pid}; wait for it to finish and retry\n"
+    assert harvest.returncode == 0, err
+    assert out.startswith("harvest: ") and len(committed_rows(root)) == 120
+    assert "ingest" not in sources(root)  # nothing of the refused writer stored
+    assert list((root / "temp").iterdir()) == []
+    with Library.open(root, readonly=True) as lib:
+        report = verify_library(lib, deep=True, workers=2)
+    assert report.ok, report.summary()

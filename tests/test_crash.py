@@ -1,4 +1,5 @@
-"""Crash safety: SIGKILL real ``ingest`` and ``harvest`` runs at random moments, many times.
+"""Crash safety: SIGKILL real ``ingest``, ``harvest``, ``verify --repair`` and ``recover`` runs at
+random moments, many times.
 
 Each kill takes down the whole process group (the CLI and its process pool), then the
 library is checked as a user would find it (see :mod:`tests.crash_campaign` for the list).
@@ -16,12 +17,15 @@ import pytest
 from tests.crash_campaign import (
     REPO,
     bucket_files,
+    build_library,
     cli_env,
     committed_rows,
     deep_verify,
     harvest_campaign,
     ingest_campaign,
     make_tile_pool,
+    recover_campaign,
+    repair_campaign,
     run_and_kill,
 )
 from tests.tileserver import TileServer, distinct_tile
@@ -30,6 +34,8 @@ pytestmark = pytest.mark.slow  # kill campaigns: minutes of SIGKILL rounds
 
 INGEST_KILLS = 20
 HARVEST_KILLS = 8
+REPAIR_KILLS = 4
+RECOVER_KILLS = 4
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +107,33 @@ def test_harvest_survives_sigkill_and_never_fetches_a_tile_twice(tmp_path):
     assert figures.kills >= HARVEST_KILLS
     assert figures.rows >= 40 and served > figures.rows
     assert deep_verify(tmp_path / "mosaic_library") is None
+
+
+@pytest.fixture(scope="module")
+def maintained(tmp_path_factory):
+    """A library of 320 tiles for the maintenance campaigns (repair first, then recover)."""
+    root = tmp_path_factory.mktemp("crash_maintenance") / "mosaic_library"
+    build_library(root, 320, seed=13)
+    return root
+
+
+def test_repair_of_300_wrong_bucket_rows_survives_sigkill_at_every_step(maintained):
+    """``verify --repair`` killed with its journal on disk, while linking files into their buckets,
+    right after a batch's commit, and at random; run again after each kill until it completes."""
+    figures = repair_campaign(maintained, kills=REPAIR_KILLS, misfiled=300, seed=4, max_rounds=20)
+    print(figures.summary())
+    assert figures.violations == []
+    assert figures.tiles_lost == 0 and figures.tiles_after == figures.tiles_before
+    assert figures.kills >= REPAIR_KILLS and figures.completed >= 1
+
+
+def test_recover_survives_sigkill_and_gives_back_every_tile_and_its_provenance(maintained, tmp_path):
+    release = tmp_path / "release"
+    res = subprocess.run([sys.executable, "-m", "builder", "build", "--library", str(maintained), "--output",
+                          str(release)], capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    figures = recover_campaign(maintained, kills=RECOVER_KILLS, release=release, seed=6, max_rounds=20)
+    print(figures.summary())
+    assert figures.violations == []
+    assert figures.tiles_lost == 0 and figures.tiles_after == figures.tiles_before
+    assert figures.kills >= RECOVER_KILLS and figures.completed >= 1

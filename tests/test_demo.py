@@ -26,11 +26,16 @@ def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--no-synthesize"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    steps = [line.split("]")[0].lstrip("[") for line in lines[:-1]]
+    done = next(i for i, line in enumerate(lines) if line.startswith("demo done in "))
+    steps = [line.split("]")[0].lstrip("[") for line in lines[:done]]
     assert steps == ["init", "harvest", "verify", "build", "report", "mosaic"]
     assert "earth zoom 6: 40 accepted" in lines[1]
     assert "no problems" in lines[2]
-    assert lines[-1].startswith("demo done in ") and str(out / "mosaic.png") in lines[-1]
+    assert str(out / "mosaic.png") in lines[done]
+    # The summary names what to run next on the library it made, with --library (not the default path).
+    assert lines[done + 1] == "next, explore the library:"
+    assert f"  python -m builder stats --library {out / 'mosaic_library'}" in lines[done + 2:]
+    assert all(f"--library {out / 'mosaic_library'}" in line for line in lines[done + 2:] if "python -m builder" in line)
 
     root = out / "mosaic_library"
     with sqlite3.connect(root / "tiles.db") as conn:
@@ -73,6 +78,18 @@ def test_demo_synthesizes_every_empty_bucket_and_compares_the_mosaics(tmp_path, 
     assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
+    # Not on a terminal: the synthesis shows it is alive in lines of its own, first to last.
+    progress = [line for line in captured.err.splitlines() if line.startswith("[synthesize]") and " of " in line
+                and "tiles (" in line]
+    assert len(progress) >= 2 and progress[0].startswith("[synthesize] 0 of ")
+    done, total = progress[-1].split("]")[1].split(" tiles")[0].split(" of ")
+    assert done.strip().replace(",", "") == total.strip().replace(",", "")
+    # Both mosaics' fidelity side by side, in the compare line and the JSON.
+    compare = result["steps"][-1]["summary"]
+    fidelity, real_only = result["figures"]["fidelity"], result["figures"]["fidelity_real_only"]
+    assert (f"with synthetic tiles {fidelity['delta_e2000']:.2f} / {fidelity['ssim']:.3f}, real tiles only "
+            f"{real_only['delta_e2000']:.2f} / {real_only['ssim']:.3f}") in compare
+    assert result["next"][0] == f"python -m builder stats --library {out / 'mosaic_library'}"
     assert [s["step"] for s in result["steps"]] == ["init", "harvest", "synthesize", "verify", "build", "report",
                                                     "mosaic", "compare"]
     figures = result["figures"]

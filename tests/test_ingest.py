@@ -105,6 +105,8 @@ def bomb_png(side: int = 60000) -> bytes:
         ("tiny.png", None, "too_small"),
         ("truncated.png", None, "corrupt"),
         ("truncated.jpg", None, "corrupt"),
+        ("header_only.jpg", None, "corrupt"),  # a JPEG cut inside its header: the signature, nothing decodable
+        ("damaged.jpg", None, "corrupt"),  # bytes flipped all through a real JPEG
     ],
 )
 def test_bad_inputs_are_rejected_with_a_reason_and_never_stored(make_library, tmp_path, bluemarble, name, payload, reason):
@@ -117,6 +119,12 @@ def test_bad_inputs_are_rejected_with_a_reason_and_never_stored(make_library, tm
         payload = png_bytes(crop)[:5000]
     elif name == "truncated.jpg":
         payload = jpeg_bytes(crop)[:3000]
+    elif name == "header_only.jpg":
+        payload = jpeg_bytes(crop)[:20]
+    elif name == "damaged.jpg":
+        damaged = bytearray(jpeg_bytes(crop))
+        damaged[200::97] = bytes(b ^ 0x5A for b in damaged[200::97])
+        payload = bytes(damaged)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(payload)
     lib = make_library()
@@ -183,3 +191,57 @@ def test_old_seed_schema_is_migrated_on_open(tmp_path, make_library, bluemarble)
         cols = [c[1] for c in again.conn.execute("PRAGMA table_info(tiles)")]
         assert cols == list(TILE_COLUMNS)
         assert again.conn.execute("SELECT id, source FROM tiles").fetchall() == [(out.tile_id, None)]
+
+
+def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble):
+    """``ingest --json`` lists every rejected file with its reason; the text the first 20 (unusable
+    ones first) and how many more; exit status 1 for the unusable ones."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from builder.library import Library
+    from tests.conftest import REPO
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    crops = real_crops(bluemarble, 4, seed=12)
+    crops[0].save(folder / "a_good.png")
+    crops[0].save(folder / "b_same.png")  # a duplicate of a_good: the library's choice
+    for i in range(24):
+        (folder / f"c_junk_{i:02d}.png").write_bytes(b"junk %d" % i)
+    (folder / "d_cut.jpg").write_bytes(jpeg_bytes(crops[1])[:2000])
+    png_bytes_wide = png_bytes(crops[2].resize((300, 200)))
+    (folder / "e_wide.png").write_bytes(png_bytes_wide)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
+                              cwd=tmp_path, env=env)
+
+    assert run("init").returncode == 0
+    res = run("ingest", folder, "--workers", "1", "--json")
+    assert res.returncode == 1
+    report = json.loads(res.stdout)
+    listed = {Path(r["path"]).name: r["reason"] for r in report["rejected_files"]}
+    assert listed == {"b_same.png": "duplicate", **{f"c_junk_{i:02d}.png": "not_image" for i in range(24)},
+                      "d_cut.jpg": "corrupt", "e_wide.png": "not_square"}
+    wide = next(r for r in report["rejected_files"] if r["path"].endswith("e_wide.png"))
+    assert wide["detail"] == "300x200: tiles are square; `ingest --crop` takes the centre square of such images"
+
+    res = run("ingest", folder, "--workers", "1")  # again, as text: everything is now a duplicate or unusable
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("ingest: 0 accepted, 28 rejected (corrupt 1, duplicate 2, not_image 24, not_square 1)")
+    shown = lines[1:21]
+    assert all(line.startswith("  rejected ") for line in shown) and not any("duplicate" in line for line in shown)
+    assert lines[21] == "  ... and 8 more rejected (--json lists every one)" and len(lines) == 22
+
+    res = run("ingest", folder / "e_wide.png", "--crop", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["accepted"] == 1
+    with Library.open(tmp_path / "mosaic_library", readonly=True) as lib:
+        tile_id, bucket_id = lib.conn.execute("SELECT id, bucket_id FROM tiles ORDER BY rowid DESC LIMIT 1").fetchone()
+        stored = Image.open(lib.tile_path(bucket_id, tile_id))
+        assert stored.size == (256, 256)
+        centre = crops[2].resize((300, 200)).crop((50, 0, 250, 200)).resize((256, 256), Image.Resampling.LANCZOS)
+        assert np.array_equal(np.asarray(stored.convert("RGB")), np.asarray(centre))

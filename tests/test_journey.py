@@ -108,12 +108,14 @@ def test_the_release_journey_from_harvest_to_a_reader_of_the_hub(local_hub, tmp_
 
     # query --hub: the library's own nearest populated buckets and tiles, no image fetched
     local_hub.reset_counters()
-    remote = json.loads(run(env, *builder, "query", "--hub", REPO_ID, "--hex", "2e5b8a", "-k", "3", "--json"))
+    remote = json.loads(run(env, *builder, "query", "--hub", REPO_ID, "--hex", "2e5b8a", "-k", "3", "--paths", "100",
+                            "--json"))
     assert local_hub.served_bytes("data/*") + local_hub.served_bytes("synthetic/*") == 0
     local = json.loads(run(env, *builder, "query", "--library", str(lib), "--hex", "2e5b8a", "-k", "3", "--populated",
-                           "--json"))
-    assert [(b["bucket_id"], sorted(t.split()[0] for t in b["tiles"])) for b in remote["buckets"]] == [
-        (b["bucket_id"], sorted(Path(t).stem for t in b["tiles"])) for b in local["buckets"]]
+                           "--paths", "100", "--json"))
+    assert [(b["bucket_id"], b["count"], sorted(zip(b["tiles"], b["kinds"]))) for b in remote["buckets"]] == [
+        (b["bucket_id"], b["count"], sorted((Path(t).stem, k) for t, k in zip(b["tiles"], b["kinds"])))
+        for b in local["buckets"]]
 
     # restore --hub --buckets: exactly those buckets' tiles
     chosen = sorted({b["bucket_id"] for b in remote["buckets"]})

@@ -72,6 +72,28 @@ def test_second_writer_is_refused_with_a_clear_message_and_readers_still_work(tm
     Library.open(root).close()
 
 
+def test_deleting_the_lock_file_lets_no_second_writer_in(tmp_path):
+    """The lock is held on the library folder itself: ``.lock`` (which names the holder) can go."""
+    root = tmp_path / "lib"
+    writer = Library.create(root)
+    try:
+        (root / "temp" / "staged.png").write_bytes(b"a batch in flight")
+        (root / ".lock").unlink()
+        with pytest.raises(LibraryLocked, match=f"is being written by pid {os.getpid()};"):  # from /proc/locks
+            Library.open(root)
+        assert (root / "temp" / "staged.png").exists()  # the refused writer cleaned nothing
+        (root / ".lock").write_text("pid 1")  # a new .lock, planted: changes nothing
+        with pytest.raises(LibraryLocked, match=f"pid {os.getpid()};"):
+            Library.open(root)
+        assert Library.writer_active(root)
+    finally:
+        writer.close()
+    assert not Library.writer_active(root)
+    with Library.open(root) as again:
+        assert list(again.temp_dir.iterdir()) == []  # the next writer cleans its scratch
+        assert (root / ".lock").read_text() == f"pid {os.getpid()}"
+
+
 @pytest.mark.parametrize("bad_id", ["../../etc/passwd", "/etc/passwd", "x" * 36, "0B6E3A8C-5F1E-4C1A-9A57-2F4B8D9E1C3A"])
 def test_tile_path_refuses_ids_that_are_not_uuid4(make_library, bad_id):
     lib = make_library()

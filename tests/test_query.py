@@ -90,14 +90,18 @@ def test_cli_lists_buckets_with_derived_tile_paths(library, capsys):
     first = out["buckets"][0]
     assert first["bucket_id"] == bucket and first["distance"] < 1e-4 and first["count"] == counts[bucket]
     ids = [r[0] for r in library.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? ORDER BY rowid", (bucket,))]
-    assert first["tiles"] == [str(library.tile_path(bucket, i)) for i in ids]
+    assert len(ids) > 5 and first["tiles"] == [str(library.tile_path(bucket, i)) for i in ids[:5]]  # --paths 5
+    assert first["kinds"] == ["real"] * 5 and (first["real"], first["synthetic"]) == (counts[bucket], 0)
     assert all("passwd" not in p for b in out["buckets"] for p in b["tiles"])
     assert len(out["buckets"]) == 3
+    assert main([*argv, "--paths", "1000"]) == 0  # every path
+    assert json.loads(capsys.readouterr().out)["buckets"][0]["tiles"] == [str(library.tile_path(bucket, i)) for i in ids]
 
     assert main(["query", "--library", str(library.root), "--hex", "#1e3c78", "-k", "2", "--populated"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].startswith("rgb #1e3c78 = LAB (") and "2 nearest buckets, 2 populated" in text[0]
-    assert all(line.strip().endswith(".png") for line in text[1:] if not line.strip().startswith("bucket_"))
+    listed = [line.strip() for line in text[1:] if not line.strip().startswith(("bucket_", "..."))]
+    assert listed and all(line.endswith(".png") for line in listed)
 
 
 @pytest.mark.parametrize(
@@ -112,3 +116,63 @@ def test_cli_bad_input_is_one_line_and_exit_2(library, capsys, args, message):
     assert main(["query", "--library", str(library.root), *args]) == 2
     err = capsys.readouterr().err
     assert err.strip() == message and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def synthetic_library(tmp_path_factory, bluemarble):
+    """Three real tiles, and synthetic tiles in the five buckets nearest #2e8b57 (each source used
+    once, so two of them are flat one-colour tiles)."""
+    from builder.ingest import ingest
+    from builder.synthesize import synthesize
+    from tests.conftest import real_crops
+
+    base = tmp_path_factory.mktemp("query_synthetic")
+    (base / "in").mkdir()
+    for i, crop in enumerate(real_crops(bluemarble, 3, seed=8)):
+        crop.save(base / "in" / f"t{i}.png")
+    root = base / "mosaic_library"
+    with Library.create(root) as lib:
+        assert ingest(lib, [base / "in"], workers=1, progress=False).accepted == 3
+        near = [int(b) for b in nearest_buckets(lib, lab_from_hex("2e8b57"), k=5).bucket_ids[0]]
+        made = synthesize(lib, max_uses=1, buckets=near, progress=False)
+        assert made.made == 5 and made.flat == 2
+    return root
+
+
+def test_query_marks_synthetic_and_flat_tiles_and_takes_real_only(synthetic_library, capsys):
+    lib_arg = ["--library", str(synthetic_library)]
+    assert main(["query", *lib_arg, "--hex", "2e8b57", "--json"]) == 0
+    buckets = json.loads(capsys.readouterr().out)["buckets"]
+    with Library.open(synthetic_library, readonly=True) as lib:
+        flat = {b for (b,) in lib.conn.execute("SELECT bucket_id FROM tiles WHERE synthetic = 1 AND derived_from IS NULL")}
+    assert len(flat) == 2
+    for b in buckets:
+        assert (b["count"], b["real"], b["synthetic"]) == (1, 0, 1)
+        assert b["kinds"] == ["synthetic, flat" if b["bucket_id"] in flat else "synthetic"]
+    assert main(["query", *lib_arg, "--hex", "2e8b57"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].endswith("5 nearest buckets, 5 populated, 0 real tiles, 5 synthetic")
+    paths = [line for line in text[1:] if line.startswith("    ")]
+    assert len(paths) == 5 and all(line.endswith(("  [synthetic]", "  [synthetic, flat]")) for line in paths)
+    assert sum(line.endswith("[synthetic, flat]") for line in paths) == 2
+
+    assert main(["query", *lib_arg, "--hex", "2e8b57", "--real-only", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["query"]["real_only"] is True and all(b["count"] == 0 and b["tiles"] == [] for b in out["buckets"])
+    assert main(["query", *lib_arg, "--hex", "2e8b57", "--real-only", "--populated", "-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [b["real"] for b in out["buckets"]] == [1, 1, 1] and all(b["kinds"] == ["real"] for b in out["buckets"])
+    assert not {b["bucket_id"] for b in out["buckets"]} & {b["bucket_id"] for b in buckets}
+
+
+def test_stats_opens_with_real_coverage_then_what_synthetic_tiles_add(synthetic_library, capsys):
+    assert main(["stats", "--library", str(synthetic_library), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["tiles_real"], stats["tiles_synthetic"], stats["buckets_real"], stats["buckets_synthetic_only"]) \
+        == (3, 5, stats["buckets_populated"] - 5, 5)
+    assert stats["tiles"] == 8 and stats["by_region"] == {"(none)": 3}  # the old keys stay; regions are real tiles
+    assert main(["stats", "--library", str(synthetic_library)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    real = stats["buckets_real"]
+    assert first == (f"3 real tiles in {real}/5000 buckets ({real / 5000:.1%}), 0 full at cap 100; synthetic tiles "
+                     f"add 5 tiles and 5 buckets ({real + 5}/5000, {(real + 5) / 5000:.1%}, with them)")

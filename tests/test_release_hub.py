@@ -78,7 +78,7 @@ def test_push_is_every_config_then_up_to_date_and_re_uploads_only_what_differs(l
 def test_query_hub_reads_no_image_and_agrees_with_the_library(local_hub, staging, library):
     push_staging(staging, REPO_ID)
     local_hub.reset_counters()
-    result = builder_cli(local_hub, "query", "--hub", REPO_ID, "--hex", "4f7d3a", "-k", "4", "--json")
+    result = builder_cli(local_hub, "query", "--hub", REPO_ID, "--hex", "4f7d3a", "-k", "4", "--paths", "100", "--json")
     assert result.returncode == 0, result.stderr
     served_images = local_hub.served_bytes("data/*") + local_hub.served_bytes("synthetic/*")
     assert served_images == 0  # no image fetched: the index, the centroids, the metadata rows
@@ -86,15 +86,15 @@ def test_query_hub_reads_no_image_and_agrees_with_the_library(local_hub, staging
 
     found = json.loads(result.stdout)["buckets"]
     local = builder_cli(local_hub, "query", "--library", str(library), "--hex", "4f7d3a", "-k", "4", "--populated",
-                        "--json")
+                        "--paths", "100", "--json")
     expected = json.loads(local.stdout)["buckets"]
-    assert [b["bucket_id"] for b in found] == [b["bucket_id"] for b in expected]
-    assert [b["count"] for b in found] == [b["count"] for b in expected]
-    for ours, theirs in zip(found, expected):
-        assert sorted(t.split()[0] for t in ours["tiles"]) == sorted(Path(t).stem for t in theirs["tiles"])
-    with Library.open(library, readonly=True) as lib:
-        flagged = {r[0] for r in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 1")}
-    assert all(t.endswith(" (synthetic)") == (t.split()[0] in flagged) for b in found for t in b["tiles"])
+    fields = ("bucket_id", "count", "real", "synthetic", "centroid_hex")
+    assert [{f: b[f] for f in fields} for b in found] == [{f: b[f] for f in fields} for b in expected]
+    for ours, theirs in zip(found, expected):  # the same tiles, each of the same kind
+        assert sorted(zip(ours["tiles"], ours["kinds"])) == sorted(
+            (Path(t).stem, kind) for t, kind in zip(theirs["tiles"], theirs["kinds"]))
+    real_only = builder_cli(local_hub, "query", "--hub", REPO_ID, "--hex", "4f7d3a", "-k", "4", "--real-only", "--json")
+    assert all(set(b["kinds"]) <= {"real"} and b["synthetic"] == 0 for b in json.loads(real_only.stdout)["buckets"])
 
 
 def test_restore_hub_of_some_buckets_fetches_their_row_groups_only(local_hub, staging, library, tmp_path):
@@ -145,7 +145,7 @@ def test_restore_hub_whole_equals_the_library_and_a_missing_shard_is_refused_bef
     assert local_hub.served_bytes("*.parquet") == 0  # refused from the manifest and paths-info alone
     with pytest.raises(ReleaseIncomplete, match=victim):
         restore_from_hub(REPO_ID, target)
-    assert query_hub(REPO_ID, (50.0, 0.0, 0.0), k=2)  # the metadata and the index are still all there
+    assert len(query_hub(REPO_ID, (50.0, 0.0, 0.0), k=2)) == 2  # the metadata and the index are still all there
 
 
 def test_a_release_on_a_branch_is_read_with_revision(local_hub, staging, library, tmp_path):

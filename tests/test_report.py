@@ -2,6 +2,7 @@
 resolves, and the page as headless Chromium renders it."""
 
 import math
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -18,7 +19,9 @@ from builder.ingest import ingest
 from builder.library import Library
 from builder.report import (
     AB_LIMIT,
+    AB_PLOT,
     FIGURES,
+    SYNTHETIC_COLOUR,
     centroid_colours,
     colour_order,
     region_rows,
@@ -67,8 +70,9 @@ def test_figures_are_valid_pngs_with_every_centroid_in_its_own_colour(lib, tmp_p
     ab = np.asarray(Image.open(figures["centroids_ab"]).convert("RGB")).astype(int)
     counts = lib.bucket_counts()
     colours = centroid_colours(lib.centroids)
-    x = 90 + (lib.centroids[:, 1] + AB_LIMIT) * 780 / (2 * AB_LIMIT)
-    y = 770 - (lib.centroids[:, 2] + AB_LIMIT) * 720 / (2 * AB_LIMIT)
+    x0, y0, x1, y1 = AB_PLOT
+    x = x0 + (lib.centroids[:, 1] + AB_LIMIT) * (x1 - x0) / (2 * AB_LIMIT)
+    y = y1 - (lib.centroids[:, 2] + AB_LIMIT) * (y1 - y0) / (2 * AB_LIMIT)
     populated = np.flatnonzero(counts)
     hits = [np.abs(ab[int(round(y[i])), int(round(x[i]))] - colours[i]).max() <= 12 for i in populated]
     assert np.mean(hits) > 0.7, np.mean(hits)
@@ -171,20 +175,33 @@ def test_cli_prints_one_line(library_root, tmp_path, capsys):
     assert len(out) == 1 and out[0].startswith(f"report {tmp_path / 'r' / 'index.html'}: 4 figures, ")
 
 
-@pytest.mark.slow
-def test_gallery_renders_in_headless_chromium(lib, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is not installed: `apt-get install -y chromium` (CI installs it in .ci/run)"
-    result = render_report(lib, tmp_path / "report", progress=False)
-    shot = tmp_path / "shot.png"
-    cmd = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,900",
-        result.index.resolve().as_uri(),
-    ]
+def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on ``url`` with ``args`` (``--screenshot=...``, ``--dump-dom``)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "chromium is not installed: `apt-get install -y chromium` (CI installs it in .ci/run)"
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", *args, url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def grey_span(row: np.ndarray) -> int:
+    """How wide the figures' plot grey (128, 128, 128) spans along a screenshot's pixel row, first
+    grey pixel to last (the plots' empty corners are grey whatever the points drawn on them)."""
+    grey = np.flatnonzero(np.abs(row.astype(int) - 128).max(axis=1) <= 2)
+    return int(grey[-1] - grey[0]) if len(grey) else 0
+
+
+@pytest.mark.slow
+def test_gallery_renders_in_headless_chromium_with_figures_at_a_readable_size(synthetic_root, tmp_path):
+    """The first screen shows the real headline and the figures at about their drawn size (the
+    a*/b* plot over 450 px wide, where its 13-px labels read), not 260-px thumbnails."""
+    with Library.open(synthetic_root, readonly=True) as lib:
+        result = render_report(lib, tmp_path / "report", progress=False)
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, result.index.resolve().as_uri(), f"--screenshot={shot}", "--window-size=1280,900")
     img = valid_png(shot).convert("RGB")
     assert img.size == (1280, 900)
     pixels = np.asarray(img)
@@ -192,6 +209,68 @@ def test_gallery_renders_in_headless_chromium(lib, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2000  # figures and photos, not a blank page
     header = pixels[:60, :400].reshape(-1, 3)
     assert (np.abs(header.astype(int) - (31, 45, 61)).max(axis=1) <= 3).mean() > 0.5  # the styled header rendered
+    widest = max(grey_span(pixels[y, :640]) for y in range(250, 900, 10))
+    assert widest > 450, widest  # the a*/b* plot (left column), as shown on the first screen
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(library_root, tmp_path_factory):
+    """The report library with synthetic tiles in 40 of its empty buckets."""
+    from builder.synthesize import synthesize, targets
+
+    root = tmp_path_factory.mktemp("synthetic") / "mosaic_library"
+    shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".lock"))
+    with Library.open(root) as writer:
+        made = synthesize(writer, max_uses=2, buckets=sorted(targets(writer, 1))[::100][:40], progress=False)
+    assert made.made == 40
+    return root
+
+
+def magenta(path: Path) -> int:
+    """Pixels of a figure drawn in the synthetic tiles' colour."""
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(pixels - SYNTHETIC_COLOUR).max(axis=2) <= 30).sum())
+
+
+def test_report_shows_real_coverage_first_and_synthetic_tiles_apart(synthetic_root, library_root, tmp_path):
+    with Library.open(synthetic_root, readonly=True) as lib:
+        result = render_report(lib, tmp_path / "report", progress=False)
+        stats = lib.stats()
+        real = lib.bucket_counts(real_only=True)
+    text = result.index.read_text(encoding="utf-8")
+    header = text[text.index("<header>"):text.index("</header>")]
+    assert header.index(f"{stats['tiles_real']:,} real tiles in {stats['buckets_real']:,} of 5,000") < \
+        header.index(f"add {stats['tiles_synthetic']:,} tiles and {stats['buckets_synthetic_only']:,} buckets")
+    assert stats["tiles_synthetic"] == stats["buckets_synthetic_only"] == 40
+    # Buckets with real tiles first, then the synthetic-only ones, each group by colour.
+    ids = [e.bucket_id for e in result.buckets]
+    with_real = [b for b in ids if real[b]]
+    assert ids[:len(with_real)] == with_real and not any(real[b] for b in ids[len(with_real):])
+    assert len(ids) - len(with_real) == 40
+    # Synthetic tiles are drawn apart in every figure; the real library's figures have none of that colour.
+    with Library.open(library_root, readonly=True) as plain:
+        plain_figures = render_figures(plain, tmp_path / "plain")
+    for name in FIGURES:
+        assert magenta(result.figures[name]) > 20, name
+        assert magenta(plain_figures[name]) == 0, name
+    rows = {region: kept for region, kept, _f in region_rows(stats)}
+    assert sum(rows.values()) == stats["tiles_real"]  # regions count real tiles; synthetic ones have their own row
+
+
+@pytest.mark.slow
+def test_gallery_filters_real_and_synthetic_buckets_in_chromium(synthetic_root, tmp_path):
+    """The page's filter, run by Chromium: ``#real`` hides the synthetic-only buckets, ``#synthetic``
+    the others, and the counter says how many are shown."""
+    with Library.open(synthetic_root, readonly=True) as lib:
+        result = render_report(lib, tmp_path / "report", progress=False)
+    real_ids = {f"bucket_{e.bucket_id:04d}" for e in result.buckets if e.count > e.synthetic}
+    every = {f"bucket_{e.bucket_id:04d}" for e in result.buckets}
+    for show, wanted in (("real", real_ids), ("synthetic", every - real_ids), ("all", every)):
+        dom = chromium(tmp_path, result.index.resolve().as_uri() + f"#{show}", "--dump-dom").stdout
+        cards = re.findall(r'<article class="bucket[^"]*" id="(bucket_\d{4})"[^>]*?( hidden="")?>', dom)
+        assert {name for name, hidden in cards} == every
+        assert {name for name, hidden in cards if not hidden} == wanted, show
+        assert f'<span id="shown">{len(wanted)}</span>' in dom
 
 
 def test_empty_library_still_gets_a_report(make_library, tmp_path):
@@ -200,4 +279,19 @@ def test_empty_library_still_gets_a_report(make_library, tmp_path):
     assert result.buckets == [] and set(result.figures) == set(FIGURES)
     for path in result.figures.values():
         valid_png(path)
-    assert "Buckets (0 populated)" in result.index.read_text(encoding="utf-8")
+    assert "Buckets (0 populated: 0 with real tiles, 0 synthetic only)" in result.index.read_text(encoding="utf-8")
+
+
+def test_a_report_removes_what_a_killed_report_left(lib, tmp_path):
+    out = tmp_path / "report"
+    (out / "sheets").mkdir(parents=True)
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # a process that has ended: what it left is a killed run's
+    left = [out / f".index.html.{proc.pid}.part", out / "sheets" / f".bucket_0001_ab.png.{proc.pid}.part"]
+    for path in left:
+        path.write_bytes(b"half written")
+    mine = out / f".notes.txt.{proc.pid}.part"  # not a report's kind of file: left alone
+    mine.write_text("mine")
+    render_report(lib, out, progress=False)
+    assert not any(path.exists() for path in left) and mine.read_text() == "mine"
+    assert not [p for p in out.rglob(".*.part") if p != mine]

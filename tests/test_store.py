@@ -19,19 +19,15 @@ from builder.assign import Candidate, Pipeline
 from builder.layout import JOURNAL_NAME
 from builder.library import Library
 from tests.conftest import png_bytes, real_crops
-from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows
+from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows, sigkill_self
 
 BATCH = 3
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _arm(step: str) -> dict:
     """Patch this (child) process so it SIGKILLs itself at ``step``; returns ``process`` kwargs."""
     if step == "staged":  # every tile in temp/, before the journal is written
-        store.write_journal = lambda *a, **k: _die()
+        store.write_journal = lambda *a, **k: sigkill_self()
     elif step in ("journal", "renamed"):  # journal on disk; before the first / the last rename
         renames_before_kill = 0 if step == "journal" else BATCH - 1
         real_replace, done = os.replace, []
@@ -39,19 +35,19 @@ def _arm(step: str) -> dict:
         def replace(src, dst, *args, **kwargs):
             if pathlib.Path(dst).parent.name.startswith("bucket_"):
                 if len(done) == renames_before_kill:
-                    _die()
+                    sigkill_self()
                 done.append(dst)
             return real_replace(src, dst, *args, **kwargs)
 
         os.replace = replace
     elif step == "inserted":  # rows inserted, transaction not committed
-        return {"on_commit": lambda conn, outcomes: _die()}
+        return {"on_commit": lambda conn, outcomes: sigkill_self()}
     elif step == "committed":  # committed, journal not yet removed
         real_unlink = pathlib.Path.unlink
 
         def unlink(self, *args, **kwargs):
             if self.name == JOURNAL_NAME:
-                _die()
+                sigkill_self()
             return real_unlink(self, *args, **kwargs)
 
         pathlib.Path.unlink = unlink
@@ -60,7 +56,7 @@ def _arm(step: str) -> dict:
 
         def unlink(self, *args, **kwargs):
             if self.parent.name.startswith("bucket_"):
-                _die()
+                sigkill_self()
             return real_unlink(self, *args, **kwargs)
 
         pathlib.Path.unlink = unlink
@@ -216,3 +212,62 @@ def test_an_eviction_killed_at_each_step_is_all_or_nothing(make_library, bluemar
     with Library.open(root, readonly=True) as reader:
         real = reader.conn.execute("SELECT COUNT(*) FROM tiles WHERE synthetic = 0").fetchone()[0]
     assert real == int(EVICT_STEPS[step])
+
+
+# ----------------------------------------------------------------- repair's relocations and quarantine moves
+
+
+@pytest.mark.parametrize("row", ["dst", "src", "none"])
+@pytest.mark.parametrize("files", ["src", "dst", "linked", "different"])
+def test_replay_settles_a_relocation_where_its_row_says(make_library, payloads, row, files):
+    """A relocation journal entry after a kill: the row decides which name the file keeps; the
+    other name goes only when it is a link of the same file.  No state loses the tile."""
+    lib = make_library()
+    tile_id = "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a"
+    src, dst = lib.tile_path(3, tile_id), lib.tile_path(4, tile_id)
+    for path in (src, dst):
+        path.parent.mkdir(exist_ok=True)
+    if files in ("src", "linked", "different"):
+        src.write_bytes(payloads[0])
+    if files == "dst":
+        dst.write_bytes(payloads[0])
+    elif files == "linked":
+        os.link(src, dst)
+    elif files == "different":
+        dst.write_bytes(payloads[1])
+    if row != "none":
+        bucket = 4 if row == "dst" else 3
+        with lib.conn:
+            lib.conn.execute("INSERT INTO tiles (id, bucket_id, filepath) VALUES (?, ?, ?)",
+                             (tile_id, bucket, lib.filepath_for(bucket, tile_id)))
+    store._write_journal_body(lib.temp_dir, {"relocate": [[tile_id, 3, 4]], "quarantine": []})
+    lib.recover()
+    keep, other = (dst, src) if row == "dst" else (src, dst)
+    assert keep.read_bytes() == payloads[0] or (files == "different" and keep.exists())
+    if files == "different":  # two different files: both kept (the stray one is verify's to quarantine)
+        assert src.read_bytes() == payloads[0] and dst.read_bytes() == payloads[1]
+    else:
+        assert not other.exists()
+    assert not (lib.temp_dir / JOURNAL_NAME).exists()
+
+
+@pytest.mark.parametrize("row_stays", [True, False])
+def test_replay_finishes_or_undoes_a_quarantine_move(make_library, payloads, row_stays):
+    lib = make_library()
+    tile_id = "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a"
+    src = lib.tile_path(5, tile_id)
+    src.parent.mkdir()
+    src.write_bytes(payloads[0])
+    if row_stays:  # killed before the batch's commit deleted the row
+        with lib.conn:
+            lib.conn.execute("INSERT INTO tiles (id, bucket_id, filepath) VALUES (?, 5, ?)",
+                             (tile_id, lib.filepath_for(5, tile_id)))
+    dst = f"quarantine/duplicate/bucket_0005/{tile_id}.png"
+    hostile = ["../../outside.png", "quarantine/../../x", tile_id, 5]  # paths from a file: never followed
+    store._write_journal_body(lib.temp_dir, {"relocate": [], "quarantine": [
+        [f"bucket_0005/{tile_id}.png", dst, tile_id, 5], hostile]})
+    lib.recover()
+    moved = lib.root / dst
+    assert (src.read_bytes() if row_stays else moved.read_bytes()) == payloads[0]
+    assert not (moved if row_stays else src).exists()
+    assert not (lib.root.parent / "outside.png").exists() and not (lib.root.parent / "x").exists()

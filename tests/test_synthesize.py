@@ -249,7 +249,7 @@ def test_stats_report_and_mosaic_know_synthetic_tiles(library, tmp_path):
     real_entry = next(e for e in rep.buckets if not e.synthetic)
     with Image.open(rep.output / real_entry.sheet) as sheet:
         assert sheet.getpixel((SHEET_GAP + 2, SHEET_GAP + 2)) != BADGE_COLOUR
-    assert "40 are synthetic" in rep.index.read_text()
+    assert "add 40 tiles and 40 buckets that hold nothing else" in rep.index.read_text()
 
     target = Image.fromarray(np.asarray(real_crops(Image.open(REPO / "data" / "sample_target.jpg").convert("RGB"), 1, 0,
                                                    size=200)[0]))
@@ -298,7 +298,7 @@ def test_ingest_reports_the_synthetic_tiles_its_real_ones_evicted(make_library, 
     folder.mkdir()
     (folder / "r.png").write_bytes(tiles[1])
     report = ingest(lib, [folder], workers=1, progress=False)
-    assert report.accepted == 1 and report.evicted == 1 and "1 synthetic tiles gave way" in report.summary()
+    assert report.accepted == 1 and report.evicted == 1 and "1 synthetic tile gave way" in report.summary()
     assert lib.conn.execute("SELECT synthetic FROM tiles").fetchall() == [(0,)]
 
 

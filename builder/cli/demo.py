@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..demo import DEFAULT_MAX_TILES, DEFAULT_OUTPUT, DEFAULT_SEED, DEFAULT_ZOOM, MAX_DEMO_ZOOM, run_demo
+from ..summary import printable
 from .options import add_threads_option, add_workers_option, integer
 from .result import CommandResult
 
@@ -29,9 +30,16 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    # With --json, stdout holds only the JSON object: the step lines go to stderr.
-    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    from . import program_name
+
+    # With --json, stdout holds only the JSON object: the step lines go to stderr.  Each line is
+    # flushed as it comes (a log file or a pipe sees every step when it happens) and escaped.
+    stream = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(printable(line), file=stream, flush=True)
+
     result = run_demo(args.output, max_tiles=args.max_tiles, zoom=args.zoom, seed=args.seed, workers=args.workers,
                       threads=args.threads, library=args.library, say=say,
                       synthesize=args.synthesize)
-    return CommandResult(result)
+    return CommandResult(result, after=result.next_lines(program_name()))

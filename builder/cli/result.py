@@ -25,6 +25,7 @@ EXIT_PROBLEMS = 1  # ran, and found problems: verify's findings, ingest's unusab
 EXIT_USAGE = 2  # bad input or a refused operation: one line on stderr
 EXIT_SOURCE_DOWN = 3  # harvest/atlas: the tile source cannot be reached or fails every request
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); work finished so far is kept
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, quietly, as other tools
 
 
 class Summarised(Protocol):

@@ -1,9 +1,11 @@
-"""``stats``: tiles, buckets populated and full, yield per region."""
+"""``stats``: tiles, buckets populated and full, yield per region: real tiles first, then what
+synthetic ones add."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..summary import plural
 from .options import add_library_option
 from .result import CommandResult
 
@@ -14,9 +16,16 @@ class StatsReport(NamedTuple):
     stats: dict
 
     def summary(self) -> str:
+        """Real coverage first, then what synthetic tiles add (when there are any)."""
         s = self.stats
-        line = (f"{s['tiles']} tiles in {s['buckets_populated']}/{s['buckets_total']} buckets "
-                f"({s['coverage']:.1%}), {s['buckets_full']} full at cap {s['cap']}")
+        if not s["tiles_synthetic"]:
+            line = (f"{plural(s['tiles'], 'tile')} in {s['buckets_populated']}/{s['buckets_total']} buckets "
+                    f"({s['coverage']:.1%}), {s['buckets_full']} full at cap {s['cap']}")
+        else:
+            line = (f"{plural(s['tiles_real'], 'real tile')} in {s['buckets_real']}/{s['buckets_total']} buckets "
+                    f"({s['coverage_real']:.1%}), {s['buckets_full_real']} full at cap {s['cap']}; synthetic tiles "
+                    f"add {s['tiles_synthetic']} tiles and {plural(s['buckets_synthetic_only'], 'bucket')} "
+                    f"({s['buckets_populated']}/{s['buckets_total']}, {s['coverage']:.1%}, with them)")
         if "reachability" in s:
             r = s["reachability"]
             line += (f"; buckets: {r['populated']} populated, {r['reachable_empty']} reachable but empty (the atlas "
@@ -32,7 +41,8 @@ class StatsReport(NamedTuple):
         for region, n in self.stats["by_region"].items():
             tried = sum(self.stats["fetched_by_region"].get(region, {}).values())
             yield_text = f", {n / tried:.1%} of {tried} fetched" if tried else ""
-            lines.append(f"  {region}: {n} tiles{yield_text}")
+            name = "(no region: ingested)" if region == "(none)" else region
+            lines.append(f"  {name}: {plural(n, 'real tile')}{yield_text}")
         synthetic = self.stats.get("synthetic") or {}
         if synthetic.get("tiles"):
             lines.append(f"  {synthetic['tiles']} synthetic tiles ({synthetic['flat']} flat, from {synthetic['sources']} "

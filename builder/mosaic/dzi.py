@@ -11,8 +11,9 @@ it pans and zooms::
 The pyramid is built as rows arrive: every level keeps at most one row of DZI tiles (plus an
 odd row waiting for its pair), cuts and writes each full row of tiles, and hands 2x2 box
 averages of its rows to the level below.  Memory is about twice one row of full-size tiles
-whatever the height; nothing is read back.  The pyramid is written into a hidden sibling
-folder and moved into place when complete, so an interrupted run leaves no half pyramid.
+whatever the height; nothing is read back.  The pyramid, the viewer and the descriptor are
+written into a hidden sibling folder and installed when complete (:mod:`.outfiles`: a reader
+never finds a descriptor without its pyramid, and a killed run's scratch is cleaned by the next).
 
 >>> levels(51_200, 51_200)[-1], len(levels(51_200, 51_200))
 ((51200, 51200), 17)
@@ -32,6 +33,8 @@ import numpy as np
 from PIL import Image
 
 from ..defaults import DZI_FORMATS
+from ..scratch import scratch_path
+from .outfiles import install_dzi
 
 DZI_TILE = 256  # pixels a side of a pyramid tile (no overlap)
 JPEG_QUALITY = 90
@@ -89,7 +92,7 @@ class DziWriter:
         self.path = Path(path)
         self.width, self.height, self.fmt, self.quality, self.title = width, height, fmt, quality, title
         self.stem = self.path.stem
-        self.part = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        self.part = scratch_path(self.path)
         shutil.rmtree(self.part, ignore_errors=True)
         files = self.part / f"{self.stem}_files"
         self.levels = [_Level(i, w, h, files / str(i)) for i, (w, h) in enumerate(levels(width, height))]
@@ -159,19 +162,14 @@ class DziWriter:
                 self._cut(level, np.concatenate(level.rows, axis=0))
                 level.rows, level.held = [], 0
         self._pool.shutdown()
-        (self.part / self.path.name).write_text(dzi_xml(self.width, self.height, self.fmt))
         (self.part / f"{self.stem}.html").write_text(viewer_html(self.stem, self.width, self.height, self.fmt,
                                                                  self.title), encoding="utf-8")
-        folder = self.path.parent
-        final_files = folder / f"{self.stem}_files"
-        if final_files.exists():
-            old = folder / f".{self.stem}_files.{os.getpid()}.old"
-            os.replace(final_files, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(self.part / f"{self.stem}_files", final_files)
-        os.replace(self.part / f"{self.stem}.html", folder / f"{self.stem}.html")
-        os.replace(self.part / self.path.name, self.path)  # the descriptor last: its presence means complete
-        shutil.rmtree(self.part, ignore_errors=True)
+        # The descriptor last: in the scratch folder its presence says the staged output is complete.
+        descriptor = self.part / self.path.name
+        staged = scratch_path(descriptor)
+        staged.write_text(dzi_xml(self.width, self.height, self.fmt))
+        os.replace(staged, descriptor)
+        install_dzi(self.part, self.path)
         return self.path
 
     def abort(self) -> None:

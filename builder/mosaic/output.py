@@ -17,9 +17,11 @@ from ..db import table_columns
 from ..defaults import OUTPUT_FORMATS
 from ..errors import UsageError
 from ..library import Library
+from ..summary import plural
 from .dzi import DZI_FORMATS, DziWriter
 from .fidelity import Fidelity, FidelityMeter
 from .match import MosaicPlan, plan_mosaic
+from .outfiles import clean_leftovers, refuse_overwriting_input
 from .pngstream import PngStreamWriter
 from .render import iter_bands
 from .target import MAX_DZI_PIXELS, MAX_STREAM_PIXELS, MosaicOptions
@@ -39,7 +41,11 @@ def output_format(output: str | os.PathLike, fmt: str | None = None) -> str:
     return fmt
 
 
-def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png") -> Path:
+def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png",
+                      target: str | os.PathLike | Image.Image | None = None) -> Path:
+    """The output path, refused (:class:`UsageError`) when it is not a ``.png``/``.dzi`` name,
+    lies inside the library, is a folder, or would overwrite ``target``, the picture being
+    redrawn (:func:`~.outfiles.refuse_overwriting_input`)."""
     out = Path(output)
     if out.suffix.lower() != f".{fmt}":
         raise UsageError(f"--output must be a .{fmt} file, got {str(output)!r}")
@@ -48,6 +54,8 @@ def check_output_path(lib: Library, output: str | os.PathLike, fmt: str = "png")
         raise UsageError(f"--output {output} is inside the library {lib.root}: write it elsewhere")
     if out.is_dir():
         raise UsageError(f"--output {output} is a folder")
+    if target is not None and not isinstance(target, Image.Image):
+        refuse_overwriting_input(target, out, fmt)
     return out
 
 
@@ -65,6 +73,7 @@ def write_mosaic(lib: Library, plan: MosaicPlan, output: str | os.PathLike, prog
     if fmt == "dzi" and dzi_image not in DZI_FORMATS:
         raise UsageError(f"--dzi-image must be one of {', '.join(DZI_FORMATS)}, got {dzi_image!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out.parent)  # what killed mosaics left here; frees their space first
     writer = DziWriter(out, width, height, dzi_image, title=out.stem) if fmt == "dzi" else \
         PngStreamWriter(out, width, height)
     stages = plan.seconds
@@ -109,10 +118,11 @@ class MosaicResult:
         uses = f"at most {p.options.max_uses} uses a tile, " if p.options.max_uses else ""
         viewer = f" (viewer {self.viewer})" if self.viewer else ""
         fidelity = f", {self.fidelity.summary()}" if self.fidelity else ""
+        fell_back = "cell fell" if p.fallback_cells == 1 else "cells fell"
         return (
             f"mosaic {self.output}{viewer}: {w}x{h} px, {p.layout.cols}x{p.layout.rows} cells of {p.layout.tile} px, "
-            f"{len(np.unique(p.grid))} distinct tiles from {buckets} buckets, {uses}"
-            f"{p.fallback_cells} cells fell back to a nearby populated bucket, "
+            f"{plural(len(np.unique(p.grid)), 'distinct tile')} from {plural(buckets, 'bucket')}, {uses}"
+            f"{p.fallback_cells} {fell_back} back to a nearby populated bucket, "
             f"{self.synthetic_cells} used a synthetic tile{' (--real-only)' if p.options.real_only else ''}{fidelity}, "
             f"{self.seconds:.1f} s"
         )
@@ -151,7 +161,7 @@ def mosaic_file(lib: Library, target: str | os.PathLike | Image.Image, output: s
     fidelity figures: what the CLI and the demo call."""
     started = time.perf_counter()
     fmt = output_format(output, fmt)
-    check_output_path(lib, output, fmt)
+    check_output_path(lib, output, fmt, target)
     plan = plan_mosaic(lib, target, options, progress)
     meter = FidelityMeter(plan.reference, plan.layout.cols)
     path = write_mosaic(lib, plan, output, progress, fmt, dzi_image, meter)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..scratch import scratch_path
+
 logger = logging.getLogger(__name__)
 
 # zlib level of the streamed PNG: on a 2048x2048 mosaic level 1 compresses in 0.22 s to 6.7 MB,
@@ -28,7 +30,7 @@ class PngStreamWriter:
 
     def __init__(self, path: Path, width: int, height: int, level: int = PNG_LEVEL) -> None:
         self.path, self.width, self.height = Path(path), width, height
-        self.part = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        self.part = scratch_path(self.path)  # a killed run's is removed by the next (builder.mosaic.outfiles)
         self.fh: io.BufferedWriter | None = open(self.part, "wb")
         self.z = zlib.compressobj(level)
         self.rows = 0

@@ -10,7 +10,7 @@ import mmap
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from ..decode import decode_tile
 from ..errors import BadTile, ImageRejected, LibraryError
 from ..layout import CACHE_DIR, N_BUCKETS, THUMB_SIZE, TILE_SIZE, is_bucket_id, is_tile_id
 from ..library import Library
+from ..scratch import dead_scratch, scratch_path
 from .pixels import block_sums
 from .target import DEFAULT_SUBCELLS
 
@@ -197,10 +198,15 @@ def _read_tile(lib: Library, bucket_id: int, tile_id: str) -> Image.Image:
     return decode_tile(lib.read_tile(int(bucket_id), str(tile_id))).image
 
 
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """The 64-px thumbnail of a decoded 256-px tile: the exact 4x4 box average, as cached."""
+    return np.asarray(image.reduce(TILE_SIZE // THUMB_SIZE))
+
+
 def tile_thumbnail(lib: Library, bucket_id: int, tile_id: str) -> np.ndarray | None:
-    """A tile's 64-px thumbnail (exact 4x4 box average), or None if its file is unusable."""
+    """A tile's 64-px thumbnail (:func:`thumbnail`), or None if its file is unusable."""
     try:
-        return np.asarray(_read_tile(lib, bucket_id, tile_id).reduce(TILE_SIZE // THUMB_SIZE))
+        return thumbnail(_read_tile(lib, bucket_id, tile_id))
     except (BadTile, ImageRejected) as exc:
         logger.warning("tile %s in bucket %s unusable for mosaics: %s", tile_id, bucket_id, exc)
         return None
@@ -325,9 +331,26 @@ class ThumbnailCache:
 
     def _new_generation(self) -> None:
         """Rows were rewritten or cut: what was derived from the old ones no longer applies."""
-        part = self.generation_path.with_name(f".{self.generation_path.name}.{os.getpid()}.part")
-        part.write_text(os.urandom(8).hex())
-        os.replace(part, self.generation_path)
+        part = scratch_path(self.generation_path)
+        try:
+            part.write_text(os.urandom(8).hex())
+            os.replace(part, self.generation_path)
+        except OSError:
+            part.unlink(missing_ok=True)  # a full disk leaves no empty scratch file behind
+            raise
+
+    def clean_scratch(self) -> int:
+        """Remove the scratch files killed runs left in the cache folder (every file there is
+        derived data of this cache); returns how many."""
+        removed = 0
+        for leftover in dead_scratch(self.folder):
+            if leftover.path.is_file() and not leftover.path.is_symlink():
+                try:
+                    leftover.path.unlink()
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
 
     def _rows_on_disk(self) -> int:
         try:
@@ -356,9 +379,18 @@ class ThumbnailCache:
             with open(self.pixels_path, "ab") as px, open(self.keys_path, "ab") as kf:
                 px.truncate(rows * THUMB_BYTES)  # cut a torn tail left by a crash
                 kf.truncate(rows * KEY.itemsize)
-                px.write(thumbs.tobytes())
-                px.flush()
-                kf.write(keys.tobytes())  # keys last: a row exists once its key does
+                try:
+                    px.write(thumbs.tobytes())
+                    px.flush()
+                    kf.write(keys.tobytes())  # keys last: a row exists once its key does
+                    kf.flush()
+                except OSError:  # a full disk: give back what was written of these rows
+                    for fh, size in ((px, THUMB_BYTES), (kf, KEY.itemsize)):
+                        try:
+                            fh.truncate(rows * size)
+                        except OSError:
+                            pass
+                    raise
         return len(ids)
 
     @contextmanager
@@ -387,6 +419,35 @@ class ThumbnailCache:
             logger.warning("ignoring unreadable mosaic cache in %s: %s", self.folder, exc)
             return None, CacheIndex(np.empty(0, KEY))
         return pixels, index
+
+    def _bad_path(self, generation: str) -> Path:
+        return self.folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.{generation or 'none'}.bad.npy"
+
+    def bad_rows(self, generation: str | None = None) -> np.ndarray:
+        """Sorted int64 cache rows ``verify`` found to disagree with their tiles (:meth:`mark_bad`),
+        for ``generation`` (default: the current one); empty when none or unreadable."""
+        path = self._bad_path(self._generation() if generation is None else generation)
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return np.empty(0, dtype=np.int64)
+        return np.unique(rows.astype(np.int64)) if rows.ndim == 1 and rows.dtype.kind in "iu" else np.empty(0, np.int64)
+
+    def mark_bad(self, rows: Sequence[int]) -> None:
+        """Record cache rows that disagree with their tiles, so that no mosaic uses them: a load
+        treats them as not cached (the tile is decoded and its thumbnail appended, which then
+        wins).  A read-only ``verify`` leaves this mark; ``verify --repair`` appends the right rows."""
+        with self._lock(fcntl.LOCK_EX):
+            generation = self._generation()
+            path = self._bad_path(generation)
+            rows = np.union1d(self.bad_rows(generation), np.asarray(rows, dtype=np.int64))
+            part = path.with_name(f".{path.name}.{os.getpid()}.part")
+            with open(part, "wb") as fh:
+                np.save(fh, rows, allow_pickle=False)
+            os.replace(part, path)
+            for stale in self.folder.glob(f"{THUMB_PREFIX}.v{CACHE_VERSION}.*.bad.npy"):
+                if stale != path:
+                    stale.unlink(missing_ok=True)
 
     def rewrite(self, ids: Sequence[str], phashes: Sequence[str], thumbs: np.ndarray) -> None:
         """Replace the whole cache by these rows (drops dead rows; empties a cache found wrong)."""
@@ -417,14 +478,17 @@ def _writable_folder(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: str,
+def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path | None, generation: str,
                  checked: dict[int, np.ndarray]) -> np.ndarray:
     """Sub-cell mean RGB of every cached row, from its small derived file where that is sane and
     agrees with the freshly decoded spot-check tiles (rows appended since are computed and the
     file extended); else computed from the thumbnails and saved.  The file is named after the
-    cache's generation, so rewritten or cut rows never reuse another row's colours."""
+    cache's generation, so rewritten or cut rows never reuse another row's colours.  ``folder``
+    None (thumbnails held in memory): computed, not saved."""
     shape = (subcells, subcells, 3)
     n = len(thumbs)
+    if folder is None:
+        return subcell_means(np.asarray(thumbs), subcells) if n else np.empty((0, *shape), dtype=np.float64)
     path = folder / f"{THUMB_PREFIX}.v{CACHE_VERSION}.{generation or 'none'}.sub{subcells}.npy"
     done = np.empty((0, *shape), dtype=np.float64)
     if path.is_file():
@@ -447,8 +511,8 @@ def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: st
     for lo in range(len(done), n, BLOCK_ROWS):
         rgb[lo:lo + BLOCK_ROWS] = subcell_means(np.asarray(thumbs[lo:min(n, lo + BLOCK_ROWS)]), subcells)
         release_pages(thumbs)
+    part = scratch_path(path)
     try:
-        part = path.with_name(f".{path.name}.{os.getpid()}.part")
         with open(part, "wb") as fh:
             np.save(fh, rgb, allow_pickle=False)
         os.replace(part, path)
@@ -456,6 +520,7 @@ def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path, generation: st
             if stale != path:
                 stale.unlink(missing_ok=True)
     except OSError as exc:
+        part.unlink(missing_ok=True)  # a full disk leaves no scratch file behind
         logger.info("sub-cell colours not cached (%s)", exc)
     return rgb
 
@@ -464,7 +529,8 @@ def _pool(workers: int | None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, workers or min(4, os.cpu_count() or 1)))
 
 
-ROW = np.dtype([("id", "S36"), ("bucket", np.int64), ("phash", "S16")])  # one tiles.db row a mosaic reads
+# One tiles.db row a mosaic reads: its LAB lets a load notice a cached thumbnail of another colour.
+ROW = np.dtype([("id", "S36"), ("bucket", np.int64), ("phash", "S16"), ("lab", np.float64, 3)])
 SQL_CHUNK = 20_000  # tiles.db rows read per fetchmany
 
 
@@ -472,13 +538,76 @@ def _tile_rows(lib: Library, real_only: bool) -> np.ndarray:
     """Every ``tiles`` row with a tile id and a bucket id, as :data:`ROW` records in id order,
     read in chunks (no Python object kept per row)."""
     real = " WHERE synthetic = 0" if real_only and "synthetic" in table_columns(lib.conn, "tiles") else ""
-    cursor = lib.conn.execute(f"SELECT id, bucket_id, phash FROM tiles{real} ORDER BY id")
+    cursor = lib.conn.execute(f"SELECT id, bucket_id, phash, mean_l, mean_a, mean_b FROM tiles{real} ORDER BY id")
     parts = []
     while chunk := cursor.fetchmany(SQL_CHUNK):
-        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16])
-                for tile_id, bucket_id, tile_hash in chunk if is_tile_id(tile_id) and is_bucket_id(bucket_id)]
+        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16], _lab(lab))
+                for tile_id, bucket_id, tile_hash, *lab in chunk if is_tile_id(tile_id) and is_bucket_id(bucket_id)]
         parts.append(np.array(good, dtype=ROW))
     return np.concatenate(parts) if parts else np.empty(0, ROW)
+
+
+def _lab(values: Sequence) -> tuple[float, float, float]:
+    """A row's stored LAB as floats; NaN where it is not a number (no colour check for that row)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out[0], out[1], out[2]
+
+
+# A cached thumbnail whose mean colour is further than this (CIE76) from the LAB tiles.db holds for
+# its tile is re-decoded and compared before a mosaic uses it.  The box-average thumbnail's mean and
+# the 64x64 resize's the LAB was made from differ by at most 0.07 on 1,378 real tiles (median
+# 0.016), while two tiles of one bucket are a median 3.3 apart: swapped, random or flat rows of
+# another colour show; a suspect that was right costs one decode.
+OFF_COLOUR_DE = 1.0
+
+
+def _mean_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` mean RGB of whole thumbnails from their ``(n, s, s, 3)`` sub-cell means (area-weighted)."""
+    s = rgb.shape[1]
+    edges = _block_edges(THUMB_SIZE, s)
+    areas = np.outer(np.diff(edges), np.diff(edges)).astype(np.float64)
+    return np.einsum("nijc,ij->nc", rgb.astype(np.float64), areas) / areas.sum()
+
+
+def _replace_off_colour(lib: Library, cache: ThumbnailCache, pixels: np.ndarray, id_bytes: np.ndarray,
+                        bucket_ids: np.ndarray, labs: np.ndarray, phashes: np.ndarray, thumb_rows: np.ndarray,
+                        rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Table rows whose cached thumbnail is not of their tile's colour are re-decoded; those
+    that differ from their tile get the fresh thumbnail (appended to ``cache``, so it wins from
+    now on) and their sub-cell colours recomputed.  Returns ``(pixels, thumb_rows)``, updated in
+    place with ``rgb``, so a mosaic never draws a tile from a wrong row the cheap check can see."""
+    distance = np.linalg.norm(rgb_to_lab(_mean_rgb(rgb)) - labs, axis=1)
+    suspects = np.flatnonzero(distance > OFF_COLOUR_DE)  # NaN (no stored LAB) compares False
+    wrong: list[tuple[int, np.ndarray]] = []
+    for i in suspects.tolist():
+        fresh = tile_thumbnail(lib, int(bucket_ids[i]), id_bytes[i].decode("ascii"))
+        if fresh is not None and not np.array_equal(fresh, pixels[thumb_rows[i]]):
+            wrong.append((i, fresh))
+    if not wrong:
+        return pixels, thumb_rows
+    logger.warning("mosaic cache in %s: %d thumbnails disagree with their tiles; using the tiles "
+                   "(`python -m builder verify --repair` checks every row)", cache.folder, len(wrong))
+    at = np.array([i for i, _t in wrong])
+    fresh = np.stack([t for _i, t in wrong])
+    keys = cache_keys(id_bytes[at], phashes[at])
+    try:
+        cache.append(id_bytes[at].astype(str).tolist(), phashes[at].astype(str).tolist(), fresh)
+        reloaded, index = cache.load()
+        found = index.rows(keys)  # the appended rows: the last for their keys
+    except (OSError, ValueError) as exc:
+        logger.warning("could not add the fresh thumbnails to %s (%s); leaving those tiles out", cache.folder, exc)
+        reloaded, found = None, np.full(len(at), -1, dtype=np.int64)
+    if reloaded is None or (found < 0).any():
+        thumb_rows[at] = -1
+        return pixels, thumb_rows
+    thumb_rows[at] = found
+    rgb[at] = subcell_means(fresh, rgb.shape[1]).astype(rgb.dtype)
+    return reloaded, thumb_rows
 
 
 def _held_rows(rows: np.ndarray, held: np.ndarray, sources: np.ndarray,
@@ -500,17 +629,22 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
     decoded once and appended, deleted ones ignored (and dropped when they are most of the
     file), and a few cached thumbnails are re-decoded and compared byte for byte, so a cache
     that disagrees with the files is thrown away.  A library folder we cannot write to (or
-    ``use_cache=False``) gets a temporary cache instead.
+    ``use_cache=False``) gets a temporary cache instead; so does one whose disk turns out full
+    (one warning: the cache is not updated, the mosaic is made all the same), and when the
+    temporary folder is full too, the thumbnails are held in memory.
     """
-    import tempfile
-
     rows = _tile_rows(lib, real_only)
     if not len(rows):
         raise LibraryError(f"{lib.root} holds no tiles: harvest or ingest some before making a mosaic")
     keys = cache_keys(rows["id"], rows["phash"])
-    cache, scratch = ThumbnailCache(cache_dir(lib)), None
+    cache = ThumbnailCache(cache_dir(lib))
     pixels, index = cache.load() if use_cache and cache.folder.is_dir() else (None, CacheIndex(np.empty(0, KEY)))
+    writable = use_cache and _writable_folder(cache.folder)
+    if writable:
+        cache.clean_scratch()  # what killed runs left there: removed before anything is written
     sources = index.rows(keys)
+    if pixels is not None:  # rows verify found wrong are used by no mosaic: their tiles are decoded again
+        sources[np.isin(sources, cache.bad_rows(cache.identity))] = -1
     reused = np.flatnonzero(sources >= 0)
     checked: dict[int, np.ndarray] = {}  # cache row -> freshly decoded thumbnail
     for i in np.random.default_rng().choice(reused, size=min(SPOT_CHECKS, len(reused)), replace=False):
@@ -519,34 +653,35 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         if fresh is None or not np.array_equal(fresh, pixels[sources[i]]):
             logger.warning("mosaic cache in %s disagrees with tile %s: rebuilding it", cache.folder, tile_id)
             sources, pixels, checked = np.full(len(rows), -1, dtype=np.int64), None, {}
-            if _writable_folder(cache.folder):
-                cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
+            if writable:
+                writable = _try_write(cache, lambda: cache.rewrite([], [], np.empty((0, THUMB_SIZE, THUMB_SIZE, 3),
+                                                                                    np.uint8)))
             break
         checked[int(sources[i])] = fresh
     held, missing = np.flatnonzero(sources >= 0), np.flatnonzero(sources < 0)
     todo = [(rows["id"][i].decode("ascii"), int(rows["bucket"][i]), rows["phash"][i].decode("ascii")) for i in missing]
     decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
     good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
-    writable = use_cache and _writable_folder(cache.folder)
     if writable and pixels is not None and len(pixels) - len(held) > max(DEAD_ROWS_KEPT, len(held)):
         # compaction: dead rows dropped, live ones kept in file order
-        cache.rewrite(*_held_rows(rows, held[np.argsort(sources[held], kind="stable")], sources, pixels))
-        pixels, checked = None, {}
-    if writable:
-        if good:
-            cache.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
-        if good or pixels is None:
+        compacted = _held_rows(rows, held[np.argsort(sources[held], kind="stable")], sources, pixels)
+        if _try_write(cache, lambda: cache.rewrite(*compacted)):
             pixels, index = cache.load()
-    else:  # a temporary cache: what the library's holds for these tiles, plus the decoded ones
-        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
-        temp = ThumbnailCache(scratch.name)
-        if len(held):
-            temp.append(*_held_rows(rows, held, sources, pixels))
-        if good:
-            temp.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
-        pixels, index = temp.load()
-        checked = {}
-        cache = temp
+            sources, checked = index.rows(keys), {}
+            held = np.flatnonzero(sources >= 0)
+        else:
+            writable = False
+    if writable:
+        def extend() -> None:
+            if good:
+                cache.append([r[0] for r, _t in good], [r[2] for r, _t in good], np.stack([t for _r, t in good]))
+
+        writable = _try_write(cache, extend)
+        if writable and (good or pixels is None):
+            pixels, index = cache.load()
+    scratch, folder = None, cache.folder
+    if not writable:  # a temporary copy of what the library's cache holds for these tiles, plus the decoded ones
+        (pixels, index, folder, scratch), checked = _temporary_thumbs(rows, held, sources, pixels, good), {}
     found = index.rows(keys)
     del keys, index, sources, held  # what is no longer needed goes before the colours are read (peak memory)
     keep = np.flatnonzero(found >= 0)
@@ -554,10 +689,17 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         raise LibraryError(f"{lib.root}: no tile file could be read; run `python -m builder verify`")
     thumb_rows, skipped = found[keep], len(rows) - len(keep)
     id_bytes, bucket_ids = rows["id"][keep], rows["bucket"][keep]
+    labs, phashes = rows["lab"][keep], rows["phash"][keep]
     del rows, found, keep
-    all_rgb = _subcell_rgb(pixels, subcells, cache.folder, cache.identity, checked)
+    all_rgb = _subcell_rgb(pixels, subcells, folder, cache.identity if folder == cache.folder else "", checked)
     rgb = all_rgb[thumb_rows].astype(np.float32)
     del all_rgb
+    pixels, thumb_rows = _replace_off_colour(lib, cache, pixels, id_bytes, bucket_ids, labs, phashes, thumb_rows, rgb)
+    if (thumb_rows < 0).any():
+        usable = thumb_rows >= 0
+        skipped += int((~usable).sum())
+        id_bytes, bucket_ids, rgb, thumb_rows = id_bytes[usable], bucket_ids[usable], rgb[usable], thumb_rows[usable]
+    del labs, phashes
     return TileTable(
         id_bytes=id_bytes,
         bucket_ids=bucket_ids,
@@ -568,3 +710,44 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         skipped=skipped,
         scratch=scratch,
     )
+
+
+def _try_write(cache: ThumbnailCache, write: Callable[[], object]) -> bool:
+    """Run a write to the library's cache; False (and one warning) when the disk refuses it (full,
+    read-only, over quota): the mosaic goes on without updating the cache."""
+    try:
+        write()
+    except OSError as exc:
+        logger.warning("mosaic thumbnail cache in %s not updated (%s): this mosaic keeps its thumbnails "
+                       "aside, and a later one will update the cache", cache.folder, exc.strerror or exc)
+        return False
+    return True
+
+
+def _temporary_thumbs(rows: np.ndarray, held: np.ndarray, sources: np.ndarray, pixels: np.ndarray | None,
+                      good: list) -> tuple[np.ndarray | None, CacheIndex, Path | None, object]:
+    """``(pixels, index, folder, keep-alive)`` of a cache of these tiles outside the library: in a
+    temporary folder, or, when that cannot be written either, in memory (``folder`` None)."""
+    import tempfile
+
+    ids = [r[0] for r, _t in good]
+    phashes = [r[2] for r, _t in good]
+    new = np.stack([t for _r, t in good]) if good else np.empty((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)
+    have = _held_rows(rows, held, sources, pixels) if len(held) and pixels is not None else ([], [], new[:0])
+    scratch = None
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="mosaic_thumbs_")
+        temp = ThumbnailCache(scratch.name)
+        if have[0]:
+            temp.append(*have)
+        if ids:
+            temp.append(ids, phashes, new)
+        loaded, index = temp.load()
+        return loaded, index, temp.folder, scratch
+    except OSError as exc:
+        if scratch is not None:
+            scratch.cleanup()
+        logger.info("temporary thumbnail cache not written (%s): thumbnails held in memory", exc)
+    every = np.concatenate([have[2], new]) if len(have[2]) or len(new) else None
+    keys = cache_keys([*have[0], *ids], [*have[1], *phashes])
+    return every, CacheIndex(keys), None, None

@@ -23,13 +23,13 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from ..color import lab_to_rgb, load_centroids, rgb_to_hex
 from ..errors import MosaicError, UsageError
 from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
+from ..query import FLAT_SYNTHETIC, REAL, SYNTHETIC, BucketMatch, PopulatedIndex
 from . import index as bucket_index
 from . import manifest as release_manifest
 from .manifest import ReleaseIncomplete
@@ -250,60 +250,50 @@ def restore_from_hub(repo_id: str, library_root: str | os.PathLike, revision: st
 # ---------------------------------------------------------------------------------------------
 
 
-class RemoteBucket(NamedTuple):
-    """One populated bucket near a queried colour, and its tiles, read from a Hub release."""
-
-    bucket_id: int
-    distance: float
-    count: int
-    centroid_lab: tuple[float, float, float]
-    centroid_hex: str
-    tiles: list[str]  # tile ids, real first; a synthetic one ends in " (synthetic)"
-
-    def as_dict(self) -> dict:
-        return {"bucket_id": self.bucket_id, "distance": round(self.distance, 4), "count": self.count,
-                "centroid_lab": [round(v, 4) for v in self.centroid_lab], "centroid_hex": self.centroid_hex,
-                "tiles": self.tiles}
-
-
-def nearest_populated(centroids: np.ndarray, counts: np.ndarray, lab, k: int) -> list[tuple[int, float]]:
-    """The ``k`` populated buckets nearest ``lab`` (ties: the lower id), with their distances."""
-    populated = np.flatnonzero(counts > 0)
-    if not len(populated):
-        raise UsageError("the release holds no tiles")
-    d = np.sqrt(((centroids[populated] - np.asarray(lab, dtype=np.float64)) ** 2).sum(axis=1))
-    order = np.argsort(d, kind="stable")[:k]
-    return [(int(populated[i]), float(d[i])) for i in order]
-
-
-def query_hub(repo_id: str, lab, k: int = 5, revision: str | None = None, token: str | None = None) -> list[RemoteBucket]:
+def query_hub(repo_id: str, lab, k: int = 5, revision: str | None = None, token: str | None = None,
+              real_only: bool = False, max_paths: int | None = None) -> list[BucketMatch]:
     """The ``k`` populated buckets nearest the LAB colour ``lab`` and their tiles, from the release's
-    index, ``centroids.npy`` and ``metadata`` rows of those buckets (no image is fetched)."""
+    index, ``centroids.npy`` and ``metadata`` rows of those buckets (no image is fetched).
+
+    As :func:`builder.query.describe` answers it for a library (``populated=True``), but each
+    tile is named by its id (the release has no folders) and kinds come from the metadata rows;
+    ``real_only`` counts and lists real tiles only; ``max_paths`` lists at most that many ids a bucket.
+    """
     if not isinstance(k, int) or k < 1:
         raise UsageError(f"k must be a positive integer, got {k!r}")
     release = HubRelease(repo_id, revision, token)
     index = release.index()
-    counts = np.zeros(N_BUCKETS, dtype=np.int64)
-    for bucket, n in bucket_index.bucket_counts(index, "metadata").items():
-        counts[bucket] = n
+    real = np.zeros(N_BUCKETS, dtype=np.int64)
+    every = np.zeros(N_BUCKETS, dtype=np.int64)
+    for config, counts in (("default", real), ("metadata", every)):
+        for bucket, n in bucket_index.bucket_counts(index, config).items():
+            counts[bucket] = n
+    counts = real if real_only else every
+    if not counts.any():
+        raise UsageError(f"release {release.where} holds no {'real ' if real_only else ''}tiles")
     centroids = load_centroids(release.centroids())
-    near = nearest_populated(centroids, counts, lab, k)
-    rows = bucket_index.select(index, [b for b, _d in near], ["metadata"])
+    near = PopulatedIndex(centroids, counts).query(np.asarray(lab, dtype=np.float64).reshape(1, 3), k)
+    buckets = [int(b) for b in near.bucket_ids[0]]
+    rows = bucket_index.select(index, buckets, ["metadata"])
     named = bucket_index.row_groups_by_file(rows)
     metadata = set(release_manifest.needed_files(release.manifest, ["metadata"]))
     foreign = sorted(set(named) - metadata)
     if foreign:
         raise ReleaseIncomplete(f"{release.where}: its bucket index names {foreign[0]!r}, which is no metadata shard")
     release.check_remote(named)
-    tiles: dict[int, list[tuple[bool, str]]] = {}
+    tiles: dict[int, list[tuple[int, str, str]]] = {}
     for name, ranges in bucket_index.ranges_by_file(rows).items():
         for part in bucket_rows(release.row_groups(name, ranges), rows, name):
             for row in part:
-                tiles.setdefault(row["label"], []).append((bool(row.get("synthetic")), row["id"]))
+                kind = (FLAT_SYNTHETIC if row.get("derived_from") is None else SYNTHETIC) if row.get("synthetic") else REAL
+                if kind == REAL or not real_only:
+                    tiles.setdefault(row["label"], []).append((kind != REAL, row["id"], kind))
     out = []
-    rgb = lab_to_rgb(centroids[[b for b, _d in near]])
-    for (bucket, distance), colour in zip(near, rgb):
-        listed = sorted(tiles.get(bucket, []))
-        out.append(RemoteBucket(bucket, distance, int(counts[bucket]), tuple(float(v) for v in centroids[bucket]),
-                                rgb_to_hex(colour), [f"{i} (synthetic)" if s else i for s, i in listed]))
+    rgb = lab_to_rgb(centroids[buckets])
+    for bucket, distance, colour in zip(buckets, near.distances[0], rgb):
+        listed = sorted(tiles.get(bucket, []))[:max_paths]
+        out.append(BucketMatch(bucket, float(distance), int(counts[bucket]), tuple(float(v) for v in centroids[bucket]),
+                               rgb_to_hex(colour), [tile_id for _s, tile_id, _k in listed],
+                               int(real[bucket]), 0 if real_only else int(every[bucket] - real[bucket]),
+                               [kind for _s, _i, kind in listed]))
     return out

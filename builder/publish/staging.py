@@ -51,6 +51,7 @@ from .. import db as _db
 from ..errors import LibraryError, MosaicError, UsageError
 from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
 from ..library import Library
+from ..summary import plural
 from . import manifest as release_manifest
 from . import rows
 from .card import CardStats, render_card
@@ -85,7 +86,7 @@ class BuildReport(NamedTuple):
         skipped = f", {self.skipped} bad tiles skipped" if self.skipped else ""
         synthetic = f" (+ {self.synthetic} synthetic in the synthetic config)" if self.synthetic else ""
         return (
-            f"built {self.output}: {self.rows} tiles{synthetic} in {self.parquet_files} Parquet files "
+            f"built {self.output}: {plural(self.rows, 'tile')}{synthetic} in {plural(self.parquet_files, 'Parquet file')} "
             f"({self.parquet_bytes / 1e6:.1f} MB){skipped} in {self.seconds:.1f} s"
         )
 
