@@ -15,8 +15,9 @@ is used directly; the published Hub repo holds Parquet files and needs no code::
     ds = builder.as_dataset(split="train")
     ds.features["label"].int2str(ds[0]["label"])     # 'bucket_0042'
 
-Configs: ``default`` (real tiles with images), ``metadata`` (real tiles, no image column; fast)
-and ``synthetic`` (the flagged synthetic tiles ``synthesize`` made, with ``derived_from``).  Options:
+Configs, as a published release has them: ``default`` (real tiles with images), ``synthetic`` (the
+flagged synthetic tiles ``synthesize`` made, with ``derived_from``) and ``metadata`` (every tile,
+real and synthetic, no image column, with the ``synthetic`` flag and ``derived_from``; fast).  Options:
 ``skip_bad=True`` logs and skips rows whose PNG is missing or unreadable instead of failing;
 ``db_path`` reads rows from a consistent snapshot of ``tiles.db``.  The cache folder's hash is a
 fingerprint of the library's rows and centroids, so a grown library is regenerated rather than
@@ -103,17 +104,18 @@ __all__ = [
 ]
 
 
-def dataset_features(with_images: bool = True, synthetic: bool = False) -> datasets.Features:
+def dataset_features(with_images: bool = True, synthetic: bool | None = False) -> datasets.Features:
     """The dataset's columns: ``Features.from_dict`` of :func:`builder.publish.schema.features_dict`,
     the one definition, from which ``build`` also derives its Parquet schema."""
-    return datasets.Features.from_dict(_schema.features_dict(_schema.feature_groups(with_images, synthetic)))
+    return datasets.Features.from_dict(_schema.features_dict(_schema.feature_groups(with_images, bool(synthetic))))
 
 
 def generate_examples(
     root: str | Path, db_path: str | Path, shards: list[Shard], with_images: bool = True, skip_bad: bool = False,
-    synthetic: bool = False,
+    synthetic: bool | None = False,
 ) -> Iterator[tuple[Key, dict]]:
-    """``(Key, example)`` for every row of ``shards`` (real tiles, or the synthetic ones), ordered by ``(bucket_id, id)``."""
+    """``(Key, example)`` for every row of ``shards`` (real tiles, the synthetic ones, or with
+    ``synthetic=None`` every tile), ordered by ``(bucket_id, id)``."""
     for shard_idx, sample_idx, example in _rows.iter_examples(root, db_path, shards, with_images, skip_bad,
                                                               synthetic=synthetic):
         yield Key(shard_idx, sample_idx), example
@@ -129,11 +131,12 @@ class MosaicLibraryConfig(datasets.BuilderConfig):
         db_path: read rows from this ``tiles.db`` (e.g. a consistent snapshot) instead of
             ``<data_dir>/tiles.db``; image files are still read from ``data_dir``.
         shard_rows: rows per generator shard; shards are what ``num_proc`` distributes.
-        synthetic: the synthetic tiles (with ``derived_from``) instead of the real ones.
+        synthetic: the synthetic tiles (with ``derived_from``) instead of the real ones; ``None``:
+            every tile (the ``metadata`` config: with the ``synthetic`` flag and ``derived_from``).
     """
 
     with_images: bool = True
-    synthetic: bool = False
+    synthetic: bool | None = False
     skip_bad: bool = False
     db_path: str | None = None
     shard_rows: int = DEFAULT_SHARD_ROWS
@@ -152,7 +155,8 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIGS: ClassVar[list[MosaicLibraryConfig]] = [
         MosaicLibraryConfig(name="default", version=VERSION, description="Tiles with images."),
         MosaicLibraryConfig(
-            name="metadata", version=VERSION, with_images=False, description="Tile rows without images."
+            name="metadata", version=VERSION, with_images=False, synthetic=None,
+            description="Every tile's row, real and synthetic, without images.",
         ),
         MosaicLibraryConfig(
             name="synthetic", version=VERSION, synthetic=True,
@@ -186,12 +190,13 @@ class MosaicLibrary(datasets.GeneratorBasedBuilder):
                                 synthetic=self.config.synthetic)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=gen_kwargs)]
 
-    def _generate_shards(self, root: str, db_path: str, shards: list[Shard], synthetic: bool = False) -> Iterator[dict]:
+    def _generate_shards(self, root: str, db_path: str, shards: list[Shard],
+                         synthetic: bool | None = False) -> Iterator[dict]:
         for shard in shards:
             yield {"db_path": db_path, "buckets": (shard.lo, shard.hi)}
 
     def _generate_examples(self, root: str, db_path: str, shards: list[Shard],
-                           synthetic: bool = False) -> Iterator[tuple[Key, dict]]:
+                           synthetic: bool | None = False) -> Iterator[tuple[Key, dict]]:
         yield from generate_examples(root, db_path, shards, self.config.with_images, self.config.skip_bad,
                                      synthetic=synthetic)
 

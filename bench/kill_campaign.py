@@ -11,6 +11,7 @@ repair kills and 20 recover kills::
     python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --repair-kills 0 --recover-kills 0 --mosaic-kills 0  # burn only
     python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --mosaic-kills 0   # repair and recover only
     python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --repair-kills 0 --recover-kills 0 --mosaic-kills 40
+    python bench/kill_campaign.py --ingest-kills 0 --harvest-kills 0 --burn-kills 0 --repair-kills 0 --recover-kills 0 --mosaic-kills 0 --restore-kills 30
 
 Every kill takes down the writer's whole process group (CLI and process pool) at a moment
 drawn from four triggers (random delay, workers mid-batch, journal on disk, right after a
@@ -30,6 +31,12 @@ and repairing, or at random, run again until it completes, then damaged again.  
 no tile may be without a file and, once a writer opened the library, files == rows; after each
 completed run the ids (and, for recover, the provenance) equal the start's.  Printed: kills by
 moment, tiles before and after, tiles lost.
+
+The restore scenario (``--restore-kills``, default 10: each of the ten points of
+``tests/restore_campaign.py`` once; more cycle through them): ``python -m builder restore`` of a
+staging folder (160 real tiles with a fetch ledger, 40 synthetic) SIGKILLed at a point found by
+polling the file system, then run again to the end; printed: kills, tiles before and after each
+rerun, tiles lost, and any rerun that failed or differs from the source.
 
 The burn scenario (``--burn-kills``, default 3) measures what kills cost a plan: a zoom-7
 harvest of both phases (751 candidate tiles), SIGKILLed right after each run's first commit,
@@ -83,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repair-kills", type=int, default=30, help="kills of verify --repair (0: skip it)")
     p.add_argument("--recover-kills", type=int, default=20, help="kills of recover (0: skip it)")
     p.add_argument("--maintenance-tiles", type=int, default=320, help="tiles of the repair/recover library")
+    p.add_argument("--restore-kills", type=int, default=10, help="restore kills (the ten points, cycled; 0: skip)")
     p.add_argument("--pool", type=int, default=4000, help="distinct input tiles for the ingest campaign")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep the libraries")
@@ -94,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.burn_kills = min(args.burn_kills, 1)
         args.mosaic_kills = min(args.mosaic_kills, 4)
         args.repair_kills, args.recover_kills = min(args.repair_kills, 2), min(args.recover_kills, 2)
+        args.restore_kills = min(args.restore_kills, 3)
     return args
 
 
@@ -132,6 +141,8 @@ def run(args: argparse.Namespace, work: Path) -> list[Figures]:
         run_burn_scenario(args.burn_kills, work / "burn")
     if args.mosaic_kills > 0:
         results.extend(run_mosaic_scenario(args.mosaic_kills, work / "mosaic", args.seed, progress))
+    if args.restore_kills > 0:
+        results.append(run_restore_campaign(args.restore_kills, work / "restore", progress))
     return results
 
 
@@ -154,6 +165,35 @@ def run_maintenance_campaigns(args: argparse.Namespace, work: Path, progress) ->
         results.append(figures)
         print(figures.summary(), flush=True)
     return results
+
+
+def run_restore_campaign(kills: int, work: Path, progress=None) -> Figures:
+    """Kill ``restore`` at the campaign's points (cycled ``kills`` times); print and return the figures."""
+    import numpy as np
+    from PIL import Image
+
+    from builder.library import Library
+    from builder.publish import build_staging
+    from builder.synthesize import synthesize
+    from tests.conftest import BLUEMARBLE
+    from tests.publish_helpers import make_library
+    from tests.restore_campaign import POINTS, library_state, restore_campaign
+
+    work.mkdir(parents=True)
+    image = Image.open(BLUEMARBLE).convert("RGB")
+    root = make_library(work / "source" / "mosaic_library", image, n_ingest=120, n_harvest=40)
+    with Library.open(root) as lib:
+        empty = [int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)]
+        synthesize(lib, max_uses=2, buckets=empty[::100][:40], progress=False)
+    staging = build_staging(root, work / "staging", max_shard_size="1MB").output
+    expected = library_state(root)
+    real = sum(1 for row in expected["rows"].values() if row[-2] == 0)
+    names = list(POINTS)
+    points = [names[i % len(names)] for i in range(kills)]
+    found = restore_campaign(staging, expected, work / "rounds", points, real=real, progress=progress)
+    print(found.summary(), flush=True)
+    return Figures(writer="restore", rounds=len(points), kills=found.kills, tiles_lost=found.lost,
+                   rows=len(expected["rows"]), violations=list(found.violations))
 
 
 def run_burn_scenario(kills: int, work: Path) -> None:

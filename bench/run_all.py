@@ -37,6 +37,8 @@ HELPERS = {"common", "run_all", "__init__", "conftest", "card_recipe"}
 BY_HAND = {
     "kill_campaign": "crash-safety campaign, not a timing bench (tests/test_crash.py is its CI form)",
     "scale": "libraries of 5k/25k/100k tiles: GBs of disk, tens of minutes (its --quick runs in tests/test_bench_smoke.py)",
+    "partial": "a 25,000-tile release on the local Hub: 2 GB, 20 minutes the first time (its --quick runs in "
+               "tests/test_bench_smoke.py)",
 }
 TAIL_LINES = 25
 # Benches that do not take ``--quick`` (yet): the tiny sizes it stands for, in their own options

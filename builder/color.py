@@ -83,6 +83,16 @@ def hex_to_rgb(text: str) -> tuple[int, int, int]:
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
+def rgb_to_hex(rgb) -> str:
+    """``#rrggbb`` of an sRGB colour (floats are rounded and clipped).
+
+    >>> rgb_to_hex((255, 127.6, -3))
+    '#ff8000'
+    """
+    r, g, b = (int(np.clip(round(float(v)), 0, 255)) for v in rgb)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 def make_centroids(seed: int = 0, n_colours: int = 500_000, n_clusters: int = N_BUCKETS) -> np.ndarray:
     """The card's recipe for ``centroids.npy``, seeded: same seed, same file (about 50 s).
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import db
-from .color import hex_to_rgb, lab_to_rgb, rgb_to_lab
+from .color import hex_to_rgb, lab_to_rgb, rgb_to_hex, rgb_to_lab  # noqa: F401  (rgb_to_hex: part of this module's API)
 from .defaults import DEFAULT_QUERY_PATHS
 from .errors import UsageError
 from .layout import N_BUCKETS
@@ -135,12 +135,6 @@ def parse_hex(text: str) -> tuple[int, int, int]:
         return hex_to_rgb(str(text))
     except ValueError:
         raise UsageError(f"not a RRGGBB hex colour: {text!r}") from None
-
-
-def rgb_to_hex(rgb: Sequence[float]) -> str:
-    """``#rrggbb`` of an sRGB colour (floats are rounded and clipped)."""
-    r, g, b = (int(np.clip(round(float(v)), 0, 255)) for v in rgb)
-    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def lab_from_rgb(rgb) -> np.ndarray:

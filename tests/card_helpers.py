@@ -17,7 +17,11 @@ NOT_PYTHON_INFO = {"", "text", "bash", "sh", "shell", "console", "yaml"}
 
 # A marker that picks each Python block out of the card; every block must match exactly one.
 MARKERS = {
-    "load_dataset": "load_dataset(",
+    "load_dataset": "ds = load_dataset(",
+    "metadata_config": '"metadata", split="train")',
+    "streaming_filters": "streaming=True, filters=",
+    "pyarrow_index": 'cache_type="none"',
+    "duckdb": "register_filesystem(",
     "quick_queries": "HAVING n >=",
     "cluster_recipe": "MiniBatchKMeans(",
     "all_metadata": "Total tiles",

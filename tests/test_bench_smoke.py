@@ -62,6 +62,22 @@ def test_scale_bench_quick_times_every_command_at_two_sizes(tmp_path):
     assert "ratio time/tile" in proc.stdout and "ratio" in proc.stdout.lower()
 
 
+@pytest.mark.slow
+def test_partial_bench_quick_measures_every_reader_beside_a_snapshot(tmp_path):
+    """bench/partial.py --quick: a 300-tile release pushed to the local Hub, every reader a fresh
+    process that succeeds, a bytes row and a time row per reader (never a figure asserted)."""
+    rows_file = tmp_path / "rows.jsonl"
+    env = {**os.environ, common.JSON_ENV: str(rows_file), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "partial.py"), "--quick", "--cache",
+                           str(tmp_path / "cache")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    cases = {r["case"].rsplit(": ", 1)[0] for r in rows}
+    assert len(rows) == 2 * len(cases) == 12 and all(r["baseline"] == "full snapshot" for r in rows)
+    assert all(r["base_value"] > 0 and r["value"] > 0 for r in rows)
+    assert {r["unit"] for r in rows} == {"MB", "s"} and "ratio" in proc.stdout
+
+
 def test_expected_benches_are_present():
     assert {"ingest", "build"} <= set(discover())
 

@@ -46,7 +46,8 @@ from builder.publish.card import (
 from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
 from tests.conftest import REPO, real_crops
 
-NOT_IN_SEED = {"load_dataset"}  # the seed card predates the Hub dataset; its other snippets are the seed's
+# The seed card predates the Hub dataset and partial reads; its other snippets are the seed's.
+NOT_IN_SEED = {"load_dataset", "metadata_config", "streaming_filters", "pyarrow_index", "duckdb"}
 # The seed's cluster recipe saved over mosaic_library/centroids.npy, the library's identity; the
 # card's saves beside it (its recipe lines are still the seed's: see the test below).
 SAVED_ELSEWHERE = {"cluster_recipe"}
@@ -152,6 +153,26 @@ def test_load_dataset_block(card_library, tmp_path):
     image, label, name = lines
     assert image.startswith("<PIL.") and "mode=RGB size=256x256" in image
     assert (label, name) == (str(bucket), repr(f"bucket_{bucket:04d}"))
+
+
+def test_metadata_config_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "metadata_config"), card_library.base, tmp_path)
+    with Library.open(card_library.base / "mosaic_library", readonly=True) as lib:
+        tiles = lib.stats()["tiles"]
+    assert lines == [f"{tiles} {card_library.in_42} 0"]  # bucket 42 is the example: it holds real tiles
+
+
+def test_streaming_filters_block(card_library, tmp_path):
+    lines = run_block(python_block(card_library.card, "streaming_filters"), card_library.base, tmp_path)
+    assert lines == [f"{card_library.in_42} (256, 256)"]
+
+
+def test_hub_blocks_name_the_repo_and_the_example_bucket(card_library):
+    """The pyarrow and DuckDB blocks read through HfFileSystem: tests/test_release_hub.py runs them
+    (with every other block) against a pushed repo."""
+    block = python_block(card_library.card, "pyarrow_index")
+    assert 'repo = "datasets/USER/mosaic_library"' in block and '("bucket", "==", 42)' in block
+    assert "'hf://datasets/USER/mosaic_library/metadata/*.parquet'" in python_block(card_library.card, "duckdb")
 
 
 def test_quick_queries_block(card_library, tmp_path):

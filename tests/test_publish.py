@@ -26,10 +26,19 @@ from builder.publish import (
     staging_state,
     validate_repo_id,
 )
+from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.staging import MANIFEST
 from builder.verify import verify_library
 from tests.conftest import real_crops
-from tests.publish_helpers import FAKE_TOKEN, db_rows, load_in_fresh_process, make_library, sha256, subprocess_env
+from tests.publish_helpers import (
+    FAKE_TOKEN,
+    db_rows,
+    load_in_fresh_process,
+    make_library,
+    reseal,
+    sha256,
+    subprocess_env,
+)
 from tests.support.localhub import LocalHub
 
 SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"
@@ -75,6 +84,11 @@ def read_parquet_rows(staging: Path) -> list[dict]:
     return rows
 
 
+def footer_bytes(path: Path) -> int:
+    """A Parquet file's footer length (its last 8 bytes: length, then ``PAR1``)."""
+    return int.from_bytes(path.read_bytes()[-8:-4], "little")
+
+
 def card_header(readme: Path) -> tuple[str, dict]:
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("---\n")
@@ -89,7 +103,18 @@ def test_staging_holds_exactly_the_release_files(staging):
     names = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
     shards = [n for n in names if n.startswith("data/")]
     assert shards and all(re.fullmatch(SHARD_NAME, n) for n in shards)
-    assert sorted(set(names) - set(shards)) == sorted([MANIFEST, "README.md", "centroids.npy", "tiles.db"])
+    metadata = [n for n in names if n.startswith("metadata/")]
+    assert metadata and all(re.fullmatch(SHARD_NAME.replace("data/", "metadata/"), n) for n in metadata)
+    assert sorted(set(names) - set(shards) - set(metadata)) == sorted(
+        [MANIFEST, "README.md", "bucket_index.parquet", "centroids.npy", "release.json", "tiles.db"])
+    # the release manifest names every file but itself and the local build record, with its content
+    release = json.loads((staging / "release.json").read_text())
+    assert sorted(release["files"]) == sorted(set(names) - {MANIFEST, "release.json"})
+    for name, facts in release["files"].items():
+        assert facts["size"] == (staging / name).stat().st_size
+        assert facts["sha256"] == sha256((staging / name).read_bytes())
+    assert release["configs"]["default"]["files"] == shards and release["configs"]["metadata"]["files"] == metadata
+    assert "synthetic" not in release["configs"]  # this library has none
     assert not list(staging.rglob("*.py"))
     leftovers = [p.name for p in staging.parent.iterdir() if p.name.startswith(".staging.")]
     assert leftovers == []
@@ -130,8 +155,9 @@ def test_label_names_come_from_parquet_metadata_not_the_yaml(staging):
 
 @pytest.mark.parametrize("with_images", [True, False])
 def test_the_one_features_mapping_gives_datasets_schema_and_the_builders_features(with_images):
-    """schema.features_dict is in Features.to_dict() form; the Arrow schema and huggingface metadata
-    build derives from it without datasets are what datasets derives; MosaicLibrary uses the same."""
+    """with_images=False is the metadata config: no image, and the synthetic flag and derived_from."""
+    # schema.features_dict is in Features.to_dict() form; the Arrow schema and huggingface metadata
+    # build derives from it without datasets are what datasets derives; MosaicLibrary uses the same.
     import datasets
 
     from builder.publish import schema
@@ -140,12 +166,13 @@ def test_the_one_features_mapping_gives_datasets_schema_and_the_builders_feature
     mapping = schema.features_dict(schema.feature_groups(with_images))
     features = datasets.Features.from_dict(mapping)
     assert json.dumps(features.to_dict()) == json.dumps(mapping)  # to_dict's own form, key order included
-    ours, theirs = schema.arrow_schema(with_images), features.arrow_schema
+    ours, theirs = schema.arrow_schema(schema.feature_groups(with_images)), features.arrow_schema
     assert ours == theirs and [f.type for f in ours] == [f.type for f in theirs]
     assert ours.metadata == theirs.metadata  # the huggingface features JSON, byte for byte
     assert json.loads(ours.metadata[b"huggingface"]) == {"info": {"features": mapping}}
     assert dataset_features(with_images) == features
-    assert ("image" in features) is with_images and list(features)[-1] == "harvested_at"
+    assert ("image" in features) is with_images
+    assert list(features)[-1] == ("harvested_at" if with_images else "derived_from")
 
 
 def test_feature_groups_choose_columns_in_the_tables_order():
@@ -153,7 +180,9 @@ def test_feature_groups_choose_columns_in_the_tables_order():
 
     full = schema.features_dict()
     assert list(schema.features_dict(["provenance", "tile"])) == [c for c in full if c != "image"]
-    assert schema.features_dict(schema.feature_groups(False)) == {k: v for k, v in full.items() if k != "image"}
+    # the metadata config: every column but the image, then the synthetic flag and derived_from
+    assert list(schema.features_dict(schema.feature_groups(False))) == [
+        *(c for c in full if c != "image"), "synthetic", "derived_from"]
     full["label"]["names"].clear()  # a fresh copy each time: the definition cannot be changed through it
     assert len(schema.features_dict()["label"]["names"]) == 5000
     with pytest.raises(ValueError, match="unknown feature groups"):
@@ -213,10 +242,13 @@ def test_parquet_layout_is_the_one_datasets_writes(library, staging, tmp_path):
     builder.download_and_prepare(str(tmp_path / "ds"), file_format="parquet")
     theirs = sorted((tmp_path / "ds").glob("*.parquet"))
     ours = sorted((staging / "data").glob("*.parquet"))
-    assert pq.read_schema(ours[0]) == pq.read_schema(theirs[0])
-    assert pq.read_schema(ours[0]).metadata == pq.read_schema(theirs[0]).metadata
+    assert pq.read_schema(ours[0]) == pq.read_schema(theirs[0])  # the same columns and types
+    assert pq.read_schema(ours[0]).metadata[b"huggingface"] == pq.read_schema(theirs[0]).metadata[b"huggingface"]
     ours_meta, theirs_meta = pq.ParquetFile(ours[0]).metadata, pq.ParquetFile(theirs[0]).metadata
     assert ours_meta.metadata[b"content_defined_chunking"] == theirs_meta.metadata[b"content_defined_chunking"]
+    # but the label names once, not twice: no base64 copy of the Arrow schema (and its metadata) in the footer
+    assert b"ARROW:schema" in theirs_meta.metadata and b"ARROW:schema" not in ours_meta.metadata
+    assert footer_bytes(ours[0]) < 0.55 * footer_bytes(theirs[0])
     for i in range(ours_meta.num_columns):
         a, b = ours_meta.row_group(0).column(i), theirs_meta.row_group(0).column(i)
         assert (a.path_in_schema, a.compression, a.encodings) == (b.path_in_schema, b.compression, b.encodings)
@@ -238,11 +270,14 @@ def test_card_yaml_parses_is_small_and_reports_live_figures(staging, library):
     assert meta["size_categories"] == ["n<1K"]
     assert meta["pretty_name"] == "Mosaic Library"
     assert "satellite-imagery" in meta["tags"]
-    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]},
+                               {"config_name": "metadata", "data_files": [{"split": "train", "path": "metadata/train-*"}]}]
+    assert meta["license_link"] == "README.md#limitations-and-notes"
     with Library.open(library, readonly=True) as lib:
         stats = lib.stats()
     body = (staging / "README.md").read_text()
-    assert f"**{stats['tiles']:,} tiles**" in body
+    assert f"**{stats['tiles']:,} real tiles**" in body
+    assert f"`tiles.db` holds the same {stats['tiles']:,} tiles." in body
     assert f"**{stats['buckets_populated']:,} of 5,000 colour clusters**" in body
     assert "| Desert (Sahara) |" in body and "mosaic_library.MosaicLibrary" in body
     assert str(library.parent) not in body  # no local paths in a public card
@@ -351,7 +386,22 @@ def test_staleness_follows_the_library(library_copy, tmp_path, bluemarble):
     state = staging_state(library_copy, out)
     assert not state.current and "library changed" in state.reason
     (out / "data" / "stray.txt").write_text("x")
-    assert "files" in staging_state(library_copy, out).reason
+    assert "stray.txt, which the build did not write" in staging_state(library_copy, out).reason
+
+
+def test_a_damaged_shard_of_the_same_size_makes_the_staging_stale(library_copy, tmp_path):
+    """Up to date means the same content: one flipped byte in a shard is caught by its sha256."""
+    out = tmp_path / "staging"
+    build_staging(library_copy, out)
+    assert staging_state(library_copy, out).current
+    shard = sorted((out / "data").glob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    state = staging_state(library_copy, out)
+    assert not state.current and shard.name in state.reason and "sha256" in state.reason
+    with pytest.raises(UsageError, match=shard.name):
+        plan_upload(out)
 
 
 # --------------------------------------------------------------------------------------- push
@@ -359,11 +409,13 @@ def test_staleness_follows_the_library(library_copy, tmp_path, bluemarble):
 
 def test_plan_upload_is_exactly_the_release_in_order(staging):
     plan = plan_upload(staging)
-    shards = sorted((staging / "data").glob("*.parquet"))
-    expected = [(p, f"data/{p.name}", p.stat().st_size) for p in shards] + [
-        (staging / name, name, (staging / name).stat().st_size) for name in ("README.md", "centroids.npy", "tiles.db")
-    ]
-    assert [tuple(item) for item in plan] == expected
+    shards = sorted((staging / "data").glob("*.parquet")) + sorted((staging / "metadata").glob("*.parquet"))
+    root = ["README.md", "bucket_index.parquet", "centroids.npy", "tiles.db", "release.json"]
+    expected = [p.relative_to(staging).as_posix() for p in shards] + root
+    assert [item.path_in_repo for item in plan] == expected
+    for item in plan:
+        assert item.local_path == staging / item.path_in_repo and item.size == item.local_path.stat().st_size
+        assert item.sha256 == sha256(item.local_path.read_bytes())
 
 
 @pytest.mark.parametrize("stray", ["mosaic_library.py", "data/notes.txt", "data/train-00009-of-00010.parquet"])
@@ -371,7 +423,7 @@ def test_plan_upload_refuses_anything_else(staging, tmp_path, stray):
     copy = tmp_path / "staging"
     shutil.copytree(staging, copy)
     (copy / stray).write_bytes(b"x")
-    with pytest.raises(UsageError, match=stray.split("/")[-1] if "parquet" not in stray else "incomplete"):
+    with pytest.raises(UsageError, match=f"not part of a release: {stray}"):
         plan_upload(copy)
 
 
@@ -496,10 +548,15 @@ def test_restore_refuses_hostile_ids_in_parquet_and_cleans_up(staging, tmp_path,
     table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
     pq.write_table(table, shard)
     target = tmp_path / "lib"
+    # as edited, the shard no longer matches the release's checksum: refused before anything is written
+    with pytest.raises(ReleaseIncomplete, match=f"{shard.name} is damaged"):
+        restore_library(copy, target)
+    assert not target.exists() and not list(tmp_path.glob(".lib*"))
+    reseal(copy)  # a hostile release whose manifest vouches for the edited shard: the ids are still checked
     with pytest.raises(UnsafePath) as info:
         restore_library(copy, target)
     assert repr(hostile) in str(info.value)
-    assert not target.exists()
+    assert not target.exists() and not list(tmp_path.glob(".lib*"))
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "escaped.png").exists()
 
 
@@ -512,8 +569,10 @@ def test_restore_refuses_out_of_range_labels(staging, tmp_path):
     labels[0] = 7000
     table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64()))
     pq.write_table(table, shard)
+    reseal(copy)
     with pytest.raises(UnsafePath, match="7000"):
         restore_library(copy, tmp_path / "lib")
+    assert not (tmp_path / "lib").exists() and not list(tmp_path.glob(".lib*"))
 
 
 # --------------------------------------------------------------------------------------- CLI
@@ -530,7 +589,9 @@ def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
     restored = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
     assert restored.returncode == 0 and restored.stdout.startswith("restored ")
 
-    refused = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
+    again = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))  # the same release: done
+    assert again.returncode == 0 and again.stdout.rstrip().endswith("(already restored)")
+    refused = cli(tmp_path, "restore", str(out), "--library", str(library_copy))  # anything else: refused
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not empty" in refused.stderr
 
     victim = next(iter(db_rows(library_copy / "tiles.db").values()))
@@ -544,7 +605,7 @@ def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
     bad_repo = cli(tmp_path, "push", "--library", str(library_copy), "--repo-id", "not a repo", "--dry-run")
     assert bad_repo.returncode == 2 and "'not a repo'" in bad_repo.stderr
 
-    everything = [built, restored, refused, failed, skipped, bad_repo]
+    everything = [built, restored, again, refused, failed, skipped, bad_repo]
     assert all(FAKE_TOKEN not in r.stdout + r.stderr for r in everything)
 
 
@@ -615,9 +676,11 @@ def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path
     assert all(r.auth == "valid" for r in requests if r.origin == "hub")
     assert {(r.method, r.auth) for r in requests if r.origin == "cdn"} == {("PUT", "none")}
     assert [r.status for r in requests if r.path == "/api/validate-yaml"] == [200]  # the card's YAML passed the check
-    # the shards, tiles.db and centroids.npy went through LFS (storage PUTs), the card in the commit itself
+    # the shards, the index, tiles.db and centroids.npy went through LFS (storage PUTs), the card and the
+    # release manifest (small text) in the commit itself
     plan = plan_upload(out)
-    assert {p for p, e in head.files.items() if e.kind == "lfs"} == {i.path_in_repo for i in plan} - {"README.md"}
+    assert {p for p, e in head.files.items() if e.kind == "lfs"} == {i.path_in_repo for i in plan} - {
+        "README.md", "release.json"}
     assert remote == {item.path_in_repo: item.local_path.read_bytes() for item in plan}
     assert result.stdout.splitlines()[-1] == (
         f"uploaded {len(plan)} files ({sum(i.size for i in plan) / 1e6:.1f} MB) to {hub.endpoint}/datasets/alice/mosaic"
@@ -633,15 +696,16 @@ def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path
 
 def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, tmp_path):
     out = tmp_path / "staging"
-    first = build_staging(library_copy, out, max_shard_size="1MB")
-    assert first.parquet_files > 2
+    build_staging(library_copy, out, max_shard_size="1MB")
+    first = len(list((out / "data").glob("*.parquet")))
+    assert first > 2
     # an organisation whose new repos are private: push without --private must not make it public
     with LocalHub(token=FAKE_TOKEN, default_private=True) as hub:
         args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
         assert push_cli(tmp_path, hub, *args).returncode == 0
         assert hub.repo("alice/mosaic").private is True
         old = {p for p in hub.files("alice/mosaic") if p.startswith("data/")}
-        assert len(old) == first.parquet_files
+        assert len(old) == first
         build_staging(library_copy, out)  # default shard size: one file
         second = push_cli(tmp_path, hub, *args)
         assert second.returncode == 0, second.stderr
@@ -649,7 +713,7 @@ def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, 
         deleted = set(hub.changes("alice/mosaic")["deleted"])
     assert sorted(p for p in remote if p.startswith("data/")) == ["data/train-00000-of-00001.parquet"]
     assert deleted == old - {"data/train-00000-of-00001.parquet"}
-    assert f"deleted {len(deleted)} stale shards" in second.stdout
+    assert f"deleted {len(deleted)} stale files" in second.stdout
 
 
 def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(library_copy, tmp_path):

@@ -87,9 +87,9 @@ def test_the_card_counts_the_synthetic_tiles_and_lists_their_config(stagings):
     plain = (real / "README.md").read_text()
     card = (mixed / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
-    assert [c["config_name"] for c in header["configs"]] == ["default", "synthetic"]
+    assert [c["config_name"] for c in header["configs"]] == ["default", "synthetic", "metadata"]
     assert header["configs"][1]["data_files"] == [{"split": "train", "path": "synthetic/train-*"}]
-    assert [c["config_name"] for c in yaml.safe_load(plain.split("---")[1])["configs"]] == ["default"]
+    assert [c["config_name"] for c in yaml.safe_load(plain.split("---")[1])["configs"]] == ["default", "metadata"]
     assert "Synthetic tiles" not in plain and "**30 synthetic tiles**" in card
     block = card.split("### Synthetic tiles")[1].split("```python\n")[1].split("```")[0]
     assert block.startswith("from datasets import load_dataset") and '"synthetic"' in block
@@ -132,3 +132,25 @@ def test_the_cards_synthetic_snippet_runs(stagings, tmp_path):
                          env=subprocess_env(tmp_path, HF_HUB_OFFLINE="1"), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["30", "True"]
+
+
+def test_push_dry_run_of_a_library_with_synthetic_tiles_lists_every_config(libraries, stagings, tmp_path):
+    """The demo's library runs synthesize: its release must publish (was: refused as foreign files)."""
+    import subprocess
+    import sys
+
+    from builder.publish import plan_upload
+    from tests.publish_helpers import FAKE_TOKEN, subprocess_env
+
+    _real, mixed = libraries
+    out = tmp_path / "staging"
+    result = subprocess.run([sys.executable, "-m", "builder", "push", "--library", str(mixed), "--output", str(out),
+                             "--repo-id", "alice/mosaic", "--dry-run"], capture_output=True, text=True,
+                            env=subprocess_env(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[-1] for line in result.stdout.splitlines()[1:-1]]
+    assert listed == [item.path_in_repo for item in plan_upload(out)]
+    folders = {name.split("/")[0] for name in listed if "/" in name}
+    assert folders == {"data", "synthetic", "metadata"}
+    assert {"README.md", "bucket_index.parquet", "release.json", "tiles.db", "centroids.npy"} <= set(listed)
+    assert FAKE_TOKEN not in result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""``push --repo-id USER/NAME [--private] [--revision REV] [--dry-run]``: build if needed, upload."""
+"""``push --repo-id USER/NAME [--private] [--revision REV] [--dry-run]``: build if needed, upload what changed."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def run(args) -> CommandResult:
 
     validate_repo_id(args.repo_id)  # before a possibly long build
     staging, built = ensure_staging(args.library, args.output, num_proc=args.num_proc, repo_id=args.repo_id)
-    report = push_staging(staging, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    # ensure_staging has just checked every file's sha256 against the release manifest (or built them)
+    report = push_staging(staging, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,
+                          verify=False)
     before = [built.summary()] if built is not None else []
     if args.dry_run:
         before += format_plan(report.plan)

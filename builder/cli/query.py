@@ -1,4 +1,4 @@
-"""``query --lab L A B | --rgb R G B | --hex RRGGBB``: nearest buckets and their tiles."""
+"""``query --lab L A B | --rgb R G B | --hex RRGGBB [--hub USER/NAME]``: nearest buckets and their tiles."""
 
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ def register(sub):
                    help="count and list real tiles only: a bucket holding only synthetic tiles is empty")
     p.add_argument("--paths", type=integer(0), default=DEFAULT_QUERY_PATHS, metavar="N",
                    help=f"tile paths listed per bucket (default {DEFAULT_QUERY_PATHS}; the counts are always whole)")
+    p.add_argument("--hub", metavar="USER/NAME", default=None,
+                   help="ask a Hub release instead of a library: populated buckets, from its metadata (no image fetched)")
+    p.add_argument("--revision", metavar="REV", default=None, help="with --hub: branch, tag or commit (default main)")
     return p
 
 
@@ -79,6 +82,18 @@ def run(args) -> CommandResult:
     from ..query import describe
 
     lab, label = query_lab(args)
+    if args.hub is not None:
+        from ..publish.remote import query_hub
+
+        # a release answers with its populated buckets (it knows no empty bucket's tiles); ids, not paths
+        found = query_hub(args.hub, lab, k=args.k, revision=args.revision, real_only=args.real_only,
+                          max_paths=args.paths)
+        report = QueryReport(label, lab, found, args.real_only)
+        return CommandResult(report, after=report.bucket_lines())
+    if args.revision:
+        from ..errors import UsageError
+
+        raise UsageError("--revision is for --hub")
     with Library.open(args.library, readonly=True) as lib:
         report = QueryReport(label, lab, describe(lib, lab, k=args.k, populated=args.populated,
                                                   real_only=args.real_only, max_paths=args.paths), args.real_only)

@@ -31,7 +31,7 @@ import yaml
 
 from ..errors import MosaicError
 from ..layout import DATA_DIR, N_BUCKETS, TILE_SIZE, bucket_name
-from .schema import ROWS_PER_GROUP
+from .schema import CONFIGS, INDEX_NAME, METADATA_ROWS_PER_GROUP, RELEASE_MANIFEST, ROWS_PER_GROUP, Config
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,14 @@ class CardStats:
     synthetic_buckets: int = 0
     # With a colour atlas: {populated, reachable_empty, not_seen} buckets (builder.atlas.reachability).
     reachability: dict[str, int] | None = None
+    # what SELECT COUNT(*) FROM tiles returns on the shipped tiles.db: real and synthetic tiles
+    total_rows: int = 0
+    # {config name: [files, bytes]} of every config the release holds
+    configs: dict[str, list[int]] = field(default_factory=dict)
+    index_bytes: int = 0
+    # the bucket the examples use (42 when it holds real tiles) and its real tiles
+    example_bucket: int = 42
+    example_bucket_tiles: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -149,8 +157,17 @@ def source_kind(source: str) -> str:
     return "other"
 
 
+# Where each licence name's terms are read: NASA Earth Observatory's image use policy, the terms
+# of use on Esri's World Imagery item, and for mixed sources this card's own section on terms.
+LICENSE_LINKS = {
+    "nasa-blue-marble-public-domain": "https://earthobservatory.nasa.gov/image-use-policy",
+    "esri-world-imagery-terms": "https://www.arcgis.com/home/item.html?id=10df2279f9684e4a9f6a7f08febac2a9",
+    "mixed-see-dataset-card": "README.md#limitations-and-notes",
+}
+
+
 def license_fields(sources: Mapping[str, int]) -> dict[str, str]:
-    """``license`` / ``license_name`` for the YAML, from the sources the tiles came from.
+    """``license`` / ``license_name`` / ``license_link`` for the YAML, from the sources the tiles came from.
 
     >>> license_fields({"earth": 3})["license_name"], license_fields({"earth": 3, "arcgis": 1})["license_name"]
     ('nasa-blue-marble-public-domain', 'esri-world-imagery-terms')
@@ -162,7 +179,7 @@ def license_fields(sources: Mapping[str, int]) -> dict[str, str]:
         name = "esri-world-imagery-terms"
     else:
         name = "mixed-see-dataset-card"
-    return {"license": "other", "license_name": name}
+    return {"license": "other", "license_name": name, "license_link": LICENSE_LINKS[name]}
 
 
 def card_yaml(stats: CardStats) -> str:
@@ -178,15 +195,23 @@ def card_yaml(stats: CardStats) -> str:
         "task_categories": ["image-classification"],
         "tags": ["satellite-imagery", "remote-sensing", "color", "cielab", "photomosaic", "image"],
         "size_categories": [size_category(stats.tiles)],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        "configs": [config_yaml(CONFIGS[name]) for name in release_configs(stats)],
     }
-    if stats.synthetic_tiles:
-        data["configs"].append(dict(SYNTHETIC_CONFIG))
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
 
 
-# The synthetic tiles' config (only in the card of a library that has some).
-SYNTHETIC_CONFIG = {"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*"}]}
+def release_configs(stats: CardStats) -> list[str]:
+    """The configs a release holds, in the card's order: ``synthetic`` only with synthetic tiles.
+
+    Every config lists its own ``data_files``, so ``datasets`` never takes the root files
+    (``bucket_index.parquet``, ``tiles.db``) for data.
+    """
+    return [name for name in CONFIGS if name != "synthetic" or stats.synthetic_tiles]
+
+
+def config_yaml(config: Config) -> dict:
+    """A config's entry in the YAML ``configs`` list."""
+    return {"config_name": config.name, "data_files": [{"split": "train", "path": config.pattern}]}
 
 
 def synthetic_section(stats: CardStats, repo_id: str) -> str:
@@ -316,8 +341,56 @@ def reachability_note(stats: CardStats) -> str:
             f"can fill them) and {r['not_seen']:,} were not seen on the source at all.")
 
 
+def synthetic_headline(stats: CardStats) -> str:
+    """The headline's second sentence: the synthetic tiles beside the real ones, and what the
+    shipped ``tiles.db`` counts (``SELECT COUNT(*) FROM tiles`` counts both kinds)."""
+    total = stats.total_rows or stats.tiles + stats.synthetic_tiles
+    if not stats.synthetic_tiles:
+        return f" `tiles.db` holds the same {total:,} tiles."
+    return (f" Besides them, the `synthetic` config holds **{stats.synthetic_tiles:,} synthetic tiles** (flagged, never "
+            f"in the default config); `tiles.db` holds both kinds, {total:,} rows.")
+
+
+def rare_colours_note(stats: CardStats) -> str:
+    """The limitation on empty buckets, true to what this release ships."""
+    head = (f"{stats.buckets_populated:,} of {stats.n_buckets:,} buckets hold real tiles. Many LAB colors are extremely "
+            "rare in nature (e.g. pure magenta terrain)")
+    if stats.synthetic_tiles:
+        return (f"{head}; {stats.synthetic_buckets:,} buckets hold only synthetic tiles (config `synthetic`, colour "
+                "transfer from real tiles): they show real textures in colours no harvested tile had, not observations "
+                "of those colours on the Earth's surface.")
+    return (f"{head} and may never fill from imagery alone; this release holds no synthetic tiles "
+            "(`python -m builder synthesize` makes flagged ones).")
+
+
+_CONFIG_WORDS = {
+    "default": "config `default`: the real tiles with embedded PNG bytes",
+    "synthetic": "config `synthetic`: the synthetic tiles with embedded PNG bytes and `derived_from`",
+    "metadata": "config `metadata`: every tile, real and synthetic, every column but `image`",
+}
+
+
+def files_table(stats: CardStats) -> str:
+    """Every file of the release: each config's shards with their count and size, then the root files."""
+    rows = []
+    for name in release_configs(stats):
+        files, size = stats.configs.get(name, [stats.parquet_files, stats.parquet_bytes] if name == "default" else [0, 0])
+        rows.append((f"`{CONFIGS[name].folder}/train-XXXXX-of-YYYYY.parquet`",
+                     f"{_CONFIG_WORDS[name]} ({files} file{'s' if files != 1 else ''}, {size / 1e6:,.1f} MB)"))
+    rows += [
+        (f"`{INDEX_NAME}`", f"bucket -> config, file, row group, rows and byte range: read one bucket without scanning "
+                            f"every file ({stats.index_bytes / 1e3:,.0f} KB)"),
+        (f"`{RELEASE_MANIFEST}`", "every file's size, sha256 and rows: `restore` checks a download against it"),
+        ("`tiles.db`", f"the library's SQLite index ({stats.total_rows or stats.tiles:,} rows, real and synthetic), "
+                       "for the queries below without loading images"),
+        ("`centroids.npy`", f"the {stats.n_buckets:,} LAB centroids (float64, {stats.n_buckets} x 3): the library's identity"),
+    ]
+    return _table(("File", "What it is"), rows)
+
+
 def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
     """Every placeholder of the card template, as text, from the live figures and the library's facts."""
+    metadata_files, metadata_bytes = stats.configs.get("metadata", [0, 0])
     return {
         "yaml_header": card_yaml(stats),
         "repo_id": repo_id or PLACEHOLDER_REPO,
@@ -332,17 +405,25 @@ def card_values(stats: CardStats, repo_id: str | None = None) -> dict[str, str]:
         "last_label": bucket_name(stats.n_buckets - 1),
         "tile_size": str(TILE_SIZE),
         "rows_per_group": str(ROWS_PER_GROUP),
+        "metadata_rows_per_group": f"{METADATA_ROWS_PER_GROUP:,}",
         "sources": _sources_text(stats),
         "zoom_phrase": _zoom_phrase(stats),
         "zoom_table": zoom_table(stats),
         "coverage": coverage_section(stats),
         "license_notes": license_notes(stats),
-        "parquet_files": str(stats.parquet_files),
-        "parquet_mb": f"{stats.parquet_bytes / 1e6:,.1f}",
         "built_at": stats.built_at or "-",
         "builder_version": stats.builder_version or "-",
         "synthetic_section": synthetic_section(stats, repo_id or PLACEHOLDER_REPO),
+        "synthetic_headline": synthetic_headline(stats),
         "reachability_note": reachability_note(stats),
+        "rare_colours_note": rare_colours_note(stats),
+        "files_table": files_table(stats),
+        "total_rows_text": (f"{stats.total_rows:,} ({stats.tiles:,} real, {stats.synthetic_tiles:,} synthetic)"
+                            if stats.synthetic_tiles else f"{stats.total_rows or stats.tiles:,}"),
+        "example_bucket": str(stats.example_bucket),
+        "index_name": INDEX_NAME,
+        "metadata_rows": f"{stats.total_rows or stats.tiles + stats.synthetic_tiles:,}",
+        "metadata_mb": f"{metadata_bytes / 1e6:,.1f}",
     }
 
 

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 FILES_PER_LIBRARY = 8  # a small library still gives num_proc workers something to share
 MIN_FILE_BYTES = 16 * 10**6
 SIZE_SAMPLE = 256
+METADATA_ROW_BYTES = 200.0  # a metadata row in memory (ids, hashes, provenance), for sizing its files
 
 
 class JobResult(NamedTuple):
@@ -65,7 +66,7 @@ def rows_per_file(total_rows: int, bytes_per_row: float, max_bytes: int) -> int:
     return max(1, min(high, max(low, -(-total_rows // FILES_PER_LIBRARY))))
 
 
-def mean_tile_bytes(root: Path, db_path: Path, synthetic: bool = False) -> float:
+def mean_tile_bytes(root: Path, db_path: Path, synthetic: bool | None = False) -> float:
     """Mean PNG size over a fixed sample of a config's rows (the first ids: uuid4s, so effectively random)."""
     conn = rows.open_tiles_db(db_path)
     try:
@@ -94,7 +95,7 @@ def to_arrow(values: list, pa_type: pa.DataType, name: str = "") -> pa.Array:
 
     Not ``pa.array``: its first call imports pandas (to check for pandas inputs), ~0.15 s of CPU
     in every process; buffers are also faster for the image bytes (one join, one cumsum).
-    Types are those of :mod:`.schema` (binary, string, float64, int32, int64, and a struct of
+    Types are those of :mod:`.schema` (binary, string, bool, float64, int32, int64, and a struct of
     them); ``None`` is null.
     """
     n = len(values)
@@ -105,7 +106,10 @@ def to_arrow(values: list, pa_type: pa.DataType, name: str = "") -> pa.Array:
     nulls = n - int(mask.sum())
     validity = pa.py_buffer(np.packbits(mask, bitorder="little")) if nulls else None
     try:
-        if pa.types.is_binary(pa_type) or pa.types.is_string(pa_type):
+        if pa.types.is_boolean(pa_type):  # Arrow packs booleans 8 to a byte
+            bits = np.array([bool(v) for v in values], dtype=bool)
+            buffers = [validity, pa.py_buffer(np.packbits(bits, bitorder="little"))]
+        elif pa.types.is_binary(pa_type) or pa.types.is_string(pa_type):
             text = pa.types.is_string(pa_type)
             parts = [b"" if v is None else (v.encode() if text else bytes(v)) for v in values]
             offsets = np.zeros(n + 1, dtype=np.int32)
@@ -125,6 +129,8 @@ def _fits(value: object, pa_type: pa.DataType) -> bool:
         return isinstance(value, str)
     if pa.types.is_binary(pa_type):
         return isinstance(value, (bytes, bytearray, memoryview))
+    if pa.types.is_boolean(pa_type):
+        return isinstance(value, bool)
     if pa.types.is_floating(pa_type):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     info = np.iinfo(_NUMPY_TYPES[pa_type])
@@ -132,10 +138,21 @@ def _fits(value: object, pa_type: pa.DataType) -> bool:
 
 
 @functools.cache
-def _layout(synthetic: bool = False) -> tuple[pa.Schema, dict]:
-    """Schema (with the 5,000 label names in its metadata) and column options, once per process and config."""
-    arrow = schema.arrow_schema(with_images=True, synthetic=synthetic)
-    return arrow, schema.column_options(arrow)
+def _layout(config_name: str = "default") -> tuple[pa.Schema, dict]:
+    """Schema (with the 5,000 label names in its metadata), writer options and sorting, once per process and config.
+
+    ``store_schema=False``: pyarrow would otherwise also store the whole Arrow schema, its
+    metadata included, base64-encoded in the footer, so every file carried the 5,000 label
+    names twice (88% of a footer).  ``datasets`` takes the features from the ``huggingface``
+    key-value metadata, which stays; the column types read back the same without it (the
+    tests load every config with ``load_dataset``, streaming too).  ``sorting_columns``
+    declares the order rows are written in: ``(label, id)``.
+    """
+    arrow = schema.arrow_schema(schema.CONFIGS[config_name].groups)
+    options = schema.column_options(arrow)
+    options["store_schema"] = False
+    options["sorting_columns"] = pq.SortingColumn.from_ordering(arrow, schema.SORT_KEYS)
+    return arrow, options
 
 
 class _ImageColumn:
@@ -181,11 +198,11 @@ class _ImageColumn:
 
 
 class _ShardWriter:
-    """Writes 100-row record batches, rolling to a new file past ``max_bytes``."""
+    """Writes one record batch per row group, rolling to a new file past ``max_bytes`` (between groups)."""
 
-    def __init__(self, out_dir: Path, prefix: str, max_bytes: int, synthetic: bool = False) -> None:
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int, config_name: str = "default") -> None:
         self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
-        self.schema, self.options = _layout(synthetic)
+        self.schema, self.options = _layout(config_name)
         self.cdc = dict(schema.CDC_OPTIONS)
         self.files: list[str] = []
         self.rows = 0
@@ -197,11 +214,15 @@ class _ShardWriter:
         self._writer = pq.ParquetWriter(
             path, self.schema, use_content_defined_chunking=self.cdc, write_page_index=True, **self.options
         )
-        self._writer.add_key_value_metadata({"content_defined_chunking": json.dumps(self.cdc)})
+        # With store_schema=False the schema's own metadata is not written: the features go in as
+        # key-value metadata, where pyarrow reads them back as the schema's metadata.
+        self._writer.add_key_value_metadata({**self.schema.metadata,
+                                             b"content_defined_chunking": json.dumps(self.cdc).encode()})
         self.files.append(str(path))
         self._bytes = 0
 
-    def write(self, columns: dict[str, list], images: _ImageColumn) -> None:
+    def write(self, columns: dict[str, list], images: _ImageColumn | None) -> None:
+        """One row group of the rows in ``columns`` (and ``images``)."""
         arrays = [
             images.array(f.type) if f.name == "image" else to_arrow(columns[f.name], f.type, f.name)
             for f in self.schema
@@ -210,7 +231,7 @@ class _ShardWriter:
         if self._writer is None or self._bytes >= self.max_bytes:
             self.close()
             self._open()
-        self._writer.write_batch(batch, row_group_size=schema.ROWS_PER_GROUP)
+        self._writer.write_batch(batch, row_group_size=batch.num_rows)
         self._bytes += batch.nbytes
         self.rows += batch.num_rows
 
@@ -226,27 +247,68 @@ class _ShardWriter:
         return JobResult(self.files, self.rows, skipped)
 
 
-def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_bytes: int) -> tuple[int, JobResult]:
-    """One job: stream the examples of its bucket range into ``job-JJJJJ-SSSSS.parquet``."""
-    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes, bool(gen_kwargs.get("synthetic")))
-    names = [n for n in writer.schema.names if n != "image"]
-    columns: dict[str, list] = {n: [] for n in names}
-    images = _ImageColumn()
+class _GroupBuffer:
+    """Row groups of whole buckets: the row group being filled, and the bucket being read.
+
+    Rows arrive ordered by ``(label, id)``; each bucket goes whole into the current group, which is
+    written first if the bucket would not fit in its ``rows_per_group`` rows.  A bucket larger than
+    a group (a library with a cap above it) fills groups of its own, split only where it must be.
+    A reader of one bucket then reads one row group, never the tail of one and the head of the
+    next; a full bucket (100 tiles) is a row group of its own.  Smaller groups (a cap on their
+    bytes, so that a small bucket shares its group with less) were measured and not kept:
+    ``load_dataset`` pays about 13 ms a row group (bench/README.md).
+    """
+
+    def __init__(self, names: list[str], with_images: bool, rows_per_group: int) -> None:
+        self.names, self.rows_per_group = names, rows_per_group
+        self.images = _ImageColumn() if with_images else None
+        self.group: dict[str, list] = {n: [] for n in names}
+        self.bucket: list[dict] = []  # the current bucket's examples, images still inside
+
+    def add(self, example: dict, writer: _ShardWriter) -> None:
+        if self.bucket and example["label"] != self.bucket[0]["label"]:
+            self.end_bucket(writer)
+        self.bucket.append(example)
+        if len(self.bucket) == self.rows_per_group:  # a bucket larger than a group: this part fills one
+            self.end_bucket(writer)
+
+    def end_bucket(self, writer: _ShardWriter) -> None:
+        if len(self.group["id"]) + len(self.bucket) > self.rows_per_group:
+            self.flush(writer)
+        for example in self.bucket:
+            if self.images is not None:
+                self.images.append(example.pop("image"))
+            for name in self.names:
+                self.group[name].append(example[name])
+        self.bucket = []
+
+    def flush(self, writer: _ShardWriter) -> None:
+        if self.group["id"]:
+            writer.write(self.group, self.images)
+        self.group = {n: [] for n in self.names}
+        if self.images is not None:
+            self.images.reset()
+
+    def finish(self, writer: _ShardWriter) -> None:
+        self.end_bucket(writer)
+        self.flush(writer)
+
+
+def write_job(job_id: int, gen_kwargs: dict, out_dir: str, skip_bad: bool, max_bytes: int,
+              config_name: str = "default") -> tuple[int, JobResult]:
+    """One job: stream the examples of its bucket range into ``job-JJJJJ-SSSSS.parquet``, whole buckets a row group."""
+    config = schema.CONFIGS[config_name]
+    writer = _ShardWriter(Path(out_dir), f"job-{job_id:05d}", max_bytes, config_name)
+    buffer = _GroupBuffer([n for n in writer.schema.names if n != "image"], config.with_images, config.rows_per_group)
     skipped: list = []
     try:
         examples = rows.iter_examples(
-            skip_bad=skip_bad, with_images=True, on_skip=lambda tile_id, _exc: skipped.append(tile_id), **gen_kwargs
+            skip_bad=skip_bad, with_images=config.with_images,
+            on_skip=lambda tile_id, _exc: skipped.append(tile_id), **gen_kwargs
         )
         for _shard, _sample, example in examples:
-            images.append(example.pop("image"))
-            for name in names:
-                columns[name].append(example[name])
-            if len(columns["id"]) >= schema.ROWS_PER_GROUP:
-                writer.write(columns, images)
-                columns = {n: [] for n in names}
-                images.reset()
-        if columns["id"]:
-            writer.write(columns, images)
+            buffer.add(example, writer)
+        buffer.finish(writer)
         return job_id, writer.finish(skipped)
     finally:
         writer.close()
@@ -264,22 +326,25 @@ def write_parquet(
     skip_bad: bool = False,
     max_bytes: int = 500 * 10**6,
     progress: bool | None = None,
-    synthetic: bool = False,
+    config_name: str = "default",
 ) -> tuple[list[Path], int, list]:
-    """Every row of a config (real tiles; with ``synthetic`` the synthetic ones) into Parquet files in ``out_dir``.
+    """Every row of a config (:data:`.schema.CONFIGS`) into Parquet files in ``out_dir``.
 
     Returns the files in row order, the number of rows written and the ids of rows skipped
     (``skip_bad``).  Nothing here grows with the library but that short list.
     """
+    config = schema.CONFIGS[config_name]
     conn = rows.open_tiles_db(db_path)
     try:
-        total = sum(n for b, n in rows.config_counts(conn, synthetic).items() if is_bucket_id(b))
+        total = sum(n for b, n in rows.config_counts(conn, config.synthetic).items() if is_bucket_id(b))
     finally:
         conn.close()
-    per_file = rows_per_file(total, mean_tile_bytes(root, db_path, synthetic), max_bytes)
-    plan = rows.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1, synthetic=synthetic)
+    per_row = mean_tile_bytes(root, db_path, config.synthetic) if config.with_images else METADATA_ROW_BYTES
+    per_file = rows_per_file(total, per_row, max_bytes)
+    plan = rows.split_plan(root, db_path, skip_bad=skip_bad, shard_rows=per_file, min_shards=1,
+                           synthetic=config.synthetic)
     jobs = [
-        (job_id, {**plan, "shards": [shard]}, str(out_dir), skip_bad, max_bytes)
+        (job_id, {**plan, "shards": [shard]}, str(out_dir), skip_bad, max_bytes, config_name)
         for job_id, shard in enumerate(plan["shards"])
     ]
     show = sys.stderr.isatty() if progress is None else progress
@@ -296,7 +361,7 @@ def write_parquet(
         pool = multiprocessing.get_context("fork").Pool(workers)
     try:
         done = pool.imap_unordered(_write_job_star, jobs) if pool else map(_write_job_star, jobs)
-        with tqdm(total=total, unit=" tiles", desc="build", disable=not show) as bar:
+        with tqdm(total=total, unit=" tiles", desc=f"build {config_name}", disable=not show) as bar:
             for job_id, result in done:
                 results[job_id] = result
                 bar.update(result.rows)

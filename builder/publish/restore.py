@@ -1,42 +1,75 @@
-"""``restore``: recreate the on-disk library from a published release.
+"""``restore``: recreate the on-disk library from a published release, all or nothing, resumable.
 
-The source is a staging folder or a downloaded copy of the Hub repo (``data/*.parquet``, and
-``synthetic/*.parquet`` for the synthetic config's tiles, restored flagged ``synthetic = 1`` with
-their ``derived_from``; ``tiles.db``, ``centroids.npy``), or a folder of Parquet files plus a
-centroids file.  Every
-row's ``id`` and ``label`` come from data and are validated before they name a file
-(``Library.tile_path``); every PNG's header is checked.  Rows are rebuilt from the Parquet
-columns (``filepath`` re-derived for the new folder name); when the source ships a
-``tiles.db`` that agrees with the Parquet rows, its ``fetched`` and ``meta`` tables come along
-too, so a restored library resumes harvesting without refetching what was tried.
+Sources (:class:`ReleaseSource`): a staging folder or a downloaded copy of the Hub repo
+(:class:`LocalRelease`), a folder of bare Parquet files plus a centroids file, or the Hub itself
+(:mod:`.remote`).  A release names its files in ``release.json`` (:mod:`.manifest`).
 
-Memory stays flat: Parquet is read in 100-row batches and rows are compared as two sorted
-streams.  A non-empty target folder is refused; a failed restore removes what it created.
+**Checked before anything is written.**  Every file the restore reads must be there as the
+release's manifest names it: size, sha256 and rows of each shard of the ``default`` and
+``synthetic`` configs, ``tiles.db`` and ``centroids.npy``; and the shipped ``tiles.db`` must count
+as many real and synthetic tiles as those configs hold.  A release without a manifest (an older
+one, bare files) must hold every ``train-XXXXX-of-YYYYY`` shard its names promise, and as many rows
+as its ``tiles.db`` when it ships one.  Anything else is refused with one line naming the file,
+and no library folder is created.  With ``buckets`` only the files holding those buckets (per
+the bucket index) are checked, and each bucket's rows are counted against the index as they
+are read.
+
+**All or nothing.**  The library is built in a scratch folder beside the target,
+``.<name>.restore/<name>/`` (the library keeps its final name: ``filepath`` rows name it), and
+renamed into place when complete, so the target is either absent (or left empty) or a whole
+library.  Tiles enter through the store's commit protocol (:func:`builder.store.stage`,
+:func:`builder.store.commit`: journal, renames, one transaction per batch), so a crash at any
+instant leaves the scratch library consistent.
+
+**Resumable.**  ``.<name>.restore/source.json`` records which release (and buckets) the scratch
+library is being restored from.  The same command run again after a kill reopens it (the writer's
+open replays a half-stored batch), skips the tiles already committed and finishes; a different
+release or bucket list starts over cleanly.  A run killed after the final rename finds the
+target complete (its ``meta`` says ``restored_from`` this release) and says so.
+
+Every row's ``id`` and ``label`` come from data and are validated before they name a file
+(``Library.tile_path``); every PNG's header is checked.  When the source ships a ``tiles.db`` that
+agrees with the Parquet rows, its ``fetched`` and ``meta`` tables come along too, so a restored
+library resumes harvesting without refetching what was tried.  Memory stays flat: Parquet is
+read in 100-row batches and rows are compared as two sorted streams.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import pyarrow.parquet as pq
 
 from .. import db, store
-from ..errors import LibraryError, UsageError
-from ..layout import CENTROIDS_NAME, DB_NAME, LABEL_NAMES
+from ..errors import LibraryError, LibraryLocked, MosaicError, UsageError
+from ..layout import CENTROIDS_NAME, DB_NAME, LABEL_NAMES, is_bucket_id
 from ..library import Library
 from ..tilefiles import check_png
+from . import index as bucket_index
+from . import manifest as release_manifest
+from .manifest import ReleaseIncomplete
+from .schema import INDEX_NAME, RELEASE_MANIFEST
 
 logger = logging.getLogger(__name__)
 
-BATCH_ROWS = 100
+BATCH_ROWS = 100  # rows read from a shard at a time
+COMMIT_ROWS = 100  # tiles per commit of the store's protocol (one journal, one transaction): a read batch
 READ_BUFFER = 1 << 20  # bytes read from a shard at a time
+SOURCE_RECORD = "source.json"  # in the scratch folder: which release it is being restored from
+RESTORED_FROM = "restored_from"  # meta key of a restored library: the release it came from
+TILE_CONFIGS = ("default", "synthetic")  # the configs that hold images: what a library is made of
 _REQUIRED = ("image", "label", "id", "phash", "mean_l", "mean_a", "mean_b")
+_SHARD_NAME = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 
 
 class RestoreReport(NamedTuple):
@@ -45,15 +78,41 @@ class RestoreReport(NamedTuple):
     parquet_files: int
     used_shipped_db: bool
     note: str
+    resumed: int = 0  # tiles a killed run had committed, kept
+    buckets: tuple[int, ...] = ()  # only these buckets (empty: the whole release)
 
     def summary(self) -> str:
-        extra = f" ({self.note})" if self.note else ""
-        return f"restored {self.tiles} tiles from {self.parquet_files} Parquet files into {self.library}{extra}"
+        notes = [self.note] if self.note else []
+        if self.resumed:
+            notes.append(f"{self.resumed} kept from an interrupted run")
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        what = f" of {len(self.buckets)} buckets" if self.buckets else ""
+        return f"restored {self.tiles} tiles{what} from {self.parquet_files} Parquet files into {self.library}{extra}"
+
+
+class ReleaseSource(Protocol):
+    """What a restore reads: checked files, rows in batches, the release's identity."""
+
+    description: str
+    release_id: str  # the same release and bucket selection give the same id
+    buckets: tuple[int, ...]
+    parquet_files: int
+    cap: int | None
+
+    def centroids(self) -> Path: ...
+    def shipped_db(self) -> Path | None: ...
+    def batches(self, config: str) -> Iterator[list[dict]]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a local release
+# ---------------------------------------------------------------------------------------------
 
 
 def find_parquet(source: Path) -> list[Path]:
     """``source/data/*.parquet`` (a Hub snapshot or staging folder), else ``source/*.parquet``."""
     files = sorted(source.glob("data/*.parquet")) or sorted(source.glob("*.parquet"))
+    files = [f for f in files if f.name != INDEX_NAME]
     if not files:
         raise UsageError(f"no Parquet files in {source} (expected data/*.parquet or *.parquet)")
     return files
@@ -64,51 +123,224 @@ def find_synthetic_parquet(source: Path) -> list[Path]:
     return sorted(source.glob("synthetic/*.parquet"))
 
 
-def check_schema(path: Path) -> None:
-    """The file must carry this dataset's features: all columns, label names bucket_0000..4999."""
-    import datasets
+def check_schema(path: Path, schema=None) -> None:
+    """The file must carry this dataset's features: all columns, label names bucket_0000..4999.
 
-    features = datasets.Features.from_arrow_schema(pq.read_schema(path))
-    missing = [c for c in _REQUIRED if c not in features]
+    Read from the ``huggingface`` features in the file's metadata, as ``datasets`` reads them
+    (without importing ``datasets``: a second of CPU at every restore).
+    """
+    schema = schema if schema is not None else pq.read_schema(path)
+    try:
+        features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
+    except (KeyError, ValueError, TypeError):
+        raise LibraryError(f"{path}: not a Mosaic Library shard (no dataset features in its metadata)") from None
+    missing = [c for c in _REQUIRED if c not in features or c not in schema.names]
     if missing:
         raise LibraryError(f"{path}: not a Mosaic Library shard, columns {missing} are missing")
     label = features["label"]
-    if not isinstance(label, datasets.ClassLabel) or label.names != LABEL_NAMES:
-        raise LibraryError(f"{path}: 'label' is not the 5,000-bucket ClassLabel ({label!r:.80})")
+    if not isinstance(label, dict) or label.get("_type") != "ClassLabel" or label.get("names") != LABEL_NAMES:
+        raise LibraryError(f"{path}: 'label' is not the 5,000-bucket ClassLabel ({str(label)[:80]})")
 
 
-def iter_rows(files: list[Path]) -> Iterator[dict]:
+def iter_batches(files: list[Path]) -> Iterator[list[dict]]:
     """Rows of every shard, in file order, ``BATCH_ROWS`` at a time (image bytes never pile up)."""
     for path in files:
         # No pre-buffering: by default pyarrow reads ahead far more than a batch, so memory grew
         # with the shard size (25,000 tiles, 190 MB shards: 370 MB -> 200 MB for reading alone).
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-            yield from batch.to_pylist()
+            yield batch.to_pylist()
 
 
-def _target_is_free(root: Path) -> None:
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UsageError(f"refusing to restore into {root}: it exists and is not empty")
+def missing_shards(files: Sequence[Path], folder: str) -> list[str]:
+    """Shards a set of ``train-XXXXX-of-YYYYY.parquet`` names promises but lacks (or a mix of two sets)."""
+    numbered = [(_SHARD_NAME.match(f.name), f) for f in files]
+    totals = {int(m.group(2)) for m, _f in numbered if m}
+    if not totals:
+        return []
+    if len(totals) > 1:
+        return [f"{folder}/{f.name} (shards of two builds are mixed)" for _m, f in numbered][:1]
+    total = totals.pop()
+    present = {int(m.group(1)) for m, _f in numbered if m}
+    return [f"{folder}/train-{i:05d}-of-{total:05d}.parquet" for i in range(total) if i not in present]
 
 
-def _write_tile(lib: Library, bucket_id: object, tile_id: object, data: object) -> None:
-    """Validate and write one PNG atomically (staged in temp/, then renamed), never over an existing file.
+def db_counts(db_path: Path) -> tuple[int, int]:
+    """Real and synthetic rows of a shipped ``tiles.db`` (refused if unreadable)."""
+    try:
+        conn = db.open_readonly(db_path)
+    except (sqlite3.Error, LibraryError) as exc:
+        raise ReleaseIncomplete(f"{db_path} is damaged ({exc})") from None
+    try:
+        if "synthetic" in db.table_columns(conn, "tiles"):
+            real, synthetic = conn.execute("SELECT COALESCE(SUM(synthetic = 0), 0), COALESCE(SUM(synthetic = 1), 0) "
+                                           "FROM tiles").fetchone()
+        else:
+            real, synthetic = conn.execute("SELECT COUNT(*), 0 FROM tiles").fetchone()
+        return int(real), int(synthetic)
+    except sqlite3.Error as exc:
+        raise ReleaseIncomplete(f"{db_path} is damaged ({exc})") from None
+    finally:
+        conn.close()
 
-    ``id`` and ``label`` come from the data: ``lib.tile_path`` refuses (:class:`UnsafePath`) any
-    id that is not a uuid4 and any label that is not a bucket id before they name a file.
+
+def _parse_buckets(buckets: Iterable[int] | None) -> tuple[int, ...]:
+    chosen = tuple(sorted(set(buckets or ())))
+    bad = [b for b in chosen if not is_bucket_id(b)]
+    if bad:
+        raise UsageError(f"--buckets: {bad[0]!r} is not a bucket id (0..{len(LABEL_NAMES) - 1})")
+    return chosen
+
+
+def check_index_files(named: Iterable[str], manifest: dict, where: str) -> None:
+    """Every file the bucket index names must be a shard of the release's image configs: the index
+    comes from data and its names become paths, read only once they are the manifest's own."""
+    shards = set(needed_shards(manifest))
+    foreign = sorted(set(named) - shards)
+    if foreign:
+        raise ReleaseIncomplete(f"{where}: its bucket index names {foreign[0]!r}, which is no shard of the release")
+
+
+def needed_shards(manifest: dict) -> list[str]:
+    """The shards of the configs a library is made of (``default``, ``synthetic``)."""
+    return release_manifest.needed_files(manifest, TILE_CONFIGS)
+
+
+def release_identity(manifest_bytes: bytes | None, fallback: Iterable[str], buckets: Sequence[int]) -> str:
+    """A stable id of what is being restored: the manifest's bytes (or the files' names and sizes)
+    and the bucket selection."""
+    digest = hashlib.sha256(manifest_bytes if manifest_bytes is not None else "\n".join(fallback).encode())
+    digest.update(("buckets:" + ",".join(map(str, buckets))).encode())
+    return digest.hexdigest()
+
+
+class LocalRelease:
+    """A release in a local folder (a staging folder, a download of the repo, bare Parquet files).
+
+    Construction checks everything a restore will read (see the module docstring); nothing else
+    is opened later without having been checked.
     """
-    final = lib.tile_path(bucket_id, tile_id)
-    if not isinstance(data, bytes):
-        raise LibraryError(f"tile {tile_id}: row has no embedded image bytes")
-    problem = check_png(data)
-    if problem:
-        raise LibraryError(f"tile {tile_id}: {problem}")
-    if final.exists():
-        raise LibraryError(f"tile {tile_id} appears twice in the data")
-    final.parent.mkdir(exist_ok=True)
-    store.stage(lib.temp_dir, data, tile_id)
-    os.replace(store.staged_path(lib.temp_dir, tile_id), final)
+
+    def __init__(self, folder: str | os.PathLike, centroids: str | os.PathLike | None = None,
+                 buckets: Iterable[int] | None = None) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UsageError(f"restore source not found or not a folder: {self.folder}")
+        self.description = str(self.folder)
+        self.buckets = _parse_buckets(buckets)
+        self.manifest = release_manifest.read_manifest(self.folder)
+        self._centroids = Path(centroids) if centroids else self.folder / CENTROIDS_NAME
+        if not self._centroids.is_file():
+            raise UsageError(
+                f"no {CENTROIDS_NAME} in {self.folder}: bucket ids mean nothing without the release's centroids; "
+                "pass the file with --centroids"
+            )
+        if self.manifest is not None:
+            self._check_with_manifest()
+        else:
+            self._check_without_manifest()
+        self.parquet_files = sum(len(v) for v in self.files.values())
+
+    # ------------------------------------------------------------------ checks
+    def _check_with_manifest(self) -> None:
+        manifest = self.manifest
+        self.cap = manifest.get("cap")
+        extra = [CENTROIDS_NAME] if self._centroids == self.folder / CENTROIDS_NAME else []
+        if self.buckets:
+            if INDEX_NAME not in manifest["files"]:
+                raise ReleaseIncomplete(f"release {self.folder} has no {INDEX_NAME}: restore it whole")
+            release_manifest.check_files(self.folder, manifest, [INDEX_NAME])
+            self.index = bucket_index.select(bucket_index.read_index(self.folder / INDEX_NAME), self.buckets,
+                                             TILE_CONFIGS)
+            groups = bucket_index.row_groups_by_file(self.index)
+            check_index_files(groups, manifest, str(self.folder))
+            names = list(groups) + extra
+            self.files = {c: [self.folder / f for f in manifest["configs"].get(c, {}).get("files", []) if f in groups]
+                          for c in TILE_CONFIGS}
+        else:
+            names = release_manifest.needed_files(manifest, TILE_CONFIGS, [DB_NAME]) + extra
+            if DB_NAME not in manifest["files"]:
+                raise ReleaseIncomplete(f"release {self.folder}: its {RELEASE_MANIFEST} names no {DB_NAME}")
+            self.files = {c: [self.folder / f for f in manifest["configs"].get(c, {}).get("files", [])]
+                          for c in TILE_CONFIGS}
+        release_manifest.check_files(self.folder, manifest, names)
+        if not self.buckets:
+            real, synthetic = db_counts(self.folder / DB_NAME)
+            release_manifest.check_counts(manifest, real, synthetic, str(self.folder))
+        self.release_id = release_identity((self.folder / RELEASE_MANIFEST).read_bytes(), (), self.buckets)
+
+    def _check_without_manifest(self) -> None:
+        if self.buckets:
+            raise ReleaseIncomplete(f"release {self.folder} has no {RELEASE_MANIFEST} and no {INDEX_NAME}: "
+                                    "--buckets needs a release built by this version; restore it whole")
+        self.cap = None
+        default = find_parquet(self.folder)
+        self.files = {"default": default, "synthetic": find_synthetic_parquet(self.folder)}
+        folder_of = {"default": default[0].parent.relative_to(self.folder).as_posix() or ".", "synthetic": "synthetic"}
+        missing = [m for c in TILE_CONFIGS for m in missing_shards(self.files[c], folder_of[c])]
+        if missing:
+            raise ReleaseIncomplete(f"release {self.folder} is incomplete: {missing[0]} is missing"
+                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        rows = {}
+        for config, files in self.files.items():
+            rows[config] = 0
+            for path in files:
+                try:
+                    parquet = pq.ParquetFile(path)
+                except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+                    raise ReleaseIncomplete(f"release {self.folder} is incomplete: "
+                                            f"{path.relative_to(self.folder)} is damaged ({exc})") from None
+                check_schema(path, parquet.schema_arrow)
+                rows[config] += parquet.metadata.num_rows
+        shipped = self.shipped_db()
+        if shipped is not None:
+            real, synthetic = db_counts(shipped)
+            if (real, synthetic) != (rows["default"], rows["synthetic"]):
+                raise ReleaseIncomplete(
+                    f"release {self.folder} is incomplete: its Parquet files hold {rows['default']} real and "
+                    f"{rows['synthetic']} synthetic tiles, its {DB_NAME} {real} and {synthetic}")
+        listing = [f"{p.relative_to(self.folder)}:{p.stat().st_size}" for fs in self.files.values() for p in fs]
+        self.release_id = release_identity(None, listing, self.buckets)
+
+    # ------------------------------------------------------------------ reading
+    def centroids(self) -> Path:
+        return self._centroids
+
+    def shipped_db(self) -> Path | None:
+        path = self.folder / DB_NAME
+        return path if path.is_file() and not self.buckets else None
+
+    def batches(self, config: str) -> Iterator[list[dict]]:
+        files = self.files.get(config, [])
+        if not self.buckets:
+            yield from iter_batches(files)
+            return
+        rows = bucket_index.select(self.index, self.buckets, [config])
+        for path in files:
+            yield from bucket_rows(pq.ParquetFile(path), rows, path.relative_to(self.folder).as_posix())
+
+
+def bucket_rows(parquet: pq.ParquetFile, rows, file: str) -> Iterator[list[dict]]:
+    """The rows of the index entries ``rows`` that are in ``file``, one row group at a time, each
+    bucket's rows checked against the index (count and label) as they are read."""
+    entries = [r for r in rows.to_pylist() if r["file"] == file]
+    for group in sorted({r["row_group"] for r in entries}):
+        # one thread: pyarrow's pool calling into a Python file object (the Hub's known parts) can
+        # abort the interpreter at exit ("terminate called without an active exception", 1 run in 8)
+        table = parquet.read_row_group(group, use_threads=False)
+        for entry in (r for r in entries if r["row_group"] == group):
+            part = table.slice(entry["first_row"], entry["rows"]).to_pylist()
+            labels = {row["label"] for row in part}
+            if len(part) != entry["rows"] or labels != {entry["bucket"]}:
+                raise ReleaseIncomplete(
+                    f"{file}: row group {group} does not hold bucket {entry['bucket']}'s {entry['rows']} rows "
+                    "where the bucket index says: the release is damaged")
+            yield part
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the library
+# ---------------------------------------------------------------------------------------------
 
 
 def _row_values(lib: Library, row: dict, synthetic: bool = False) -> tuple:
@@ -149,7 +381,10 @@ def shipped_db_agrees(shipped: Path, restored: sqlite3.Connection) -> str | None
 
 
 def _copy_bookkeeping(shipped: Path, lib: Library) -> None:
-    """Bring the shipped ``fetched`` rows and ``meta`` facts (cap, ...) into the restored library."""
+    """Bring the shipped ``fetched`` rows and ``meta`` facts (cap, ...) into the restored library.
+
+    ``INSERT OR IGNORE`` / ``INSERT OR REPLACE``: a rerun after a kill here does it again safely.
+    """
     conn = db.connect(shipped, readonly=True)
     try:
         tables = db.table_names(conn)
@@ -163,42 +398,141 @@ def _copy_bookkeeping(shipped: Path, lib: Library) -> None:
                     lib.conn.executemany(f"INSERT OR IGNORE INTO fetched ({cols}) VALUES ({marks})", batch)
             if "meta" in tables:
                 for key, value in conn.execute("SELECT key, value FROM meta"):
-                    if key != "centroids_sha256":  # describes the file we copied: already set
+                    if key not in ("centroids_sha256", RESTORED_FROM):  # ours describe this library
                         db.set_meta(lib.conn, key, value)
     finally:
         conn.close()
 
 
-def _centroids_for(source: Path, centroids: str | os.PathLike | None) -> Path:
-    path = Path(centroids) if centroids else source / CENTROIDS_NAME
-    if not path.is_file():
-        raise UsageError(
-            f"no {CENTROIDS_NAME} in {source}: bucket ids mean nothing without the release's centroids; "
-            "pass the file with --centroids"
-        )
-    return path
+def _present(lib: Library, ids: list[str]) -> set[str]:
+    marks = ", ".join("?" * len(ids))
+    return {row[0] for row in lib.conn.execute(f"SELECT id FROM tiles WHERE id IN ({marks})", ids)}
 
 
-def restore_library(
-    source: str | os.PathLike, library_root: str | os.PathLike, centroids: str | os.PathLike | None = None
-) -> RestoreReport:
-    """Recreate bucket folders, ``tiles.db`` and ``centroids.npy`` from a release (see module doc)."""
-    source, root = Path(source), Path(library_root)
-    if not source.is_dir():
-        raise UsageError(f"restore source not found or not a folder: {source}")
-    files = find_parquet(source)
-    synthetic_files = find_synthetic_parquet(source)
-    centroids_path = _centroids_for(source, centroids)
-    _target_is_free(root)
-    for path in files + synthetic_files:
-        check_schema(path)
-    created = not root.exists()
+def _commit_rows(lib: Library, rows: list[dict], synthetic: bool) -> int:
+    """Stage and commit one batch through the store's protocol; rows already committed (by a run
+    that was killed) are skipped.  Returns the tiles committed now."""
+    ids = [row.get("id") for row in rows]
+    done = _present(lib, [i for i in ids if isinstance(i, str)])
+    staged: list[store.StagedTile] = []
+    seen: set[str] = set()
     try:
-        with Library.create(root, centroids=centroids_path) as lib:
-            tiles = _restore_rows(lib, files) + _restore_rows(lib, synthetic_files, synthetic=True)
-            shipped = source / DB_NAME
+        for row in rows:
+            tile_id, bucket_id = row.get("id"), row.get("label")
+            if tile_id in done:
+                continue
+            lib.tile_path(bucket_id, tile_id)  # refuses ids that are not uuid4, labels not buckets
+            data = (row.get("image") or {}).get("bytes")
+            if not isinstance(data, bytes):
+                raise LibraryError(f"tile {tile_id}: row has no embedded image bytes")
+            problem = check_png(data)
+            if problem:
+                raise LibraryError(f"tile {tile_id}: {problem}")
+            if tile_id in seen or lib.tile_path(bucket_id, tile_id).exists():
+                raise LibraryError(f"tile {tile_id} appears twice in the data")
+            seen.add(tile_id)
+            store.stage(lib.temp_dir, data, tile_id)
+            staged.append(store.StagedTile(tile_id, bucket_id, _row_values(lib, row, synthetic)))
+        store.commit(lib, staged)
+    except BaseException:
+        store.unstage(lib.temp_dir, [t.tile_id for t in staged])
+        raise
+    return len(staged)
+
+
+def _restore_config(lib: Library, source: ReleaseSource, config: str, progress) -> int:
+    pending: list[dict] = []
+    written = 0
+    for batch in source.batches(config):
+        pending.extend(batch)
+        if len(pending) >= COMMIT_ROWS:
+            written += _commit_rows(lib, pending, config == "synthetic")
+            progress(len(pending))
+            pending = []
+    if pending:
+        written += _commit_rows(lib, pending, config == "synthetic")
+        progress(len(pending))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The scratch folder and the final rename
+# ---------------------------------------------------------------------------------------------
+
+
+def scratch_for(root: Path) -> Path:
+    """``.<name>.restore`` beside the target: where an unfinished restore lives."""
+    return root.parent / f".{root.name}.restore"
+
+
+def _target_is_free(root: Path) -> None:
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UsageError(f"refusing to restore into {root}: it exists and is not empty")
+
+
+def _already_restored(root: Path, release_id: str) -> int | None:
+    """Tiles of ``root`` if it is a finished restore of this very release (a run killed after its
+    final rename), else None."""
+    try:
+        with Library.open(root, readonly=True) as lib:
+            if "meta" in db.table_names(lib.conn) and db.get_meta(lib.conn, RESTORED_FROM) == release_id:
+                return lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    except (LibraryError, sqlite3.Error, OSError):
+        return None
+    return None
+
+
+def _open_scratch(scratch: Path, name: str, source: ReleaseSource) -> tuple[Library, int]:
+    """The scratch library for ``source``: reopened if an interrupted run of the same restore left
+    it, else made anew.  Returns it and the tiles it already holds."""
+    record = scratch / SOURCE_RECORD
+    library = scratch / name
+    if scratch.exists():
+        try:
+            same = json.loads(record.read_text()).get("release_id") == source.release_id
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if same:
+            try:
+                lib = Library.open(library)
+                return lib, lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+            except LibraryLocked:
+                raise  # that restore is running now
+            except LibraryError as exc:
+                logger.warning("starting %s over: the interrupted restore's library is unusable (%s)", library, exc)
+        else:
+            logger.info("starting %s over: it was being restored from another release", library)
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    lib = Library.create(library, centroids=source.centroids(), **({"cap": source.cap} if source.cap else {}))
+    tmp = scratch / (SOURCE_RECORD + ".part")
+    tmp.write_text(json.dumps({"release_id": source.release_id, "source": source.description,
+                               "buckets": list(source.buckets)}))
+    os.replace(tmp, record)
+    return lib, 0
+
+
+def restore_release(source: ReleaseSource, library_root: str | os.PathLike, progress: bool | None = None) -> RestoreReport:
+    """Restore ``source`` (already checked) into ``library_root`` (see the module docstring)."""
+    from tqdm import tqdm
+
+    root = Path(library_root).expanduser().absolute()
+    scratch = scratch_for(root)
+    finished = _already_restored(root, source.release_id) if root.is_dir() else None
+    if finished is not None:  # a run killed after its final rename: only its scratch folder is left
+        shutil.rmtree(scratch, ignore_errors=True)
+        return RestoreReport(root, finished, source.parquet_files, False, "already restored", 0, source.buckets)
+    _target_is_free(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lib, resumed = _open_scratch(scratch, root.name, source)
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        with lib, tqdm(unit=" tiles", desc="restore", disable=not show) as bar:
+            tiles = sum(_restore_config(lib, source, config, bar.update) for config in TILE_CONFIGS)
+            tiles += resumed
             note, used = "", False
-            if shipped.is_file():
+            shipped = source.shipped_db()
+            if shipped is not None:
                 problem = shipped_db_agrees(shipped, lib.conn)
                 if problem is None:
                     _copy_bookkeeping(shipped, lib)
@@ -206,40 +540,31 @@ def restore_library(
                 else:
                     note = f"{problem}; rows rebuilt from Parquet only"
                     logger.warning(note)
-    except BaseException:
-        _remove_partial(root, created)
+            with lib.conn:
+                db.set_meta(lib.conn, RESTORED_FROM, source.release_id)
+    except MosaicError:
+        # the release's data is bad (a hostile id, a damaged row group): nothing worth resuming.
+        # An interruption or a full disk keeps the scratch library for the next run.
+        shutil.rmtree(scratch, ignore_errors=True)
         raise
-    report = RestoreReport(root, tiles, len(files) + len(synthetic_files), used, note)
+    if root.exists():
+        root.rmdir()  # empty (checked above); rename(2) would replace it too, but say so plainly
+    os.replace(scratch / root.name, root)
+    shutil.rmtree(scratch, ignore_errors=True)
+    report = RestoreReport(root, tiles, source.parquet_files, used, note, resumed, source.buckets)
     logger.info(report.summary())
     return report
 
 
-def _restore_rows(lib: Library, files: list[Path], synthetic: bool = False) -> int:
-    tiles = 0
-    pending: list[tuple] = []
-    with lib.conn:
-        for row in iter_rows(files):
-            image = row.get("image") or {}
-            _write_tile(lib, row.get("label"), row.get("id"), image.get("bytes"))
-            pending.append(_row_values(lib, row, synthetic))
-            if len(pending) >= 1000:
-                lib.conn.executemany(db.INSERT_TILE_SQL, pending)
-                tiles += len(pending)
-                pending = []
-        lib.conn.executemany(db.INSERT_TILE_SQL, pending)
-        tiles += len(pending)
-    return tiles
-
-
-def _remove_partial(root: Path, created: bool) -> None:
-    """Undo a failed restore: the target was empty (or absent) before we started."""
-    if not root.is_dir():
-        return
-    if created:
-        shutil.rmtree(root, ignore_errors=True)
-        return
-    for entry in root.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+def restore_library(
+    source: str | os.PathLike, library_root: str | os.PathLike, centroids: str | os.PathLike | None = None,
+    buckets: Iterable[int] | None = None, progress: bool | None = None,
+) -> RestoreReport:
+    """Recreate bucket folders, ``tiles.db`` and ``centroids.npy`` from a local release (see module doc)."""
+    root = Path(library_root)
+    release = LocalRelease(source, centroids, buckets)
+    if not release.buckets:
+        for files in release.files.values():
+            for path in files[:1]:
+                check_schema(path)
+    return restore_release(release, root, progress)

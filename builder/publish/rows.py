@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # Bumped whenever the rows or features a build writes change, so caches and staging folders
 # made by an older builder are treated as stale.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 
 DEFAULT_SHARD_ROWS = 1000
 
@@ -39,19 +39,31 @@ DEFAULT_SHARD_ROWS = 1000
 ROW_COLUMNS = tuple(c for c in _db.SEED_COLUMNS + _db.PROVENANCE_COLUMNS if c != "filepath")
 # The synthetic config's: the same, then the tile it was made from.
 SYNTHETIC_ROW_COLUMNS = (*ROW_COLUMNS, "derived_from")
+# The metadata config's, where real and synthetic tiles sit side by side: the flag too.
+METADATA_ROW_COLUMNS = (*ROW_COLUMNS, "synthetic", "derived_from")
 
 
-def kind_filter(conn: sqlite3.Connection, synthetic: bool = False) -> str:
-    """``AND ...`` selecting the rows of a config: real tiles (``default``) or synthetic ones.
+def row_columns(synthetic: bool | None) -> tuple[str, ...]:
+    """The ``tiles`` columns a config's rows are made of (see :func:`kind_filter` for ``synthetic``)."""
+    if synthetic is None:
+        return METADATA_ROW_COLUMNS
+    return SYNTHETIC_ROW_COLUMNS if synthetic else ROW_COLUMNS
+
+
+def kind_filter(conn: sqlite3.Connection, synthetic: bool | None = False) -> str:
+    """``AND ...`` selecting the rows of a config: real tiles (``default``), synthetic ones, or
+    with ``synthetic=None`` every tile (``metadata``).
 
     A ``tiles.db`` without the ``synthetic`` column (an older schema) holds real tiles only.
     """
+    if synthetic is None:
+        return ""
     if "synthetic" in _db.table_columns(conn, "tiles"):
         return f" AND synthetic = {int(bool(synthetic))}"
     return " AND 0" if synthetic else ""
 
 
-def config_counts(conn: sqlite3.Connection, synthetic: bool = False) -> dict[object, int]:
+def config_counts(conn: sqlite3.Connection, synthetic: bool | None = False) -> dict[object, int]:
     """Rows per ``bucket_id`` value of a config (see :func:`kind_filter`)."""
     return dict(conn.execute(f"SELECT bucket_id, COUNT(*) FROM tiles WHERE 1{kind_filter(conn, synthetic)} GROUP BY bucket_id"))
 
@@ -135,7 +147,7 @@ def split_plan(
     skip_bad: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     min_shards: int = 16,
-    synthetic: bool = False,
+    synthetic: bool | None = False,
 ) -> dict:
     """``gen_kwargs`` of the ``train`` split: the library root, the database and bucket-range shards
     (of the real tiles, or with ``synthetic`` of the synthetic ones).
@@ -158,7 +170,7 @@ def split_plan(
     shards = plan_shards(counts, shard_rows, min_shards)
     logger.info("%s: %d rows in %d shards", db_path, sum(counts.values()), len(shards))
     plan = {"root": str(root), "db_path": str(db_path), "shards": shards}
-    return {**plan, "synthetic": True} if synthetic else plan
+    return plan if synthetic is False else {**plan, "synthetic": synthetic}
 
 
 def iter_examples(
@@ -168,10 +180,11 @@ def iter_examples(
     with_images: bool = True,
     skip_bad: bool = False,
     on_skip: Callable[[object, Exception], None] | None = None,
-    synthetic: bool = False,
+    synthetic: bool | None = False,
 ) -> Iterator[tuple[int, int, dict]]:
     """``(shard_idx, sample_idx, example)`` for every row of ``shards``, ordered by ``(bucket_id, id)``:
-    the real tiles, or with ``synthetic`` the synthetic ones (with ``derived_from``).
+    the real tiles, with ``synthetic`` the synthetic ones (with ``derived_from``), with
+    ``synthetic=None`` every tile (with the ``synthetic`` flag and ``derived_from``).
 
     Files are found with ``Library.tile_path`` from validated ``(bucket_id, id)``; a bad row
     raises (:class:`BadTile` / :class:`UnsafePath`) or, with ``skip_bad``, is logged, reported to
@@ -181,7 +194,7 @@ def iter_examples(
         conn = lib.conn if Path(db_path) == lib.db_path else open_tiles_db(Path(db_path))
         files = TileFiles(lib.root)  # fresh per call: each bucket folder is checked once per read
         try:
-            columns = SYNTHETIC_ROW_COLUMNS if synthetic else ROW_COLUMNS
+            columns = row_columns(synthetic)
             select = _db.select_list(conn, columns)
             kind = kind_filter(conn, synthetic)
             for shard_idx, (lo, hi) in enumerate(shards):
@@ -220,5 +233,7 @@ def _example(files: TileFiles, row: tuple, with_images: bool, columns: tuple[str
         tile_relpath(bucket_id, tile_id)  # same validation, no file access
     example["label"] = bucket_id
     example["id"] = tile_id
+    if "synthetic" in record:
+        record["synthetic"] = bool(record["synthetic"])
     example.update(record)
     return example

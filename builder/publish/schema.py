@@ -10,7 +10,9 @@ that ``datasets`` derives the same schema and metadata from the same mapping, an
 ``load_dataset`` reads the written files back with these features.
 
 Columns come in groups (:data:`FEATURE_GROUPS`) so that a config with fewer or more columns is a
-different choice of groups, in the fixed order of the table: ``metadata`` leaves out ``image``.
+different choice of groups, in the fixed order of the table: ``metadata`` leaves out ``image`` and
+adds ``synthetic`` and ``derived_from``.  :data:`CONFIGS` names each config of a release (its folder,
+columns, rows and row-group size), and the release's root files are named here too.
 
 ``build`` must write files that ``load_dataset`` reads back with the exact features (the
 5,000-name ``ClassLabel`` lives only here, in the schema's ``huggingface`` metadata), and with
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import pyarrow as pa
 
 from ..layout import LABEL_NAMES
 
 ROWS_PER_GROUP = 100
+# The order every config's rows are written in, declared as the files' ``sorting_columns``.
+SORT_KEYS = (("label", "ascending"), ("id", "ascending"))
 # datasets.config.DEFAULT_CDC_OPTIONS (5.x), what push_to_hub writes with.
 CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 
@@ -59,21 +64,68 @@ FEATURE_GROUPS: dict[str, dict[str, dict]] = {
         "region": _value("string"),
         "harvested_at": _value("string"),
     },
-    # the synthetic config only: the real tile a synthetic one was made from (null: a flat tile)
+    # the metadata config only, where real and synthetic tiles sit side by side
+    "flag": {"synthetic": _value("bool")},
+    # the synthetic and metadata configs: the real tile a synthetic one was made from (null: a flat tile, a real one)
     "synthetic": {"derived_from": _value("string")},
 }
 DEFAULT_GROUPS = ("image", "tile", "provenance")  # the default config: real tiles with images
 SYNTHETIC_GROUPS = (*DEFAULT_GROUPS, "synthetic")  # the synthetic config: synthetic tiles, with derived_from
+METADATA_GROUPS = ("tile", "provenance", "flag", "synthetic")  # the metadata config: every tile, no image
+
+
+class Config(NamedTuple):
+    """One dataset config of a release: its name, its folder in the repo, its columns and its rows.
+
+    ``synthetic`` selects the rows (``False``: real tiles, ``True``: synthetic ones, ``None``:
+    every tile); ``rows_per_group`` is the most rows a Parquet row group holds (a row group holds
+    whole buckets whenever a bucket fits in it: ``builder.publish.parquet``'s ``_GroupBuffer``).
+    """
+
+    name: str
+    folder: str
+    groups: tuple[str, ...]
+    synthetic: bool | None
+    rows_per_group: int
+
+    @property
+    def with_images(self) -> bool:
+        return "image" in self.groups
+
+    @property
+    def pattern(self) -> str:
+        """The ``data_files`` path pattern of the card's YAML (and the shards' name prefix)."""
+        return f"{self.folder}/train-*"
+
+    def shard_name(self, index: int, count: int) -> str:
+        """``<folder>/train-XXXXX-of-YYYYY.parquet``, the name ``push_to_hub`` gives shards."""
+        return f"{self.folder}/train-{index:05d}-of-{count:05d}.parquet"
+
+
+# Metadata rows are about 150 bytes: 2,000 of them make a row group of a few hundred KB, few enough
+# groups for a small footer at 500,000 tiles and small enough that a colour query reads little.
+METADATA_ROWS_PER_GROUP = 2000
+CONFIGS: dict[str, Config] = {
+    "default": Config("default", "data", DEFAULT_GROUPS, False, ROWS_PER_GROUP),
+    "synthetic": Config("synthetic", "synthetic", SYNTHETIC_GROUPS, True, ROWS_PER_GROUP),
+    "metadata": Config("metadata", "metadata", METADATA_GROUPS, None, METADATA_ROWS_PER_GROUP),
+}
+
+# The release's other files, at the repo's root (README.md is the card).
+CARD_NAME = "README.md"
+INDEX_NAME = "bucket_index.parquet"  # bucket -> config, file, row group, rows, byte range (see builder.publish.index)
+RELEASE_MANIFEST = "release.json"  # every file's size, sha256 and rows (see builder.publish.manifest)
 
 
 def feature_groups(with_images: bool = True, synthetic: bool = False) -> tuple[str, ...]:
-    """The groups of the ``default`` (``with_images``), ``metadata`` or ``synthetic`` config.
+    """The groups of the ``default`` or ``synthetic`` config, or (``with_images=False``) the ``metadata`` one.
 
     >>> feature_groups(False), feature_groups(synthetic=True)[-1]
-    (('tile', 'provenance'), 'synthetic')
+    (('tile', 'provenance', 'flag', 'synthetic'), 'synthetic')
     """
-    groups = SYNTHETIC_GROUPS if synthetic else DEFAULT_GROUPS
-    return groups if with_images else tuple(g for g in groups if g != "image")
+    if not with_images:
+        return METADATA_GROUPS
+    return SYNTHETIC_GROUPS if synthetic else DEFAULT_GROUPS
 
 
 def features_dict(groups: Iterable[str] = DEFAULT_GROUPS) -> dict[str, dict]:
@@ -97,6 +149,7 @@ def features_dict(groups: Iterable[str] = DEFAULT_GROUPS) -> dict[str, dict]:
 
 
 _VALUE_TYPES = {
+    "bool": pa.bool_(),
     "string": pa.string(),
     "float64": pa.float64(),
     "int32": pa.int32(),
@@ -121,9 +174,9 @@ def arrow_type(feature: dict) -> pa.DataType:
     raise ValueError(f"no Arrow type for feature {feature!r}")
 
 
-def arrow_schema(with_images: bool = True, synthetic: bool = False) -> pa.Schema:
-    """The Arrow schema with ``{"huggingface": {"info": {"features": ...}}}`` metadata."""
-    features = features_dict(feature_groups(with_images, synthetic))
+def arrow_schema(groups: Iterable[str] = DEFAULT_GROUPS) -> pa.Schema:
+    """The Arrow schema of ``groups`` with ``{"huggingface": {"info": {"features": ...}}}`` metadata."""
+    features = features_dict(groups)
     metadata = {"huggingface": json.dumps({"info": {"features": features}})}
     return pa.schema([pa.field(name, arrow_type(f)) for name, f in features.items()], metadata=metadata)
 

@@ -3,12 +3,20 @@
 ::
 
     staging/
-      data/train-00000-of-0000N.parquet   image bytes embedded, 100-row row groups (real tiles: ``default``)
+      data/train-00000-of-0000N.parquet       real tiles, image bytes embedded (the ``default`` config)
       synthetic/train-00000-of-0000M.parquet  the synthetic tiles, with ``derived_from`` (only if any)
-      README.md                           dataset card with live figures
+      metadata/train-00000-of-0000K.parquet   every tile, every column but ``image`` (``metadata``)
+      bucket_index.parquet                    bucket -> config, file, row group, byte range
+      release.json                            every file's size, sha256 and rows (written last)
+      README.md                               dataset card with live figures
       centroids.npy
-      tiles.db                            consistent snapshot (SQLite backup API), rollback journal
-      .mosaic_build.json                  local build manifest; never uploaded
+      tiles.db                                consistent snapshot (SQLite backup API), rollback journal
+      .mosaic_build.json                      local build record; never uploaded
+
+Parquet files hold whole buckets per row group (at most 100 rows; 2,000 in ``metadata``), declare
+their ``(label, id)`` order as ``sorting_columns`` and keep the 5,000 label names once in the
+footer (:mod:`.parquet`); the index (:mod:`.index`) and the manifest (:mod:`.manifest`) are made
+from the written files themselves.
 
 How: the live ``tiles.db`` is copied with SQLite's backup API (a WAL database cannot be copied
 file by file while a harvest writes), then :func:`.rows.iter_examples` (the generator
@@ -19,9 +27,10 @@ rows), content-defined chunking and page index that ``datasets``' own ParquetWri
 same features.  Rows stream through in 100-row batches; memory does not grow with the library.
 
 Everything is written into a hidden temporary folder beside the output and renamed into place
-at the end, so a crash never leaves a half-built staging folder.  The manifest records the
+at the end, so a crash never leaves a half-built staging folder.  The local build record keeps the
 library fingerprint (every ``tiles`` row + centroids + build format) so ``push`` can tell a
-stale staging folder from a current one.
+stale staging folder from a current one; the release manifest's checksums tell a damaged or
+edited one.
 """
 
 from __future__ import annotations
@@ -43,15 +52,18 @@ from ..errors import LibraryError, MosaicError, UsageError
 from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
 from ..library import Library
 from ..summary import plural
+from . import manifest as release_manifest
 from . import rows
 from .card import CardStats, render_card
+from .index import write_index
 from .parquet import file_size_limit, write_parquet
+from .schema import CARD_NAME, CONFIGS, INDEX_NAME, RELEASE_MANIFEST
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = ".mosaic_build.json"
-SHARDS_DIR = "data"
-SYNTHETIC_DIR = "synthetic"  # the ``synthetic`` config's files
+MANIFEST = ".mosaic_build.json"  # the local build record (fingerprint, card figures); never uploaded
+SHARDS_DIR = CONFIGS["default"].folder
+SYNTHETIC_DIR = CONFIGS["synthetic"].folder  # the ``synthetic`` config's files
 # Not datasets' 500MB: `load_dataset` reads each Parquet file with pyarrow's pre_buffer=True, whose
 # read cache keeps every column chunk of a file until the file is done (apache/arrow#39808), so a
 # user's peak memory is about one shard's size.  At 64 MB it stays flat as the library grows.
@@ -153,8 +165,17 @@ def secret_sources(db_path: Path) -> list[str]:
     return sorted(redact_url(s) for s in suspects if redact_url(s) != s)
 
 
-def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
-    """Live figures for the card, read from the staged snapshot (what users will download)."""
+def example_bucket(conn) -> tuple[int, int]:
+    """The bucket the card's examples use and its real tiles: 42 when it holds real tiles (the seed
+    card's example), else the fullest bucket of real tiles (the lowest id of those)."""
+    real = rows.kind_filter(conn)
+    counts = conn.execute(f"SELECT bucket_id, COUNT(*) FROM tiles WHERE 1{real} GROUP BY bucket_id "
+                          "ORDER BY (bucket_id = 42) DESC, 2 DESC, 1 LIMIT 1").fetchone()
+    return (int(counts[0]), int(counts[1])) if counts else (42, 0)
+
+
+def card_stats(staging: Path, configs: dict[str, list[Path]]) -> CardStats:
+    """Live figures for the card, read from the staged snapshot (what users will download) and files."""
     with Library.open(staging, readonly=True) as lib:
         stats = lib.stats()
         real = rows.kind_filter(lib.conn)  # the card describes the default config: real tiles
@@ -166,7 +187,10 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
         zooms = per("z", "1")
         if stats["synthetic"]["tiles"]:
             stats["by_region"], stats["by_source"] = per("region", "2 DESC"), per("source", "2 DESC")
+        total = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+        bucket, bucket_tiles = example_bucket(lib.conn)
     synthetic = stats["synthetic"]
+    default = configs.get("default", [])
     return CardStats(
         # the headline figures are the default config's: real tiles only
         tiles=synthetic["real_tiles"],
@@ -182,11 +206,16 @@ def card_stats(staging: Path, parquet_files: list[Path]) -> CardStats:
         by_source=dict(stats["by_source"]),
         by_zoom=zooms,
         fetched_by_region={k: dict(v) for k, v in stats.get("fetched_by_region", {}).items()},
-        parquet_files=len(parquet_files),
-        parquet_bytes=sum(p.stat().st_size for p in parquet_files),
+        parquet_files=len(default),
+        parquet_bytes=sum(p.stat().st_size for p in default),
         built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         builder_version=__version__,
         reachability=stats.get("reachability"),
+        total_rows=int(total),
+        configs={name: [len(files), sum(p.stat().st_size for p in files)] for name, files in configs.items()},
+        index_bytes=(staging / INDEX_NAME).stat().st_size if (staging / INDEX_NAME).is_file() else 0,
+        example_bucket=bucket,
+        example_bucket_tiles=bucket_tiles,
     )
 
 
@@ -242,14 +271,24 @@ def read_manifest(staging: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def staged_files(staging: Path) -> dict[str, int]:
-    """``{path_in_repo: size}`` of every file in a staging folder except the local manifest."""
+def staged_files(staging: Path) -> list[str]:
+    """Every file of a staging folder but the local build record, as paths in the repo."""
     staging = Path(staging)
-    out = {}
-    for path in sorted(staging.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
-            out[path.relative_to(staging).as_posix()] = path.stat().st_size
-    return out
+    return [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*"))
+            if p.is_file() and p.name != MANIFEST]
+
+
+def tile_counts(db_path: Path) -> dict[str, int]:
+    """Real and synthetic rows of a ``tiles.db`` (the release's config sizes)."""
+    conn = _db.connect(db_path, readonly=True)
+    try:
+        has = "synthetic" in _db.table_columns(conn, "tiles")
+        real, synthetic = conn.execute(
+            f"SELECT COALESCE(SUM({'synthetic = 0' if has else '1'}), 0), COALESCE(SUM({'synthetic = 1' if has else '0'}), 0) "
+            "FROM tiles").fetchone()
+    finally:
+        conn.close()
+    return {"real": int(real), "synthetic": int(synthetic)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,21 +298,20 @@ def staged_files(staging: Path) -> dict[str, int]:
 
 def _prepare_parquet(
     library_root: Path, work: Path, num_proc: int, skip_bad: bool, max_shard_size: str | int,
-    synthetic: bool = False,
+    config_name: str = "default",
 ) -> tuple[list[Path], int, list]:
-    """Write the shards with :mod:`.parquet`; name them ``data/train-XXXXX-of-YYYYY.parquet``
-    (with ``synthetic``, the synthetic config's: ``synthetic/train-...``)."""
+    """Write a config's shards with :mod:`.parquet`, named ``<folder>/train-XXXXX-of-YYYYY.parquet``."""
+    config = CONFIGS[config_name]
     prepared = work / ".prepared"
     prepared.mkdir()
     shards, written, skipped = write_parquet(
         library_root, work / DB_NAME, prepared, num_proc, skip_bad, file_size_limit(max_shard_size),
-        synthetic=synthetic,
+        config_name=config_name,
     )
-    data = work / (SYNTHETIC_DIR if synthetic else SHARDS_DIR)
-    data.mkdir()
+    (work / config.folder).mkdir()
     out = []
     for i, shard in enumerate(shards):
-        target = data / f"train-{i:05d}-of-{len(shards):05d}.parquet"
+        target = work / config.shard_name(i, len(shards))
         os.replace(shard, target)
         out.append(target)
     shutil.rmtree(prepared)
@@ -342,10 +380,13 @@ def build_staging(
         if leaks:
             raise UsageError("refusing to publish: tile sources carry credentials in their URL: " + "; ".join(leaks))
         fingerprint = rows.library_fingerprint(work / DB_NAME, work / CENTROIDS_NAME)
-        parquet, written, skipped_ids = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size)
-        if synthetic_rows(work / DB_NAME):  # the synthetic config, only for a library that has some
-            more, extra, more_skipped = _prepare_parquet(root, work, num_proc, skip_bad, max_shard_size, synthetic=True)
-            parquet, written, skipped_ids = parquet + more, written + extra, skipped_ids + more_skipped
+        configs: dict[str, list[Path]] = {}
+        written, skipped_ids = 0, []
+        wanted = ["default", "synthetic"] if synthetic_rows(work / DB_NAME) else ["default"]
+        for name in wanted:  # the synthetic config only for a library that has some
+            configs[name], rows_written, skipped_here = _prepare_parquet(
+                root, work, num_proc, skip_bad, max_shard_size, name)
+            written, skipped_ids = written + rows_written, skipped_ids + skipped_here
         skipped = drop_skipped_rows(work / DB_NAME, skipped_ids) if skip_bad else 0
         snapshot_rows = count_rows(work / DB_NAME)
         if snapshot_rows != written:
@@ -353,13 +394,25 @@ def build_staging(
                 f"the Parquet files hold {written} rows but the tiles.db snapshot {snapshot_rows}: "
                 "build is inconsistent"
             )
-        stats = card_stats(work, [p for p in parquet if p.parent.name == SHARDS_DIR])
+        # metadata last, from the snapshot as shipped (rows skip_bad dropped are not in it)
+        configs["metadata"], metadata_rows, _none = _prepare_parquet(root, work, num_proc, False, max_shard_size,
+                                                                     "metadata")
+        if metadata_rows != snapshot_rows:
+            raise LibraryError(f"the metadata config holds {metadata_rows} rows but tiles.db {snapshot_rows}")
+        parquet = [p for files in configs.values() for p in files]
+        write_index(work / INDEX_NAME, [(p, p.relative_to(work).as_posix(), name)
+                                        for name, files in configs.items() for p in files])
+        stats = card_stats(work, configs)
         parquet_bytes = sum(p.stat().st_size for p in parquet)
         if stats.tiles == 0:
             # datasets cannot load a split without rows ("corresponds to no data"): nothing to publish
             detail = f" ({skipped} bad tiles skipped)" if skipped else ""
             raise UsageError(f"library {root} has no tiles to publish{detail}: harvest or ingest first")
-        (work / "README.md").write_text(render_card(stats, repo_id), encoding="utf-8")
+        (work / CARD_NAME).write_text(render_card(stats, repo_id), encoding="utf-8")
+        release_manifest.write_manifest(work, release_manifest.make_manifest(
+            work, {name: (CONFIGS[name].folder, [p.relative_to(work).as_posix() for p in files])
+                   for name, files in configs.items()},
+            tile_counts(work / DB_NAME), stats.cap, __version__))
         write_manifest(
             work,
             {
@@ -369,7 +422,6 @@ def build_staging(
                 "skipped": skipped,
                 "repo_id": repo_id,
                 "stats": stats.as_dict(),
-                "files": staged_files(work),
             },
         )
         _swap_into_place(work, output)
@@ -391,15 +443,27 @@ def build_staging(
 
 
 def staging_state(library_root: str | os.PathLike, staging: str | os.PathLike) -> StagingState:
-    """Is ``staging`` a complete build of the library as it is now?"""
+    """Is ``staging`` a complete, undamaged build of the library as it is now?
+
+    The files are checked by content: each one's sha256 against the release manifest (a damaged
+    shard of the same size is stale), and no file beyond the manifest's.
+    """
     staging = Path(staging)
     manifest = read_manifest(staging)
     if manifest is None:
         return StagingState(False, f"no build in {staging}", None)
     if manifest.get("build_format") != rows.BUILD_FORMAT:
         return StagingState(False, "built by an older builder", manifest)
-    if staged_files(staging) != manifest.get("files"):
-        return StagingState(False, f"files in {staging} changed since the build", manifest)
+    try:
+        release = release_manifest.read_manifest(staging)
+        if release is None:
+            return StagingState(False, f"no {RELEASE_MANIFEST} in {staging}", manifest)
+        extra = sorted(set(staged_files(staging)) - set(release["files"]) - {RELEASE_MANIFEST})
+        if extra:
+            return StagingState(False, f"{staging} holds {extra[0]}, which the build did not write", manifest)
+        release_manifest.check_files(staging, release, release["files"])
+    except release_manifest.ReleaseIncomplete as exc:
+        return StagingState(False, str(exc), manifest)
     root = Path(library_root)
     Library.verify_layout(root)
     # One SELECT is one read transaction: a consistent view even while a harvest writes.
@@ -410,7 +474,10 @@ def staging_state(library_root: str | os.PathLike, staging: str | os.PathLike) -
 
 
 def refresh_card(staging: str | os.PathLike, repo_id: str | None) -> bool:
-    """Re-render ``README.md`` for ``repo_id`` (the load snippet names the repo); True if it changed."""
+    """Re-render ``README.md`` for ``repo_id`` (the snippets name the repo); True if it changed.
+
+    The release manifest's entry for the card follows, so the staging folder stays current.
+    """
     staging = Path(staging)
     manifest = read_manifest(staging)
     if manifest is None:
@@ -418,11 +485,14 @@ def refresh_card(staging: str | os.PathLike, repo_id: str | None) -> bool:
     if manifest.get("repo_id") == repo_id:
         return False
     text = render_card(CardStats.from_dict(manifest["stats"]), repo_id)
-    tmp = staging / "README.md.part"
+    tmp = staging / (CARD_NAME + ".part")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, staging / "README.md")
+    os.replace(tmp, staging / CARD_NAME)
+    release = release_manifest.read_manifest(staging)
+    if release is not None:
+        release["files"][CARD_NAME] = release_manifest.describe(staging / CARD_NAME)
+        release_manifest.write_manifest(staging, release)
     manifest["repo_id"] = repo_id
-    manifest["files"] = staged_files(staging)
     write_manifest(staging, manifest)
     return True
 
