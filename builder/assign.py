@@ -282,10 +282,14 @@ def _pool_analyse_many(candidates: list[Candidate]) -> list[Analysis]:
 
 
 def _preload_worker_modules() -> None:
-    """Import what every worker needs (scipy's DCT and KD-tree, ~0.3-0.5 s of CPU) before the
-    pool forks, so the forked workers share it instead of each importing it again."""
-    import scipy.fft  # noqa: F401
-    import scipy.spatial  # noqa: F401
+    """Import what every worker needs before the pool forks, so the forked workers share it
+    instead of each importing it again: the PNG decoders and Pillow's format plugins.  (No
+    scipy: chunks are small enough for the direct nearest-centroid search, and the pHash needs
+    scipy's DCT only for the rare tile whose bits it cannot settle alone, see builder.phash.)"""
+    import pyspng  # noqa: F401
+    from PIL import Image
+
+    Image.preinit()
 
 
 def chunked(items: Sequence, size: int) -> list:
