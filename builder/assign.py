@@ -252,7 +252,7 @@ class _Pending:
         store.unstage(temp, (an.tile_id for an in staged))
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when the process that forked it dies.
 
     A pool worker blocks on its task pipe forever once its parent is SIGKILLed (it holds
@@ -272,7 +272,7 @@ def _exit_with_parent() -> None:
 
 def _init_pool_worker(root: str, centroids: np.ndarray, cap: int, prefilter: Callable | None) -> None:
     global _WORKER
-    _exit_with_parent()
+    exit_with_parent()
     _WORKER = Worker(root, centroids, cap, prefilter)
 
 
