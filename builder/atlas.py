@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,6 +165,18 @@ class Blocks:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0, np.int64),
                        np.zeros(0))
         return cls(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("x", "y", "lab", "bucket", "key")))
+
+
+def fold_tile(data: bytes, ref: tuple[int, int, int], zoom: int, index: CentroidIndex) -> tuple[str | None, Blocks | None]:
+    """One fetched overview tile: ``(None, its blocks)``, or the reason it gives none (``blank``,
+    or the decoder's rejection)."""
+    try:
+        rgb = np.asarray(decode_tile(data).image)
+    except ImageRejected as exc:
+        return exc.reason, None
+    if is_flat_fill(rgb):
+        return "blank", None
+    return None, tile_blocks(rgb, ref, zoom, index)
 
 
 def is_flat_fill(rgb: np.ndarray) -> bool:
@@ -507,6 +521,9 @@ class _AtlasRun:
         self.store = SampleStore(lib.conn, src.name, info.zoom, info.sample_size, info.calibration, lib.index)
         self.engine = FetchEngine(src, self.ledger, threads, max_requests)
         self.interrupt = threading.Event()
+        # The fold's decoding, LAB and KD-tree query release the GIL: one thread a core.
+        lib.index.tree  # noqa: B018 - built here, not by two folding threads at once
+        self.folder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="atlas-fold")
         self.failing: list[tuple[TileRef, str, Prior | None]] = []
         self.todo: list[TileRef] = []
 
@@ -516,6 +533,7 @@ class _AtlasRun:
         rows: list[tuple[TileRef, str, str]] = []
         released: list[TileRef] = []
         parts: list[Blocks] = []
+        folded: list[tuple[FetchResult, Future]] = []
         faulted = []
         answered = False
         for r in results:
@@ -533,17 +551,17 @@ class _AtlasRun:
                     answered = True
                 continue
             answered = True
-            try:
-                rgb = np.asarray(decode_tile(r.data).image)
-            except ImageRejected as exc:
-                rep.rejected[exc.reason] += 1
-                rows.append((r.ref, rejected(exc.reason), r.at))
+            folded.append((r, self.folder.submit(fold_tile, r.data, r.ref[:3], self.zoom, self.lib.index)))
+        for r, future in folded:
+            reason, found = future.result()
+            if reason is not None:
+                if reason == "blank":
+                    rep.blank += 1
+                else:
+                    rep.rejected[reason] += 1
+                rows.append((r.ref, rejected(reason), r.at))
                 continue
-            if is_flat_fill(rgb):
-                rep.blank += 1
-                rows.append((r.ref, rejected("blank"), r.at))
-                continue
-            parts.append(tile_blocks(rgb, r.ref[:3], self.zoom, self.lib.index))
+            parts.append(found)
             rows.append((r.ref, ACCEPTED, r.at))
             rep.read += 1
         blocks = Blocks.concat(parts)
@@ -640,6 +658,7 @@ def _build(lib: Library, src: TileSource, plan: Plan, zoom: int, atlas_zoom: int
     try:
         drive(run.engine, lambda: run.loop(bar), run.on_sigint, interrupted)
     finally:
+        run.folder.shutdown(wait=True, cancel_futures=True)
         bar.close()
         report.seconds = time.perf_counter() - started
     report.requests = run.engine.requests()
