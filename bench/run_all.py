@@ -37,6 +37,7 @@ HELPERS = {"common", "run_all", "__init__", "conftest", "card_recipe"}
 BY_HAND = {
     "kill_campaign": "crash-safety campaign, not a timing bench (tests/test_crash.py is its CI form)",
     "scale": "libraries of 5k/25k/100k tiles: GBs of disk, tens of minutes (its --quick runs in tests/test_bench_smoke.py)",
+    "demo": "the whole demo, a minute and a half on two idle cores (tests/test_demo.py runs the demo)",
 }
 TAIL_LINES = 25
 # Benches that do not take ``--quick`` (yet): the tiny sizes it stands for, in their own options

@@ -506,7 +506,7 @@ def test_sigkills_during_an_aimed_harvest_leave_a_consistent_library(tmp_path):
 # --- the vectorised fold against the per-block code it replaced ---------------------------------
 
 
-def _per_block_tile_blocks(rgb, ref, zoom, index):
+def per_block_tile_blocks(rgb, ref, zoom, index):
     """The fold as it was: every block's float mean, LAB and KD-tree query, one by one in NumPy."""
     from builder.atlas import Blocks, block_size
 
@@ -525,7 +525,7 @@ def _per_block_tile_blocks(rgb, ref, zoom, index):
     return Blocks(ax * n + cols.astype(np.int64), ay * n + rows.astype(np.int64), lab, bucket, keys)
 
 
-def _per_bucket_add(store, blocks):
+def per_bucket_add(store, blocks):
     """SampleStore.add as it was: every block ranked, two statements per bucket touched."""
     from builder.layout import N_BUCKETS
 
@@ -575,13 +575,13 @@ def test_vectorised_fold_gives_the_per_block_results_on_real_overview_tiles(make
     for ref in refs:
         rgb = earth.render(*ref)
         rgb[:3, :5] = 0  # nodata
-        new, old = tile_blocks(rgb, ref, zoom, lib.index), _per_block_tile_blocks(rgb, ref, zoom, lib.index)
+        new, old = tile_blocks(rgb, ref, zoom, lib.index), per_block_tile_blocks(rgb, ref, zoom, lib.index)
         for field in ("x", "y", "lab", "bucket", "key"):
             assert np.array_equal(getattr(new, field), getattr(old, field)), field
         with stores["vectorised"].conn:
             stores["vectorised"].add(new)
         with stores["per_block"].conn:
-            _per_bucket_add(stores["per_block"], old)
+            per_bucket_add(stores["per_block"], old)
     tables = {name: [s.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
                      for t in ("atlas_sample", "atlas_buckets")] for name, s in stores.items()}
     assert tables["vectorised"] == tables["per_block"] and tables["vectorised"][0]
