@@ -389,6 +389,13 @@ class Pipeline:
         candidates = list(candidates)
         return self._decide_and_store(candidates, self._analyse_all(candidates) if candidates else [], on_commit)
 
+    def store_analysed(self, candidates: Sequence[Candidate], analyses: Sequence[Analysis]) -> list[Outcome]:
+        """:meth:`process` for a batch analysed (and staged) by a :class:`Worker` elsewhere, such
+        as a process that made the tiles: the verdicts are re-checked and stored as usual."""
+        if self.default_provenance.get("synthetic"):
+            candidates = [replace(c, provenance={"synthetic": 1, **(c.provenance or {})}) for c in candidates]
+        return self._decide_and_store(list(candidates), list(analyses), None)
+
     def process_stream(self, batches: Iterable[Iterable[Candidate]],
                        on_commit: Callable | None = None) -> Iterator[list[Outcome]]:
         """:meth:`process` for a stream of batches, yielding each batch's outcomes in turn.

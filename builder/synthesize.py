@@ -64,7 +64,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .assign import Candidate, Pipeline, check_radius, exit_with_parent, mean_rgb_64, pool_context
+from .assign import Analysis, Candidate, Pipeline, Worker, check_radius, exit_with_parent, mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile, encode_png
 from .defaults import DEFAULT_MAX_USES, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
@@ -216,9 +216,29 @@ def recipe_lab(rgb_u8: np.ndarray) -> np.ndarray:
     return rgb_to_lab(mean_rgb_64(Image.fromarray(rgb_u8)))
 
 
-def _spread_scale(dev_l: np.ndarray, target_l: float) -> float:
-    """Largest ``s <= 1`` that keeps ``target_l + s * dev_l`` (1st..99th percentiles) within 0..100."""
-    lo, hi = np.percentile(dev_l, (1, 99))
+class SourceStats(NamedTuple):
+    """What every transfer from one source starts from (made once per source, reused for each
+    of its uses): its per-pixel LAB deviations from its mean, their 64x64 box reduction (the
+    preview), the 1st and 99th percentiles of the L deviations, and its per-pixel L*."""
+
+    dev: np.ndarray
+    small: np.ndarray
+    spread: tuple[float, float]
+    lightness: np.ndarray
+
+
+def source_stats(source_rgb: np.ndarray, source_lab: np.ndarray | None = None) -> SourceStats:
+    lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
+    dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
+    small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
+    lo, hi = np.percentile(dev[..., 0], (1, 99))  # float32 scalars, kept so: s is computed as it always was
+    return SourceStats(dev, small, (lo, hi), lightness(source_rgb))
+
+
+def _spread_scale(spread: tuple[float, float], target_l: float) -> float:
+    """Largest ``s <= 1`` that keeps ``target_l + s * dev_l`` (``spread``: its 1st..99th
+    percentiles) within 0..100."""
+    lo, hi = spread
     s = 1.0
     if hi > 0:
         s = min(s, (100.0 - target_l) / hi)
@@ -238,26 +258,28 @@ def lightness(rgb_u8: np.ndarray) -> np.ndarray:
     return (116.0 * np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16.0 / 116.0) - 16.0).ravel().astype(np.float64)
 
 
-def texture_kept(source_rgb: np.ndarray, out_rgb: np.ndarray) -> float:
+def texture_kept(source_rgb: np.ndarray, out_rgb: np.ndarray, source_lightness: np.ndarray | None = None) -> float:
     """How much of the source's light-dark texture a result keeps: the slope of the result's
     per-pixel L* regressed on the source's (``cov / var``), within 0..1.  A copy shifted in
     colour keeps 1, a spread scaled by ``s`` keeps ``s``, pixels clipped at the gamut's edge
     lower it, a flat tile keeps 0."""
-    src, out = lightness(source_rgb), lightness(out_rgb)
+    src = lightness(source_rgb) if source_lightness is None else source_lightness
+    out = lightness(out_rgb)
     var = float(src.var())
     if var <= 1e-9:
         return 0.0
     return float(np.clip(((src - src.mean()) * (out - out.mean())).mean() / var, 0.0, 1.0))
 
 
-def transfer(source_rgb: np.ndarray, target_lab: np.ndarray, source_lab: np.ndarray | None = None) -> np.ndarray:
-    """``source_rgb`` (uint8, HxWx3) recoloured so its recipe LAB approaches ``target_lab`` (see the module doc)."""
+def transfer(source_rgb: np.ndarray, target_lab: np.ndarray, source_lab: np.ndarray | None = None,
+             stats: SourceStats | None = None) -> np.ndarray:
+    """``source_rgb`` (uint8, HxWx3) recoloured so its recipe LAB approaches ``target_lab`` (see the
+    module doc); ``stats``: the source's :func:`source_stats`, when it serves several tiles."""
     target = np.asarray(target_lab, dtype=np.float64)
-    lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
-    dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
-    s = _spread_scale(dev[..., 0], float(target[0]))
-    # Corrections on a 64x64 preview (a box reduction of the source: 16 times fewer pixels to convert).
-    small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
+    if stats is None:
+        stats = source_stats(source_rgb, source_lab)
+    dev, small = stats.dev, stats.small  # corrections run on the 64x64 preview: 16 times fewer pixels
+    s = _spread_scale(stats.spread, float(target[0]))
     for _shrink in range(SPREAD_SHRINKS):
         offset = target.copy()
         for _ in range(PREVIEW_ITERATIONS):
@@ -372,26 +394,36 @@ class _Job(NamedTuple):
 
 
 class _Made(NamedTuple):
-    """What a worker made of a job: the PNG, or why not (``landed`` elsewhere, ``unusable`` source)."""
+    """What a worker made of a job: the tile's analysis (its file staged in ``temp/`` by the
+    pipeline's :class:`~builder.assign.Worker`), or why not (``landed`` elsewhere, ``unusable``
+    source, ``unreachable`` colour)."""
 
     job: _Job
     png: bytes | None
     kept: float | None = None
+    analysis: Analysis | None = None
     landed_elsewhere: bool = False
     unusable: bool = False
     unreachable: bool = False
 
 
-class _Maker:
-    """Per-process state: the tiles' files, the centroids and a few decoded sources."""
+def _candidate(job: _Job, derived_from: str | None, png: bytes | None = None) -> Candidate:
+    return Candidate(f"synthetic:bucket {job.bucket_id}", data=png,
+                     provenance={"synthetic": 1, "derived_from": derived_from})
 
-    def __init__(self, files: TileFiles, centroids: np.ndarray) -> None:
+
+class _Maker:
+    """Per-process state: the tiles' files, the centroids, a few decoded sources, and the
+    pipeline's analysis (decode, recipe, pHash, staging) for the tiles made here."""
+
+    def __init__(self, files: TileFiles, centroids: np.ndarray, cap: int) -> None:
         self.files = files
         self.index = CentroidIndex(centroids, validate=False)
-        self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray] | None] = OrderedDict()
+        self.analyser = Worker(str(files.root), centroids, cap, None)
+        self.cache: OrderedDict[str, tuple[np.ndarray, SourceStats] | None] = OrderedDict()
 
-    def source(self, bucket_id: int, tile_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """A source's RGB and per-pixel LAB; None when it is flat or unreadable."""
+    def source(self, bucket_id: int, tile_id: str) -> tuple[np.ndarray, SourceStats] | None:
+        """A source's RGB and :func:`source_stats`; None when it is flat or unreadable."""
         if tile_id in self.cache:
             self.cache.move_to_end(tile_id)
             return self.cache[tile_id]
@@ -401,7 +433,7 @@ class _Maker:
             found = None
         else:
             rgb = np.asarray(image)
-            found = (rgb, _rgb2lab(rgb)) if contrast(image) >= MIN_HASH_CONTRAST else None
+            found = (rgb, source_stats(rgb)) if contrast(image) >= MIN_HASH_CONTRAST else None
         self.cache[tile_id] = found
         if len(self.cache) > SOURCE_CACHE:  # least recently used out
             self.cache.popitem(last=False)
@@ -426,25 +458,33 @@ class _Maker:
         pix = self.source(bucket_id, tile_id)
         if pix is None:
             return _Made(job, None, unusable=True)
-        rgb, lab = pix
-        out = transfer(rgb, centroid, lab)
+        rgb, stats = pix
+        out = transfer(rgb, centroid, stats=stats)
         if int(self.index.assign_lab(recipe_lab(out))[0][0]) != job.bucket_id:
             return _Made(job, None, landed_elsewhere=True)
-        return _Made(job, encode_png(Image.fromarray(out)), texture_kept(rgb, out))
+        return _Made(job, encode_png(Image.fromarray(out)), texture_kept(rgb, out, stats.lightness))
 
 
 _MAKER: _Maker | None = None
 
 
-def _init_maker(files: TileFiles, centroids: np.ndarray) -> None:
+def _init_maker(files: TileFiles, centroids: np.ndarray, cap: int) -> None:
     global _MAKER
     exit_with_parent()
-    _MAKER = _Maker(files, centroids)
+    _MAKER = _Maker(files, centroids, cap)
 
 
 def _make_many(jobs: list[_Job]) -> list[_Made]:
+    """Make a chunk's tiles and analyse them here (staged in ``temp/``): the parent only stores."""
     assert _MAKER is not None
-    return [_MAKER.make(job) for job in jobs]
+    made = [_MAKER.make(job) for job in jobs]
+    ready = [i for i, m in enumerate(made) if m.png is not None]
+    analyses = _MAKER.analyser.analyse_many(
+        [_candidate(made[i].job, None if made[i].job.source is None else made[i].job.source[2], made[i].png)
+         for i in ready])
+    for i, analysis in zip(ready, analyses):
+        made[i] = made[i]._replace(png=None, analysis=analysis)
+    return made
 
 
 def _flat_many(refs: list[tuple[int, str]]) -> list[bool]:
@@ -461,9 +501,9 @@ class _Crew:
         files = TileFiles(lib.root)
         if self.workers > 1:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=pool_context(), initializer=_init_maker,
-                                            initargs=(files, lib.centroids))
+                                            initargs=(files, lib.centroids, lib.cap))
         else:
-            _init_inline(files, lib.centroids)
+            _init_inline(files, lib.centroids, lib.cap)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -486,9 +526,9 @@ class _Crew:
             yield from pending.popleft().result()
 
 
-def _init_inline(files: TileFiles, centroids: np.ndarray) -> None:
+def _init_inline(files: TileFiles, centroids: np.ndarray, cap: int) -> None:
     global _MAKER
-    _MAKER = _Maker(files, centroids)
+    _MAKER = _Maker(files, centroids, cap)
 
 
 # --------------------------------------------------------------------------- the run
@@ -638,7 +678,7 @@ def _settle(made: _Made, sources: _Sources, wanted: dict[int, _Wanted], report: 
     """Book a worker's result; True when it is a tile to store.  A miss gives its source's use
     back and leaves the tile wanted for the next round (from the next source, or flat)."""
     job, state = made.job, wanted[made.job.bucket_id]
-    if made.png is not None:
+    if made.analysis is not None:
         return True
     if made.unreachable:
         report.skipped["unreachable_colour"] += 1
@@ -659,10 +699,8 @@ def _store(pipe: Pipeline, batch: list[_Made], sources: _Sources, wanted: dict[i
     """Store made tiles through the pipeline (its checks, the commit protocol), in plan order."""
     if not batch:
         return
-    cands = [Candidate(f"synthetic:bucket {m.job.bucket_id}", data=m.png,
-                       provenance={"synthetic": 1, "derived_from": None if m.job.source is None else
-                                   sources.ids[m.job.source[0]]}) for m in batch]
-    for made, out in zip(batch, pipe.process(cands)):
+    cands = [_candidate(m.job, None if m.job.source is None else m.job.source[2]) for m in batch]
+    for made, out in zip(batch, pipe.store_analysed(cands, [m.analysis for m in batch])):
         state = wanted[made.job.bucket_id]
         state.need -= 1
         if made.job.source is None:
