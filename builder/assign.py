@@ -26,7 +26,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,12 +53,15 @@ CHUNK_MAX = 32
 
 @dataclass(frozen=True)
 class Candidate:
-    """One input tile: raw ``data`` bytes, or a ``path`` the worker reads itself."""
+    """One input tile: raw ``data`` bytes, or a ``path`` the worker reads itself.  ``decoded``:
+    the decoded ``data``, when the process that made the bytes still holds their pixels
+    (synthesize: a PNG it just encoded), so they are not decoded again."""
 
     name: str
     data: bytes | None = None
     path: str | None = None
     provenance: dict | None = None
+    decoded: DecodedTile | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome(NamedTuple):
@@ -167,7 +170,7 @@ class Worker:
         for i, candidate in enumerate(candidates):
             try:
                 data = read_candidate(candidate)
-                decoded = decode_tile(data)
+                decoded = candidate.decoded or decode_tile(data)
             except ImageRejected as exc:
                 results[i] = Analysis(exc.reason, exc.detail)
                 continue

@@ -57,7 +57,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -66,12 +66,13 @@ from tqdm import tqdm
 
 from .assign import Analysis, Candidate, Pipeline, Worker, check_radius, exit_with_parent, mean_rgb_64, pool_context
 from .color import CentroidIndex, rgb_to_lab
-from .decode import decode_tile, encode_png
+from .decode import DecodedTile, decode_tile, encode_png
 from .defaults import DEFAULT_MAX_USES, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
 from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, TILE_SIZE
 from .library import Library
 from .phash import MIN_HASH_CONTRAST, contrast
+from .store import unstage
 from .tilefiles import TileFiles
 
 SOURCE_NAME = "synthetic"  # the ``source`` column of a synthetic tile
@@ -446,23 +447,21 @@ class _Maker:
         except (BadTile, ImageRejected):
             return True
 
-    def make(self, job: _Job) -> _Made:
+    def make(self, job: _Job) -> tuple[_Made, np.ndarray | None]:
+        """The tile's pixels (None and why not in the :class:`_Made`); landing is checked by the analysis."""
         centroid = np.asarray(job.centroid, dtype=np.float64)
         if job.source is None:
             colour = flat_colour(self.index, job.bucket_id, centroid)
             if colour is None:
-                return _Made(job, None, unreachable=True)
-            tile = np.broadcast_to(colour, (TILE_SIZE, TILE_SIZE, 3)).copy()
-            return _Made(job, encode_png(Image.fromarray(tile)))
+                return _Made(job, None, unreachable=True), None
+            return _Made(job, None), np.broadcast_to(colour, (TILE_SIZE, TILE_SIZE, 3)).copy()
         _i, bucket_id, tile_id = job.source
         pix = self.source(bucket_id, tile_id)
         if pix is None:
-            return _Made(job, None, unusable=True)
+            return _Made(job, None, unusable=True), None
         rgb, stats = pix
         out = transfer(rgb, centroid, stats=stats)
-        if int(self.index.assign_lab(recipe_lab(out))[0][0]) != job.bucket_id:
-            return _Made(job, None, landed_elsewhere=True)
-        return _Made(job, encode_png(Image.fromarray(out)), texture_kept(rgb, out, stats.lightness))
+        return _Made(job, None, texture_kept(rgb, out, stats.lightness)), out
 
 
 _MAKER: _Maker | None = None
@@ -475,15 +474,25 @@ def _init_maker(files: TileFiles, centroids: np.ndarray, cap: int) -> None:
 
 
 def _make_many(jobs: list[_Job]) -> list[_Made]:
-    """Make a chunk's tiles and analyse them here (staged in ``temp/``): the parent only stores."""
+    """Make a chunk's tiles and analyse them here, the card's recipe on the stored PNG's pixels
+    (staged in ``temp/``): the parent only stores.  A tile the recipe puts in another bucket is
+    a miss (``landed_elsewhere``), its staged file removed."""
     assert _MAKER is not None
-    made = [_MAKER.make(job) for job in jobs]
-    ready = [i for i, m in enumerate(made) if m.png is not None]
-    analyses = _MAKER.analyser.analyse_many(
-        [_candidate(made[i].job, None if made[i].job.source is None else made[i].job.source[2], made[i].png)
-         for i in ready])
-    for i, analysis in zip(ready, analyses):
-        made[i] = made[i]._replace(png=None, analysis=analysis)
+    made, pixels, cands = [], [], []
+    for job in jobs:
+        one, out = _MAKER.make(job)
+        made.append(one)
+        if out is not None:
+            image = Image.fromarray(out)
+            pixels.append(len(made) - 1)
+            cands.append(replace(_candidate(job, None if job.source is None else job.source[2], encode_png(image)),
+                                 decoded=DecodedTile(image, True, False)))
+    for i, analysis in zip(pixels, _MAKER.analyser.analyse_many(cands)):
+        if analysis.bucket_id is not None and analysis.bucket_id != made[i].job.bucket_id:
+            unstage(_MAKER.analyser.temp, [analysis.tile_id])
+            made[i] = made[i]._replace(landed_elsewhere=True)
+        else:
+            made[i] = made[i]._replace(analysis=analysis)
     return made
 
 
