@@ -11,7 +11,6 @@ Run: ``python bench/demo.py`` (one run, about 1.5 minutes on two idle cores; by 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -46,7 +45,7 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"demo failed: {measured['output'][-3000:]}")
             walls.add(measured["seconds"])
             cpus.add(measured["cpu_seconds"])
-            result = json.loads(next(line for line in measured["output"].splitlines() if line.startswith("{")))
+            result = common.json_object(measured["output"])
             for step in result.get("steps", []):
                 if "seconds" in step:
                     steps.setdefault(step["step"], []).append(step["seconds"])

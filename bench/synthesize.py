@@ -159,7 +159,7 @@ def textured_rows(library: Path, work: Path, env: dict) -> list:
                                         "--json", *extra], env=env)
         if measured["returncode"] != 0:
             raise RuntimeError(f"synthesize {extra} failed: {measured['output'][-2000:]}")
-        report = json.loads(measured["output"].strip().splitlines()[-1])
+        report = common.json_object(measured["output"])
         shares[name] = (100.0 * report["textured"] / max(1, report["made"]), report, measured["seconds"])
         shutil.rmtree(root.parent)
     share, report, seconds = shares["defaults"]

@@ -91,7 +91,7 @@ SPREAD_SHRINK = 0.6
 SPREAD_SHRINKS = 4
 LAB_TOLERANCE = 0.25  # LAB units between the recipe's mean and the centroid that end the corrections
 BATCH = 64  # tiles handed to the pipeline (and committed) together
-# Decoded sources kept per process (about 1 MB each: RGB and float32 LAB).  Buckets are
+# Decoded sources kept per process (about 1.5 MB each: RGB and SourceStats).  Buckets are
 # visited nearest colour first, so a source's next use, if any, usually comes soon.
 SOURCE_CACHE = 32
 # Tiles a worker makes per task (consecutive in the plan, so they tend to share sources), and
@@ -229,6 +229,7 @@ class SourceStats(NamedTuple):
 
 
 def source_stats(source_rgb: np.ndarray, source_lab: np.ndarray | None = None) -> SourceStats:
+    """:class:`SourceStats` of a source tile (``source_lab``: its per-pixel LAB, when known)."""
     lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
     dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
     small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
@@ -400,7 +401,6 @@ class _Made(NamedTuple):
     source, ``unreachable`` colour)."""
 
     job: _Job
-    png: bytes | None
     kept: float | None = None
     analysis: Analysis | None = None
     landed_elsewhere: bool = False
@@ -409,6 +409,7 @@ class _Made(NamedTuple):
 
 
 def _candidate(job: _Job, derived_from: str | None, png: bytes | None = None) -> Candidate:
+    """The pipeline's candidate for a made tile (its provenance: synthetic, and its source)."""
     return Candidate(f"synthetic:bucket {job.bucket_id}", data=png,
                      provenance={"synthetic": 1, "derived_from": derived_from})
 
@@ -453,15 +454,15 @@ class _Maker:
         if job.source is None:
             colour = flat_colour(self.index, job.bucket_id, centroid)
             if colour is None:
-                return _Made(job, None, unreachable=True), None
-            return _Made(job, None), np.broadcast_to(colour, (TILE_SIZE, TILE_SIZE, 3)).copy()
+                return _Made(job, unreachable=True), None
+            return _Made(job), np.broadcast_to(colour, (TILE_SIZE, TILE_SIZE, 3)).copy()
         _i, bucket_id, tile_id = job.source
         pix = self.source(bucket_id, tile_id)
         if pix is None:
-            return _Made(job, None, unusable=True), None
+            return _Made(job, unusable=True), None
         rgb, stats = pix
         out = transfer(rgb, centroid, stats=stats)
-        return _Made(job, None, texture_kept(rgb, out, stats.lightness)), out
+        return _Made(job, texture_kept(rgb, out, stats.lightness)), out
 
 
 _MAKER: _Maker | None = None
