@@ -64,13 +64,13 @@ def sniff_format(data: bytes) -> str | None:
 
 def decode_tile(data: bytes) -> DecodedTile:
     """Decode ``data`` into a 256x256 RGB tile or raise :class:`ImageRejected`."""
-    stored_form = _decode_stored_form(data)
-    if stored_form is not None:
-        return stored_form
     if not data:
         raise ImageRejected("empty", "0 bytes")
     if len(data) > MAX_INPUT_BYTES:
         raise ImageRejected("too_large", f"{len(data)} bytes > {MAX_INPUT_BYTES}")
+    stored_form = _decode_stored_form(data)
+    if stored_form is not None:
+        return stored_form
     fmt = sniff_format(data)
     if fmt is None:
         head = data[:16].lower()
