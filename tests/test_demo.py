@@ -70,7 +70,7 @@ def test_demo_synthesizes_every_empty_bucket_and_compares_the_mosaics(tmp_path, 
     """The default demo fills every bucket the harvest left empty with flagged synthetic tiles and
     shows the difference: the real-only mosaic falls back in more cells than the one using them."""
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json"]) == 0
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "2", "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert [s["step"] for s in result["steps"]] == ["init", "harvest", "synthesize", "verify", "build", "report",
