@@ -286,6 +286,16 @@ def run_measured(argv: Sequence[str], env: dict | None = None, cwd: str | None =
     )
 
 
+def json_object(output: str) -> dict:
+    """The JSON object a ``--json`` command printed (indented, perhaps among log lines)."""
+    import json
+
+    start = output.find("{")
+    if start < 0:
+        raise ValueError(f"no JSON object in the output: {output[-500:]!r}")
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
+
 def log(message: str) -> None:
     """Progress notes go to stderr so the table on stdout stays clean."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)

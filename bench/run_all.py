@@ -39,6 +39,7 @@ BY_HAND = {
     "scale": "libraries of 5k/25k/100k tiles: GBs of disk, tens of minutes (its --quick runs in tests/test_bench_smoke.py)",
     "partial": "a 25,000-tile release on the local Hub: 2 GB, 20 minutes the first time (its --quick runs in "
                "tests/test_bench_smoke.py)",
+    "demo": "the whole demo, a minute and a half on two idle cores (tests/test_demo.py runs the demo)",
 }
 TAIL_LINES = 25
 # Benches that do not take ``--quick`` (yet): the tiny sizes it stands for, in their own options

@@ -26,7 +26,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,13 +54,16 @@ CHUNK_MAX = 32
 @dataclass(frozen=True)
 class Candidate:
     """One input tile: raw ``data`` bytes, or a ``path`` the worker reads itself; ``crop``: take a
-    non-square image's centre square (``ingest --crop``) instead of rejecting it."""
+    non-square image's centre square (``ingest --crop``) instead of rejecting it.  ``decoded``:
+    the decoded ``data``, when the process that made the bytes still holds their pixels
+    (synthesize: a PNG it just encoded), so they are not decoded again."""
 
     name: str
     data: bytes | None = None
     path: str | None = None
     provenance: dict | None = None
     crop: bool = False
+    decoded: DecodedTile | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome(NamedTuple):
@@ -169,7 +172,7 @@ class Worker:
         for i, candidate in enumerate(candidates):
             try:
                 data = read_candidate(candidate)
-                decoded = decode_tile(data, crop=candidate.crop)
+                decoded = candidate.decoded or decode_tile(data, crop=candidate.crop)
             except ImageRejected as exc:
                 results[i] = Analysis(exc.reason, exc.detail)
                 continue
@@ -254,7 +257,7 @@ class _Pending:
         store.unstage(temp, (an.tile_id for an in staged))
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when the process that forked it dies.
 
     A pool worker blocks on its task pipe forever once its parent is SIGKILLed (it holds
@@ -274,7 +277,7 @@ def _exit_with_parent() -> None:
 
 def _init_pool_worker(root: str, centroids: np.ndarray, cap: int, prefilter: Callable | None) -> None:
     global _WORKER
-    _exit_with_parent()
+    exit_with_parent()
     _WORKER = Worker(root, centroids, cap, prefilter)
 
 
@@ -284,10 +287,14 @@ def _pool_analyse_many(candidates: list[Candidate]) -> list[Analysis]:
 
 
 def _preload_worker_modules() -> None:
-    """Import what every worker needs (scipy's DCT and KD-tree, ~0.3-0.5 s of CPU) before the
-    pool forks, so the forked workers share it instead of each importing it again."""
-    import scipy.fft  # noqa: F401
-    import scipy.spatial  # noqa: F401
+    """Import what every worker needs before the pool forks, so the forked workers share it
+    instead of each importing it again: the PNG decoders and Pillow's format plugins.  (No
+    scipy: chunks are small enough for the direct nearest-centroid search, and the pHash needs
+    scipy's DCT only for the rare tile whose bits it cannot settle alone, see builder.phash.)"""
+    import pyspng  # noqa: F401
+    from PIL import Image
+
+    Image.preinit()
 
 
 def chunked(items: Sequence, size: int) -> list:
@@ -386,6 +393,13 @@ class Pipeline:
         """
         candidates = list(candidates)
         return self._decide_and_store(candidates, self._analyse_all(candidates) if candidates else [], on_commit)
+
+    def store_analysed(self, candidates: Sequence[Candidate], analyses: Sequence[Analysis]) -> list[Outcome]:
+        """:meth:`process` for a batch analysed (and staged) by a :class:`Worker` elsewhere, such
+        as a process that made the tiles: the verdicts are re-checked and stored as usual."""
+        if self.default_provenance.get("synthetic"):
+            candidates = [replace(c, provenance={"synthetic": 1, **(c.provenance or {})}) for c in candidates]
+        return self._decide_and_store(list(candidates), list(analyses), None)
 
     def process_stream(self, batches: Iterable[Iterable[Candidate]],
                        on_commit: Callable | None = None) -> Iterator[list[Outcome]]:

@@ -140,8 +140,27 @@ def load_centroids(path: str | os.PathLike) -> np.ndarray:
     return validate_centroids(arr, str(path))
 
 
+# Up to this many colours a lookup compares them with every centroid directly (5,000 x 3: about a
+# millisecond for 64) instead of a KD-tree, whose scipy import and build cost ~0.3 s of a fresh
+# process.  The buckets are the same: both compare the same squared distances (summed in the same
+# order), an exact tie going to the lower bucket id here.
+BRUTE_FORCE_MAX = 64
+
+
+def nearest_brute(points: np.ndarray, lab: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` nearest rows of ``points`` to each colour of ``lab`` ``(n, 3)``, nearest first:
+    ``(distances, indices)``, each ``(n, k)``.  For few colours (:data:`BRUTE_FORCE_MAX`)."""
+    d2 = ((lab[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+    if k == 1:
+        order = d2.argmin(axis=1)[:, None]
+    else:
+        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    return np.sqrt(np.take_along_axis(d2, order, axis=1)), order
+
+
 class CentroidIndex:
-    """KD-tree over the centroids; assigns many colours in one call.
+    """Nearest-centroid lookup for many colours in one call: a KD-tree, built on first use by a
+    batch of more than :data:`BRUTE_FORCE_MAX` colours (smaller batches compare directly).
 
     >>> import numpy as np
     >>> idx = CentroidIndex(np.array([[0.0, 0, 0], [100.0, 0, 0]]), validate=False)
@@ -151,14 +170,26 @@ class CentroidIndex:
 
     def __init__(self, centroids: np.ndarray, validate: bool = True) -> None:
         self.centroids = validate_centroids(centroids) if validate else np.asarray(centroids, np.float64)
-        from scipy.spatial import cKDTree  # lazy: scipy.spatial costs ~0.15 s at every CLI start
+        self._tree = None
 
-        self.tree = cKDTree(self.centroids)
+    @property
+    def tree(self):
+        """scipy's ``cKDTree`` over the centroids (lazy: scipy.spatial costs ~0.15 s to import)."""
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.centroids)
+        return self._tree
 
     def assign_lab(self, lab, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Nearest ``k`` buckets for LAB colours ``(n, 3)``: ``(bucket_ids, distances)``."""
         lab = np.asarray(lab, dtype=np.float64).reshape(-1, 3)
-        dist, idx = self.tree.query(lab, k=k)
+        if len(lab) <= BRUTE_FORCE_MAX:
+            dist, idx = nearest_brute(self.centroids, lab, k)
+            if k == 1:
+                dist, idx = dist[:, 0], idx[:, 0]
+        else:
+            dist, idx = self.tree.query(lab, k=k)
         return np.asarray(idx, dtype=np.int64), np.asarray(dist, dtype=np.float64)
 
     def assign_rgb(self, rgb) -> list[Assignment]:

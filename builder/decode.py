@@ -13,12 +13,18 @@ signature but do not decode (truncated, damaged) are ``corrupt``; ``not_image`` 
 that are no PNG, JPEG or WebP at all.  Images over
 :data:`~builder.layout.MAX_INPUT_PIXELS` are never decoded (decompression bombs).  The limits
 themselves live in :mod:`builder.layout`.
+
+Speed: a tile that already is what the library stores (a plain 8-bit RGB 256x256 PNG, every
+chunk's CRC intact) is decoded by libspng (``pyspng``) instead of Pillow: the same pixels (PNG is
+lossless) in about 0.6 of the time, and decoding is most of what ingesting a PNG tile costs.
+Everything else, and any tile libspng refuses, goes through Pillow, whose verdict stands.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
@@ -77,6 +83,9 @@ def decode_tile(data: bytes, crop: bool = False) -> DecodedTile:
         raise ImageRejected("empty", "0 bytes")
     if len(data) > MAX_INPUT_BYTES:
         raise ImageRejected("too_large", f"{len(data)} bytes > {MAX_INPUT_BYTES}")
+    stored_form = _decode_stored_form(data)
+    if stored_form is not None:
+        return stored_form
     fmt = sniff_format(data)
     if fmt is None:
         head = data[:16].lower()
@@ -137,6 +146,47 @@ def is_plain_png(data: bytes) -> bool:
         if kind == b"IEND":
             return pos == end
     return False
+
+
+# IHDR of the stored form: 256x256, bit depth 8, colour type 2 (RGB), deflate, adaptive filtering,
+# not interlaced.
+_STORED_IHDR = TILE_SIZE.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+
+
+def is_stored_form(data: bytes) -> bool:
+    """True for a plain (:func:`is_plain_png`) 8-bit RGB 256x256 PNG whose chunk CRCs all hold:
+    a tile as the library stores it, safe for the fast decoder (which does not check CRCs)."""
+    if not (data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and data[16:29] == _STORED_IHDR):
+        return False
+    view, pos, end = memoryview(data), 8, len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        stop = pos + 8 + length
+        if kind not in _PLAIN_PNG_CHUNKS or stop + 4 > end:
+            return False
+        if zlib.crc32(view[pos + 4:stop]) != int.from_bytes(data[stop:stop + 4], "big"):
+            return False
+        pos = stop + 4
+        if kind == b"IEND":
+            return pos == end
+    return False
+
+
+def _decode_stored_form(data: bytes) -> DecodedTile | None:
+    """The fast path: libspng for a tile already in the stored form; None to take Pillow's path."""
+    if not is_stored_form(data):
+        return None
+    import pyspng  # here: only the decoding paths pay for loading it
+
+    try:
+        pixels = pyspng.load(data, "RGB")
+    except (RuntimeError, ValueError):
+        return None  # Pillow gives the verdict (corrupt, truncated...)
+    if pixels.shape != (TILE_SIZE, TILE_SIZE, 3) or pixels.dtype != "uint8":
+        return None
+    image = Image.frombuffer("RGB", (TILE_SIZE, TILE_SIZE), pixels, "raw", "RGB", 0, 1)
+    return DecodedTile(image, True, False)
 
 
 # zlib's Z_RLE strategy: on filtered photographic rows it compresses within about 4% of the

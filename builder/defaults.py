@@ -46,5 +46,5 @@ DEFAULT_NEAR_DUPLICATE_RADIUS = 0
 
 # --- synthesize --------------------------------------------------------------------------------
 DEFAULT_PER_BUCKET = 1  # --per-bucket: synthetic tiles wanted in each bucket without a real tile
-DEFAULT_MAX_USES = 1  # --max-uses: synthetic tiles one real tile may be the source of
+DEFAULT_MAX_USES = None  # --max-uses: cap on the synthetic tiles one real tile may give (None: as the need asks)
 DEFAULT_SYNTH_SEED = 0  # --seed: which of the nearest sources a bucket gets

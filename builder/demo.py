@@ -8,7 +8,7 @@ Steps, each printed with where its result is:
    and, while the library holds fewer than ``max_tiles`` tiles, the next two zooms (the
    plan's regions hold only a few hundred tiles at zoom 6);
 3. ``synthesize`` flagged synthetic tiles for every bucket the harvest left empty (colour
-   transfer from the harvested tiles, each used at most :data:`SYNTH_MAX_USES` times; skipped
+   transfer from the harvested tiles, each textured tile used as often as the need asks; skipped
    with ``synthesize=False``);
 4. ``verify`` the library against its files (deep: every tile decoded and re-hashed);
 5. ``build`` the Hub-ready staging folder (``OUTPUT/staging``; synthetic tiles in its
@@ -50,11 +50,6 @@ MAX_DEMO_ZOOM = 10
 DEFAULT_SEED = 0
 MOSAIC_GRID = (48, 48)
 MOSAIC_TILE = 32
-# Sources a synthetic tile of the demo may share: the demo's ~1,500 tiles (a third of them flat
-# sea and ice) for ~4,900 empty buckets; with 1, most buckets would get flat one-colour tiles.
-SYNTH_MAX_USES = 4
-
-
 @dataclass
 class DemoResult:
     """Where everything went, and the one-line summaries of each step."""
@@ -198,7 +193,7 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
             step("harvest", f"earth zoom {z}: {report.summary()}")
         if synthesize:
             show_bar = sys.stderr.isatty() if progress is None else progress
-            made = synthesize_tiles(lib, max_uses=SYNTH_MAX_USES, progress=progress,
+            made = synthesize_tiles(lib, progress=progress, workers=workers,
                                     on_progress=None if show_bar else ProgressLines("synthesize", say))
             result.figures.update(
                 buckets_covered_real=db.synthetic_counts(lib.conn, lib.cap)["buckets_populated_real"],

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import db
-from .color import hex_to_rgb, lab_to_rgb, rgb_to_hex, rgb_to_lab  # noqa: F401  (rgb_to_hex: part of this module's API)
+from .color import BRUTE_FORCE_MAX, hex_to_rgb, lab_to_rgb, nearest_brute, rgb_to_hex, rgb_to_lab  # noqa: F401  (rgb_to_hex: part of this module's API)
 from .defaults import DEFAULT_QUERY_PATHS
 from .errors import UsageError
 from .layout import N_BUCKETS
@@ -35,10 +35,6 @@ L_RANGE = (0.0, 100.0)
 AB_RANGE = (-128.0, 128.0)
 # cKDTree.query splits a large batch over every core (-1); answers are identical to one thread.
 QUERY_WORKERS = -1
-# Up to this many colours a query compares them with every centroid directly (5,000 x 3: well
-# under a millisecond) instead of importing scipy and building a KD-tree (~0.3 s of a fresh
-# ``query``): the nearest buckets are the same, ties broken by the lower bucket id.
-BRUTE_FORCE_MAX = 64
 
 
 class Neighbours(NamedTuple):
@@ -172,13 +168,6 @@ def _as_lab(colours_lab) -> np.ndarray:
     return lab
 
 
-def _nearest_brute(points: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` nearest rows of ``points`` to each colour of ``lab``, nearest first (few colours)."""
-    d2 = ((lab[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
-    order = np.argsort(d2, axis=1, kind="stable")[:, :k]
-    return np.sqrt(np.take_along_axis(d2, order, axis=1)), order
-
-
 class PopulatedIndex:
     """KD-tree over the centroids of buckets that hold at least one tile.
 
@@ -205,7 +194,7 @@ class PopulatedIndex:
     def query(self, lab: np.ndarray, k: int) -> Neighbours:
         k = _check_k(k, len(self.bucket_ids))
         if len(lab) <= BRUTE_FORCE_MAX:
-            dist, local = _nearest_brute(self.points, lab, k)
+            dist, local = nearest_brute(self.points, lab, k)
         else:
             dist, local = self.tree.query(lab, k=k, workers=QUERY_WORKERS)
         local = np.asarray(local, dtype=np.int64).reshape(len(lab), k)
@@ -235,7 +224,7 @@ def nearest_buckets(lib: Library, colours_lab, k: int = 5, populated: bool = Fal
         return PopulatedIndex(lib.centroids, counts).query(lab, k)
     k = _check_k(k, N_BUCKETS)
     if len(lab) <= BRUTE_FORCE_MAX:
-        dist, ids = _nearest_brute(lib.centroids, lab, k)
+        dist, ids = nearest_brute(lib.centroids, lab, k)
     else:
         dist, ids = lib.index.tree.query(lab, k=k, workers=QUERY_WORKERS)
     ids = np.asarray(ids, dtype=np.int64).reshape(len(lab), k)

@@ -19,11 +19,19 @@ spread is shrunk and the corrections run again.  Measured against a plain shift 
 lower 10th percentile (0.78 against 0.82: the demo's smooth tiles rarely clip); on a contrasty
 source sent near white the plain shift's pattern correlates below 0.8 with the source's.
 
-A source tile is used at most ``max_uses`` times (counted over the library's existing
-synthetic tiles too), so one texture does not repeat across many colours; flat sources
-(contrast below :data:`builder.phash.MIN_HASH_CONTRAST`) are passed over.  When no usable
-source is left, the bucket gets a *flat* tile (one colour, ``derived_from`` NULL) so every
-bucket can hold a tile; the report counts them.
+A source tile is used at most a limit of times (counted over the library's existing synthetic
+tiles too), so one texture does not repeat more than it must: by default the limit follows
+from the need, the tiles wanted over the usable sources, rounded up (:func:`uses_limit`), so
+every empty bucket gets a textured tile whenever the library holds a textured real tile and
+the uses are spread evenly; ``max_uses`` caps it.  Flat sources (contrast below
+:data:`builder.phash.MIN_HASH_CONTRAST`) are passed over.  Only when no usable source is left
+does a bucket get a *flat* tile (one colour, ``derived_from`` NULL); the report counts them.
+
+Every core works (``workers`` processes): the parent plans which source each bucket gets (a
+seeded, deterministic walk, nearest colours first), the workers read the sources and make the
+tiles, and the parent stores them in plan order through the pipeline.  A tile that lands in
+another bucket, or whose source turns out unusable, is planned again in the next round, from
+the next source.  So the same seed gives the same tiles whatever the number of processes.
 
 Rows: ``synthetic = 1``, ``derived_from`` = the source tile's id, ``source = 'synthetic'``;
 ``phash`` and LAB are those of the stored file, as for every tile.  Tiles are stored through
@@ -37,29 +45,35 @@ From a notebook::
     from builder.synthesize import synthesize
 
     with Library.open("mosaic_library") as lib:
-        report = synthesize(lib, per_bucket=1, max_uses=4)
+        report = synthesize(lib)          # or per_bucket=2, max_uses=4, workers=2
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .assign import Candidate, Pipeline, check_radius, mean_rgb_64
-from .color import rgb_to_lab
-from .decode import decode_tile, encode_png
+from .assign import Analysis, Candidate, Pipeline, Worker, check_radius, exit_with_parent, mean_rgb_64, pool_context
+from .color import CentroidIndex, rgb_to_lab
+from .decode import DecodedTile, decode_tile, encode_png
 from .defaults import DEFAULT_MAX_USES, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
 from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, TILE_SIZE
 from .library import Library
 from .phash import MIN_HASH_CONTRAST, contrast
+from .store import unstage
+from .tilefiles import TileFiles
 
 SOURCE_NAME = "synthetic"  # the ``source`` column of a synthetic tile
 # Sources tried for one bucket before it gets a flat tile instead.
@@ -77,9 +91,16 @@ SPREAD_SHRINK = 0.6
 SPREAD_SHRINKS = 4
 LAB_TOLERANCE = 0.25  # LAB units between the recipe's mean and the centroid that end the corrections
 BATCH = 64  # tiles handed to the pipeline (and committed) together
-# Decoded sources kept (about 1 MB each: RGB and float32 LAB).  Buckets are visited nearest
-# colour first, so a source's next use, if any, usually comes soon.
+# Decoded sources kept per process (about 1.5 MB each: RGB and SourceStats).  Buckets are
+# visited nearest colour first, so a source's next use, if any, usually comes soon.
 SOURCE_CACHE = 32
+# Tiles a worker makes per task (consecutive in the plan, so they tend to share sources), and
+# tasks in flight per worker (enough to keep it busy while the parent stores; bounded, so
+# made tiles do not pile up in memory when the parent is slower).
+JOB_CHUNK = 4
+IN_FLIGHT_PER_WORKER = 4
+# Below this many tiles to make, one process does it all (a pool costs more than it saves).
+POOL_MIN_JOBS = 32
 
 
 @dataclass
@@ -97,6 +118,9 @@ class SynthesizeReport:
     texture_kept: list[float] = field(default_factory=list)  # per textured tile
     sources_used: int = 0
     max_uses_seen: int = 0  # highest number of synthetic tiles derived from one source, library-wide
+    uses_limit: int = 0  # synthetic tiles one source could give in this run (see uses_limit())
+    usable_sources: int = 0  # real tiles with texture (not flat, readable)
+    workers: int = 1
     seconds: float = 0.0
 
     @property
@@ -132,15 +156,22 @@ class SynthesizeReport:
             "texture_kept_p10": (round(float(np.percentile(self.texture_kept, 10)), 4) if self.texture_kept else None),
             "sources_used": self.sources_used,
             "max_uses_seen": self.max_uses_seen,
+            "uses_limit": self.uses_limit,
+            "usable_sources": self.usable_sources,
+            "workers": self.workers,
             "ms_per_tile": round(self.ms_per_tile, 2),
             "seconds": round(self.seconds, 3),
         }
 
 
-def validate_options(*, per_bucket: int, max_uses: int, near_duplicate_radius: int, cap: int) -> None:
+def validate_options(*, per_bucket: int, max_uses: int | None, near_duplicate_radius: int, cap: int,
+                     workers: int | None = None) -> None:
     """One-line :class:`UsageError` for a bad value (the CLI and a notebook get the same words)."""
     check_radius(near_duplicate_radius)
-    for name, value, low, high in (("--per-bucket", per_bucket, 1, cap), ("--max-uses", max_uses, 1, None)):
+    for name, value, low, high in (("--per-bucket", per_bucket, 1, cap), ("--max-uses", max_uses, 1, None),
+                                   ("--workers", workers, 1, None)):
+        if value is None and name != "--per-bucket":
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
             bound = f"within {low}..{high}" if high is not None else f"at least {low}"
             raise UsageError(f"{name} must be an integer {bound}, got {value!r}")
@@ -186,9 +217,30 @@ def recipe_lab(rgb_u8: np.ndarray) -> np.ndarray:
     return rgb_to_lab(mean_rgb_64(Image.fromarray(rgb_u8)))
 
 
-def _spread_scale(dev_l: np.ndarray, target_l: float) -> float:
-    """Largest ``s <= 1`` that keeps ``target_l + s * dev_l`` (1st..99th percentiles) within 0..100."""
-    lo, hi = np.percentile(dev_l, (1, 99))
+class SourceStats(NamedTuple):
+    """What every transfer from one source starts from (made once per source, reused for each
+    of its uses): its per-pixel LAB deviations from its mean, their 64x64 box reduction (the
+    preview), the 1st and 99th percentiles of the L deviations, and its per-pixel L*."""
+
+    dev: np.ndarray
+    small: np.ndarray
+    spread: tuple[float, float]
+    lightness: np.ndarray
+
+
+def source_stats(source_rgb: np.ndarray, source_lab: np.ndarray | None = None) -> SourceStats:
+    """:class:`SourceStats` of a source tile (``source_lab``: its per-pixel LAB, when known)."""
+    lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
+    dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
+    small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
+    lo, hi = np.percentile(dev[..., 0], (1, 99))  # float32 scalars, kept so: s is computed as it always was
+    return SourceStats(dev, small, (lo, hi), lightness(source_rgb))
+
+
+def _spread_scale(spread: tuple[float, float], target_l: float) -> float:
+    """Largest ``s <= 1`` that keeps ``target_l + s * dev_l`` (``spread``: its 1st..99th
+    percentiles) within 0..100."""
+    lo, hi = spread
     s = 1.0
     if hi > 0:
         s = min(s, (100.0 - target_l) / hi)
@@ -208,26 +260,28 @@ def lightness(rgb_u8: np.ndarray) -> np.ndarray:
     return (116.0 * np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16.0 / 116.0) - 16.0).ravel().astype(np.float64)
 
 
-def texture_kept(source_rgb: np.ndarray, out_rgb: np.ndarray) -> float:
+def texture_kept(source_rgb: np.ndarray, out_rgb: np.ndarray, source_lightness: np.ndarray | None = None) -> float:
     """How much of the source's light-dark texture a result keeps: the slope of the result's
     per-pixel L* regressed on the source's (``cov / var``), within 0..1.  A copy shifted in
     colour keeps 1, a spread scaled by ``s`` keeps ``s``, pixels clipped at the gamut's edge
     lower it, a flat tile keeps 0."""
-    src, out = lightness(source_rgb), lightness(out_rgb)
+    src = lightness(source_rgb) if source_lightness is None else source_lightness
+    out = lightness(out_rgb)
     var = float(src.var())
     if var <= 1e-9:
         return 0.0
     return float(np.clip(((src - src.mean()) * (out - out.mean())).mean() / var, 0.0, 1.0))
 
 
-def transfer(source_rgb: np.ndarray, target_lab: np.ndarray, source_lab: np.ndarray | None = None) -> np.ndarray:
-    """``source_rgb`` (uint8, HxWx3) recoloured so its recipe LAB approaches ``target_lab`` (see the module doc)."""
+def transfer(source_rgb: np.ndarray, target_lab: np.ndarray, source_lab: np.ndarray | None = None,
+             stats: SourceStats | None = None) -> np.ndarray:
+    """``source_rgb`` (uint8, HxWx3) recoloured so its recipe LAB approaches ``target_lab`` (see the
+    module doc); ``stats``: the source's :func:`source_stats`, when it serves several tiles."""
     target = np.asarray(target_lab, dtype=np.float64)
-    lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
-    dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
-    s = _spread_scale(dev[..., 0], float(target[0]))
-    # Corrections on a 64x64 preview (a box reduction of the source: 16 times fewer pixels to convert).
-    small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
+    if stats is None:
+        stats = source_stats(source_rgb, source_lab)
+    dev, small = stats.dev, stats.small  # corrections run on the 64x64 preview: 16 times fewer pixels
+    s = _spread_scale(stats.spread, float(target[0]))
     for _shrink in range(SPREAD_SHRINKS):
         offset = target.copy()
         for _ in range(PREVIEW_ITERATIONS):
@@ -269,13 +323,25 @@ def flat_colour(index, bucket_id: int, centroid: np.ndarray) -> np.ndarray | Non
 # --------------------------------------------------------------------------- sources
 
 
+def uses_limit(wanted: int, usable: int, used_before: int = 0, max_uses: int | None = None) -> int:
+    """Synthetic tiles one source may give: enough for every wanted tile, spread evenly.
+
+    ``wanted`` tiles this run, ``usable`` textured sources that already gave ``used_before``
+    tiles in all: ``ceil((wanted + used_before) / usable)`` (at least 1), capped by ``max_uses``.
+
+    >>> uses_limit(4881, 1000), uses_limit(4881, 1000, max_uses=2), uses_limit(10, 0)
+    (5, 2, 1)
+    """
+    limit = max(1, math.ceil((wanted + used_before) / usable)) if usable else 1
+    return min(limit, max_uses) if max_uses is not None else limit
+
+
 class _Sources:
     """The library's real tiles as transfer sources: nearest usable first, at most ``max_uses`` each."""
 
-    def __init__(self, lib: Library, max_uses: int, rng: np.random.Generator) -> None:
-        self.lib = lib
-        self.max_uses = max_uses
+    def __init__(self, lib: Library, rng: np.random.Generator) -> None:
         self.rng = rng
+        self.max_uses = 1
         rows = lib.conn.execute(
             "SELECT id, bucket_id, mean_l, mean_a, mean_b FROM tiles WHERE synthetic = 0 ORDER BY rowid").fetchall()
         self.ids = [r[0] for r in rows]
@@ -286,13 +352,15 @@ class _Sources:
             "GROUP BY derived_from"))
         self.uses = np.array([used.get(i, 0) for i in self.ids], dtype=np.int64)
         self.position = {tile_id: i for i, tile_id in enumerate(self.ids)}
-        self.flat = np.zeros(len(rows), dtype=bool)  # found flat (or unreadable) when first read
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.flat = np.zeros(len(rows), dtype=bool)  # flat or unreadable: never a source
         self.tree = None
         if rows:
             from scipy.spatial import cKDTree
 
             self.tree = cKDTree(self.labs)
+
+    def refs(self) -> list[tuple[int, str]]:
+        return list(zip(self.buckets, self.ids))
 
     def available(self) -> np.ndarray:
         return (self.uses < self.max_uses) & ~self.flat
@@ -303,10 +371,10 @@ class _Sources:
             return None
         n = len(self.ids)
         k = min(n, 16)
+        ok = self.available()
         while True:
             _dist, idx = self.tree.query(lab, k=k)
             idx = np.atleast_1d(idx)
-            ok = self.available()
             picks = [int(i) for i in idx if i < n and ok[i] and int(i) not in exclude][:SOURCE_CHOICES]
             if picks:
                 return picks[int(self.rng.integers(len(picks)))]
@@ -314,40 +382,166 @@ class _Sources:
                 return None
             k = min(n, k * 4)
 
-    def pixels(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Source ``i``'s RGB and per-pixel LAB (None, and marked unusable, when flat or unreadable)."""
-        if i in self.cache:
-            return self.cache[i]
+
+# --------------------------------------------------------------------------- the workers' part
+
+
+class _Job(NamedTuple):
+    """One tile to make: for ``bucket_id`` (LAB ``centroid``) from source ``source`` (index,
+    bucket, id), or a flat one when ``source`` is None."""
+
+    bucket_id: int
+    centroid: tuple[float, float, float]
+    source: tuple[int, int, str] | None
+
+
+class _Made(NamedTuple):
+    """What a worker made of a job: the tile's analysis (its file staged in ``temp/`` by the
+    pipeline's :class:`~builder.assign.Worker`), or why not (``landed`` elsewhere, ``unusable``
+    source, ``unreachable`` colour)."""
+
+    job: _Job
+    kept: float | None = None
+    analysis: Analysis | None = None
+    landed_elsewhere: bool = False
+    unusable: bool = False
+    unreachable: bool = False
+
+
+def _candidate(job: _Job, derived_from: str | None, png: bytes | None = None) -> Candidate:
+    """The pipeline's candidate for a made tile (its provenance: synthetic, and its source)."""
+    return Candidate(f"synthetic:bucket {job.bucket_id}", data=png,
+                     provenance={"synthetic": 1, "derived_from": derived_from})
+
+
+class _Maker:
+    """Per-process state: the tiles' files, the centroids, a few decoded sources, and the
+    pipeline's analysis (decode, recipe, pHash, staging) for the tiles made here."""
+
+    def __init__(self, files: TileFiles, centroids: np.ndarray, cap: int) -> None:
+        self.files = files
+        self.index = CentroidIndex(centroids, validate=False)
+        self.analyser = Worker(str(files.root), centroids, cap, None)
+        self.cache: OrderedDict[str, tuple[np.ndarray, SourceStats] | None] = OrderedDict()
+
+    def source(self, bucket_id: int, tile_id: str) -> tuple[np.ndarray, SourceStats] | None:
+        """A source's RGB and :func:`source_stats`; None when it is flat or unreadable."""
+        if tile_id in self.cache:
+            self.cache.move_to_end(tile_id)
+            return self.cache[tile_id]
         try:
-            image = decode_tile(self.lib.read_tile(self.buckets[i], self.ids[i])).image
+            image = decode_tile(self.files.read(bucket_id, tile_id)).image
         except (BadTile, ImageRejected):
-            self.flat[i] = True
-            return None
-        if contrast(image) < MIN_HASH_CONTRAST:
-            self.flat[i] = True
-            return None
-        rgb = np.asarray(image)
-        found = (rgb, _rgb2lab(rgb))
-        if len(self.cache) >= SOURCE_CACHE:  # oldest out: a source is reused soon or never
-            self.cache.pop(next(iter(self.cache)))
-        self.cache[i] = found
+            found = None
+        else:
+            rgb = np.asarray(image)
+            found = (rgb, source_stats(rgb)) if contrast(image) >= MIN_HASH_CONTRAST else None
+        self.cache[tile_id] = found
+        if len(self.cache) > SOURCE_CACHE:  # least recently used out
+            self.cache.popitem(last=False)
         return found
+
+    def is_flat(self, bucket_id: int, tile_id: str) -> bool:
+        """True for a source that can give no texture (flat or unreadable)."""
+        try:
+            return contrast(decode_tile(self.files.read(bucket_id, tile_id)).image) < MIN_HASH_CONTRAST
+        except (BadTile, ImageRejected):
+            return True
+
+    def make(self, job: _Job) -> tuple[_Made, np.ndarray | None]:
+        """The tile's pixels (None and why not in the :class:`_Made`); landing is checked by the analysis."""
+        centroid = np.asarray(job.centroid, dtype=np.float64)
+        if job.source is None:
+            colour = flat_colour(self.index, job.bucket_id, centroid)
+            if colour is None:
+                return _Made(job, unreachable=True), None
+            return _Made(job), np.broadcast_to(colour, (TILE_SIZE, TILE_SIZE, 3)).copy()
+        _i, bucket_id, tile_id = job.source
+        pix = self.source(bucket_id, tile_id)
+        if pix is None:
+            return _Made(job, unusable=True), None
+        rgb, stats = pix
+        out = transfer(rgb, centroid, stats=stats)
+        return _Made(job, texture_kept(rgb, out, stats.lightness)), out
+
+
+_MAKER: _Maker | None = None
+
+
+def _init_maker(files: TileFiles, centroids: np.ndarray, cap: int) -> None:
+    global _MAKER
+    exit_with_parent()
+    _MAKER = _Maker(files, centroids, cap)
+
+
+def _make_many(jobs: list[_Job]) -> list[_Made]:
+    """Make a chunk's tiles and analyse them here, the card's recipe on the stored PNG's pixels
+    (staged in ``temp/``): the parent only stores.  A tile the recipe puts in another bucket is
+    a miss (``landed_elsewhere``), its staged file removed."""
+    assert _MAKER is not None
+    made, pixels, cands = [], [], []
+    for job in jobs:
+        one, out = _MAKER.make(job)
+        made.append(one)
+        if out is not None:
+            image = Image.fromarray(out)
+            pixels.append(len(made) - 1)
+            cands.append(replace(_candidate(job, None if job.source is None else job.source[2], encode_png(image)),
+                                 decoded=DecodedTile(image, True, False)))
+    for i, analysis in zip(pixels, _MAKER.analyser.analyse_many(cands)):
+        if analysis.bucket_id is not None and analysis.bucket_id != made[i].job.bucket_id:
+            unstage(_MAKER.analyser.temp, [analysis.tile_id])
+            made[i] = made[i]._replace(landed_elsewhere=True)
+        else:
+            made[i] = made[i]._replace(analysis=analysis)
+    return made
+
+
+def _flat_many(refs: list[tuple[int, str]]) -> list[bool]:
+    assert _MAKER is not None
+    return [_MAKER.is_flat(b, t) for b, t in refs]
+
+
+class _Crew:
+    """The processes that make tiles: a fork pool of ``workers``, or this process alone."""
+
+    def __init__(self, lib: Library, workers: int, jobs_hint: int) -> None:
+        self.workers = workers if jobs_hint >= POOL_MIN_JOBS else 1
+        self.pool: ProcessPoolExecutor | None = None
+        files = TileFiles(lib.root)
+        if self.workers > 1:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=pool_context(), initializer=_init_maker,
+                                            initargs=(files, lib.centroids, lib.cap))
+        else:
+            _init_inline(files, lib.centroids, lib.cap)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def run(self, fn, items: Sequence, chunk: int) -> Iterator:
+        """``fn`` over ``items`` in chunks, results in order; a bounded number of chunks in flight."""
+        parts = iter([list(items[i:i + chunk]) for i in range(0, len(items), chunk)])
+        if self.pool is None:
+            for part in parts:
+                yield from fn(part)
+            return
+        pending: deque = deque()
+        for part in parts:
+            pending.append(self.pool.submit(fn, part))
+            if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _init_inline(files: TileFiles, centroids: np.ndarray, cap: int) -> None:
+    global _MAKER
+    _MAKER = _Maker(files, centroids, cap)
 
 
 # --------------------------------------------------------------------------- the run
-
-
-class _Made:
-    """One synthetic tile ready for the pipeline."""
-
-    __slots__ = ("bucket_id", "png", "derived_from", "source_index", "kept")
-
-    def __init__(self, bucket_id: int, png: bytes, derived_from: str | None, source_index: int | None, kept: float | None):
-        self.bucket_id = bucket_id
-        self.png = png
-        self.derived_from = derived_from
-        self.source_index = source_index
-        self.kept = kept
 
 
 def targets(lib: Library, per_bucket: int) -> dict[int, int]:
@@ -365,123 +559,196 @@ def targets(lib: Library, per_bucket: int) -> dict[int, int]:
     return need
 
 
-def _make_one(lib: Library, sources: _Sources, bucket_id: int, report: SynthesizeReport,
-              tried: set[int], flat_allowed: bool = True) -> _Made | None:
-    """A tile for ``bucket_id`` from the nearest usable source, or a flat one; None if none lands there."""
-    index = lib.index
-    centroid = lib.centroids[bucket_id]
-    for _attempt in range(SOURCE_TRIES):
-        i = sources.nearest(centroid, tried)
-        if i is None:
-            break
-        tried.add(i)
-        pix = sources.pixels(i)
-        if pix is None:
-            continue
-        rgb, lab = pix
-        out = transfer(rgb, centroid, lab)
-        landed = int(index.assign_lab(recipe_lab(out))[0][0])
-        if landed != bucket_id:
-            report.retried += 1
-            continue
-        kept = texture_kept(rgb, out)
-        return _Made(bucket_id, encode_png(Image.fromarray(out)), sources.ids[i], i, kept)
-    if not flat_allowed:  # every flat tile hashes alike (8000000000000000): one per bucket
-        report.skipped["no_source_left"] += 1
-        return None
-    colour = flat_colour(index, bucket_id, centroid)
-    if colour is None:
-        report.skipped["unreachable_colour"] += 1
-        return None
-    tile = np.broadcast_to(colour, (TILE_SIZE, TILE_SIZE, 3)).copy()
-    return _Made(bucket_id, encode_png(Image.fromarray(tile)), None, None, None)
+@dataclass
+class _Wanted:
+    """A bucket's state across rounds: tiles still wanted, sources already tried, flat allowed."""
+
+    need: int
+    tried: set[int]
+    flat_allowed: bool
+    failures: int = 0
 
 
-def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int = DEFAULT_MAX_USES,
+def _plan_round(lib: Library, sources: _Sources, order: list[int], wanted: dict[int, _Wanted],
+                report: SynthesizeReport) -> list[_Job]:
+    """Which source makes each wanted tile this round (a source's use is counted when planned)."""
+    jobs = []
+    for bucket_id in order:
+        state = wanted[bucket_id]
+        centroid = lib.centroids[bucket_id]
+        planned_flat = False
+        for _n in range(state.need):
+            i = None if state.failures >= SOURCE_TRIES else sources.nearest(centroid, state.tried)
+            if i is not None:
+                state.tried.add(i)
+                sources.uses[i] += 1
+                jobs.append(_Job(bucket_id, tuple(map(float, centroid)), (i, sources.buckets[i], sources.ids[i])))
+            elif state.flat_allowed and not planned_flat:  # every flat tile hashes alike: one per bucket
+                planned_flat = True
+                jobs.append(_Job(bucket_id, tuple(map(float, centroid)), None))
+            else:
+                report.skipped["no_source_left"] += 1
+                state.need -= 1
+    return jobs
+
+
+def _prepare(lib: Library, need: dict[int, int], seed: int, max_uses: int | None, crew: _Crew,
+             report: SynthesizeReport) -> tuple[_Sources, list[int], dict[int, _Wanted]]:
+    """The sources (flat ones found by the crew), the order buckets are served in (nearest colours
+    first: they get the closest sources) and each bucket's state; sets the uses limit."""
+    sources = _Sources(lib, np.random.default_rng(seed))
+    order = sorted(need)
+    if len(sources.ids) and order:
+        dist, _ = sources.tree.query(lib.centroids[order], k=1)
+        order = [order[i] for i in np.argsort(dist, kind="stable")]
+    wanted: dict[int, _Wanted] = {}
+    for bucket_id in order:
+        behind = [d for (d,) in lib.conn.execute(
+            "SELECT derived_from FROM tiles WHERE bucket_id = ? AND synthetic = 1", (bucket_id,))]
+        # A source already behind a tile of this bucket would give it the same hash again.
+        wanted[bucket_id] = _Wanted(need[bucket_id], {sources.position[d] for d in behind if d in sources.position},
+                                    None not in behind)
+    if need and len(sources.ids):
+        sources.flat = np.array(list(crew.run(_flat_many, sources.refs(), 16)), dtype=bool)
+    usable = ~sources.flat
+    report.usable_sources = int(usable.sum())
+    sources.max_uses = report.uses_limit = uses_limit(sum(need.values()), report.usable_sources,
+                                                      int(sources.uses[usable].sum()), max_uses)
+    return sources, order, wanted
+
+
+def first_round(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int | None = DEFAULT_MAX_USES,
+                seed: int = DEFAULT_SYNTH_SEED, workers: int | None = None) -> list[tuple[int, str | None]]:
+    """The first round's plan, nothing made: ``(bucket, source tile id or None for a flat tile)``
+    for every tile wanted (what :func:`synthesize` would start from: misses are planned again)."""
+    need = targets(lib, per_bucket)
+    crew = _Crew(lib, workers or os.cpu_count() or 1, sum(need.values()))
+    try:
+        sources, order, wanted = _prepare(lib, need, seed, max_uses, crew, SynthesizeReport())
+    finally:
+        crew.close()
+    jobs = _plan_round(lib, sources, order, wanted, SynthesizeReport())
+    return [(job.bucket_id, None if job.source is None else job.source[2]) for job in jobs]
+
+
+def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int | None = DEFAULT_MAX_USES,
                near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS, seed: int = DEFAULT_SYNTH_SEED,
                progress: bool | None = None, buckets: list[int] | None = None,
+               workers: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> SynthesizeReport:
     """Make and store synthetic tiles (see the module doc) in ``lib``, opened for writing.
 
-    ``buckets`` limits the run to some buckets (tests, a notebook); default all that need one.
+    ``max_uses``: cap on the synthetic tiles one source may give (default: as many as the need
+    calls for, :func:`uses_limit`); ``workers``: processes that make tiles (default one per
+    CPU); ``buckets`` limits the run to some buckets (tests, a notebook); default all that need one.
     ``on_progress(done, total)`` is called before the first tile and after each stored batch
     (tiles tried so far of the tiles wanted): the demo's progress lines where no bar is shown.
     """
     lib._require_writer()
     validate_options(per_bucket=per_bucket, max_uses=max_uses, near_duplicate_radius=near_duplicate_radius,
-                     cap=lib.cap)
+                     cap=lib.cap, workers=workers)
     started = time.perf_counter()
     report = SynthesizeReport()
     counts = lib.bucket_counts()
     report.buckets_covered_before = int((counts > 0).sum())
     need = targets(lib, per_bucket)
     if buckets is not None:
-        wanted = set(buckets)
-        need = {b: n for b, n in need.items() if b in wanted}
+        wanted_buckets = set(buckets)
+        need = {b: n for b, n in need.items() if b in wanted_buckets}
     report.buckets_targeted = len(need)
-    rng = np.random.default_rng(seed)
-    sources = _Sources(lib, max_uses, rng)
-    # Nearest colours first: they get the closest sources while sources last.
-    order = sorted(need)
-    if len(sources.ids):
-        dist, _ = sources.tree.query(lib.centroids[order], k=1)
-        order = [order[i] for i in np.argsort(dist, kind="stable")]
-    show = sys.stderr.isatty() if progress is None else progress
-    used_before = sources.uses.copy()
-    provenance = {"source": SOURCE_NAME, "synthetic": 1}
     total = sum(need.values())
-    with Pipeline(lib, workers=1, default_provenance=provenance,
-                  near_duplicate_radius=near_duplicate_radius) as pipe, \
-            tqdm(total=total, unit="tile", desc="synthesize", disable=not show) as bar:
-        batch: list[_Made] = []
-        done = [0]  # tiles tried so far (tqdm counts nothing when its bar is off)
-
-        def flush() -> None:
-            if not batch:
-                return
-            cands = [Candidate(f"synthetic:bucket {m.bucket_id}", data=m.png,
-                               provenance={"synthetic": 1, "derived_from": m.derived_from}) for m in batch]
-            for made, out in zip(batch, pipe.process(cands)):
-                if out.accepted and out.bucket_id == made.bucket_id:
-                    report.made += 1
-                    if made.derived_from is None:
-                        report.flat += 1
-                    else:
-                        report.texture_kept.append(made.kept)
-                else:
-                    # a refusal gives the source back; a tile stored elsewhere cannot happen (same recipe)
-                    report.rejected[out.reason or f"landed_in_{out.bucket_id}"] += 1
-                    if made.source_index is not None and not out.accepted:
-                        sources.uses[made.source_index] -= 1
-            bar.update(len(batch))
-            bar.set_postfix(made=report.made, flat=report.flat)
-            done[0] += len(batch)
-            batch.clear()
-            if on_progress is not None:
-                on_progress(done[0], total)
-
-        if on_progress is not None:
-            on_progress(0, total)
-
-        for bucket_id in order:
-            # A source already behind a tile of this bucket would give it the same hash again.
-            behind = [d for (d,) in lib.conn.execute(
-                "SELECT derived_from FROM tiles WHERE bucket_id = ? AND synthetic = 1", (bucket_id,))]
-            tried = {sources.position[d] for d in behind if d in sources.position}
-            flat_allowed = None not in behind
-            for _n in range(need[bucket_id]):
-                made = _make_one(lib, sources, bucket_id, report, tried, flat_allowed)
-                if made is None:
-                    continue
-                flat_allowed = flat_allowed and made.derived_from is not None
-                if made.source_index is not None:
-                    sources.uses[made.source_index] += 1
-                batch.append(made)
-                if len(batch) >= BATCH:
-                    flush()
-        flush()
+    crew = _Crew(lib, workers or os.cpu_count() or 1, total)
+    report.workers = crew.workers
+    try:
+        sources, order, wanted = _prepare(lib, need, seed, max_uses, crew, report)
+        used_before = sources.uses.copy()
+        show = sys.stderr.isatty() if progress is None else progress
+        provenance = {"source": SOURCE_NAME, "synthetic": 1}
+        with Pipeline(lib, workers=1, default_provenance=provenance,
+                      near_duplicate_radius=near_duplicate_radius) as pipe, \
+                tqdm(total=total, unit="tile", desc="synthesize", disable=not show) as tqdm_bar:
+            bar = _Progress(tqdm_bar, total, on_progress)
+            for _round in range(SOURCE_TRIES + 1):
+                jobs = _plan_round(lib, sources, order, wanted, report)
+                if not jobs:
+                    break
+                batch: list[_Made] = []
+                for made in crew.run(_make_many, jobs, JOB_CHUNK):
+                    if _settle(made, sources, wanted, report):
+                        batch.append(made)
+                    if len(batch) >= BATCH:
+                        _store(pipe, batch, sources, wanted, report, bar)
+                _store(pipe, batch, sources, wanted, report, bar)
+    finally:
+        crew.close()
     report.sources_used = int(((sources.uses - used_before) > 0).sum())
     report.max_uses_seen = int(sources.uses.max()) if len(sources.uses) else 0
     report.buckets_covered_after = int((lib.bucket_counts() > 0).sum())
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _settle(made: _Made, sources: _Sources, wanted: dict[int, _Wanted], report: SynthesizeReport) -> bool:
+    """Book a worker's result; True when it is a tile to store.  A miss gives its source's use
+    back and leaves the tile wanted for the next round (from the next source, or flat)."""
+    job, state = made.job, wanted[made.job.bucket_id]
+    if made.analysis is not None:
+        return True
+    if made.unreachable:
+        report.skipped["unreachable_colour"] += 1
+        state.need -= 1
+        return False
+    index = job.source[0]
+    sources.uses[index] -= 1
+    state.failures += 1
+    if made.unusable:
+        sources.flat[index] = True
+    else:
+        report.retried += 1
+    return False
+
+
+class _Progress:
+    """The run's progress: the bar, and ``on_progress(done, total)`` (the demo's lines where no bar
+    is shown; a disabled tqdm counts nothing), called at the start and after each stored batch."""
+
+    def __init__(self, bar, total: int, on_progress: Callable[[int, int], None] | None) -> None:
+        self.bar, self.total, self.on_progress, self.done = bar, total, on_progress, 0
+        if on_progress is not None:
+            on_progress(0, total)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+    def set_postfix(self, **facts) -> None:
+        self.bar.set_postfix(**facts)
+
+
+def _store(pipe: Pipeline, batch: list[_Made], sources: _Sources, wanted: dict[int, _Wanted],
+           report: SynthesizeReport, bar) -> None:
+    """Store made tiles through the pipeline (its checks, the commit protocol), in plan order."""
+    if not batch:
+        return
+    cands = [_candidate(m.job, None if m.job.source is None else m.job.source[2]) for m in batch]
+    for made, out in zip(batch, pipe.store_analysed(cands, [m.analysis for m in batch])):
+        state = wanted[made.job.bucket_id]
+        state.need -= 1
+        if made.job.source is None:
+            state.flat_allowed = False
+        if out.accepted and out.bucket_id == made.job.bucket_id:
+            report.made += 1
+            if made.job.source is None:
+                report.flat += 1
+            else:
+                report.texture_kept.append(made.kept)
+        else:
+            # a refusal gives the source back; a tile stored elsewhere cannot happen (same recipe)
+            report.rejected[out.reason or f"landed_in_{out.bucket_id}"] += 1
+            if made.job.source is not None and not out.accepted:
+                sources.uses[made.job.source[0]] -= 1
+    bar.update(len(batch))
+    bar.set_postfix(made=report.made, flat=report.flat)
+    batch.clear()

@@ -128,3 +128,64 @@ def test_closing_a_stream_early_leaves_no_staged_files(make_library, bluemarble)
         stream.close()
         assert list(lib.temp_dir.iterdir()) == []
     assert lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0] == sum(o.accepted for o in first)
+
+
+def _with_chunk_after_ihdr(data: bytes, kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return data[:33] + chunk + data[33:]
+
+
+def test_stored_form_fast_decoder_gives_pillows_pixels(bluemarble):
+    """libspng decodes a tile in the stored form (plain 8-bit RGB 256x256 PNG); the pixels are
+    Pillow's, with colour-space hints too, and anything else takes Pillow's path."""
+    from builder.decode import decode_tile, is_stored_form
+
+    crops = real_crops(bluemarble, 30, seed=5)
+    datas = [png_bytes(c) for c in crops]
+    datas.append(_with_chunk_after_ihdr(datas[0], b"gAMA", (45455).to_bytes(4, "big")))
+    for data in datas:
+        assert is_stored_form(data)
+        tile = decode_tile(data)
+        assert tile.png_passthrough and not tile.resized and tile.image.mode == "RGB"
+        assert np.array_equal(np.asarray(tile.image), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    rgba = png_bytes(crops[0].convert("RGBA"))
+    small = png_bytes(crops[0].resize((128, 128)))
+    text = _with_chunk_after_ihdr(datas[0], b"tEXt", b"Comment\x00hello")
+    for other in (rgba, small, text, jpeg_bytes(crops[0])):
+        assert not is_stored_form(other)
+
+
+def test_stored_form_with_a_damaged_chunk_gets_pillows_verdict(bluemarble):
+    """libspng ignores CRCs; the fast path checks them, so a flipped byte inside the image data
+    never reaches it, and the tile is judged by Pillow as before (corrupt: never stored)."""
+    from builder.decode import decode_tile, is_stored_form
+    from builder.errors import ImageRejected
+
+    data = bytearray(png_bytes(real_crops(bluemarble, 1, seed=6)[0]))
+    data[len(data) // 2] ^= 0xFF
+    assert not is_stored_form(bytes(data))
+    try:
+        decode_tile(bytes(data))
+    except ImageRejected as exc:
+        assert exc.reason == "corrupt"
+    else:
+        raise AssertionError("a PNG with a damaged IDAT was decoded")
+
+
+def test_phash_settles_near_ties_with_scipys_dct():
+    """Patterns whose DCT coefficients tie at the median (uniform, one-directional ramps and
+    stripes, a checkerboard) hash exactly as imagehash does."""
+    import imagehash
+
+    from builder.phash import phash_batch
+
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    stripes = np.tile(((np.arange(256) // 16) % 2 * 200).astype(np.uint8), (256, 1))
+    checker = ((np.add.outer(np.arange(256) // 32, np.arange(256) // 32) % 2) * 255).astype(np.uint8)
+    greys = [ramp, ramp.T, stripes, stripes.T, checker, np.full((256, 256), 7, np.uint8)]
+    tiles = [Image.fromarray(np.stack([g, g, g], -1)) for g in greys]
+    tiles += [Image.new("RGB", (256, 256), (v, 255 - v, v // 2)) for v in range(0, 256, 51)]
+    assert phash_batch(tiles) == [str(imagehash.phash(t, hash_size=8)) for t in tiles]

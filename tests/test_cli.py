@@ -120,7 +120,7 @@ def test_every_command_has_json_and_pool_options_mean_one_thing():
             assert "threads" in options["--threads"].help, name
     with_workers = {n for n, p in commands.items() if any("--workers" in a.option_strings for a in p._actions)}
     with_threads = {n for n, p in commands.items() if any("--threads" in a.option_strings for a in p._actions)}
-    assert with_workers == {"ingest", "harvest", "verify", "recover", "demo"}
+    assert with_workers == {"ingest", "harvest", "synthesize", "verify", "recover", "demo"}
     assert with_threads == {"harvest", "atlas", "mosaic", "report", "demo"}
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.demo import MOSAIC_GRID, MOSAIC_TILE, SYNTH_MAX_USES
+from builder.demo import MOSAIC_GRID, MOSAIC_TILE
 
 
 class Links(HTMLParser):
@@ -75,7 +75,7 @@ def test_demo_synthesizes_every_empty_bucket_and_compares_the_mosaics(tmp_path, 
     """The default demo fills every bucket the harvest left empty with flagged synthetic tiles and
     shows the difference: the real-only mosaic falls back in more cells than the one using them."""
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "1", "--json"]) == 0
+    assert main(["demo", "--output", str(out), "--max-tiles", "40", "--workers", "2", "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     # Not on a terminal: the synthesis shows it is alive in lines of its own, first to last.
@@ -97,13 +97,16 @@ def test_demo_synthesizes_every_empty_bucket_and_compares_the_mosaics(tmp_path, 
     assert figures["fallback_cells"] == 0 < figures["fallback_cells_real_only"]
     assert figures["synthetic_cells"] > 0 and "no problems" in result["steps"][3]["summary"]
     assert (out / "mosaic_real_only.png").is_file() and (out / "staging" / "synthetic").is_dir()
-    # The library itself (verified deep above): every bucket holds a tile, and no source tile lent
-    # its texture more than the demo's --max-uses times.
+    # The library itself (verified deep above): every bucket holds a tile, almost all of them
+    # textured (the uses per source follow from the need), the uses spread evenly.
     with sqlite3.connect(out / "mosaic_library" / "tiles.db") as conn:
         assert conn.execute("SELECT COUNT(DISTINCT bucket_id) FROM tiles").fetchone()[0] == 5000
-        uses = conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM tiles WHERE synthetic = 1 "
-                            "AND derived_from IS NOT NULL GROUP BY derived_from)").fetchone()[0]
-    assert 1 <= uses <= SYNTH_MAX_USES
+        synthetic, flat = conn.execute("SELECT COUNT(*), SUM(derived_from IS NULL) FROM tiles "
+                                       "WHERE synthetic = 1").fetchone()
+        uses = [n for (n,) in conn.execute("SELECT COUNT(*) FROM tiles WHERE synthetic = 1 "
+                                            "AND derived_from IS NOT NULL GROUP BY derived_from")]
+    assert flat <= 0.05 * synthetic
+    assert max(uses) <= -(-synthetic // len(uses)) + 1  # about ceil(wanted / sources)
 
 
 def test_demo_bad_options_are_one_line(tmp_path, capsys):

@@ -16,7 +16,7 @@ from builder.errors import UsageError
 from builder.ingest import ingest
 from builder.library import Library
 from builder.phash import MIN_HASH_CONTRAST
-from builder.synthesize import grey_std, recipe_lab, synthesize, targets, transfer
+from builder.synthesize import first_round, grey_std, recipe_lab, synthesize, targets, transfer, uses_limit
 from builder.verify import verify_library
 from tests.conftest import REPO, real_crops
 from tests.test_ingest import card_recipe
@@ -97,6 +97,60 @@ def test_transfer_keeps_texture_and_hits_a_far_colour(bluemarble):
         corr = np.corrcoef(np.asarray(Image.fromarray(out).convert("L"), float).ravel(),
                            np.asarray(Image.fromarray(src).convert("L"), float).ravel())[0, 1]
         assert corr > 0.8, (target, corr)
+
+
+def test_the_same_seed_makes_the_same_tiles_whatever_the_number_of_processes(real_library, tmp_path):
+    """The plan is made in one process and the tiles are stored in plan order, so one process
+    and two make the same tiles (same buckets, pixels' hashes, LAB and sources)."""
+    made = {}
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}" / "mosaic_library"
+        shutil.copytree(real_library, root)
+        with Library.open(root) as lib:
+            report = synthesize(lib, buckets=_far_and_near_buckets(lib, 40), seed=7, workers=workers,
+                                progress=False)
+            assert report.workers == workers and report.made == 40
+            made[workers] = sorted(r[1:] for r in _synthetic_rows(lib))
+    assert made[1] == made[2]
+
+
+def test_default_uses_give_every_empty_bucket_a_textured_tile(library):
+    """Without --max-uses a source gives as many tiles as the need asks (spread evenly), so no
+    bucket gets a flat tile while a textured source exists; --max-uses 1 runs out of sources."""
+    lib = library
+    n_real = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+    wanted = sorted(int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)[: 2 * n_real])
+    report = synthesize(lib, buckets=wanted, progress=False)
+    assert report.made == len(wanted) and report.flat == 0
+    assert report.uses_limit == uses_limit(len(wanted), report.usable_sources) >= 2
+    uses = Counter(r[6] for r in _synthetic_rows(lib))
+    assert max(uses.values()) <= report.uses_limit
+    assert uses_limit(100, 10, max_uses=3) == 3 and uses_limit(100, 0) == 1 and uses_limit(5, 10, 20) == 3
+
+
+@pytest.mark.slow
+def test_defaults_on_a_600_tile_library_plan_a_textured_tile_for_95_percent(bluemarble, tmp_path):
+    """Issue 20: with its defaults on a 600-tile library, synthesize starts from a source for at
+    least 95% of the ~4,500 empty buckets (the plan: what is then made, and what a miss gets
+    again from the next source); with --max-uses 1 most would be flat."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for i, crop in enumerate(real_crops(bluemarble, 660, seed=2)):
+        crop.save(folder / f"t{i:03d}.png", compress_level=1)
+    with Library.create(tmp_path / "mosaic_library") as lib:
+        ingest(lib, [folder], workers=2)
+        held = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+        assert held >= 600
+        plan = first_round(lib, workers=2)
+        capped = first_round(lib, max_uses=1, workers=2)
+    assert len(plan) == 5000 - len({b for b in lib_buckets(tmp_path / "mosaic_library")})
+    assert sum(source is not None for _b, source in plan) >= 0.95 * len(plan)
+    assert sum(source is None for _b, source in capped) > 0.5 * len(capped)
+
+
+def lib_buckets(root):
+    with Library.open(root, readonly=True) as lib:
+        return [b for (b,) in lib.conn.execute("SELECT DISTINCT bucket_id FROM tiles")]
 
 
 def test_max_uses_is_never_exceeded_and_flat_tiles_fill_the_rest(library):

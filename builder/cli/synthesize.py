@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..defaults import DEFAULT_MAX_USES, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
-from .options import add_library_option, add_near_duplicate_option, integer
+from .options import add_library_option, add_near_duplicate_option, add_workers_option, integer
 from .result import CommandResult
 
 
@@ -19,8 +19,10 @@ def register(sub):
     p.add_argument("--per-bucket", type=integer(), default=DEFAULT_PER_BUCKET, metavar="N",
                    help=f"synthetic tiles wanted in each bucket without a real tile (default: {DEFAULT_PER_BUCKET})")
     p.add_argument("--max-uses", type=integer(), default=DEFAULT_MAX_USES, metavar="K",
-                   help=f"synthetic tiles one real tile may be the source of (default: {DEFAULT_MAX_USES}); "
-                        "buckets left without a usable source get a flat one-colour tile")
+                   help="at most K synthetic tiles from one real tile (default: as many as needed for every empty "
+                        "bucket to get a textured tile, spread evenly over the textured real tiles); buckets left "
+                        "without a usable source get a flat one-colour tile")
+    add_workers_option(p)
     add_near_duplicate_option(p)
     p.add_argument("--seed", type=integer(), default=DEFAULT_SYNTH_SEED,
                    help=f"which of the nearest sources each bucket gets (default: {DEFAULT_SYNTH_SEED})")
@@ -33,5 +35,6 @@ def run(args) -> CommandResult:
 
     with Library.open(args.library) as lib:
         report = synthesize(lib, per_bucket=args.per_bucket, max_uses=args.max_uses,
-                            near_duplicate_radius=args.near_duplicate_radius, seed=args.seed)
+                            near_duplicate_radius=args.near_duplicate_radius, seed=args.seed,
+                            workers=args.workers)
     return CommandResult(report, prefix="synthesize: ")
