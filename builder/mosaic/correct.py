@@ -30,6 +30,10 @@ from .fidelity import LUMA, STRUCTURE_SAMPLES
 
 BISECTIONS = 24  # halvings of the step along the shift: far below 0.01 CIEDE2000
 MAX_GAIN = 2.0  # contrast is scaled by at most this factor either way
+GAIN_FIRST = True
+GAIN_MODE = 'ls'
+GAIN_REG = 1.0
+MIN_GAIN = 0.5
 
 
 def correction_shift(tile_rgb: np.ndarray, target_rgb: np.ndarray, blend: float, max_correction: float) -> np.ndarray:
@@ -55,12 +59,37 @@ def correction_shift(tile_rgb: np.ndarray, target_rgb: np.ndarray, blend: float,
     return (lab_to_rgb(lab_tile + step) - tile_rgb).astype(np.float32)
 
 
-def contrast_gain(tile_samples: np.ndarray, target_samples: np.ndarray) -> np.ndarray:
-    """Per cell gain ``(cells,)`` from ``(cells, n, n, 3)`` samples of the tiles and of the target."""
-    spread_tile = (tile_samples @ LUMA).reshape(len(tile_samples), -1).std(axis=1)
-    spread_target = (target_samples @ LUMA).reshape(len(target_samples), -1).std(axis=1)
+def tile_spread(samples: np.ndarray) -> np.ndarray:
+    """Luminance spread ``(n,)`` (standard deviation of Rec. 709 luma, 0..255) of ``(n, k, k, 3)`` RGB
+    samples: what the contrast match compares, at the SSIM's own scale."""
+    return (np.asarray(samples, dtype=np.float64) @ LUMA).reshape(len(samples), -1).std(axis=1)
+
+
+def luma_texture(samples: np.ndarray, subcells: int) -> np.ndarray:
+    """``(n, k*k)`` luma of ``(n, k, k, 3)`` RGB samples minus the mean of their sub-cell (the
+    whole cell when ``k`` is not a multiple of ``subcells``): the part of a tile the colour shift
+    leaves alone, the part of a cell only texture can draw."""
+    n, k = len(samples), samples.shape[1]
+    q = subcells if k % subcells == 0 else 1
+    luma = (np.asarray(samples, dtype=np.float64) @ LUMA).reshape(n, q, k // q, q, k // q)
+    return (luma - luma.mean(axis=(2, 4), keepdims=True)).reshape(n, -1)
+
+
+def contrast_gain(spread_tile: np.ndarray, spread_target: np.ndarray) -> np.ndarray:
+    """Gain that scales a tile's luminance spread toward its cell's (any broadcastable shapes),
+    within ``1 / MAX_GAIN .. MAX_GAIN``."""
     gain = (spread_target + 1.0) / (spread_tile + 1.0)  # +1: flat tiles and cells stay as they are
     return np.clip(gain, 1.0 / MAX_GAIN, MAX_GAIN).astype(np.float32)
+
+
+def texture_gain(dots: np.ndarray, tile_sq: np.ndarray, cell_sq: np.ndarray, n: int) -> np.ndarray:
+    """Per (cell, tile) gain from the dot product of their :func:`luma_texture` and its squared
+    norms (broadcastable shapes; ``n`` samples each)."""
+    if GAIN_MODE == "ls":
+        gain = dots / (tile_sq + n * GAIN_REG)
+    else:
+        gain = (np.sqrt(cell_sq / n) + 1.0) / (np.sqrt(tile_sq / n) + 1.0)
+    return np.clip(gain, MIN_GAIN, MAX_GAIN)
 
 
 def cell_samples(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -72,18 +101,27 @@ def cell_samples(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def plan_correction(plan) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """What the render applies for a :class:`~builder.mosaic.match.MosaicPlan`: the sub-cell RGB
     shift field ``(rows*s, cols*s, 3)`` (or None), and for contrast the per-cell gain
-    ``(rows, cols)`` and tile mean RGB ``(rows, cols, 3)`` (or None, None)."""
+    ``(rows, cols)`` and tile mean RGB ``(rows, cols, 3)`` (or None, None).
+
+    The gain is decided first and the shift measured from the tile's sub-cell colours *after*
+    it (``m + g (t - m)``): the render applies both, so a shift taken from the ungained colours
+    would leave every sub-cell off by ``(g - 1)(t - m)``."""
     options, grid, table = plan.options, plan.grid, plan.table
     rows, cols = grid.shape
     s = table.subcells
-    tiles_rgb = table.rgb[grid].transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, 3)
+    sub = table.rgb[grid]  # (rows, cols, s, s, 3)
+    gain = means = None
+    if options.contrast and plan.reference is not None:
+        used, local = np.unique(grid.ravel(), return_inverse=True)
+        tile_tex = luma_texture(table.detail_rgb(STRUCTURE_SAMPLES, used), s)[local]
+        cell_tex = luma_texture(cell_samples(plan.reference, rows, cols), s)
+        gain = texture_gain((tile_tex * cell_tex).sum(axis=1), (tile_tex * tile_tex).sum(axis=1),
+                            (cell_tex * cell_tex).sum(axis=1), tile_tex.shape[1]).reshape(rows, cols).astype(np.float32)
+        means = sub.mean(axis=(2, 3)).astype(np.float32)
+        if GAIN_FIRST:
+            sub = means[:, :, None, None] + gain[:, :, None, None, None] * (sub - means[:, :, None, None])
+    tiles_rgb = sub.transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, 3)
     shift = None
     if options.blend > 0 and options.max_correction > 0:
         shift = correction_shift(tiles_rgb, plan.target_rgb, options.blend, options.max_correction)
-    if not options.contrast or plan.reference is None:
-        return shift, None, None
-    used, local = np.unique(grid.ravel(), return_inverse=True)
-    tile_fine = table.detail_rgb(STRUCTURE_SAMPLES, used)[local]
-    gain = contrast_gain(tile_fine, cell_samples(plan.reference, rows, cols)).reshape(rows, cols)
-    means = table.rgb[grid].mean(axis=(2, 3)).astype(np.float32)
     return shift, gain, means

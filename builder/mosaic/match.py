@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image
 
 from ..color import rgb_to_lab
+from ..db import table_columns
 from ..errors import LibraryError, UsageError
+from ..layout import is_tile_id
 from ..library import Library
 from ..query import PopulatedIndex
 from .fidelity import STRUCTURE_SAMPLES
@@ -24,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 32 * 1024 * 1024  # temporaries per vectorised step over cells
 KD_TREE_K = 64  # nearest_tiles: a KD-tree up to this many neighbours, brute force beyond
+CORRECTED_COST = True
+SYNTHETIC_MARGIN = 1.25
+SYNTHETIC_FLOOR = 1.0
+COLOUR_WEIGHT = 0.1
 CANDIDATE_BLOCK = 2048  # cells whose candidate buckets are listed at once (2048 x 1,200 tiles: 20 MB)
 
 
@@ -39,14 +45,17 @@ def _chunk(bytes_per_cell: int) -> int:
     return max(16, _CHUNK_BYTES // max(1, bytes_per_cell))
 
 
-def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarray, minimum: int) -> np.ndarray:
+def candidate_tiles(table: TileTable, index: PopulatedIndex, cell_lab: np.ndarray, minimum: int,
+                    buckets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Tiles of each cell's nearest populated buckets, whole buckets until ``minimum`` tiles.
 
-    Returns ``(cells, width)`` table row indices padded with -1.  Vectorised: bucket slots
-    are mapped to positions with cumulative counts, never a loop over cells.
+    ``buckets`` is ``(counts, order, starts)`` as :attr:`TileTable.by_bucket` gives it (default:
+    every tile of the table; :class:`TilePool` passes the real tiles' own).  Returns ``(cells,
+    width)`` table row indices padded with -1.  Vectorised: bucket slots are mapped to positions
+    with cumulative counts, never a loop over cells.
     """
-    counts, order, starts = table.by_bucket
-    minimum = min(minimum, len(table))
+    counts, order, starts = table.by_bucket if buckets is None else buckets
+    minimum = min(minimum, len(order))
     # Enough buckets for any cell: the smallest populated buckets together reach ``minimum``.
     smallest = np.cumsum(np.sort(counts[counts > 0]))
     k = int(min(len(smallest), np.searchsorted(smallest, minimum) + 1))
@@ -100,7 +109,8 @@ def rank_candidates(features: np.ndarray, cell_features: np.ndarray, candidates:
 
 def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked: np.ndarray) -> np.ndarray:
     """Mean squared LAB distance between each cell's ``d x d`` samples and each shortlisted tile's
-    (``inf`` where ``ranked`` is -1): the whole-thumbnail comparison that sees shapes.
+    (``inf`` where ``ranked`` is -1): the whole-thumbnail comparison that sees shapes, for tiles
+    rendered untouched.
 
     ``|c - t|^2 = |c|^2 + |t|^2 - 2 c.t``, with the dot products of a block of cells against the
     union of that block's shortlisted tiles as one matrix product (BLAS), then gathered; only
@@ -108,19 +118,82 @@ def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked:
     follows the shortlists, not the library's size.
     """
     costs = np.empty(ranked.shape, dtype=np.float64)
-    # The (block, union) products stay within _CHUNK_BYTES, whatever the union of a block's shortlists.
+    for sl, used, local in _blocks(table, ranked):
+        tiles = table.detail_lab(detail, used).astype(np.float64)
+        cell = cell_detail[sl].astype(np.float64)
+        dots = cell @ tiles.T  # (block, union)
+        rows = np.arange(len(cell))[:, None]
+        sq = (cell * cell).sum(axis=1)[:, None] + (tiles * tiles).sum(axis=1)[local] - 2 * dots[rows, local]
+        costs[sl] = np.maximum(sq, 0) / (detail * detail)
+    costs[ranked < 0] = np.inf
+    return costs
+
+
+def _blocks(table: TileTable, ranked: np.ndarray):
+    """``(cells, union of their shortlisted rows, each entry's index in that union)`` for blocks
+    of cells whose ``(block, union)`` products stay within :data:`_CHUNK_BYTES`."""
     budget = _CHUNK_BYTES // 8
     block = max(16, int(min(math.sqrt(budget / max(1, ranked.shape[1])), budget / max(1, len(table)))))
     for lo in range(0, len(ranked), block):
         sl = slice(lo, lo + block)
         used, local = np.unique(np.maximum(ranked[sl], 0), return_inverse=True)
-        tiles = table.detail_lab(detail, used).astype(np.float64)
-        cell = cell_detail[sl].astype(np.float64)
-        dots = cell @ tiles.T  # (block, union)
-        local = local.reshape(-1, ranked.shape[1])
-        rows = np.arange(len(cell))[:, None]
-        sq = (cell * cell).sum(axis=1)[:, None] + (tiles * tiles).sum(axis=1)[local] - 2 * dots[rows, local]
-        costs[sl] = np.maximum(sq, 0) / (detail * detail)
+        yield sl, used, local.reshape(-1, ranked.shape[1])
+
+
+def _split(samples: np.ndarray, detail: int, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, d*d*3)`` samples -> their ``q x q`` sub-cell means ``(n, q*q, 3)`` and the samples
+    minus the mean of their sub-cell, flattened ``(n, d*d*3)``."""
+    n, f = len(samples), detail // q
+    blocks = samples.reshape(n, q, f, q, f, 3)
+    means = blocks.mean(axis=(2, 4), keepdims=True)
+    return means.reshape(n, q * q, 3), (blocks - means).reshape(n, -1)
+
+
+def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, options: MosaicOptions) -> np.ndarray:
+    """What is left of each cell's difference from each shortlisted tile once the render has
+    matched the tile's contrast and shifted its sub-cell colours (``inf`` where ``ranked`` is -1):
+    mean squared LAB distance per ``d x d`` sample, the cost of a tile as it will be seen.
+
+    The render scales the tile's deviations from its mean by the gain :func:`.correct.contrast_gain`
+    gives the pair (computed here the same way, on 4x4 luma samples), then moves each sub-cell's
+    colour ``blend`` of the way to the cell's, at most ``max_correction``.  So the difference
+    splits exactly into the texture inside the sub-cells, ``|C - g T|^2`` with both centred on
+    their sub-cell means (a matrix product, as in :func:`detail_costs`), plus each sub-cell's
+    colour error the correction cannot remove, ``max(|D| (1 - blend), |D| - budget)^2`` with
+    ``D`` the distance between the cell's sub-cell colour and the tile's after the gain (LAB
+    distance stands in for CIEDE2000, which is never larger).  A tile whose colours are a few
+    units off but whose pattern is the cell's costs less than a flat tile of the exact colour.
+    """
+    from .correct import luma_texture, texture_gain
+
+    d, s = options.detail, table.subcells
+    q = s if d % s == 0 else 1
+    per_sub = (d // q) ** 2
+    shifting = options.blend > 0 and options.max_correction > 0
+    keep = (1.0 - options.blend) if shifting else 1.0
+    budget = options.max_correction if shifting else 0.0
+    cell_means, cell_tex = _split(cells.detail[pick].astype(np.float64), d, q)
+    if options.contrast:
+        cell_luma = luma_texture(cells.structure[pick], s)
+        cell_luma_sq = (cell_luma * cell_luma).sum(axis=1)
+    costs = np.empty(ranked.shape, dtype=np.float64)
+    for sl, used, local in _blocks(table, ranked):
+        means, tex = _split(table.detail_lab(d, used).astype(np.float64), d, q)
+        c_tex = cell_tex[sl]
+        rows = np.arange(len(c_tex))[:, None]
+        dots = (c_tex @ tex.T)[rows, local]  # (block, k)
+        if options.contrast:
+            luma = luma_texture(table.detail_rgb(STRUCTURE_SAMPLES, used), s)
+            gain = texture_gain((cell_luma[sl] @ luma.T)[rows, local], (luma * luma).sum(axis=1)[local],
+                                cell_luma_sq[sl][:, None], luma.shape[1])
+        else:
+            gain = np.ones(local.shape)
+        texture = (c_tex * c_tex).sum(axis=1)[:, None] + gain ** 2 * (tex * tex).sum(axis=1)[local] - 2 * gain * dots
+        mean = means.mean(axis=1)[local][:, :, None, :]  # (block, k, 1, 3)
+        gained = mean + gain[:, :, None, None] * (means[local] - mean)  # (block, k, q*q, 3)
+        dist = np.sqrt(((cell_means[sl][:, None] - gained) ** 2).sum(axis=-1))
+        left = np.maximum(dist * keep, dist - budget)
+        costs[sl] = (np.maximum(texture, 0) + per_sub * (left * left + COLOUR_WEIGHT * dist * dist).sum(axis=-1)) / (d * d)
     costs[ranked < 0] = np.inf
     return costs
 
@@ -163,6 +236,7 @@ class MosaicPlan:
     fallback_cells: int  # cells whose own bucket is empty
     reference: np.ndarray | None = None  # (rows*4, cols*4, 3) float32 target samples for the fidelity figures
     seconds: dict = field(default_factory=dict)
+    overlay_source: Image.Image | None = None  # the cropped input `--overlay` blends over the render
 
     @property
     def tile_ids(self) -> np.ndarray:
@@ -191,6 +265,8 @@ class _Cells:
         sub = samples[s].astype(np.float64).reshape(rows, s, cols, s, 3)
         self.lab = rgb_to_lab(sub.mean(axis=(1, 3)).reshape(-1, 3))
         self.features = rgb_to_lab(sub.transpose(0, 2, 1, 3, 4)).reshape(rows * cols, -1)
+        n = STRUCTURE_SAMPLES
+        self.structure = samples[n].reshape(rows, n, cols, n, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, n, n, 3)
         self.detail = None
         if detail:  # LAB of d x d samples a cell, a band of rows at a time (float64 temporaries stay small)
             fine = samples[detail].reshape(rows, detail, cols, detail, 3).transpose(0, 2, 1, 3, 4)
@@ -246,40 +322,112 @@ def nearest_tiles(table: TileTable, features: np.ndarray, k: int, free: np.ndarr
     return out
 
 
-def shortlists(table: TileTable, index: PopulatedIndex, cells: _Cells, options: MosaicOptions,
+class TilePool:
+    """The tiles a plan draws from, and how a synthetic tile is kept from beating a real one.
+
+    A synthetic tile (``synthesize``: a real tile's texture recoloured) fills a colour no real tile
+    has, but it borrows its texture, so it must earn its place: every cell's candidates are
+    drawn from the real tiles as well as from all of them (so the best real tiles are always
+    compared, even where synthetic buckets lie nearer), and a synthetic tile's cost is
+    ``cost * SYNTHETIC_MARGIN + SYNTHETIC_FLOOR``: it is chosen only where it fits the cell
+    better than the real tiles by that margin, and at equal cost the real tile wins.
+    """
+
+    def __init__(self, table: TileTable, centroids: np.ndarray, synthetic: np.ndarray | None = None) -> None:
+        self.table = table
+        counts, order, _starts = table.by_bucket
+        self.index = PopulatedIndex(centroids, counts)
+        self.synthetic = synthetic if synthetic is not None and synthetic.any() and (~synthetic).any() else None
+        if self.synthetic is not None:
+            real = ~self.synthetic
+            real_counts = np.bincount(table.bucket_ids[real], minlength=len(counts))
+            self.real_buckets = (real_counts, order[real[order]], np.concatenate([[0], np.cumsum(real_counts)[:-1]]))
+            self.real_index = PopulatedIndex(centroids, real_counts)
+
+    def candidates(self, cell_lab: np.ndarray, features: np.ndarray, minimum: int, keep: int) -> np.ndarray:
+        """Each cell's best ``keep`` by sub-cell colour among its nearest buckets' tiles (and as
+        many among the nearest real buckets' when the pool holds synthetic tiles)."""
+        table = self.table
+        ranked = rank_candidates(table.features, features, candidate_tiles(table, self.index, cell_lab, minimum), keep)
+        if self.synthetic is None:
+            return ranked
+        real = rank_candidates(table.features, features, candidate_tiles(
+            table, self.real_index, cell_lab, minimum, self.real_buckets), keep)
+        return unique_rows(np.concatenate([ranked, real], axis=1))
+
+    def nearest(self, features: np.ndarray, k: int, free: np.ndarray) -> np.ndarray:
+        """Each cell's ``k`` nearest tiles by sub-cell colour among the ``free`` ones (and the ``k``
+        nearest real ones among them when the pool holds synthetic tiles)."""
+        ranked = nearest_tiles(self.table, features, k, free)
+        if self.synthetic is None or not (free & ~self.synthetic).any():
+            return ranked
+        return unique_rows(np.concatenate([ranked, nearest_tiles(self.table, features, k, free & ~self.synthetic)],
+                                          axis=1))
+
+    def handicap(self, ranked: np.ndarray, costs: np.ndarray) -> np.ndarray:
+        """``costs`` with every synthetic candidate's raised by the margin (in place)."""
+        if self.synthetic is not None:
+            fake = self.synthetic[np.maximum(ranked, 0)] & (ranked >= 0)
+            costs[fake] = costs[fake] * SYNTHETIC_MARGIN + SYNTHETIC_FLOOR
+        return costs
+
+
+def unique_rows(ranked: np.ndarray) -> np.ndarray:
+    """Each row's entries once (-1 for the repeats and the padding, which sort last): two lists
+    of one cell merged must not hold a tile twice (the assignment would count that edge twice)."""
+    out = np.sort(ranked, axis=1)
+    repeat = np.zeros(out.shape, dtype=bool)
+    repeat[:, 1:] = out[:, 1:] == out[:, :-1]
+    out[repeat] = -1
+    return -np.sort(-out, axis=1)  # valid rows first (descending), -1 padding last
+
+
+def synthetic_rows(lib: Library, table: TileTable) -> np.ndarray | None:
+    """``(n,)`` True for the table's synthetic tiles (None when the library has none)."""
+    if "synthetic" not in table_columns(lib.conn, "tiles"):
+        return None
+    ids = [row[0].encode("ascii") for row in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 1")
+           if is_tile_id(row[0])]
+    if not ids:
+        return None
+    return np.isin(table.id_bytes, np.array(ids, dtype=table.id_bytes.dtype))
+
+
+def shortlists(pool: TilePool, cells: _Cells, options: MosaicOptions,
                minimum: int, subset: np.ndarray | None = None, spread: int | None = None,
                free: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each cell's candidates (of ``subset``, or all cells), best first, and their costs: the one
     place candidates are chosen, for the greedy placement and the fair assignment alike.
 
     Candidates are the tiles of the cells' nearest populated buckets (whole buckets until
-    ``minimum`` tiles, the best by sub-cell colour kept), or with ``free`` (a mask over the
-    table) the ``minimum`` nearest of those tiles by sub-cell colour; with ``spread``, a
-    :func:`spread_pick` of them.  They are then ordered by the finer comparison when
-    ``options.detail`` is set (else by the sub-cell distance itself)."""
+    ``minimum`` tiles, the best ``options.shortlist`` by sub-cell colour kept), or with ``free``
+    (a mask over the table) the ``minimum`` nearest of those tiles by sub-cell colour; with
+    ``spread``, a :func:`spread_pick` of them.  They are then ordered by what the cell will look
+    like once the tile is corrected (:func:`corrected_costs`) when ``options.detail`` is set,
+    else by the sub-cell distance itself; synthetic tiles carry the pool's handicap."""
+    table = pool.table
     pick = slice(None) if subset is None else subset
     lab, features = cells.lab[pick], cells.features[pick]
     if free is None:  # a block of cells at a time: a full bucket can give every cell 1,000+ candidates
         keep = max(options.shortlist, minimum)
-        ranked = np.full((len(lab), keep), -1, dtype=np.int64)
-        width = 0
-        for lo in range(0, len(lab), CANDIDATE_BLOCK):
-            sl = slice(lo, lo + CANDIDATE_BLOCK)
-            part = rank_candidates(table.features, features[sl], candidate_tiles(table, index, lab[sl], minimum), keep)
-            ranked[sl, :part.shape[1]] = part
-            width = max(width, part.shape[1])
-        ranked = ranked[:, :width]
+        parts = [pool.candidates(lab[lo:lo + CANDIDATE_BLOCK], features[lo:lo + CANDIDATE_BLOCK], minimum, keep)
+                 for lo in range(0, len(lab), CANDIDATE_BLOCK)]
+        width = max(part.shape[1] for part in parts)
+        ranked = np.concatenate([np.pad(part, ((0, 0), (0, width - part.shape[1])), constant_values=-1)
+                                 for part in parts])
     else:
-        ranked = nearest_tiles(table, features, minimum, free)
+        ranked = pool.nearest(features, minimum, free)
     if spread is not None and ranked.shape[1] > 2 * spread:
         ranked = spread_pick(ranked, spread)
-    if options.detail:
+    if options.detail and CORRECTED_COST:
+        costs = corrected_costs(table, cells, pick, ranked, options)
+    elif options.detail:
         costs = detail_costs(table, options.detail, cells.detail[pick], ranked)
     else:
         diff = table.features[np.maximum(ranked, 0)] - features[:, None, :]
         costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
         costs[ranked < 0] = np.inf
-    return sort_by_cost(ranked, costs)
+    return sort_by_cost(ranked, pool.handicap(ranked, costs))
 
 
 def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: MosaicOptions | None = None,
@@ -299,7 +447,8 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
         if layout.output_size[0] * layout.output_size[1] > MAX_DZI_PIXELS:
             raise UsageError(f"output would be {layout.output_size[0]}x{layout.output_size[1]} pixels: use a smaller "
                              "--tile-size or larger cells")
-        samples = target_samples(img, layout, tuple(n for n in (s, detail, STRUCTURE_SAMPLES) if n))
+        samples = target_samples(img, layout, tuple(n for n in (s, detail, STRUCTURE_SAMPLES) if n),
+                                 overlay=options.overlay > 0)
     finally:
         if img is not target:  # opened here from a path: release the file
             img.close()
@@ -318,22 +467,23 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
                          "use fewer cells")
     cells = _Cells(samples, layout, s, detail)
     counts = table.by_bucket[0]
-    index = PopulatedIndex(lib.centroids, counts)
+    pool = TilePool(table, lib.centroids, None if options.real_only else synthetic_rows(lib, table))
     own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())
     minimum = max(options.min_candidates, need)
     if options.max_uses is None:
-        ranked, _costs = shortlists(table, index, cells, options, minimum)
+        ranked, _costs = shortlists(pool, cells, options, minimum)
         grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
     else:
         def library_order(cell: int) -> np.ndarray:
             return np.argsort(((table.features - cells.features[cell]) ** 2).sum(axis=1), kind="stable")
 
         def fair_shortlist(k: int, subset: np.ndarray | None, free: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-            return shortlists(table, index, cells, options, k, subset, None if subset is None else minimum, free)
+            return shortlists(pool, cells, options, k, subset, None if subset is None else minimum, free)
 
         grid = fair_grid(fair_shortlist, minimum, len(table),
                          rows, cols, options.max_uses, options.no_repeat_radius, library_order)
     done = time.perf_counter()
     seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}
-    return MosaicPlan(layout, table, grid, samples[s], options, fallback, samples[STRUCTURE_SAMPLES], seconds)
+    return MosaicPlan(layout, table, grid, samples[s], options, fallback, samples[STRUCTURE_SAMPLES], seconds,
+                      samples.get(0))

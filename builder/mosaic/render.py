@@ -108,6 +108,18 @@ def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarra
     return out
 
 
+def overlay_band(plan: MosaicPlan, band: np.ndarray, row: int) -> np.ndarray:
+    """``band`` with ``--overlay`` percent of the input blended over it: the input's rows under
+    band ``row``, resized to the band (bilinear), mixed pixel by pixel."""
+    source, rows = plan.overlay_source, plan.layout.rows
+    height = source.height / rows
+    under = np.asarray(source.resize((band.shape[1], band.shape[0]), Image.Resampling.BILINEAR,
+                                     box=(0, row * height, source.width, (row + 1) * height)), dtype=np.float32)
+    alpha = plan.options.overlay / 100.0
+    mixed = band.astype(np.float32) * (1.0 - alpha) + under * alpha
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
 class _TileCache:
     """Tiles decoded at output size, at most ``capacity`` at once: when full, the tile whose next
     use lies farthest ahead is dropped (Belady's rule: every row's tiles are known in advance),
@@ -199,6 +211,8 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
             seconds["render"] += placed - clock
             if shift is not None or gain is not None:
                 band = _correct_band(plan, band, r, shift, gain, means)
+            if plan.overlay_source is not None and plan.options.overlay > 0:
+                band = overlay_band(plan, band, r)
             seconds["correct"] += time.perf_counter() - placed
             yield band
             cache.done(r)

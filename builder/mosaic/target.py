@@ -22,6 +22,7 @@ from ..defaults import (
     DEFAULT_LONG_SIDE_CELLS,
     DEFAULT_MAX_CORRECTION,
     DEFAULT_MIN_TILE,
+    DEFAULT_OVERLAY,
     DEFAULT_RADIUS,
     DEFAULT_SUBCELLS,
 )
@@ -68,6 +69,7 @@ class MosaicOptions:
     shortlist: int = DEFAULT_SHORTLIST
     workers: int | None = None
     real_only: bool = False  # leave the library's synthetic tiles out of the candidates
+    overlay: float = DEFAULT_OVERLAY  # percent of the input blended over the rendered mosaic (0: none)
 
     def validate(self) -> MosaicOptions:
         if self.cell_size is not None and self.grid is not None:
@@ -92,6 +94,8 @@ class MosaicOptions:
             raise UsageError(f"shortlist must be a positive integer, got {self.shortlist!r}")
         if not isinstance(self.subcells, int) or not 1 <= self.subcells <= MAX_SUBCELLS:
             raise UsageError(f"--subcells must be within 1..{MAX_SUBCELLS}, got {self.subcells!r}")
+        if not (isinstance(self.overlay, (int, float)) and 0.0 <= self.overlay <= 100.0):
+            raise UsageError(f"--overlay must be a percentage within 0..100, got {self.overlay!r}")
         if not isinstance(self.min_candidates, int) or self.min_candidates < 1:
             raise UsageError(f"min_candidates must be a positive integer, got {self.min_candidates!r}")
         return self
@@ -200,16 +204,20 @@ def displayed_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if _orientation(img) in (5, 6, 7, 8) else (width, height)
 
 
-def target_samples(img: Image.Image, layout: Layout, sizes: tuple[int, ...]) -> dict[int, np.ndarray]:
+def target_samples(img: Image.Image, layout: Layout, sizes: tuple[int, ...],
+                   overlay: bool = False) -> dict[int, np.ndarray]:
     """Mean RGB of ``n x n`` samples per cell for every ``n`` in ``sizes``: ``{n: (rows * n, cols * n, 3)}``
-    float32, from one decode.
+    float32, from one decode; with ``overlay``, also ``{0: the cropped picture}`` as a PIL image at
+    no more than the output's size (what ``--overlay`` blends over the mosaic).
 
-    JPEGs decode at the smallest scale that keeps two pixels per sample of the finest size; the
-    crop box is scaled to whatever size the decode produced.
+    JPEGs decode at the smallest scale that keeps two pixels per sample of the finest size (and,
+    for the overlay, a pixel per output pixel); the crop box is scaled to whatever size the
+    decode produced.
     """
     finest = max(sizes)
     disp_w, disp_h = displayed_size(img)
-    need_w, need_h = layout.cols * finest * 2, layout.rows * finest * 2
+    per_cell = max(finest * 2, layout.tile if overlay else 0)
+    need_w, need_h = layout.cols * per_cell, layout.rows * per_cell
     crop_w, crop_h = layout.box[2] - layout.box[0], layout.box[3] - layout.box[1]
     factor = min(1.0, max(need_w / crop_w, need_h / crop_h))
     try:
@@ -228,8 +236,14 @@ def target_samples(img: Image.Image, layout: Layout, sizes: tuple[int, ...]) -> 
     sx, sy = img.width / disp_w, img.height / disp_h
     x0, y0, x1, y1 = layout.box
     box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-    return {n: np.asarray(img.resize((layout.cols * n, layout.rows * n), Image.Resampling.BOX, box=box),
-                          dtype=np.float32) for n in sorted(set(sizes))}
+    out: dict = {n: np.asarray(img.resize((layout.cols * n, layout.rows * n), Image.Resampling.BOX, box=box),
+                               dtype=np.float32) for n in sorted(set(sizes))}
+    if overlay:
+        width, height = layout.output_size
+        scale = min(1.0, width / (box[2] - box[0]))
+        out[0] = img.resize((max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale))),
+                            Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC, box=box)
+    return out
 
 
 def target_subcells(img: Image.Image, layout: Layout, subcells: int) -> np.ndarray:
