@@ -92,6 +92,38 @@ def texture_gain(dots: np.ndarray, tile_sq: np.ndarray, cell_sq: np.ndarray, n: 
     return np.clip(gain, MIN_GAIN, MAX_GAIN)
 
 
+def interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation indices/weights for output samples ``band_start .. +band_len`` of an
+    ``n_in`` -> ``n_out`` upsampling (pixel centres aligned, edges clamped)."""
+    pos = (np.arange(band_start, band_start + band_len) + 0.5) * n_in / n_out - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def preview_samples(plan) -> np.ndarray:
+    """``(rows * 4, cols * 4, 3)`` float RGB: the plan's mosaic as the fidelity figures will sample it,
+    without rendering it: each tile's 4x4 block means, with the contrast gain and the bilinear
+    colour shift the render applies per pixel (both affine, so they commute with the block
+    means; only the render's per-pixel clipping is approximated, per sample)."""
+    n = STRUCTURE_SAMPLES
+    grid, table = plan.grid, plan.table
+    rows, cols = grid.shape
+    shift, gain, means = plan_correction(plan)
+    used, local = np.unique(grid.ravel(), return_inverse=True)
+    tiles = table.detail_rgb(n, used)[local].reshape(rows, cols, n, n, 3)
+    if gain is not None:
+        tiles = means[:, :, None, None] + gain[:, :, None, None, None] * (tiles - means[:, :, None, None])
+    out = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * n, cols * n, 3)
+    if shift is not None:
+        y0, y1, wy = interp_axis(rows * n, shift.shape[0], 0, rows * n)
+        x0, x1, wx = interp_axis(cols * n, shift.shape[1], 0, cols * n)
+        across = shift[:, x0] * (1 - wx)[None, :, None] + shift[:, x1] * wx[None, :, None]
+        out = out + across[y0] * (1 - wy)[:, None, None] + across[y1] * wy[:, None, None]
+    return np.clip(out, 0, 255)
+
+
 def cell_samples(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """``(rows * n, cols * n, 3)`` -> ``(rows * cols, n, n, 3)``."""
     n = samples.shape[0] // rows

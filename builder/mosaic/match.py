@@ -3,6 +3,7 @@ placement under the repetition radius, and the resulting :class:`MosaicPlan`."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -18,7 +19,9 @@ from ..errors import LibraryError, UsageError
 from ..layout import is_tile_id
 from ..library import Library
 from ..query import PopulatedIndex
-from .fidelity import STRUCTURE_SAMPLES
+from .correct import luma_texture, preview_samples, texture_gain
+from .fair import fair_grid
+from .fidelity import COLOUR_SAMPLES, LUMA, STRUCTURE_SAMPLES, compare_samples
 from .target import MAX_DZI_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_samples
 from .thumbs import TileTable, load_tile_table
 
@@ -28,6 +31,8 @@ _CHUNK_BYTES = 32 * 1024 * 1024  # temporaries per vectorised step over cells
 KD_TREE_K = 64  # nearest_tiles: a KD-tree up to this many neighbours, brute force beyond
 CORRECTED_COST = True
 SYNTHETIC_MARGIN = 1.25
+FAIR_CANDIDATES = 256  # first-round list of the fair assignment: the nearest tiles a cell competes for
+REAL_SHARE = 4  # the fair assignment's wide lists add this fraction of real tiles
 SYNTHETIC_FLOOR = 1.0
 COLOUR_WEIGHT = 0.1
 CANDIDATE_BLOCK = 2048  # cells whose candidate buckets are listed at once (2048 x 1,200 tiles: 20 MB)
@@ -164,8 +169,6 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
     distance stands in for CIEDE2000, which is never larger).  A tile whose colours are a few
     units off but whose pattern is the cell's costs less than a flat tile of the exact colour.
     """
-    from .correct import luma_texture, texture_gain
-
     d, s = options.detail, table.subcells
     q = s if d % s == 0 else 1
     per_sub = (d // q) ** 2
@@ -183,7 +186,8 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
         rows = np.arange(len(c_tex))[:, None]
         dots = (c_tex @ tex.T)[rows, local]  # (block, k)
         if options.contrast:
-            luma = luma_texture(table.detail_rgb(STRUCTURE_SAMPLES, used), s)
+            luma = table.memo(("luma", s), STRUCTURE_SAMPLES ** 2, used, lambda todo: luma_texture(
+                table.detail_rgb(STRUCTURE_SAMPLES, todo), s)).astype(np.float64)
             gain = texture_gain((cell_luma[sl] @ luma.T)[rows, local], (luma * luma).sum(axis=1)[local],
                                 cell_luma_sq[sl][:, None], luma.shape[1])
         else:
@@ -343,33 +347,61 @@ class TilePool:
             real_counts = np.bincount(table.bucket_ids[real], minlength=len(counts))
             self.real_buckets = (real_counts, order[real[order]], np.concatenate([[0], np.cumsum(real_counts)[:-1]]))
             self.real_index = PopulatedIndex(centroids, real_counts)
+        self.only_real = False  # draw from the real tiles alone (the comparison plan)
+        self.forbid: np.ndarray | None = None  # (cells,) True: no synthetic tile for that cell
+
+    def restricted(self, only_real: bool = False, forbid: np.ndarray | None = None) -> TilePool:
+        """The same pool drawing from real tiles only, or refusing synthetic tiles to the cells of
+        ``forbid``."""
+        pool = copy.copy(self)
+        pool.only_real, pool.forbid = only_real, forbid
+        return pool
+
+    @property
+    def real_count(self) -> int:
+        return len(self.table) if self.synthetic is None else int((~self.synthetic).sum())
 
     def candidates(self, cell_lab: np.ndarray, features: np.ndarray, minimum: int, keep: int) -> np.ndarray:
         """Each cell's best ``keep`` by sub-cell colour among its nearest buckets' tiles (and as
         many among the nearest real buckets' when the pool holds synthetic tiles)."""
         table = self.table
-        ranked = rank_candidates(table.features, features, candidate_tiles(table, self.index, cell_lab, minimum), keep)
         if self.synthetic is None:
-            return ranked
+            return rank_candidates(table.features, features, candidate_tiles(table, self.index, cell_lab, minimum), keep)
         real = rank_candidates(table.features, features, candidate_tiles(
             table, self.real_index, cell_lab, minimum, self.real_buckets), keep)
+        if self.only_real:
+            return real
+        ranked = rank_candidates(table.features, features, candidate_tiles(table, self.index, cell_lab, minimum), keep)
         return unique_rows(np.concatenate([ranked, real], axis=1))
 
     def nearest(self, features: np.ndarray, k: int, free: np.ndarray) -> np.ndarray:
-        """Each cell's ``k`` nearest tiles by sub-cell colour among the ``free`` ones (and the ``k``
-        nearest real ones among them when the pool holds synthetic tiles)."""
+        """Each cell's ``k`` nearest tiles by sub-cell colour among the ``free`` ones (and the
+        ``k / REAL_SHARE`` nearest real ones among them when the pool holds synthetic tiles)."""
+        if self.synthetic is not None and self.only_real:
+            return nearest_tiles(self.table, features, k, free & ~self.synthetic)
         ranked = nearest_tiles(self.table, features, k, free)
         if self.synthetic is None or not (free & ~self.synthetic).any():
             return ranked
-        return unique_rows(np.concatenate([ranked, nearest_tiles(self.table, features, k, free & ~self.synthetic)],
-                                          axis=1))
+        real = nearest_tiles(self.table, features, max(1, k // REAL_SHARE), free & ~self.synthetic)
+        return unique_rows(np.concatenate([ranked, real], axis=1))
 
-    def handicap(self, ranked: np.ndarray, costs: np.ndarray) -> np.ndarray:
-        """``costs`` with every synthetic candidate's raised by the margin (in place)."""
+    def handicap(self, ranked: np.ndarray, costs: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """``costs`` of cells ``cells`` with every synthetic candidate's raised by the margin, and
+        made infinite in the forbidden cells (in place)."""
         if self.synthetic is not None:
             fake = self.synthetic[np.maximum(ranked, 0)] & (ranked >= 0)
             costs[fake] = costs[fake] * SYNTHETIC_MARGIN + SYNTHETIC_FLOOR
+            if self.forbid is not None:
+                costs[fake & self.forbid[cells][:, None]] = np.inf
         return costs
+
+    def library_order(self, features: np.ndarray, cell_features: np.ndarray) -> np.ndarray:
+        """Every tile the pool may give, nearest to ``cell_features`` first (the fair assignment's
+        last resort)."""
+        dist = ((features - cell_features) ** 2).sum(axis=1)
+        if self.synthetic is not None and self.only_real:
+            return np.flatnonzero(~self.synthetic)[np.argsort(dist[~self.synthetic], kind="stable")]
+        return np.argsort(dist, kind="stable")
 
 
 def unique_rows(ranked: np.ndarray) -> np.ndarray:
@@ -427,7 +459,73 @@ def shortlists(pool: TilePool, cells: _Cells, options: MosaicOptions,
         diff = table.features[np.maximum(ranked, 0)] - features[:, None, :]
         costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
         costs[ranked < 0] = np.inf
-    return sort_by_cost(ranked, pool.handicap(ranked, costs))
+    return sort_by_cost(ranked, pool.handicap(ranked, costs, np.arange(len(cells.lab))[pick]))
+
+
+def choose_tiles(pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int) -> np.ndarray:
+    """``(rows, cols)`` table rows from ``pool``: the greedy placement, or the fair assignment."""
+    rows, cols = layout.rows, layout.cols
+    if options.max_uses is None:
+        ranked, _costs = shortlists(pool, cells, options, minimum)
+        return place_tiles(ranked, rows, cols, options.no_repeat_radius)
+
+    def library_order(cell: int) -> np.ndarray:
+        return pool.library_order(pool.table.features, cells.features[cell])
+
+    def fair_shortlist(k: int, subset: np.ndarray | None, free: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return shortlists(pool, cells, options, k, subset, None if subset is None else minimum, free)
+
+    return fair_grid(fair_shortlist, max(minimum, FAIR_CANDIDATES), len(pool.table),
+                     rows, cols, options.max_uses, options.no_repeat_radius, library_order)
+
+
+def cell_errors(reference: np.ndarray, preview: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell ``(rows * cols,)``: mean CIEDE2000 of its 2x2 colour samples and squared luma error
+    of its 4x4 structure samples, between the target's samples and a plan's preview."""
+    from skimage.color import deltaE_ciede2000
+
+    n, c = STRUCTURE_SAMPLES, COLOUR_SAMPLES
+    f = n // c
+
+    def colour(x: np.ndarray) -> np.ndarray:
+        return rgb_to_lab(x.reshape(rows * c, f, cols * c, f, 3).mean(axis=(1, 3)))
+
+    delta = deltaE_ciede2000(colour(reference), colour(preview)).reshape(rows, c, cols, c).mean(axis=(1, 3))
+    luma = (((reference - preview) @ LUMA) ** 2).reshape(rows, n, cols, n).sum(axis=(1, 3))
+    return delta.ravel(), luma.ravel()
+
+
+def guard_synthetic(pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int,
+                    grid: np.ndarray, samples: dict) -> np.ndarray:
+    """``grid`` with synthetic tiles kept only where they make the mosaic better than real tiles.
+
+    The cost model predicts, the figures decide: the plan from real tiles alone is made too, and
+    both are previewed (:func:`.correct.preview_samples`: the fidelity samples of the render,
+    within about 0.01 of the rendered figures).  A cell keeps its synthetic tile only where its
+    colour and its structure both come out at least as close as the real plan's there; the
+    others are planned again with synthetic tiles refused.  If the result still scores worse than
+    the real plan on either figure, the real plan is used: the default is never worse than
+    ``--real-only``.
+    """
+    reference = samples[STRUCTURE_SAMPLES].astype(np.float64)
+    rows, cols = layout.rows, layout.cols
+
+    def preview(g: np.ndarray) -> np.ndarray:
+        return preview_samples(MosaicPlan(layout, pool.table, g, samples[pool.table.subcells], options, 0, reference))
+
+    real_grid = choose_tiles(pool.restricted(only_real=True), cells, options, layout, minimum)
+    real_preview = preview(real_grid)
+    real_colour, real_luma = cell_errors(reference, real_preview, rows, cols)
+    colour, luma = cell_errors(reference, preview(grid), rows, cols)
+    worse = pool.synthetic[grid.ravel()] & ((colour > real_colour) | (luma > real_luma))
+    if worse.any():
+        logger.info("mosaic: %d cells refuse the synthetic tile that fitted them worse than real ones", int(worse.sum()))
+        grid = choose_tiles(pool.restricted(forbid=worse), cells, options, layout, minimum)
+    mixed, real = compare_samples(reference, preview(grid)), compare_samples(reference, real_preview)
+    if mixed.delta_e > real.delta_e or mixed.ssim < real.ssim:
+        logger.info("mosaic: synthetic tiles left out (with them %s; real tiles alone %s)", mixed, real)
+        return real_grid
+    return grid
 
 
 def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: MosaicOptions | None = None,
@@ -436,8 +534,6 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
 
     Tile files are read only to build, extend or spot-check the thumbnail cache.
     """
-    from .fair import fair_grid
-
     options = (options or MosaicOptions()).validate()
     started = time.perf_counter()
     img = open_target(target)
@@ -471,18 +567,10 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
     own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())
     minimum = max(options.min_candidates, need)
-    if options.max_uses is None:
-        ranked, _costs = shortlists(pool, cells, options, minimum)
-        grid = place_tiles(ranked, rows, cols, options.no_repeat_radius)
-    else:
-        def library_order(cell: int) -> np.ndarray:
-            return np.argsort(((table.features - cells.features[cell]) ** 2).sum(axis=1), kind="stable")
-
-        def fair_shortlist(k: int, subset: np.ndarray | None, free: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-            return shortlists(pool, cells, options, k, subset, None if subset is None else minimum, free)
-
-        grid = fair_grid(fair_shortlist, minimum, len(table),
-                         rows, cols, options.max_uses, options.no_repeat_radius, library_order)
+    grid = choose_tiles(pool, cells, options, layout, minimum)
+    if pool.synthetic is not None and pool.synthetic[grid].any() and pool.real_count >= need and (
+            options.max_uses is None or options.max_uses * pool.real_count >= rows * cols):
+        grid = guard_synthetic(pool, cells, options, layout, minimum, grid, samples)
     done = time.perf_counter()
     seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}
     return MosaicPlan(layout, table, grid, samples[s], options, fallback, samples[STRUCTURE_SAMPLES], seconds,

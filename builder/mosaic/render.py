@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..errors import UsageError
 from ..layout import TILE_SIZE
 from ..library import Library
-from .correct import plan_correction
+from .correct import interp_axis, plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
 from .thumbs import THUMB_SIZE, _pool, _read_tile, release_pages
@@ -43,21 +43,11 @@ def load_thumbnail(lib: Library, bucket_id: int, tile_id: str, size: int) -> np.
     return np.asarray(img, dtype=np.uint8)
 
 
-def _interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear interpolation indices/weights for output samples ``band_start .. +band_len`` of an
-    ``n_in`` -> ``n_out`` upsampling (pixel centres aligned, edges clamped)."""
-    pos = (np.arange(band_start, band_start + band_len) + 0.5) * n_in / n_out - 0.5
-    pos = np.clip(pos, 0, n_in - 1)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (pos - i0).astype(np.float32)
-
-
 def _vertical_weights(plan: MosaicPlan, shift: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
     """The shift field's rows that band ``row`` interpolates between, and the ``(T, k)`` weights
     that take those ``k`` rows to the band's ``T`` output rows (each row's weights sum to 1)."""
     tile = plan.layout.tile
-    y0, y1, wy = _interp_axis(plan.layout.rows * tile, shift.shape[0], row * tile, tile)
+    y0, y1, wy = interp_axis(plan.layout.rows * tile, shift.shape[0], row * tile, tile)
     used = np.unique(np.concatenate([y0, y1]))
     weights = np.zeros((tile, len(used)), dtype=np.float32)
     out_rows = np.arange(tile)
@@ -87,7 +77,7 @@ def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarra
         px = slice(c0 * tile, c1 * tile)
         width = (c1 - c0) * tile
         if shift is not None:
-            x0, x1, wx = _interp_axis(cols * tile, shift.shape[1], c0 * tile, width)
+            x0, x1, wx = interp_axis(cols * tile, shift.shape[1], c0 * tile, width)
             rows_h = shift_rows[:, x0] * (1 - wx)[None, :, None] + shift_rows[:, x1] * wx[None, :, None]
         else:
             rows_h = np.zeros((1, width, 3), dtype=np.float32)
