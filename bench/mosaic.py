@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # phomo draws progress bars on stderr
@@ -79,7 +80,9 @@ from builder.mosaic import (  # noqa: E402
     MosaicOptions,
     ThumbnailCache,
     TileTable,
+    correct,
     load_tile_table,
+    match,
     measure_fidelity,
     plan_mosaic,
     render_mosaic,
@@ -211,9 +214,27 @@ def methods(quick: bool = False) -> dict[str, dict]:
     }
     if quick:
         return {label: out[label] for label in list(out)[:4]}
+    # The constants behind the defaults, each moved alone (set in this process for the row).
+    for weight in (0.0, 0.3, 1.0):
+        out[f"colour weight {weight:g} (default {match.COLOUR_WEIGHT:g})"] = {"_set": {(match, "COLOUR_WEIGHT"): weight}}
+    for low in (0.25, 1.0):
+        out[f"texture gain floor {low:g} (default {correct.MIN_GAIN:g})"] = {"_set": {(correct, "MIN_GAIN"): low}}
     for budget in BUDGETS:  # the budget sweep, without contrast so it measures the colour shift alone
         out[f"--no-contrast --max-correction {budget:g}"] = {"max_correction": budget, "contrast": False}
     return out
+
+
+@contextmanager
+def constants(values: dict):
+    """Module constants set for the duration of one row, then restored."""
+    saved = [(module, name, getattr(module, name)) for module, name in values]
+    try:
+        for (module, name), value in values.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
@@ -235,8 +256,10 @@ def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
 
         res["naive per-cell nearest mean"] = figures(*timed_value(lambda: naive_mosaic(lib, img, cols, rows, TILE)))  # noqa: B023
         for label, fields in methods(quick).items():
-            options = MosaicOptions(grid=(cols, rows), tile_size=TILE, **fields)
-            res[label] = figures(*timed_value(lambda: ours(options)))  # noqa: B023
+            fields = dict(fields)
+            with constants(fields.pop("_set", {})):
+                options = MosaicOptions(grid=(cols, rows), tile_size=TILE, **fields)
+                res[label] = figures(*timed_value(lambda: ours(options)))  # noqa: B023
         res["phomo 1.2 (exact, whole pixels)"] = figures(*timed_value(
             lambda: phomo_mosaic(table, img, box, cols, rows, TILE)))  # noqa: B023
         print(f"   {name}: {cols}x{rows} cells done", flush=True)
@@ -537,6 +560,8 @@ PEER_LONG_SIDE = 48  # cells on the long side of the peer comparison
 PEER_OVERLAY = 30.0  # percent: metapixel's README calls --cheat 30 "small enough to go unnoticed"
 PEER_TILES = 1500  # Blue Marble crops (common.tile_folder) ingested for the peers' tile sets
 PEER_SYNTH_USES = 4  # synthesize --max-uses for the real+synthetic set (every empty bucket textured)
+PHOMO_WORK_PER_S = 2.5e7  # cells x tiles x pixels phomo's distance matrix gets through a second here
+PHOMO_MAX_WORK = 3e9  # phomo is left out past this (about 2 minutes; 32-px cells on 6,000 tiles: 17)
 
 
 def peer_libraries(base: Path, quick: bool) -> dict[str, Path]:
@@ -648,7 +673,7 @@ def bench_peers(base: Path, work: Path, quick: bool, phomo_path: str | None, siz
     if quick:
         pics = dict(list(pics.items())[:1])
         sizes = sizes[:1]
-    penv = None if SKIP_PHOMO else phomo_python(phomo_path)
+    penv = phomo_python(phomo_path)
     metapixel = shutil.which("metapixel") and shutil.which("metapixel-prepare")
     print(f"\n6. peers: {PEER_LONG_SIDE} cells on the long side, cells of {', '.join(map(str, sizes))} px, "
           f"fresh processes; CIEDE2000 / SSIM / seconds (prepare + run)", flush=True)
@@ -684,7 +709,12 @@ def bench_peers(base: Path, work: Path, quick: bool, phomo_path: str | None, siz
                 for label, extra in variants.items():
                     out = work / "ours.png"
                     res[label] = run_peer([*ours, "--output", str(out), *extra], out, env, *where)
-                if penv is not None:
+                work_units = cols * rows * n_tiles * tile * tile
+                if penv is not None and work_units > PHOMO_MAX_WORK:
+                    print(f"   phomo left out for {set_name}, {tile} px, {name}: its dense distance matrix "
+                          f"({cols * rows} cells x {n_tiles} tiles x {tile}x{tile} px) would take "
+                          f"{work_units / PHOMO_WORK_PER_S / 60:.0f} minutes or more", flush=True)
+                elif penv is not None:
                     out = work / "phomo.png"
                     need = -(-cols * rows // n_tiles)
                     res["phomo 1.2 (exact)"] = run_peer([sys.executable, __file__, "--phomo-case", str(tiles),

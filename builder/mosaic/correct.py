@@ -29,11 +29,9 @@ from ..color import lab_to_rgb, rgb_to_lab
 from .fidelity import LUMA, STRUCTURE_SAMPLES
 
 BISECTIONS = 24  # halvings of the step along the shift: far below 0.01 CIEDE2000
-MAX_GAIN = 2.0  # contrast is scaled by at most this factor either way
-GAIN_FIRST = True
-GAIN_MODE = 'ls'
-GAIN_REG = 1.0
-MIN_GAIN = 0.5
+MAX_GAIN = 2.0  # contrast is scaled up by at most this factor
+MIN_GAIN = 0.5  # a tile keeps at least half its contrast, however little its pattern fits
+GAIN_REG = 1.0  # added to a tile's mean squared texture: flat tiles are not blown up
 
 
 def correction_shift(tile_rgb: np.ndarray, target_rgb: np.ndarray, blend: float, max_correction: float) -> np.ndarray:
@@ -59,12 +57,6 @@ def correction_shift(tile_rgb: np.ndarray, target_rgb: np.ndarray, blend: float,
     return (lab_to_rgb(lab_tile + step) - tile_rgb).astype(np.float32)
 
 
-def tile_spread(samples: np.ndarray) -> np.ndarray:
-    """Luminance spread ``(n,)`` (standard deviation of Rec. 709 luma, 0..255) of ``(n, k, k, 3)`` RGB
-    samples: what the contrast match compares, at the SSIM's own scale."""
-    return (np.asarray(samples, dtype=np.float64) @ LUMA).reshape(len(samples), -1).std(axis=1)
-
-
 def luma_texture(samples: np.ndarray, subcells: int) -> np.ndarray:
     """``(n, k*k)`` luma of ``(n, k, k, 3)`` RGB samples minus the mean of their sub-cell (the
     whole cell when ``k`` is not a multiple of ``subcells``): the part of a tile the colour shift
@@ -75,21 +67,14 @@ def luma_texture(samples: np.ndarray, subcells: int) -> np.ndarray:
     return (luma - luma.mean(axis=(2, 4), keepdims=True)).reshape(n, -1)
 
 
-def contrast_gain(spread_tile: np.ndarray, spread_target: np.ndarray) -> np.ndarray:
-    """Gain that scales a tile's luminance spread toward its cell's (any broadcastable shapes),
-    within ``1 / MAX_GAIN .. MAX_GAIN``."""
-    gain = (spread_target + 1.0) / (spread_tile + 1.0)  # +1: flat tiles and cells stay as they are
-    return np.clip(gain, 1.0 / MAX_GAIN, MAX_GAIN).astype(np.float32)
-
-
-def texture_gain(dots: np.ndarray, tile_sq: np.ndarray, cell_sq: np.ndarray, n: int) -> np.ndarray:
-    """Per (cell, tile) gain from the dot product of their :func:`luma_texture` and its squared
-    norms (broadcastable shapes; ``n`` samples each)."""
-    if GAIN_MODE == "ls":
-        gain = dots / (tile_sq + n * GAIN_REG)
-    else:
-        gain = (np.sqrt(cell_sq / n) + 1.0) / (np.sqrt(tile_sq / n) + 1.0)
-    return np.clip(gain, MIN_GAIN, MAX_GAIN)
+def texture_gain(dots: np.ndarray, tile_sq: np.ndarray, n: int) -> np.ndarray:
+    """Contrast gain per (cell, tile) pair from the dot product of their :func:`luma_texture` and
+    the tile's squared norm (broadcastable shapes; ``n`` samples each): the least-squares scale
+    ``c.t / |t|^2`` that makes the tile's texture best draw the cell's, within ``MIN_GAIN ..
+    MAX_GAIN``.  A tile whose pattern follows the cell's is scaled up to the cell's contrast; one
+    whose pattern does not is calmed to ``MIN_GAIN``, since texture that disagrees with the cell
+    only adds error (it still shows at half its contrast)."""
+    return np.clip(dots / (tile_sq + n * GAIN_REG), MIN_GAIN, MAX_GAIN)
 
 
 def interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,10 +133,9 @@ def plan_correction(plan) -> tuple[np.ndarray | None, np.ndarray | None, np.ndar
         tile_tex = luma_texture(table.detail_rgb(STRUCTURE_SAMPLES, used), s)[local]
         cell_tex = luma_texture(cell_samples(plan.reference, rows, cols), s)
         gain = texture_gain((tile_tex * cell_tex).sum(axis=1), (tile_tex * tile_tex).sum(axis=1),
-                            (cell_tex * cell_tex).sum(axis=1), tile_tex.shape[1]).reshape(rows, cols).astype(np.float32)
+                            tile_tex.shape[1]).reshape(rows, cols).astype(np.float32)
         means = sub.mean(axis=(2, 3)).astype(np.float32)
-        if GAIN_FIRST:
-            sub = means[:, :, None, None] + gain[:, :, None, None, None] * (sub - means[:, :, None, None])
+        sub = means[:, :, None, None] + gain[:, :, None, None, None] * (sub - means[:, :, None, None])
     tiles_rgb = sub.transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, 3)
     shift = None
     if options.blend > 0 and options.max_correction > 0:

@@ -29,12 +29,13 @@ logger = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 32 * 1024 * 1024  # temporaries per vectorised step over cells
 KD_TREE_K = 64  # nearest_tiles: a KD-tree up to this many neighbours, brute force beyond
-CORRECTED_COST = True
-SYNTHETIC_MARGIN = 1.25
-FAIR_CANDIDATES = 256  # first-round list of the fair assignment: the nearest tiles a cell competes for
-REAL_SHARE = 4  # the fair assignment's wide lists add this fraction of real tiles
-SYNTHETIC_FLOOR = 1.0
+# A sub-cell colour error the shift removes still costs this share of its square: with 0 every tile
+# within the budget looks alike in colour and the render's interpolated shifts pay for it (bench/README.md).
 COLOUR_WEIGHT = 0.1
+SYNTHETIC_MARGIN = 1.25  # a synthetic tile's cost is multiplied by this ...
+SYNTHETIC_FLOOR = 1.0  # ... and raised by this (squared LAB a sample): at equal cost the real tile wins
+FAIR_CANDIDATES = 256  # the fair assignment's first lists: the nearest tiles a cell competes for
+REAL_SHARE = 4  # its lists add the k / REAL_SHARE nearest real tiles when the pool holds synthetic ones
 CANDIDATE_BLOCK = 2048  # cells whose candidate buckets are listed at once (2048 x 1,200 tiles: 20 MB)
 
 
@@ -112,28 +113,6 @@ def rank_candidates(features: np.ndarray, cell_features: np.ndarray, candidates:
     return ranked
 
 
-def detail_costs(table: TileTable, detail: int, cell_detail: np.ndarray, ranked: np.ndarray) -> np.ndarray:
-    """Mean squared LAB distance between each cell's ``d x d`` samples and each shortlisted tile's
-    (``inf`` where ``ranked`` is -1): the whole-thumbnail comparison that sees shapes, for tiles
-    rendered untouched.
-
-    ``|c - t|^2 = |c|^2 + |t|^2 - 2 c.t``, with the dot products of a block of cells against the
-    union of that block's shortlisted tiles as one matrix product (BLAS), then gathered; only
-    the tiles on some shortlist have their ``d x d`` LAB computed (once per table), so the cost
-    follows the shortlists, not the library's size.
-    """
-    costs = np.empty(ranked.shape, dtype=np.float64)
-    for sl, used, local in _blocks(table, ranked):
-        tiles = table.detail_lab(detail, used).astype(np.float64)
-        cell = cell_detail[sl].astype(np.float64)
-        dots = cell @ tiles.T  # (block, union)
-        rows = np.arange(len(cell))[:, None]
-        sq = (cell * cell).sum(axis=1)[:, None] + (tiles * tiles).sum(axis=1)[local] - 2 * dots[rows, local]
-        costs[sl] = np.maximum(sq, 0) / (detail * detail)
-    costs[ranked < 0] = np.inf
-    return costs
-
-
 def _blocks(table: TileTable, ranked: np.ndarray):
     """``(cells, union of their shortlisted rows, each entry's index in that union)`` for blocks
     of cells whose ``(block, union)`` products stay within :data:`_CHUNK_BYTES`."""
@@ -159,15 +138,18 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
     matched the tile's contrast and shifted its sub-cell colours (``inf`` where ``ranked`` is -1):
     mean squared LAB distance per ``d x d`` sample, the cost of a tile as it will be seen.
 
-    The render scales the tile's deviations from its mean by the gain :func:`.correct.contrast_gain`
-    gives the pair (computed here the same way, on 4x4 luma samples), then moves each sub-cell's
-    colour ``blend`` of the way to the cell's, at most ``max_correction``.  So the difference
-    splits exactly into the texture inside the sub-cells, ``|C - g T|^2`` with both centred on
-    their sub-cell means (a matrix product, as in :func:`detail_costs`), plus each sub-cell's
-    colour error the correction cannot remove, ``max(|D| (1 - blend), |D| - budget)^2`` with
-    ``D`` the distance between the cell's sub-cell colour and the tile's after the gain (LAB
-    distance stands in for CIEDE2000, which is never larger).  A tile whose colours are a few
-    units off but whose pattern is the cell's costs less than a flat tile of the exact colour.
+    The render scales the tile's deviations from its mean by the gain :func:`.correct.texture_gain`
+    gives the pair (computed here the same way, on 4x4 luma samples: the SSIM's own scale), then
+    moves each sub-cell's colour ``blend`` of the way to the cell's, at most ``max_correction``.
+    So the difference splits exactly into the texture inside the sub-cells, ``|C - g T|^2`` with
+    both centred on their sub-cell means (``|C|^2 + g^2 |T|^2 - 2 g C.T``, the dot products of a
+    block of cells against the union of their shortlisted tiles as one matrix product), plus each
+    sub-cell's colour error the correction cannot remove, ``max(|D| (1 - blend), |D| - budget)^2``
+    with ``D`` the LAB distance between the cell's sub-cell colour and the tile's after the gain
+    (CIEDE2000 is rarely larger), plus :data:`COLOUR_WEIGHT` ``|D|^2``.  A tile whose colours are
+    a few units off but whose pattern is the cell's costs less than a flat tile of the exact
+    colour.  Only the tiles on some shortlist have their ``d x d`` LAB computed (once per table),
+    so the cost follows the shortlists, not the library's size.
     """
     d, s = options.detail, table.subcells
     q = s if d % s == 0 else 1
@@ -178,7 +160,6 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
     cell_means, cell_tex = _split(cells.detail[pick].astype(np.float64), d, q)
     if options.contrast:
         cell_luma = luma_texture(cells.structure[pick], s)
-        cell_luma_sq = (cell_luma * cell_luma).sum(axis=1)
     costs = np.empty(ranked.shape, dtype=np.float64)
     for sl, used, local in _blocks(table, ranked):
         means, tex = _split(table.detail_lab(d, used).astype(np.float64), d, q)
@@ -188,8 +169,7 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
         if options.contrast:
             luma = table.memo(("luma", s), STRUCTURE_SAMPLES ** 2, used, lambda todo: luma_texture(
                 table.detail_rgb(STRUCTURE_SAMPLES, todo), s)).astype(np.float64)
-            gain = texture_gain((cell_luma[sl] @ luma.T)[rows, local], (luma * luma).sum(axis=1)[local],
-                                cell_luma_sq[sl][:, None], luma.shape[1])
+            gain = texture_gain((cell_luma[sl] @ luma.T)[rows, local], (luma * luma).sum(axis=1)[local], luma.shape[1])
         else:
             gain = np.ones(local.shape)
         texture = (c_tex * c_tex).sum(axis=1)[:, None] + gain ** 2 * (tex * tex).sum(axis=1)[local] - 2 * gain * dots
@@ -451,10 +431,8 @@ def shortlists(pool: TilePool, cells: _Cells, options: MosaicOptions,
         ranked = pool.nearest(features, minimum, free)
     if spread is not None and ranked.shape[1] > 2 * spread:
         ranked = spread_pick(ranked, spread)
-    if options.detail and CORRECTED_COST:
+    if options.detail:
         costs = corrected_costs(table, cells, pick, ranked, options)
-    elif options.detail:
-        costs = detail_costs(table, options.detail, cells.detail[pick], ranked)
     else:
         diff = table.features[np.maximum(ranked, 0)] - features[:, None, :]
         costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
