@@ -118,7 +118,7 @@ def test_contrast_match_scales_a_tiles_texture_by_how_well_it_draws_its_cell(sam
 
 def test_the_preview_predicts_the_rendered_figures(earth_root, sample):
     """What the synthetic-tile guard decides on: the plan's fidelity samples computed without a
-    render agree with the rendered mosaic's figures within 0.01, at any tile size."""
+    render agree with the rendered mosaic's figures within 0.02, at any tile size."""
     from builder.mosaic.correct import preview_samples
 
     with Library.open(earth_root, readonly=True) as lib:
@@ -127,7 +127,7 @@ def test_the_preview_predicts_the_rendered_figures(earth_root, sample):
             rendered = measure_fidelity(sample, make_mosaic(lib, sample, MosaicOptions(grid=(12, 12), tile_size=tile)),
                                         12, 12, plan.layout.box)
             previewed = compare_samples(plan.reference, preview_samples(plan))
-            assert abs(previewed.delta_e - rendered.delta_e) < 0.01 and abs(previewed.ssim - rendered.ssim) < 0.01
+            assert abs(previewed.delta_e - rendered.delta_e) < 0.02 and abs(previewed.ssim - rendered.ssim) < 0.02
 
 
 def test_correction_never_exceeds_its_budget():

@@ -29,7 +29,7 @@ SAMPLE = "data/sample_target.jpg"
 COPY_IDS = ("00000000-0000-4000-8000-000000000000", "ffffffff-ffff-4fff-bfff-ffffffffffff")
 # The preview the synthetic-tile guard decides on agrees with the rendered figures within this
 # (tests/test_mosaic_fidelity.py::test_the_preview_predicts_the_rendered_figures).
-PREVIEW_TOLERANCE = 0.01
+PREVIEW_TOLERANCE = 0.02
 # --max-uses 1 against the default on the real+synthetic fixture (380 tiles, 54-64 cells; measured
 # +0.09..+0.53 CIEDE2000, -0.004..+0.010 SSIM; bench/README.md has the photos' figures): at most this
 # much more CIEDE2000 and this much less SSIM.

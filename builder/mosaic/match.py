@@ -34,7 +34,9 @@ KD_TREE_K = 64  # nearest_tiles: a KD-tree up to this many neighbours, brute for
 COLOUR_WEIGHT = 0.1
 SYNTHETIC_MARGIN = 1.25  # a synthetic tile's cost is multiplied by this ...
 SYNTHETIC_FLOOR = 1.0  # ... and raised by this (squared LAB a sample): at equal cost the real tile wins
-FAIR_CANDIDATES = 256  # the fair assignment's first lists: the nearest tiles a cell competes for
+# Synthetic tiles must improve both figures by this: the preview is within 0.02 of the render, but
+# two previews share most of that error, so their difference is far more exact.
+GUARD_MARGIN = 0.005
 REAL_SHARE = 4  # its lists add the k / REAL_SHARE nearest real tiles when the pool holds synthetic ones
 CANDIDATE_BLOCK = 2048  # cells whose candidate buckets are listed at once (2048 x 1,200 tiles: 20 MB)
 
@@ -157,21 +159,21 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
     shifting = options.blend > 0 and options.max_correction > 0
     keep = (1.0 - options.blend) if shifting else 1.0
     budget = options.max_correction if shifting else 0.0
-    cell_means, cell_tex = _split(cells.detail[pick].astype(np.float64), d, q)
+    cell_means, cell_tex = _split(cells.detail[pick].astype(np.float32), d, q)
     if options.contrast:
-        cell_luma = luma_texture(cells.structure[pick], s)
+        cell_luma = luma_texture(cells.structure[pick], s).astype(np.float32)
     costs = np.empty(ranked.shape, dtype=np.float64)
     for sl, used, local in _blocks(table, ranked):
-        means, tex = _split(table.detail_lab(d, used).astype(np.float64), d, q)
+        means, tex = _split(table.detail_lab(d, used), d, q)
         c_tex = cell_tex[sl]
         rows = np.arange(len(c_tex))[:, None]
         dots = (c_tex @ tex.T)[rows, local]  # (block, k)
         if options.contrast:
             luma = table.memo(("luma", s), STRUCTURE_SAMPLES ** 2, used, lambda todo: luma_texture(
-                table.detail_rgb(STRUCTURE_SAMPLES, todo), s)).astype(np.float64)
+                table.detail_rgb(STRUCTURE_SAMPLES, todo), s))
             gain = texture_gain((cell_luma[sl] @ luma.T)[rows, local], (luma * luma).sum(axis=1)[local], luma.shape[1])
         else:
-            gain = np.ones(local.shape)
+            gain = np.ones(local.shape, dtype=np.float32)
         texture = (c_tex * c_tex).sum(axis=1)[:, None] + gain ** 2 * (tex * tex).sum(axis=1)[local] - 2 * gain * dots
         mean = means.mean(axis=1)[local][:, :, None, :]  # (block, k, 1, 3)
         gained = mean + gain[:, :, None, None] * (means[local] - mean)  # (block, k, q*q, 3)
@@ -440,21 +442,41 @@ def shortlists(pool: TilePool, cells: _Cells, options: MosaicOptions,
     return sort_by_cost(ranked, pool.handicap(ranked, costs, np.arange(len(cells.lab))[pick]))
 
 
-def choose_tiles(pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int) -> np.ndarray:
-    """``(rows, cols)`` table rows from ``pool``: the greedy placement, or the fair assignment."""
-    rows, cols = layout.rows, layout.cols
-    if options.max_uses is None:
-        ranked, _costs = shortlists(pool, cells, options, minimum)
-        return place_tiles(ranked, rows, cols, options.no_repeat_radius)
+class Chooser:
+    """Chooses a tile for every cell from a pool: the greedy placement over each cell's shortlist,
+    or the fair assignment.  The greedy shortlists are computed once and kept, so the plans the
+    synthetic-tile guard compares (real tiles only, synthetic tiles refused to some cells) are the
+    same lists with entries struck out, not new searches."""
 
-    def library_order(cell: int) -> np.ndarray:
-        return pool.library_order(pool.table.features, cells.features[cell])
+    def __init__(self, pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int) -> None:
+        self.pool, self.cells, self.options, self.layout, self.minimum = pool, cells, options, layout, minimum
+        self.lists: tuple[np.ndarray, np.ndarray] | None = None
 
-    def fair_shortlist(k: int, subset: np.ndarray | None, free: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        return shortlists(pool, cells, options, k, subset, None if subset is None else minimum, free)
+    def grid(self, only_real: bool = False, forbid: np.ndarray | None = None) -> np.ndarray:
+        """``(rows, cols)`` table rows; ``only_real``: no synthetic tile anywhere; ``forbid``: none
+        in those cells."""
+        pool, options, rows, cols = self.pool, self.options, self.layout.rows, self.layout.cols
+        if options.max_uses is None:
+            if self.lists is None:
+                self.lists = shortlists(pool, self.cells, options, self.minimum)
+            ranked, costs = self.lists
+            if pool.synthetic is not None and (only_real or forbid is not None):
+                struck = pool.synthetic[np.maximum(ranked, 0)] & (ranked >= 0)
+                if not only_real:
+                    struck &= forbid[:, None]
+                ranked, costs = sort_by_cost(np.where(struck, -1, ranked), np.where(struck, np.inf, costs))
+            return place_tiles(ranked, rows, cols, options.no_repeat_radius)
+        pool = pool.restricted(only_real, forbid) if only_real or forbid is not None else pool
+        cells = self.cells
 
-    return fair_grid(fair_shortlist, max(minimum, FAIR_CANDIDATES), len(pool.table),
-                     rows, cols, options.max_uses, options.no_repeat_radius, library_order)
+        def library_order(cell: int) -> np.ndarray:
+            return pool.library_order(pool.table.features, cells.features[cell])
+
+        def fair_shortlist(k: int, subset: np.ndarray | None, free: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            return shortlists(pool, cells, options, k, subset, None if subset is None else self.minimum, free)
+
+        return fair_grid(fair_shortlist, self.minimum, len(pool.table),
+                         rows, cols, options.max_uses, options.no_repeat_radius, library_order)
 
 
 def cell_errors(reference: np.ndarray, preview: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -473,34 +495,34 @@ def cell_errors(reference: np.ndarray, preview: np.ndarray, rows: int, cols: int
     return delta.ravel(), luma.ravel()
 
 
-def guard_synthetic(pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int,
-                    grid: np.ndarray, samples: dict) -> np.ndarray:
+def guard_synthetic(chooser: Chooser, grid: np.ndarray, samples: dict) -> np.ndarray:
     """``grid`` with synthetic tiles kept only where they make the mosaic better than real tiles.
 
     The cost model predicts, the figures decide: the plan from real tiles alone is made too, and
     both are previewed (:func:`.correct.preview_samples`: the fidelity samples of the render,
-    within about 0.01 of the rendered figures).  A cell keeps its synthetic tile only where its
+    within 0.02 of the rendered figures).  A cell keeps its synthetic tile only where its
     colour and its structure both come out at least as close as the real plan's there; the
-    others are planned again with synthetic tiles refused.  If the result still scores worse than
-    the real plan on either figure, the real plan is used: the default is never worse than
-    ``--real-only``.
+    others are planned again with synthetic tiles refused.  Unless the result then beats the real
+    plan on both figures by :data:`GUARD_MARGIN`, the real
+    plan is used: the default is never worse than ``--real-only``.
     """
+    pool, options, layout = chooser.pool, chooser.options, chooser.layout
     reference = samples[STRUCTURE_SAMPLES].astype(np.float64)
     rows, cols = layout.rows, layout.cols
 
     def preview(g: np.ndarray) -> np.ndarray:
         return preview_samples(MosaicPlan(layout, pool.table, g, samples[pool.table.subcells], options, 0, reference))
 
-    real_grid = choose_tiles(pool.restricted(only_real=True), cells, options, layout, minimum)
+    real_grid = chooser.grid(only_real=True)
     real_preview = preview(real_grid)
     real_colour, real_luma = cell_errors(reference, real_preview, rows, cols)
     colour, luma = cell_errors(reference, preview(grid), rows, cols)
     worse = pool.synthetic[grid.ravel()] & ((colour > real_colour) | (luma > real_luma))
     if worse.any():
         logger.info("mosaic: %d cells refuse the synthetic tile that fitted them worse than real ones", int(worse.sum()))
-        grid = choose_tiles(pool.restricted(forbid=worse), cells, options, layout, minimum)
+        grid = chooser.grid(forbid=worse)
     mixed, real = compare_samples(reference, preview(grid)), compare_samples(reference, real_preview)
-    if mixed.delta_e > real.delta_e or mixed.ssim < real.ssim:
+    if mixed.delta_e > real.delta_e - GUARD_MARGIN or mixed.ssim < real.ssim + GUARD_MARGIN:
         logger.info("mosaic: synthetic tiles left out (with them %s; real tiles alone %s)", mixed, real)
         return real_grid
     return grid
@@ -527,28 +549,37 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
         if img is not target:  # opened here from a path: release the file
             img.close()
     t_target = time.perf_counter()
-    table = table if table is not None and table.subcells == s else load_tile_table(
-        lib, s, options.workers, progress, real_only=options.real_only)
+    # --real-only reads the synthetic tiles too and strikes them from the same candidate lists, so
+    # its plan is exactly the one the default falls back to when synthetic tiles do not help.
+    table = table if table is not None and table.subcells == s else load_tile_table(lib, s, options.workers, progress)
     t_table = time.perf_counter()
+    synthetic = synthetic_rows(lib, table)
+    if options.real_only and synthetic is not None and synthetic.all():
+        raise LibraryError(f"{lib.root} holds no real tiles (only synthetic ones): harvest or ingest some, "
+                           "or leave out --real-only")
+    pool = TilePool(table, lib.centroids, synthetic)
+    usable = pool.real_count if options.real_only else len(table)
     need = required_tiles(options.no_repeat_radius)
-    if need > len(table):
+    if need > usable:
         raise UsageError(f"--no-repeat-radius {options.no_repeat_radius} needs at least {need} tiles, the library "
-                         f"has {len(table)}: use a smaller radius")
+                         f"has {usable}: use a smaller radius")
     rows, cols = layout.rows, layout.cols
-    if options.max_uses is not None and options.max_uses * len(table) < rows * cols:
-        raise UsageError(f"--max-uses {options.max_uses} with {len(table)} tiles fills at most "
-                         f"{options.max_uses * len(table)} cells, the mosaic has {rows * cols}: allow more uses or "
+    if options.max_uses is not None and options.max_uses * usable < rows * cols:
+        raise UsageError(f"--max-uses {options.max_uses} with {usable} tiles fills at most "
+                         f"{options.max_uses * usable} cells, the mosaic has {rows * cols}: allow more uses or "
                          "use fewer cells")
     cells = _Cells(samples, layout, s, detail)
-    counts = table.by_bucket[0]
-    pool = TilePool(table, lib.centroids, None if options.real_only else synthetic_rows(lib, table))
+    counts = pool.real_buckets[0] if options.real_only and pool.synthetic is not None else table.by_bucket[0]
     own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())
-    minimum = max(options.min_candidates, need)
-    grid = choose_tiles(pool, cells, options, layout, minimum)
-    if pool.synthetic is not None and pool.synthetic[grid].any() and pool.real_count >= need and (
-            options.max_uses is None or options.max_uses * pool.real_count >= rows * cols):
-        grid = guard_synthetic(pool, cells, options, layout, minimum, grid, samples)
+    chooser = Chooser(pool, cells, options, layout, max(options.min_candidates, need))
+    if options.real_only:
+        grid = chooser.grid(only_real=True)
+    else:
+        grid = chooser.grid()
+        if pool.synthetic is not None and pool.synthetic[grid].any() and pool.real_count >= need and (
+                options.max_uses is None or options.max_uses * pool.real_count >= rows * cols):
+            grid = guard_synthetic(chooser, grid, samples)
     done = time.perf_counter()
     seconds = {"target": t_target - started, "tiles": t_table - t_target, "match": done - t_table}
     return MosaicPlan(layout, table, grid, samples[s], options, fallback, samples[STRUCTURE_SAMPLES], seconds,
