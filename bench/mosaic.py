@@ -2,10 +2,12 @@
 
     /path/to/python bench/mosaic.py [--library DIR] [--crops N] [--quick] [--only SECTIONS] [--skip-dzi]
         [--skip-cold] [--skip-nocache] [--cold-library DIR] [--dzi-library DIR] [--pyvips-path DIR]
+        [--phomo-path DIR] [--peer-sizes 16,32] [--peer-sets real,real+synthetic]
 
-Run it with a Python that has ``phomo`` 1.2 installed to compare against it (the project's own
-venv does not: ``pip install --no-deps phomo==1.2.0 matplotlib opencv-python-headless`` in a
-venv of your own); without it the phomo rows say "absent".
+phomo 1.2 is not a project dependency: ``pip install --target DIR --no-deps phomo==1.2.0 matplotlib
+opencv-python-headless pyparsing cycler kiwisolver fonttools contourpy python-dateutil six`` and
+``--phomo-path DIR`` (or run with a Python that has it); metapixel 1.0.2 is Debian's package
+(``apt-get install metapixel``).  Without them their rows say "absent" and they are left out.
 
 1. **1,000,000 LAB colours -> nearest bucket.**  One ``nearest_buckets`` call against the card's
    recipe, ``cKDTree(centroids).query(colour)`` per colour in a loop (timed on ``--sample``
@@ -37,6 +39,16 @@ venv of your own); without it the phomo rows say "absent".
    and render streamed (an uncompressed PNG on a pipe) into libvips' ``dzsave`` (``pyvips``;
    ``--pyvips-path`` for a folder it was ``pip install --target``-ed into), and the render
    alone, so each pyramid writer's own cost is the difference.
+6. **Peers** (``--only peers``): the project beside phomo 1.2 and metapixel 1.0.2, each run as its
+   users run it, in fresh processes: the same input file (each photo cropped to the grid and
+   resized to the cell size), the same grid (48 cells on the long side), cells of 16 and 32 px,
+   on two tile sets: the real one (``common.tile_folder(1500)`` through ``ingest``) and a
+   real+synthetic one (the same after ``synthesize --max-uses 4``).  phomo: ``Pool.from_dir``
+   (its preparation, timed apart), ``d_matrix`` (``norm``), the exact ``build``; left out where
+   its dense matrix would take more than ~2 minutes.  metapixel: ``metapixel-prepare`` once per
+   tile set and size (its preparation), then ``metapixel --metapixel`` and ``--cheat 30``; the
+   project: ``python -m builder mosaic`` (default, ``--overlay 30``, ``--real-only``,
+   ``--max-uses 1``).  Every output is measured with :func:`measure_fidelity` against the input.
 
 The library is built once (if ``--library`` does not hold one) from real Blue Marble crops
 through ``builder.ingest.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,

@@ -59,7 +59,8 @@ def register(sub):
                    help=f"fraction of the way toward the input's colours, within --max-correction (0..1, default "
                         f"{DEFAULT_BLEND:g})")
     p.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=DEFAULT_CONTRAST,
-                   help="scale each tile's contrast toward its cell's, at most 2x either way (default: on)")
+                   help="scale each tile's texture by how well it draws its cell's (least squares, 0.5x..2x; "
+                        "default: on)")
     p.add_argument("--overlay", type=number(0, 100), default=DEFAULT_OVERLAY, metavar="PERCENT",
                    help="blend this percentage of the input over the finished mosaic (0..100, default "
                         f"{DEFAULT_OVERLAY:g}: the tiles alone); the summary states it")

@@ -9,9 +9,13 @@ at most ``max_correction`` CIEDE2000 (``skimage.color.deltaE_ciede2000``), so a 
 may become a greener field but never a red one; it is applied as the RGB offset between the two
 colours, bilinearly interpolated across sub-cells so no seams appear inside a tile.
 
-Contrast (on by default) scales a tile's deviations from its mean by the ratio of the input's
-luminance spread in the cell to the tile's (both at 4x4 samples a cell), within
-``1 / MAX_GAIN .. MAX_GAIN``: a flat cell gets a calmer tile, a busy one a crisper tile.
+Contrast (on by default) scales a tile's deviations from its mean by the least-squares gain that
+makes its luma texture (4x4 samples a cell, the SSIM's own scale, sub-cell means removed) best
+draw the cell's, within ``MIN_GAIN .. MAX_GAIN``: a tile whose pattern follows the cell's gets
+the cell's contrast, one whose pattern does not is calmed (texture that disagrees with the cell
+only adds error).  The gain is decided first and the shift measured from the gained colours.
+:func:`preview_samples` computes what the fidelity figures will sample of a plan without
+rendering it.
 
 >>> import numpy as np
 >>> tile, want = np.full((1, 1, 3), 100.0), np.full((1, 1, 3), 200.0)

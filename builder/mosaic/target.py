@@ -52,10 +52,11 @@ class MosaicOptions:
     """What the user controls.  Give ``cell_size`` (target pixels) or ``grid`` (cols, rows).
 
     ``blend`` and ``max_correction`` shape the colour correction (how far toward the input,
-    at most how many CIEDE2000; either 0 turns it off), ``contrast`` the contrast match
+    at most how many CIEDE2000; either 0 turns it off), ``contrast`` the texture gain
     (``max_correction=0, contrast=False`` renders tiles untouched), ``detail`` the finer comparison that
     ranks the shortlist, ``max_uses`` the fair assignment (None: greedy, tiles reused freely
-    outside the repetition radius).
+    outside the repetition radius), ``overlay`` the percentage of the input blended over the
+    finished mosaic (0: none), ``real_only`` leaves synthetic tiles out.
     """
 
     cell_size: int | None = None
