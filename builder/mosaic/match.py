@@ -482,7 +482,7 @@ class Chooser:
 def cell_errors(reference: np.ndarray, preview: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Per cell ``(rows * cols,)``: mean CIEDE2000 of its 2x2 colour samples and squared luma error
     of its 4x4 structure samples, between the target's samples and a plan's preview."""
-    from skimage.color import deltaE_ciede2000
+    from skimage.color import deltaE_ciede2000  # imported on use: the store imports this package
 
     n, c = STRUCTURE_SAMPLES, COLOUR_SAMPLES
     f = n // c
@@ -503,8 +503,8 @@ def guard_synthetic(chooser: Chooser, grid: np.ndarray, samples: dict) -> np.nda
     within 0.02 of the rendered figures).  A cell keeps its synthetic tile only where its
     colour and its structure both come out at least as close as the real plan's there; the
     others are planned again with synthetic tiles refused.  Unless the result then beats the real
-    plan on both figures by :data:`GUARD_MARGIN`, the real
-    plan is used: the default is never worse than ``--real-only``.
+    plan on both figures by :data:`GUARD_MARGIN`, the real plan is used (exactly ``--real-only``'s):
+    the default is never worse than ``--real-only``.
     """
     pool, options, layout = chooser.pool, chooser.options, chooser.layout
     reference = samples[STRUCTURE_SAMPLES].astype(np.float64)
