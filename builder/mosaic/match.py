@@ -37,6 +37,7 @@ SYNTHETIC_FLOOR = 1.0  # ... and raised by this (squared LAB a sample): at equal
 # Synthetic tiles must improve both figures by this: the preview is within 0.02 of the render, but
 # two previews share most of that error, so their difference is far more exact.
 GUARD_MARGIN = 0.005
+PLACE_KEEP = 32  # cheapest candidates a cell keeps for the greedy placement (at least twice the radius's window)
 REAL_SHARE = 4  # its lists add the k / REAL_SHARE nearest real tiles when the pool holds synthetic ones
 CANDIDATE_BLOCK = 2048  # cells whose candidate buckets are listed at once (2048 x 1,200 tiles: 20 MB)
 
@@ -162,7 +163,7 @@ def corrected_costs(table: TileTable, cells: _Cells, pick, ranked: np.ndarray, o
     cell_means, cell_tex = _split(cells.detail[pick].astype(np.float32), d, q)
     if options.contrast:
         cell_luma = luma_texture(cells.structure[pick], s).astype(np.float32)
-    costs = np.empty(ranked.shape, dtype=np.float64)
+    costs = np.empty(ranked.shape, dtype=np.float32)
     for sl, used, local in _blocks(table, ranked):
         means, tex = _split(table.detail_lab(d, used), d, q)
         c_tex = cell_tex[sl]
@@ -195,12 +196,12 @@ def place_tiles(ranked: np.ndarray, rows: int, cols: int, radius: int) -> np.nda
     if radius == 0:
         return ranked[:, 0].reshape(rows, cols).copy()
     grid = np.full((rows, cols), -1, dtype=np.int64)
-    choices = ranked.tolist()
     for r in range(rows):
         top = max(0, r - radius)
+        choices = ranked[r * cols:(r + 1) * cols].tolist()  # one row of cells as Python ints at a time
         for c in range(cols):
             used = set(grid[top:r + 1, max(0, c - radius):c + radius + 1].ravel().tolist())
-            for tile in choices[r * cols + c]:
+            for tile in choices[c]:
                 if tile not in used and tile >= 0:
                     grid[r, c] = tile
                     break
@@ -377,6 +378,20 @@ class TilePool:
                 costs[fake & self.forbid[cells][:, None]] = np.inf
         return costs
 
+    def best(self, ranked: np.ndarray, costs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted lists cut to each cell's ``n`` cheapest entries, plus its ``n`` cheapest real ones
+        when the pool holds synthetic tiles (so a plan without them is still possible), in order."""
+        kept = np.zeros(ranked.shape, dtype=bool)
+        kept[:, :n] = True
+        if self.synthetic is not None:
+            real = ~self.synthetic[np.maximum(ranked, 0)] & (ranked >= 0)
+            kept |= real & (np.cumsum(real, axis=1) <= n)
+        kept &= ranked >= 0
+        order = np.argsort(~kept, axis=1, kind="stable")[:, :max(1, int(kept.sum(axis=1).max()))]
+        cut = np.take_along_axis(kept, order, axis=1)
+        return (np.where(cut, np.take_along_axis(ranked, order, axis=1), -1),
+                np.where(cut, np.take_along_axis(costs, order, axis=1), np.inf))
+
     def library_order(self, features: np.ndarray, cell_features: np.ndarray) -> np.ndarray:
         """Every tile the pool may give, nearest to ``cell_features`` first (the fair assignment's
         last resort)."""
@@ -409,7 +424,7 @@ def synthetic_rows(lib: Library, table: TileTable) -> np.ndarray | None:
 
 def shortlists(pool: TilePool, cells: _Cells, options: MosaicOptions,
                minimum: int, subset: np.ndarray | None = None, spread: int | None = None,
-               free: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               free: np.ndarray | None = None, best: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each cell's candidates (of ``subset``, or all cells), best first, and their costs: the one
     place candidates are chosen, for the greedy placement and the fair assignment alike.
 
@@ -418,28 +433,40 @@ def shortlists(pool: TilePool, cells: _Cells, options: MosaicOptions,
     (a mask over the table) the ``minimum`` nearest of those tiles by sub-cell colour; with
     ``spread``, a :func:`spread_pick` of them.  They are then ordered by what the cell will look
     like once the tile is corrected (:func:`corrected_costs`) when ``options.detail`` is set,
-    else by the sub-cell distance itself; synthetic tiles carry the pool's handicap."""
+    else by the sub-cell distance itself; synthetic tiles carry the pool's handicap.  With
+    ``best``, only each cell's ``best`` cheapest are returned (and as many real ones), computed a
+    block of cells at a time: what a greedy placement can use, in memory that does not grow with
+    the candidates."""
+    index = np.arange(len(cells.lab))[slice(None) if subset is None else subset]
+    if free is None and best is not None and len(index) > CANDIDATE_BLOCK:
+        parts = [shortlists(pool, cells, options, minimum, index[lo:lo + CANDIDATE_BLOCK], spread, None, best)
+                 for lo in range(0, len(index), CANDIDATE_BLOCK)]
+        return _stack([p[0] for p in parts], -1), _stack([p[1] for p in parts], np.inf)
     table = pool.table
-    pick = slice(None) if subset is None else subset
-    lab, features = cells.lab[pick], cells.features[pick]
+    lab, features = cells.lab[index], cells.features[index]
     if free is None:  # a block of cells at a time: a full bucket can give every cell 1,000+ candidates
         keep = max(options.shortlist, minimum)
-        parts = [pool.candidates(lab[lo:lo + CANDIDATE_BLOCK], features[lo:lo + CANDIDATE_BLOCK], minimum, keep)
-                 for lo in range(0, len(lab), CANDIDATE_BLOCK)]
-        width = max(part.shape[1] for part in parts)
-        ranked = np.concatenate([np.pad(part, ((0, 0), (0, width - part.shape[1])), constant_values=-1)
-                                 for part in parts])
+        ranked = _stack([pool.candidates(lab[lo:lo + CANDIDATE_BLOCK], features[lo:lo + CANDIDATE_BLOCK], minimum, keep)
+                         for lo in range(0, len(lab), CANDIDATE_BLOCK)], -1)
     else:
         ranked = pool.nearest(features, minimum, free)
     if spread is not None and ranked.shape[1] > 2 * spread:
         ranked = spread_pick(ranked, spread)
     if options.detail:
-        costs = corrected_costs(table, cells, pick, ranked, options)
+        costs = corrected_costs(table, cells, index, ranked, options)
     else:
         diff = table.features[np.maximum(ranked, 0)] - features[:, None, :]
         costs = np.einsum("ijk,ijk->ij", diff, diff) / table.subcells ** 2
         costs[ranked < 0] = np.inf
-    return sort_by_cost(ranked, pool.handicap(ranked, costs, np.arange(len(cells.lab))[pick]))
+    ranked, costs = sort_by_cost(ranked, pool.handicap(ranked, costs, index))
+    return (ranked, costs) if best is None else pool.best(ranked, costs, best)
+
+
+def _stack(parts: list[np.ndarray], fill) -> np.ndarray:
+    """Row blocks of different widths as one array, padded with ``fill``."""
+    width = max(part.shape[1] for part in parts)
+    return np.concatenate([np.pad(part, ((0, 0), (0, width - part.shape[1])), constant_values=fill)
+                           for part in parts])
 
 
 class Chooser:
@@ -448,8 +475,10 @@ class Chooser:
     synthetic-tile guard compares (real tiles only, synthetic tiles refused to some cells) are the
     same lists with entries struck out, not new searches."""
 
-    def __init__(self, pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int) -> None:
+    def __init__(self, pool: TilePool, cells: _Cells, options: MosaicOptions, layout: Layout, minimum: int,
+                 need: int) -> None:
         self.pool, self.cells, self.options, self.layout, self.minimum = pool, cells, options, layout, minimum
+        self.need = need  # distinct tiles a cell may need to skip (the repetition radius's window)
         self.lists: tuple[np.ndarray, np.ndarray] | None = None
 
     def grid(self, only_real: bool = False, forbid: np.ndarray | None = None) -> np.ndarray:
@@ -458,7 +487,7 @@ class Chooser:
         pool, options, rows, cols = self.pool, self.options, self.layout.rows, self.layout.cols
         if options.max_uses is None:
             if self.lists is None:
-                self.lists = shortlists(pool, self.cells, options, self.minimum)
+                self.lists = shortlists(pool, self.cells, options, self.minimum, best=max(PLACE_KEEP, 2 * self.need))
             ranked, costs = self.lists
             if pool.synthetic is not None and (only_real or forbid is not None):
                 struck = pool.synthetic[np.maximum(ranked, 0)] & (ranked >= 0)
@@ -572,7 +601,7 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
     counts = pool.real_buckets[0] if options.real_only and pool.synthetic is not None else table.by_bucket[0]
     own_bucket = lib.index.assign_lab(cells.lab)[0]
     fallback = int((counts[own_bucket] == 0).sum())
-    chooser = Chooser(pool, cells, options, layout, max(options.min_candidates, need))
+    chooser = Chooser(pool, cells, options, layout, max(options.min_candidates, need), need)
     if options.real_only:
         grid = chooser.grid(only_real=True)
     else:
