@@ -2,10 +2,12 @@
 
     /path/to/python bench/mosaic.py [--library DIR] [--crops N] [--quick] [--only SECTIONS] [--skip-dzi]
         [--skip-cold] [--skip-nocache] [--cold-library DIR] [--dzi-library DIR] [--pyvips-path DIR]
+        [--phomo-path DIR] [--peer-sizes 16,32] [--peer-sets real,real+synthetic]
 
-Run it with a Python that has ``phomo`` 1.2 installed to compare against it (the project's own
-venv does not: ``pip install --no-deps phomo==1.2.0 matplotlib opencv-python-headless`` in a
-venv of your own); without it the phomo rows say "absent".
+phomo 1.2 is not a project dependency: ``pip install --target DIR --no-deps phomo==1.2.0 matplotlib
+opencv-python-headless pyparsing cycler kiwisolver fonttools contourpy python-dateutil six`` and
+``--phomo-path DIR`` (or run with a Python that has it); metapixel 1.0.2 is Debian's package
+(``apt-get install metapixel``).  Without them their rows say "absent" and they are left out.
 
 1. **1,000,000 LAB colours -> nearest bucket.**  One ``nearest_buckets`` call against the card's
    recipe, ``cKDTree(centroids).query(colour)`` per colour in a loop (timed on ``--sample``
@@ -37,6 +39,16 @@ venv of your own); without it the phomo rows say "absent".
    and render streamed (an uncompressed PNG on a pipe) into libvips' ``dzsave`` (``pyvips``;
    ``--pyvips-path`` for a folder it was ``pip install --target``-ed into), and the render
    alone, so each pyramid writer's own cost is the difference.
+6. **Peers** (``--only peers``): the project beside phomo 1.2 and metapixel 1.0.2, each run as its
+   users run it, in fresh processes: the same input file (each photo cropped to the grid and
+   resized to the cell size), the same grid (48 cells on the long side), cells of 16 and 32 px,
+   on two tile sets: the real one (``common.tile_folder(1500)`` through ``ingest``) and a
+   real+synthetic one (the same after ``synthesize --max-uses 4``).  phomo: ``Pool.from_dir``
+   (its preparation, timed apart), ``d_matrix`` (``norm``), the exact ``build``; left out where
+   its dense matrix would take more than ~2 minutes.  metapixel: ``metapixel-prepare`` once per
+   tile set and size (its preparation), then ``metapixel --metapixel`` and ``--cheat 30``; the
+   project: ``python -m builder mosaic`` (default, ``--overlay 30``, ``--real-only``,
+   ``--max-uses 1``).  Every output is measured with :func:`measure_fidelity` against the input.
 
 The library is built once (if ``--library`` does not hold one) from real Blue Marble crops
 through ``builder.ingest.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,
@@ -53,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # phomo draws progress bars on stderr
@@ -79,7 +92,9 @@ from builder.mosaic import (  # noqa: E402
     MosaicOptions,
     ThumbnailCache,
     TileTable,
+    correct,
     load_tile_table,
+    match,
     measure_fidelity,
     plan_mosaic,
     render_mosaic,
@@ -211,9 +226,27 @@ def methods(quick: bool = False) -> dict[str, dict]:
     }
     if quick:
         return {label: out[label] for label in list(out)[:4]}
+    # The constants behind the defaults, each moved alone (set in this process for the row).
+    for weight in (0.0, 0.3, 1.0):
+        out[f"colour weight {weight:g} (default {match.COLOUR_WEIGHT:g})"] = {"_set": {(match, "COLOUR_WEIGHT"): weight}}
+    for low in (0.25, 1.0):
+        out[f"texture gain floor {low:g} (default {correct.MIN_GAIN:g})"] = {"_set": {(correct, "MIN_GAIN"): low}}
     for budget in BUDGETS:  # the budget sweep, without contrast so it measures the colour shift alone
         out[f"--no-contrast --max-correction {budget:g}"] = {"max_correction": budget, "contrast": False}
     return out
+
+
+@contextmanager
+def constants(values: dict):
+    """Module constants set for the duration of one row, then restored."""
+    saved = [(module, name, getattr(module, name)) for module, name in values]
+    try:
+        for (module, name), value in values.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
@@ -235,8 +268,10 @@ def bench_fidelity(lib: Library, table: TileTable, quick: bool) -> list:
 
         res["naive per-cell nearest mean"] = figures(*timed_value(lambda: naive_mosaic(lib, img, cols, rows, TILE)))  # noqa: B023
         for label, fields in methods(quick).items():
-            options = MosaicOptions(grid=(cols, rows), tile_size=TILE, **fields)
-            res[label] = figures(*timed_value(lambda: ours(options)))  # noqa: B023
+            fields = dict(fields)
+            with constants(fields.pop("_set", {})):
+                options = MosaicOptions(grid=(cols, rows), tile_size=TILE, **fields)
+                res[label] = figures(*timed_value(lambda: ours(options)))  # noqa: B023
         res["phomo 1.2 (exact, whole pixels)"] = figures(*timed_value(
             lambda: phomo_mosaic(table, img, box, cols, rows, TILE)))  # noqa: B023
         print(f"   {name}: {cols}x{rows} cells done", flush=True)
@@ -531,6 +566,231 @@ def stream_case(root: Path, cells: int, sink: str) -> None:
             out.flush()
 
 
+# ============================================================================ 6. peers
+PEER_SIZES = (16, 32)  # cell sizes compared: output pixels a cell, the input resized to match
+PEER_LONG_SIDE = 48  # cells on the long side of the peer comparison
+PEER_OVERLAY = 30.0  # percent: metapixel's README calls --cheat 30 "small enough to go unnoticed"
+PEER_TILES = 1500  # Blue Marble crops (common.tile_folder) ingested for the peers' tile sets
+PEER_SYNTH_USES = 4  # synthesize --max-uses for the real+synthetic set (every empty bucket textured)
+PHOMO_WORK_PER_S = 2.5e7  # cells x tiles x pixels phomo's distance matrix gets through a second here
+PHOMO_MAX_WORK = 3.5e9  # phomo is left out past this (2-3 minutes; 32-px cells on 6,000 tiles: 17)
+PHOMO_SETS = ("real",)  # phomo on the real set only: on the 6,256-tile real+synthetic one it takes 2-17 min a mosaic
+
+
+def peer_libraries(base: Path, quick: bool) -> dict[str, Path]:
+    """The tile sets, cached under ``base``: ``real`` (``common.tile_folder`` crops through a fresh
+    ``python -m builder ingest``) and ``real+synthetic`` (a copy after ``synthesize``; left out with
+    ``--quick``: synthesizing thousands of buckets takes minutes)."""
+    n = 300 if quick else PEER_TILES
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    real = base / f"peers_real_{n}" / "mosaic_library"
+    if not (real / "tiles.db").is_file():
+        folder = common.tile_folder(n, "png")
+        shutil.rmtree(real.parent, ignore_errors=True)
+        for argv in (["init"], ["ingest", str(folder)]):
+            subprocess.run([sys.executable, "-m", "builder", *argv[:1], "--library", str(real), *argv[1:]],
+                           env=env, check=True, capture_output=True)
+    out = {"real": real}
+    if quick:
+        return out
+    synth = base / f"peers_synth_{n}" / "mosaic_library"
+    if not (synth / "tiles.db").is_file():
+        shutil.rmtree(synth.parent, ignore_errors=True)
+        shutil.copytree(real.parent, synth.parent, ignore=shutil.ignore_patterns(".lock"))
+        print(f"   synthesizing the real+synthetic set at {synth} (minutes) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "builder", "synthesize", "--library", str(synth),
+                        "--max-uses", str(PEER_SYNTH_USES)], env=env, check=True, capture_output=True)
+    out["real+synthetic"] = synth
+    return out
+
+
+def tile_files(root: Path, folder: Path) -> tuple[Path, int]:
+    """One flat folder of (hard links to) the library's tile PNGs, real and synthetic alike: what
+    phomo's ``Pool.from_dir`` and ``metapixel-prepare`` read."""
+    with Library.open(root, readonly=True) as lib:
+        rows = lib.conn.execute("SELECT bucket_id, id FROM tiles").fetchall()
+        paths = [lib.tile_path(bucket, tile_id) for bucket, tile_id in rows]
+    if not folder.is_dir() or sum(1 for _ in folder.iterdir()) != len(paths):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for path in paths:
+            try:
+                os.link(path, folder / path.name)
+            except OSError:
+                shutil.copyfile(path, folder / path.name)
+    return folder, len(paths)
+
+
+def peer_input(img: Image.Image, tile: int, folder: Path, name: str) -> tuple[Path, int, int]:
+    """The photo cropped to the grid and resized to ``tile`` pixels a cell: the one input file
+    every tool gets, so the same grid falls on the same pixels."""
+    cols, rows = grid_for(img, PEER_LONG_SIDE)
+    box = Layout(img.width, img.height, MosaicOptions(grid=(cols, rows))).box
+    path = folder / f"{name}_{tile}.png"
+    img.resize((cols * tile, rows * tile), Image.Resampling.LANCZOS, box=box).save(path)
+    return path, cols, rows
+
+
+def phomo_python(phomo_path: str | None) -> dict | None:
+    """The environment in which ``import phomo`` works (``--phomo-path``, or as installed), or None."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), phomo_path) if p),
+           "TQDM_DISABLE": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import phomo"], env=env, capture_output=True)
+    return None if probe.returncode else env
+
+
+def phomo_case(tiles: Path, master: Path, out: Path, tile: int, appearances: int) -> None:
+    """phomo 1.2 as its command line runs (``phomo MASTER TILES -S T T -n N -o OUT``: ``Pool.from_dir``,
+    ``Master.from_file``, ``d_matrix`` with the default ``norm`` metric, the exact ``build``), with
+    the tile loading timed apart; prints ``prepare SECONDS run SECONDS``."""
+    from phomo import Master, Mosaic, Pool
+
+    started = time.perf_counter()
+    pool = Pool.from_dir(tiles, tile_size=(tile, tile))
+    loaded = time.perf_counter()
+    mosaic = Mosaic(Master.from_file(master), pool, n_appearances=appearances)
+    mosaic.build(mosaic.d_matrix(workers=1)).save(out)
+    print(f"prepare {loaded - started:.3f} run {time.perf_counter() - loaded:.3f}")
+
+
+def run_peer(argv: list[str], out: Path, env: dict, reference: Image.Image, cols: int, rows: int,
+             prepare: float = 0.0, parse=None) -> tuple[float, float, float, float] | None:
+    """One tool's mosaic in a fresh process: ``(CIEDE2000, SSIM, prepare s, run s)`` of ``out``
+    measured against ``reference`` (None when the tool failed; its output's tail is printed)."""
+    m = common.run_measured(argv, env=env)
+    if m["returncode"] or not out.is_file():
+        print(f"   {' '.join(argv[:4])} ... failed: {m['output'][-600:]}", flush=True)
+        return None
+    with Image.open(out) as made:
+        fid = measure_fidelity(reference, made.convert("RGB"), cols, rows)
+    out.unlink()
+    run_s = m["seconds"]
+    if parse:
+        prepare, run_s = parse(m["output"])
+    return fid.delta_e, fid.ssim, prepare, run_s
+
+
+def parse_phomo(text: str) -> tuple[float, float]:
+    """``(prepare, run)`` seconds from :func:`phomo_case`'s last line."""
+    words = text.split()
+    return float(words[words.index("prepare") + 1]), float(words[words.index("run") + 1])
+
+
+def bench_peers(base: Path, work: Path, quick: bool, phomo_path: str | None, sizes: tuple[int, ...],
+                sets: tuple[str, ...] | None = None) -> list:
+    """The project beside phomo 1.2 and metapixel 1.0.2 on the same tiles, input files and grid,
+    every run a fresh process: fidelity of each output (:func:`measure_fidelity` against the
+    input file) and wall seconds, each tool's preparation of the tile set apart."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    pics = photos(quick)
+    if quick:
+        pics = dict(list(pics.items())[:1])
+        sizes = sizes[:1]
+    penv = phomo_python(phomo_path)
+    metapixel = shutil.which("metapixel") and shutil.which("metapixel-prepare")
+    print(f"\n6. peers: {PEER_LONG_SIDE} cells on the long side, cells of {', '.join(map(str, sizes))} px, "
+          f"fresh processes; CIEDE2000 / SSIM / seconds (prepare + run)", flush=True)
+    if penv is None:
+        print("   phomo absent (pip install phomo; --phomo-path DIR): not compared")
+    if not metapixel:
+        print("   metapixel absent (apt-get install metapixel): not compared")
+    rows_out, table = [], {}
+    for set_name, root in peer_libraries(base, quick).items():
+        if sets and set_name not in sets:
+            continue
+        tiles, n_tiles = tile_files(root, work / f"tiles_{set_name}")
+        for tile in sizes:
+            prepared, t_prepare = work / f"metapixel_{set_name}_{tile}", 0.0
+            if metapixel:
+                prepared.mkdir(parents=True, exist_ok=True)
+                m = common.run_measured(["metapixel-prepare", f"--width={tile}", f"--height={tile}", str(tiles),
+                                         str(prepared)])
+                t_prepare = m["seconds"]
+            for name, img in pics.items():
+                master, cols, rows = peer_input(img, tile, work, name)
+                reference = Image.open(master).convert("RGB")
+                res = table.setdefault((set_name, tile), {}).setdefault(name, {})
+
+                where = (reference, cols, rows)
+                ours = [sys.executable, "-m", "builder", "mosaic", "--library", str(root), str(master),
+                        "--grid", f"{cols}x{rows}", "--tile-size", str(tile)]
+                variants = {"ours (default)": [], "ours --overlay 30": ["--overlay", f"{PEER_OVERLAY:g}"]}
+                if set_name != "real":
+                    variants["ours --real-only"] = ["--real-only"]
+                if n_tiles >= cols * rows:
+                    variants["ours --max-uses 1"] = ["--max-uses", "1"]
+                for label, extra in variants.items():
+                    out = work / "ours.png"
+                    res[label] = run_peer([*ours, "--output", str(out), *extra], out, env, *where)
+                work_units = cols * rows * n_tiles * tile * tile
+                with_phomo = penv is not None and set_name in PHOMO_SETS
+                if with_phomo and work_units > PHOMO_MAX_WORK:
+                    print(f"   phomo left out for {set_name}, {tile} px, {name}: its dense distance matrix "
+                          f"({cols * rows} cells x {n_tiles} tiles x {tile}x{tile} px) would take "
+                          f"{work_units / PHOMO_WORK_PER_S / 60:.0f} minutes or more", flush=True)
+                elif with_phomo:
+                    out = work / "phomo.png"
+                    need = -(-cols * rows // n_tiles)
+                    res["phomo 1.2 (exact)"] = run_peer([sys.executable, __file__, "--phomo-case", str(tiles),
+                                                         str(master), str(out), str(tile), str(need)], out, penv,
+                                                        *where, parse=parse_phomo)
+                if metapixel:
+                    for label, extra in (("metapixel", []), (f"metapixel --cheat {PEER_OVERLAY:g}",
+                                                              [f"--cheat={PEER_OVERLAY:g}"])):
+                        out = work / "metapixel.png"
+                        res[label] = run_peer(["metapixel", f"--width={tile}", f"--height={tile}", "--library",
+                                               str(prepared), *extra, "--metapixel", str(master), str(out)], out, env,
+                                              *where, prepare=t_prepare)
+                print(f"   {set_name} ({n_tiles} tiles), {tile} px, {name} ({cols}x{rows}) done", flush=True)
+            shutil.rmtree(prepared, ignore_errors=True)
+    for (set_name, tile), by_photo in table.items():
+        names = list(by_photo)
+        labels = list(dict.fromkeys(label for res in by_photo.values() for label in res))
+        width = max(len(label) for label in labels)
+        print(f"\n   {set_name}, cells of {tile} px")
+        print("   " + f"{'method':<{width}}  " + "  ".join(f"{n:>27}" for n in names))
+        for label in labels:
+            cells = []
+            for n in names:
+                v = by_photo[n].get(label)
+                cells.append("failed".rjust(27) if v is None else
+                             f"{v[0]:5.2f} {v[1]:.3f} {v[2]:5.1f}+{v[3]:5.2f}s".rjust(27))
+            print("   " + f"{label:<{width}}  " + "  ".join(cells))
+        rows_out += peer_rows(set_name, tile, by_photo)
+    return rows_out
+
+
+def peer_rows(set_name: str, tile: int, by_photo: dict) -> list:
+    """Report rows: the default against each peer's best figure, the overlay against metapixel's
+    cheat, the default against ``--real-only``."""
+    rows = []
+    for name, res in by_photo.items():
+        ours = res.get("ours (default)")
+        if ours is None:
+            continue
+        case = f"{set_name}, {tile} px, {name}"
+        peers = {k: v for k, v in res.items() if v is not None and not k.startswith("ours") and "cheat" not in k}
+        for label, v in peers.items():
+            rows.append(common.Row("mosaic", f"{case}: CIEDE2000", label, v[0], "default", ours[0], "dE",
+                                   higher_is_better=False, target=1.0))
+            rows.append(common.Row("mosaic", f"{case}: SSIM", label, v[1], "default", ours[1], "ssim", target=1.0))
+            rows.append(common.Row("mosaic", f"{case}: time", label, v[2] + v[3], "default", ours[2] + ours[3], "s",
+                                   higher_is_better=False, target=1.0, note="prepare + run"))
+        cheat, overlay = res.get(f"metapixel --cheat {PEER_OVERLAY:g}"), res.get("ours --overlay 30")
+        if cheat and overlay:
+            rows.append(common.Row("mosaic", f"{case}: CIEDE2000 at {PEER_OVERLAY:g}% overlay", "metapixel --cheat",
+                                   cheat[0], "--overlay", overlay[0], "dE", higher_is_better=False, target=1.0))
+            rows.append(common.Row("mosaic", f"{case}: SSIM at {PEER_OVERLAY:g}% overlay", "metapixel --cheat",
+                                   cheat[1], "--overlay", overlay[1], "ssim", target=1.0))
+        real = res.get("ours --real-only")
+        if real:
+            rows.append(common.Row("mosaic", f"{case}: CIEDE2000 vs --real-only", "--real-only", real[0], "default",
+                                   ours[0], "dE", higher_is_better=False, target=1.0))
+            rows.append(common.Row("mosaic", f"{case}: SSIM vs --real-only", "--real-only", real[1], "default",
+                                   ours[1], "ssim", target=1.0))
+    return rows
+
+
 def main() -> int:
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--library", default=None, help="bench library (default: a cached one; --quick: a fresh small one)")
@@ -547,7 +807,12 @@ def main() -> int:
                         "cache (decodes every tile: minutes at 20,000 tiles)")
     parser.add_argument("--skip-phomo", action="store_true", help="leave phomo out (minutes a photo)")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the 10,000 x 100,000 fair case")
-    parser.add_argument("--only", default="queries,fidelity,fair,cold,dzi", help="sections to run")
+    parser.add_argument("--only", default="queries,fidelity,fair,cold,dzi,peers", help="sections to run")
+    parser.add_argument("--phomo-path", default=None, help="folder holding phomo 1.2 (pip install --target DIR "
+                        "phomo ...) for the peers section (default: as installed)")
+    parser.add_argument("--peer-sizes", default=",".join(map(str, PEER_SIZES)), help="cell sizes of the peers section")
+    parser.add_argument("--peer-sets", default=None, help="tile sets of the peers section (real, real+synthetic)")
+    parser.add_argument("--phomo-case", nargs=5, help=argparse_hidden())
     parser.add_argument("--scale-case", choices=("greedy", "fair"), help=argparse_hidden())
     parser.add_argument("--stream-case", type=int, help=argparse_hidden())
     parser.add_argument("stream_sink", nargs="?", choices=("png", "null"), help=argparse_hidden())
@@ -558,6 +823,10 @@ def main() -> int:
     SKIP_PHOMO = args.skip_phomo
     if args.scale_case:
         scale_case(Path(args.library), args.scale_case)
+        return 0
+    if args.phomo_case:
+        tiles, master, out, tile, appearances = args.phomo_case
+        phomo_case(Path(tiles), Path(master), Path(out), int(tile), int(appearances))
         return 0
     if args.stream_case:
         stream_case(Path(args.library), args.stream_case, args.stream_sink or "null")
@@ -594,6 +863,10 @@ def main() -> int:
         if "dzi" in sections and not args.skip_dzi:
             rows += bench_dzi(Path(args.dzi_library) if args.dzi_library else root, work,
                               args.dzi_cells or (4 if args.quick else 200), args.pyvips_path)
+        if "peers" in sections:
+            rows += bench_peers(default_root, work, args.quick, args.phomo_path,
+                                tuple(int(x) for x in args.peer_sizes.split(",")),
+                                tuple(args.peer_sets.split(",")) if args.peer_sets else None)
     common.report(rows)
     if quick_tmp:
         quick_tmp.cleanup()

@@ -31,6 +31,7 @@ DEFAULT_SUBCELLS = 2  # --subcells
 DEFAULT_DETAIL = 8  # --detail: samples a side compared between a cell and a candidate tile (0: sub-cell means only)
 DEFAULT_BLEND = 1.0  # --blend: how far toward the input's colours a tile is shifted, within the budget
 DEFAULT_MAX_CORRECTION = 15.0  # --max-correction: CIEDE2000 a tile's sub-cell colour may move (bench/README.md)
+DEFAULT_OVERLAY = 0.0  # --overlay: percent of the input blended over the mosaic (off: the tiles alone)
 DEFAULT_CONTRAST = True  # --contrast: match each tile's contrast to its cell's (bench/README.md)
 OUTPUT_FORMATS = ("png", "dzi")  # --format
 DZI_FORMATS = ("jpg", "png")  # --dzi-image: Deep Zoom pyramid tile formats

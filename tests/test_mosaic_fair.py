@@ -102,6 +102,7 @@ def test_a_flat_picture_needs_several_rounds_and_still_gets_distinct_tiles(libra
         n_tiles = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
         side = int(np.sqrt(n_tiles * 0.8))
         with caplog.at_level(logging.INFO, logger="builder.mosaic.fair"):
-            plan = plan_mosaic(lib, flat, MosaicOptions(grid=(side, side), max_uses=1))
+            # lists of 32 (not the default 256, which covers this whole library in one round)
+            plan = plan_mosaic(lib, flat, MosaicOptions(grid=(side, side), max_uses=1, min_candidates=32, shortlist=32))
     assert "go again" in caplog.text  # identical cells' shortlists overlap: later rounds were needed
     assert len(np.unique(plan.tile_ids)) == side * side

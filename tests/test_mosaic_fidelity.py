@@ -93,15 +93,41 @@ def test_shape_errors_are_usage_errors(sample):
         measure_fidelity(sample, sample, 0, 4)
 
 
-def test_contrast_match_moves_a_tiles_spread_toward_its_cells():
-    from builder.mosaic.correct import MAX_GAIN, contrast_gain
+def test_contrast_match_scales_a_tiles_texture_by_how_well_it_draws_its_cell(sample):
+    """The gain is the least-squares fit of the tile's luma texture (4x4 samples, sub-cell means
+    removed) to the cell's: a tile with the cell's pattern at half its contrast is doubled, the
+    same pattern is kept, a reversed or flat one is calmed to MIN_GAIN, never beyond the limits."""
+    from builder.mosaic.correct import MAX_GAIN, MIN_GAIN, luma_texture, texture_gain
+    from builder.mosaic.fidelity import image_samples
 
-    rng = np.random.default_rng(4)
-    busy = rng.uniform(0, 255, (3, 4, 4, 3))
-    flat = np.full((3, 4, 4, 3), 120.0) + rng.uniform(-2, 2, (3, 4, 4, 3))
-    assert (contrast_gain(busy, flat) < 1).all() and (contrast_gain(flat, busy) > 1).all()
-    assert contrast_gain(flat, busy).max() <= MAX_GAIN and contrast_gain(busy, flat).min() >= 1 / MAX_GAIN
-    assert np.allclose(contrast_gain(busy, busy), 1.0)
+    cells = image_samples(sample, 8, 8).reshape(8, 4, 8, 4, 3).transpose(0, 2, 1, 3, 4).reshape(64, 4, 4, 3)
+    busy = cells[np.argsort(luma_texture(cells, 2).std(axis=1))[-8:]]  # the 8 most textured cells
+    mean = busy.mean(axis=(1, 2), keepdims=True)
+    cell = luma_texture(busy, 2)
+
+    def gain(tiles):
+        tex = luma_texture(tiles, 2)
+        return texture_gain((tex * cell).sum(axis=1), (tex * tex).sum(axis=1), tex.shape[1])
+
+    assert np.allclose(gain(mean + (busy - mean) / 2), MAX_GAIN, atol=0.1)
+    assert np.all((gain(busy) > 0.9) & (gain(busy) <= 1.0))
+    assert np.allclose(gain(mean - (busy - mean) / 2), MIN_GAIN)
+    assert np.allclose(gain(np.repeat(np.repeat(mean, 4, 1), 4, 2)), MIN_GAIN)
+    assert gain(mean + (busy - mean) / 8).max() <= MAX_GAIN
+
+
+def test_the_preview_predicts_the_rendered_figures(earth_root, sample):
+    """What the synthetic-tile guard decides on: the plan's fidelity samples computed without a
+    render agree with the rendered mosaic's figures within 0.02, at any tile size."""
+    from builder.mosaic.correct import preview_samples
+
+    with Library.open(earth_root, readonly=True) as lib:
+        for tile in (8, 16, 40):
+            plan = plan_mosaic(lib, sample, MosaicOptions(grid=(12, 12), tile_size=tile))
+            rendered = measure_fidelity(sample, make_mosaic(lib, sample, MosaicOptions(grid=(12, 12), tile_size=tile)),
+                                        12, 12, plan.layout.box)
+            previewed = compare_samples(plan.reference, preview_samples(plan))
+            assert abs(previewed.delta_e - rendered.delta_e) < 0.02 and abs(previewed.ssim - rendered.ssim) < 0.02
 
 
 def test_correction_never_exceeds_its_budget():

@@ -11,6 +11,7 @@ from ..defaults import (
     DEFAULT_LONG_SIDE_CELLS,
     DEFAULT_MAX_CORRECTION,
     DEFAULT_MIN_TILE,
+    DEFAULT_OVERLAY,
     DEFAULT_RADIUS,
     DEFAULT_SUBCELLS,
     DZI_FORMATS,
@@ -58,7 +59,11 @@ def register(sub):
                    help=f"fraction of the way toward the input's colours, within --max-correction (0..1, default "
                         f"{DEFAULT_BLEND:g})")
     p.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=DEFAULT_CONTRAST,
-                   help="scale each tile's contrast toward its cell's, at most 2x either way (default: on)")
+                   help="scale each tile's texture by how well it draws its cell's (least squares, 0.5x..2x; "
+                        "default: on)")
+    p.add_argument("--overlay", type=number(0, 100), default=DEFAULT_OVERLAY, metavar="PERCENT",
+                   help="blend this percentage of the input over the finished mosaic (0..100, default "
+                        f"{DEFAULT_OVERLAY:g}: the tiles alone); the summary states it")
     p.add_argument("--detail", type=integer(0), default=DEFAULT_DETAIL, metavar="D",
                    help=f"rank candidates on DxD samples of the tile and the cell (default {DEFAULT_DETAIL}; "
                         "0 = sub-cell colours only)")
@@ -88,6 +93,7 @@ def run(args) -> CommandResult:
         subcells=args.subcells,
         workers=args.threads,  # MosaicOptions.workers: tile-decoding threads
         real_only=args.real_only,
+        overlay=args.overlay,
     ).validate()
     with Library.open(args.library, readonly=True) as lib:
         return CommandResult(mosaic_file(lib, args.input, args.output, options, fmt=args.format,

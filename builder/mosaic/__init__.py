@@ -16,21 +16,32 @@ How a mosaic is made, and why:
 3. **Candidates.**  A cell's mean LAB picks buckets through a KD-tree over the *populated*
    centroids: its own bucket when that holds tiles, else the nearest populated ones (the
    fallback).  Whole buckets are taken, nearest first, until there are at least
-   ``min_candidates`` tiles; the best ``shortlist`` by sub-cell LAB distance are kept and
-   re-ranked by ``d x d`` LAB samples of the thumbnails (shapes, not only colours).  All of
-   this is vectorised over cells.
-4. **Choice.**  Greedy (:func:`place_tiles`): in raster order each cell takes its best
+   ``min_candidates`` tiles (256); the best ``shortlist`` by sub-cell LAB distance are kept.
+   When the library holds synthetic tiles, the nearest *real* buckets give their own list too,
+   so the best real tiles are always compared.  All of this is vectorised over cells.
+4. **Cost.**  Each candidate is costed as the cell will look once the render has corrected it
+   (:func:`.match.corrected_costs`): the texture left after its contrast gain, on ``d x d``
+   samples with sub-cell means removed, plus the sub-cell colour error the budgeted shift
+   cannot remove.  A synthetic tile's cost is raised by a margin, so at equal cost the real tile
+   wins.
+5. **Choice.**  Greedy (:func:`place_tiles`): in raster order each cell takes its cheapest
    candidate not used by an already placed cell within ``no_repeat_radius``, which makes the
    constraint hold for every pair of cells.  Fair (``max_uses``, :mod:`.fair`): a sparse
-   assignment problem over the shortlists, solved exactly, then the radius restored.
-5. **Rendering.**  Output rows are produced one band of cells at a time; every used tile is
+   assignment problem over the shortlists, solved exactly, then the radius restored.  With
+   synthetic tiles the plan from real tiles alone is made as well and both are previewed
+   (:func:`.correct.preview_samples`: the fidelity samples without a render): synthetic tiles
+   stay only in the cells where they come out better, and only if the whole mosaic then scores
+   better on both figures.
+6. **Rendering.**  Output rows are produced one band of cells at a time; every used tile is
    fetched (a slice of the thumbnail cache for tile sizes up to 64 px; above that its PNG is
    decoded, on threads) into a bounded cache that drops the tile needed farthest ahead, and
-   gathered into the band with one fancy-indexing operation.  :mod:`.correct` shifts each
-   tile's sub-cell colours toward the target's within a CIEDE2000 budget (and optionally
-   matches its contrast), which keeps the texture while the picture reads better.
-   :func:`write_mosaic` streams the bands into a PNG or a Deep Zoom pyramid (:mod:`.dzi`), and
-   :mod:`.fidelity` measures them on the way, so the output never has to be in memory.
+   gathered into the band with one fancy-indexing operation.  :mod:`.correct` scales each
+   tile's texture by the least-squares gain that best draws its cell (0.5x..2x) and shifts its
+   sub-cell colours toward the target's within a CIEDE2000 budget, which keeps the texture
+   while the picture reads better; ``overlay`` then blends that share of the input over the
+   band.  :func:`write_mosaic` streams the bands into a PNG or a Deep Zoom pyramid
+   (:mod:`.dzi`), and :mod:`.fidelity` measures them on the way, so the output never has to
+   be in memory.
 
 Where each step lives: :mod:`.target` (options, ``--grid`` parsing, the layout, the target
 image), :mod:`.thumbs` (the tile table and its thumbnail cache), :mod:`.match` (candidates,

@@ -117,7 +117,8 @@ class MosaicResult:
         buckets = len(np.unique(p.bucket_grid))
         uses = f"at most {p.options.max_uses} uses a tile, " if p.options.max_uses else ""
         viewer = f" (viewer {self.viewer})" if self.viewer else ""
-        fidelity = f", {self.fidelity.summary()}" if self.fidelity else ""
+        overlay = f" with {p.options.overlay:g}% of the input overlaid" if p.options.overlay else ""
+        fidelity = f", {self.fidelity.summary()}{overlay}" if self.fidelity else overlay
         fell_back = "cell fell" if p.fallback_cells == 1 else "cells fell"
         return (
             f"mosaic {self.output}{viewer}: {w}x{h} px, {p.layout.cols}x{p.layout.rows} cells of {p.layout.tile} px, "
@@ -148,7 +149,7 @@ class MosaicResult:
             "fidelity": self.fidelity.as_dict() if self.fidelity else None,
             "options": {"no_repeat_radius": o.no_repeat_radius, "max_uses": o.max_uses, "blend": o.blend,
                         "max_correction": o.max_correction, "contrast": o.contrast, "subcells": o.subcells,
-                        "detail": o.detail, "real_only": o.real_only},
+                        "detail": o.detail, "real_only": o.real_only, "overlay": o.overlay},
             "seconds": round(self.seconds, 3),
             "stages": {stage: round(value, 3) for stage, value in p.seconds.items()},
         }

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..errors import UsageError
 from ..layout import TILE_SIZE
 from ..library import Library
-from .correct import plan_correction
+from .correct import interp_axis, plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
 from .thumbs import THUMB_SIZE, _pool, _read_tile, release_pages
@@ -43,21 +43,11 @@ def load_thumbnail(lib: Library, bucket_id: int, tile_id: str, size: int) -> np.
     return np.asarray(img, dtype=np.uint8)
 
 
-def _interp_axis(n_out: int, n_in: int, band_start: int, band_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear interpolation indices/weights for output samples ``band_start .. +band_len`` of an
-    ``n_in`` -> ``n_out`` upsampling (pixel centres aligned, edges clamped)."""
-    pos = (np.arange(band_start, band_start + band_len) + 0.5) * n_in / n_out - 0.5
-    pos = np.clip(pos, 0, n_in - 1)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (pos - i0).astype(np.float32)
-
-
 def _vertical_weights(plan: MosaicPlan, shift: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
     """The shift field's rows that band ``row`` interpolates between, and the ``(T, k)`` weights
     that take those ``k`` rows to the band's ``T`` output rows (each row's weights sum to 1)."""
     tile = plan.layout.tile
-    y0, y1, wy = _interp_axis(plan.layout.rows * tile, shift.shape[0], row * tile, tile)
+    y0, y1, wy = interp_axis(plan.layout.rows * tile, shift.shape[0], row * tile, tile)
     used = np.unique(np.concatenate([y0, y1]))
     weights = np.zeros((tile, len(used)), dtype=np.float32)
     out_rows = np.arange(tile)
@@ -87,7 +77,7 @@ def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarra
         px = slice(c0 * tile, c1 * tile)
         width = (c1 - c0) * tile
         if shift is not None:
-            x0, x1, wx = _interp_axis(cols * tile, shift.shape[1], c0 * tile, width)
+            x0, x1, wx = interp_axis(cols * tile, shift.shape[1], c0 * tile, width)
             rows_h = shift_rows[:, x0] * (1 - wx)[None, :, None] + shift_rows[:, x1] * wx[None, :, None]
         else:
             rows_h = np.zeros((1, width, 3), dtype=np.float32)
@@ -106,6 +96,18 @@ def _correct_band(plan: MosaicPlan, band: np.ndarray, row: int, shift: np.ndarra
         np.rint(part, out=part)
         out[:, px] = part
     return out
+
+
+def overlay_band(plan: MosaicPlan, band: np.ndarray, row: int) -> np.ndarray:
+    """``band`` with ``--overlay`` percent of the input blended over it: the input's rows under
+    band ``row``, resized to the band (bilinear), mixed pixel by pixel."""
+    source, rows = plan.overlay_source, plan.layout.rows
+    height = source.height / rows
+    under = np.asarray(source.resize((band.shape[1], band.shape[0]), Image.Resampling.BILINEAR,
+                                     box=(0, row * height, source.width, (row + 1) * height)), dtype=np.float32)
+    alpha = plan.options.overlay / 100.0
+    mixed = band.astype(np.float32) * (1.0 - alpha) + under * alpha
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 class _TileCache:
@@ -199,6 +201,8 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
             seconds["render"] += placed - clock
             if shift is not None or gain is not None:
                 band = _correct_band(plan, band, r, shift, gain, means)
+            if plan.overlay_source is not None and plan.options.overlay > 0:
+                band = overlay_band(plan, band, r)
             seconds["correct"] += time.perf_counter() - placed
             yield band
             cache.done(r)

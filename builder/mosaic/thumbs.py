@@ -64,7 +64,7 @@ class TileTable:
     thumb_rows: np.ndarray  # (n,) int64
     skipped: int = 0  # rows whose file could not be read
     scratch: object = None  # keeps a temporary cache folder alive (read-only libraries)
-    _detail: dict = field(default_factory=dict, repr=False)  # d -> _DetailMemo, filled on use
+    _detail: dict = field(default_factory=dict, repr=False)  # key -> _DetailMemo (memo), filled on use
 
     def __len__(self) -> int:
         return len(self.id_bytes)
@@ -110,13 +110,19 @@ class TileTable:
     def detail_lab(self, detail: int, rows: np.ndarray) -> np.ndarray:
         """``(k, d*d*3)`` float32 LAB of :meth:`detail_rgb`, computed once per tile and kept
         (only for the tiles asked for: memory follows the shortlists, not the library)."""
+        return self.memo(detail, detail * detail * 3, rows,
+                         lambda todo: rgb_to_lab(self.detail_rgb(detail, todo)).reshape(len(todo), -1))
+
+    def memo(self, key, width: int, rows: np.ndarray, compute) -> np.ndarray:
+        """``(k, width)`` float32 per-tile values ``compute(rows)`` under ``key``, each tile's computed
+        once and kept, for the tiles asked for only."""
         rows = np.asarray(rows, dtype=np.int64)
-        memo = self._detail.get(detail)
+        memo = self._detail.get(key)
         if memo is None:
-            memo = self._detail[detail] = _DetailMemo(len(self), detail * detail * 3)
+            memo = self._detail[key] = _DetailMemo(len(self), width)
         todo = np.unique(rows[memo.slot[rows] < 0])
         if len(todo):
-            memo.add(todo, rgb_to_lab(self.detail_rgb(detail, todo)).reshape(len(todo), -1))
+            memo.add(todo, compute(todo))
         return memo.lab[memo.slot[rows]]
 
     def thumbnails(self, rows: np.ndarray, size: int) -> np.ndarray:
