@@ -175,9 +175,9 @@ def run_restore_campaign(kills: int, work: Path, progress=None) -> Figures:
     from builder.library import Library
     from builder.publish import build_staging
     from builder.synthesize import synthesize
-    from tests.conftest import BLUEMARBLE
     from tests.publish_helpers import make_library
     from tests.restore_campaign import POINTS, library_state, restore_campaign
+    from tests.support.paths import BLUEMARBLE
 
     work.mkdir(parents=True)
     image = Image.open(BLUEMARBLE).convert("RGB")

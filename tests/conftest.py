@@ -1,19 +1,15 @@
-"""Shared fixtures: real Earth imagery cut into tiles, and small libraries in tmp_path."""
+"""Shared fixtures (helpers live in :mod:`tests.support`; nothing is imported from this module)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-# The checkout under test: pyproject.toml's `pythonpath` puts it first on sys.path, and tests
-# that start `python -m builder` give it to the child as PYTHONPATH.
-REPO = Path(__file__).resolve().parent.parent
-
-BLUEMARBLE = REPO / "data" / "bluemarble_5400x2700.jpg"
+from tests.support import net
+from tests.support.images import jpeg_bytes, real_crops
+from tests.support.paths import BLUEMARBLE
 
 
 @pytest.fixture(scope="session")
@@ -22,29 +18,6 @@ def bluemarble() -> Image.Image:
     img = Image.open(BLUEMARBLE)
     img.load()
     return img.convert("RGB")
-
-
-def real_crops(image: Image.Image, n: int, seed: int = 0, size: int = 256) -> list[Image.Image]:
-    """``n`` deterministic ``size``-pixel crops of real imagery at random places."""
-    rng = np.random.default_rng(seed)
-    crops = []
-    for _ in range(n):
-        x = int(rng.integers(0, image.width - size))
-        y = int(rng.integers(0, image.height - size))
-        crops.append(image.crop((x, y, x + size, y + size)))
-    return crops
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +47,12 @@ def make_library(tmp_path):
     yield make
     for lib in opened:
         lib.close()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    return net.free_port()
 
 
 @pytest.fixture

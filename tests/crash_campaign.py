@@ -38,11 +38,9 @@ import random
 import shutil
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +51,8 @@ from builder.layout import bucket_name, parse_bucket_dir
 from builder.ledger import CLAIMED, FetchLedger
 from builder.library import Library
 from builder.verify import verify_library
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.images import raw_png
+from tests.support.paths import BLUEMARBLE, REPO
 
 TRIGGERS = ("time", "scratch", "journal", "commit")
 
@@ -93,25 +91,6 @@ class Figures:
 # --------------------------------------------------------------------------- the tile pool
 
 
-def raw_png(rgb) -> bytes:
-    """A PNG of an (h, w, 3) uint8 array with stored (level 0) deflate blocks: ~1 ms a tile.
-
-    Pillow's encoder spends most of its time filtering; a campaign needs a thousand distinct
-    tiles per session, not small files.
-    """
-    import numpy as np
-
-    h, w, _ = rgb.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(rgb).reshape(h, w * 3)], axis=1)
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 0))
-            + chunk(b"IEND", b""))
-
-
 def make_tile_pool(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` distinct 256x256 crops of the Blue Marble image as PNG files.
 
@@ -122,7 +101,7 @@ def make_tile_pool(folder: Path, n: int, seed: int = 0) -> list[Path]:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    with Image.open(REPO / "data" / "bluemarble_5400x2700.jpg") as img:
+    with Image.open(BLUEMARBLE) as img:
         world = np.asarray(img.convert("RGB"))
     rng = np.random.default_rng(seed)
     paths = []

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from builder.ingest import ingest
 from builder.library import Library
-
-
-def varied_crops(image: Image.Image, n: int, seed: int = 0) -> list[Image.Image]:
-    """``n`` square crops of real imagery at random places and scales (64..512 px, resized to 256).
-
-    Mixed scales give smooth and detailed tiles, so buckets hold tiles that differ inside even
-    when their mean colour is alike: what sub-cell matching needs to be tested against.
-    """
-    rng = np.random.default_rng(seed)
-    crops = []
-    for _ in range(n):
-        size = int(rng.choice([64, 128, 256, 512]))
-        x = int(rng.integers(0, image.width - size))
-        y = int(rng.integers(0, image.height - size))
-        crop = image.crop((x, y, x + size, y + size))
-        crops.append(crop if size == 256 else crop.resize((256, 256), Image.Resampling.LANCZOS))
-    return crops
+from tests.support.images import grid_crops, varied_crops
 
 
 def build_library(root: Path, image: Image.Image, n: int = 160, seed: int = 11) -> Path:
@@ -38,13 +21,6 @@ def build_library(root: Path, image: Image.Image, n: int = 160, seed: int = 11) 
     with Library.create(root) as lib:
         ingest(lib, [src], workers=1, progress=False)
     return root
-
-
-def grid_crops(image: Image.Image, cols: int, rows: int) -> list[Image.Image]:
-    """The picture cut into ``cols x rows`` equal crops, raster order: tiles a mosaic of it can
-    be made of exactly (each crop is its own cell)."""
-    w, h = image.width // cols, image.height // rows
-    return [image.crop((c * w, r * h, (c + 1) * w, (r + 1) * h)) for r in range(rows) for c in range(cols)]
 
 
 def build_crops_library(root: Path, image: Image.Image, cols: int, rows: int) -> Path:

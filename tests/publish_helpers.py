@@ -19,7 +19,8 @@ from builder import db
 from builder.assign import Candidate, Pipeline
 from builder.ingest import ingest
 from builder.library import Library
-from tests.conftest import REPO, png_bytes, real_crops
+from tests.support.images import png_bytes, real_crops
+from tests.support.paths import REPO
 
 FAKE_TOKEN = "hf_fake_secret_value"
 

@@ -3,7 +3,6 @@ folders, the ``earth`` source and a real loopback HTTP server (tests/tileserver.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -34,9 +33,10 @@ from builder.errors import LibraryError, UsageError
 from builder.harvest import harvest
 from builder.library import Library
 from builder.sources import open_source
+from tests.support.images import png_bytes
+from tests.support.paths import REPO
 from tests.tileserver import TileServer, bluemarble_tile
 
-REPO = Path(__file__).resolve().parent.parent
 ZOOM = 3  # 8x8 tiles; the atlas reads zoom 0 in 32x32-pixel blocks
 
 
@@ -44,12 +44,6 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb.astype(np.uint8), "RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def robust_colours(lib: Library, n: int, rng: np.random.Generator, margin: float = 2.0) -> list[np.ndarray]:
@@ -77,7 +71,7 @@ def make_tile_folder(root: Path, lib: Library, wrong: int = 0, seed: int = 0) ->
         x, y = k % 8, k // 8
         noise = rng.integers(-20, 21, (256, 256, 3))
         rgb = np.clip(colours[k] + noise, 1, 254).astype(np.uint8)
-        data = png(rgb)
+        data = png_bytes(rgb)
         path = root / str(ZOOM) / str(x) / f"{y}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -89,7 +83,7 @@ def make_tile_folder(root: Path, lib: Library, wrong: int = 0, seed: int = 0) ->
         shown[(x, y)] = block
     path = root / "0" / "0" / "0.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png(overview))
+    path.write_bytes(png_bytes(overview))
     return tiles, shown
 
 
@@ -157,11 +151,11 @@ def cast_source(root: Path) -> tuple[object, int]:
         colour = rng.integers(60, 200, 3).astype(np.float64)
         rgb = np.clip(colour + rng.integers(-15, 16, (256, 256, 3)), 1, 254).astype(np.uint8)
         (root / str(zoom) / str(x)).mkdir(parents=True, exist_ok=True)
-        (root / str(zoom) / str(x) / f"{y}.png").write_bytes(png(rgb))
+        (root / str(zoom) / str(x) / f"{y}.png").write_bytes(png_bytes(rgb))
         cast = np.clip(colour * 0.8 + np.array([0, 0, 25]), 1, 254)
         overview[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32] = cast.astype(np.uint8)
     (root / "0" / "0").mkdir(parents=True)
-    (root / "0" / "0" / "0.png").write_bytes(png(overview))
+    (root / "0" / "0" / "0.png").write_bytes(png_bytes(overview))
     return open_source(str(root)), zoom
 
 
@@ -347,14 +341,12 @@ def test_an_atlas_made_with_other_centroids_or_damaged_is_refused_with_one_line(
 
 
 @pytest.mark.parametrize("case", ["connection refused", pytest.param("503 to everything", marks=pytest.mark.slow)])
-def test_atlas_of_a_dead_source_stops_fast_with_exit_3(case, tmp_path):
-    from tests.test_harvest import free_port
-
+def test_atlas_of_a_dead_source_stops_fast_with_exit_3(case, tmp_path, free_port):
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
     server = TileServer(faults=lambda tile, attempt: "503").start() if case != "connection refused" else None
     try:
-        port = server.port if server else free_port()
+        port = server.port if server else free_port
         started = time.monotonic()
         proc = run_cli("atlas", "--library", root, "--source", f"http://127.0.0.1:{port}/tile/{{z}}/{{y}}/{{x}}",
                        "--zoom", "13", "--max-requests", "300", "--json")

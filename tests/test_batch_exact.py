@@ -6,13 +6,13 @@ import io
 import imagehash
 import numpy as np
 from PIL import Image
-from scipy.spatial import cKDTree
 from skimage.color import rgb2lab
 
 from builder.assign import CHUNK_MAX, Candidate, Worker, chunked, read_candidate
 from builder.color import rgb_to_lab
 from builder.decode import encode_png
-from tests.conftest import jpeg_bytes, png_bytes, real_crops
+from tests.support.images import jpeg_bytes, png_bytes, png_chunk, real_crops
+from tests.support.recipe import card_recipe
 
 
 def test_batched_lab_is_bit_identical_to_skimage_per_colour():
@@ -31,7 +31,6 @@ def test_batched_lab_is_bit_identical_to_skimage_per_colour():
 def test_chunked_worker_matches_the_cards_recipe_exactly(make_library, bluemarble, tmp_path):
     lib = make_library(cap=1000)
     crops = real_crops(bluemarble, 40, seed=21)
-    tree = cKDTree(lib.centroids)
     candidates = []
     for i, crop in enumerate(crops):
         data = png_bytes(crop) if i % 3 else jpeg_bytes(crop)
@@ -43,12 +42,10 @@ def test_chunked_worker_matches_the_cards_recipe_exactly(make_library, bluemarbl
     assert len(analyses) == len(candidates)
     for cand, an in zip(candidates, analyses):
         img = Image.open(io.BytesIO(read_candidate(cand))).convert("RGB")
-        mean = np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)
-        lab = rgb2lab((mean / 255.0).reshape(1, 1, 3)).reshape(3)
-        _dist, bucket = tree.query(lab)
-        assert an.reason is None and an.bucket_id == int(bucket)
+        bucket, lab, phash = card_recipe(img, lib.centroids)
+        assert an.reason is None and an.bucket_id == bucket
         assert an.lab == tuple(float(v) for v in lab)  # bit for bit, not approximately
-        assert an.phash == str(imagehash.phash(img, hash_size=8))
+        assert an.phash == phash
         stored = Image.open(lib.temp_dir / f"{an.tile_id}.png")
         assert stored.format == "PNG" and np.array_equal(np.asarray(stored.convert("RGB")), np.asarray(img))
     assert CHUNK_MAX >= 16
@@ -131,11 +128,7 @@ def test_closing_a_stream_early_leaves_no_staged_files(make_library, bluemarble)
 
 
 def _with_chunk_after_ihdr(data: bytes, kind: bytes, body: bytes) -> bytes:
-    import struct
-    import zlib
-
-    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return data[:33] + chunk + data[33:]
+    return data[:33] + png_chunk(kind, body) + data[33:]
 
 
 def test_stored_form_fast_decoder_gives_pillows_pixels(bluemarble):
@@ -178,8 +171,6 @@ def test_stored_form_with_a_damaged_chunk_gets_pillows_verdict(bluemarble):
 def test_phash_settles_near_ties_with_scipys_dct():
     """Patterns whose DCT coefficients tie at the median (uniform, one-directional ramps and
     stripes, a checkerboard) hash exactly as imagehash does."""
-    import imagehash
-
     from builder.phash import phash_batch
 
     ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))

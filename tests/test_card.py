@@ -44,7 +44,8 @@ from builder.publish.card import (
     render_card,
 )
 from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
-from tests.conftest import REPO, real_crops
+from tests.support.images import real_crops
+from tests.support.paths import REPO
 
 # The seed card predates the Hub dataset and partial reads; its other snippets are the seed's.
 NOT_IN_SEED = {"load_dataset", "metadata_config", "streaming_filters", "pyarrow_index", "duckdb"}

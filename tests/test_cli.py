@@ -12,7 +12,7 @@ import pytest
 
 from builder.cli import COMMANDS, build_parser, main
 from builder.layout import SAMPLE_TARGET
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def cli(*args, cwd):

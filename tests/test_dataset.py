@@ -194,7 +194,7 @@ def test_cache_is_keyed_on_library_content(library_copy, tmp_path, bluemarble):
     again = prepare(library_copy, cache, config_name="metadata").num_rows
     extra = tmp_path / "extra"
     extra.mkdir()
-    from tests.conftest import real_crops
+    from tests.support.images import real_crops
 
     for i, crop in enumerate(real_crops(bluemarble, 6, seed=99)):
         crop.save(extra / f"e{i}.png")

@@ -2,7 +2,6 @@
 
 import json
 import sqlite3
-from html.parser import HTMLParser
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,15 +9,7 @@ from PIL import Image
 
 from builder.cli import main
 from builder.demo import MOSAIC_GRID, MOSAIC_TILE
-
-
-class Links(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links = []
-
-    def handle_starttag(self, tag, attrs):
-        self.links += [v for k, v in attrs if k in ("href", "src")]
+from tests.support.html import Links
 
 
 @pytest.mark.slow
@@ -50,7 +41,7 @@ def test_demo_runs_the_whole_job_offline_and_again(tmp_path, capsys):
     index = out / "report" / "index.html"
     parser = Links()
     parser.feed(index.read_text(encoding="utf-8"))
-    assert parser.links and all((index.parent / link).is_file() for link in parser.links)
+    assert parser.urls and all((index.parent / link).is_file() for link in parser.urls)
 
     with Image.open(out / "mosaic.png") as img:
         img.load()

@@ -28,7 +28,7 @@ from builder.library import Library
 from builder.regions import Sampler, load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from tests.tileserver import FAULTS, Rates, TileServer, distinct_tile, world_image
 
 # What each injected fault must become in the report: (report field, key).
@@ -363,15 +363,6 @@ def test_retry_faults_asks_again_only_for_transient_faults(make_library):
 # --- a dead source ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def fetched_rows(root) -> int:
     with Library.open(root, readonly=True) as lib:
         return lib.conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0]
@@ -396,7 +387,7 @@ DEAD_CASES = {
 
 @pytest.mark.parametrize("max_requests", [300, 40])
 @pytest.mark.parametrize("case", sorted(DEAD_CASES))
-def test_a_dead_source_stops_fast_with_one_line_exit_3_and_marks_no_tile(case, max_requests, tmp_path):
+def test_a_dead_source_stops_fast_with_one_line_exit_3_and_marks_no_tile(case, max_requests, tmp_path, free_port):
     """Nothing listening, a name that never resolves, a server that answers 503 to everything:
     the run stops in seconds (the 25 s bound is only a hang guard), names the host and the cause
     on one line, exits 3, leaves no fetched row, and never exceeds --max-requests, retries
@@ -407,7 +398,7 @@ def test_a_dead_source_stops_fast_with_one_line_exit_3_and_marks_no_tile(case, m
     Library.create(root).close()
     server = TileServer(distinct_tile, faults=lambda tile, attempt: faults).start() if faults else None
     try:
-        port = server.port if server else free_port()
+        port = server.port if server else free_port
         source = template.format(port=port, server=server.url if server else "")
         proc, seconds = timed_cli("harvest", "--library", str(root), "--source", source, "--zoom", "9", "--seed", "3",
                                   "--max-requests", str(max_requests), "--json")

@@ -27,8 +27,8 @@ from builder.ledger import read_batch_log
 from builder.library import Library
 from builder.regions import load_plan, tile_range
 from builder.verify import verify_library
-from tests.conftest import REPO
 from tests.crash_campaign import burn_campaign, deep_verify
+from tests.support.paths import REPO
 from tests.tileserver import TileServer, distinct_tile
 
 pytestmark = pytest.mark.slow  # SIGKILL rounds and a Ctrl-C against a slow loopback server

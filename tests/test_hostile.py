@@ -33,7 +33,6 @@ import sys
 import tempfile
 import textwrap
 import uuid
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,8 @@ from builder.ingest import ingest
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
 from builder.verify import verify_library
-from tests.crash_campaign import REPO, cli_env, make_tile_pool, raw_png, run_and_kill
+from tests.crash_campaign import REPO, cli_env, make_tile_pool, run_and_kill
+from tests.support.images import png_claiming, raw_png
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -127,15 +127,6 @@ def library(pristine, tmp_path) -> Path:
 
 
 # ------------------------------------------------------------------------------- hostile images
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _chunk(b"IEND", b"")
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:

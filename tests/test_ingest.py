@@ -2,29 +2,16 @@
 
 import io
 import sqlite3
-import struct
-import zlib
 
-import imagehash
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.spatial import cKDTree
-from skimage.color import rgb2lab
 
 from builder.assign import Candidate, Pipeline
 from builder.db import SEED_COLUMNS, TILE_COLUMNS
 from builder.ingest import ingest
-from tests.conftest import jpeg_bytes, png_bytes, real_crops
-
-
-def card_recipe(path, centroids):
-    """The card's steps 1-3 and 5, literally: PIL 64x64 resize, mean, rgb2lab, cKDTree, imagehash."""
-    img = Image.open(path).convert("RGB")
-    mean = np.array(img.resize((64, 64))).reshape(-1, 3).mean(0)
-    lab = rgb2lab((mean / 255.0).reshape(1, 1, 3)).reshape(3)
-    _dist, bucket = cKDTree(centroids).query(lab)
-    return int(bucket), lab, str(imagehash.phash(img, hash_size=8))
+from tests.support.images import jpeg_bytes, png_bytes, png_claiming, real_crops
+from tests.support.recipe import card_recipe
 
 
 def test_ingest_stores_what_the_cards_recipe_gives(make_library, real_tiles_dir):
@@ -84,23 +71,13 @@ def test_cap_and_duplicates_hold_within_and_across_batches(make_library, bluemar
     assert sum(o.reason == "bucket_full" for o in out) >= 1
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def bomb_png(side: int = 60000) -> bytes:
-    """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     "name, payload, reason",
     [
         ("empty.png", b"", "empty"),
         ("text.png", b"hello, I am not an image", "not_image"),
         ("page.jpg", b"<!DOCTYPE html><html><body>error</body></html>", "not_image"),
-        ("bomb.png", bomb_png(), "too_large"),
+        ("bomb.png", png_claiming(60000, 60000), "too_large"),
         ("wide.png", None, "not_square"),
         ("tiny.png", None, "too_small"),
         ("truncated.png", None, "corrupt"),
@@ -202,7 +179,7 @@ def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble):
     from pathlib import Path
 
     from builder.library import Library
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.card_helpers import MARKERS, PYTHON_INFO, code_blocks
-from tests.conftest import REPO
 from tests.restore_campaign import library_state
+from tests.support.paths import REPO
 
 REPO_ID = "user/mosaic_library"
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -12,7 +12,7 @@ from builder.assign import Candidate, Pipeline
 from builder.errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
-from tests.conftest import png_bytes, real_crops
+from tests.support.images import png_bytes, real_crops
 
 
 def test_init_creates_the_layout_and_refuses_to_overwrite_centroids(tmp_path):

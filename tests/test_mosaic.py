@@ -2,9 +2,7 @@
 sizes, the streamed PNG, the feature cache and bad inputs."""
 
 import shutil
-import struct
 import uuid
-import zlib
 
 import numpy as np
 import pytest
@@ -28,6 +26,7 @@ from builder.mosaic import (
 )
 from builder.mosaic.thumbs import DEAD_ROWS_KEPT, cache_keys, read_thumbs
 from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
+from tests.support.images import png_claiming
 
 SAMPLE = "data/sample_target.jpg"
 
@@ -268,17 +267,6 @@ def test_a_cache_mostly_of_deleted_tiles_is_compacted(library_root, tmp_path):
     assert np.array_equal(table.thumbnails(every, 64), fresh.thumbnails(every, 64))
 
 
-def png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header_only(width, height):
-    """A PNG whose header claims ``width x height`` with almost no pixel data: a bomb's shape."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
 def test_bad_inputs_are_rejected_before_decoding(lib, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("hello, not an image")
@@ -286,7 +274,7 @@ def test_bad_inputs_are_rejected_before_decoding(lib, tmp_path):
         plan_mosaic(lib, text)
     for side in (9000, 20000):  # over our limit, and over twice Pillow's
         bomb = tmp_path / f"bomb{side}.png"
-        bomb.write_bytes(png_header_only(side, side))
+        bomb.write_bytes(png_claiming(side, side))
         with pytest.raises(ImageRejected, match="too_large"):
             plan_mosaic(lib, bomb)
     truncated = tmp_path / "cut.jpg"

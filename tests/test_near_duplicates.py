@@ -15,7 +15,8 @@ from builder.assign import Candidate, Pipeline
 from builder.errors import UsageError
 from builder.ingest import ingest
 from builder.phash import MIN_HASH_CONTRAST, contrast, hamming, phash
-from tests.conftest import REPO, png_bytes, real_crops
+from tests.support.images import png_bytes, real_crops
+from tests.support.paths import REPO
 
 
 def _textured_pair(bluemarble):

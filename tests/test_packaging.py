@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 # What a wheel is built from (pyproject.toml names the rest: packages, the data mapping).
 SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "requirements-test.txt", "mosaic_library.py",

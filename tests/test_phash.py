@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from builder.phash import hamming, is_phash, phash, phash_batch
-from tests.conftest import real_crops
+from tests.support.images import real_crops
 
 
 def test_matches_imagehash_on_real_imagery(bluemarble):

@@ -29,7 +29,6 @@ from builder.publish import (
 from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.staging import MANIFEST
 from builder.verify import verify_library
-from tests.conftest import real_crops
 from tests.publish_helpers import (
     FAKE_TOKEN,
     db_rows,
@@ -39,6 +38,7 @@ from tests.publish_helpers import (
     sha256,
     subprocess_env,
 )
+from tests.support.images import real_crops
 from tests.support.localhub import LocalHub
 
 SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"

@@ -124,7 +124,7 @@ def synthetic_library(tmp_path_factory, bluemarble):
     once, so two of them are flat one-colour tiles)."""
     from builder.ingest import ingest
     from builder.synthesize import synthesize
-    from tests.conftest import real_crops
+    from tests.support.images import real_crops
 
     base = tmp_path_factory.mktemp("query_synthetic")
     (base / "in").mkdir()

@@ -17,9 +17,9 @@ from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.remote import query_hub, restore_from_hub
 from builder.publish.restore import scratch_for
 from builder.synthesize import synthesize
-from tests.conftest import REPO
 from tests.publish_helpers import make_library
 from tests.restore_campaign import library_state
+from tests.support.paths import REPO
 
 REPO_ID = "user/mosaic_library"
 # huggingface_hub's own LFS upload passes bytes as data= to httpx, which warns

@@ -25,7 +25,6 @@ from builder import quarantine, store
 from builder.layout import JOURNAL_NAME, bucket_name
 from builder.library import Library
 from builder.verify import QUICK_THUMBNAIL_SAMPLE, verify_library
-from tests.conftest import png_bytes, real_crops
 from tests.crash_campaign import (
     REPO,
     bucket_files,
@@ -37,6 +36,7 @@ from tests.crash_campaign import (
     sigkill_self,
     tile_copies,
 )
+from tests.support.images import png_bytes, real_crops
 
 MISFILED = 300
 

@@ -5,7 +5,6 @@ import math
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -29,6 +28,7 @@ from builder.report import (
     render_report,
 )
 from tests.mosaic_helpers import build_library
+from tests.support.html import Links
 
 
 @pytest.fixture(scope="module")
@@ -89,27 +89,6 @@ def test_region_rows_combine_kept_and_fetched(lib):
     n = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
     assert kept["<Arctic>"] + kept["Desert (Sahara)"] == n
     assert fetched["Desert (Sahara)"] == 60 and fetched["<Arctic>"] == 0
-
-
-class Links(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links, self.scripts_with_src, self.title = [], [], ""
-        self._in_title = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        for key in ("href", "src"):
-            if key in attrs:
-                self.links.append((tag, attrs[key]))
-        self._in_title = tag == "title"
-
-    def handle_data(self, data):
-        if self._in_title:
-            self.title += data
-
-    def handle_endtag(self, tag):
-        self._in_title = False
 
 
 def test_report_gallery_links_only_to_files_that_exist(lib, tmp_path):

@@ -247,15 +247,6 @@ def test_rate_capped_source_takes_a_token_per_request():
 # --- the request gate: budget, halt, dead-source verdict -------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_gate_budget_counts_every_attempt_including_retries_and_is_never_exceeded():
     """One budget for 8 threads and their retries: the server receives exactly the budget, every
     fetch either ends (tile or fault) or is cut by GateClosed, and nothing starts after."""
@@ -297,11 +288,11 @@ def test_gate_close_ends_a_backoff_pause_at_once():
     ("http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", REFUSED),
     ("http://tiles.invalid/{{z}}/{{x}}/{{y}}.png", NO_NAME),
 ])
-def test_unreachable_hosts_say_why_and_settle_the_verdict(template, cause):
+def test_unreachable_hosts_say_why_and_settle_the_verdict(template, cause, free_port):
     """Connection refused and an unresolvable name (.invalid never resolves) are told apart from
     a host that answered badly; three of them before any answer settle the verdict."""
     gate = RequestGate()
-    with HttpSource(template.format(port=free_port()), retries=4, backoff_factor=0.01) as src:
+    with HttpSource(template.format(port=free_port), retries=4, backoff_factor=0.01) as src:
         src.gate = gate
         with pytest.raises((TileFault, GateClosed)) as info:
             src.fetch(*TILE)

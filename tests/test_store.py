@@ -18,8 +18,8 @@ from builder import store
 from builder.assign import Candidate, Pipeline
 from builder.layout import JOURNAL_NAME
 from builder.library import Library
-from tests.conftest import png_bytes, real_crops
 from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows, sigkill_self
+from tests.support.images import one_bucket_pngs, png_bytes, real_crops
 
 BATCH = 3
 
@@ -157,15 +157,6 @@ def test_an_unreadable_journal_never_stops_a_writer(make_library):
 # ----------------------------------------------------------------- a real tile evicting a synthetic one
 
 
-def _variants(bluemarble, n: int) -> list[bytes]:
-    """``n`` tiles of one bucket with distinct hashes: a real crop turned and mirrored."""
-    from PIL import Image
-
-    crop = real_crops(bluemarble, 1, seed=41)[0]
-    turns = [crop.rotate(90 * k) for k in range(4)]
-    return [png_bytes(img) for img in (turns + [t.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for t in turns])[:n]]
-
-
 EVICT_STEPS = {  # step -> batch committed?
     "journal": False,
     "inserted": False,
@@ -180,7 +171,7 @@ def test_an_eviction_killed_at_each_step_is_all_or_nothing(make_library, bluemar
     (row deleted in the batch's commit, file after it).  Killed anywhere: the real tile is in and one
     synthetic tile is wholly gone (row and file), or nothing changed."""
     lib = make_library(cap=2)
-    tiles = _variants(bluemarble, 3)
+    tiles = one_bucket_pngs(bluemarble, 3)
     synthetic = {"source": "synthetic", "synthetic": 1}
     with Pipeline(lib, workers=1, default_provenance=synthetic) as pipe:
         stored = pipe.process([Candidate(f"s{i}", data=p) for i, p in enumerate(tiles[:2])])

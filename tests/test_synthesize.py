@@ -18,8 +18,9 @@ from builder.library import Library
 from builder.phash import MIN_HASH_CONTRAST
 from builder.synthesize import first_round, grey_std, recipe_lab, synthesize, targets, transfer, uses_limit
 from builder.verify import verify_library
-from tests.conftest import REPO, real_crops
-from tests.test_ingest import card_recipe
+from tests.support.images import one_bucket_pngs, real_crops
+from tests.support.paths import REPO
+from tests.support.recipe import card_recipe
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +211,7 @@ def test_bad_values_are_one_line_errors(library, tmp_path):
 
 def _one_bucket_tiles(bluemarble, n):
     """``n`` real tiles of one bucket with distinct hashes (a crop turned and mirrored)."""
-    from tests.test_store import _variants
-
-    return _variants(bluemarble, n)
+    return one_bucket_pngs(bluemarble, n)
 
 
 def test_real_tiles_evict_synthetic_ones_at_the_cap_and_are_never_refused_for_them(make_library, bluemarble):

@@ -11,7 +11,7 @@ from PIL import Image
 from builder.ingest import ingest
 from builder.library import Library
 from builder.verify import verify_library
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 @pytest.fixture

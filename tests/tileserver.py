@@ -52,12 +52,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from random import Random
 from urllib.parse import parse_qs, urlsplit
 
 import mercantile
 from PIL import Image, ImageDraw
+
+from tests.support.images import jpeg_bytes
+from tests.support.paths import BLUEMARBLE
 
 TileKey = tuple[int, int, int]  # (z, x, y)
 FaultPlan = Callable[[TileKey, int], "str | None"]
@@ -70,7 +72,6 @@ STATUS_OF = {
     "truncated": 200,
     "html": 200, "empty": 200, "placeholder": 200, "wrong_size": 200, "404": 404, "no_route": 404,
 }
-BLUEMARBLE = Path(__file__).resolve().parents[1] / "data" / "bluemarble_5400x2700.jpg"
 HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>503 Service Temporarily Unavailable</title></head>"
     b"<body><h1>Service Temporarily Unavailable</h1><p>Please try again later.</p></body></html>"
@@ -92,13 +93,6 @@ def world_image() -> Image.Image:
         return _world
 
 
-def _jpeg(img: Image.Image, quality: int = 85) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-@lru_cache(maxsize=4096)
 def bluemarble_tile(z: int, x: int, y: int) -> bytes:
     """The tile's lon/lat box cut from the Blue Marble image, 256x256 JPEG.
 
@@ -110,7 +104,7 @@ def bluemarble_tile(z: int, x: int, y: int) -> bytes:
     w, h = img.size
     b = mercantile.bounds(x, y, z)
     box = ((b.west + 180) / 360 * w, (90 - b.north) / 180 * h, (b.east + 180) / 360 * w, (90 - b.south) / 180 * h)
-    return _jpeg(img.resize((256, 256), Image.BILINEAR, box=box))
+    return jpeg_bytes(img.resize((256, 256), Image.BILINEAR, box=box), quality=85)
 
 
 @lru_cache(maxsize=4096)
@@ -125,7 +119,7 @@ def distinct_tile(z: int, x: int, y: int) -> bytes:
     rng = Random(f"{z}/{x}/{y}")
     left = rng.randrange(0, w - 256)
     top = rng.randrange(h // 6, h - h // 6 - 256)
-    return _jpeg(img.crop((left, top, left + 256, top + 256)))
+    return jpeg_bytes(img.crop((left, top, left + 256, top + 256)), quality=85)
 
 
 @lru_cache(maxsize=1)
@@ -135,7 +129,7 @@ def placeholder_jpeg() -> bytes:
     draw = ImageDraw.Draw(img)
     for i, line in enumerate(("Map data", "not yet", "available")):
         draw.text((92, 104 + 16 * i), line, fill=(120, 120, 120))
-    return _jpeg(img, quality=85)
+    return jpeg_bytes(img, quality=85)
 
 
 PLACEHOLDER_SHA256 = hashlib.sha256(placeholder_jpeg()).hexdigest()
@@ -144,7 +138,7 @@ PLACEHOLDER_SHA256 = hashlib.sha256(placeholder_jpeg()).hexdigest()
 def wrong_size_jpeg(tile_bytes: bytes) -> bytes:
     """The tile scaled to 512x512: a real image, just not a 256 tile."""
     with Image.open(io.BytesIO(tile_bytes)) as img:
-        return _jpeg(img.convert("RGB").resize((512, 512)))
+        return jpeg_bytes(img.convert("RGB").resize((512, 512)), quality=85)
 
 
 # --- fault plans ---------------------------------------------------------------------------
