@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.support import net
+from tests.support.cli import bare_env, run_cli
 from tests.support.images import jpeg_bytes, real_crops
 from tests.support.paths import BLUEMARBLE
 
@@ -47,6 +48,17 @@ def make_library(tmp_path):
     yield make
     for lib in opened:
         lib.close()
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli(*args, env=..., cwd=..., timeout=...)``: :func:`tests.support.cli.run_cli` run in the
+    test's tmp_path with :func:`tests.support.cli.bare_env`, as a user in an empty folder would."""
+
+    def run(*args, cwd=tmp_path, env=None, **kwargs):
+        return run_cli(*args, cwd=cwd, env=bare_env() if env is None else env, **kwargs)
+
+    return run
 
 
 @pytest.fixture

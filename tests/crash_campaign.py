@@ -39,7 +39,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from builder.layout import bucket_name, parse_bucket_dir
 from builder.ledger import CLAIMED, FetchLedger
 from builder.library import Library
 from builder.verify import verify_library
+from tests.support.cli import builder_argv, cli_env
 from tests.support.images import raw_png
 from tests.support.paths import BLUEMARBLE, REPO
 
@@ -240,12 +240,6 @@ def check_fetched(lib: Library, label: str, bad: list[str]) -> None:
 # --------------------------------------------------------------------------- running and killing
 
 
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
 # A fresh ``python -m builder stats`` on an idle 2-core machine of this project's kind (measured:
 # 0.3-0.35 s).  A slower start-up means a loaded machine, where every step of a writer is slower.
 IDLE_STARTUP = 0.35
@@ -257,7 +251,7 @@ def startup_seconds(root: Path) -> float:
     kill windows by it (see :func:`run_and_kill`), so that on a loaded machine the kills still land
     in the work, not in start-up, and the events they wait for still come."""
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "builder", "stats", "--library", str(root)], env=cli_env(), cwd=REPO,
+    subprocess.run(builder_argv("stats", "--library", root), env=cli_env(), cwd=REPO,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return time.monotonic() - started
 
@@ -367,8 +361,8 @@ def ingest_campaign(root: Path, pool: Sequence[Path], kills: int, cap: int = 20,
     while (figures.kills < kills or figures.mid_batch < min_mid_batch) and figures.rounds < max_rounds:
         figures.rounds += 1
         offer = _offer(pool, pool_sha, stored, rng, rng.randint(max(1, fresh // 4), fresh), repeats)
-        cmd = [sys.executable, "-m", "builder", "ingest", "--library", str(root), "--workers", str(workers),
-               *map(str, offer)]
+        cmd = builder_argv("ingest", "--library", root, "--workers", workers,
+                           *offer)
         trigger, killed = _kill_round(cmd, root, cap, rng, max_delay, log, figures)
         for f in root.glob("bucket_*/*.png"):
             if f not in seen_files:
@@ -397,9 +391,9 @@ def harvest_campaign(root: Path, source: str, kills: int, cap: int = 6, seed: in
     max_rounds = max_rounds or kills * 4
     while figures.kills < kills and figures.rounds < max_rounds:
         figures.rounds += 1
-        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
-               "--zoom", str(zoom), "--threads", str(threads), "--batch", str(batch), "--phase", "all",
-               "--patience", "1000", "--seed", str(rng.randrange(1000))]
+        cmd = builder_argv("harvest", "--library", root, "--source", source,
+                           "--zoom", zoom, "--threads", threads, "--batch", batch, "--phase", "all",
+                           "--patience", "1000", "--seed", str(rng.randrange(1000)))
         trigger, killed = _kill_round(cmd, root, cap, rng, max_delay, log, figures, harvest=True)
         if served_twice is not None:
             figures.served_twice = served_twice()
@@ -423,8 +417,8 @@ def synthesize_campaign(root: Path, kills: int, max_uses: int = 2, seed: int = 0
     log = root.parent / f"{root.name}.stderr"
     while figures.kills < kills and figures.rounds < kills * 3:
         figures.rounds += 1
-        cmd = [sys.executable, "-m", "builder", "synthesize", "--library", str(root), "--max-uses", str(max_uses),
-               "--seed", str(figures.rounds)]
+        cmd = builder_argv("synthesize", "--library", root, "--max-uses", max_uses,
+                           "--seed", figures.rounds)
         _kill_round(cmd, root, cap, rng, max_delay, log, figures)
     figures.seconds = time.monotonic() - started
     return figures
@@ -477,9 +471,9 @@ def burn_campaign(root: Path, source: str, plan: Path, zoom: int, kills: int, th
     max_rounds = max_rounds or kills * 4
     while figures.kills < kills and figures.rounds < max_rounds:
         figures.rounds += 1
-        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
-               "--plan", str(plan), "--zoom", str(zoom), "--threads", str(threads), "--batch", str(batch),
-               "--patience", "1000", "--seed", str(rng.randrange(1000))]
+        cmd = builder_argv("harvest", "--library", root, "--source", source,
+                           "--plan", plan, "--zoom", zoom, "--threads", threads, "--batch", batch,
+                           "--patience", "1000", "--seed", str(rng.randrange(1000)))
         trigger, killed = _kill_round(cmd, root, 100, rng, max_delay, log, figures, harvest=True)
         if served_twice():
             figures.violations.append(f"round {figures.rounds}: {served_twice()} tiles served twice")
@@ -511,8 +505,8 @@ def burn_scenario(root: Path, source: str, kills: int = 3, zoom: int = 7, phase:
     """``kills`` harvests of ``--phase PHASE`` at ``zoom``, each SIGKILLed right after its first
     commit, then one run to the end: what the kills cost the plan (claims left for good)."""
     Library.create(root).close()
-    cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", source,
-           "--zoom", str(zoom), "--phase", phase, "--seed", "1"]
+    cmd = builder_argv("harvest", "--library", root, "--source", source,
+                       "--zoom", zoom, "--phase", phase, "--seed", "1")
     for _ in range(kills):
         base = row_count(root)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=REPO,
@@ -738,7 +732,7 @@ def repair_campaign(root: Path, kills: int, misfiled: int = 300, seed: int = 0, 
     expected = set(committed_rows(root))
     figures.tiles_before = len(expected)
     log = root.parent / f"{root.name}.repair.stderr"
-    cmd = [sys.executable, "-m", "builder", "verify", "--repair", "--library", str(root), "--workers", "2"]
+    cmd = builder_argv("verify", "--repair", "--library", root, "--workers", "2")
     max_rounds = max_rounds or kills * 4
     misfile(root, misfiled, seed=rng.randrange(10**6))
     while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
@@ -841,7 +835,7 @@ def recover_campaign(root: Path, kills: int, release: Path | None = None, seed: 
     expected = set(expected_rows)
     figures.tiles_before = len(expected)
     log = root.parent / f"{root.name}.recover.stderr"
-    cmd = [sys.executable, "-m", "builder", "recover", "--library", str(root), "--workers", "2"]
+    cmd = builder_argv("recover", "--library", root, "--workers", "2")
     if release is not None:
         cmd += ["--release", str(release)]
     max_rounds = max_rounds or kills * 4

@@ -17,7 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.cli import builder_argv, cli_env
+from tests.support.paths import REPO
 
 
 def run_on_full_disk(library: Path, work: Path, commands: list[list[str]], prepare: str = "",
@@ -32,15 +33,9 @@ def run_on_full_disk(library: Path, work: Path, commands: list[list[str]], prepa
     job.write_text(json.dumps({"library": str(library), "mount": str(work / "mnt"), "size_mb": size,
                                "commands": commands, "prepare": prepare}))
     res = subprocess.run([unshare, "--user", "--map-root-user", "--mount", sys.executable, "-m", "tests.full_disk",
-                          str(job)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=600)
+                          str(job)], capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=600)
     assert res.returncode == 0, f"full-disk run failed ({res.returncode}): {res.stderr[-3000:]}"
     return json.loads(res.stdout)
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
-    env["PYTHONPATH"] = str(REPO)
-    return env
 
 
 def _free(path: Path) -> int:
@@ -73,8 +68,8 @@ def _inside(job_file: str) -> None:
     report = {"free_before": _free(mount), "runs": []}
     for command in job["commands"]:
         argv = [arg.replace("{library}", str(lib)) for arg in command]
-        res = subprocess.run([sys.executable, "-m", "builder", *argv], capture_output=True, text=True, cwd=REPO,
-                             env=_env(), timeout=300)
+        res = subprocess.run(builder_argv(*argv), capture_output=True, text=True, cwd=REPO,
+                             env=cli_env(), timeout=300)
         report["runs"].append({"argv": command, "returncode": res.returncode, "stdout": res.stdout,
                                "stderr": res.stderr})
     report["free_after"] = _free(mount)

@@ -27,7 +27,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from pathlib import Path
 
 from builder.layout import SAMPLE_TARGET
 from builder.scratch import parse_scratch, scratch_path
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.cli import builder_argv, cli_env
+from tests.support.paths import REPO
 
 # Two option sets whose outputs differ in size: what a kill leaves is told apart by its content.
 OPTION_SETS = (["--grid", "48x48", "--tile-size", "32"], ["--grid", "40x40", "--tile-size", "32"])
@@ -68,15 +67,9 @@ class MosaicFigures:
                 f"violations {len(self.violations)}, {self.seconds:.0f} s")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
 def mosaic_command(library: Path, output: Path, options: list[str]) -> list[str]:
-    return [sys.executable, "-m", "builder", "mosaic", "--library", str(library), str(SAMPLE_TARGET),
-            "--output", str(output), "--threads", "1", *options]
+    return builder_argv("mosaic", "--library", library, SAMPLE_TARGET,
+                        "--output", output, "--threads", "1", *options)
 
 
 def output_digest(output: Path) -> str | None:
@@ -115,7 +108,7 @@ def run_and_kill(cmd: list[str], output: Path, trigger: str, rng: random.Random,
     """Start ``cmd`` and SIGKILL it at the ``trigger`` moment; ``(killed, fired)``."""
     before = _stamp(output)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=_env(), cwd=REPO, start_new_session=True)
+                            env=cli_env(), cwd=REPO, start_new_session=True)
     try:
         part = scratch_path(output, pid=proc.pid)
         started = time.monotonic()
@@ -180,7 +173,7 @@ def mosaic_campaign(library: Path, output: Path, kills: int, seed: int = 0, max_
     folder.mkdir(parents=True, exist_ok=True)
     refs = []
     for options in OPTION_SETS:  # the references, uninterrupted; the second stays as the "old" output
-        subprocess.run(mosaic_command(library, output, options), env=_env(), cwd=REPO, check=True,
+        subprocess.run(mosaic_command(library, output, options), env=cli_env(), cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         refs.append(output_digest(output))
     current = 1  # the option set of the output in place
@@ -213,7 +206,7 @@ def mosaic_campaign(library: Path, output: Path, kills: int, seed: int = 0, max_
                                           f"{scratch_entries(folder)})")
         # the next run, to completion: it cleans (or finishes) what the kill left, then writes its own
         nxt = 1 - current if killed else attempt
-        res = subprocess.run(mosaic_command(library, output, OPTION_SETS[nxt]), env=_env(), cwd=REPO,
+        res = subprocess.run(mosaic_command(library, output, OPTION_SETS[nxt]), env=cli_env(), cwd=REPO,
                              capture_output=True, text=True)
         if res.returncode != 0:
             figures.violations.append(f"{label}: the next run failed: {res.stderr.strip()[-300:]}")

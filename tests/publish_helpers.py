@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from builder import db
 from builder.assign import Candidate, Pipeline
 from builder.ingest import ingest
 from builder.library import Library
+from tests.support.cli import cli_env
 from tests.support.images import png_bytes, real_crops
-from tests.support.paths import REPO
 
 FAKE_TOKEN = "hf_fake_secret_value"
 
@@ -88,19 +87,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A clean environment for a fresh Python process: repo importable, caches in tmp_path,
-    the fake token set so any leak of it can be detected."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(
-        PYTHONPATH=str(REPO),
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_DATASETS_CACHE=str(tmp_path / "hf_datasets_cache"),
-        HF_TOKEN=FAKE_TOKEN,
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
-    env.update(extra)
-    return env
+def fake_token_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for a fresh Python process: repo importable, no Hugging Face setting of
+    this machine, caches in tmp_path, the fake token set so any leak of it can be detected."""
+    settings = {"HF_HOME": str(tmp_path / "hf_home"), "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets_cache"),
+                "HF_TOKEN": FAKE_TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return cli_env(without=("HF_", "HUGGINGFACE_"), **{**settings, **extra})
 
 
 LOAD_SCRIPT = r"""
@@ -133,7 +125,7 @@ def load_in_fresh_process(staging: Path, tmp_path: Path) -> dict:
     out = tmp_path / f"loaded_{staging.name}.json"
     result = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, str(staging), str(out)],
-        env=subprocess_env(tmp_path, HF_HUB_OFFLINE="1"),
+        env=fake_token_env(tmp_path, HF_HUB_OFFLINE="1"),
         capture_output=True,
         text=True,
         timeout=300,

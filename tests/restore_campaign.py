@@ -19,21 +19,14 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import db
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_", "HF_"))}
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    return env
+from tests.support.cli import builder_argv, offline_env
+from tests.support.paths import REPO
 
 
 def tile_files(folder: Path) -> int:
@@ -126,7 +119,7 @@ def kill_at(cmd: list[str], paths: Paths, point: str, timeout: float = 120.0) ->
     """Run ``cmd`` and SIGKILL its process group the moment ``POINTS[point]`` holds; False if it ended first."""
     check = POINTS[point]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=cli_env(), cwd=REPO, start_new_session=True)
+                            env=offline_env(), cwd=REPO, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
@@ -148,7 +141,7 @@ def restore_campaign(source: Path, expected: dict, work: Path, points: list[str]
     figures = RestoreFigures(tiles_before=len(expected["rows"]))
     for i, point in enumerate(points or list(POINTS)):
         paths = Paths(work / f"round{i:03d}" / "mosaic_library", real, len(expected["rows"]))
-        cmd = [sys.executable, "-m", "builder", "restore", str(source), "--library", str(paths.target)]
+        cmd = builder_argv("restore", source, "--library", paths.target)
         if not kill_at(cmd, paths, point):
             figures.missed.append(point)
         else:
@@ -157,7 +150,7 @@ def restore_campaign(source: Path, expected: dict, work: Path, points: list[str]
                 state = library_state(paths.target)
                 if state != expected:
                     figures.violations.append(f"{point}: the target exists but is not the whole library")
-        rerun = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=600)
+        rerun = subprocess.run(cmd, capture_output=True, text=True, env=offline_env(), cwd=REPO, timeout=600)
         if rerun.returncode != 0:
             figures.violations.append(f"{point}: the rerun failed: {rerun.stderr.strip()[-300:]}")
             continue

@@ -4,10 +4,8 @@ folders, the ``earth`` source and a real loopback HTTP server (tests/tileserver.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,17 +31,12 @@ from builder.errors import LibraryError, UsageError
 from builder.harvest import harvest
 from builder.library import Library
 from builder.sources import open_source
+from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.images import png_bytes
 from tests.support.paths import REPO
 from tests.tileserver import TileServer, bluemarble_tile
 
 ZOOM = 3  # 8x8 tiles; the atlas reads zoom 0 in 32x32-pixel blocks
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def robust_colours(lib: Library, n: int, rng: np.random.Generator, margin: float = 2.0) -> list[np.ndarray]:
@@ -311,7 +304,7 @@ def test_bad_values_are_one_line_errors(tmp_path):
         (("harvest", "--source", "earth", "--target", "full"), "invalid choice"),
     ]
     for argv, message in cases:
-        proc = run_cli(argv[0], "--library", root, *argv[1:])
+        proc = run_cli(argv[0], "--library", root, *argv[1:], timeout=120)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (argv, proc.stderr)
 
@@ -349,7 +342,7 @@ def test_atlas_of_a_dead_source_stops_fast_with_exit_3(case, tmp_path, free_port
         port = server.port if server else free_port
         started = time.monotonic()
         proc = run_cli("atlas", "--library", root, "--source", f"http://127.0.0.1:{port}/tile/{{z}}/{{y}}/{{x}}",
-                       "--zoom", "13", "--max-requests", "300", "--json")
+                       "--zoom", "13", "--max-requests", "300", "--json", timeout=120)
         seconds = time.monotonic() - started
         received = len(server.records) if server else 0
     finally:
@@ -388,14 +381,13 @@ def test_a_killed_atlas_resumes_and_folds_every_fetched_tile_exactly_once(tmp_pa
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
     with TileServer(bluemarble_tile, delay=0.2, lifetime=600) as server:
-        argv = [sys.executable, "-m", "builder", "atlas", "--library", str(root), "--source", server.tile_template,
-                "--zoom", "11", "--atlas-zoom", "4", "--threads", "4", "--batch", "8"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        argv = builder_argv("atlas", "--library", root, "--source", server.tile_template, "--zoom", "11",
+                            "--atlas-zoom", "4", "--threads", "4", "--batch", "8")
         progress = []
         for more in (20, 45, 30):  # kill once the server has answered this many more tiles
             kill_when_served(argv, server, more)
             progress.append(len(server.ok_counts()))
-        final = subprocess.run(argv + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        final = run_cli(*argv[3:], "--json", timeout=300)
         ok = server.ok_counts()
     assert final.returncode == 0, final.stderr
     assert 0 < progress[0] < progress[-1] < 256, progress  # every kill landed in the work
@@ -447,8 +439,7 @@ def test_the_card_states_reachability_with_an_atlas_and_is_unchanged_without(mak
 
 def kill_when_served(argv: list[str], server: TileServer, more: int) -> None:
     """Start ``argv`` and SIGKILL it once the server has answered ``more`` further tiles."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     goal, deadline = len(server.ok_counts()) + more, time.monotonic() + 120
     while len(server.ok_counts()) < goal and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -474,9 +465,9 @@ def test_sigkills_during_an_aimed_harvest_leave_a_consistent_library(tmp_path):
             finally:
                 source.close()
         atlas_served = len(server.ok_counts())
-        argv = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
-                "--zoom", "8", "--target", "underfilled", "--threads", "4", "--batch", "10", "--workers", "1",
-                "--max-requests", "150", "--seed", "4"]
+        argv = builder_argv("harvest", "--library", root, "--source", server.tile_template,
+                            "--zoom", "8", "--target", "underfilled", "--threads", "4", "--batch", "10", "--workers", "1",
+                            "--max-requests", "150", "--seed", "4")
         for more in (25, 40, 30):
             snapshot = committed_rows(root)
             kill_when_served(argv, server, more)

@@ -12,28 +12,24 @@ import pytest
 
 from builder.cli import COMMANDS, build_parser, main
 from builder.layout import SAMPLE_TARGET
+from tests.support.cli import bare_env, builder_argv
 from tests.support.paths import REPO
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-
-
 @pytest.mark.slow
-def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir):
-    res = cli("init", cwd=tmp_path)
+def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir, cli):
+    res = cli("init")
     assert res.returncode == 0 and res.stdout.startswith("initialised mosaic_library"), res.stderr
-    res = cli("ingest", real_tiles_dir, "--json", cwd=tmp_path)
+    res = cli("ingest", real_tiles_dir, "--json")
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["accepted"] > 150 and sum(report["rejected"].values()) + report["accepted"] == 240
-    res = cli("stats", "--json", cwd=tmp_path)
+    res = cli("stats", "--json")
     stats = json.loads(res.stdout)
     assert stats["tiles"] == report["accepted"] and stats["buckets_populated"] > 10
-    res = cli("stats", cwd=tmp_path)
+    res = cli("stats")
     assert res.stdout.splitlines()[0].startswith(f"{report['accepted']} tiles in ")
-    res = cli("verify", cwd=tmp_path)
+    res = cli("verify")
     assert res.returncode == 0 and "no problems" in res.stdout
 
 
@@ -52,26 +48,26 @@ def test_init_ingest_stats_verify_round_trip(tmp_path, real_tiles_dir):
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
-    cli("init", cwd=tmp_path)
-    res = cli(*args, cwd=tmp_path)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message, cli):
+    cli("init")
+    res = cli(*args)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_init_refuses_a_second_time_and_bad_centroid_files(tmp_path):
-    assert cli("init", cwd=tmp_path).returncode == 0
-    res = cli("init", cwd=tmp_path)
+def test_init_refuses_a_second_time_and_bad_centroid_files(tmp_path, cli):
+    assert cli("init").returncode == 0
+    res = cli("init")
     assert res.returncode == 2 and "never overwritten" in res.stderr
     for name, payload in [("short.npy", np.zeros((10, 3))), ("nan.npy", np.full((5000, 3), np.nan))]:
         np.save(tmp_path / name, payload)
-        res = cli("init", "--library", tmp_path / f"lib_{name}", "--centroids", tmp_path / name, cwd=tmp_path)
+        res = cli("init", "--library", tmp_path / f"lib_{name}", "--centroids", tmp_path / name)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not (tmp_path / f"lib_{name}").exists()
     np.save(tmp_path / "pickle.npy", np.array([object()] * 2, dtype=object), allow_pickle=True)
-    res = cli("init", "--library", tmp_path / "lib_p", "--centroids", tmp_path / "pickle.npy", cwd=tmp_path)
+    res = cli("init", "--library", tmp_path / "lib_p", "--centroids", tmp_path / "pickle.npy")
     assert res.returncode == 2 and "not a plain NumPy array" in res.stderr
 
 
@@ -83,7 +79,7 @@ HEAVY = ("numpy", "scipy", "PIL", "sklearn", "skimage", "datasets", "pyarrow", "
 def imported_modules(*args: str) -> set[str]:
     """Every module a fresh ``python -X importtime -m builder ARGS`` imports (its stderr report)."""
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "builder", *args], capture_output=True,
-                         text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+                         text=True, cwd=REPO, env=bare_env(), timeout=60)
     assert res.returncode == 0 and "usage:" in res.stdout, res.stderr[-2000:]
     lines = [line.split("|") for line in res.stderr.splitlines() if line.startswith("import time:")]
     return {parts[2].strip() for parts in lines if len(parts) == 3}
@@ -177,49 +173,47 @@ def test_every_command_prints_json(tmp_path, capsys, real_tiles_dir):
 # --------------------------------------------------------------------------- meeting people where they are
 
 
-def test_a_bare_call_lists_every_command_and_a_typo_names_the_closest(tmp_path):
-    res = cli(cwd=tmp_path)
+def test_a_bare_call_lists_every_command_and_a_typo_names_the_closest(tmp_path, cli):
+    res = cli()
     assert res.returncode == 0 and res.stdout.startswith("usage: python -m builder") and res.stderr == ""
     listed = {line.split()[0] for line in res.stdout.splitlines() if line.startswith("    ") and line.split()}
     assert set(COMMANDS) <= listed
-    res = cli("frobnicate", cwd=tmp_path)
+    res = cli("frobnicate")
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "error: python -m builder: invalid choice: 'frobnicate' is not a command; the commands are "
         + ", ".join(COMMANDS)]
 
 
-def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path, cli):
     """``query ... | head``: the reader went away; no ``error: Broken pipe``, the status of a SIGPIPE."""
-    assert cli("init", cwd=tmp_path).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "query", "--hex", "2e8b57", "-k", "20"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert cli("init").returncode == 0
+    proc = subprocess.Popen(builder_argv("query", "--hex", "2e8b57", "-k", "20"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bare_env())
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""
 
 
-def test_a_missing_library_points_to_the_libraries_nearby_before_init(tmp_path):
+def test_a_missing_library_points_to_the_libraries_nearby_before_init(tmp_path, cli):
     demo_library = tmp_path / "demo_output" / "mosaic_library"
-    assert cli("init", "--library", demo_library, cwd=tmp_path).returncode == 0
-    res = cli("stats", cwd=tmp_path)
+    assert cli("init", "--library", demo_library).returncode == 0
+    res = cli("stats")
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "error: no library at mosaic_library; libraries nearby: demo_output/mosaic_library: pass one with "
         "`--library demo_output/mosaic_library` (or create a new one here with "
         "`python -m builder init --library mosaic_library`)"]
     assert not (tmp_path / "mosaic_library").exists()
-    res = cli("stats", "--library", demo_library, cwd=tmp_path)
+    res = cli("stats", "--library", demo_library)
     assert res.returncode == 0 and res.stdout.startswith("0 tiles in 0/5000 buckets"), res.stderr
 
 
 def test_two_inits_at_once_the_loser_names_the_file_that_exists(tmp_path):
     """Both start before either has written anything; one wins, the other is told centroids.npy exists
     (never about a scratch file), every time."""
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     for round_no in range(4):
         root = tmp_path / f"race{round_no}"
-        procs = [subprocess.Popen([sys.executable, "-m", "builder", "init", "--library", str(root)], cwd=tmp_path,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs = [subprocess.Popen(builder_argv("init", "--library", root), cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bare_env())
                  for _ in range(2)]
         results = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
         assert sorted(code for code, _out, _err in results) == [0, 2], results
@@ -229,7 +223,7 @@ def test_two_inits_at_once_the_loser_names_the_file_that_exists(tmp_path):
         assert sorted(p.name for p in (root / "temp").iterdir()) == []
 
 
-def test_names_are_printed_escaped_so_no_line_can_be_forged(tmp_path, real_tiles_dir):
+def test_names_are_printed_escaped_so_no_line_can_be_forged(tmp_path, real_tiles_dir, cli):
     """A file named ``a\nerror: forged.png`` (and one with a terminal escape) in every message that
     names it, through the real CLI: ingest's rejections and error line, verify's problems, a missing
     library; each stays one line, its control characters escaped."""
@@ -240,8 +234,8 @@ def test_names_are_printed_escaped_so_no_line_can_be_forged(tmp_path, real_tiles
     (inputs / forged).write_bytes(b"not an image at all")
     (inputs / escape).write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     shutil.copy(sorted(real_tiles_dir.glob("*.png"))[0], inputs / "good.png")
-    assert cli("init", cwd=tmp_path).returncode == 0
-    res = cli("ingest", inputs, "--workers", "1", cwd=tmp_path)
+    assert cli("init").returncode == 0
+    res = cli("ingest", inputs, "--workers", "1")
     assert res.returncode == 1
     everything = res.stdout + res.stderr
     assert not any(line.startswith(("error: forged", "forged")) for line in everything.splitlines())
@@ -251,20 +245,20 @@ def test_names_are_printed_escaped_so_no_line_can_be_forged(tmp_path, real_tiles
 
     bucket = next((tmp_path / "mosaic_library").glob("bucket_*"))
     (bucket / forged).write_bytes(b"stray")  # a file with no row: verify names it
-    res = cli("verify", "--quick", cwd=tmp_path)
+    res = cli("verify", "--quick")
     assert res.returncode == 1 and "a\\nerror: forged.png" in res.stdout
     assert not any(line.startswith("error: forged") for line in (res.stdout + res.stderr).splitlines())
 
-    res = cli("stats", "--library", "lib\nerror: forged", cwd=tmp_path)
+    res = cli("stats", "--library", "lib\nerror: forged")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "lib\\nerror: forged" in res.stderr
 
 
-def test_counts_agree_with_their_nouns(tmp_path, real_tiles_dir):
+def test_counts_agree_with_their_nouns(tmp_path, real_tiles_dir, cli):
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(sorted(real_tiles_dir.glob("*.png"))[0], one / "t.png")
-    assert cli("init", cwd=tmp_path).returncode == 0
-    assert cli("ingest", one, "--workers", "1", cwd=tmp_path).returncode == 0
-    res = cli("stats", cwd=tmp_path)
+    assert cli("init").returncode == 0
+    assert cli("ingest", one, "--workers", "1").returncode == 0
+    res = cli("stats")
     assert res.stdout.splitlines()[0].startswith("1 tile in 1/5000 buckets (0.0%)")
     assert res.stdout.splitlines()[1] == "  (no region: ingested): 1 real tile"

@@ -22,13 +22,9 @@ from PIL import Image
 from builder.library import Library
 from builder.verify import verify_library
 from tests.card_helpers import card_snippet
-from tests.crash_campaign import REPO, cli_env, committed_rows, make_tile_pool
+from tests.crash_campaign import REPO, committed_rows, make_tile_pool
+from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.tileserver import TileServer, distinct_tile
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
-                          env=cli_env(), cwd=REPO, timeout=300)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -49,9 +45,9 @@ def harvesting(tmp_path_factory):
     root = base / "mosaic_library"
     Library.create(root).close()
     with TileServer(distinct_tile, delay=0.02, lifetime=600) as server:
-        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
-               "--zoom", "12", "--threads", "4", "--batch", "12", "--phase", "all", "--patience", "1000",
-               "--seed", "9"]
+        cmd = builder_argv("harvest", "--library", root, "--source", server.tile_template,
+                           "--zoom", "12", "--threads", "4", "--batch", "12", "--phase", "all", "--patience", "1000",
+                           "--seed", "9")
         log = base / "harvest.stderr"
         with open(log, "wb") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=cli_env(), cwd=REPO,
@@ -85,7 +81,7 @@ def test_a_second_writer_gets_one_line_and_exit_2(harvesting, tmp_path, command)
         "verify --repair": ["verify", "--repair"],
     }[command]
     before = committed_rows(root)
-    res = cli(args[0], "--library", str(root), *args[1:])
+    res = run_cli(args[0], "--library", str(root), *args[1:])
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and res.stdout == "", res.stderr
@@ -109,12 +105,12 @@ def test_two_ingests_at_once(tmp_path):
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
     pool = make_tile_pool(tmp_path / "pool", 900, seed=4)
-    first = subprocess.Popen([sys.executable, "-m", "builder", "ingest", "--library", str(root), "--workers", "2",
-                              *map(str, pool)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    first = subprocess.Popen(builder_argv("ingest", "--library", root, "--workers", "2",
+                                          *pool), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=cli_env(), cwd=REPO, start_new_session=True)
     try:
         wait_until(lambda: Library.writer_active(root) or first.poll() is not None, 60, "the first ingest")
-        second = cli("ingest", "--library", root, *map(str, pool[:40]))
+        second = run_cli("ingest", "--library", root, *map(str, pool[:40]))
         still_running = first.poll() is None
         out, err = first.communicate(timeout=300)
     finally:
@@ -162,9 +158,9 @@ def test_readers_work_beside_the_writer_and_see_only_rows_with_files(harvesting)
         checks += 1
     assert len(set(seen)) >= 3, f"the library did not grow while reading: {seen}"
     # The same through the CLI and the card's own load_bucket snippet, in fresh processes.
-    res = cli("stats", "--library", root)
+    res = run_cli("stats", "--library", root)
     assert res.returncode == 0 and " tiles in " in res.stdout, res.stderr
-    res = cli("verify", "--library", root)
+    res = run_cli("verify", "--library", root)
     assert res.returncode == 0 and "no problems" in res.stdout, res.stdout + res.stderr
     populated = committed_rows(root)
     bucket = next(iter(populated.values()))[0]
@@ -212,15 +208,15 @@ def test_a_harvest_keeps_its_lock_when_lock_file_is_deleted(tmp_path):
     Library.create(root).close()
     inputs = make_tile_pool(tmp_path / "in", 3)
     with TileServer(distinct_tile, delay=0.02, lifetime=600) as server:
-        cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
-               "--zoom", "12", "--threads", "4", "--batch", "12", "--phase", "all", "--patience", "1000",
-               "--seed", "5", "--max-tiles", "120"]
+        cmd = builder_argv("harvest", "--library", root, "--source", server.tile_template,
+                           "--zoom", "12", "--threads", "4", "--batch", "12", "--phase", "all", "--patience", "1000",
+                           "--seed", "5", "--max-tiles", "120")
         harvest = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
                                    cwd=REPO, start_new_session=True)
         try:
             wait_until(lambda: len(committed_rows(root)) >= 12 or harvest.poll() is not None, 120, "first batches")
             (root / ".lock").unlink()
-            refused = [cli("ingest", "--library", root, *map(str, inputs)), cli("verify", "--repair", "--library", root)]
+            refused = [run_cli("ingest", "--library", root, *map(str, inputs)), run_cli("verify", "--repair", "--library", root)]
             still_running = harvest.poll() is None
             out, err = harvest.communicate(timeout=300)
         finally:

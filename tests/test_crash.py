@@ -9,16 +9,12 @@ library is checked as a user would find it (see :mod:`tests.crash_campaign` for 
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
 
 from tests.crash_campaign import (
-    REPO,
     bucket_files,
     build_library,
-    cli_env,
     committed_rows,
     deep_verify,
     harvest_campaign,
@@ -28,6 +24,7 @@ from tests.crash_campaign import (
     repair_campaign,
     run_and_kill,
 )
+from tests.support.cli import builder_argv, run_cli
 from tests.tileserver import TileServer, distinct_tile
 
 pytestmark = pytest.mark.slow  # kill campaigns: minutes of SIGKILL rounds
@@ -61,8 +58,7 @@ def test_ingest_survives_sigkill_at_random_moments(ingest_run):
 def test_library_is_fully_consistent_after_the_ingest_campaign(ingest_run):
     root, _pool, _figures = ingest_run
     assert deep_verify(root) is None  # every file decoded: bucket, LAB, phash, cap, orphans
-    res = subprocess.run([sys.executable, "-m", "builder", "ingest", "--library", str(root), *map(str, _pool[:200])],
-                         capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    res = run_cli("ingest", "--library", root, *_pool[:200])
     assert res.returncode == 0, res.stderr  # an uninterrupted run after it all works as usual
     assert deep_verify(root) is None
 
@@ -71,7 +67,7 @@ def test_repair_after_a_kill_gives_a_clean_second_verify(ingest_run):
     """Kill once more and leave the wreck as it is: read-only verify reports it, --repair fixes it."""
     root, pool, _figures = ingest_run
     rng = random.Random(3)
-    cmd = [sys.executable, "-m", "builder", "ingest", "--library", str(root), "--workers", "2", *map(str, pool)]
+    cmd = builder_argv("ingest", "--library", root, "--workers", "2", *pool)
     for _ in range(10):  # until a kill leaves scratch or uncommitted files (nearly always the first)
         killed, snapshot, _code, _fired = run_and_kill(cmd, root, "scratch", rng, 6.0, root.parent / "repair.log")
         rows = committed_rows(root)
@@ -80,14 +76,11 @@ def test_repair_after_a_kill_gives_a_clean_second_verify(ingest_run):
         if killed and leftovers:
             break
     assert killed and leftovers
-    verify = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "builder", "verify", "--library", str(root), *a],
-        capture_output=True, text=True, env=cli_env(), cwd=REPO)
-    before = verify()
+    before = run_cli("verify", "--library", root)
     assert before.returncode == 1 and "orphan_file" in before.stdout, before.stdout + before.stderr
-    repaired = verify("--repair")
+    repaired = run_cli("verify", "--library", root, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    again = verify()
+    again = run_cli("verify", "--library", root)
     assert again.returncode == 0 and "no problems" in again.stdout, again.stdout
     assert set(snapshot) <= set(committed_rows(root))  # repair dropped nothing that had committed
     assert list((root / "temp").iterdir()) == []
@@ -129,8 +122,7 @@ def test_repair_of_300_wrong_bucket_rows_survives_sigkill_at_every_step(maintain
 
 def test_recover_survives_sigkill_and_gives_back_every_tile_and_its_provenance(maintained, tmp_path):
     release = tmp_path / "release"
-    res = subprocess.run([sys.executable, "-m", "builder", "build", "--library", str(maintained), "--output",
-                          str(release)], capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    res = run_cli("build", "--library", maintained, "--output", release)
     assert res.returncode == 0, res.stderr
     figures = recover_campaign(maintained, kills=RECOVER_KILLS, release=release, seed=6, max_rounds=20)
     print(figures.summary())

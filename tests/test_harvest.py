@@ -11,7 +11,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from builder.library import Library
 from builder.regions import Sampler, load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
-from tests.support.paths import REPO
+from tests.support.cli import run_cli
 from tests.tileserver import FAULTS, Rates, TileServer, distinct_tile, world_image
 
 # What each injected fault must become in the report: (report field, key).
@@ -74,12 +73,6 @@ class RoundRobinFaults:
         if k >= self.limit or attempt > 2:
             return None
         return FAULTS[k % len(FAULTS)]
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def stored_rows(lib: Library) -> list[tuple]:
@@ -175,7 +168,7 @@ def test_earth_source_offline_fills_buckets_with_real_colours(tmp_path):
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
     proc = run_cli("harvest", "--library", str(root), "--source", "earth", "--zoom", "6", "--max-tiles", "60",
-                   "--seed", "4", "--json")
+                   "--seed", "4", "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["accepted"] == 60 and report["stop_reason"] == "max_tiles"
@@ -236,7 +229,7 @@ def test_bad_values_give_one_line_errors(args, expect, tmp_path, capsys):
 
 
 def test_bad_value_from_the_command_line(tmp_path):
-    proc = run_cli("harvest", "--library", str(tmp_path / "lib"), "--zoom", "30")
+    proc = run_cli("harvest", "--library", str(tmp_path / "lib"), "--zoom", "30", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == "error: --zoom 30 is out of range: zoom must be an integer from 0 to 22\n"
     assert proc.stdout == ""
@@ -245,7 +238,7 @@ def test_bad_value_from_the_command_line(tmp_path):
 def test_second_harvest_on_a_locked_library_gets_the_one_liner(tmp_path):
     root = tmp_path / "mosaic_library"
     with Library.create(root):  # this process holds the writer lock
-        proc = run_cli("harvest", "--library", str(root), "--source", "earth", "--zoom", "3", "--max-tiles", "5")
+        proc = run_cli("harvest", "--library", str(root), "--source", "earth", "--zoom", "3", "--max-tiles", "5", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == f"error: {root} is being written by pid {os.getpid()}; wait for it to finish and retry\n"
     with Library.open(root, readonly=True) as lib:
@@ -332,7 +325,7 @@ def test_retry_faults_asks_again_only_for_transient_faults(make_library):
         n = len(server.records)
         proc = run_cli("harvest", "--library", str(root), "--source", server.tile_template, "--zoom", "10",
                        "--batch", "10", "--max-tiles", "10", "--seed", "22", "--threads", "4", "--retry-faults",
-                       "--json")
+                       "--json", timeout=60)
         assert proc.returncode == 0, proc.stderr
         third = json.loads(proc.stdout)
         run3 = server.records[n:]

@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from builder.library import Library
 from builder.regions import load_plan, tile_range
 from builder.verify import verify_library
 from tests.crash_campaign import burn_campaign, deep_verify
+from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.paths import REPO
 from tests.tileserver import TileServer, distinct_tile
 
@@ -38,11 +38,10 @@ STEP = 12  # tiles committed by a run before it is killed
 
 
 def start_harvest(root: Path, template: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", template, "--zoom", "11",
-           "--threads", "8", "--batch", "16", "--seed", "5", *extra]
+    cmd = builder_argv("harvest", "--library", root, "--source", template, "--zoom", "11", "--threads", "8", "--batch",
+                       "16", "--seed", "5", *extra)
     # Own session: the test can kill the run and its pool workers without touching anything else.
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
@@ -192,10 +191,8 @@ def test_ten_kills_burn_no_more_candidates_than_the_requests_in_flight(tmp_path)
             root, server.tile_template, plan, zoom=11, kills=BURN_KILLS, threads=BURN_THREADS, seed=4, max_delay=5.0,
             requested=lambda: {r.tile for r in server.records},
             served_twice=lambda: sum(1 for n in server.ok_counts().values() if n > 1))
-        final = subprocess.run(
-            [sys.executable, "-m", "builder", "harvest", "--library", str(root), "--source", server.tile_template,
-             "--plan", str(plan), "--zoom", "11", "--threads", str(BURN_THREADS), "--patience", "1000", "--json"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+        final = run_cli("harvest", "--library", root, "--source", server.tile_template, "--plan", plan, "--zoom", "11",
+                        "--threads", BURN_THREADS, "--patience", "1000", "--json")
         ok_counts = server.ok_counts()
         seen = {r.tile for r in server.records}
     print(figures.summary(), f"lost per kill {figures.lost} (mean {statistics.mean(figures.lost):.1f}), "

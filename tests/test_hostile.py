@@ -46,16 +46,11 @@ from builder.ingest import ingest
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
 from builder.verify import verify_library
-from tests.crash_campaign import REPO, cli_env, make_tile_pool, run_and_kill
+from tests.crash_campaign import make_tile_pool, run_and_kill
+from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.images import png_claiming, raw_png
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def cli(*args, env: dict | None = None, prefix: list[str] | None = None, timeout: float = 120,
-        cwd: Path | str = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([*(prefix or []), sys.executable, "-m", "builder", *map(str, args)], capture_output=True,
-                          text=True, env=env or cli_env(), cwd=cwd, timeout=timeout)
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -177,7 +172,7 @@ def test_hostile_image_gives_one_line_exit_1_and_stores_nothing(library, tmp_pat
     folder.mkdir()
     make(folder / name, pool[-1])
     before = digest(library)
-    res = cli("ingest", "--library", library, folder, timeout=60)
+    res = run_cli("ingest", "--library", library, folder, timeout=60)
     assert_one_line_error(res.returncode, res.stderr, 1, f"1 of 1 inputs unusable ({reason} 1); first {reason}: ")
     assert name in res.stderr
     assert res.stdout.startswith("ingest: 0 accepted, 1 rejected")
@@ -191,7 +186,7 @@ def test_good_tiles_beside_bad_ones_are_stored_and_the_exit_says_some_were_unusa
     for p in pool[40:46]:
         shutil.copy(p, folder)
     (folder / "zz_bomb.png").write_bytes(png_claiming(100_000, 100_000))
-    res = cli("ingest", "--library", library, folder)
+    res = run_cli("ingest", "--library", library, folder, timeout=120)
     assert_one_line_error(res.returncode, res.stderr, 1, "1 of 7 inputs unusable (too_large 1)")
     assert res.stdout.startswith("ingest: 6 accepted")
 
@@ -225,7 +220,7 @@ def test_png_payloads_never_ride_into_the_library(library, tmp_path, pool):
     for name, data in payloads.items():
         (folder / name).write_bytes(data)
     before = {r[0] for r in rows(library)}
-    res = cli("ingest", "--library", library, "--json", folder)
+    res = run_cli("ingest", "--library", library, "--json", folder, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["accepted"] == 3
     new = [r for r in rows(library) if r[0] not in before]
@@ -538,7 +533,7 @@ def test_read_only_library_readers_work_writers_get_one_line(pool):
     root = base / "mosaic_library"
     try:
         Library.create(root).close()
-        cmd = [sys.executable, "-m", "builder", "ingest", "--library", str(root), "--workers", "2", *map(str, pool)]
+        cmd = builder_argv("ingest", "--library", root, "--workers", "2", *pool)
         import random
 
         killed, *_ = run_and_kill(cmd, root, "commit", random.Random(1), 30.0, base / "log")
@@ -550,22 +545,22 @@ def test_read_only_library_readers_work_writers_get_one_line(pool):
                 os.chmod(p, 0o555 if p.is_dir() else 0o444)
         env = {**cli_env(), "HOME": str(base)}
         nobody = _as_nobody()
-        res = cli("stats", "--library", root, "--json", env=env, prefix=nobody, cwd="/")
+        res = run_cli("stats", "--library", root, "--json", env=env, prefix=nobody, cwd="/", timeout=120)
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)["tiles"] == committed  # rows still in the WAL are not hidden
-        res = cli("verify", "--library", root, "--quick", env=env, prefix=nobody, cwd="/")
+        res = run_cli("verify", "--library", root, "--quick", env=env, prefix=nobody, cwd="/", timeout=120)
         assert res.returncode in (0, 1) and f"checked {committed} rows" in res.stdout, res.stderr
         for args, message in ((["verify", "--repair"], "read-only"), (["ingest", str(pool[0])], "read-only"),
                               (["harvest", "--source", "earth", "--zoom", "3", "--max-tiles", "2"], "read-only"),
                               (["init"], "already initialised")):
-            res = cli(args[0], "--library", root, *args[1:], env=env, prefix=nobody, cwd="/")
+            res = run_cli(args[0], "--library", root, *args[1:], env=env, prefix=nobody, cwd="/", timeout=120)
             assert_one_line_error(res.returncode, res.stderr, 2, message)
         # Without the -shm the WAL cannot be read in a read-only folder: a clear error, never stale rows.
         os.chmod(root, 0o755)
         shutil.copy(root / "tiles.db-shm", base / "shm")
         (root / "tiles.db-shm").unlink()
         os.chmod(root, 0o555)
-        res = cli("stats", "--library", root, env=env, prefix=nobody, cwd="/")
+        res = run_cli("stats", "--library", root, env=env, prefix=nobody, cwd="/", timeout=120)
         assert_one_line_error(res.returncode, res.stderr, 2, "committed changes still in tiles.db-wal")
     finally:
         for p in [base, *base.rglob("*")]:
@@ -646,13 +641,13 @@ def assert_nothing_half_written(root: Path, expected_rows: int) -> None:
 def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(small_disk, pool):
     folder, env, _mounted = small_disk
     root = folder / "mosaic_library"
-    res = cli("init", "--library", root, env=env)
+    res = run_cli("init", "--library", root, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
-    res = cli("ingest", "--library", root, "--workers", "2", *pool[:12], env=env)  # ~2.4 MB: fits
+    res = run_cli("ingest", "--library", root, "--workers", "2", *pool[:12], env=env, timeout=120)  # ~2.4 MB: fits
     assert res.returncode == 0, res.stderr
     stored = len(rows(root))
     assert stored >= 10
-    res = cli("ingest", "--library", root, "--workers", "2", *pool[12:60], env=env)  # ~9.5 MB: does not
+    res = run_cli("ingest", "--library", root, "--workers", "2", *pool[12:60], env=env, timeout=120)  # ~9.5 MB: does not
     assert_one_line_error(res.returncode, res.stderr, 2, "No space left on device")
     assert_nothing_half_written(root, stored)
     # Make room and the same ingest goes through.
@@ -661,7 +656,7 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(small_disk, 
             with lib.conn:
                 lib.conn.execute("DELETE FROM tiles WHERE id = ?", (tile_id,))
             lib.tile_path(bucket, tile_id).unlink()
-    res = cli("ingest", "--library", root, "--workers", "2", *pool[12:18], env=env)
+    res = run_cli("ingest", "--library", root, "--workers", "2", *pool[12:18], env=env, timeout=120)
     assert res.returncode == 0, res.stderr
 
 
@@ -691,16 +686,16 @@ def test_a_full_disk_at_commit_time_is_rolled_back(small_disk, tmp_path):
         """A fresh library on a disk with room for the tiles plus ``extra`` bytes."""
         shutil.rmtree(root, ignore_errors=True)
         (folder / "filler").unlink(missing_ok=True)
-        assert cli("init", "--library", root, env=env).returncode == 0
+        assert run_cli("init", "--library", root, env=env, timeout=120).returncode == 0
         stat = os.statvfs(folder)
         with open(folder / "filler", "wb") as fh:
             fh.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - needed - extra))
-        return cli("ingest", "--library", root, "--workers", "2", *tiles, env=env)
+        return run_cli("ingest", "--library", root, "--workers", "2", *tiles, env=env, timeout=120)
 
     if not mounted:  # injected ENOSPC reaches Python's writes only: the worker's temp files
-        assert cli("init", "--library", root, env=env).returncode == 0
-        res = cli("ingest", "--library", root, "--workers", "2", *tiles,
-                  env={**env, "MOSAIC_FULL_DISK_BYTES": str(needed // 4)})
+        assert run_cli("init", "--library", root, env=env, timeout=120).returncode == 0
+        res = run_cli("ingest", "--library", root, "--workers", "2", *tiles,
+                  env={**env, "MOSAIC_FULL_DISK_BYTES": str(needed // 4)}, timeout=120)
         assert_one_line_error(res.returncode, res.stderr, 2, "No space left on device")
         assert_nothing_half_written(root, 0)
         return
@@ -774,7 +769,7 @@ def test_a_16_bit_greyscale_png_keeps_its_grey_level(library, tmp_path):
     Image.fromarray(grey16).save(path)
     assert Image.open(path).mode.startswith("I")
     before = {r[0] for r in rows(library)}
-    res = cli("ingest", "--library", library, path)
+    res = run_cli("ingest", "--library", library, path, timeout=120)
     assert res.returncode == 0, res.stderr
     (new,) = [r for r in rows(library) if r[0] not in before]
     stored = np.asarray(Image.open(library / f"bucket_{new[1]:04d}" / f"{new[0]}.png"))

@@ -170,16 +170,13 @@ def test_old_seed_schema_is_migrated_on_open(tmp_path, make_library, bluemarble)
         assert again.conn.execute("SELECT id, source FROM tiles").fetchall() == [(out.tile_id, None)]
 
 
-def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble):
+def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble, cli):
     """``ingest --json`` lists every rejected file with its reason; the text the first 20 (unusable
     ones first) and how many more; exit status 1 for the unusable ones."""
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     from builder.library import Library
-    from tests.support.paths import REPO
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -191,14 +188,8 @@ def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble):
     (folder / "d_cut.jpg").write_bytes(jpeg_bytes(crops[1])[:2000])
     png_bytes_wide = png_bytes(crops[2].resize((300, 200)))
     (folder / "e_wide.png").write_bytes(png_bytes_wide)
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
-                              cwd=tmp_path, env=env)
-
-    assert run("init").returncode == 0
-    res = run("ingest", folder, "--workers", "1", "--json")
+    assert cli("init").returncode == 0
+    res = cli("ingest", folder, "--workers", "1", "--json")
     assert res.returncode == 1
     report = json.loads(res.stdout)
     listed = {Path(r["path"]).name: r["reason"] for r in report["rejected_files"]}
@@ -207,14 +198,14 @@ def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble):
     wide = next(r for r in report["rejected_files"] if r["path"].endswith("e_wide.png"))
     assert wide["detail"] == "300x200: tiles are square; `ingest --crop` takes the centre square of such images"
 
-    res = run("ingest", folder, "--workers", "1")  # again, as text: everything is now a duplicate or unusable
+    res = cli("ingest", folder, "--workers", "1")  # again, as text: everything is now a duplicate or unusable
     lines = res.stdout.splitlines()
     assert lines[0].startswith("ingest: 0 accepted, 28 rejected (corrupt 1, duplicate 2, not_image 24, not_square 1)")
     shown = lines[1:21]
     assert all(line.startswith("  rejected ") for line in shown) and not any("duplicate" in line for line in shown)
     assert lines[21] == "  ... and 8 more rejected (--json lists every one)" and len(lines) == 22
 
-    res = run("ingest", folder / "e_wide.png", "--crop", "--json")
+    res = cli("ingest", folder / "e_wide.png", "--crop", "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["accepted"] == 1
     with Library.open(tmp_path / "mosaic_library", readonly=True) as lib:
         tile_id, bucket_id = lib.conn.execute("SELECT id, bucket_id FROM tiles ORDER BY rowid DESC LIMIT 1").fetchone()

@@ -12,6 +12,7 @@ from builder.assign import Candidate, Pipeline
 from builder.errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
+from tests.support.cli import run_cli
 from tests.support.images import png_bytes, real_crops
 
 
@@ -134,8 +135,6 @@ def test_read_only_library_gives_one_clear_error_for_writers():
     As root (CI) permissions do not bind, so the CLI runs as ``nobody`` through setpriv.
     """
     import shutil
-    import subprocess
-    import sys
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="mosaic_ro_"))  # /tmp/pytest-of-root is 0700: nobody can't enter it
@@ -148,14 +147,11 @@ def test_read_only_library_gives_one_clear_error_for_writers():
         setpriv = shutil.which("setpriv")
         assert setpriv, "setpriv (util-linux) is needed to drop root for this test"
         prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     try:
-        cmd = prefix + [sys.executable, "-m", "builder", "ingest", "--library", str(root), str(root)]
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+        res = run_cli("ingest", "--library", root, root, prefix=prefix, cwd="/")
         assert res.returncode == 2, res.stderr
         assert res.stderr.strip().count("\n") == 0 and "read-only" in res.stderr, res.stderr
-        res = subprocess.run(prefix + [sys.executable, "-m", "builder", "stats", "--library", str(root)],
-                             capture_output=True, text=True, env=env, cwd="/")
+        res = run_cli("stats", "--library", root, prefix=prefix, cwd="/")
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("0 tiles")
     finally:

@@ -8,7 +8,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,6 @@ from builder.layout import PNG_SIGNATURE, SAMPLE_TARGET
 from tests.full_disk import run_on_full_disk
 from tests.mosaic_campaign import mosaic_campaign, output_digest, scratch_entries
 from tests.mosaic_helpers import build_library, earth_library  # noqa: F401 - a fixture
-from tests.support.paths import REPO
-
-
-def cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
 def sha(path: Path) -> str:
@@ -45,7 +38,7 @@ def small_library(tmp_path_factory, bluemarble) -> Path:
 # ------------------------------------------------------------------------------ input is never the output
 
 
-def test_an_output_that_is_the_input_is_refused_and_the_input_kept(small_library, tmp_path):
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(small_library, tmp_path, cli):
     photo = tmp_path / "photo.png"
     Image.open(SAMPLE_TARGET).convert("RGB").resize((120, 120)).save(photo)
     before = sha(photo)
@@ -71,7 +64,7 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(small_library
 # ------------------------------------------------------------------------------ debris of killed runs
 
 
-def test_the_next_run_removes_what_killed_runs_left_and_nothing_else(small_library, tmp_path):
+def test_the_next_run_removes_what_killed_runs_left_and_nothing_else(small_library, tmp_path, cli):
     out = tmp_path / "out"
     source = tmp_path / "src"
     res = cli("mosaic", "--library", small_library, SAMPLE_TARGET, "--output", source / "staged.dzi", "--grid", "6x6",

@@ -4,8 +4,6 @@ duplicates, except that flat tiles (whose hashes are noise) are held to identica
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ from builder.errors import UsageError
 from builder.ingest import ingest
 from builder.phash import MIN_HASH_CONTRAST, contrast, hamming, phash
 from tests.support.images import png_bytes, real_crops
-from tests.support.paths import REPO
 
 
 def _textured_pair(bluemarble):
@@ -79,7 +76,7 @@ def test_flat_tiles_do_not_knock_out_unrelated_tiles(make_library):
     assert [o.accepted for o in again] == [True, False]
 
 
-def test_ingest_takes_the_radius_and_bad_values_are_one_line_errors(make_library, bluemarble, tmp_path):
+def test_ingest_takes_the_radius_and_bad_values_are_one_line_errors(make_library, bluemarble, tmp_path, cli):
     a, b = _textured_pair(bluemarble)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -92,9 +89,7 @@ def test_ingest_takes_the_radius_and_bad_values_are_one_line_errors(make_library
         with pytest.raises(UsageError, match="--near-duplicate-radius must be an integer within 0..64"):
             ingest(lib, [folder], near_duplicate_radius=bad)
     lib.close()
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     for command in (["ingest", str(folder)], ["harvest", "--source", "earth", "--zoom", "3"], ["synthesize"]):
-        res = subprocess.run([sys.executable, "-m", "builder", *command, "--library", str(lib.root),
-                              "--near-duplicate-radius", "65"], capture_output=True, text=True, cwd=tmp_path, env=env)
+        res = cli(*command, "--library", lib.root, "--near-duplicate-radius", "65")
         assert res.returncode == 2, (command, res.stderr)
         assert res.stderr.strip() == "error: --near-duplicate-radius must be an integer within 0..64, got 65", command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -32,11 +33,11 @@ from builder.verify import verify_library
 from tests.publish_helpers import (
     FAKE_TOKEN,
     db_rows,
+    fake_token_env,
     load_in_fresh_process,
     make_library,
     reseal,
     sha256,
-    subprocess_env,
 )
 from tests.support.images import real_crops
 from tests.support.localhub import LocalHub
@@ -57,22 +58,16 @@ def staging(library, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def token_cli(cli, tmp_path):
+    """The CLI in tmp_path with the fake token, and every Hugging Face cache under tmp_path, in its environment."""
+    return functools.partial(cli, env=fake_token_env(tmp_path))
+
+
+@pytest.fixture
 def library_copy(library, tmp_path) -> Path:
     copy = tmp_path / "mosaic_library"
     shutil.copytree(library, copy)
     return copy
-
-
-def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m builder ...`` in a fresh process, with the fake token in its environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "builder", *args],
-        cwd=tmp_path,
-        env=subprocess_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def read_parquet_rows(staging: Path) -> list[dict]:
@@ -210,7 +205,7 @@ def test_build_does_not_import_datasets(library, tmp_path):
         f"build_staging({str(library)!r}, {str(tmp_path / 'staging')!r}, num_proc=2); "
         "print(sorted(m for m in ('datasets', 'huggingface_hub', 'scipy.spatial') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(tmp_path), capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], env=fake_token_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -434,11 +429,9 @@ def test_repo_id_is_validated(bad):
     assert repr(bad) in str(info.value)
 
 
-def test_push_dry_run_builds_then_prints_the_plan_without_the_token(library_copy, tmp_path):
+def test_push_dry_run_builds_then_prints_the_plan_without_the_token(library_copy, tmp_path, token_cli):
     out = tmp_path / "staging"
-    result = cli(
-        tmp_path, "push", "--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic", "--dry-run"
-    )
+    result = token_cli("push", "--library", library_copy, "--output", out, "--repo-id", "alice/mosaic", "--dry-run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"built {out}: ")
@@ -446,9 +439,7 @@ def test_push_dry_run_builds_then_prints_the_plan_without_the_token(library_copy
     assert lines[1:-1] == [f"{item.size:>14,d}  {item.path_in_repo}" for item in plan]
     assert lines[-1].startswith(f"would upload {len(plan)} files") and "datasets/alice/mosaic" in lines[-1]
     assert 'load_dataset("alice/mosaic", split="train")' in (out / "README.md").read_text()
-    again = cli(
-        tmp_path, "push", "--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic", "--dry-run"
-    )
+    again = token_cli("push", "--library", library_copy, "--output", out, "--repo-id", "alice/mosaic", "--dry-run")
     assert again.returncode == 0 and not again.stdout.startswith("built")  # current: no rebuild
     for text in (result.stdout, result.stderr, again.stdout, again.stderr):
         assert FAKE_TOKEN not in text
@@ -471,7 +462,7 @@ def test_push_reports_a_refusing_hub_on_one_line_and_never_leaks_the_token(stagi
     copy = tmp_path / "staging"
     shutil.copytree(staging, copy)
     with LocalHub(token="hf_the_hubs_own_token") as hub:
-        env = subprocess_env(tmp_path, **hub.env(token=False))
+        env = fake_token_env(tmp_path, **hub.env(token=False))
         result = subprocess.run(
             [sys.executable, "-c", PUSH_SCRIPT, str(copy)], env=env, capture_output=True, text=True, timeout=120
         )
@@ -487,7 +478,7 @@ def test_push_reports_a_refusing_hub_on_one_line_and_never_leaks_the_token(stagi
 def test_push_without_any_token_is_a_clear_error(staging, tmp_path):
     copy = tmp_path / "staging"
     shutil.copytree(staging, copy)
-    env = subprocess_env(tmp_path, HF_HOME=str(tmp_path / "empty_home"))
+    env = fake_token_env(tmp_path, HF_HOME=str(tmp_path / "empty_home"))
     del env["HF_TOKEN"]
     result = subprocess.run(
         [sys.executable, "-c", PUSH_SCRIPT, str(copy)], env=env, capture_output=True, text=True, timeout=120
@@ -579,43 +570,41 @@ def test_restore_refuses_out_of_range_labels(staging, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path):
+def test_cli_build_restore_and_errors_print_one_line(library_copy, tmp_path, token_cli):
     out = tmp_path / "staging"
-    built = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out), "--num-proc", "2")
+    built = token_cli("build", "--library", str(library_copy), "--output", str(out), "--num-proc", "2")
     assert built.returncode == 0, built.stderr
     assert built.stdout.count("\n") == 1 and built.stdout.startswith(f"built {out}: ")
     assert "Generating" not in built.stderr  # no progress bars when stderr is not a terminal
 
-    restored = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))
+    restored = token_cli("restore", str(out), "--library", str(tmp_path / "again"))
     assert restored.returncode == 0 and restored.stdout.startswith("restored ")
 
-    again = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "again"))  # the same release: done
+    again = token_cli("restore", str(out), "--library", str(tmp_path / "again"))  # the same release: done
     assert again.returncode == 0 and again.stdout.rstrip().endswith("(already restored)")
-    refused = cli(tmp_path, "restore", str(out), "--library", str(library_copy))  # anything else: refused
+    refused = token_cli("restore", str(out), "--library", str(library_copy))  # anything else: refused
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not empty" in refused.stderr
 
     victim = next(iter(db_rows(library_copy / "tiles.db").values()))
     (library_copy / f"bucket_{victim['bucket_id']:04d}" / f"{victim['id']}.png").unlink()
-    failed = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out))
+    failed = token_cli("build", "--library", str(library_copy), "--output", str(out))
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1
     assert victim["id"] in failed.stderr and "file missing" in failed.stderr
-    skipped = cli(tmp_path, "build", "--library", str(library_copy), "--output", str(out), "--skip-bad")
+    skipped = token_cli("build", "--library", str(library_copy), "--output", str(out), "--skip-bad")
     assert skipped.returncode == 0 and "1 bad tiles skipped" in skipped.stdout
 
-    bad_repo = cli(tmp_path, "push", "--library", str(library_copy), "--repo-id", "not a repo", "--dry-run")
+    bad_repo = token_cli("push", "--library", str(library_copy), "--repo-id", "not a repo", "--dry-run")
     assert bad_repo.returncode == 2 and "'not a repo'" in bad_repo.stderr
 
     everything = [built, restored, again, refused, failed, skipped, bad_repo]
     assert all(FAKE_TOKEN not in r.stdout + r.stderr for r in everything)
 
 
-def test_the_token_is_never_written_anywhere(tmp_path, library_copy):
+def test_the_token_is_never_written_anywhere(tmp_path, library_copy, token_cli):
     out = tmp_path / "staging"
-    result = cli(
-        tmp_path, "push", "--library", str(library_copy), "--output", str(out), "--repo-id", "alice/m", "--dry-run"
-    )
+    result = token_cli("push", "--library", library_copy, "--output", out, "--repo-id", "alice/m", "--dry-run")
     assert result.returncode == 0, result.stderr
-    restore = cli(tmp_path, "restore", str(out), "--library", str(tmp_path / "restored"))
+    restore = token_cli("restore", str(out), "--library", str(tmp_path / "restored"))
     assert restore.returncode == 0, restore.stderr
     needle = FAKE_TOKEN.encode()
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -623,8 +612,8 @@ def test_the_token_is_never_written_anywhere(tmp_path, library_copy):
     assert [p for p in written if needle in p.read_bytes()] == []
 
 
-def test_cli_default_output_is_beside_the_library(library_copy, tmp_path):
-    result = cli(tmp_path, "build", "--library", str(library_copy))
+def test_cli_default_output_is_beside_the_library(library_copy, tmp_path, token_cli):
+    result = token_cli("build", "--library", str(library_copy))
     assert result.returncode == 0, result.stderr
     assert (library_copy.parent / "staging" / "README.md").is_file()
 
@@ -632,33 +621,12 @@ def test_cli_default_output_is_beside_the_library(library_copy, tmp_path):
 # --------------------------------------------------------------------------------------- push, end to end
 
 
-def push_cli(tmp_path: Path, hub: LocalHub, *args: str) -> subprocess.CompletedProcess:
-    """``python -m builder push`` in a fresh process pointed at the local Hub (HF_TOKEN is the fake token)."""
-    return subprocess.run(
-        [sys.executable, "-m", "builder", "push", *args],
-        cwd=tmp_path,
-        env=subprocess_env(tmp_path, **hub.env(token=False)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
-def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path):
+def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path, cli):
     out = tmp_path / "staging"
     with LocalHub(token=FAKE_TOKEN) as hub:
-        result = push_cli(
-            tmp_path,
-            hub,
-            "--library",
-            str(library_copy),
-            "--output",
-            str(out),
-            "--repo-id",
-            "alice/mosaic",
-            "--private",
-        )
+        result = cli("push", "--library", library_copy, "--output", out, "--repo-id", "alice/mosaic", "--private",
+                     env=fake_token_env(tmp_path, **hub.env(token=False)))
         assert result.returncode == 0, result.stderr
         remote = hub.files("alice/mosaic")
         head = hub.history("alice/mosaic")[0]
@@ -694,7 +662,7 @@ def test_push_uploads_exactly_the_plan_and_the_repo_loads(library_copy, tmp_path
     assert load_in_fresh_process(downloaded, tmp_path)["rows"] == load_in_fresh_process(out, tmp_path)["rows"]
 
 
-def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, tmp_path):
+def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, tmp_path, cli):
     out = tmp_path / "staging"
     build_staging(library_copy, out, max_shard_size="1MB")
     first = len(list((out / "data").glob("*.parquet")))
@@ -702,12 +670,12 @@ def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, 
     # an organisation whose new repos are private: push without --private must not make it public
     with LocalHub(token=FAKE_TOKEN, default_private=True) as hub:
         args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
-        assert push_cli(tmp_path, hub, *args).returncode == 0
+        assert cli("push", *args, env=fake_token_env(tmp_path, **hub.env(token=False))).returncode == 0
         assert hub.repo("alice/mosaic").private is True
         old = {p for p in hub.files("alice/mosaic") if p.startswith("data/")}
         assert len(old) == first
         build_staging(library_copy, out)  # default shard size: one file
-        second = push_cli(tmp_path, hub, *args)
+        second = cli("push", *args, env=fake_token_env(tmp_path, **hub.env(token=False)))
         assert second.returncode == 0, second.stderr
         remote = hub.files("alice/mosaic")
         deleted = set(hub.changes("alice/mosaic")["deleted"])
@@ -716,11 +684,11 @@ def test_a_new_release_deletes_the_previous_releases_stale_shards(library_copy, 
     assert f"deleted {len(deleted)} stale files" in second.stdout
 
 
-def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(library_copy, tmp_path):
+def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(library_copy, tmp_path, cli):
     out = tmp_path / "staging"
     with LocalHub(token=FAKE_TOKEN) as hub:
         args = ("--library", str(library_copy), "--output", str(out), "--repo-id", "alice/mosaic")
-        result = push_cli(tmp_path, hub, *args, "--revision", "release-2")
+        result = cli("push", *args, "--revision", "release-2", env=fake_token_env(tmp_path, **hub.env(token=False)))
         assert result.returncode == 0, result.stderr
         assert set(hub.files("alice/mosaic", "main")) == {".gitattributes"}
         assert set(hub.files("alice/mosaic", "release-2")) == {".gitattributes"} | {

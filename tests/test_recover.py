@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,20 +17,14 @@ from builder.errors import UsageError
 from builder.library import Library
 from builder.recover import readable_rows, recover_library
 from tests.crash_campaign import (
-    REPO,
     bucket_files,
     build_library,
-    cli_env,
     committed_rows,
     copy_library,
     damage_db,
     provenance,
 )
-
-
-def _cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
-                          env=cli_env(), cwd=REPO, timeout=300)
+from tests.support.cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def released(tmp_path_factory):
                                  [("earth", 6, x, 9, "none" if x % 2 else "rejected:blank", "test") for x in range(7)])
             lib.conn.execute("INSERT INTO meta (key, value) VALUES ('note', 'kept')")
     assert made.made >= 5
-    res = _cli("build", "--library", root, "--output", base / "release")
+    res = run_cli("build", "--library", root, "--output", base / "release")
     assert res.returncode == 0, res.stderr
     return root, base / "release"
 
@@ -75,10 +67,10 @@ def test_recover_after_truncating_tiles_db_gives_back_every_tile_with_its_proven
     _checkpoint(root)
     (root / "tiles.db").write_bytes((root / "tiles.db").read_bytes()[:3 * 4096 + 100])  # truncated
     damaged = (root / "tiles.db").read_bytes()
-    stats = _cli("stats", "--library", root)
+    stats = run_cli("stats", "--library", root)
     assert stats.returncode == 2 and len(stats.stderr.splitlines()) == 1
     assert f"`python -m builder recover --library {root}`" in stats.stderr
-    res = _cli("recover", "--library", root, "--release", release)
+    res = run_cli("recover", "--library", root, "--release", release)
     assert res.returncode == 0, res.stdout + res.stderr
     n = len(before)
     assert f"recovered {n} tiles" in res.stdout and f"{n} with provenance from the release" in res.stdout
@@ -86,7 +78,7 @@ def test_recover_after_truncating_tiles_db_gives_back_every_tile_with_its_proven
     assert committed_rows(root) == rows_before  # same ids, buckets, hashes
     (aside,) = root.glob("tiles.db.broken-*Z")
     assert aside.read_bytes() == damaged  # kept as it was
-    assert _cli("verify", "--library", root).returncode == 0
+    assert run_cli("verify", "--library", root).returncode == 0
     with Library.open(root, readonly=True) as lib:  # the fetch ledger and meta came back from the release
         assert lib.conn.execute("SELECT COUNT(*) FROM fetched WHERE region = 'test'").fetchone()[0] == 7
         assert lib.cap == 100 and dict(lib.conn.execute("SELECT key, value FROM meta"))["note"] == "kept"
@@ -147,7 +139,7 @@ def test_recover_refuses_a_release_of_another_library(library, tmp_path):
 def test_an_interrupted_recover_is_named_by_every_command(library):
     root, _release, _before = library
     (root / "tiles.db.recovered").write_bytes(b"")
-    res = _cli("stats", "--library", root)
+    res = run_cli("stats", "--library", root)
     assert res.returncode == 2 and res.stderr.strip() == (
         f"error: a recover of {root} was interrupted: run `python -m builder recover --library {root}` to finish it")
 

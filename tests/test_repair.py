@@ -26,16 +26,15 @@ from builder.layout import JOURNAL_NAME, bucket_name
 from builder.library import Library
 from builder.verify import QUICK_THUMBNAIL_SAMPLE, verify_library
 from tests.crash_campaign import (
-    REPO,
     bucket_files,
     build_library,
-    cli_env,
     committed_rows,
     copy_library,
     misfile,
     sigkill_self,
     tile_copies,
 )
+from tests.support.cli import run_cli
 from tests.support.images import png_bytes, real_crops
 
 MISFILED = 300
@@ -181,11 +180,6 @@ def test_a_repair_moving_duplicates_to_quarantine_killed_midway_loses_nothing(st
     assert all(item.reason == "duplicate" for item in quarantine.list_items(root))
 
 
-def _cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True,
-                          env=cli_env(), cwd=REPO, timeout=300)
-
-
 def test_rows_deleted_behind_the_librarys_back_come_back_with_their_ids(stored_library, tmp_path):
     base, _expected = stored_library
     root = tmp_path / "mosaic_library"
@@ -197,9 +191,9 @@ def test_rows_deleted_behind_the_librarys_back_come_back_with_their_ids(stored_l
     with conn:
         conn.executemany("DELETE FROM tiles WHERE id = ?", [(i,) for i in gone])
     conn.close()
-    found = _cli("verify", "--quick", "--library", root)
+    found = run_cli("verify", "--quick", "--library", root)
     assert found.returncode == 1 and "orphan_file 100" in found.stdout, found.stdout
-    fixed = _cli("verify", "--repair", "--quick", "--library", root, "--workers", "2")
+    fixed = run_cli("verify", "--repair", "--quick", "--library", root, "--workers", "2")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "adopted 100 files without a row" in fixed.stdout
     conn = sqlite3.connect(root / "tiles.db")
@@ -260,12 +254,12 @@ def test_what_cannot_be_adopted_goes_to_quarantine_with_its_reason(tmp_path, blu
     assert os.readlink(root / items["not_a_file"].path) == "/etc/passwd"  # the link moved, never followed
     assert "100x100" in items["bad_image"].detail
     assert set(committed_rows(root)) == set(rows)  # every stored tile kept
-    listed = _cli("verify", "--library", root)
+    listed = run_cli("verify", "--library", root)
     assert listed.returncode == 0 and "quarantine/ holds 6 entries" in listed.stdout, listed.stdout
     for item in items.values():
         assert f"  {item.path}: {item.reason}" in listed.stdout
     assert "verify --empty-quarantine" in listed.stdout
-    emptied = _cli("verify", "--empty-quarantine", "--library", root)
+    emptied = run_cli("verify", "--empty-quarantine", "--library", root)
     assert emptied.returncode == 0 and "emptied quarantine/: 6 entries deleted" in emptied.stdout, emptied.stdout
     assert not (root / "quarantine").exists() and list((root / "temp").iterdir()) == []
     assert set(committed_rows(root)) == set(rows)

@@ -6,8 +6,6 @@ SQLite, real processes; kill points found by polling the file system)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,8 @@ from builder.publish.restore import scratch_for
 from builder.synthesize import synthesize
 from builder.verify import verify_library
 from tests.publish_helpers import make_library, reseal
-from tests.restore_campaign import POINTS, cli_env, library_state, restore_campaign
+from tests.restore_campaign import POINTS, library_state, restore_campaign
+from tests.support.cli import builder_argv, offline_env, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,6 @@ def staging(source, tmp_path_factory) -> Path:
     return build_staging(source, tmp_path_factory.mktemp("restore_staging") / "staging", max_shard_size="1MB").output
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=cli_env(),
-                          timeout=300)
-
-
 def nothing_left(target: Path) -> bool:
     return not target.exists() and not scratch_for(target).exists()
 
@@ -56,7 +50,7 @@ def test_a_release_with_a_shard_deleted_and_another_truncated_is_refused_and_lea
     data = shards[2].read_bytes()
     shards[2].write_bytes(data[: len(data) // 2])
     target = tmp_path / "lib" / "mosaic_library"
-    result = cli("restore", str(copy), "--library", str(target))
+    result = run_cli("restore", str(copy), "--library", str(target), env=offline_env())
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: release ")
     assert f"data/{shards[1].name} is missing (and 1 more file)" in result.stderr
@@ -138,7 +132,7 @@ def test_restore_of_some_buckets_holds_exactly_their_tiles(staging, source, tmp_
     synthetic_only = [b for b, ids in by_bucket.items() if all(whole["rows"][i][-2] == 1 for i in ids)]
     chosen = sorted(real[:3] + synthetic_only[:2])
     target = tmp_path / "part" / "mosaic_library"
-    result = cli("restore", str(staging), "--library", str(target), "--buckets", ",".join(map(str, chosen)))
+    result = run_cli("restore", str(staging), "--library", str(target), "--buckets", ",".join(map(str, chosen)), env=offline_env())
     assert result.returncode == 0, result.stderr
     wanted = {i for b in chosen for i in by_bucket[b]}
     assert f"restored {len(wanted)} tiles of {len(chosen)} buckets" in result.stdout
@@ -151,7 +145,7 @@ def test_a_killed_restore_then_another_release_starts_over_cleanly(staging, sour
     from tests.restore_campaign import Paths, kill_at
 
     paths = Paths(tmp_path / "mosaic_library", 0, 200)
-    cmd = [sys.executable, "-m", "builder", "restore", str(staging), "--library", str(paths.target)]
+    cmd = builder_argv("restore", staging, "--library", paths.target)
     assert kill_at(cmd, paths, "half of the tiles")
     part = tmp_path / "part_release"
     shutil.copytree(staging, part)

@@ -10,13 +10,12 @@ every file the (local) Hub received, is searched for both secrets.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.crash_campaign import REPO, make_tile_pool
+from tests.crash_campaign import make_tile_pool
+from tests.support.cli import cli_env, run_cli
 from tests.support.localhub import LocalHub
 from tests.tileserver import Rates, TileServer, distinct_tile
 
@@ -29,21 +28,10 @@ URL_TOKEN = "urlsecret" + "Tz8Wq3" * 4
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A clean environment: every cache and home under tmp_path, so it is searched too."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "PYTEST"))}
-    env.update(
-        PYTHONPATH=str(REPO), HF_TOKEN=HUB_TOKEN, HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf_home"),
-        HF_DATASETS_CACHE=str(tmp_path / "datasets_cache"), XDG_CACHE_HOME=str(tmp_path / "xdg_cache"),
-        MPLCONFIGDIR=str(tmp_path / "mpl"), HF_HUB_DISABLE_TELEMETRY="1",
-    )
-    env.update(extra)
-    return env
-
-
-def run(tmp_path: Path, env: dict, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", "-v", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=600)
+    settings = {"HF_TOKEN": HUB_TOKEN, "HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf_home"),
+                "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"), "XDG_CACHE_HOME": str(tmp_path / "xdg_cache"),
+                "MPLCONFIGDIR": str(tmp_path / "mpl"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return cli_env(without=("HF_", "HUGGINGFACE_"), **{**settings, **extra})
 
 
 def leaks(text: str) -> list[str]:
@@ -79,7 +67,7 @@ def session(tmp_path_factory):
             "restore": ["restore", staging, "--library", base / "restored"],
         }
         for name, args in commands.items():
-            results[name] = run(base, env, *args)
+            results[name] = run_cli("-v", *args, cwd=base, env=env, timeout=600)
         faults_served = server.outcome_counts()
         requests = hub.requests
         uploaded = hub.files("alice/mosaic")

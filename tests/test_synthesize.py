@@ -4,8 +4,6 @@ real tiles of a small real library, stored through the commit protocol and check
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -188,7 +186,7 @@ def test_a_rerun_tops_up_and_never_touches_buckets_with_a_real_tile(library):
     assert targets(lib, 3).keys().isdisjoint({b for b in wanted if per_bucket[b] == 3})
 
 
-def test_bad_values_are_one_line_errors(library, tmp_path):
+def test_bad_values_are_one_line_errors(library, tmp_path, cli):
     for kwargs in ({"per_bucket": 0}, {"per_bucket": 101}, {"max_uses": 0}, {"near_duplicate_radius": -1},
                    {"near_duplicate_radius": 65}):
         with pytest.raises(UsageError):
@@ -197,8 +195,7 @@ def test_bad_values_are_one_line_errors(library, tmp_path):
     for args, words in ((["--max-uses", "0"], "--max-uses must be an integer at least 1"),
                         (["--per-bucket", "x"], "argument --per-bucket: not an integer"),
                         (["--near-duplicate-radius", "99"], "--near-duplicate-radius must be an integer within 0..64")):
-        res = subprocess.run([sys.executable, "-m", "builder", "synthesize", "--library", str(library.root), *args],
-                             capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        res = cli("synthesize", "--library", library.root, *args)
         assert res.returncode == 2 and words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 

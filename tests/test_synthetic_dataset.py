@@ -120,7 +120,7 @@ def test_the_cards_synthetic_snippet_runs(stagings, tmp_path):
     import subprocess
     import sys
 
-    from tests.publish_helpers import subprocess_env
+    from tests.publish_helpers import fake_token_env
 
     _real, mixed = stagings
     shutil.copytree(mixed, tmp_path / "USER" / "mosaic_library")
@@ -129,24 +129,22 @@ def test_the_cards_synthetic_snippet_runs(stagings, tmp_path):
     code = block.replace('synthetic[0]["derived_from"]', 'print(synthetic.num_rows, "derived_from" in synthetic[0]);'
                                                            ' synthetic[0]["derived_from"]')
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env=subprocess_env(tmp_path, HF_HUB_OFFLINE="1"), timeout=300)
+                         env=fake_token_env(tmp_path, HF_HUB_OFFLINE="1"), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["30", "True"]
 
 
 def test_push_dry_run_of_a_library_with_synthetic_tiles_lists_every_config(libraries, stagings, tmp_path):
     """The demo's library runs synthesize: its release must publish (was: refused as foreign files)."""
-    import subprocess
-    import sys
 
     from builder.publish import plan_upload
-    from tests.publish_helpers import FAKE_TOKEN, subprocess_env
+    from tests.publish_helpers import FAKE_TOKEN, fake_token_env
+    from tests.support.cli import run_cli
 
     _real, mixed = libraries
     out = tmp_path / "staging"
-    result = subprocess.run([sys.executable, "-m", "builder", "push", "--library", str(mixed), "--output", str(out),
-                             "--repo-id", "alice/mosaic", "--dry-run"], capture_output=True, text=True,
-                            env=subprocess_env(tmp_path), timeout=300)
+    result = run_cli("push", "--library", mixed, "--output", out, "--repo-id", "alice/mosaic", "--dry-run",
+                     env=fake_token_env(tmp_path))
     assert result.returncode == 0, result.stderr
     listed = [line.split()[-1] for line in result.stdout.splitlines()[1:-1]]
     assert listed == [item.path_in_repo for item in plan_upload(out)]

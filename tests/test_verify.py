@@ -1,8 +1,6 @@
 """verify finds every kind of planted damage; --repair fixes it and a second verify is clean."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ from PIL import Image
 from builder.ingest import ingest
 from builder.library import Library
 from builder.verify import verify_library
-from tests.support.paths import REPO
+from tests.support.cli import run_cli
 
 
 @pytest.fixture
@@ -115,13 +113,11 @@ def test_cli_verify_exit_codes(damaged):
     with lib.conn:
         lib.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('cap', '3')")
     lib.close()
-    run = lambda *a: subprocess.run([sys.executable, "-m", "builder", *a, "--library", str(root)],  # noqa: E731
-                                    capture_output=True, text=True, cwd=REPO)
-    res = run("verify")
+    res = run_cli("verify", "--library", root)
     assert res.returncode == 1 and "missing_file" in res.stdout
-    res = run("verify", "--repair")
+    res = run_cli("verify", "--repair", "--library", root)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "after repair: checked" in res.stdout and "no problems" in res.stdout.splitlines()[-1]
-    assert run("verify").returncode == 0
+    assert run_cli("verify", "--library", root).returncode == 0
     with Library.open(root, readonly=True) as again:
         assert again.stats()["tiles"] > 100
