@@ -34,7 +34,7 @@ from builder.atlas import SampleStore, tile_blocks  # noqa: E402
 from builder.color import CentroidIndex  # noqa: E402
 from builder.layout import ATLAS_SAMPLE_PER_BUCKET, SHIPPED_CENTROIDS  # noqa: E402
 from builder.sources import open_source  # noqa: E402
-from tests.test_atlas import per_block_tile_blocks, per_bucket_add  # noqa: E402
+from tests.support.atlas_reference import per_block_tile_blocks, per_bucket_add  # noqa: E402
 
 BENCH = "atlas"
 TARGET_MS = 20.0

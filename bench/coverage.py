@@ -10,7 +10,7 @@ the blind arm runs ``harvest --phase all --max-requests <budget>``.  Starting li
   built once and cached under ``--cache`` (default ``/tmp/mosaic_bench_coverage``);
 - *fresh*: an empty library.
 
-Sources: ``earth`` (in process); ``http``, a loopback HTTP server (:class:`tests.tileserver.TileServer`
+Sources: ``earth`` (in process); ``http``, a loopback HTTP server (:class:`tests.support.tileserver.TileServer`
 in its own process) serving the very tiles ``earth`` renders; and ``crops`` (``--sources``
 only), the same server's default Blue Marble crops: lon/lat boxes rather than Mercator ones,
 so within a zoom-2 overview tile the rows are off by up to ~8 zoom-8 tiles from where its
@@ -40,7 +40,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
 from builder.atlas import build_atlas, reachable_buckets  # noqa: E402
 from builder.harvest import harvest  # noqa: E402
 from builder.library import Library  # noqa: E402
-from tests.tileserver import TileServer, bluemarble_tile  # noqa: E402
+from tests.support.tileserver import TileServer, bluemarble_tile  # noqa: E402
 
 DEFAULT_CACHE = Path("/tmp/mosaic_bench_coverage")
 THREADS = 8

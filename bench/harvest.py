@@ -2,7 +2,7 @@
 
 For each added latency per tile (default 100 ms and 0) a fresh library harvests ``--tiles``
 tiles (``--max-requests``, no faults) of real Blue Marble crops served as JPEG from a
-:class:`tests.tileserver.TileServer` running in its own process (so the server does not
+:class:`tests.support.tileserver.TileServer` running in its own process (so the server does not
 compete with harvest for this process's GIL), its cache warmed with exactly the tiles the
 seeded sampler will ask for. Printed per latency: assigned (accepted + rejected) tiles/s,
 the network ideal ``threads / latency``, and their ratio. At latency 0 the network ideal is
@@ -34,7 +34,7 @@ from builder.ingest import ingest  # noqa: E402
 from builder.library import Library  # noqa: E402
 from builder.regions import Sampler, load_plan  # noqa: E402
 from builder.sources import open_source  # noqa: E402
-from tests.tileserver import TileServer, distinct_tile  # noqa: E402
+from tests.support.tileserver import TileServer, distinct_tile  # noqa: E402
 
 
 def serve(delay: float, tiles: list[tuple[int, int, int]], conn) -> None:

@@ -33,7 +33,7 @@ completed run the ids (and, for recover, the provenance) equal the start's.  Pri
 moment, tiles before and after, tiles lost.
 
 The restore scenario (``--restore-kills``, default 10: each of the ten points of
-``tests/restore_campaign.py`` once; more cycle through them): ``python -m builder restore`` of a
+``tests/support/campaigns/restore.py`` once; more cycle through them): ``python -m builder restore`` of a
 staging folder (160 real tiles with a fetch ledger, 40 synthetic) SIGKILLed at a point found by
 polling the file system, then run again to the end; printed: kills, tiles before and after each
 rerun, tiles lost, and any rerun that failed or differs from the source.
@@ -47,7 +47,7 @@ the wire at a kill), tiles tried and stored.
 The mosaic scenario (``--mosaic-kills``, default 20 per format) kills ``mosaic`` runs writing a
 PNG and a Deep Zoom output over an earlier output, at moments found by polling the output folder
 (mid-stream, the staged pyramid complete, right after the swap, a random delay), and follows
-every kill with a run to completion (``tests/mosaic_campaign.py``).  Printed per format: kills,
+every kill with a run to completion (``tests/support/campaigns/mosaic.py``).  Printed per format: kills,
 how often the old or the new output was found whole, how often a kill fell inside the Deep Zoom
 installation (no descriptor, finished by the next run), and the scratch left after the next runs
 (must be 0), tiles lost 0 (a mosaic run writes no tile).
@@ -66,11 +66,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.crash_campaign import (  # noqa: E402
+from tests.support.campaigns.crash import (  # noqa: E402
     Figures,
     build_library,
     burn_scenario,
-    cli_env,
     deep_verify,
     harvest_campaign,
     ingest_campaign,
@@ -78,7 +77,8 @@ from tests.crash_campaign import (  # noqa: E402
     recover_campaign,
     repair_campaign,
 )
-from tests.tileserver import TileServer, bluemarble_tile, distinct_tile  # noqa: E402
+from tests.support.cli import cli_env  # noqa: E402
+from tests.support.tileserver import TileServer, bluemarble_tile, distinct_tile  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,7 +176,7 @@ def run_restore_campaign(kills: int, work: Path, progress=None) -> Figures:
     from builder.publish import build_staging
     from builder.synthesize import synthesize
     from tests.publish_helpers import make_library
-    from tests.restore_campaign import POINTS, library_state, restore_campaign
+    from tests.support.campaigns.restore import POINTS, library_state, restore_campaign
     from tests.support.paths import BLUEMARBLE
 
     work.mkdir(parents=True)
@@ -218,8 +218,8 @@ def run_mosaic_scenario(kills: int, work: Path, seed: int, progress=None) -> lis
     from PIL import Image
 
     from builder.layout import EARTH_IMAGE
-    from tests.mosaic_campaign import mosaic_campaign
     from tests.mosaic_helpers import build_library
+    from tests.support.campaigns.mosaic import mosaic_campaign
 
     library = build_library(work / "mosaic_library", Image.open(EARTH_IMAGE).convert("RGB"), n=160, seed=11)
     results = []

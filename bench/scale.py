@@ -258,7 +258,7 @@ def env() -> dict:
 def serve(tiles: list[tuple[int, int, int]], conn) -> None:
     """Loopback tile server process (as bench/harvest.py): warm its cache, serve until told."""
     sys.path.insert(0, str(REPO))
-    from tests.tileserver import TileServer, distinct_tile
+    from tests.support.tileserver import TileServer, distinct_tile
 
     for z, x, y in tiles:
         distinct_tile(z, x, y)

@@ -43,7 +43,7 @@ from builder.publish.card import (
     fill_template,
     render_card,
 )
-from tests.card_helpers import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
+from tests.support.card import MARKERS, NOT_PYTHON_INFO, PYTHON_INFO, code_blocks, looks_like_python, python_block
 from tests.support.images import real_crops
 from tests.support.paths import REPO
 

@@ -21,10 +21,11 @@ from PIL import Image
 
 from builder.library import Library
 from builder.verify import verify_library
-from tests.card_helpers import card_snippet
-from tests.crash_campaign import REPO, committed_rows, make_tile_pool
-from tests.support.cli import builder_argv, cli_env, run_cli
-from tests.tileserver import TileServer, distinct_tile
+from tests.support.campaigns.crash import committed_rows, make_tile_pool
+from tests.support.card import card_snippet
+from tests.support.cli import builder_argv, run_cli
+from tests.support.kill import group_killed_on_exit, start_group
+from tests.support.tileserver import TileServer, distinct_tile
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -50,9 +51,8 @@ def harvesting(tmp_path_factory):
                            "--seed", "9")
         log = base / "harvest.stderr"
         with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=cli_env(), cwd=REPO,
-                                    start_new_session=True)
-        try:
+            proc = start_group(cmd, stdout=subprocess.PIPE, stderr=err)
+        with group_killed_on_exit(proc):
             wait_until(lambda: Library.writer_active(root) and len(committed_rows(root)) >= 12, 60, "first batches")
             yield root, proc
             assert proc.poll() is None, f"the harvest stopped early: {log.read_text()[-1000:]}"
@@ -60,10 +60,6 @@ def harvesting(tmp_path_factory):
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 130, log.read_text()[-1000:]
             assert out.decode().startswith("harvest: ")
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
     with Library.open(root, readonly=True) as lib:
         report = verify_library(lib, deep=True, workers=2)
     assert report.ok, report.summary()
@@ -105,18 +101,13 @@ def test_two_ingests_at_once(tmp_path):
     root = tmp_path / "mosaic_library"
     Library.create(root).close()
     pool = make_tile_pool(tmp_path / "pool", 900, seed=4)
-    first = subprocess.Popen(builder_argv("ingest", "--library", root, "--workers", "2",
-                                          *pool), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=cli_env(), cwd=REPO, start_new_session=True)
-    try:
+    first = start_group(builder_argv("ingest", "--library", root, "--workers", "2", *pool), stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    with group_killed_on_exit(first):
         wait_until(lambda: Library.writer_active(root) or first.poll() is not None, 60, "the first ingest")
         second = run_cli("ingest", "--library", root, *map(str, pool[:40]))
         still_running = first.poll() is None
         out, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     assert still_running, "the first ingest ended before the second started: make the pool bigger"
     assert second.returncode == 2 and second.stderr == (
         f"error: {root} is being written by pid {first.pid}; wait for it to finish and retry\n")
@@ -211,18 +202,13 @@ def test_a_harvest_keeps_its_lock_when_lock_file_is_deleted(tmp_path):
         cmd = builder_argv("harvest", "--library", root, "--source", server.tile_template,
                            "--zoom", "12", "--threads", "4", "--batch", "12", "--phase", "all", "--patience", "1000",
                            "--seed", "5", "--max-tiles", "120")
-        harvest = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
-                                   cwd=REPO, start_new_session=True)
-        try:
+        harvest = start_group(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with group_killed_on_exit(harvest):
             wait_until(lambda: len(committed_rows(root)) >= 12 or harvest.poll() is not None, 120, "first batches")
             (root / ".lock").unlink()
             refused = [run_cli("ingest", "--library", root, *map(str, inputs)), run_cli("verify", "--repair", "--library", root)]
             still_running = harvest.poll() is None
             out, err = harvest.communicate(timeout=300)
-        finally:
-            if harvest.poll() is None:
-                os.killpg(harvest.pid, signal.SIGKILL)
-                harvest.wait()
     assert still_running, "the harvest ended before the second writer came: make it longer"
     for res in refused:
         assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr

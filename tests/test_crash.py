@@ -2,7 +2,7 @@
 random moments, many times.
 
 Each kill takes down the whole process group (the CLI and its process pool), then the
-library is checked as a user would find it (see :mod:`tests.crash_campaign` for the list).
+library is checked as a user would find it (see :mod:`tests.support.campaigns.crash` for the list).
 ``bench/kill_campaign.py`` runs the long form of the same campaigns and prints the figures.
 """
 
@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from tests.crash_campaign import (
+from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
     committed_rows,
@@ -25,7 +25,7 @@ from tests.crash_campaign import (
     run_and_kill,
 )
 from tests.support.cli import builder_argv, run_cli
-from tests.tileserver import TileServer, distinct_tile
+from tests.support.tileserver import TileServer, distinct_tile
 
 pytestmark = pytest.mark.slow  # kill campaigns: minutes of SIGKILL rounds
 

@@ -28,7 +28,7 @@ from builder.regions import Sampler, load_plan, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
 from tests.support.cli import run_cli
-from tests.tileserver import FAULTS, Rates, TileServer, distinct_tile, world_image
+from tests.support.tileserver import FAULTS, Rates, TileServer, distinct_tile, world_image
 
 # What each injected fault must become in the report: (report field, key).
 FAULT_SIGNATURE = {

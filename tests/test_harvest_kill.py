@@ -11,7 +11,6 @@ requested are released, answers already fetched are stored by the next run.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import statistics
@@ -26,10 +25,10 @@ from builder.ledger import read_batch_log
 from builder.library import Library
 from builder.regions import load_plan, tile_range
 from builder.verify import verify_library
-from tests.crash_campaign import burn_campaign, deep_verify
-from tests.support.cli import builder_argv, cli_env, run_cli
-from tests.support.paths import REPO
-from tests.tileserver import TileServer, distinct_tile
+from tests.support.campaigns.crash import burn_campaign, deep_verify
+from tests.support.cli import builder_argv, run_cli
+from tests.support.kill import kill_group, start_group
+from tests.support.tileserver import TileServer, distinct_tile
 
 pytestmark = pytest.mark.slow  # SIGKILL rounds and a Ctrl-C against a slow loopback server
 
@@ -41,8 +40,7 @@ def start_harvest(root: Path, template: str, *extra: str) -> subprocess.Popen:
     cmd = builder_argv("harvest", "--library", root, "--source", template, "--zoom", "11", "--threads", "8", "--batch",
                        "16", "--seed", "5", *extra)
     # Own session: the test can kill the run and its pool workers without touching anything else.
-    return subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return start_group(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def committed_ids(root: Path) -> set[str]:
@@ -100,10 +98,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
                 # Its pipeline workers must die with it, or they could write into temp/ later.
                 assert wait_gone(proc.pid) == [], "pipeline workers outlived the killed harvest"
             finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill_group(proc)
             before_kill.append(committed_ids(root))
         final = start_harvest(root, server.tile_template, "--max-tiles", "20", "--json")
         out, err = final.communicate(timeout=60)

@@ -46,7 +46,7 @@ from builder.ingest import ingest
 from builder.layout import SHIPPED_CENTROIDS
 from builder.library import Library
 from builder.verify import verify_library
-from tests.crash_campaign import make_tile_pool, run_and_kill
+from tests.support.campaigns.crash import make_tile_pool, run_and_kill
 from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.images import png_claiming, raw_png
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.card_helpers import MARKERS, PYTHON_INFO, code_blocks
-from tests.restore_campaign import library_state
+from tests.support.campaigns.restore import library_state
+from tests.support.card import MARKERS, PYTHON_INFO, code_blocks
 from tests.support.paths import REPO
 
 REPO_ID = "user/mosaic_library"

@@ -27,7 +27,7 @@ from builder.ledger import (
     status_counts_by_region,
 )
 from builder.regions import TileRef, tile_centre
-from tests.tileserver import distinct_tile
+from tests.support.tileserver import distinct_tile
 
 SOURCE = "http://tiles.example/{z}/{x}/{y}.png"
 

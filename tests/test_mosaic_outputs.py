@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from builder.layout import PNG_SIGNATURE, SAMPLE_TARGET
-from tests.full_disk import run_on_full_disk
-from tests.mosaic_campaign import mosaic_campaign, output_digest, scratch_entries
 from tests.mosaic_helpers import build_library, earth_library  # noqa: F401 - a fixture
+from tests.support.campaigns.mosaic import mosaic_campaign, output_digest, scratch_entries
+from tests.support.full_disk import run_on_full_disk
 
 
 def sha(path: Path) -> str:

@@ -16,7 +16,7 @@ import pytest
 from builder.errors import UsageError
 from builder.library import Library
 from builder.recover import readable_rows, recover_library
-from tests.crash_campaign import (
+from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
     committed_rows,

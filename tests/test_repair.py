@@ -25,59 +25,39 @@ from builder import quarantine, store
 from builder.layout import JOURNAL_NAME, bucket_name
 from builder.library import Library
 from builder.verify import QUICK_THUMBNAIL_SAMPLE, verify_library
-from tests.crash_campaign import (
+from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
     committed_rows,
     copy_library,
     misfile,
-    sigkill_self,
     tile_copies,
 )
 from tests.support.cli import run_cli
 from tests.support.images import png_bytes, real_crops
+from tests.support.kill import die_on_call, die_on_unlink
 
 MISFILED = 300
-
-
-def _die_on_call(module, name: str, call: int) -> None:
-    """Patch ``module.name`` so that its ``call``-th call (1-based) SIGKILLs this (child) process."""
-    real, calls = getattr(module, name), []
-
-    def patched(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            sigkill_self()
-        return real(*args, **kwargs)
-
-    setattr(module, name, patched)
 
 
 def _arm(step: str) -> None:
     """Make this (child) process SIGKILL itself at ``step`` of a repair's batches (64 moves each)."""
     if step == "journal":  # batch 1's journal written, no file linked yet
-        _die_on_call(store, "_link_or_move", 1)
+        die_on_call(store, "_link_or_move", 1)
     elif step == "linking":  # 29 files of batch 1 linked into their new folders, rows not committed
-        _die_on_call(store, "_link_or_move", 30)
+        die_on_call(store, "_link_or_move", 30)
     elif step == "committed":  # batch 1's rows committed, every old name still there
-        _die_on_call(store, "settle_relocation", 1)
+        die_on_call(store, "settle_relocation", 1)
     elif step == "settling":  # batch 1 committed, 29 old names dropped
-        _die_on_call(store, "settle_relocation", 30)
+        die_on_call(store, "settle_relocation", 30)
     elif step == "journal_left":  # batch 1 wholly done but its journal
-        real_unlink = pathlib.Path.unlink
-
-        def unlink(self, *args, **kwargs):
-            if self.name == JOURNAL_NAME:
-                sigkill_self()
-            return real_unlink(self, *args, **kwargs)
-
-        pathlib.Path.unlink = unlink
+        die_on_unlink(lambda path: path.name == JOURNAL_NAME)
     elif step == "third_batch":  # two batches done, the third not begun
-        _die_on_call(store, "apply_repairs", 3)
+        die_on_call(store, "apply_repairs", 3)
     elif step == "quarantine_committed":  # rows dropped, their files not yet moved
-        _die_on_call(store, "settle_quarantine", 1)
+        die_on_call(store, "settle_quarantine", 1)
     elif step == "quarantine_moving":  # rows dropped, 29 files moved into quarantine/
-        _die_on_call(store, "settle_quarantine", 30)
+        die_on_call(store, "settle_quarantine", 30)
     else:
         raise ValueError(step)
 
@@ -442,7 +422,7 @@ def test_quarantine_is_invisible_to_every_reader(cached_library, tmp_path):
     from builder.mosaic.thumbs import load_tile_table
     from builder.publish import build_staging
     from builder.report import render_report
-    from tests.card_helpers import card_snippet
+    from tests.support.card import card_snippet
 
     lib = cached_library
     rows = committed_rows(lib.root)

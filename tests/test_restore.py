@@ -18,7 +18,7 @@ from builder.publish.restore import scratch_for
 from builder.synthesize import synthesize
 from builder.verify import verify_library
 from tests.publish_helpers import make_library, reseal
-from tests.restore_campaign import POINTS, library_state, restore_campaign
+from tests.support.campaigns.restore import POINTS, library_state, restore_campaign
 from tests.support.cli import builder_argv, offline_env, run_cli
 
 
@@ -142,7 +142,7 @@ def test_restore_of_some_buckets_holds_exactly_their_tiles(staging, source, tmp_
 
 
 def test_a_killed_restore_then_another_release_starts_over_cleanly(staging, source, tmp_path):
-    from tests.restore_campaign import Paths, kill_at
+    from tests.support.campaigns.restore import Paths, kill_at
 
     paths = Paths(tmp_path / "mosaic_library", 0, 200)
     cmd = builder_argv("restore", staging, "--library", paths.target)

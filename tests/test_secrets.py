@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash_campaign import make_tile_pool
+from tests.support.campaigns.crash import make_tile_pool
 from tests.support.cli import cli_env, run_cli
 from tests.support.localhub import LocalHub
-from tests.tileserver import Rates, TileServer, distinct_tile
+from tests.support.tileserver import Rates, TileServer, distinct_tile
 
 # Every command in a fresh process, with a faulty tile server and the local Hub: about half a minute.
 pytestmark = pytest.mark.slow

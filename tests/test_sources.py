@@ -16,15 +16,6 @@ import mercantile
 import numpy as np
 import pytest
 from PIL import Image
-from tileserver import (
-    PLACEHOLDER_SHA256,
-    Rates,
-    TileServer,
-    bluemarble_tile,
-    distinct_tile,
-    placeholder_jpeg,
-    world_image,
-)
 
 from builder.errors import SourceError, UsageError
 from builder.sources import (
@@ -48,6 +39,15 @@ from builder.sources import (
 )
 from builder.sources.base import DOWN_AFTER_FAILURES, DOWN_AFTER_SECONDS, DOWN_MIN_SECONDS, UNREACHABLE_AFTER
 from builder.sources.http import NO_NAME, REFUSED, parse_retry_after
+from tests.support.tileserver import (
+    PLACEHOLDER_SHA256,
+    Rates,
+    TileServer,
+    bluemarble_tile,
+    distinct_tile,
+    placeholder_jpeg,
+    world_image,
+)
 
 SAHARA = mercantile.tile(10.0, 23.0, 6)
 TILE = (SAHARA.z, SAHARA.x, SAHARA.y)

@@ -1,5 +1,5 @@
 """The commit protocol (``builder.store``): a real writer process SIGKILLed at each step of a
-batch's store, then the library checked as a user finds it (``tests.crash_campaign``'s checks)
+batch's store, then the library checked as a user finds it (``tests.support.campaigns.crash``'s checks)
 and the batch found either wholly stored or wholly gone, as the step dictates.
 
 ``tests/test_crash.py`` kills real CLI runs at random moments; this pins each step instead.
@@ -18,8 +18,9 @@ from builder import store
 from builder.assign import Candidate, Pipeline
 from builder.layout import JOURNAL_NAME
 from builder.library import Library
-from tests.crash_campaign import Figures, bucket_files, check_after_kill, committed_rows, sigkill_self
+from tests.support.campaigns.crash import Figures, bucket_files, check_after_kill, committed_rows
 from tests.support.images import one_bucket_pngs, png_bytes, real_crops
+from tests.support.kill import die_on_unlink, sigkill_self
 
 BATCH = 3
 
@@ -43,23 +44,9 @@ def _arm(step: str) -> dict:
     elif step == "inserted":  # rows inserted, transaction not committed
         return {"on_commit": lambda conn, outcomes: sigkill_self()}
     elif step == "committed":  # committed, journal not yet removed
-        real_unlink = pathlib.Path.unlink
-
-        def unlink(self, *args, **kwargs):
-            if self.name == JOURNAL_NAME:
-                sigkill_self()
-            return real_unlink(self, *args, **kwargs)
-
-        pathlib.Path.unlink = unlink
+        die_on_unlink(lambda path: path.name == JOURNAL_NAME)
     elif step == "evicting":  # committed, an evicted tile's file not yet removed
-        real_unlink = pathlib.Path.unlink
-
-        def unlink(self, *args, **kwargs):
-            if self.parent.name.startswith("bucket_"):
-                sigkill_self()
-            return real_unlink(self, *args, **kwargs)
-
-        pathlib.Path.unlink = unlink
+        die_on_unlink(lambda path: path.parent.name.startswith("bucket_"))
     else:
         raise ValueError(step)
     return {}

@@ -319,7 +319,7 @@ def test_stats_report_and_mosaic_know_synthetic_tiles(library, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_during_synthesize_leaves_a_consistent_library(library):
-    from tests.crash_campaign import deep_verify, synthesize_campaign
+    from tests.support.campaigns.crash import deep_verify, synthesize_campaign
 
     root = library.root
     library.close()

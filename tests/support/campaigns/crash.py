@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import time
@@ -52,6 +51,7 @@ from builder.library import Library
 from builder.verify import verify_library
 from tests.support.cli import builder_argv, cli_env
 from tests.support.images import raw_png
+from tests.support.kill import group_killed_on_exit, kill_group, start_group
 from tests.support.paths import BLUEMARBLE, REPO
 
 TRIGGERS = ("time", "scratch", "journal", "commit")
@@ -269,9 +269,8 @@ def run_and_kill(cmd: Sequence[str], root: Path, trigger: str, rng: random.Rando
     most 50 ms old, still before the kill).
     """
     with open(log, "wb") as err:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                                env=cli_env(), cwd=REPO, start_new_session=True)
-    try:
+        proc = start_group(cmd, stderr=err)
+    with group_killed_on_exit(proc):
         started = time.monotonic()
         journal, temp = root / "temp" / "journal.json", root / "temp"
         base = row_count(root)
@@ -300,16 +299,8 @@ def run_and_kill(cmd: Sequence[str], root: Path, trigger: str, rng: random.Rando
             return False, {}, proc.returncode, fired
         if fresh:
             snapshot = committed_rows(root)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
         return True, snapshot, proc.returncode, fired
-    except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        raise
 
 
 def _offer(pool: Sequence[Path], pool_sha: dict[Path, str], stored: set[str], rng: random.Random,
@@ -509,12 +500,10 @@ def burn_scenario(root: Path, source: str, kills: int = 3, zoom: int = 7, phase:
                        "--zoom", zoom, "--phase", phase, "--seed", "1")
     for _ in range(kills):
         base = row_count(root)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), cwd=REPO,
-                                start_new_session=True)
+        proc = start_group(cmd)
         while row_count(root) <= base and proc.poll() is None:
             time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
     conn = ro_connect(root)
     try:
         claimed_after_kills = conn.execute("SELECT COUNT(*) FROM fetched WHERE status = 'claimed'").fetchone()[0]
@@ -564,11 +553,6 @@ def misfile(root: Path, count: int, seed: int = 0) -> list[str]:
     finally:
         conn.close()
     return [tile_id for tile_id, _b in chosen]
-
-
-def sigkill_self() -> None:
-    """SIGKILL this process (a forked writer armed to die at a chosen step of its work)."""
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def copy_library(src: Path, dst: Path) -> None:
@@ -650,27 +634,20 @@ def _kill_at(cmd: Sequence[str], root: Path, fire: Callable[[], bool], delay: fl
     """Run ``cmd`` in its own process group; SIGKILL the group ``delay`` seconds after ``fire()``
     first holds (polled every millisecond).  ``(killed, returncode)``."""
     with open(log, "wb") as err:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                                env=cli_env(), cwd=REPO, start_new_session=True)
-    try:
+        proc = start_group(cmd, stderr=err)
+    with group_killed_on_exit(proc):
         deadline, fire_at = time.monotonic() + timeout, None
         while proc.poll() is None:
             now = time.monotonic()
             if fire_at is None and fire():
                 fire_at = now + delay
             if fire_at is not None and now >= fire_at:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_group(proc)
                 return True, proc.returncode
             if now > deadline:
                 raise TimeoutError(f"{cmd[3]} ran for more than {timeout} s")
             time.sleep(0.001)
         return False, proc.returncode
-    except BaseException:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
 
 
 def _journal_relocations(root: Path) -> list[tuple[str, int, int]]:

@@ -23,9 +23,7 @@ Used by ``tests/test_mosaic_outputs.py`` (short) and ``bench/kill_campaign.py`` 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -35,6 +33,7 @@ from pathlib import Path
 from builder.layout import SAMPLE_TARGET
 from builder.scratch import parse_scratch, scratch_path
 from tests.support.cli import builder_argv, cli_env
+from tests.support.kill import group_killed_on_exit, kill_group, start_group
 from tests.support.paths import REPO
 
 # Two option sets whose outputs differ in size: what a kill leaves is told apart by its content.
@@ -107,9 +106,8 @@ def run_and_kill(cmd: list[str], output: Path, trigger: str, rng: random.Random,
                  max_delay: float) -> tuple[bool, str]:
     """Start ``cmd`` and SIGKILL it at the ``trigger`` moment; ``(killed, fired)``."""
     before = _stamp(output)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=cli_env(), cwd=REPO, start_new_session=True)
-    try:
+    proc = start_group(cmd)
+    with group_killed_on_exit(proc):
         part = scratch_path(output, pid=proc.pid)
         started = time.monotonic()
         fire_at = started + rng.uniform(0.2, max_delay) if trigger == "time" else None
@@ -130,16 +128,8 @@ def run_and_kill(cmd: list[str], output: Path, trigger: str, rng: random.Random,
             time.sleep(0.0005)
         if proc.poll() is not None:
             return False, fired
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
         return True, fired
-    except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        raise
 
 
 def _holds_data(part: Path) -> bool:

@@ -32,7 +32,7 @@ def run_on_full_disk(library: Path, work: Path, commands: list[list[str]], prepa
     job = work / "full_disk.json"
     job.write_text(json.dumps({"library": str(library), "mount": str(work / "mnt"), "size_mb": size,
                                "commands": commands, "prepare": prepare}))
-    res = subprocess.run([unshare, "--user", "--map-root-user", "--mount", sys.executable, "-m", "tests.full_disk",
+    res = subprocess.run([unshare, "--user", "--map-root-user", "--mount", sys.executable, "-m", "tests.support.full_disk",
                           str(job)], capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=600)
     assert res.returncode == 0, f"full-disk run failed ({res.returncode}): {res.stderr[-3000:]}"
     return json.loads(res.stdout)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from builder import db
 from tests.support.cli import builder_argv, offline_env
+from tests.support.kill import group_killed_on_exit, kill_group, start_group
 from tests.support.paths import REPO
 
 
@@ -118,21 +118,15 @@ class RestoreFigures:
 def kill_at(cmd: list[str], paths: Paths, point: str, timeout: float = 120.0) -> bool:
     """Run ``cmd`` and SIGKILL its process group the moment ``POINTS[point]`` holds; False if it ended first."""
     check = POINTS[point]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=offline_env(), cwd=REPO, start_new_session=True)
-    try:
+    proc = start_group(cmd, env=offline_env())
+    with group_killed_on_exit(proc):
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             if check(paths):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_group(proc)
                 return True
             time.sleep(0.0002)  # a poll interval, not a kill moment: the moment is the point's
         return False
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def restore_campaign(source: Path, expected: dict, work: Path, points: list[str] | None = None,
