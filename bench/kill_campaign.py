@@ -169,22 +169,17 @@ def run_maintenance_campaigns(args: argparse.Namespace, work: Path, progress) ->
 
 def run_restore_campaign(kills: int, work: Path, progress=None) -> Figures:
     """Kill ``restore`` at the campaign's points (cycled ``kills`` times); print and return the figures."""
-    import numpy as np
     from PIL import Image
 
-    from builder.library import Library
     from builder.publish import build_staging
-    from builder.synthesize import synthesize
-    from tests.publish_helpers import make_library
     from tests.support.campaigns.restore import POINTS, library_state, restore_campaign
+    from tests.support.libraries import build_mixed_library
     from tests.support.paths import BLUEMARBLE
 
     work.mkdir(parents=True)
     image = Image.open(BLUEMARBLE).convert("RGB")
-    root = make_library(work / "source" / "mosaic_library", image, n_ingest=120, n_harvest=40)
-    with Library.open(root) as lib:
-        empty = [int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)]
-        synthesize(lib, max_uses=2, buckets=empty[::100][:40], progress=False)
+    root = build_mixed_library(work / "source" / "mosaic_library", image, n_ingest=120, n_harvest=40, synthetic=40,
+                               every=100)
     staging = build_staging(root, work / "staging", max_shard_size="1MB").output
     expected = library_state(root)
     real = sum(1 for row in expected["rows"].values() if row[-2] == 0)
@@ -218,10 +213,10 @@ def run_mosaic_scenario(kills: int, work: Path, seed: int, progress=None) -> lis
     from PIL import Image
 
     from builder.layout import EARTH_IMAGE
-    from tests.mosaic_helpers import build_library
     from tests.support.campaigns.mosaic import mosaic_campaign
+    from tests.support.libraries import build_earth_library
 
-    library = build_library(work / "mosaic_library", Image.open(EARTH_IMAGE).convert("RGB"), n=160, seed=11)
+    library = build_earth_library(work / "mosaic_library", Image.open(EARTH_IMAGE).convert("RGB"), n=160, seed=11)
     results = []
     for name in ("mosaic.png", "mosaic.dzi"):
         found = mosaic_campaign(library, work / "out" / name, kills, seed=seed, progress=progress)

@@ -10,6 +10,7 @@ from PIL import Image
 from tests.support import net
 from tests.support.cli import bare_env, run_cli
 from tests.support.images import jpeg_bytes, real_crops
+from tests.support.libraries import build_earth_library, copy_library
 from tests.support.paths import BLUEMARBLE
 
 
@@ -31,6 +32,38 @@ def real_tiles_dir(tmp_path_factory, bluemarble) -> Path:
         else:
             crop.save(folder / f"tile_{i:04d}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def library_factory(tmp_path_factory, bluemarble):
+    """``library_factory(recipe, **params)``: the library a ``build_*`` recipe of
+    :mod:`tests.support.libraries` makes from the Blue Marble image, built once per session (per
+    xdist worker) and handed to every module that asks for the same recipe and parameters.  It is
+    shared, so read-only: copy it (``library_copy``, :func:`tests.support.libraries.copy_library`)
+    before changing anything."""
+    built: dict[tuple, Path] = {}
+
+    def build(recipe, **params) -> Path:
+        key = (recipe, tuple(sorted(params.items())))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(recipe.__name__.removeprefix("build_"))
+            built[key] = recipe(folder / "mosaic_library", bluemarble, **params)
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def earth_library(library_factory) -> Path:
+    """160 real Blue Marble tiles of mixed scales, shared by the mosaic modules (read-only)."""
+    return library_factory(build_earth_library)
+
+
+@pytest.fixture
+def library_copy(library, tmp_path) -> Path:
+    """A private copy, in tmp_path, of the requesting module's ``library`` fixture (a folder), that
+    a test may damage."""
+    return copy_library(library, tmp_path / "mosaic_library")
 
 
 @pytest.fixture

@@ -15,22 +15,15 @@ from builder.errors import LibraryError, UnsafePath
 from builder.ingest import ingest
 from builder.library import Library
 from mosaic_library import BadTile, MosaicLibrary, plan_shards
-from tests.publish_helpers import db_rows, make_library, sha256
+from tests.support.libraries import build_published_library
+from tests.support.publish import db_rows, sha256
 
 ROW_COLUMNS = ("phash", "mean_l", "mean_a", "mean_b", "source", "z", "x", "y", "lon", "lat", "region", "harvested_at")
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, bluemarble) -> Path:
-    return make_library(tmp_path_factory.mktemp("ds") / "mosaic_library", bluemarble)
-
-
-@pytest.fixture
-def library_copy(library, tmp_path) -> Path:
-    """A private copy a test may damage."""
-    copy = tmp_path / "mosaic_library"
-    shutil.copytree(library, copy)
-    return copy
+def library(library_factory) -> Path:
+    return library_factory(build_published_library)
 
 
 def prepare(root: Path, cache: Path, num_proc: int | None = None, **config) -> datasets.Dataset:

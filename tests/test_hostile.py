@@ -49,6 +49,7 @@ from builder.verify import verify_library
 from tests.support.campaigns.crash import make_tile_pool, run_and_kill
 from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.images import png_claiming, raw_png
+from tests.support.libraries import copy_library
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -116,9 +117,7 @@ def pristine(tmp_path_factory, pool) -> Path:
 @pytest.fixture
 def library(pristine, tmp_path) -> Path:
     """A private copy of a real ~35-tile library that a test may damage."""
-    root = tmp_path / "mosaic_library"
-    shutil.copytree(pristine, root)
-    return root
+    return copy_library(pristine, tmp_path / "mosaic_library")
 
 
 # ------------------------------------------------------------------------------- hostile images

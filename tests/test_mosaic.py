@@ -25,14 +25,13 @@ from builder.mosaic import (
     required_tiles,
 )
 from builder.mosaic.thumbs import DEAD_ROWS_KEPT, cache_keys, read_thumbs
-from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 from tests.support.images import png_claiming
 
 SAMPLE = "data/sample_target.jpg"
 
 
 @pytest.fixture(scope="module")
-def library_root(earth_library):  # noqa: F811 - the imported fixture, by name
+def library_root(earth_library):
     return earth_library
 
 

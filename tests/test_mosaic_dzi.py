@@ -14,7 +14,6 @@ from builder.cli import main
 from builder.library import Library
 from builder.mosaic import DZI_TILE, DziWriter, MosaicOptions, mosaic_file, plan_mosaic, render_mosaic
 from builder.mosaic.dzi import levels
-from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
 
@@ -46,7 +45,7 @@ def check_pyramid(dzi, width, height, fmt):
     return files
 
 
-def test_pyramid_is_complete_and_its_full_level_is_the_mosaic(earth_library, tmp_path):  # noqa: F811
+def test_pyramid_is_complete_and_its_full_level_is_the_mosaic(earth_library, tmp_path):
     options = MosaicOptions(grid=(13, 9), tile_size=40)
     with Library.open(earth_library, readonly=True) as lib:
         result = mosaic_file(lib, SAMPLE, tmp_path / "out" / "m.dzi", options, dzi_image="png")
@@ -88,7 +87,7 @@ def test_an_interrupted_pyramid_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_viewer_shows_the_mosaic_in_headless_chromium(earth_library, tmp_path, capsys):  # noqa: F811
+def test_viewer_shows_the_mosaic_in_headless_chromium(earth_library, tmp_path, capsys):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is not installed: `apt-get install -y chromium` (scripts/test.sh installs it)"
     out = tmp_path / "view" / "mosaic.dzi"

@@ -14,13 +14,12 @@ from builder.errors import UsageError
 from builder.library import Library
 from builder.mosaic import MosaicOptions, match_with_uses, plan_mosaic
 from builder.mosaic.fair import NoFullMatching, match_some
-from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
 
 
 @pytest.fixture(scope="module")
-def library_root(earth_library):  # noqa: F811 - the imported fixture, by name
+def library_root(earth_library):
     return earth_library
 
 

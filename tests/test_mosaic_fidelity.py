@@ -22,7 +22,7 @@ from builder.mosaic import (
     mosaic_file,
     plan_mosaic,
 )
-from tests.mosaic_helpers import build_crops_library, earth_library  # noqa: F401 - a fixture
+from tests.support.libraries import build_grid_library
 
 SAMPLE = "data/sample_target.jpg"
 CROPS = 8  # the sample (512 px) cut into 8x8 crops of 64 px
@@ -35,11 +35,11 @@ def sample():
 
 @pytest.fixture(scope="module")
 def crops_root(tmp_path_factory, sample):
-    return build_crops_library(tmp_path_factory.mktemp("own") / "mosaic_library", sample, CROPS, CROPS)
+    return build_grid_library(tmp_path_factory.mktemp("own") / "mosaic_library", sample, CROPS, CROPS)
 
 
 @pytest.fixture(scope="module")
-def earth_root(earth_library):  # noqa: F811 - the imported fixture, by name
+def earth_root(earth_library):
     return earth_library
 
 

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from builder.layout import PNG_SIGNATURE, SAMPLE_TARGET
-from tests.mosaic_helpers import build_library, earth_library  # noqa: F401 - a fixture
 from tests.support.campaigns.mosaic import mosaic_campaign, output_digest, scratch_entries
 from tests.support.full_disk import run_on_full_disk
+from tests.support.libraries import build_earth_library
 
 
 def sha(path: Path) -> str:
@@ -31,8 +31,8 @@ def dead_pid() -> int:
 
 
 @pytest.fixture(scope="module")
-def small_library(tmp_path_factory, bluemarble) -> Path:
-    return build_library(tmp_path_factory.mktemp("outputs") / "mosaic_library", bluemarble, n=40, seed=4)
+def small_library(library_factory) -> Path:
+    return library_factory(build_earth_library, n=40, seed=4)
 
 
 # ------------------------------------------------------------------------------ input is never the output
@@ -106,7 +106,7 @@ def test_the_next_run_removes_what_killed_runs_left_and_nothing_else(small_libra
 
 
 @pytest.mark.slow
-def test_killed_png_and_dzi_mosaics_leave_the_old_or_the_new_output_whole(earth_library, tmp_path):  # noqa: F811
+def test_killed_png_and_dzi_mosaics_leave_the_old_or_the_new_output_whole(earth_library, tmp_path):
     for output, triggers in ((tmp_path / "m.png", ("writing", "installed")),
                              (tmp_path / "m.dzi", ("staged", "writing"))):
         found = mosaic_campaign(earth_library, output, kills=2, seed=3, triggers=triggers)

@@ -21,7 +21,6 @@ from builder.library import Library
 from builder.mosaic import Layout, MosaicOptions, mosaic_file, plan_mosaic
 from builder.mosaic.target import target_samples
 from builder.synthesize import synthesize
-from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
 # The copy's id sorts before or after every uuid4 of the library: whichever way ties happen to be
@@ -46,7 +45,7 @@ GRIDS = {"sample_target": (16, 16), "coffee": (18, 12), "chelsea": (18, 12)}
 
 
 @pytest.fixture(scope="module")
-def mixed_root(earth_library, tmp_path_factory):  # noqa: F811 - the imported fixture, by name
+def mixed_root(earth_library, tmp_path_factory):
     """The 160-tile earth library plus synthetic tiles for every empty bucket the test pictures'
     cells fall in (through ``synthesize`` itself)."""
     root = tmp_path_factory.mktemp("mixed") / "mosaic_library"
@@ -79,7 +78,7 @@ def add_synthetic_copy(root, tile_id: str, copy_id: str) -> None:
 
 @pytest.mark.parametrize("copy_id", COPY_IDS)
 @pytest.mark.parametrize("max_uses", [None, 9])
-def test_a_synthetic_tile_never_wins_over_a_real_one_at_equal_cost(earth_library, tmp_path, max_uses, copy_id):  # noqa: F811
+def test_a_synthetic_tile_never_wins_over_a_real_one_at_equal_cost(earth_library, tmp_path, max_uses, copy_id):
     root = tmp_path / "mosaic_library"
     shutil.copytree(earth_library, root, ignore=shutil.ignore_patterns(".lock"))
     with Library.open(root, readonly=True) as lib:
@@ -115,7 +114,7 @@ def test_the_default_is_never_worse_than_real_only_on_a_real_and_synthetic_libra
 
 
 @pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ("100.5", "100.5"), ("lots", "'lots'")])
-def test_overlay_outside_0_to_100_is_a_one_line_error(earth_library, tmp_path, capsys, value, shown):  # noqa: F811
+def test_overlay_outside_0_to_100_is_a_one_line_error(earth_library, tmp_path, capsys, value, shown):
     try:
         code = main(["mosaic", "--library", str(earth_library), SAMPLE, "--output", str(tmp_path / "o.png"),
                      "--overlay", value])
@@ -128,7 +127,7 @@ def test_overlay_outside_0_to_100_is_a_one_line_error(earth_library, tmp_path, c
         MosaicOptions(overlay=150).validate()
 
 
-def test_more_overlay_brings_the_mosaic_closer_and_the_summary_says_so(earth_library, tmp_path, capsys):  # noqa: F811
+def test_more_overlay_brings_the_mosaic_closer_and_the_summary_says_so(earth_library, tmp_path, capsys):
     sample = Image.open(SAMPLE).convert("RGB")
     figures = []
     with Library.open(earth_library, readonly=True) as lib:

@@ -30,24 +30,24 @@ from builder.publish import (
 from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.staging import MANIFEST
 from builder.verify import verify_library
-from tests.publish_helpers import (
+from tests.support.images import real_crops
+from tests.support.libraries import build_published_library
+from tests.support.localhub import LocalHub
+from tests.support.publish import (
     FAKE_TOKEN,
     db_rows,
     fake_token_env,
     load_in_fresh_process,
-    make_library,
     reseal,
     sha256,
 )
-from tests.support.images import real_crops
-from tests.support.localhub import LocalHub
 
 SHARD_NAME = r"data/train-\d{5}-of-\d{5}\.parquet"
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, bluemarble) -> Path:
-    return make_library(tmp_path_factory.mktemp("pub") / "mosaic_library", bluemarble)
+def library(library_factory) -> Path:
+    return library_factory(build_published_library)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,6 @@ def staging(library, tmp_path_factory) -> Path:
 def token_cli(cli, tmp_path):
     """The CLI in tmp_path with the fake token, and every Hugging Face cache under tmp_path, in its environment."""
     return functools.partial(cli, env=fake_token_env(tmp_path))
-
-
-@pytest.fixture
-def library_copy(library, tmp_path) -> Path:
-    copy = tmp_path / "mosaic_library"
-    shutil.copytree(library, copy)
-    return copy
 
 
 def read_parquet_rows(staging: Path) -> list[dict]:

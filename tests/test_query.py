@@ -10,12 +10,12 @@ from builder.cli import main
 from builder.errors import UsageError
 from builder.library import Library
 from builder.query import lab_from_hex, lab_from_rgb, nearest_buckets, parse_hex, parse_lab, parse_rgb
-from tests.mosaic_helpers import build_library
+from tests.support.libraries import build_earth_library
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, bluemarble):
-    root = build_library(tmp_path_factory.mktemp("query") / "mosaic_library", bluemarble, n=80, seed=3)
+    root = build_earth_library(tmp_path_factory.mktemp("query") / "mosaic_library", bluemarble, n=80, seed=3)
     with Library.open(root, readonly=True) as lib:
         yield lib
 

@@ -20,11 +20,11 @@ from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
     committed_rows,
-    copy_library,
     damage_db,
     provenance,
 )
 from tests.support.cli import run_cli
+from tests.support.libraries import copy_library
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def released(tmp_path_factory):
 def library(released, tmp_path):
     base, release = released
     root = tmp_path / "mosaic_library"
-    copy_library(base, root)
+    copy_library(base, root, link_tiles=True)
     return root, release, provenance(root)
 
 

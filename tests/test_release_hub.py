@@ -17,8 +17,8 @@ from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.remote import query_hub, restore_from_hub
 from builder.publish.restore import scratch_for
 from builder.synthesize import synthesize
-from tests.publish_helpers import make_library
 from tests.support.campaigns.restore import library_state
+from tests.support.libraries import build_published_library as make_library
 from tests.support.paths import REPO
 
 REPO_ID = "user/mosaic_library"

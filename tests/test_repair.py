@@ -29,13 +29,13 @@ from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
     committed_rows,
-    copy_library,
     misfile,
     tile_copies,
 )
 from tests.support.cli import run_cli
 from tests.support.images import png_bytes, real_crops
 from tests.support.kill import die_on_call, die_on_unlink
+from tests.support.libraries import copy_library
 
 MISFILED = 300
 
@@ -89,7 +89,7 @@ def misfiled_library(stored_library, tmp_path) -> tuple[pathlib.Path, set[str]]:
     """A copy of ``stored_library`` with 300 tiles moved (file and row) into the wrong bucket."""
     base, expected = stored_library
     root = tmp_path / "mosaic_library"
-    copy_library(base, root)
+    copy_library(base, root, link_tiles=True)
     misfile(root, MISFILED, seed=5)
     return root, expected
 
@@ -145,7 +145,7 @@ def _plant_duplicates(root: pathlib.Path, n: int) -> set[str]:
 def test_a_repair_moving_duplicates_to_quarantine_killed_midway_loses_nothing(stored_library, tmp_path, step):
     base, originals = stored_library
     root = tmp_path / "mosaic_library"
-    copy_library(base, root)
+    copy_library(base, root, link_tiles=True)
     duplicates = _plant_duplicates(root, 70)
     status = _repair_in_a_child(root, step)
     assert os.WIFSIGNALED(status), status
@@ -163,7 +163,7 @@ def test_a_repair_moving_duplicates_to_quarantine_killed_midway_loses_nothing(st
 def test_rows_deleted_behind_the_librarys_back_come_back_with_their_ids(stored_library, tmp_path):
     base, _expected = stored_library
     root = tmp_path / "mosaic_library"
-    copy_library(base, root)
+    copy_library(base, root, link_tiles=True)
     columns = "id, bucket_id, filepath, phash, mean_l, mean_a, mean_b"
     conn = sqlite3.connect(root / "tiles.db")
     before = {r[0]: r for r in conn.execute(f"SELECT {columns} FROM tiles")}
@@ -312,7 +312,7 @@ def cached_base(tmp_path_factory, bluemarble) -> pathlib.Path:
 def cached_library(cached_base, tmp_path):
     """A library of 40 tiles whose thumbnails are in the mosaic cache (the store put them there)."""
     root = tmp_path / "mosaic_library"
-    copy_library(cached_base, root)
+    copy_library(cached_base, root, link_tiles=True)
     with Library.open(root) as lib:
         yield lib
 

@@ -27,13 +27,13 @@ from builder.report import (
     render_figures,
     render_report,
 )
-from tests.mosaic_helpers import build_library
 from tests.support.html import Links
+from tests.support.libraries import build_earth_library
 
 
 @pytest.fixture(scope="module")
 def library_root(tmp_path_factory, bluemarble):
-    root = build_library(tmp_path_factory.mktemp("report") / "lib&co", bluemarble, n=70, seed=21)
+    root = build_earth_library(tmp_path_factory.mktemp("report") / "lib&co", bluemarble, n=70, seed=21)
     with Library.open(root) as lib, lib.conn:
         # Give the tiles regions and a fetch history, as a harvest would have.
         ids = [r[0] for r in lib.conn.execute("SELECT id FROM tiles ORDER BY rowid")]

@@ -8,28 +8,24 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from builder.library import Library
 from builder.publish import build_staging, restore_library
 from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.restore import scratch_for
-from builder.synthesize import synthesize
 from builder.verify import verify_library
-from tests.publish_helpers import make_library, reseal
 from tests.support.campaigns.restore import POINTS, library_state, restore_campaign
 from tests.support.cli import builder_argv, offline_env, run_cli
+from tests.support.libraries import build_mixed_library
+from tests.support.publish import reseal
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, bluemarble) -> Path:
     """A library of real tiles (with a fetch ledger) and synthetic ones for 40 empty buckets."""
-    root = make_library(tmp_path_factory.mktemp("restore") / "mosaic_library", bluemarble, n_ingest=120, n_harvest=40)
-    with Library.open(root) as lib:
-        empty = [int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)]
-        assert synthesize(lib, max_uses=2, buckets=empty[::100][:40], progress=False).made == 40
-    return root
+    return build_mixed_library(tmp_path_factory.mktemp("restore") / "mosaic_library", bluemarble, n_ingest=120,
+                               n_harvest=40, synthetic=40, every=100)
 
 
 @pytest.fixture(scope="module")

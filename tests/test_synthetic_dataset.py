@@ -16,16 +16,15 @@ from builder.library import Library
 from builder.publish import build_staging
 from builder.synthesize import synthesize
 from mosaic_library import MosaicLibrary
-from tests.publish_helpers import db_rows, make_library
+from tests.support.libraries import build_published_library, copy_library
+from tests.support.publish import db_rows
 
 
 @pytest.fixture(scope="module")
-def libraries(tmp_path_factory, bluemarble) -> tuple[Path, Path]:
+def libraries(library_factory, tmp_path_factory) -> tuple[Path, Path]:
     """The same real library twice: as it is, and with synthetic tiles for 30 empty buckets."""
-    base = tmp_path_factory.mktemp("synthds")
-    real = make_library(base / "real" / "mosaic_library", bluemarble, n_ingest=30, n_harvest=8)
-    mixed = base / "mixed" / "mosaic_library"
-    shutil.copytree(real, mixed)
+    real = library_factory(build_published_library, n_ingest=30, n_harvest=8)
+    mixed = copy_library(real, tmp_path_factory.mktemp("synthds") / "mixed" / "mosaic_library")
     with Library.open(mixed) as lib:
         empty = [int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)]
         report = synthesize(lib, max_uses=2, buckets=empty[::150][:30], progress=False)
@@ -120,7 +119,7 @@ def test_the_cards_synthetic_snippet_runs(stagings, tmp_path):
     import subprocess
     import sys
 
-    from tests.publish_helpers import fake_token_env
+    from tests.support.publish import fake_token_env
 
     _real, mixed = stagings
     shutil.copytree(mixed, tmp_path / "USER" / "mosaic_library")
@@ -138,8 +137,8 @@ def test_push_dry_run_of_a_library_with_synthetic_tiles_lists_every_config(libra
     """The demo's library runs synthesize: its release must publish (was: refused as foreign files)."""
 
     from builder.publish import plan_upload
-    from tests.publish_helpers import FAKE_TOKEN, fake_token_env
     from tests.support.cli import run_cli
+    from tests.support.publish import FAKE_TOKEN, fake_token_env
 
     _real, mixed = libraries
     out = tmp_path / "staging"

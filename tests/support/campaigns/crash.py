@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -553,12 +552,6 @@ def misfile(root: Path, count: int, seed: int = 0) -> list[str]:
     finally:
         conn.close()
     return [tile_id for tile_id, _b in chosen]
-
-
-def copy_library(src: Path, dst: Path) -> None:
-    """A copy of a library whose tile files are hard links (cheap): for writers that rename and
-    link names but never write into a tile (repair, recover), not for ones that rewrite files."""
-    shutil.copytree(src, dst, copy_function=lambda s, d: os.link(s, d) if s.endswith(".png") else shutil.copy2(s, d))
 
 
 def tile_copies(root: Path) -> Counter:

@@ -1,9 +1,5 @@
-"""Small real libraries for the dataset and publishing tests (tests/test_dataset.py, test_publish.py).
-
-Tiles are real 256x256 crops of the NASA Blue Marble image in data/, stored through the project's
-own pipeline (``Library.create`` + ``builder.ingest.ingest`` and ``Pipeline`` with provenance), so every row,
-hash and file is what a real library holds.
-"""
+"""Publishing as a user does it: a fake token to catch leaks, a release read back in a fresh
+``datasets`` process, a tiles table read as plain SQLite, a release resealed as a hostile one would be."""
 
 from __future__ import annotations
 
@@ -15,62 +11,9 @@ import sys
 from pathlib import Path
 
 from builder import db
-from builder.assign import Candidate, Pipeline
-from builder.ingest import ingest
-from builder.library import Library
 from tests.support.cli import cli_env
-from tests.support.images import png_bytes, real_crops
 
 FAKE_TOKEN = "hf_fake_secret_value"
-
-
-def make_library(root: Path, image, n_ingest: int = 40, n_harvest: int = 16, seed: int = 3) -> Path:
-    """A library with ``n_ingest`` ingested crops (source 'ingest') and ``n_harvest`` crops
-    stored with full provenance (source 'earth', z/x/y, lon/lat, region) plus ``fetched`` rows."""
-    crops = real_crops(image, n_ingest + n_harvest, seed=seed)
-    folder = root.parent / f"{root.name}_inputs"
-    folder.mkdir(parents=True)
-    for i, crop in enumerate(crops[:n_ingest]):
-        crop.save(folder / f"crop_{i:03d}.png")
-    with Library.create(root) as lib:
-        ingest(lib, [folder], workers=1, progress=False)
-        candidates = [
-            Candidate(
-                name=f"6/{10 + i}/{20 + i}",
-                data=png_bytes(crop),
-                provenance={
-                    "source": "earth",
-                    "z": 6,
-                    "x": 10 + i,
-                    "y": 20 + i,
-                    "lon": -50.0 + i,
-                    "lat": 10.5 - i,
-                    "region": "Desert (Sahara)" if i % 2 else "Forest (Amazon/Congo)",
-                },
-            )
-            for i, crop in enumerate(crops[n_ingest:])
-        ]
-
-        def record_fetched(conn, outcomes):
-            conn.executemany(
-                "INSERT INTO fetched (source, z, x, y, status, region, tried_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        "earth",
-                        c.provenance["z"],
-                        c.provenance["x"],
-                        c.provenance["y"],
-                        "stored" if o.accepted else (o.reason or "rejected"),
-                        c.provenance["region"],
-                        "2024-05-01T00:00:00Z",
-                    )
-                    for c, o in zip(candidates, outcomes)
-                ],
-            )
-
-        with Pipeline(lib, workers=1) as pipe:
-            pipe.process(candidates, on_commit=record_fetched)
-    return root
 
 
 def db_rows(db_path: Path) -> dict[str, dict]:
