@@ -48,22 +48,21 @@ ENTRY_POINTS = {
 }
 
 
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_a_db_without_the_tiles_table_gets_one_message_everywhere(broken, entry):
-    root = broken("no_table", "CREATE TABLE other (x);")
-    with pytest.raises(LibraryError) as info:
-        ENTRY_POINTS[entry](root)
-    message = str(info.value)
-    assert message.endswith(NO_TABLE) and "tiles.db" in message, message
+NOT_A_LIBRARY = {  # a tiles.db that is not a library's: the script that makes it, the message every entry gives
+    "no_table": ("CREATE TABLE other (x);", NO_TABLE),
+    "few_columns": ("CREATE TABLE tiles (id TEXT PRIMARY KEY, bucket_id INTEGER, filepath TEXT);", NO_COLUMNS),
+}
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_a_db_missing_the_cards_columns_gets_one_message_everywhere(broken, entry):
-    root = broken("few_columns", "CREATE TABLE tiles (id TEXT PRIMARY KEY, bucket_id INTEGER, filepath TEXT);")
+@pytest.mark.parametrize("case", list(NOT_A_LIBRARY))
+def test_a_db_without_the_tiles_table_or_the_cards_columns_gets_one_message_everywhere(broken, case, entry):
+    script, expected = NOT_A_LIBRARY[case]
+    root = broken(case, script)
     with pytest.raises(LibraryError) as info:
         ENTRY_POINTS[entry](root)
     message = str(info.value)
-    assert message.endswith(NO_COLUMNS) and "tiles.db" in message, message
+    assert message.endswith(expected) and "tiles.db" in message, message
 
 
 def test_migrate_names_the_file_it_refuses(tmp_path):

@@ -690,6 +690,35 @@ def _repair_trigger(trigger: str, root: Path, rng: random.Random) -> Callable[[]
     return lambda: False
 
 
+def _maintenance_rounds(cmd: Sequence[str], root: Path, figures: MaintenanceFigures, kills: int, max_rounds: int,
+                        rng: random.Random, log: Path, triggers: Sequence[str],
+                        trigger_for: Callable[[str, Path, random.Random], Callable[[], bool]],
+                        delay_for: Callable[[str, random.Random], float], on_kill: Callable[[str], None],
+                        on_completed: Callable[[str, int], bool], progress: Callable[[str], None] | None) -> None:
+    """The rounds of a maintenance campaign: run ``cmd``, kill it at a trigger drawn from
+    ``triggers`` (no trigger once ``kills`` kills are done) and check the library (``on_kill``), or
+    check the completed run (``on_completed``, which returns False when the round is not to be
+    reported); until ``kills`` kills and one completed run, or ``max_rounds`` rounds."""
+    while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
+        figures.rounds += 1
+        trigger = rng.choice(triggers) if figures.kills < kills else "none"
+        fire = trigger_for(trigger, root, rng)
+        killed, code = _kill_at(cmd, root, fire, delay_for(trigger, rng), log)
+        label = f"round {figures.rounds} ({trigger})"
+        if killed:
+            figures.kills += 1
+            figures.by_trigger[trigger] += 1
+            on_kill(label)
+        else:
+            figures.completed += 1
+            if not on_completed(label, code):
+                continue
+        if progress:
+            progress(f"{label}: {'kill' if killed else 'completed'}, lost {figures.tiles_lost}")
+    figures.tiles_after = len(committed_rows(root))
+    figures.rows = figures.tiles_after
+
+
 def repair_campaign(root: Path, kills: int, misfiled: int = 300, seed: int = 0, max_rounds: int | None = None,
                     progress: Callable[[str], None] | None = None) -> MaintenanceFigures:
     """Kill ``python -m builder verify --repair`` of ``misfiled`` wrong-bucket rows at every step of
@@ -703,36 +732,26 @@ def repair_campaign(root: Path, kills: int, misfiled: int = 300, seed: int = 0, 
     figures.tiles_before = len(expected)
     log = root.parent / f"{root.name}.repair.stderr"
     cmd = builder_argv("verify", "--repair", "--library", root, "--workers", "2")
-    max_rounds = max_rounds or kills * 4
     misfile(root, misfiled, seed=rng.randrange(10**6))
-    while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
-        figures.rounds += 1
-        trigger = rng.choice(REPAIR_TRIGGERS) if figures.kills < kills else "none"
-        fire = _repair_trigger(trigger, root, rng)
-        killed, code = _kill_at(cmd, root, fire, rng.uniform(0, 0.002) if trigger != "time" else 0, log)
-        label = f"round {figures.rounds} ({trigger})"
-        if killed:
-            figures.kills += 1
-            figures.by_trigger[trigger] += 1
-            check_maintenance_kill(root, expected, figures, label)
-        else:
-            if code not in (0, 1):
-                figures.violations.append(f"{label}: exited {code}: {log.read_text()[-400:]}")
-            figures.completed += 1
-            rows = committed_rows(root)
-            if set(rows) != expected:
-                figures.violations.append(f"{label}: ids differ after a completed repair: "
-                                          f"{len(expected - set(rows))} missing, {len(set(rows) - expected)} new")
-                figures.tiles_lost += len(expected - set(rows))
-            problem = deep_verify(root)
-            if problem:
-                figures.violations.append(f"{label}: verify after the repair: {problem}")
-            if figures.kills < kills:
-                misfile(root, misfiled, seed=rng.randrange(10**6))
-        if progress:
-            progress(f"{label}: {'kill' if killed else 'completed'}, lost {figures.tiles_lost}")
-    figures.tiles_after = len(committed_rows(root))
-    figures.rows = figures.tiles_after
+
+    def completed(label: str, code: int) -> bool:
+        if code not in (0, 1):
+            figures.violations.append(f"{label}: exited {code}: {log.read_text()[-400:]}")
+        rows = committed_rows(root)
+        if set(rows) != expected:
+            figures.violations.append(f"{label}: ids differ after a completed repair: "
+                                      f"{len(expected - set(rows))} missing, {len(set(rows) - expected)} new")
+            figures.tiles_lost += len(expected - set(rows))
+        problem = deep_verify(root)
+        if problem:
+            figures.violations.append(f"{label}: verify after the repair: {problem}")
+        if figures.kills < kills:
+            misfile(root, misfiled, seed=rng.randrange(10**6))
+        return True
+
+    _maintenance_rounds(cmd, root, figures, kills, max_rounds or kills * 4, rng, log, REPAIR_TRIGGERS,
+                        _repair_trigger, lambda trigger, rng: rng.uniform(0, 0.002) if trigger != "time" else 0,
+                        lambda label: check_maintenance_kill(root, expected, figures, label), completed, progress)
     figures.seconds = time.monotonic() - started
     return figures
 
@@ -808,36 +827,29 @@ def recover_campaign(root: Path, kills: int, release: Path | None = None, seed: 
     cmd = builder_argv("recover", "--library", root, "--workers", "2")
     if release is not None:
         cmd += ["--release", str(release)]
-    max_rounds = max_rounds or kills * 4
     damage_db(root, rng.choice(("truncate", "page", "garbage")), rng)
-    while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
-        figures.rounds += 1
-        trigger = rng.choice(RECOVER_TRIGGERS) if figures.kills < kills else "none"
-        fire = _recover_trigger(trigger, root, rng)
-        delay = rng.uniform(0, 0.3) if trigger == "building" else rng.uniform(0, 0.002) if trigger != "time" else 0
-        killed, code = _kill_at(cmd, root, fire, delay, log)
-        label = f"round {figures.rounds} ({trigger})"
-        if killed:
-            figures.kills += 1
-            figures.by_trigger[trigger] += 1
-            check_maintenance_kill(root, expected, figures, label, damaged=True)
-        else:
-            figures.completed += 1
-            if code != 0:
-                figures.violations.append(f"{label}: exited {code}: {log.read_text()[-400:]}")
-                continue
-            rows = provenance(root)
-            if set(rows) != expected:
-                figures.violations.append(f"{label}: ids differ after recover: {len(expected - set(rows))} missing")
-                figures.tiles_lost += len(expected - set(rows))
-            if release is not None and rows != expected_rows:
-                wrong = sum(1 for t in expected if rows.get(t) != expected_rows[t])
-                figures.violations.append(f"{label}: {wrong} tiles without their provenance from the release")
-            if figures.kills < kills:
-                damage_db(root, rng.choice(("truncate", "page", "garbage")), rng)
-        if progress:
-            progress(f"{label}: {'kill' if killed else 'completed'}, lost {figures.tiles_lost}")
-    figures.tiles_after = len(provenance(root))
-    figures.rows = figures.tiles_after
+
+    def delay(trigger: str, rng: random.Random) -> float:
+        return rng.uniform(0, 0.3) if trigger == "building" else rng.uniform(0, 0.002) if trigger != "time" else 0
+
+    def completed(label: str, code: int) -> bool:
+        if code != 0:
+            figures.violations.append(f"{label}: exited {code}: {log.read_text()[-400:]}")
+            return False
+        rows = provenance(root)
+        if set(rows) != expected:
+            figures.violations.append(f"{label}: ids differ after recover: {len(expected - set(rows))} missing")
+            figures.tiles_lost += len(expected - set(rows))
+        if release is not None and rows != expected_rows:
+            wrong = sum(1 for t in expected if rows.get(t) != expected_rows[t])
+            figures.violations.append(f"{label}: {wrong} tiles without their provenance from the release")
+        if figures.kills < kills:
+            damage_db(root, rng.choice(("truncate", "page", "garbage")), rng)
+        return True
+
+    _maintenance_rounds(cmd, root, figures, kills, max_rounds or kills * 4, rng, log, RECOVER_TRIGGERS,
+                        _recover_trigger, delay,
+                        lambda label: check_maintenance_kill(root, expected, figures, label, damaged=True),
+                        completed, progress)
     figures.seconds = time.monotonic() - started
     return figures
