@@ -698,8 +698,11 @@ def _maintenance_rounds(cmd: Sequence[str], root: Path, figures: MaintenanceFigu
     """The rounds of a maintenance campaign: run ``cmd``, kill it at a trigger drawn from
     ``triggers`` (no trigger once ``kills`` kills are done) and check the library (``on_kill``), or
     check the completed run (``on_completed``, which returns False when the round is not to be
-    reported); until ``kills`` kills and one completed run, or ``max_rounds`` rounds."""
-    while figures.rounds < max_rounds and (figures.kills < kills or figures.completed == 0):
+    reported); until ``kills`` kills and a completed run after the last of them, or ``max_rounds``
+    rounds.  (Ending on a kill would leave the library as the kill left it: for ``recover``, a
+    damaged ``tiles.db`` that only the next run replaces.)"""
+    killed = True
+    while figures.rounds < max_rounds and (figures.kills < kills or killed):
         figures.rounds += 1
         trigger = rng.choice(triggers) if figures.kills < kills else "none"
         fire = trigger_for(trigger, root, rng)
