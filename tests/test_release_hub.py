@@ -11,16 +11,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from builder.library import Library
 from builder.publish import build_staging, plan_upload, push_staging, restore_library, spans
-from builder.publish.index import SPAN_COLUMNS, read_index, select
+from builder.publish.index import INDEX_SCHEMA, SPAN_COLUMNS, index_rows, read_index, select
 from builder.publish.manifest import ReleaseIncomplete, describe, read_manifest, write_manifest
 from builder.publish.remote import query_hub, restore_from_hub
-from builder.publish.restore import scratch_for
-from builder.publish.schema import INDEX_NAME
+from builder.publish.restore import LocalShard, scratch_for, shard_rows
+from builder.publish.schema import INDEX_NAME, column_options
 from builder.synthesize import synthesize
 from tests.conftest import REPO
 from tests.publish_helpers import make_library
@@ -182,6 +183,24 @@ def test_spans_split_back_into_each_buckets_tiles_and_refuse_damage(staging, lib
     assert report.sources == len(wanted - {i for i, r in whole["rows"].items() if r[1] in chosen}) > 0
     verified = builder_cli(None, "verify", "--library", str(tmp_path / "local" / "mosaic_library"))
     assert verified.returncode == 0 and "no problems" in verified.stdout, verified.stdout
+
+
+def test_a_row_group_whose_images_do_not_walk_gets_no_span_and_is_read_whole(library, tmp_path):
+    """A PNG with bytes after its IEND chunk: its row group is indexed without spans, read whole."""
+    pngs = sorted(v for v in library_state(library)["files"].values() if v)[:4]
+    arrow = pa.schema([pa.field("image", pa.struct({"bytes": pa.binary(), "path": pa.string()})),
+                       pa.field("label", pa.int64())])
+    path = tmp_path / "odd.parquet"
+    with pq.ParquetWriter(path, arrow, write_page_index=True, **column_options(arrow)) as writer:
+        for group, images in enumerate((pngs[:2], [pngs[2], pngs[3] + b"trailing bytes"])):
+            writer.write_table(pa.table({"image": [{"bytes": b, "path": None} for b in images],
+                                         "label": [7 + group] * len(images)}, schema=arrow))
+    rows = index_rows(path, "data/odd.parquet", "default")
+    assert [(r["bucket"], r["row_group"], r["rows"]) for r in rows] == [(7, 0, 2), (8, 1, 2)]
+    assert rows[0]["image_offset"] is not None and rows[1]["image_offset"] is None
+    read = [row for part in shard_rows(LocalShard(path), pa.Table.from_pylist(rows, schema=INDEX_SCHEMA),
+                                       "data/odd.parquet") for row in part]
+    assert [row["image"]["bytes"] for row in read] == [*pngs[:3], pngs[3] + b"trailing bytes"]
 
 
 def test_restore_hub_of_some_buckets_fetches_their_images_and_small_columns_and_their_sources(

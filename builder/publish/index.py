@@ -89,20 +89,17 @@ def index_rows(parquet_path: Path, path_in_repo: str, config: str,
     parquet = pq.ParquetFile(parquet_path)
     metadata = parquet.metadata
     names = parquet.schema_arrow.names
-    images = "image" in names
     sources = source_label is not None and "derived_from" in names
+    columns = ["label"] + (["derived_from"] if sources else [])
+    groups = {group: parquet.read_row_group(group, columns=columns) for group in range(metadata.num_row_groups)}
+    runs = {group: _runs(table.column("label").to_pylist()) for group, table in groups.items()}
+    places = (spans.file_spans(parquet_path, metadata, {g: [(first, n) for _b, first, n in r] for g, r in runs.items()})
+              if "image" in names else {g: [None] * len(r) for g, r in runs.items()})
     out = []
-    for group in range(metadata.num_row_groups):
+    for group, table in groups.items():
         offset, length = row_group_range(metadata, group)
-        columns = ["label"] + (["image"] if images else []) + (["derived_from"] if sources else [])
-        table = parquet.read_row_group(group, columns=columns)
-        runs = _runs(table.column("label").to_pylist())
-        places = [None] * len(runs)
-        if images:
-            pngs = [value["bytes"] for value in table.column("image").to_pylist()]
-            places = spans.bucket_spans(parquet_path, metadata, group, pngs, [(first, n) for _b, first, n in runs])
         derived = table.column("derived_from").to_pylist() if sources else None
-        for (bucket, first, rows), place in zip(runs, places):
+        for (bucket, first, rows), place in zip(runs[group], places[group]):
             found = None
             if derived is not None:
                 found = sorted({source_label[d] for d in derived[first:first + rows] if d in source_label})
@@ -116,11 +113,11 @@ def index_rows(parquet_path: Path, path_in_repo: str, config: str,
 def source_labels(synthetic: Iterable[Path], real: Iterable[Path]) -> dict[str, int]:
     """``{real tile id: label}`` for every id the ``derived_from`` column of ``synthetic`` names,
     from the ``id`` and ``label`` columns of the files of ``real``."""
-    wanted = {d for path in synthetic for d in pq.read_table(path, columns=["derived_from"])["derived_from"].to_pylist()}
+    wanted = {d for path in synthetic for d in pq.ParquetFile(path).read(columns=["derived_from"])["derived_from"].to_pylist()}
     wanted.discard(None)
     out: dict[str, int] = {}
-    for path in real:
-        table = pq.read_table(path, columns=["id", "label"])
+    for path in real if wanted else ():
+        table = pq.ParquetFile(path).read(columns=["id", "label"])
         out.update((i, b) for i, b in zip(table["id"].to_pylist(), table["label"].to_pylist()) if i in wanted)
     return out
 
