@@ -58,12 +58,16 @@ _INIT_LEFTOVERS = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_
 # at most this many folders read (a home folder must not cost a long walk for one error line).
 NEARBY_DEPTH = 2
 NEARBY_MAX_FOLDERS = 400
+RELEASE_CARD = "README.md"  # the dataset card every release holds at its root; a library never does
 
 
 def is_library_folder(folder: Path) -> bool:
-    """A folder holding a library's two defining files (``tiles.db`` and ``centroids.npy``)."""
+    """A folder holding a library's two defining files (``tiles.db`` and ``centroids.npy``) and
+    no dataset card: a release (a staging folder, a download) holds both files too, beside its
+    ``README.md``, and is restored, not opened."""
     try:
-        return (folder / DB_NAME).is_file() and (folder / CENTROIDS_NAME).is_file()
+        return ((folder / DB_NAME).is_file() and (folder / CENTROIDS_NAME).is_file()
+                and not (folder / RELEASE_CARD).is_file())
     except OSError:
         return False
 

@@ -73,6 +73,7 @@ from .layout import N_BUCKETS, TILE_SIZE
 from .library import Library
 from .phash import MIN_HASH_CONTRAST, contrast
 from .store import unstage
+from .summary import format_counts, plural
 from .tilefiles import TileFiles
 
 SOURCE_NAME = "synthetic"  # the ``source`` column of a synthetic tile
@@ -134,9 +135,10 @@ class SynthesizeReport:
     def summary(self) -> str:
         kept = self.median_texture_kept
         kept_text = f", median texture kept {kept:.3f}" if kept is not None else ""
-        skipped = f", {sum(self.skipped.values())} buckets skipped ({dict(self.skipped)})" if self.skipped else ""
-        return (f"{self.made} synthetic tiles ({self.made - self.flat} textured, {self.flat} flat) for "
-                f"{self.buckets_targeted} buckets{kept_text}{skipped}; buckets covered "
+        skipped = (f", {plural(sum(self.skipped.values()), 'bucket')} skipped ({format_counts(self.skipped)})"
+                   if self.skipped else "")
+        return (f"{plural(self.made, 'synthetic tile')} ({self.made - self.flat} textured, {self.flat} flat) for "
+                f"{plural(self.buckets_targeted, 'bucket')}{kept_text}{skipped}; buckets covered "
                 f"{self.buckets_covered_before} -> {self.buckets_covered_after}/{N_BUCKETS}; "
                 f"{self.ms_per_tile:.1f} ms/tile")
 
