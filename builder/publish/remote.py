@@ -181,6 +181,7 @@ class HubShard:
         self.release, self.name = release, name
         self.size = release.manifest["files"][name]["size"]
         self._footer: dict[tuple[int, int], bytes] | None = None
+        self._metadata = None
 
     def _footer_parts(self) -> dict[tuple[int, int], bytes]:
         if self._footer is None:
@@ -190,10 +191,15 @@ class HubShard:
         return self._footer
 
     def metadata(self):
-        return self.parquet({}).metadata
+        if self._metadata is None:
+            self._metadata = self.parquet({}).metadata
+        return self._metadata
 
     def read(self, ranges) -> dict[tuple[int, int], bytes]:
         return self.release.read_ranges(self.name, ranges)
+
+    def row_groups(self, ranges):
+        return self.parquet(self.read(ranges))
 
     def parquet(self, parts: dict[tuple[int, int], bytes]):
         import pyarrow.parquet as pq
