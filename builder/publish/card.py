@@ -378,8 +378,8 @@ def files_table(stats: CardStats) -> str:
         rows.append((f"`{CONFIGS[name].folder}/train-XXXXX-of-YYYYY.parquet`",
                      f"{_CONFIG_WORDS[name]} ({files} file{'s' if files != 1 else ''}, {size / 1e6:,.1f} MB)"))
     rows += [
-        (f"`{INDEX_NAME}`", f"bucket -> config, file, row group, rows and byte range: read one bucket without scanning "
-                            f"every file ({stats.index_bytes / 1e3:,.0f} KB)"),
+        (f"`{INDEX_NAME}`", "bucket -> config, file, row group, rows, byte ranges (the row group, the bucket's own "
+                            f"images): read one bucket without scanning every file ({stats.index_bytes / 1e3:,.0f} KB)"),
         (f"`{RELEASE_MANIFEST}`", "every file's size, sha256 and rows: `restore` checks a download against it"),
         ("`tiles.db`", f"the library's SQLite index ({stats.total_rows or stats.tiles:,} rows, real and synthetic), "
                        "for the queries below without loading images"),

@@ -113,7 +113,7 @@ CONFIGS: dict[str, Config] = {
 
 # The release's other files, at the repo's root (README.md is the card).
 CARD_NAME = "README.md"
-INDEX_NAME = "bucket_index.parquet"  # bucket -> config, file, row group, rows, byte range (see builder.publish.index)
+INDEX_NAME = "bucket_index.parquet"  # bucket -> config, file, row group, rows, byte ranges (see builder.publish.index)
 RELEASE_MANIFEST = "release.json"  # every file's size, sha256 and rows (see builder.publish.manifest)
 
 

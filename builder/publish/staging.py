@@ -6,7 +6,7 @@
       data/train-00000-of-0000N.parquet       real tiles, image bytes embedded (the ``default`` config)
       synthetic/train-00000-of-0000M.parquet  the synthetic tiles, with ``derived_from`` (only if any)
       metadata/train-00000-of-0000K.parquet   every tile, every column but ``image`` (``metadata``)
-      bucket_index.parquet                    bucket -> config, file, row group, byte range
+      bucket_index.parquet                    bucket -> config, file, row group, byte ranges, image span
       release.json                            every file's size, sha256 and rows (written last)
       README.md                               dataset card with live figures
       centroids.npy
