@@ -15,7 +15,7 @@ callers convert to NumPy where they need it.
 
 Tables:
 
-* ``tiles``   one row per stored tile (contract, see DESIGN.md).
+* ``tiles``   one row per stored tile (its columns are the dataset card's columns).
 * ``fetched`` every z/x/y a harvest has tried, per source, so no tile is fetched twice (the
   ledger's columns), with the bucket the colour atlas predicted for it and the bucket and LAB
   its pixels gave (calibration and hit rates are computed from these).
@@ -68,7 +68,7 @@ _PROVENANCE_TYPES = (
     ("harvested_at", "TEXT"),
 )
 # Tiles made by colour transfer from a real tile of the library (``synthesize``): flagged in
-# every output, never mixed up with real ones (DESIGN.md).
+# every output, never mixed up with real ones.
 _SYNTHETIC_TYPES = (
     ("synthetic", "INTEGER NOT NULL DEFAULT 0"),
     ("derived_from", "TEXT"),
