@@ -314,7 +314,7 @@ def pool_context():
 
 def _cache_thumbnails(root: Path, stored: list[Analysis]) -> None:
     """Hand a committed batch's thumbnails to the mosaic cache; a failure only costs decoding later."""
-    from .mosaic.thumbs import ThumbnailCache
+    from .mosaic.tiletable import ThumbnailCache
 
     rows = [an for an in stored if an.thumb is not None]
     try:

@@ -383,10 +383,10 @@ def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None
 
 
 class StoredThumbnails:
-    """The 64-px thumbnails the store keeps for mosaics (``builder.mosaic.thumbs``), looked up by
+    """The 64-px thumbnails the store keeps for mosaics (``builder.mosaic.tiletable``), looked up by
     ``(id, phash)``: the same 4x4 box reduction :func:`_thumbnail` makes, without decoding the tile.
 
-    Only the keys are read into memory, as the cache's own :class:`~builder.mosaic.thumbs.CacheIndex`
+    Only the keys are read into memory, as the cache's own :class:`~builder.mosaic.tiletable.CacheIndex`
     (60 bytes a tile, no Python object per tile); each thumbnail is read from the pixels file when
     drawn (``os.pread``: no memory map, whose touched pages would count in the report's memory).
     A tile the cache lacks, or holds under another pHash, is decoded as before.  Unusable cache:
@@ -398,7 +398,7 @@ class StoredThumbnails:
         self.fd: int | None = None
         if SHEET_THUMB != THUMB_SIZE:
             return
-        from .mosaic.thumbs import ThumbnailCache
+        from .mosaic.tiletable import ThumbnailCache
 
         cache = ThumbnailCache.of(lib.root)
         try:

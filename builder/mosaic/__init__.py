@@ -44,7 +44,7 @@ How a mosaic is made, and why:
    be in memory.
 
 Where each step lives: :mod:`.target` (options, ``--grid`` parsing, the layout, the target
-image), :mod:`.thumbs` (the tile table and its thumbnail cache), :mod:`.match` (candidates,
+image), :mod:`.tiletable` (the tile table and its thumbnail cache), :mod:`.match` (candidates,
 ranking, greedy placement, :class:`MosaicPlan`), :mod:`.fair` (the assignment), :mod:`.correct`
 (colour correction), :mod:`.render` (bands), :mod:`.fidelity` (the figures), :mod:`.pngstream`
 and :mod:`.dzi` (the streamed writers, the viewer page) and :mod:`.output` (writing a mosaic
@@ -87,7 +87,7 @@ from .target import (
     target_samples,
     target_subcells,
 )
-from .thumbs import (
+from .tiletable import (
     CACHE_VERSION,
     SPOT_CHECKS,
     THUMB_PREFIX,

@@ -19,7 +19,7 @@ from ..library import Library
 from .correct import interp_axis, plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
-from .thumbs import THUMB_SIZE, _pool, _read_tile, release_pages
+from .tiletable import THUMB_SIZE, _pool, _read_tile, release_pages
 
 logger = logging.getLogger(__name__)
 
