@@ -37,7 +37,7 @@ from .color import CentroidIndex
 from .errors import UnsafePath
 from .layout import bucket_name, is_bucket_id, is_tile_id, tile_stem
 from .library import Library
-from .mosaic.tiletable import ThumbnailCache
+from .thumbcache import ThumbnailCache
 from .tilefiles import TileFiles
 from .verify import FileFacts, Problem, VerifyReport, inspect_all
 

@@ -44,6 +44,7 @@ from .layout import N_BUCKETS, THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id
 from .library import Library
 from .scratch import dead_scratch, scratch_path
 from .summary import plural
+from .thumbcache import ThumbnailCache
 
 logger = logging.getLogger(__name__)
 
@@ -383,10 +384,10 @@ def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None
 
 
 class StoredThumbnails:
-    """The 64-px thumbnails the store keeps for mosaics (``builder.mosaic.tiletable``), looked up by
+    """The 64-px thumbnails the store keeps for mosaics (``builder.thumbcache``), looked up by
     ``(id, phash)``: the same 4x4 box reduction :func:`_thumbnail` makes, without decoding the tile.
 
-    Only the keys are read into memory, as the cache's own :class:`~builder.mosaic.tiletable.CacheIndex`
+    Only the keys are read into memory, as the cache's own :class:`~builder.thumbcache.CacheIndex`
     (60 bytes a tile, no Python object per tile); each thumbnail is read from the pixels file when
     drawn (``os.pread``: no memory map, whose touched pages would count in the report's memory).
     A tile the cache lacks, or holds under another pHash, is decoded as before.  Unusable cache:
@@ -398,8 +399,6 @@ class StoredThumbnails:
         self.fd: int | None = None
         if SHEET_THUMB != THUMB_SIZE:
             return
-        from .mosaic.tiletable import ThumbnailCache
-
         cache = ThumbnailCache.of(lib.root)
         try:
             with cache.shared():

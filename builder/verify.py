@@ -53,9 +53,9 @@ from .decode import decode_tile
 from .errors import BadTile, ImageRejected, UnsafePath
 from .layout import THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id, is_tile_id, parse_bucket_dir, tile_stem
 from .library import Library
-from .mosaic.tiletable import ThumbnailCache, cache_keys, release_pages, thumbnail
 from .phash import phash_from_pixels, phash_pixels
 from .summary import format_counts, plural
+from .thumbcache import ThumbnailCache, cache_keys, release_pages, thumbnail
 from .tilefiles import MISSING, TileFiles, check_png
 
 logger = logging.getLogger(__name__)

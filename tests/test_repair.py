@@ -344,14 +344,14 @@ def cached_library(cached_base, tmp_path):
 
 
 def _cache_pixels(lib) -> np.memmap:
-    from builder.mosaic.tiletable import ThumbnailCache
+    from builder.thumbcache import ThumbnailCache
 
     cache = ThumbnailCache.of(lib.root)
     return np.memmap(cache.pixels_path, dtype=np.uint8, mode="r+").reshape(-1, 64, 64, 3)
 
 
 def _fresh_thumbnails(lib, ids) -> dict[str, np.ndarray]:
-    from builder.mosaic.tiletable import tile_thumbnail
+    from builder.thumbcache import tile_thumbnail
 
     buckets = dict(lib.conn.execute("SELECT id, bucket_id FROM tiles"))
     return {i: tile_thumbnail(lib, buckets[i], i) for i in ids}
@@ -384,7 +384,8 @@ def test_a_cache_with_swapped_rows_is_caught_by_verify_and_repaired(cached_libra
 
 
 def test_a_mosaic_never_uses_a_row_verify_found_wrong(cached_library):
-    from builder.mosaic.tiletable import ThumbnailCache, load_tile_table
+    from builder.mosaic.tiletable import load_tile_table
+    from builder.thumbcache import ThumbnailCache
 
     lib = cached_library
     ids, damaged = _swap_rows(lib)
