@@ -73,9 +73,9 @@ from .layout import (
 )
 from .ledger import ACCEPTED, Claim, FetchLedger, FetchResult, Prior, answer_status, rejected
 from .library import Library, file_sha256
-from .reach import aimed_figures, reachability, reachable_buckets
 from .regions import Plan, Region, TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
+from .stats import aimed_figures, reachability, reachable_buckets
 
 logger = logging.getLogger(__name__)
 

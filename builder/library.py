@@ -407,7 +407,7 @@ class Library:
         from .ledger import status_counts_by_region  # here: the ledger imports the sources (requests)
 
         fetched = status_counts_by_region(self.conn)
-        from .reach import aimed_figures, reachability
+        from .stats import aimed_figures, reachability
 
         extra = {}
         reach = reachability(self.conn, real)  # the source's reach: real tiles

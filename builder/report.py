@@ -362,7 +362,7 @@ def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
     real = lib.bucket_counts(real_only=True)
     every = lib.bucket_counts()
     stats = lib.stats()
-    from .reach import reachable_buckets
+    from .stats import reachable_buckets
 
     seen = reachable_buckets(lib.conn)  # None without a colour atlas: the figures as before
     return {
