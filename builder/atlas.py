@@ -861,10 +861,6 @@ def recalibrate(lib: Library, sampler: AimedSampler, measured: int, exclude) -> 
     return result
 
 
-def new_per_1000(buckets: int, requests: int) -> float:
-    return round(1000.0 * buckets / requests, 1) if requests else 0.0
-
-
 __all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasReport", "Calibration", "aimed_figures",
            "aimed_sampler", "block_size", "build_atlas", "calibrate", "check_zooms", "default_atlas_zoom",
            "reachability", "reachable_buckets", "tile_blocks"]

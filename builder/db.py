@@ -37,6 +37,7 @@ so a library without an atlas has none of them; see :mod:`builder.atlas`):
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -113,6 +114,15 @@ _FETCH_OUTCOME_TYPES = (
     ("mean_b", "REAL"),
 )
 FETCH_OUTCOME_COLUMNS = tuple(name for name, _type in _FETCH_OUTCOME_TYPES)
+
+
+def check_ledger_table_name(table: object) -> None:
+    """A ledger table's name is put into SQL text: only a plain lower-case identifier is."""
+    if not isinstance(table, str) or not _TABLE_NAME.match(table):
+        raise LibraryError(f"not a ledger table name: {table!r}")
+
+
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def ledger_table_sql(table: str, extra: Sequence[tuple[str, str]] = ()) -> str:

@@ -90,6 +90,7 @@ from .ledger import (
 from .library import Library
 from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
+from .stats import per_thousand
 from .summary import format_counts
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class HarvestReport:
     @property
     def new_per_1000(self) -> float:
         """New buckets populated per 1,000 requests."""
-        return round(1000.0 * self.buckets_new / self.requests, 1) if self.requests else 0.0
+        return per_thousand(self.buckets_new, self.requests)
 
     def region_yield(self) -> dict[str, dict]:
         out = {}

@@ -43,6 +43,7 @@ from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id
 from .library import Library
 from .scratch import dead_scratch, scratch_path
+from .stats import reachable_buckets
 from .summary import plural
 from .thumbcache import ThumbnailCache
 
@@ -362,8 +363,6 @@ def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
     real = lib.bucket_counts(real_only=True)
     every = lib.bucket_counts()
     stats = lib.stats()
-    from .stats import reachable_buckets
-
     seen = reachable_buckets(lib.conn)  # None without a colour atlas: the figures as before
     return {
         "centroids_ab": figure_centroids_ab(lib.centroids, real, lib.cap, out / "centroids_ab.png", seen, every),
