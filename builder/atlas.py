@@ -68,18 +68,17 @@ from .layout import (
     MAX_ZOOM,
     MIN_ZOOM,
     N_BUCKETS,
-    PLAN_MAX_LAT,
     TILE_SIZE,
 )
 from .ledger import ACCEPTED, Claim, FetchLedger, FetchResult, Prior, answer_status, rejected
 from .library import Library, file_sha256
-from .regions import Plan, Region, TileRef, tile_centre, tile_range
+from .plans import Plan, world_plan
+from .regions import TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
 from .stats import aimed_figures, reachability, reachable_buckets
 
 logger = logging.getLogger(__name__)
 
-WORLD = "world"
 PREFETCH = 2  # batches queued beyond the one being folded (as harvest)
 # harvest --target calibrates by itself once this many aimed tiles have a measured colour and
 # the fit raises the cross-validated hit rate (see :func:`calibrate`).
@@ -112,17 +111,6 @@ def check_zooms(zoom: object, atlas_zoom: object | None) -> tuple[int, int]:
 def block_size(zoom: int, atlas_zoom: int) -> int:
     """Overview pixels a side that cover one zoom-``zoom`` tile (1 at ``zoom - 8``)."""
     return TILE_SIZE >> (zoom - atlas_zoom)
-
-
-def bbox_plan(bbox: Sequence[float]) -> Plan:
-    """A one-region plan for ``--bbox W S E N`` (checked like a plan's region)."""
-    from .regions import validate_plan
-
-    return validate_plan("bbox", [{"name": "bbox", "bbox": list(bbox), "weight": 1}], where="--bbox")
-
-
-def world_plan() -> Plan:
-    return Plan(WORLD, (Region(WORLD, (-180.0, -PLAN_MAX_LAT, 180.0, PLAN_MAX_LAT), 1.0),))
 
 
 def overview_refs(plan: Plan, atlas_zoom: int, seed: int = 0) -> list[TileRef]:

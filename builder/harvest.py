@@ -88,7 +88,8 @@ from .ledger import (
     rejected,
 )
 from .library import Library
-from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
+from .plans import Plan, resolve_plan, world_plan
+from .regions import Sampler, TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
 from .stats import per_thousand
 from .summary import format_counts
@@ -260,13 +261,6 @@ def validate_options(*, zoom: int, threads: int, batch: int, max_tiles: int | No
     if rate is not None:
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0 or rate == float("inf"):
             raise UsageError(f"--rate must be a number of requests per second > 0, got {rate!r}")
-
-
-def resolve_plan(plan: Plan | str | int | Path | None) -> Plan:
-    """A Plan from a Plan, a phase (``1``, ``2``, ``all``) or a JSON file; default phase 1."""
-    if isinstance(plan, Plan):
-        return plan
-    return load_plan("1" if plan is None else plan)
 
 
 # --- signals ----------------------------------------------------------------------------------
@@ -667,7 +661,7 @@ def harvest(
     check_radius(near_duplicate_radius)
     lib._require_writer()
     if target is not None:
-        from .atlas import TARGETS, world_plan
+        from .atlas import TARGETS
 
         if target not in TARGETS:
             raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")

@@ -60,8 +60,9 @@ def register(sub):
 
 def run(args) -> CommandResult:
     from ..errors import SourceUnreachable, UsageError
-    from ..harvest import harvest, resolve_plan, validate_options
+    from ..harvest import harvest, validate_options
     from ..library import Library
+    from ..plans import resolve_plan
     from ..sources import open_source
 
     validate_options(zoom=args.zoom, threads=args.threads, batch=args.batch, max_tiles=args.max_tiles,

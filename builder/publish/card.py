@@ -250,9 +250,9 @@ def _md(text: str) -> str:
 
 
 def _plans() -> list[tuple[str, list]]:
-    """The sampling plans (``builder.regions``) as ``(title, regions)``; empty if unavailable."""
+    """The sampling plans (``builder.plans``) as ``(title, regions)``; empty if unavailable."""
     try:
-        from ..regions import load_plan
+        from ..plans import load_plan
 
         return [
             ("Phase 1 - general biomes", list(load_plan("1").regions)),
