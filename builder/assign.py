@@ -333,7 +333,7 @@ class Pipeline:
     def __init__(self, lib: Library, workers: int | None = None, prefilter: Callable | None = None,
                  default_provenance: dict | None = None,
                  near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS) -> None:
-        lib._require_writer()
+        lib.require_writer("storing tiles")
         check_radius(near_duplicate_radius)
         self.lib = lib
         self.radius = near_duplicate_radius

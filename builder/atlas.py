@@ -465,7 +465,7 @@ def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None
     ``.report``) when the source is found down."""
     zoom, atlas_zoom = check_zooms(zoom, atlas_zoom)
     validate_options(threads=threads, batch=batch, max_requests=max_requests, rate=rate)
-    lib._require_writer()
+    lib.require_writer("atlas")
     the_plan = plan if plan is not None else world_plan()
     owned = isinstance(source, str)
     src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]

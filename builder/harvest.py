@@ -659,7 +659,7 @@ def harvest(
     validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
                      rate=rate, patience=patience)
     check_radius(near_duplicate_radius)
-    lib._require_writer()
+    lib.require_writer("harvest")
     if target is not None:
         from .atlas import TARGETS
 

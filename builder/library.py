@@ -369,9 +369,13 @@ class Library:
         self._recovered = True
         return done._asdict()
 
-    def _require_writer(self) -> None:
+    def require_writer(self, action: str | None = None) -> None:
+        """Refuse to write to a library opened read-only; ``action`` (``"harvest"``...) names
+        what was refused.  Entry points call it before starting any pool, thread or request,
+        and the store before every commit and replay."""
         if self.readonly:
-            raise LibraryError(f"{self.root} was opened read-only")
+            needs = f"{action} needs the library opened for writing: " if action else ""
+            raise LibraryError(f"{needs}{self.root} was opened read-only")
 
     # ----------------------------------------------------------------- queries
     def bucket_counts(self, real_only: bool = False) -> np.ndarray:

@@ -173,7 +173,7 @@ def repair_library(lib: Library, report: VerifyReport, index: CentroidIndex, fac
                    workers: int | None = None) -> None:
     """Fix ``report``'s problems (see the module docstring); counts go into ``report.repaired``,
     ``report.adopted`` and ``report.quarantined``."""
-    lib._require_writer()
+    lib.require_writer("repair")
     quarantine.check_folder(lib.root)
     conn, done = lib.conn, report.repaired
     by_kind: dict[str, list[Problem]] = {}

@@ -644,7 +644,7 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
     ``on_progress(done, total)`` is called before the first tile and after each stored batch
     (tiles tried so far of the tiles wanted): the demo's progress lines where no bar is shown.
     """
-    lib._require_writer()
+    lib.require_writer("synthesize")
     validate_options(per_bucket=per_bucket, max_uses=max_uses, near_duplicate_radius=near_duplicate_radius,
                      cap=lib.cap, workers=workers)
     started = time.perf_counter()

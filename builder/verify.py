@@ -306,7 +306,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     checked for a duplicate against the stored hashes of the bucket it belongs in.
     """
     if repair:
-        lib._require_writer()
+        lib.require_writer("verify --repair")
     report = VerifyReport()
     show = sys.stderr.isatty() if progress is None else progress
     index = lib.index  # the library's own KD-tree, built once per open
