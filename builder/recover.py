@@ -47,6 +47,7 @@ from tqdm import tqdm
 from . import db
 from .color import load_centroids
 from .errors import LibraryError, UsageError
+from .inspection import inspect_stream
 from .layout import (
     BROKEN_DB_PREFIX,
     CENTROIDS_NAME,
@@ -63,7 +64,7 @@ from .library import Library, file_sha256
 from .lock import WriterLock
 from .publish.restore import find_parquet, find_synthetic_parquet
 from .tilefiles import TileFiles
-from .verify import inspect_stream, verify_library
+from .verify import verify_library
 
 logger = logging.getLogger(__name__)
 

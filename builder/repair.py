@@ -35,11 +35,12 @@ import numpy as np
 from . import db, quarantine, store
 from .color import CentroidIndex
 from .errors import UnsafePath
+from .inspection import FileFacts, inspect_all
 from .layout import bucket_name, is_bucket_id, is_tile_id, tile_stem
 from .library import Library
+from .problems import Problem, VerifyReport
 from .thumbcache import ThumbnailCache
 from .tilefiles import TileFiles
-from .verify import FileFacts, Problem, VerifyReport, inspect_all
 
 logger = logging.getLogger(__name__)
 

@@ -433,7 +433,7 @@ def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_lib
 
 
 def test_a_full_verify_decodes_each_tile_once(cached_library, monkeypatch):
-    import builder.verify as verify
+    import builder.inspection as verify
 
     calls = []
     real = verify.decode_tile
