@@ -57,9 +57,10 @@ from tqdm import tqdm
 from . import db
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
-from .defaults import DEFAULT_BATCH, DEFAULT_THREADS
+from .defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
 from .errors import ImageRejected, LibraryError, SourceUnreachable, UsageError
 from .fetch import FetchEngine, drive
+from .fetchoptions import validate_options as check_fetch_options
 from .layout import (
     ATLAS_SAMPLE_PER_BUCKET,
     ATLAS_ZOOM_SPAN,
@@ -449,9 +450,8 @@ class AtlasReport:
 
 
 def validate_options(*, threads: int, batch: int, max_requests: int | None, rate: float | None) -> None:
-    from .harvest import validate_options as harvest_checks
-
-    harvest_checks(zoom=0, threads=threads, batch=batch, max_requests=max_requests, rate=rate)
+    """The fetch options the atlas shares with harvest, checked as harvest checks them."""
+    check_fetch_options(zoom=0, threads=threads, batch=batch, max_requests=max_requests, rate=rate)
 
 
 def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None, zoom: int = DEFAULT_ZOOM,
@@ -732,7 +732,6 @@ def candidates(conn, source: str, zoom: int) -> dict[int, list[tuple[int, int]]]
 
 # --- aimed sampling (harvest --target) ---------------------------------------------------------------
 
-TARGETS = ("empty", "underfilled")
 AIMED_REGION = "atlas"
 
 

@@ -71,10 +71,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, check_radius
-from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
+from .atlas import aimed_sampler, calibration_pairs, recalibrate
+from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS, TARGETS
 from .errors import SourceUnreachable, UsageError
 from .fetch import FetchEngine, drive
-from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
+from .fetchoptions import validate_options
+from .layout import DEFAULT_ZOOM, MAX_ZOOM
 from .ledger import (
     ACCEPTED,
     NO_TILE,
@@ -239,30 +241,6 @@ class HarvestReport:
         }
 
 
-# --- validation -------------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def validate_options(*, zoom: int, threads: int, batch: int, max_tiles: int | None = None,
-                     max_requests: int | None = None, rate: float | None = None,
-                     patience: int = DEFAULT_PATIENCE) -> None:
-    """Raise a one-line UsageError for the first bad value (the CLI and notebooks alike)."""
-    if not _is_int(zoom) or not MIN_ZOOM <= zoom <= MAX_ZOOM:
-        raise UsageError(f"--zoom {zoom!r} is out of range: zoom must be an integer from {MIN_ZOOM} to {MAX_ZOOM}")
-    for name, value in (("--threads", threads), ("--batch", batch), ("--patience", patience)):
-        if not _is_int(value) or value < 1:
-            raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
-    for name, value in (("--max-tiles", max_tiles), ("--max-requests", max_requests)):
-        if value is not None and (not _is_int(value) or value < 1):
-            raise UsageError(f"{name} must be an integer >= 1 (or left out for no limit), got {value!r}")
-    if rate is not None:
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0 or rate == float("inf"):
-            raise UsageError(f"--rate must be a number of requests per second > 0, got {rate!r}")
-
-
 # --- signals ----------------------------------------------------------------------------------
 
 
@@ -337,11 +315,7 @@ class _Run:
         if target is None:
             self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
         else:  # drawn from the colour atlas, weighted by what each bucket still needs
-            from .atlas import aimed_sampler
-
             self.aimed, report.calibration = aimed_sampler(lib, source.name, zoom, target, self._counts, seed)
-            from .atlas import calibration_pairs
-
             self.measured = len(calibration_pairs(lib.conn, source.name, zoom)[0])
             self.sampler = self.aimed
             report.reachable = self.aimed.reachable
@@ -487,8 +461,6 @@ class _Run:
             self.aimed.settle(r.ref for r in results)
             self.measured += sum(1 for r in results if r.ref[:3] in self.aimed.predicted)
             if self.measured >= (self.aimed.next_fit or math.inf):
-                from .atlas import calibration_pairs, recalibrate
-
                 # The true count (decoded candidates of the atlas, earlier runs included) decides.
                 n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
                 self.measured = n
@@ -661,8 +633,6 @@ def harvest(
     check_radius(near_duplicate_radius)
     lib.require_writer("harvest")
     if target is not None:
-        from .atlas import TARGETS
-
         if target not in TARGETS:
             raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
         if plan is not None:
