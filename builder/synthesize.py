@@ -235,7 +235,7 @@ def source_stats(source_rgb: np.ndarray, source_lab: np.ndarray | None = None) -
     lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
     dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
     small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
-    lo, hi = np.percentile(dev[..., 0], (1, 99))  # float32 scalars, kept so: s is computed as it always was
+    lo, hi = np.percentile(dev[..., 0], (1, 99))  # float32 scalars, kept so: s (and each synthetic tile) stays bit-identical
     return SourceStats(dev, small, (lo, hi), lightness(source_rgb))
 
 
@@ -646,7 +646,7 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
     ``on_progress(done, total)`` is called before the first tile and after each stored batch
     (tiles tried so far of the tiles wanted): the demo's progress lines where no bar is shown.
     """
-    lib._require_writer()
+    lib.require_writer("synthesize")
     validate_options(per_bucket=per_bucket, max_uses=max_uses, near_duplicate_radius=near_duplicate_radius,
                      cap=lib.cap, workers=workers)
     started = time.perf_counter()

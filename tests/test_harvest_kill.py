@@ -25,7 +25,8 @@ import pytest
 from builder.layout import INFLIGHT_DIR
 from builder.ledger import read_batch_log
 from builder.library import Library
-from builder.regions import load_plan, tile_range
+from builder.plans import load_plan
+from builder.regions import tile_range
 from builder.verify import verify_library
 from tests.conftest import REPO
 from tests.crash_campaign import burn_campaign, deep_verify

@@ -26,7 +26,8 @@ from builder.mosaic import (
     render_mosaic,
     required_tiles,
 )
-from builder.mosaic.thumbs import DEAD_ROWS_KEPT, cache_keys, read_thumbs
+from builder.mosaic.tiletable import DEAD_ROWS_KEPT
+from builder.thumbcache import cache_keys, read_thumbs
 from tests.mosaic_helpers import earth_library  # noqa: F401 - a fixture
 
 SAMPLE = "data/sample_target.jpg"
