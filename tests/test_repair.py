@@ -411,10 +411,15 @@ def test_quick_verify_samples_the_cache(cached_library):
     assert full.counts == {"bad_thumbnail": 40 - fixed.repaired["bad_thumbnail"]}
 
 
-def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_library, caplog):
-    """No verify run: the load compares each cached thumbnail's mean colour with its tile's LAB."""
+def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_library, caplog, monkeypatch):
+    """No verify run: the load compares each cached thumbnail's mean colour with its tile's LAB.
+
+    The load's random spot checks are turned off: they would catch a swapped row one time in
+    seven by themselves (and rebuild the whole cache), hiding whether the colour check did."""
+    from builder.mosaic import tiletable
     from builder.mosaic.tiletable import load_tile_table
 
+    monkeypatch.setattr(tiletable, "SPOT_CHECKS", 0)
     lib = cached_library
     labs = {r[0]: r[1:] for r in lib.conn.execute("SELECT id, mean_l, mean_a, mean_b FROM tiles ORDER BY rowid")}
     ids = list(labs)
