@@ -10,7 +10,7 @@ is used directly; the published Hub repo holds Parquet files and needs no code::
 
     from mosaic_library import MosaicLibrary
 
-    builder = MosaicLibrary(data_dir="mosaic_library", cache_dir="/tmp/mosaic_cache")
+    builder = MosaicLibrary(data_dir="mosaic_library", cache_dir="mosaic_cache")
     builder.download_and_prepare(num_proc=2)
     ds = builder.as_dataset(split="train")
     ds.features["label"].int2str(ds[0]["label"])     # 'bucket_0042'

@@ -102,6 +102,8 @@ def parquet_rows(out: Path) -> tuple[int, bool]:
 
     rows, embedded = 0, True
     for path in sorted(out.rglob("*.parquet")):
+        if "image" not in pq.read_schema(path).names:
+            continue  # a release's metadata config and bucket index hold no images
         table = pq.read_table(path, columns=["image"])
         rows += table.num_rows
         if table.num_rows:

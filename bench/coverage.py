@@ -37,9 +37,10 @@ try:
 except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
-from builder.atlas import build_atlas, reachable_buckets  # noqa: E402
+from builder.atlas import build_atlas  # noqa: E402
 from builder.harvest import harvest  # noqa: E402
 from builder.library import Library  # noqa: E402
+from builder.stats import per_thousand, reachable_buckets  # noqa: E402
 from tests.support.tileserver import TileServer, bluemarble_tile  # noqa: E402
 
 DEFAULT_CACHE = Path("/tmp/mosaic_bench_coverage")
@@ -127,10 +128,6 @@ def blind_arm(root: Path, spec: str, zoom: int, budget: int, seed: int) -> dict:
     return {"new": int((after & ~before).sum()), "requests": rep.requests}
 
 
-def per_1000(new: int, requests: int) -> float:
-    return 1000.0 * new / requests if requests else 0.0
-
-
 def main() -> None:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--zoom", type=int, default=8, help="harvest zoom (default 8)")
@@ -173,8 +170,8 @@ def main() -> None:
                                        note=f"{a['requests']} vs {b['requests']} requests "
                                             f"({a['atlas_requests']} atlas)"))
                 rows.append(common.Row("coverage", f"{case} per 1,000 req", "harvest --phase all",
-                                       per_1000(b["new"], b["requests"]), "atlas + --target empty",
-                                       per_1000(a["new"], a["requests"]), "buckets/1k"))
+                                       per_thousand(b["new"], b["requests"]), "atlas + --target empty",
+                                       per_thousand(a["new"], a["requests"]), "buckets/1k"))
                 share = a["reachable_populated"] / a["reachable"] if a["reachable"] else 0.0
                 filled = (a["reachable_empty_filled"] / a["reachable_empty_before"]
                           if a["reachable_empty_before"] else 0.0)

@@ -268,7 +268,8 @@ def serve(tiles: list[tuple[int, int, int]], conn) -> None:
 
 
 def planned_tiles(zoom: int, seed: int, n: int) -> list[tuple[int, int, int]]:
-    from builder.regions import Sampler, load_plan
+    from builder.plans import load_plan
+    from builder.regions import Sampler
 
     return [(r.z, r.x, r.y) for r in Sampler(load_plan("1"), zoom, seed).sample(n)]
 

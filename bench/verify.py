@@ -42,7 +42,7 @@ import numpy as np
 from builder.assign import mean_rgb_64
 from builder.color import rgb_to_lab
 from builder.decode import decode_tile
-from builder.mosaic.thumbs import ThumbnailCache, cache_keys, thumbnail
+from builder.thumbcache import ThumbnailCache, cache_keys, thumbnail
 from builder.phash import phash
 root = Path(sys.argv[1])
 rows = sqlite3.connect(root / "tiles.db").execute("SELECT id, bucket_id, phash FROM tiles").fetchall()

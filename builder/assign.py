@@ -40,6 +40,7 @@ from .errors import ImageRejected, LibraryError, UsageError
 from .layout import DB_NAME, MAX_INPUT_BYTES, TEMP_DIR, THUMB_SIZE, TILE_SIZE
 from .library import Library
 from .phash import MAX_RADIUS, MIN_HASH_CONTRAST, contrast, phash_from_pixels, phash_pixels, pixels_contrast
+from .thumbcache import ThumbnailCache
 
 logger = logging.getLogger(__name__)
 
@@ -313,9 +314,8 @@ def pool_context():
 
 
 def _cache_thumbnails(root: Path, stored: list[Analysis]) -> None:
-    """Hand a committed batch's thumbnails to the mosaic cache; a failure only costs decoding later."""
-    from .mosaic.thumbs import ThumbnailCache
-
+    """Hand a committed batch's thumbnails to the library's thumbnail cache (:mod:`.thumbcache`);
+    a failure only costs a mosaic some decoding later."""
     rows = [an for an in stored if an.thumb is not None]
     try:
         ThumbnailCache.of(root).append([an.tile_id for an in rows], [an.phash for an in rows],
@@ -333,7 +333,7 @@ class Pipeline:
     def __init__(self, lib: Library, workers: int | None = None, prefilter: Callable | None = None,
                  default_provenance: dict | None = None,
                  near_duplicate_radius: int = DEFAULT_NEAR_DUPLICATE_RADIUS) -> None:
-        lib._require_writer()
+        lib.require_writer("storing tiles")
         check_radius(near_duplicate_radius)
         self.lib = lib
         self.radius = near_duplicate_radius

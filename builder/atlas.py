@@ -57,9 +57,10 @@ from tqdm import tqdm
 from . import db
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
-from .defaults import DEFAULT_BATCH, DEFAULT_THREADS
+from .defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
 from .errors import ImageRejected, LibraryError, SourceUnreachable, UsageError
 from .fetch import FetchEngine, drive
+from .fetchoptions import validate_options as check_fetch_options
 from .layout import (
     ATLAS_SAMPLE_PER_BUCKET,
     ATLAS_ZOOM_SPAN,
@@ -68,18 +69,17 @@ from .layout import (
     MAX_ZOOM,
     MIN_ZOOM,
     N_BUCKETS,
-    PLAN_MAX_LAT,
     TILE_SIZE,
 )
 from .ledger import ACCEPTED, Claim, FetchLedger, FetchResult, Prior, answer_status, rejected
 from .library import Library, file_sha256
-from .reach import aimed_figures, reachability, reachable_buckets
-from .regions import Plan, Region, TileRef, tile_centre, tile_range
+from .plans import Plan, world_plan
+from .regions import TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
+from .stats import aimed_figures, reachability, reachable_buckets
 
 logger = logging.getLogger(__name__)
 
-WORLD = "world"
 PREFETCH = 2  # batches queued beyond the one being folded (as harvest)
 # harvest --target calibrates by itself once this many aimed tiles have a measured colour and
 # the fit raises the cross-validated hit rate (see :func:`calibrate`).
@@ -112,17 +112,6 @@ def check_zooms(zoom: object, atlas_zoom: object | None) -> tuple[int, int]:
 def block_size(zoom: int, atlas_zoom: int) -> int:
     """Overview pixels a side that cover one zoom-``zoom`` tile (1 at ``zoom - 8``)."""
     return TILE_SIZE >> (zoom - atlas_zoom)
-
-
-def bbox_plan(bbox: Sequence[float]) -> Plan:
-    """A one-region plan for ``--bbox W S E N`` (checked like a plan's region)."""
-    from .regions import validate_plan
-
-    return validate_plan("bbox", [{"name": "bbox", "bbox": list(bbox), "weight": 1}], where="--bbox")
-
-
-def world_plan() -> Plan:
-    return Plan(WORLD, (Region(WORLD, (-180.0, -PLAN_MAX_LAT, 180.0, PLAN_MAX_LAT), 1.0),))
 
 
 def overview_refs(plan: Plan, atlas_zoom: int, seed: int = 0) -> list[TileRef]:
@@ -461,9 +450,8 @@ class AtlasReport:
 
 
 def validate_options(*, threads: int, batch: int, max_requests: int | None, rate: float | None) -> None:
-    from .harvest import validate_options as harvest_checks
-
-    harvest_checks(zoom=0, threads=threads, batch=batch, max_requests=max_requests, rate=rate)
+    """The fetch options the atlas shares with harvest, checked as harvest checks them."""
+    check_fetch_options(zoom=0, threads=threads, batch=batch, max_requests=max_requests, rate=rate)
 
 
 def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None, zoom: int = DEFAULT_ZOOM,
@@ -477,7 +465,7 @@ def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None
     ``.report``) when the source is found down."""
     zoom, atlas_zoom = check_zooms(zoom, atlas_zoom)
     validate_options(threads=threads, batch=batch, max_requests=max_requests, rate=rate)
-    lib._require_writer()
+    lib.require_writer("atlas")
     the_plan = plan if plan is not None else world_plan()
     owned = isinstance(source, str)
     src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
@@ -744,7 +732,6 @@ def candidates(conn, source: str, zoom: int) -> dict[int, list[tuple[int, int]]]
 
 # --- aimed sampling (harvest --target) ---------------------------------------------------------------
 
-TARGETS = ("empty", "underfilled")
 AIMED_REGION = "atlas"
 
 
@@ -859,10 +846,6 @@ def recalibrate(lib: Library, sampler: AimedSampler, measured: int, exclude) -> 
     logger.info("atlas calibration on %d tiles: hit rate %.3f -> %.3f (%s)", result["tiles"],
                 result["hit_rate_before"], result["hit_rate_after"], "kept" if result["kept"] else "not kept")
     return result
-
-
-def new_per_1000(buckets: int, requests: int) -> float:
-    return round(1000.0 * buckets / requests, 1) if requests else 0.0
 
 
 __all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasReport", "Calibration", "aimed_figures",

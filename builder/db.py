@@ -15,7 +15,7 @@ callers convert to NumPy where they need it.
 
 Tables:
 
-* ``tiles``   one row per stored tile (contract, see DESIGN.md).
+* ``tiles``   one row per stored tile (its columns are the dataset card's columns).
 * ``fetched`` every z/x/y a harvest has tried, per source, so no tile is fetched twice (the
   ledger's columns), with the bucket the colour atlas predicted for it and the bucket and LAB
   its pixels gave (calibration and hit rates are computed from these).
@@ -37,6 +37,7 @@ so a library without an atlas has none of them; see :mod:`builder.atlas`):
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -68,7 +69,7 @@ _PROVENANCE_TYPES = (
     ("harvested_at", "TEXT"),
 )
 # Tiles made by colour transfer from a real tile of the library (``synthesize``): flagged in
-# every output, never mixed up with real ones (DESIGN.md).
+# every output, never mixed up with real ones.
 _SYNTHETIC_TYPES = (
     ("synthetic", "INTEGER NOT NULL DEFAULT 0"),
     ("derived_from", "TEXT"),
@@ -113,6 +114,15 @@ _FETCH_OUTCOME_TYPES = (
     ("mean_b", "REAL"),
 )
 FETCH_OUTCOME_COLUMNS = tuple(name for name, _type in _FETCH_OUTCOME_TYPES)
+
+
+def check_ledger_table_name(table: object) -> None:
+    """A ledger table's name is put into SQL text: only a plain lower-case identifier is."""
+    if not isinstance(table, str) or not _TABLE_NAME.match(table):
+        raise LibraryError(f"not a ledger table name: {table!r}")
+
+
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def ledger_table_sql(table: str, extra: Sequence[tuple[str, str]] = ()) -> str:

@@ -22,6 +22,7 @@ DEFAULT_BATCH = 100
 # At the default batch size that is 1,000 tiles in a row; a yield that low means the plan's
 # colours are used up (or the source is down), and more requests would only cost politeness.
 DEFAULT_PATIENCE = 10
+TARGETS = ("empty", "underfilled")  # --target: what an aimed harvest fills (builder.atlas.AimedSampler)
 
 # --- mosaic ----------------------------------------------------------------------------------
 DEFAULT_LONG_SIDE_CELLS = 64  # cells along the input's long side when neither --grid nor --cell-size

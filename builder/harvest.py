@@ -71,10 +71,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, check_radius
-from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
+from .atlas import aimed_sampler, calibration_pairs, recalibrate
+from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS, TARGETS
 from .errors import SourceUnreachable, UsageError
 from .fetch import FetchEngine, drive
-from .layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
+from .fetchoptions import validate_options
+from .layout import DEFAULT_ZOOM, MAX_ZOOM
 from .ledger import (
     ACCEPTED,
     NO_TILE,
@@ -88,8 +90,10 @@ from .ledger import (
     rejected,
 )
 from .library import Library
-from .regions import Plan, Sampler, TileRef, load_plan, tile_centre, tile_range
+from .plans import Plan, resolve_plan, world_plan
+from .regions import Sampler, TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
+from .stats import per_thousand
 from .summary import format_counts
 
 logger = logging.getLogger(__name__)
@@ -170,7 +174,7 @@ class HarvestReport:
     @property
     def new_per_1000(self) -> float:
         """New buckets populated per 1,000 requests."""
-        return round(1000.0 * self.buckets_new / self.requests, 1) if self.requests else 0.0
+        return per_thousand(self.buckets_new, self.requests)
 
     def region_yield(self) -> dict[str, dict]:
         out = {}
@@ -235,37 +239,6 @@ class HarvestReport:
             "reachable": self.reachable,
             "calibration": self.calibration,
         }
-
-
-# --- validation -------------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def validate_options(*, zoom: int, threads: int, batch: int, max_tiles: int | None = None,
-                     max_requests: int | None = None, rate: float | None = None,
-                     patience: int = DEFAULT_PATIENCE) -> None:
-    """Raise a one-line UsageError for the first bad value (the CLI and notebooks alike)."""
-    if not _is_int(zoom) or not MIN_ZOOM <= zoom <= MAX_ZOOM:
-        raise UsageError(f"--zoom {zoom!r} is out of range: zoom must be an integer from {MIN_ZOOM} to {MAX_ZOOM}")
-    for name, value in (("--threads", threads), ("--batch", batch), ("--patience", patience)):
-        if not _is_int(value) or value < 1:
-            raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
-    for name, value in (("--max-tiles", max_tiles), ("--max-requests", max_requests)):
-        if value is not None and (not _is_int(value) or value < 1):
-            raise UsageError(f"{name} must be an integer >= 1 (or left out for no limit), got {value!r}")
-    if rate is not None:
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0 or rate == float("inf"):
-            raise UsageError(f"--rate must be a number of requests per second > 0, got {rate!r}")
-
-
-def resolve_plan(plan: Plan | str | int | Path | None) -> Plan:
-    """A Plan from a Plan, a phase (``1``, ``2``, ``all``) or a JSON file; default phase 1."""
-    if isinstance(plan, Plan):
-        return plan
-    return load_plan("1" if plan is None else plan)
 
 
 # --- signals ----------------------------------------------------------------------------------
@@ -342,11 +315,7 @@ class _Run:
         if target is None:
             self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
         else:  # drawn from the colour atlas, weighted by what each bucket still needs
-            from .atlas import aimed_sampler
-
             self.aimed, report.calibration = aimed_sampler(lib, source.name, zoom, target, self._counts, seed)
-            from .atlas import calibration_pairs
-
             self.measured = len(calibration_pairs(lib.conn, source.name, zoom)[0])
             self.sampler = self.aimed
             report.reachable = self.aimed.reachable
@@ -492,8 +461,6 @@ class _Run:
             self.aimed.settle(r.ref for r in results)
             self.measured += sum(1 for r in results if r.ref[:3] in self.aimed.predicted)
             if self.measured >= (self.aimed.next_fit or math.inf):
-                from .atlas import calibration_pairs, recalibrate
-
                 # The true count (decoded candidates of the atlas, earlier runs included) decides.
                 n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
                 self.measured = n
@@ -664,10 +631,8 @@ def harvest(
     validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
                      rate=rate, patience=patience)
     check_radius(near_duplicate_radius)
-    lib._require_writer()
+    lib.require_writer("harvest")
     if target is not None:
-        from .atlas import TARGETS, world_plan
-
         if target not in TARGETS:
             raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
         if plan is not None:

@@ -129,7 +129,7 @@ def ingest(lib: Library, paths: Iterable[str | os.PathLike], workers: int | None
     square instead of being rejected as ``not_square``.
     """
     check_radius(near_duplicate_radius)
-    lib._require_writer()
+    lib.require_writer("ingest")
     paths = list(paths)
     if not paths:
         raise UsageError("ingest needs at least one file or folder")

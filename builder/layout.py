@@ -3,7 +3,7 @@
 One home for each fact, so that a limit or a name is stated once.  This module imports only
 the standard library: the CLI reads its defaults from here without paying for NumPy or Pillow.
 
-On-disk layout of a library (contract, see DESIGN.md)::
+On-disk layout of a library (a contract: tools and users rely on these names)::
 
     mosaic_library/
       tiles.db          SQLite, WAL

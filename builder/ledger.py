@@ -209,7 +209,6 @@ class Recovery:
 
 LOG_MAGIC = b"MOSAIC-INFLIGHT 1 "
 _LOG_NAME = re.compile(r"^(?P<table>[a-z_][a-z0-9_]*)-\d+-\d+\.log$")
-_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # The header lists a batch's claims; a batch of 100,000 tiles is about 8 MB of it.
 MAX_HEADER_BYTES = 64 * 2**20
 _RECORD_LINE_BYTES = 256
@@ -368,22 +367,6 @@ def read_batch_log(path: Path) -> LogContents | None:
 LEDGER_COLUMNS = ("source", "z", "x", "y", "status", "region", "tried_at")
 
 
-def status_counts_by_region(conn: sqlite3.Connection, table: str = "fetched") -> dict[str, dict[str, int]]:
-    """``{region: {status: tiles}}`` of a ledger table (``{}`` when the file has none: an old schema)."""
-    _check_table_name(table)
-    if not db.table_columns(conn, table):
-        return {}
-    out: dict[str, dict[str, int]] = {}
-    for region, status, n in conn.execute(f"SELECT region, status, COUNT(*) FROM {table} GROUP BY region, status"):
-        out.setdefault(region or "(none)", {})[status] = n
-    return out
-
-
-def _check_table_name(table: str) -> None:
-    if not isinstance(table, str) or not _TABLE_NAME.match(table):
-        raise LibraryError(f"not a ledger table name: {table!r}")
-
-
 class FetchLedger:
     """The books of one source in one ledger table of a library opened for writing.
 
@@ -396,9 +379,9 @@ class FetchLedger:
 
     def __init__(self, root: Path, conn: sqlite3.Connection, source: str, *, table: str = "fetched",
                  stored_in: str | None = "tiles") -> None:
-        _check_table_name(table)
+        db.check_ledger_table_name(table)
         if stored_in is not None:
-            _check_table_name(stored_in)
+            db.check_ledger_table_name(stored_in)
         missing = [c for c in LEDGER_COLUMNS if c not in db.table_columns(conn, table)]
         if missing:
             raise LibraryError(f"{root}: table {table!r} lacks the ledger columns {missing}")

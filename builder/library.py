@@ -1,4 +1,5 @@
-"""The on-disk library: opening, creating, locking, recovery on open, paths and statistics.
+"""The on-disk library: opening, creating, locking, recovery on open, paths; its figures
+(``stats``) are computed in :mod:`builder.stats`.
 
 Layout (contract; names and limits in :mod:`builder.layout`)::
 
@@ -36,16 +37,15 @@ from .layout import (
     DB_NAME,
     DEFAULT_CAP,
     LOCK_NAME,
-    N_BUCKETS,
     QUARANTINE_DIR,
     RECOVERED_DB_NAME,
     SHIPPED_CENTROIDS,
     TEMP_DIR,
-    is_bucket_id,
     parse_bucket_dir,
     tile_filepath,
 )
 from .lock import WriterLock, writer_active
+from .stats import library_stats, tiles_per_bucket
 from .tilefiles import TileFiles
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,16 @@ _INIT_LEFTOVERS = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_
 # at most this many folders read (a home folder must not cost a long walk for one error line).
 NEARBY_DEPTH = 2
 NEARBY_MAX_FOLDERS = 400
+RELEASE_CARD = "README.md"  # the dataset card every release holds at its root; a library never does
 
 
 def is_library_folder(folder: Path) -> bool:
-    """A folder holding a library's two defining files (``tiles.db`` and ``centroids.npy``)."""
+    """A folder holding a library's two defining files (``tiles.db`` and ``centroids.npy``) and
+    no dataset card: a release (a staging folder, a download) holds both files too, beside its
+    ``README.md``, and is restored, not opened."""
     try:
-        return (folder / DB_NAME).is_file() and (folder / CENTROIDS_NAME).is_file()
+        return ((folder / DB_NAME).is_file() and (folder / CENTROIDS_NAME).is_file()
+                and not (folder / RELEASE_CARD).is_file())
     except OSError:
         return False
 
@@ -369,70 +373,20 @@ class Library:
         self._recovered = True
         return done._asdict()
 
-    def _require_writer(self) -> None:
+    def require_writer(self, action: str | None = None) -> None:
+        """Refuse to write to a library opened read-only; ``action`` (``"harvest"``...) names
+        what was refused.  Entry points call it before starting any pool, thread or request,
+        and the store before every commit and replay."""
         if self.readonly:
-            raise LibraryError(f"{self.root} was opened read-only")
+            needs = f"{action} needs the library opened for writing: " if action else ""
+            raise LibraryError(f"{needs}{self.root} was opened read-only")
 
     # ----------------------------------------------------------------- queries
     def bucket_counts(self, real_only: bool = False) -> np.ndarray:
         """Tiles per bucket, shape (5000,); ``real_only``: real tiles only (synthetic ones left out)."""
-        counts = np.zeros(N_BUCKETS, dtype=np.int64)
-        for bucket_id, n in db.bucket_counts(self.conn, real_only=real_only).items():
-            if is_bucket_id(bucket_id):  # rows with a damaged bucket_id are verify's business
-                counts[bucket_id] = n
-        return counts
+        return tiles_per_bucket(self.conn, real_only=real_only)
 
     def stats(self) -> dict:
-        """Tile count, buckets populated and full, and yield per source/region; real and
-        synthetic tiles apart (``tiles_real``, ``buckets_real``: what the source gave;
-        ``tiles_synthetic``, ``buckets_synthetic_only``: what ``synthesize`` added), while
-        ``tiles``, ``buckets_populated`` and ``coverage`` count every tile.  ``by_region`` counts
-        real tiles (synthetic ones come from no region)."""
-        counts = self.bucket_counts()
-        real = self.bucket_counts(real_only=True)
-        tiles = int(counts.sum())
-        # Readers never migrate: an old (card-schema) tiles.db lacks provenance and `fetched`.
-        synthetic_flag = db.synthetic_expr(self.conn)
-        regions = {
-            (region or "(none)"): n
-            for region, n in self.conn.execute(
-                f"SELECT {db.select_list(self.conn, ('region',))}, COUNT(*) FROM tiles WHERE {synthetic_flag} = 0 "
-                "GROUP BY 1 ORDER BY 2 DESC")
-        }
-        sources = {
-            (source or "(none)"): n
-            for source, n in self.conn.execute(
-                f"SELECT {db.select_list(self.conn, ('source',))}, COUNT(*) FROM tiles GROUP BY 1 ORDER BY 2 DESC")
-        }
-        from .ledger import status_counts_by_region  # here: the ledger imports the sources (requests)
-
-        fetched = status_counts_by_region(self.conn)
-        from .reach import aimed_figures, reachability
-
-        extra = {}
-        reach = reachability(self.conn, real)  # the source's reach: real tiles
-        if reach is not None:  # only with a colour atlas: the split of the buckets it allows
-            extra["reachability"] = reach
-        aimed = aimed_figures(self.conn)
-        if aimed is not None:  # only after harvest --target
-            extra["aimed"] = aimed
-        return {
-            "library": str(self.root),
-            "tiles": tiles,
-            "tiles_real": int(real.sum()),
-            "tiles_synthetic": tiles - int(real.sum()),
-            "buckets_real": int((real > 0).sum()),
-            "buckets_synthetic_only": int(((counts > 0) & (real == 0)).sum()),
-            "buckets_full_real": int((real >= self.cap).sum()),
-            "coverage_real": round(float((real > 0).mean()), 4),
-            "buckets_total": N_BUCKETS,
-            "buckets_populated": int((counts > 0).sum()),
-            "buckets_full": int((counts >= self.cap).sum()),
-            "cap": self.cap,
-            "coverage": round(float((counts > 0).mean()), 4),
-            "by_region": regions,
-            "by_source": sources,
-            "fetched_by_region": fetched,
-            "synthetic": db.synthetic_counts(self.conn, self.cap),  # real and synthetic tiles apart
-            **extra,
-        }
+        """The library's figures (:func:`builder.stats.library_stats`): tiles, buckets populated
+        and full, yield per source and region, real and synthetic tiles apart."""
+        return library_stats(self.conn, self.root, self.cap)

@@ -9,7 +9,8 @@ keeps every tile's id (the file's name), and takes back what it can of the rest:
    the atlas tables come back for every row SQLite can still give (a tile's salvaged row only
    when its pHash is its file's: a damaged page can give zeros or another tile's bytes);
 2. **release** (``--release DIR``, a staging folder or a downloaded release: its ``tiles.db``
-   and/or its Parquet shards): provenance, synthetic flags and ``derived_from`` for the ids it
+   and/or its Parquet shards, which the caller lists: ``python -m builder recover`` finds them
+   as ``restore`` does): provenance, synthetic flags and ``derived_from`` for the ids it
    knows (it wins over salvaged values: it was checked when it was built), and the ``fetched``,
    ``meta`` and atlas rows the salvage did not give (the library's own, salvaged, are newer);
 3. **scan**: every ``bucket_XXXX/<uuid4>.png`` that is a 256x256 RGB PNG gets its row, with its
@@ -37,7 +38,7 @@ import shutil
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,7 @@ from tqdm import tqdm
 from . import db
 from .color import load_centroids
 from .errors import LibraryError, UsageError
+from .inspection import inspect_stream
 from .layout import (
     BROKEN_DB_PREFIX,
     CENTROIDS_NAME,
@@ -61,9 +63,8 @@ from .layout import (
 )
 from .library import Library, file_sha256
 from .lock import WriterLock
-from .publish.restore import find_parquet, find_synthetic_parquet
 from .tilefiles import TileFiles
-from .verify import inspect_stream, verify_library
+from .verify import verify_library
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,12 @@ class RecoverReport:
 
 
 def recover_library(root: str | os.PathLike, release: str | os.PathLike | None = None, workers: int | None = None,
-                    progress: bool | None = None) -> RecoverReport:
-    """Rebuild ``root``'s ``tiles.db`` from its files (see the module docstring); resumable."""
+                    progress: bool | None = None, release_shards: Sequence[tuple[Path, bool]] = ()) -> RecoverReport:
+    """Rebuild ``root``'s ``tiles.db`` from its files (see the module docstring); resumable.
+
+    ``release``: a release folder of this library; ``release_shards``: its Parquet files as
+    ``(path, synthetic?)`` (:func:`builder.cli.recover.release_shards` finds them), read for the
+    tiles its ``tiles.db`` does not name."""
     root = Path(root)
     if not root.is_dir():
         raise LibraryError(f"no library at {root}: nothing to recover")
@@ -112,7 +117,7 @@ def recover_library(root: str | os.PathLike, release: str | os.PathLike | None =
     lock: WriterLock | None = WriterLock.acquire(root)
     try:
         if not (root / RECOVERED_DB_NAME).is_file() and not _pending(root):
-            _build(root, Path(release) if release is not None else None, workers, progress)
+            _build(root, Path(release) if release is not None else None, release_shards, workers, progress)
         if (root / RECOVERED_DB_NAME).is_file():
             _swap(root)
         lib, lock = Library.open(root, lock=lock), None  # the library holds the lock now
@@ -146,7 +151,8 @@ def _pending(root: Path) -> bool:
 # --------------------------------------------------------------------------- building the new database
 
 
-def _build(root: Path, release: Path | None, workers: int | None, progress: bool | None) -> None:
+def _build(root: Path, release: Path | None, release_shards: Sequence[tuple[Path, bool]], workers: int | None,
+           progress: bool | None) -> None:
     temp = root / TEMP_DIR
     if temp.is_symlink():
         raise LibraryError(f"{temp} is a symlink: refusing to write through it; replace it with an empty folder")
@@ -162,7 +168,7 @@ def _build(root: Path, release: Path | None, workers: int | None, progress: bool
         with out:
             out.execute(f"CREATE TABLE _kept (id TEXT PRIMARY KEY, origin TEXT, phash TEXT, {', '.join(KEPT_COLUMNS)})")
         if release is not None:
-            report.from_release_tables = _take_release(release, out, centroids_sha)
+            report.from_release_tables = _take_release(release, release_shards, out, centroids_sha)
         report.salvaged = _salvage(root, temp, out)
         _scan(root, out, report, workers, progress)
         with out:
@@ -257,9 +263,11 @@ def _insert(out: sqlite3.Connection, sql: str, batch: list[tuple]) -> int:
 # --------------------------------------------------------------------------- the release
 
 
-def _take_release(release: Path, out: sqlite3.Connection, centroids_sha: str) -> dict[str, int]:
-    """Provenance of the release's tiles into ``_kept``, its ``fetched``/``meta``/atlas rows into
-    ``out``; refuses a release made with other centroids."""
+def _take_release(release: Path, shards: Sequence[tuple[Path, bool]], out: sqlite3.Connection,
+                  centroids_sha: str) -> dict[str, int]:
+    """Provenance of the release's tiles into ``_kept`` (from its tiles.db, then its Parquet
+    ``shards``), its ``fetched``/``meta``/atlas rows into ``out``; refuses a release made with
+    other centroids."""
     if not release.is_dir():
         raise UsageError(f"--release {release} is not a folder (a staging folder or a downloaded release)")
     if (release / CENTROIDS_NAME).is_file() and file_sha256(release / CENTROIDS_NAME) != centroids_sha:
@@ -276,7 +284,6 @@ def _take_release(release: Path, out: sqlite3.Connection, centroids_sha: str) ->
                 taken.update(_release_db(conn, out, centroids_sha))
             finally:
                 conn.close()
-    shards = _release_shards(release)
     if shards:
         taken["parquet rows"] = _release_parquet(shards, out)
     if not taken:
@@ -305,16 +312,7 @@ def _release_db(conn: sqlite3.Connection, out: sqlite3.Connection, centroids_sha
     return taken
 
 
-def _release_shards(release: Path) -> list[tuple[Path, bool]]:
-    """``(shard, synthetic?)`` of the release's Parquet files (found as ``restore`` finds them)."""
-    try:
-        real = find_parquet(release)
-    except UsageError:
-        real = []
-    return [(path, False) for path in real] + [(path, True) for path in find_synthetic_parquet(release)]
-
-
-def _release_parquet(shards: list[tuple[Path, bool]], out: sqlite3.Connection) -> int:
+def _release_parquet(shards: Sequence[tuple[Path, bool]], out: sqlite3.Connection) -> int:
     """Provenance of the shards' rows into ``_kept`` (after the release's tiles.db, which wins)."""
     import pyarrow.parquet as pq
 

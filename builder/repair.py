@@ -35,11 +35,12 @@ import numpy as np
 from . import db, quarantine, store
 from .color import CentroidIndex
 from .errors import UnsafePath
+from .inspection import FileFacts, inspect_all
 from .layout import bucket_name, is_bucket_id, is_tile_id, tile_stem
 from .library import Library
-from .mosaic.thumbs import ThumbnailCache
+from .problems import Problem, VerifyReport
+from .thumbcache import ThumbnailCache
 from .tilefiles import TileFiles
-from .verify import FileFacts, Problem, VerifyReport, inspect_all
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def repair_library(lib: Library, report: VerifyReport, index: CentroidIndex, fac
                    workers: int | None = None) -> None:
     """Fix ``report``'s problems (see the module docstring); counts go into ``report.repaired``,
     ``report.adopted`` and ``report.quarantined``."""
-    lib._require_writer()
+    lib.require_writer("repair")
     quarantine.check_folder(lib.root)
     conn, done = lib.conn, report.repaired
     by_kind: dict[str, list[Problem]] = {}

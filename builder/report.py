@@ -43,7 +43,9 @@ from .errors import BadTile, ImageRejected, UsageError
 from .layout import N_BUCKETS, THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id
 from .library import Library
 from .scratch import dead_scratch, scratch_path
+from .stats import reachable_buckets
 from .summary import plural
+from .thumbcache import ThumbnailCache
 
 logger = logging.getLogger(__name__)
 
@@ -361,8 +363,6 @@ def render_figures(lib: Library, out_dir: str | os.PathLike) -> dict[str, Path]:
     real = lib.bucket_counts(real_only=True)
     every = lib.bucket_counts()
     stats = lib.stats()
-    from .reach import reachable_buckets
-
     seen = reachable_buckets(lib.conn)  # None without a colour atlas: the figures as before
     return {
         "centroids_ab": figure_centroids_ab(lib.centroids, real, lib.cap, out / "centroids_ab.png", seen, every),
@@ -383,10 +383,10 @@ def _thumbnail(lib: Library, bucket_id: int, tile_id: str) -> Image.Image | None
 
 
 class StoredThumbnails:
-    """The 64-px thumbnails the store keeps for mosaics (``builder.mosaic.thumbs``), looked up by
+    """The 64-px thumbnails the store keeps for mosaics (``builder.thumbcache``), looked up by
     ``(id, phash)``: the same 4x4 box reduction :func:`_thumbnail` makes, without decoding the tile.
 
-    Only the keys are read into memory, as the cache's own :class:`~builder.mosaic.thumbs.CacheIndex`
+    Only the keys are read into memory, as the cache's own :class:`~builder.thumbcache.CacheIndex`
     (60 bytes a tile, no Python object per tile); each thumbnail is read from the pixels file when
     drawn (``os.pread``: no memory map, whose touched pages would count in the report's memory).
     A tile the cache lacks, or holds under another pHash, is decoded as before.  Unusable cache:
@@ -398,8 +398,6 @@ class StoredThumbnails:
         self.fd: int | None = None
         if SHEET_THUMB != THUMB_SIZE:
             return
-        from .mosaic.thumbs import ThumbnailCache
-
         cache = ThumbnailCache.of(lib.root)
         try:
             with cache.shared():

@@ -43,7 +43,8 @@ Maintenance goes through the same journal (:func:`apply_repairs`, ``verify --rep
   batch's transaction; the move comes after the commit.  Replay finishes the move when the row
   is gone (or there never was one) and puts the entry back if the row is still there.
 
-Stdlib only; a :class:`~builder.library.Library` is passed in (this module never imports it).
+Stdlib only; a :class:`~builder.library.Library` is passed in as a :class:`Writable` (this
+module never imports it, so the library can import the store).
 """
 
 from __future__ import annotations
@@ -56,16 +57,28 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from . import db
 from .errors import UnsafePath
 from .layout import JOURNAL_NAME, QUARANTINE_DIR, TILE_SUFFIX, is_tile_id, new_tile_id, parse_bucket_dir
 
-if TYPE_CHECKING:
-    from .library import Library
-
 logger = logging.getLogger(__name__)
+
+
+class Writable(Protocol):
+    """What the commit protocol needs of a library opened for writing: a
+    :class:`~builder.library.Library` is one."""
+
+    root: Path
+    conn: sqlite3.Connection
+
+    @property
+    def temp_dir(self) -> Path: ...
+
+    def tile_path(self, bucket_id: int, tile_id: str) -> Path: ...
+
+    def require_writer(self, action: str | None = None) -> None: ...
 
 
 class StagedTile(NamedTuple):
@@ -138,7 +151,7 @@ def unstage(temp: str | os.PathLike, tile_ids: Iterable[str | None]) -> None:
 # --------------------------------------------------------------------------- 2-5. commit
 
 
-def commit(lib: Library, tiles: Sequence[StagedTile],
+def commit(lib: Writable, tiles: Sequence[StagedTile],
            on_commit: Callable[[sqlite3.Connection], None] | None = None,
            evict: Sequence[tuple[str, int]] = ()) -> None:
     """Journal, rename into buckets, insert and commit ``tiles`` (see the module docstring).
@@ -149,7 +162,7 @@ def commit(lib: Library, tiles: Sequence[StagedTile],
     renames are undone and the journal removed before the exception propagates (an evicted
     tile is then untouched); the staged files stay for the caller.
     """
-    lib._require_writer()
+    lib.require_writer()
     conn, temp = lib.conn, lib.temp_dir
     journal = temp / JOURNAL_NAME
     moved: list[tuple[Path, Path]] = []
@@ -226,7 +239,7 @@ def read_journal(temp: Path, key: str = "tiles") -> list[tuple[str, int]] | None
 # --------------------------------------------------------------------------- repairs
 
 
-def apply_repairs(lib: Library, relocations: Sequence[Relocation], quarantined: Sequence[Quarantined],
+def apply_repairs(lib: Writable, relocations: Sequence[Relocation], quarantined: Sequence[Quarantined],
                   change: Callable[[sqlite3.Connection], None]) -> None:
     """One batch of maintenance through the journal (see the module docstring).
 
@@ -235,7 +248,7 @@ def apply_repairs(lib: Library, relocations: Sequence[Relocation], quarantined: 
     the quarantined entries, and delete the journal.  A failure before the commit undoes the
     links; one after it leaves the journal for :func:`replay` (the library's close runs it).
     """
-    lib._require_writer()
+    lib.require_writer()
     temp = lib.temp_dir
     journal = temp / JOURNAL_NAME
     if relocations or quarantined:
@@ -302,12 +315,12 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _row_bucket(lib: Library, tile_id: str) -> object:
+def _row_bucket(lib: Writable, tile_id: str) -> object:
     row = lib.conn.execute("SELECT bucket_id FROM tiles WHERE id = ?", (tile_id,)).fetchone()
     return row[0] if row else None
 
 
-def settle_relocation(lib: Library, r: Relocation) -> bool:
+def settle_relocation(lib: Writable, r: Relocation) -> bool:
     """Put a relocated tile's file where its row says (the new folder if the row names it, else
     the old one) and drop the other name if it is a link of the same file.  Never deletes the
     only name of a file.  True when anything moved or went."""
@@ -330,7 +343,7 @@ def settle_relocation(lib: Library, r: Relocation) -> bool:
     return True
 
 
-def settle_quarantine(lib: Library, q: Quarantined) -> bool:
+def settle_quarantine(lib: Writable, q: Quarantined) -> bool:
     """Finish a quarantine move whose row is gone (or never was), or put the entry back where
     the row still names it.  True when anything moved."""
     src, dst = lib.root / q.src, lib.root / q.dst
@@ -393,14 +406,14 @@ def read_repairs(temp: Path) -> tuple[list[Relocation], list[Quarantined]]:
 # --------------------------------------------------------------------------- replay
 
 
-def replay(lib: Library) -> Replay:
+def replay(lib: Writable) -> Replay:
     """Undo or finish a crashed batch and empty ``temp/`` (a writer, on open and on close).
 
     Refuses (:class:`~builder.errors.UnsafePath`) a ``temp`` that is a symlink or not a folder
     (everything in it is deleted) and a bucket folder that is a symlink (tiles are renamed
     and repaired into them): a person must look.
     """
-    lib._require_writer()
+    lib.require_writer()
     temp = lib.temp_dir
     if temp.is_symlink() or (temp.exists() and not temp.is_dir()):
         raise UnsafePath(f"{temp} is a symlink or not a folder: refusing to clean it; replace it with an empty folder")

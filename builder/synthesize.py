@@ -73,6 +73,7 @@ from .layout import N_BUCKETS, TILE_SIZE
 from .library import Library
 from .phash import MIN_HASH_CONTRAST, contrast
 from .store import unstage
+from .summary import format_counts, plural
 from .tilefiles import TileFiles
 
 SOURCE_NAME = "synthetic"  # the ``source`` column of a synthetic tile
@@ -134,9 +135,10 @@ class SynthesizeReport:
     def summary(self) -> str:
         kept = self.median_texture_kept
         kept_text = f", median texture kept {kept:.3f}" if kept is not None else ""
-        skipped = f", {sum(self.skipped.values())} buckets skipped ({dict(self.skipped)})" if self.skipped else ""
-        return (f"{self.made} synthetic tiles ({self.made - self.flat} textured, {self.flat} flat) for "
-                f"{self.buckets_targeted} buckets{kept_text}{skipped}; buckets covered "
+        skipped = (f", {plural(sum(self.skipped.values()), 'bucket')} skipped ({format_counts(self.skipped)})"
+                   if self.skipped else "")
+        return (f"{plural(self.made, 'synthetic tile')} ({self.made - self.flat} textured, {self.flat} flat) for "
+                f"{plural(self.buckets_targeted, 'bucket')}{kept_text}{skipped}; buckets covered "
                 f"{self.buckets_covered_before} -> {self.buckets_covered_after}/{N_BUCKETS}; "
                 f"{self.ms_per_tile:.1f} ms/tile")
 
@@ -233,7 +235,7 @@ def source_stats(source_rgb: np.ndarray, source_lab: np.ndarray | None = None) -
     lab = _rgb2lab(source_rgb) if source_lab is None else source_lab
     dev = (lab - lab.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.float32)
     small = dev.reshape(64, TILE_SIZE // 64, 64, TILE_SIZE // 64, 3).mean(axis=(1, 3))
-    lo, hi = np.percentile(dev[..., 0], (1, 99))  # float32 scalars, kept so: s is computed as it always was
+    lo, hi = np.percentile(dev[..., 0], (1, 99))  # float32 scalars, kept so: s (and each synthetic tile) stays bit-identical
     return SourceStats(dev, small, (lo, hi), lightness(source_rgb))
 
 
@@ -644,7 +646,7 @@ def synthesize(lib: Library, per_bucket: int = DEFAULT_PER_BUCKET, max_uses: int
     ``on_progress(done, total)`` is called before the first tile and after each stored batch
     (tiles tried so far of the tiles wanted): the demo's progress lines where no bar is shown.
     """
-    lib._require_writer()
+    lib.require_writer("synthesize")
     validate_options(per_bucket=per_bucket, max_uses=max_uses, near_duplicate_radius=near_duplicate_radius,
                      cap=lib.cap, workers=workers)
     started = time.perf_counter()

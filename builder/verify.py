@@ -25,8 +25,10 @@ Synthetic tiles get every other check like any tile: stored bucket, LAB and pHas
 the card's recipe on their file.
 
 The deep checks decode each file **once** for all of them (PNG validity, LAB, pHash, the cached
-thumbnail), on a process pool; the colours and hashes of a chunk are computed together.
-``deep=False`` checks rows against the folders only.  What repair does is :mod:`builder.repair`
+thumbnail: :mod:`builder.inspection`), on a process pool; the colours and hashes of a chunk are
+computed together.  ``deep=False`` checks rows against the folders only.  What is found is a
+:class:`~builder.problems.Problem` in a :class:`~builder.problems.VerifyReport`; with ``repair``,
+:func:`verify_library` hands the report to :mod:`builder.repair`, which fixes what is safe
 (through the store's journal; it never deletes a tile file: what cannot be kept goes to
 ``quarantine/``, which the report lists).
 """
@@ -36,218 +38,26 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from . import db, quarantine, store
-from .assign import mean_rgb_64, pool_context
-from .color import rgb_to_lab
-from .decode import decode_tile
-from .errors import BadTile, ImageRejected, UnsafePath
-from .layout import THUMB_SIZE, TILE_SIZE, bucket_name, is_bucket_id, is_tile_id, parse_bucket_dir, tile_stem
+from .errors import UnsafePath
+from .inspection import INSPECT_CHUNK, FileFacts, inspect_chunk, inspect_pool, inspect_tiles
+from .layout import bucket_name, is_bucket_id, is_tile_id, parse_bucket_dir, tile_stem
 from .library import Library
-from .mosaic.thumbs import ThumbnailCache, cache_keys, release_pages, thumbnail
-from .phash import phash_from_pixels, phash_pixels
-from .summary import format_counts, plural
-from .tilefiles import MISSING, TileFiles, check_png
+from .problems import Problem, VerifyReport
+from .repair import repair_library
+from .thumbcache import ThumbnailCache, cache_keys
+from .tilefiles import MISSING, TileFiles
 
 logger = logging.getLogger(__name__)
 
 LAB_TOLERANCE = 1e-6
 QUICK_THUMBNAIL_SAMPLE = 32  # cached thumbnails compared with their tiles by a quick verify (~0.1 s)
-SHOWN_QUARANTINE = 1000  # quarantine entries kept in the report (all are counted)
-
-
-class Problem(NamedTuple):
-    kind: str
-    tile_id: str | None
-    bucket_id: int | None
-    detail: str = ""
-
-
-@dataclass
-class VerifyReport:
-    rows: int = 0
-    files: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    repaired: Counter = field(default_factory=Counter)
-    adopted: int = 0  # files without a row given their row back by repair (ids kept)
-    quarantined: Counter = field(default_factory=Counter)  # entries repair moved to quarantine/, by reason
-    quarantine: list[quarantine.Item] = field(default_factory=list)  # what quarantine/ holds now
-    thumbnails_checked: int = 0
-
-    @property
-    def counts(self) -> Counter:
-        return Counter(p.kind for p in self.problems)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def summary(self) -> str:
-        found = format_counts(self.counts) or "no problems"
-        line = f"checked {plural(self.rows, 'row')} and {plural(self.files, 'file')}: {found}"
-        if self.repaired:
-            line += "; repaired: " + format_counts(self.repaired)
-        if self.adopted:
-            line += f"; adopted {plural(self.adopted, 'file')} without a row"
-        if self.quarantined:
-            line += "; moved to quarantine/: " + format_counts(self.quarantined)
-        if self.quarantine:
-            line += f"; quarantine/ holds {quarantine.summary(self.quarantine)}"
-        return line
-
-    def as_dict(self) -> dict:
-        return {
-            "rows": self.rows,
-            "files": self.files,
-            "problems": dict(self.counts),
-            "repaired": dict(self.repaired),
-            "adopted": self.adopted,
-            "quarantined": dict(self.quarantined),
-            "quarantine": [item._asdict() for item in self.quarantine[:SHOWN_QUARANTINE]],
-            "quarantine_entries": len(self.quarantine),
-            "thumbnails_checked": self.thumbnails_checked,
-            "details": [p._asdict() for p in self.problems[:1000]],
-        }
-
-
-class FileFacts(NamedTuple):
-    """What a tile file really holds, and whether the mosaic's cached thumbnail of it agrees."""
-
-    error: str | None
-    lab: tuple[float, float, float] | None = None
-    phash: str | None = None
-    thumb_ok: bool | None = None  # None: no cached thumbnail compared
-    thumb: bytes | None = None  # the tile's thumbnail, when the cached one disagrees (repair writes it)
-
-
-def inspect_tiles(files: TileFiles, jobs: Sequence[tuple[int, str, int]], thumbs: np.ndarray | None = None) -> list[FileFacts]:
-    """Read each stored tile safely (:meth:`TileFiles.read`), decode it once, and take every fact
-    the checks need from that one decode: PNG validity, LAB (64x64 mean RGB), pHash, and the
-    thumbnail, compared with row ``cache_row`` of ``thumbs`` (the mosaic cache's pixels) when
-    that is not -1.  ``jobs``: ``(bucket, id, cache_row)``.
-
-    LAB and the pHash DCT run once over the chunk (bit-identical to one tile at a time).
-    ``error`` is :data:`~builder.tilefiles.MISSING` for a file that is not there, else the
-    problem :class:`~builder.errors.BadTile` or the decoder gave.
-    """
-    out: list[FileFacts | None] = [None] * len(jobs)
-    live: list[tuple[int, bool | None, bytes | None]] = []
-    means, grey = [], []
-    for k, (bucket_id, tile_id, cache_row) in enumerate(jobs):
-        try:
-            data = files.read(bucket_id, tile_id)
-            tile = decode_tile(data)
-        except BadTile as exc:
-            out[k] = FileFacts(exc.problem)
-            continue
-        except ImageRejected as exc:
-            out[k] = FileFacts(str(exc))
-            continue
-        if not tile.png_passthrough:  # decode_tile's verdict: a PNG, RGB, 256x256, no transparency
-            out[k] = FileFacts(check_png(data) or f"not a {TILE_SIZE}x{TILE_SIZE} RGB PNG")
-            continue
-        means.append(mean_rgb_64(tile.image))
-        grey.append(phash_pixels(tile.image))
-        thumb_ok, thumb = None, None
-        if thumbs is not None and 0 <= cache_row < len(thumbs):
-            fresh = thumbnail(tile.image)
-            thumb_ok = bool(np.array_equal(fresh, thumbs[cache_row]))
-            thumb = None if thumb_ok else fresh.tobytes()
-        live.append((k, thumb_ok, thumb))
-    if thumbs is not None:
-        release_pages(thumbs)
-    if live:
-        labs = rgb_to_lab(np.stack(means)).tolist()
-        hashes = phash_from_pixels(np.stack(grey))
-        for (k, thumb_ok, thumb), lab, tile_hash in zip(live, labs, hashes):
-            out[k] = FileFacts(None, (lab[0], lab[1], lab[2]), tile_hash, thumb_ok, thumb)
-    return out  # type: ignore[return-value]  # every slot is filled above
-
-
-def inspect_tile(files: TileFiles, bucket_id: int, tile_id: str) -> FileFacts:
-    """:func:`inspect_tiles` for one tile, without the thumbnail check."""
-    return inspect_tiles(files, [(bucket_id, tile_id, -1)])[0]
-
-
-# A pool worker's reader (each bucket folder checked once per run) and its view of the cache.
-_FILES: TileFiles | None = None
-_THUMBS: tuple[str, int] | None = None
-_THUMBS_MAP: np.ndarray | None = None
-
-
-def _init_inspect_worker(files: TileFiles, thumbs: tuple[str, int] | None = None) -> None:
-    global _FILES, _THUMBS, _THUMBS_MAP
-    _FILES, _THUMBS, _THUMBS_MAP = files, thumbs, None
-
-
-def _worker_thumbs() -> np.ndarray | None:
-    """The cache's pixels, memory-mapped once per worker (a map does not cross processes)."""
-    global _THUMBS_MAP
-    if _THUMBS is not None and _THUMBS_MAP is None:
-        path, rows = _THUMBS
-        try:
-            _THUMBS_MAP = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, THUMB_SIZE, THUMB_SIZE, 3))
-        except (OSError, ValueError):
-            return None
-    return _THUMBS_MAP
-
-
-def _inspect_many(jobs: list[tuple[int, str, int]]) -> list[FileFacts]:
-    assert _FILES is not None
-    return inspect_tiles(_FILES, jobs, _worker_thumbs())
-
-
-INSPECT_CHUNK = 64  # tiles a worker inspects together (their LAB and pHash DCT computed at once)
-
-
-def inspect_stream(files: TileFiles, jobs: Iterable[tuple[int, str, int]], workers: int | None = None
-                   ) -> Iterator[tuple[tuple[int, str, int], FileFacts]]:
-    """``(job, facts)`` of :func:`inspect_tiles` for a stream of ``(bucket, id, -1)`` jobs, in
-    order, on a process pool (a few chunks in flight: memory stays flat in the number of jobs)."""
-    n_workers = workers or os.cpu_count() or 1
-    chunks = _chunks(jobs, INSPECT_CHUNK)
-    if n_workers <= 1:
-        for chunk in chunks:
-            yield from zip(chunk, inspect_tiles(files, chunk))
-        return
-    with ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
-                             initargs=(files, None)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append((chunk, pool.submit(_inspect_many, chunk)))
-            if len(pending) >= 4 * n_workers:
-                done, future = pending.popleft()
-                yield from zip(done, future.result())
-        while pending:
-            done, future = pending.popleft()
-            yield from zip(done, future.result())
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def inspect_all(files: TileFiles, jobs: Sequence[tuple[int, str, int]], workers: int | None = None) -> list[FileFacts]:
-    """:func:`inspect_tiles` over many tiles (a process pool when there are more than a chunk)."""
-    if len(jobs) <= INSPECT_CHUNK:
-        return inspect_tiles(files, jobs)
-    return [facts for _job, facts in inspect_stream(files, jobs, workers)]
 
 
 def _journal_ids(lib: Library) -> set[str]:
@@ -306,7 +116,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     checked for a duplicate against the stored hashes of the bucket it belongs in.
     """
     if repair:
-        lib._require_writer()
+        lib.require_writer("verify --repair")
     report = VerifyReport()
     show = sys.stderr.isatty() if progress is None else progress
     index = lib.index  # the library's own KD-tree, built once per open
@@ -333,8 +143,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     total = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
     pool = None
     if deep and n_workers > 1 and total >= 64:
-        pool = ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_inspect_worker,
-                                   initargs=(files, thumbs.file if thumbs else None))
+        pool = inspect_pool(files, n_workers, thumbs.file if thumbs else None)
 
     def submit(safe: list[tuple]):
         if not deep or thumbs is None:
@@ -345,7 +154,7 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
             return [f for i in range(0, len(jobs), INSPECT_CHUNK)
                     for f in inspect_tiles(files, jobs[i:i + INSPECT_CHUNK], thumbs.pixels)]
         size = max(1, min(INSPECT_CHUNK, len(jobs) // (2 * n_workers) or 1))
-        return [(pool.submit(_inspect_many, jobs[i:i + size]), cache_rows[i:i + size]) for i in range(0, len(jobs), size)]
+        return [(pool.submit(inspect_chunk, jobs[i:i + size]), cache_rows[i:i + size]) for i in range(0, len(jobs), size)]
 
     def collect(pending) -> list[FileFacts | None] | None:
         if pending is None or not pool:
@@ -462,8 +271,6 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     if bad_thumbs and not repair:
         _mark_bad_thumbnails(lib, bad_thumbs)
     if repair and report.problems:
-        from .repair import repair_library  # repair builds on verify's facts
-
         repair_library(lib, report, index, problem_facts, workers=workers)
     report.quarantine = quarantine.list_items(lib.root)
     return report

@@ -414,7 +414,7 @@ def test_a_killed_atlas_resumes_and_folds_every_fetched_tile_exactly_once(tmp_pa
 def test_the_card_states_reachability_with_an_atlas_and_is_unchanged_without(make_library):
     """Card text from a library's own stats: without an atlas no word of it (the card as before);
     with one, the empty buckets split into reachable and not seen, with the library's figures."""
-    from builder.publish.card import CardStats, render_card
+    from builder.publish.card import CardStats, reachability_note, render_card
 
     lib = make_library()
     harvest(lib, "earth", plan="1", zoom=6, max_tiles=40, seed=0, progress=False, workers=1)
@@ -435,7 +435,9 @@ def test_the_card_states_reachability_with_an_atlas_and_is_unchanged_without(mak
     empty = 5000 - reach["populated"]
     assert (f"Of the {empty:,} empty buckets, {reach['reachable_empty']:,} were seen by the library's colour atlas"
             in text) and f"{reach['not_seen']:,} were not seen on the source" in text
-    assert text.replace(text.split("augmentation.")[1].split("\n")[0], "", 1) == plain
+    note = reachability_note(CardStats(tiles=40, buckets_populated=reach["populated"], buckets_full=0, cap=lib.cap,
+                                       by_source={"earth": 40}, reachability=reach))
+    assert note and note in text and text.replace(note, "", 1) == plain  # the note, and nothing else, added
 
 
 def kill_when_served(argv: list[str], server: TileServer, more: int) -> None:

@@ -73,7 +73,7 @@ def test_partial_bench_quick_measures_every_reader_beside_a_snapshot(tmp_path):
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     cases = {r["case"].rsplit(": ", 1)[0] for r in rows}
-    assert len(rows) == 2 * len(cases) == 12 and all(r["baseline"] == "full snapshot" for r in rows)
+    assert len(rows) == 2 * len(cases) == 16 and all(r["baseline"] == "full snapshot" for r in rows)
     assert all(r["base_value"] > 0 and r["value"] > 0 for r in rows)
     assert {r["unit"] for r in rows} == {"MB", "s"} and "ratio" in proc.stdout
 

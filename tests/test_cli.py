@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from builder.cli import COMMANDS, build_parser, main
 from builder.layout import SAMPLE_TARGET
@@ -196,15 +197,22 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path, cli):
 
 def test_a_missing_library_points_to_the_libraries_nearby_before_init(tmp_path, cli):
     demo_library = tmp_path / "demo_output" / "mosaic_library"
-    assert cli("init", "--library", demo_library).returncode == 0
-    res = cli("stats")
+    assert cli("init", "--library", demo_library, cwd=tmp_path).returncode == 0
+    # A release beside it (tiles.db and centroids.npy too, with its card) is not offered as a library.
+    tile = tmp_path / "tile.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(tile)
+    assert cli("ingest", "--library", demo_library, tile, cwd=tmp_path).returncode == 0
+    staging = tmp_path / "demo_output" / "staging"
+    assert cli("build", "--library", demo_library, "--output", staging, cwd=tmp_path).returncode == 0
+    assert (staging / "tiles.db").is_file() and (staging / "centroids.npy").is_file()
+    res = cli("stats", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "error: no library at mosaic_library; libraries nearby: demo_output/mosaic_library: pass one with "
         "`--library demo_output/mosaic_library` (or create a new one here with "
         "`python -m builder init --library mosaic_library`)"]
     assert not (tmp_path / "mosaic_library").exists()
-    res = cli("stats", "--library", demo_library)
-    assert res.returncode == 0 and res.stdout.startswith("0 tiles in 0/5000 buckets"), res.stderr
+    res = cli("stats", "--library", demo_library, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("1 tile in 1/5000 buckets"), res.stderr
 
 
 def test_two_inits_at_once_the_loser_names_the_file_that_exists(tmp_path):

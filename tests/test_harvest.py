@@ -24,7 +24,8 @@ from builder.cli import main
 from builder.harvest import PREFETCH, harvest
 from builder.ledger import Claim, FetchLedger, FetchResult
 from builder.library import Library
-from builder.regions import Sampler, load_plan, tile_centre, tile_range
+from builder.plans import load_plan
+from builder.regions import Sampler, tile_centre, tile_range
 from builder.sources import EarthSource, HttpSource, is_blank_tile
 from builder.verify import verify_library
 from tests.support.cli import run_cli

@@ -23,7 +23,8 @@ import pytest
 from builder.layout import INFLIGHT_DIR
 from builder.ledger import read_batch_log
 from builder.library import Library
-from builder.regions import load_plan, tile_range
+from builder.plans import load_plan
+from builder.regions import tile_range
 from builder.verify import verify_library
 from tests.support.campaigns.crash import burn_campaign, deep_verify
 from tests.support.cli import builder_argv, run_cli

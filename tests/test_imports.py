@@ -1,75 +1,71 @@
-"""The builder's module graph: no import cycle at module level, and the library core stays below
-the pipeline (``builder.library`` never imports assignment or ingest, so they can import it)."""
+"""The builder's module graph: no import cycle, counting every import (inside functions and
+``if TYPE_CHECKING:`` blocks too, where a deferred import would hide one), and the library core
+stays below the pipeline (``builder.library`` never imports assignment or ingest, so they can
+import it)."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from tests.support.paths import REPO
 
 PACKAGE = REPO / "builder"
+# Modules the CLI, the card and publish read without the heavy side: the standard library only.
+STDLIB_ONLY = ("builder.layout", "builder.db", "builder.tilefiles", "builder.store", "builder.plans",
+               "builder.redact", "builder.fetchoptions", "builder.defaults")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
+def module_name(path: Path, package: Path) -> str:
+    """``pkg.sub.mod`` of a file under the package folder ``package`` (``pkg.sub`` for an ``__init__.py``)."""
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+def imports_of(path: Path, package: Path, modules: set[str]) -> dict[str, int]:
+    """``{module: line}`` of the package's modules that ``path`` imports anywhere: at module level,
+    inside functions and ``if TYPE_CHECKING:`` blocks alike (every node of the file).
 
-
-def _statements(tree: ast.Module, everywhere: bool) -> list[ast.stmt]:
-    """The statements run on import (into ``if``/``try``, not ``if TYPE_CHECKING:`` or bodies of
-    functions), or every node of the file."""
-    if everywhere:
-        return list(ast.walk(tree))
-    todo, run = list(tree.body), []
-    while todo:
-        node = todo.pop(0)
-        if isinstance(node, ast.If):
-            if not _is_type_checking(node):
-                todo[:0] = node.body + node.orelse
-        elif isinstance(node, ast.Try):
-            todo[:0] = node.body + [n for h in node.handlers for n in h.body] + node.orelse + node.finalbody
-        else:
-            run.append(node)
-    return run
-
-
-def imports_of(path: Path, modules: set[str], everywhere: bool = False) -> set[str]:
-    """Builder modules ``path`` imports when it is imported, or ``everywhere`` (deferred imports too)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in _statements(ast.parse(path.read_text()), everywhere):
+    Importing ``a.b.c`` from outside ``a.b`` runs ``a/b/__init__.py`` first, so that package
+    counts as imported too; from inside ``a.b`` it is already being imported and does not."""
+    name = module_name(path, package)
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")
+                base = here.split(".")
                 base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            for alias in node.names:
-                sub = f"{target}.{alias.name}"
-                found.add(sub if sub in modules else target)
-    return {m for m in found if m in modules and m != name}
+            targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            for end in range(1, len(parts) + 1):  # the module and every package its import runs
+                module = ".".join(parts[:end])
+                inside = name == module or name.startswith(module + ".")
+                if module in modules and (end == len(parts) or not inside):
+                    found.setdefault(module, node.lineno)
+    found.pop(name, None)
+    return found
 
 
-def import_graph(everywhere: bool = False) -> dict[str, set[str]]:
-    paths = sorted(PACKAGE.rglob("*.py"))
-    modules = {module_name(p) for p in paths}
-    return {module_name(p): imports_of(p, modules, everywhere) for p in paths}
+def import_graph(package: Path = PACKAGE) -> dict[str, dict[str, int]]:
+    """Every module of ``package`` -> ``{imported module: line}`` (:func:`imports_of`)."""
+    paths = sorted(package.rglob("*.py"))
+    modules = {module_name(p, package) for p in paths}
+    return {module_name(p, package): imports_of(p, package, modules) for p in paths}
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+def find_cycle(graph: dict[str, set[str]] | dict[str, dict[str, int]]) -> list[str] | None:
     """One import cycle as a list of modules (first == last), or None."""
     state: dict[str, int] = {}  # 1 on the stack, 2 done
     stack: list[str] = []
@@ -92,7 +88,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+def describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
+    """``a -> b (line 12 of a) -> a (line 40 of b)``: where each import of the cycle is."""
+    steps = [cycle[0]]
+    for a, b in zip(cycle, cycle[1:]):
+        steps.append(f"{b} (line {graph[a][b]} of {a})")
+    return " -> ".join(steps)
+
+
+def reachable(graph: dict[str, set[str]] | dict[str, dict[str, int]], start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
         for nxt in graph.get(todo.pop(), ()):
@@ -102,33 +106,103 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    """A package ``pkg`` under ``root`` made of ``files`` (paths relative to ``pkg/``)."""
+    for relative, text in files.items():
+        path = root / "pkg" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root / "pkg"
+
+
 def test_the_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_module_level_import_cycle_among_builder_modules():
+def test_the_checker_finds_a_cycle_hidden_in_a_function_and_a_type_checking_block(tmp_path):
+    """``a`` imports ``b`` inside a function, ``b`` imports ``a`` only for type checking: Python
+    runs both, and the checker sees the circle; without the second import there is none."""
+    files = {
+        "__init__.py": "",
+        "a.py": """
+            def f():
+                from . import b
+                return b
+            """,
+        "b.py": """
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from .a import f
+            """,
+        "c.py": "import pkg.a\n",
+    }
+    package = write_package(tmp_path, files)
+    graph = import_graph(package)
+    assert graph["pkg.a"] == {"pkg.b": 3} and graph["pkg.b"] == {"pkg.a": 4} and graph["pkg.c"] == {"pkg.a": 1}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+    assert describe(find_cycle(graph), graph) == "pkg.a -> pkg.b (line 3 of pkg.a) -> pkg.a (line 4 of pkg.b)"
+    (package / "b.py").write_text("from typing import TYPE_CHECKING\n")
+    assert find_cycle(import_graph(package)) is None
+
+
+def test_the_checker_finds_a_cycle_through_a_package_init(tmp_path):
+    """``c`` imports ``sub.y``, which runs ``sub/__init__.py``, which imports ``sub.x``, which imports
+    ``c``: no file imports the file that imports it, yet Python fails on it; the checker counts the
+    package's ``__init__`` and finds the circle.  A sibling inside ``sub`` does not run it again."""
+    files = {
+        "__init__.py": "",
+        "c.py": "from .sub.y import Y\nC = 1\n",
+        "sub/__init__.py": "from .x import X\n",
+        "sub/x.py": "from ..c import C\nX = C\n",
+        "sub/y.py": "from .x import X\nY = X\n",
+    }
+    package = write_package(tmp_path, files)
+    graph = import_graph(package)
+    assert graph["pkg.c"] == {"pkg.sub": 1, "pkg.sub.y": 1} and graph["pkg.sub.y"] == {"pkg.sub.x": 1}
+    assert find_cycle(graph) == ["pkg.c", "pkg.sub", "pkg.sub.x", "pkg.c"]
+    run = subprocess.run([sys.executable, "-c", "import pkg.c"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0 and "partially initialized module 'pkg.c'" in run.stderr  # Python agrees
+
+
+def test_no_import_cycle_among_builder_modules_deferred_imports_counted():
     graph = import_graph()
-    assert "builder.store" in graph and graph["builder.library"]  # the parser saw the real modules
-    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    # The parser saw the real modules and their deferred imports: the CLI imports its commands'
+    # modules inside run().
+    assert "builder.store" in graph and graph["builder.library"]
+    assert "builder.verify" in graph["builder.cli.verify"]
+    assert "builder.mosaic" in graph["builder.cli.mosaic"]  # through `from ..mosaic import ...` in run()
+    cycle = find_cycle(graph)
+    assert cycle is None, describe(cycle, graph)
 
 
-def test_library_depends_on_neither_assignment_nor_ingest():
+def test_library_depends_on_neither_assignment_nor_ingest_nor_the_fetching_side():
     """Not even through a deferred import inside a method (``Library.ingest`` once closed a
-    circle library -> ingest -> assign -> library that way)."""
-    graph = import_graph(everywhere=True)
-    below = reachable(graph, "builder.library")
-    assert {"builder.store", "builder.db", "builder.layout", "builder.tilefiles"} <= below
-    assert not below & {"builder.assign", "builder.ingest", "builder.harvest"}, sorted(below)
+    circle library -> ingest -> assign -> library that way; ``Library.stats`` reached the ledger,
+    the sources and requests)."""
+    below = reachable(import_graph(), "builder.library")
+    assert {"builder.store", "builder.db", "builder.layout", "builder.tilefiles", "builder.stats"} <= below
+    assert not below & {"builder.assign", "builder.ingest", "builder.harvest", "builder.ledger", "builder.sources",
+                        "builder.mosaic"}, sorted(below)
     # And at run time: importing the library loads none of them.
     code = "import sys, builder.library; print(sorted(m for m in sys.modules if m.startswith('builder.')))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "builder.assign" not in loaded and "builder.ingest" not in loaded, loaded
+    assert "builder.assign" not in loaded and "builder.ingest" not in loaded and "builder.ledger" not in loaded, loaded
 
 
-def test_layout_db_tilefiles_and_store_need_only_the_standard_library():
-    code = ("import sys; import builder.layout, builder.db, builder.tilefiles, builder.store; "
-            "print(sorted(m for m in ('numpy', 'PIL', 'scipy') if m in sys.modules))")
+def test_the_write_path_and_the_checks_do_not_depend_on_the_mosaic_nor_publish_on_the_fetching_side():
+    graph = import_graph()
+    for module in ("builder.assign", "builder.report", "builder.verify", "builder.repair", "builder.recover"):
+        assert not {m for m in reachable(graph, module) if m.startswith("builder.mosaic")}, module
+    assert "builder.publish.restore" not in reachable(graph, "builder.recover")
+    publish = {m for m in graph if m.startswith("builder.publish")}
+    beyond = set().union(*(reachable(graph, m) for m in publish))
+    assert not beyond & {"builder.regions", "builder.sources", "builder.sources.http", "builder.harvest"}, sorted(beyond)
+
+
+def test_the_light_modules_need_only_the_standard_library():
+    code = (f"import sys; import {', '.join(STDLIB_ONLY)}; "
+            "print(sorted(m for m in ('numpy', 'PIL', 'scipy', 'requests', 'mercantile') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

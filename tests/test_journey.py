@@ -2,7 +2,8 @@
 
 ``init`` -> ``harvest --source earth`` -> synthesize -> ``verify`` -> ``build`` -> ``push`` -> in a fresh
 process ``load_dataset("user/mosaic_library", config)`` for each config equals the library (ids,
-labels, image bytes, flags) -> ``query --hub`` -> ``restore --hub --buckets`` equals those buckets ->
+labels, image bytes, flags) -> ``query --hub`` -> ``restore --hub --buckets`` equals those buckets and
+the sources of their synthetic tiles, and ``verify`` passes on it ->
 ``restore --hub`` of everything equals the library -> every Python block of the pushed card runs
 against the pushed repo (but the card's k-means recipe, which reads nothing of the repo and takes
 about 50 s: ``tests/test_card.py`` runs it).
@@ -117,14 +118,21 @@ def test_the_release_journey_from_harvest_to_a_reader_of_the_hub(local_hub, tmp_
         (b["bucket_id"], b["count"], sorted((Path(t).stem, k) for t, k in zip(b["tiles"], b["kinds"])))
         for b in local["buckets"]]
 
-    # restore --hub --buckets: exactly those buckets' tiles
-    chosen = sorted({b["bucket_id"] for b in remote["buckets"]})
+    # restore --hub --buckets: exactly those buckets' tiles, and the real tiles their synthetic ones
+    # were made from (a synthetic bucket is added whose source is in another bucket); verify passes
+    made = sorted({row[1] for row in source["rows"].values() if row[-2] == 1 and row[-1]
+                   and source["rows"][row[-1]][1] != row[1]})
+    chosen = sorted({b["bucket_id"] for b in remote["buckets"]} | {made[0]})
     part = tmp_path / "part" / "mosaic_library"
-    run(env, *builder, "restore", "--hub", REPO_ID, "--buckets", ",".join(map(str, chosen)), "--library", str(part))
+    restored = json.loads(run(env, *builder, "restore", "--hub", REPO_ID, "--buckets", ",".join(map(str, chosen)),
+                              "--library", str(part), "--json"))
     in_chosen = {i for i, row in source["rows"].items() if row[1] in chosen}
+    sources = {source["rows"][i][-1] for i in in_chosen if source["rows"][i][-2] == 1 and source["rows"][i][-1]}
+    assert sources - in_chosen and restored["sources"] == len(sources - in_chosen)
     state = library_state(part)
-    assert state["rows"] == {i: source["rows"][i] for i in in_chosen}
-    assert state["files"] == {i: source["files"][i] for i in in_chosen}
+    assert state["rows"] == {i: source["rows"][i] for i in in_chosen | sources}
+    assert state["files"] == {i: source["files"][i] for i in in_chosen | sources}
+    assert "no problems" in run(env, *builder, "verify", "--library", str(part))
 
     # restore --hub of everything: the library, fetch ledger included
     reader = tmp_path / "reader"

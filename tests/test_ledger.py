@@ -24,9 +24,9 @@ from builder.ledger import (
     parse_status,
     read_batch_log,
     rejected,
-    status_counts_by_region,
 )
 from builder.regions import TileRef, tile_centre
+from builder.stats import status_counts_by_region
 from tests.support.tileserver import distinct_tile
 
 SOURCE = "http://tiles.example/{z}/{x}/{y}.png"

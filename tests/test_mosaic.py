@@ -24,7 +24,8 @@ from builder.mosaic import (
     render_mosaic,
     required_tiles,
 )
-from builder.mosaic.thumbs import DEAD_ROWS_KEPT, cache_keys, read_thumbs
+from builder.mosaic.tiletable import DEAD_ROWS_KEPT
+from builder.thumbcache import cache_keys, read_thumbs
 from tests.support.images import png_claiming
 
 SAMPLE = "data/sample_target.jpg"

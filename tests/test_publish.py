@@ -349,7 +349,7 @@ def test_credentials_in_a_source_url_are_never_published(library_copy, tmp_path)
     assert "sk_live_123" not in str(info.value)
     assert not (tmp_path / "staging").exists()
     # what harvest stores (the URL through its redact_url) is publishable
-    from builder.sources.http import redact_url
+    from builder.redact import redact_url
 
     conn = sqlite3.connect(library_copy / "tiles.db")
     with conn:

@@ -9,16 +9,8 @@ import mercantile
 import pytest
 
 from builder.errors import UsageError
-from builder.regions import (
-    Plan,
-    PlanError,
-    Region,
-    Sampler,
-    TileRef,
-    load_plan,
-    tile_range,
-    validate_plan,
-)
+from builder.plans import Plan, PlanError, Region, load_plan, validate_plan
+from builder.regions import Sampler, TileRef, tile_range
 
 CARD_PHASE1 = {
     "Desert (Sahara)": ((-10, 15, 30, 30), 15),

@@ -318,14 +318,14 @@ def cached_library(cached_base, tmp_path):
 
 
 def _cache_pixels(lib) -> np.memmap:
-    from builder.mosaic.thumbs import ThumbnailCache
+    from builder.thumbcache import ThumbnailCache
 
     cache = ThumbnailCache.of(lib.root)
     return np.memmap(cache.pixels_path, dtype=np.uint8, mode="r+").reshape(-1, 64, 64, 3)
 
 
 def _fresh_thumbnails(lib, ids) -> dict[str, np.ndarray]:
-    from builder.mosaic.thumbs import tile_thumbnail
+    from builder.thumbcache import tile_thumbnail
 
     buckets = dict(lib.conn.execute("SELECT id, bucket_id FROM tiles"))
     return {i: tile_thumbnail(lib, buckets[i], i) for i in ids}
@@ -358,7 +358,8 @@ def test_a_cache_with_swapped_rows_is_caught_by_verify_and_repaired(cached_libra
 
 
 def test_a_mosaic_never_uses_a_row_verify_found_wrong(cached_library):
-    from builder.mosaic.thumbs import ThumbnailCache, load_tile_table
+    from builder.mosaic.tiletable import load_tile_table
+    from builder.thumbcache import ThumbnailCache
 
     lib = cached_library
     ids, damaged = _swap_rows(lib)
@@ -384,10 +385,15 @@ def test_quick_verify_samples_the_cache(cached_library):
     assert full.counts == {"bad_thumbnail": 40 - fixed.repaired["bad_thumbnail"]}
 
 
-def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_library, caplog):
-    """No verify run: the load compares each cached thumbnail's mean colour with its tile's LAB."""
-    from builder.mosaic.thumbs import load_tile_table
+def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_library, caplog, monkeypatch):
+    """No verify run: the load compares each cached thumbnail's mean colour with its tile's LAB.
 
+    The load's random spot checks are turned off: they would catch a swapped row one time in
+    seven by themselves (and rebuild the whole cache), hiding whether the colour check did."""
+    from builder.mosaic import tiletable
+    from builder.mosaic.tiletable import load_tile_table
+
+    monkeypatch.setattr(tiletable, "SPOT_CHECKS", 0)
     lib = cached_library
     labs = {r[0]: r[1:] for r in lib.conn.execute("SELECT id, mean_l, mean_a, mean_b FROM tiles ORDER BY rowid")}
     ids = list(labs)
@@ -406,7 +412,7 @@ def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_lib
 
 
 def test_a_full_verify_decodes_each_tile_once(cached_library, monkeypatch):
-    import builder.verify as verify
+    import builder.inspection as verify
 
     calls = []
     real = verify.decode_tile
@@ -419,7 +425,7 @@ def test_a_full_verify_decodes_each_tile_once(cached_library, monkeypatch):
 def test_quarantine_is_invisible_to_every_reader(cached_library, tmp_path):
     """Valid tiles in quarantine/ (duplicates a repair took out) count nowhere: stats, the build,
     the report, the mosaic's tiles and the card's load_bucket see the rows' tiles only."""
-    from builder.mosaic.thumbs import load_tile_table
+    from builder.mosaic.tiletable import load_tile_table
     from builder.publish import build_staging
     from builder.report import render_report
     from tests.support.card import card_snippet

@@ -83,14 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         qualified = f"{__name__}.{name}"
-        try:
-            # __import__, not importlib.import_module: only the former shows in -X importtime's
-            # report, which is how the cost of --help is checked.
-            __import__(qualified)
-        except ModuleNotFoundError as exc:
-            if exc.name == qualified:
-                continue  # command not built yet
-            raise
+        # __import__, not importlib.import_module: only the former shows in -X importtime's
+        # report, which is how the cost of --help is checked.  A missing module is an error.
+        __import__(qualified)
         module = sys.modules[qualified]
         command = module.register(sub)
         command.add_argument("--json", action="store_true",

@@ -45,10 +45,10 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..atlas import bbox_plan, build_atlas, calibrate, check_zooms, validate_options
+    from ..atlas import build_atlas, calibrate, check_zooms, validate_options
     from ..errors import SourceUnreachable
-    from ..harvest import resolve_plan
     from ..library import Library
+    from ..plans import bbox_plan, resolve_plan
     from ..sources import open_source
 
     zoom, atlas_zoom = check_zooms(args.zoom, args.atlas_zoom)

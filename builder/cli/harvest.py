@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
+from ..defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS, TARGETS
 from ..layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .options import (
     add_library_option,
@@ -27,7 +27,7 @@ def register(sub):
                     f"Ctrl-C exits {EXIT_INTERRUPTED} after storing the work in hand.",
     )
     add_library_option(p)
-    # Numbers are parsed here and their ranges checked by builder.harvest.validate_options, so the
+    # Numbers are parsed here and their ranges checked by builder.fetchoptions.validate_options, so the
     # command line and a notebook get the same message.
     p.add_argument("--source", default=DEFAULT_SOURCE, metavar="SPEC",
                    help=f"tile source: {SPEC_FORMS} (default: {DEFAULT_SOURCE})")
@@ -49,7 +49,7 @@ def register(sub):
                    help="ask again for the tiles earlier runs gave up on after a transient fault (429, 5xx, "
                         "timeout, reset, truncated, empty or non-image body), before sampling new ones; tiles that "
                         "were, or may have been, served are still never asked again")
-    p.add_argument("--target", choices=("empty", "underfilled"), default=None,
+    p.add_argument("--target", choices=TARGETS, default=None,
                    help="draw tiles from the library's colour atlas of this source and zoom (see `atlas`) instead of "
                         "a plan, weighted by how many tiles each bucket still needs: 'empty' aims at buckets with no "
                         "tile, 'underfilled' at buckets below the cap; never a tile already tried")
@@ -60,8 +60,10 @@ def register(sub):
 
 def run(args) -> CommandResult:
     from ..errors import SourceUnreachable, UsageError
-    from ..harvest import harvest, resolve_plan, validate_options
+    from ..fetchoptions import validate_options
+    from ..harvest import harvest
     from ..library import Library
+    from ..plans import resolve_plan
     from ..sources import open_source
 
     validate_options(zoom=args.zoom, threads=args.threads, batch=args.batch, max_tiles=args.max_tiles,

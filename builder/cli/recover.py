@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .options import add_library_option, add_workers_option
 from .result import CommandResult
 
@@ -17,7 +19,23 @@ def register(sub):
     return p
 
 
+def release_shards(release: str | Path) -> list[tuple[Path, bool]]:
+    """``(shard, synthetic?)`` of a release folder's Parquet files, found as ``restore`` finds
+    them; none when it holds none (recover then says what the folder lacks)."""
+    from ..errors import UsageError
+    from ..publish.restore import find_parquet, find_synthetic_parquet
+
+    release = Path(release)
+    try:
+        real = find_parquet(release)
+    except UsageError:
+        real = []
+    return [(path, False) for path in real] + [(path, True) for path in find_synthetic_parquet(release)]
+
+
 def run(args) -> CommandResult:
     from ..recover import recover_library
 
-    return CommandResult(recover_library(args.library, release=args.release, workers=args.workers))
+    shards = release_shards(args.release) if args.release is not None else []
+    return CommandResult(recover_library(args.library, release=args.release, workers=args.workers,
+                                         release_shards=shards))

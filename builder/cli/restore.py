@@ -15,7 +15,8 @@ def register(sub):
     p.add_argument("--hub", metavar="USER/NAME", default=None, help="restore from this Hub dataset repo")
     p.add_argument("--revision", metavar="REV", default=None, help="with --hub: branch, tag or commit (default main)")
     p.add_argument("--buckets", metavar="B[,B...]", default=None,
-                   help="only these buckets' tiles (real and synthetic), fetching only the row groups that hold them")
+                   help="only these buckets' tiles (real and synthetic, and the real tiles their synthetic ones "
+                        "were made from), fetching only their images and their row groups' small columns")
     p.add_argument("--centroids", metavar="FILE", default=None, help="centroids.npy if SOURCE has none")
     return p
 

@@ -44,14 +44,17 @@ How a mosaic is made, and why:
    be in memory.
 
 Where each step lives: :mod:`.target` (options, ``--grid`` parsing, the layout, the target
-image), :mod:`.thumbs` (the tile table and its thumbnail cache), :mod:`.match` (candidates,
-ranking, greedy placement, :class:`MosaicPlan`), :mod:`.fair` (the assignment), :mod:`.correct`
-(colour correction), :mod:`.render` (bands), :mod:`.fidelity` (the figures), :mod:`.pngstream`
-and :mod:`.dzi` (the streamed writers, the viewer page) and :mod:`.output` (writing a mosaic
-file, :class:`MosaicResult`).  This package re-exports their public names, so ``from
-builder.mosaic import ...`` is the API.
+image), :mod:`.tiletable` (the tile table, read from the library's thumbnail cache,
+:mod:`builder.thumbcache`), :mod:`.match` (candidates, ranking, greedy placement,
+:class:`MosaicPlan`), :mod:`.fair` (the assignment), :mod:`.correct` (colour correction),
+:mod:`.render` (bands), :mod:`.fidelity` (the figures), :mod:`.pngstream` and :mod:`.dzi` (the
+streamed writers, the viewer page) and :mod:`.output` (writing a mosaic file,
+:class:`MosaicResult`).  This package re-exports their public names (and the cache's), so
+``from builder.mosaic import ...`` is the API.
 """
 
+from ..layout import THUMB_SIZE
+from ..thumbcache import CACHE_VERSION, THUMB_PREFIX, CacheIndex, ThumbnailCache, cache_dir, tile_thumbnail
 from .correct import correction_shift
 from .dzi import DZI_FORMATS, DZI_TILE, DziWriter, viewer_html
 from .fair import fair_grid, match_with_uses
@@ -87,19 +90,7 @@ from .target import (
     target_samples,
     target_subcells,
 )
-from .thumbs import (
-    CACHE_VERSION,
-    SPOT_CHECKS,
-    THUMB_PREFIX,
-    THUMB_SIZE,
-    CacheIndex,
-    ThumbnailCache,
-    TileTable,
-    cache_dir,
-    load_tile_table,
-    subcell_means,
-    tile_thumbnail,
-)
+from .tiletable import SPOT_CHECKS, TileTable, load_tile_table, subcell_means
 
 __all__ = [
     "CACHE_VERSION",

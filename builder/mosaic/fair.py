@@ -58,7 +58,7 @@ def match_some(ranked: np.ndarray, costs: np.ndarray, capacity: np.ndarray | int
     than any matching of real edges could save, so a full matching always exists and the
     optimum leaves the fewest cells out, then costs the least.
     """
-    from scipy.sparse import csr_array  # imported on use: the store imports this package
+    from scipy.sparse import csr_array  # imported on use: only a fair assignment pays for scipy.sparse
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
     n_cells, k = ranked.shape

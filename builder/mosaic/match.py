@@ -23,7 +23,7 @@ from .correct import luma_texture, preview_samples, texture_gain
 from .fair import fair_grid
 from .fidelity import COLOUR_SAMPLES, LUMA, STRUCTURE_SAMPLES, compare_samples
 from .target import MAX_DZI_PIXELS, Layout, MosaicOptions, displayed_size, open_target, target_samples
-from .thumbs import TileTable, load_tile_table
+from .tiletable import TileTable, load_tile_table
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UsageError
-from ..layout import TILE_SIZE
+from ..layout import THUMB_SIZE, TILE_SIZE
 from ..library import Library
+from ..thumbcache import _read_tile, release_pages
 from .correct import interp_axis, plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions
-from .thumbs import THUMB_SIZE, _pool, _read_tile, release_pages
+from .tiletable import _pool
 
 logger = logging.getLogger(__name__)
 

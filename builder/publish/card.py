@@ -1,8 +1,7 @@
 """The dataset card (``README.md``) of a published Mosaic Library.
 
-The seed card (``/work/shared/seed/dataset_card.md``) is the text users know; the card keeps
-its sections and snippets and replaces its stale figures (786 buckets, zoom 15 only) with the
-live ones measured from the very ``tiles.db`` that ships beside the Parquet files.
+Its sections and snippets are the text users know; its figures are never written in the text
+but measured live from the very ``tiles.db`` that ships beside the Parquet files.
 
 The prose and the snippets live in ``data/card_template.md`` (:data:`CARD_TEMPLATE`), a
 :class:`string.Template`: ``${name}`` placeholders, ``$$`` for a literal dollar sign.  This
@@ -251,9 +250,9 @@ def _md(text: str) -> str:
 
 
 def _plans() -> list[tuple[str, list]]:
-    """The sampling plans (``builder.regions``) as ``(title, regions)``; empty if unavailable."""
+    """The sampling plans (``builder.plans``) as ``(title, regions)``; empty if unavailable."""
     try:
-        from ..regions import load_plan
+        from ..plans import load_plan
 
         return [
             ("Phase 1 - general biomes", list(load_plan("1").regions)),
@@ -378,8 +377,8 @@ def files_table(stats: CardStats) -> str:
         rows.append((f"`{CONFIGS[name].folder}/train-XXXXX-of-YYYYY.parquet`",
                      f"{_CONFIG_WORDS[name]} ({files} file{'s' if files != 1 else ''}, {size / 1e6:,.1f} MB)"))
     rows += [
-        (f"`{INDEX_NAME}`", f"bucket -> config, file, row group, rows and byte range: read one bucket without scanning "
-                            f"every file ({stats.index_bytes / 1e3:,.0f} KB)"),
+        (f"`{INDEX_NAME}`", "bucket -> config, file, row group, rows, byte ranges (the row group, the bucket's own "
+                            f"images): read one bucket without scanning every file ({stats.index_bytes / 1e3:,.0f} KB)"),
         (f"`{RELEASE_MANIFEST}`", "every file's size, sha256 and rows: `restore` checks a download against it"),
         ("`tiles.db`", f"the library's SQLite index ({stats.total_rows or stats.tiles:,} rows, real and synthetic), "
                        "for the queries below without loading images"),

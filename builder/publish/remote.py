@@ -3,16 +3,19 @@
 :class:`HubRelease` pins a repo to one commit (``--revision``, default ``main``, resolved once so
 every read sees the same release), fetches its small files (``release.json``, the bucket index,
 ``centroids.npy``) with ``hf_hub_download`` and checks each against the manifest's sha256, and
-reads the row groups that hold given buckets through ``HfFileSystem``: one range request for a
-shard's footer (its length is in the manifest) and one per row group (its byte range is in the
-bucket index), handed to pyarrow, nothing else of a shard.  ``HF_ENDPOINT``, ``HF_TOKEN`` and
+reads given buckets through ``HfFileSystem`` (:class:`HubShard`): one range request for a
+shard's footer (its length is in the manifest), then, per row group, one for its small columns
+(every column chunk but the images: their ranges are in the footer) and one for each bucket's
+image span (in the bucket index; :mod:`.spans`), or, from an index without spans, one for the
+whole row group; handed to pyarrow, nothing else of a shard.  ``HF_ENDPOINT``, ``HF_TOKEN`` and
 the saved login apply as everywhere in ``huggingface_hub``; the token is never printed.
 
 * :func:`query_hub`: the nearest populated buckets of a colour and their tiles, from the index
   and the ``metadata`` config alone (no image fetched).
 * :func:`restore_from_hub`: the whole release (its files downloaded into the Hub cache, checked,
-  then restored as a local download is), or only some buckets' tiles of both configs
-  (:class:`HubBuckets`: only their row groups fetched, each checked against the index).
+  then restored as a local download is), or only some buckets' tiles of both configs and the
+  sources of their synthetic tiles (:class:`HubBuckets`: only their images and small columns
+  fetched, each bucket checked against the index, each PNG against its span).
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ from .restore import (
     LocalRelease,
     RestoreReport,
     _parse_buckets,
-    bucket_rows,
     check_index_files,
     release_identity,
     restore_release,
+    select_buckets,
+    shard_rows,
+    wanted_rows,
 )
 from .schema import INDEX_NAME, RELEASE_MANIFEST
+from .spans import merge_ranges, pieces
 
 logger = logging.getLogger(__name__)
 
@@ -154,41 +160,71 @@ class HubRelease:
 
         return _hub_call(f"reading {name} from {self.repo_id}", read)
 
-    def row_groups(self, name: str, ranges: dict[int, tuple[int, int]]):
-        """A ``pq.ParquetFile`` of shard ``name`` that holds only its footer and the row groups of
-        ``ranges`` (``{row group: (offset, length)}``, from the bucket index): one range request for
-        the footer (its length is in the manifest) and one per row group, nothing else of the file.
+    def read_ranges(self, name: str, ranges) -> dict[tuple[int, int], bytes]:
+        """``{(start, end): bytes}`` of each range of a file of this commit: one request per run
+        of touching ranges (:func:`.spans.merge_ranges`), no read-ahead."""
+        merged = merge_ranges(list(ranges))
+        fetched = {(start, end): self.read_range(name, start, end) for start, end in merged}
+        return pieces(fetched, list(ranges))
 
-        ``HfFileSystem``'s own ``cat_ranges`` reads each range through a file with a 5 MB read-ahead
-        block (measured: a 2.6 MB row group cost 7.9 MB, the footer twice), so the ranges are read
-        here and handed to pyarrow through fsspec's known-parts file, strict: a read outside them fails.
-        """
+
+class HubShard:
+    """A shard of a Hub release read in byte ranges: a :class:`~.restore.Shard`.
+
+    ``HfFileSystem``'s own ``cat_ranges`` reads each range through a file with a 5 MB read-ahead
+    block (measured: a 2.6 MB row group cost 7.9 MB, the footer twice), so the ranges are read
+    here (:meth:`HubRelease.read_range`) and handed to pyarrow through fsspec's known-parts file,
+    strict: a read outside them fails.  The footer (its length is in the manifest) is read once.
+    """
+
+    def __init__(self, release: HubRelease, name: str) -> None:
+        self.release, self.name = release, name
+        self.size = release.manifest["files"][name]["size"]
+        self._footer: dict[tuple[int, int], bytes] | None = None
+        self._metadata = None
+
+    def _footer_parts(self) -> dict[tuple[int, int], bytes]:
+        if self._footer is None:
+            length = self.release.manifest["files"][self.name].get("footer", 0) + 8
+            tail = (self.size - length, self.size)
+            self._footer = {(0, 4): b"PAR1", tail: self.release.read_range(self.name, *tail)}
+        return self._footer
+
+    def metadata(self):
+        if self._metadata is None:
+            self._metadata = self.parquet({}).metadata
+        return self._metadata
+
+    def read(self, ranges) -> dict[tuple[int, int], bytes]:
+        return self.release.read_ranges(self.name, ranges)
+
+    def row_groups(self, ranges):
+        return self.parquet(self.read(ranges))
+
+    def parquet(self, parts: dict[tuple[int, int], bytes]):
         import pyarrow.parquet as pq
         from fsspec.parquet import AlreadyBufferedFile
 
-        facts = self.manifest["files"][name]
-        size, footer = facts["size"], facts.get("footer", 0) + 8
-        parts = {(0, 4): b"PAR1", (size - footer, size): self.read_range(name, size - footer, size)}
-        for offset, length in sorted(ranges.values()):
-            parts[(offset, offset + length)] = self.read_range(name, offset, offset + length)
-        handle = AlreadyBufferedFile(fs=None, path=self.path(name), mode="rb", cache_type="parts",
-                                     cache_options={"data": parts, "strict": True}, size=size)
+        handle = AlreadyBufferedFile(fs=None, path=self.release.path(self.name), mode="rb", cache_type="parts",
+                                     cache_options={"data": {**self._footer_parts(), **parts}, "strict": True},
+                                     size=self.size)
         return pq.ParquetFile(handle)
 
 
 class HubBuckets:
-    """The tiles of some buckets of a Hub release, both configs: a :class:`~.restore.ReleaseSource`."""
+    """The tiles of some buckets of a Hub release, both configs, and their synthetic tiles' sources:
+    a :class:`~.restore.ReleaseSource`."""
 
     def __init__(self, release: HubRelease, buckets: Iterable[int]) -> None:
         self.release = release
         self.buckets = _parse_buckets(buckets)
         self.description = f"hub:{release.where}"
         self.cap = release.manifest.get("cap")
-        self.index = bucket_index.select(release.index(), self.buckets, TILE_CONFIGS)
-        self.groups = bucket_index.row_groups_by_file(self.index)
-        check_index_files(self.groups, release.manifest, release.where)
-        release.check_remote(self.groups)
-        self.parquet_files = len(self.groups)
+        self.selection = select_buckets(release.index(), self.buckets)
+        files = self.selection.files
+        check_index_files(files, release.manifest, release.where)
+        release.check_remote(files)
+        self.parquet_files = len(files)
         self.release_id = release_identity(release.manifest_bytes, (), self.buckets)
         self._centroids = release.centroids()
 
@@ -199,9 +235,14 @@ class HubBuckets:
         return None
 
     def batches(self, config: str) -> Iterator[list[dict]]:
-        rows = bucket_index.select(self.index, self.buckets, [config])
-        for name, ranges in bucket_index.ranges_by_file(rows).items():
-            yield from bucket_rows(self.release.row_groups(name, ranges), rows, name)
+        rows = bucket_index.select(self.selection.rows, self.buckets, [config])
+        for name in sorted(set(rows["file"].to_pylist())):
+            yield from shard_rows(HubShard(self.release, name), rows, name)
+
+    def source_batches(self, ids: set[str]) -> Iterator[list[dict]]:
+        rows = self.selection.sources
+        for name in sorted(set(rows["file"].to_pylist())):
+            yield from wanted_rows(shard_rows(HubShard(self.release, name), rows, name), ids)
 
 
 def parse_bucket_list(buckets: str | Iterable[int] | None) -> tuple[int, ...] | None:
@@ -282,8 +323,8 @@ def query_hub(repo_id: str, lab, k: int = 5, revision: str | None = None, token:
         raise ReleaseIncomplete(f"{release.where}: its bucket index names {foreign[0]!r}, which is no metadata shard")
     release.check_remote(named)
     tiles: dict[int, list[tuple[int, str, str]]] = {}
-    for name, ranges in bucket_index.ranges_by_file(rows).items():
-        for part in bucket_rows(release.row_groups(name, ranges), rows, name):
+    for name in sorted(named):
+        for part in shard_rows(HubShard(release, name), rows, name):
             for row in part:
                 kind = (FLAT_SYNTHETIC if row.get("derived_from") is None else SYNTHETIC) if row.get("synthetic") else REAL
                 if kind == REAL or not real_only:

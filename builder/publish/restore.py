@@ -14,6 +14,14 @@ and no library folder is created.  With ``buckets`` only the files holding those
 the bucket index) are checked, and each bucket's rows are counted against the index as they
 are read.
 
+**Buckets, tile by tile.**  With ``buckets``, a bucket's rows are read as the index says: from a
+format-2 index, the row group's small columns and the bucket's own image span, split into PNGs
+and each checked (:mod:`.spans`: CRC of every chunk, length prefixes, row count), so a small
+bucket costs its own bytes rather than its 100-row group's; from an older index, the whole row
+group.  Each requested bucket's synthetic tiles bring their sources along: the real tiles their
+``derived_from`` names, from the buckets the index names for them (only those tiles of those
+buckets are restored), so the partial library passes ``verify``; the report counts them.
+
 **All or nothing.**  The library is built in a scratch folder beside the target,
 ``.<name>.restore/<name>/`` (the library keeps its final name: ``filepath`` rows name it), and
 renamed into place when complete, so the target is either absent (or left empty) or a whole
@@ -48,6 +56,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import db, store
@@ -57,6 +66,7 @@ from ..library import Library
 from ..tilefiles import check_png
 from . import index as bucket_index
 from . import manifest as release_manifest
+from . import spans
 from .manifest import ReleaseIncomplete
 from .schema import INDEX_NAME, RELEASE_MANIFEST
 
@@ -80,6 +90,8 @@ class RestoreReport(NamedTuple):
     note: str
     resumed: int = 0  # tiles a killed run had committed, kept
     buckets: tuple[int, ...] = ()  # only these buckets (empty: the whole release)
+    sources: int = 0  # of ``tiles``: real tiles outside ``buckets``, the sources of their synthetic tiles
+    source_buckets: tuple[int, ...] = ()  # the buckets those sources are in
 
     def summary(self) -> str:
         notes = [self.note] if self.note else []
@@ -87,6 +99,9 @@ class RestoreReport(NamedTuple):
             notes.append(f"{self.resumed} kept from an interrupted run")
         extra = f" ({'; '.join(notes)})" if notes else ""
         what = f" of {len(self.buckets)} buckets" if self.buckets else ""
+        if self.sources:
+            others = f"{len(self.source_buckets)} other bucket{'s' if len(self.source_buckets) != 1 else ''}"
+            what += f" ({self.sources} of them real tiles of {others} that their synthetic tiles were made from)"
         return f"restored {self.tiles} tiles{what} from {self.parquet_files} Parquet files into {self.library}{extra}"
 
 
@@ -98,10 +113,14 @@ class ReleaseSource(Protocol):
     buckets: tuple[int, ...]
     parquet_files: int
     cap: int | None
+    selection: BucketSelection | None  # with ``buckets``: what the index says to read
 
     def centroids(self) -> Path: ...
     def shipped_db(self) -> Path | None: ...
     def batches(self, config: str) -> Iterator[list[dict]]: ...
+    def source_batches(self, ids: set[str]) -> Iterator[list[dict]]:
+        """Rows of the real tiles ``ids`` (sources of restored synthetic tiles) that the source can locate."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +233,30 @@ def release_identity(manifest_bytes: bytes | None, fallback: Iterable[str], buck
     return digest.hexdigest()
 
 
+class BucketSelection(NamedTuple):
+    """What a restore of some buckets reads, from the bucket index."""
+
+    rows: pa.Table  # the index rows of the chosen buckets, both image configs
+    sources: pa.Table  # the default-config rows of the buckets holding their synthetic tiles' sources
+    source_buckets: tuple[int, ...]
+    located: bool  # False: a format-1 index, which does not say where the sources are
+
+    @property
+    def files(self) -> list[str]:
+        """Every file to read (and so to check), in name order."""
+        return sorted(set(self.rows["file"].to_pylist()) | set(self.sources["file"].to_pylist()))
+
+
+def select_buckets(index: pa.Table, buckets: Sequence[int]) -> BucketSelection:
+    """The index rows of ``buckets`` (both image configs) and of their synthetic tiles' sources' buckets."""
+    rows = bucket_index.select(index, buckets, TILE_CONFIGS)
+    synthetic = rows.filter(pa.compute.equal(rows["config"], "synthetic"))
+    named = synthetic["source_buckets"].to_pylist()
+    located = all(b is not None for b in named)
+    source_buckets = tuple(sorted({b for bs in named if bs for b in bs} - set(buckets)))
+    return BucketSelection(rows, bucket_index.select(index, source_buckets, ["default"]), source_buckets, located)
+
+
 class LocalRelease:
     """A release in a local folder (a staging folder, a download of the repo, bare Parquet files).
 
@@ -228,6 +271,7 @@ class LocalRelease:
             raise UsageError(f"restore source not found or not a folder: {self.folder}")
         self.description = str(self.folder)
         self.buckets = _parse_buckets(buckets)
+        self.selection: BucketSelection | None = None
         self.manifest = release_manifest.read_manifest(self.folder)
         self._centroids = Path(centroids) if centroids else self.folder / CENTROIDS_NAME
         if not self._centroids.is_file():
@@ -250,9 +294,8 @@ class LocalRelease:
             if INDEX_NAME not in manifest["files"]:
                 raise ReleaseIncomplete(f"release {self.folder} has no {INDEX_NAME}: restore it whole")
             release_manifest.check_files(self.folder, manifest, [INDEX_NAME])
-            self.index = bucket_index.select(bucket_index.read_index(self.folder / INDEX_NAME), self.buckets,
-                                             TILE_CONFIGS)
-            groups = bucket_index.row_groups_by_file(self.index)
+            self.selection = select_buckets(bucket_index.read_index(self.folder / INDEX_NAME), self.buckets)
+            groups = self.selection.files
             check_index_files(groups, manifest, str(self.folder))
             names = list(groups) + extra
             self.files = {c: [self.folder / f for f in manifest["configs"].get(c, {}).get("files", []) if f in groups]
@@ -315,27 +358,116 @@ class LocalRelease:
         if not self.buckets:
             yield from iter_batches(files)
             return
-        rows = bucket_index.select(self.index, self.buckets, [config])
+        rows = bucket_index.select(self.selection.rows, self.buckets, [config])
         for path in files:
-            yield from bucket_rows(pq.ParquetFile(path), rows, path.relative_to(self.folder).as_posix())
+            yield from shard_rows(LocalShard(path), rows, path.relative_to(self.folder).as_posix())
+
+    def source_batches(self, ids: set[str]) -> Iterator[list[dict]]:
+        if self.buckets:
+            for file in sorted(set(self.selection.sources["file"].to_pylist())):
+                yield from wanted_rows(shard_rows(LocalShard(self.folder / file), self.selection.sources, file), ids)
 
 
-def bucket_rows(parquet: pq.ParquetFile, rows, file: str) -> Iterator[list[dict]]:
+def wanted_rows(batches: Iterable[list[dict]], ids: set[str]) -> Iterator[list[dict]]:
+    """The rows of ``batches`` whose id is in ``ids``."""
+    for batch in batches:
+        kept = [row for row in batch if row["id"] in ids]
+        if kept:
+            yield kept
+
+
+class Shard(Protocol):
+    """A Parquet file of a release, read in byte ranges (a local file, a file on the Hub)."""
+
+    def metadata(self) -> pq.FileMetaData: ...
+    def read(self, ranges: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """``{(start, end): bytes}`` of each range."""
+        ...
+    def parquet(self, parts: dict[tuple[int, int], bytes]) -> pq.ParquetFile:
+        """The file for pyarrow, holding at least ``parts`` (and the footer)."""
+        ...
+    def row_groups(self, ranges: Iterable[tuple[int, int]]) -> pq.ParquetFile:
+        """The file for pyarrow, holding at least the byte ranges of some whole row groups."""
+        ...
+
+
+class LocalShard:
+    """A Parquet file on disk (already checked against the release manifest)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: pq.ParquetFile | None = None
+
+    def metadata(self) -> pq.FileMetaData:
+        return self.parquet({}).metadata
+
+    def read(self, ranges: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        out = {}
+        with open(self.path, "rb") as fh:
+            for start, end in ranges:
+                fh.seek(start)
+                out[(start, end)] = fh.read(end - start)
+        return out
+
+    def parquet(self, parts: dict[tuple[int, int], bytes]) -> pq.ParquetFile:
+        if self._file is None:
+            self._file = pq.ParquetFile(self.path)
+        return self._file
+
+    def row_groups(self, ranges: Iterable[tuple[int, int]]) -> pq.ParquetFile:
+        return self.parquet({})
+
+
+def shard_rows(shard: Shard, rows: pa.Table, file: str) -> Iterator[list[dict]]:
     """The rows of the index entries ``rows`` that are in ``file``, one row group at a time, each
-    bucket's rows checked against the index (count and label) as they are read."""
+    bucket's rows checked against the index (count and label) as they are read.
+
+    A row group whose entries carry image spans is read tile by tile (its small columns, then
+    each bucket's span split into checked PNGs); any other (the metadata config, a format-1
+    index) as a whole row group.
+    """
     entries = [r for r in rows.to_pylist() if r["file"] == file]
     for group in sorted({r["row_group"] for r in entries}):
-        # one thread: pyarrow's pool calling into a Python file object (the Hub's known parts) can
-        # abort the interpreter at exit ("terminate called without an active exception", 1 run in 8)
-        table = parquet.read_row_group(group, use_threads=False)
-        for entry in (r for r in entries if r["row_group"] == group):
-            part = table.slice(entry["first_row"], entry["rows"]).to_pylist()
-            labels = {row["label"] for row in part}
-            if len(part) != entry["rows"] or labels != {entry["bucket"]}:
-                raise ReleaseIncomplete(
-                    f"{file}: row group {group} does not hold bucket {entry['bucket']}'s {entry['rows']} rows "
-                    "where the bucket index says: the release is damaged")
-            yield part
+        here = [r for r in entries if r["row_group"] == group]
+        if all(r["image_offset"] is not None for r in here):
+            yield from _group_by_span(shard, group, here, file)
+        else:
+            whole = (here[0]["offset"], here[0]["offset"] + here[0]["length"])
+            # one thread: pyarrow's pool calling into a Python file object (the Hub's known parts) can
+            # abort the interpreter at exit ("terminate called without an active exception", 1 run in 8)
+            table = shard.row_groups([whole]).read_row_group(group, use_threads=False)
+            for entry in here:
+                yield _bucket_part(table, entry, file)
+
+
+def _bucket_part(table: pa.Table, entry: dict, file: str) -> list[dict]:
+    """The rows of one index entry from its row group's table, checked against the index."""
+    part = table.slice(entry["first_row"], entry["rows"]).to_pylist()
+    if len(part) != entry["rows"] or {row["label"] for row in part} != {entry["bucket"]}:
+        raise ReleaseIncomplete(
+            f"{file}: row group {entry['row_group']} does not hold bucket {entry['bucket']}'s {entry['rows']} rows "
+            "where the bucket index says: the release is damaged")
+    return part
+
+
+def _group_by_span(shard: Shard, group: int, entries: list[dict], file: str) -> Iterator[list[dict]]:
+    """One row group's buckets of ``entries``: its columns but the images, and each bucket's image span."""
+    columns, small = spans.small_columns(shard.metadata(), group)
+    wanted = [(e["image_offset"], e["image_offset"] + e["image_length"]) for e in entries]
+    fetched = shard.read(spans.merge_ranges([*small, *wanted]))
+    parts = spans.pieces(fetched, small)
+    table = shard.parquet(parts).read_row_group(group, columns=columns, use_threads=False)
+    images = spans.pieces(fetched, wanted)
+    for entry, where in zip(entries, wanted):
+        part = _bucket_part(table, entry, file)
+        try:
+            pngs = spans.split(images[where], entry["rows"])
+        except spans.SpanError as exc:
+            raise ReleaseIncomplete(f"{file}: bucket {entry['bucket']}'s images in row group {group} are damaged "
+                                    f"({exc}): the release is damaged; nothing was restored") from None
+        for row, png in zip(part, pngs):
+            row["image"] = {"bytes": png, "path": (row.get("image") or {}).get("path")}
+        yield part
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +572,44 @@ def _commit_rows(lib: Library, rows: list[dict], synthetic: bool) -> int:
     return len(staged)
 
 
+def missing_sources(conn: sqlite3.Connection) -> set[str]:
+    """Ids that synthetic tiles of the library name as ``derived_from`` and that are no real tile of
+    it: what ``verify`` reports as ``unknown_source``."""
+    return {tile_id for (tile_id,) in conn.execute(
+        "SELECT DISTINCT t.derived_from FROM tiles t LEFT JOIN tiles s ON s.id = t.derived_from AND s.synthetic = 0 "
+        "WHERE t.synthetic = 1 AND t.derived_from IS NOT NULL AND s.id IS NULL")}
+
+
+def _restore_sources(lib: Library, source: ReleaseSource, progress) -> str:
+    """After some buckets: the real tiles their synthetic tiles were made from, from their own buckets.
+
+    Returns a note when some stay missing (an index that does not locate them, or a release that
+    left them out), which ``verify`` would then report."""
+    wanted = missing_sources(lib.conn)
+    if not wanted:
+        return ""
+    for batch in source.source_batches(wanted):
+        _commit_rows(lib, batch, False)
+        progress(len(batch))
+    left = missing_sources(lib.conn)
+    if not left:
+        return ""
+    why = ("the release holds none of them" if source.selection.located else
+           "the release's bucket index does not say which buckets hold them (built before index format 2)")
+    note = (f"{len(left)} real tiles that synthetic ones were made from are not restored: {why}; "
+            "verify will report them as unknown_source: restore the whole release")
+    logger.warning(note)
+    return note
+
+
+def _source_counts(lib: Library, buckets: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+    """Real tiles of the library outside ``buckets`` (restored as sources) and their buckets."""
+    marks = ", ".join("?" * len(buckets))
+    found = lib.conn.execute(f"SELECT bucket_id, COUNT(*) FROM tiles WHERE synthetic = 0 AND bucket_id NOT IN ({marks}) "
+                             "GROUP BY bucket_id ORDER BY bucket_id", list(buckets)).fetchall()
+    return sum(n for _b, n in found), tuple(b for b, _n in found)
+
+
 def _restore_config(lib: Library, source: ReleaseSource, config: str, progress) -> int:
     pending: list[dict] = []
     written = 0
@@ -529,8 +699,11 @@ def restore_release(source: ReleaseSource, library_root: str | os.PathLike, prog
     try:
         with lib, tqdm(unit=" tiles", desc="restore", disable=not show) as bar:
             tiles = sum(_restore_config(lib, source, config, bar.update) for config in TILE_CONFIGS)
-            tiles += resumed
             note, used = "", False
+            if source.buckets:
+                note = _restore_sources(lib, source, bar.update)
+            tiles = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
+            sources, source_buckets = _source_counts(lib, source.buckets) if source.buckets else (0, ())
             shipped = source.shipped_db()
             if shipped is not None:
                 problem = shipped_db_agrees(shipped, lib.conn)
@@ -551,7 +724,8 @@ def restore_release(source: ReleaseSource, library_root: str | os.PathLike, prog
         root.rmdir()  # empty (checked above); rename(2) would replace it too, but say so plainly
     os.replace(scratch / root.name, root)
     shutil.rmtree(scratch, ignore_errors=True)
-    report = RestoreReport(root, tiles, source.parquet_files, used, note, resumed, source.buckets)
+    report = RestoreReport(root, tiles, source.parquet_files, used, note, resumed, source.buckets, sources,
+                           source_buckets)
     logger.info(report.summary())
     return report
 

@@ -1,11 +1,11 @@
 """The dataset's features, defined once, and the Parquet layout ``datasets`` writes for them.
 
-:func:`features_dict` is the one definition of the dataset's columns (a contract: DESIGN.md,
-"Dataset"), kept as data in the form ``datasets.Features.to_dict()`` produces (key order
+:func:`features_dict` is the one definition of the dataset's columns (a contract with every
+reader of the dataset), kept as data in the form ``datasets.Features.to_dict()`` produces (key order
 included).  ``mosaic_library.dataset_features()`` is ``datasets.Features.from_dict`` of it;
 :func:`arrow_schema` derives the Arrow schema and its ``huggingface`` metadata from it without
-importing ``datasets``: that import costs about 1 s of CPU per process (measured here: 1.0 to
-1.3 s on top of pyarrow and NumPy), more than the rest of a small ``build``.  The tests check
+importing ``datasets``: that import costs about 1 s of CPU per process on top of pyarrow and
+NumPy, more than the rest of a small ``build``.  The tests check
 that ``datasets`` derives the same schema and metadata from the same mapping, and that
 ``load_dataset`` reads the written files back with these features.
 
@@ -113,7 +113,7 @@ CONFIGS: dict[str, Config] = {
 
 # The release's other files, at the repo's root (README.md is the card).
 CARD_NAME = "README.md"
-INDEX_NAME = "bucket_index.parquet"  # bucket -> config, file, row group, rows, byte range (see builder.publish.index)
+INDEX_NAME = "bucket_index.parquet"  # bucket -> config, file, row group, rows, byte ranges (see builder.publish.index)
 RELEASE_MANIFEST = "release.json"  # every file's size, sha256 and rows (see builder.publish.manifest)
 
 

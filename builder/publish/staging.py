@@ -6,7 +6,7 @@
       data/train-00000-of-0000N.parquet       real tiles, image bytes embedded (the ``default`` config)
       synthetic/train-00000-of-0000M.parquet  the synthetic tiles, with ``derived_from`` (only if any)
       metadata/train-00000-of-0000K.parquet   every tile, every column but ``image`` (``metadata``)
-      bucket_index.parquet                    bucket -> config, file, row group, byte range
+      bucket_index.parquet                    bucket -> config, file, row group, byte ranges, image span
       release.json                            every file's size, sha256 and rows (written last)
       README.md                               dataset card with live figures
       centroids.npy
@@ -51,6 +51,7 @@ from .. import db as _db
 from ..errors import LibraryError, MosaicError, UsageError
 from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
 from ..library import Library
+from ..redact import redact_url
 from ..summary import plural
 from . import manifest as release_manifest
 from . import rows
@@ -156,12 +157,7 @@ def secret_sources(db_path: Path) -> list[str]:
         sources = [s for (s,) in conn.execute("SELECT DISTINCT source FROM tiles WHERE source LIKE '%://%'")]
     finally:
         conn.close()
-    # redact_url only changes a user-info part or a query; skip its import when neither exists
-    suspects = [s for s in sources if "?" in s or "@" in s]
-    if not suspects:
-        return []
-    from ..sources.http import redact_url
-
+    suspects = [s for s in sources if "?" in s or "@" in s]  # what redact_url can change
     return sorted(redact_url(s) for s in suspects if redact_url(s) != s)
 
 

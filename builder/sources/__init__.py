@@ -28,6 +28,7 @@ from pathlib import Path
 from ..defaults import SPEC_FORMS
 from ..errors import UsageError
 from ..layout import EARTH_IMAGE, MAX_TILE_BYTES, TILE_SIZE
+from ..redact import redact_url
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     PERMANENT_KINDS,
@@ -51,7 +52,6 @@ from .http import (
     RateLimiter,
     add_query_param,
     arcgis_source,
-    redact_url,
     validate_template,
 )
 from .mbtiles import MBTilesSource

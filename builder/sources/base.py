@@ -46,8 +46,8 @@ PERMANENT_KINDS = frozenset({"bad_size", "too_large", "request_error"})
 
 # sha256 of placeholder bodies known to be served instead of a 404. ArcGIS World Imagery's
 # grey "Map data not yet available" JPEG (2521 bytes) is reported by public client code with
-# this digest; it could not be re-measured here (no internet), so `is_blank_tile` on the
-# decoded tile stays the harvest's second line of defence for placeholders nobody listed.
+# this digest; `is_blank_tile` on the decoded tile is the harvest's second line of defence, for
+# placeholders nobody listed.
 KNOWN_PLACEHOLDER_SHA256 = frozenset(
     {
         "9eafd300d61393184a4abc1d458564cfd1cd9b6f9c4e9c74687045c0a0e5b858",  # ArcGIS World Imagery, 2521 B

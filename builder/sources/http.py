@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -45,6 +45,7 @@ from urllib3.util.retry import Retry
 from .. import __version__
 from ..errors import SourceError, UsageError
 from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
+from ..redact import redact_url
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     ClosingSource,
@@ -63,8 +64,6 @@ USER_AGENT = f"mosaic-library-builder/{__version__} (+https://huggingface.co/dat
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MISSING_STATUSES = frozenset({204, 404})
 TEMPLATE_FIELDS = frozenset({"z", "x", "y"})
-
-_SECRET_PARAM = re.compile(r"key|token|secret|sig|password|passwd|auth|credential|session", re.IGNORECASE)
 
 
 def validate_template(template: str) -> str:
@@ -94,32 +93,6 @@ def validate_template(template: str) -> str:
     except (ValueError, IndexError, KeyError) as exc:
         raise UsageError(f"tile URL template {shown!r} cannot be filled in: {exc}") from exc
     return template
-
-
-def redact_url(url: str) -> str:
-    """``url`` with credentials removed: user:password@ and secret-looking query values.
-
-    The source name is stored in ``tiles.db`` (which is published) and appears in logs and
-    error messages, so an API key in a template must never reach either.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    changed = False
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-        changed = True
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
-            query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="{}")
-            changed = True
-    if not changed:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def host_of(url: str) -> str:
