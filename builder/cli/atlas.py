@@ -1,10 +1,10 @@
 """``atlas``: learn where each colour is from a source's overview tiles (a thin layer over
-:func:`builder.atlas.build_atlas` and :func:`builder.atlas.calibrate`)."""
+:func:`builder.acquire.atlas.build_atlas` and :func:`builder.acquire.atlas.calibrate`)."""
 
 from __future__ import annotations
 
-from ..defaults import DEFAULT_BATCH, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
-from ..layout import ATLAS_ZOOM_SPAN, DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
+from ..core.defaults import DEFAULT_BATCH, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
+from ..core.layout import ATLAS_ZOOM_SPAN, DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .options import add_library_option, add_threads_option, integer, number
 from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_DOWN, CommandResult
 
@@ -45,11 +45,11 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..atlas import build_atlas, calibrate, check_zooms, validate_options
-    from ..errors import SourceUnreachable
-    from ..library import Library
-    from ..plans import bbox_plan, resolve_plan
-    from ..sources import open_source
+    from ..acquire.atlas import build_atlas, calibrate, check_zooms, validate_options
+    from ..acquire.sources import open_source
+    from ..core.errors import SourceUnreachable
+    from ..core.library import Library
+    from ..core.plans import bbox_plan, resolve_plan
 
     zoom, atlas_zoom = check_zooms(args.zoom, args.atlas_zoom)
     validate_options(threads=args.threads, batch=args.batch, max_requests=args.max_requests, rate=args.rate)

@@ -1,9 +1,9 @@
-"""``harvest``: sample, fetch, assign and store tiles (a thin layer over :func:`builder.harvest.harvest`)."""
+"""``harvest``: sample, fetch, assign and store tiles (a thin layer over :func:`builder.acquire.harvest.harvest`)."""
 
 from __future__ import annotations
 
-from ..defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS, TARGETS
-from ..layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
+from ..core.defaults import DEFAULT_BATCH, DEFAULT_PATIENCE, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS, TARGETS
+from ..core.layout import DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
 from .options import (
     add_library_option,
     add_near_duplicate_option,
@@ -27,7 +27,7 @@ def register(sub):
                     f"Ctrl-C exits {EXIT_INTERRUPTED} after storing the work in hand.",
     )
     add_library_option(p)
-    # Numbers are parsed here and their ranges checked by builder.fetchoptions.validate_options, so the
+    # Numbers are parsed here and their ranges checked by builder.acquire.options.validate_options, so the
     # command line and a notebook get the same message.
     p.add_argument("--source", default=DEFAULT_SOURCE, metavar="SPEC",
                    help=f"tile source: {SPEC_FORMS} (default: {DEFAULT_SOURCE})")
@@ -59,12 +59,12 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..errors import SourceUnreachable, UsageError
-    from ..fetchoptions import validate_options
-    from ..harvest import harvest
-    from ..library import Library
-    from ..plans import resolve_plan
-    from ..sources import open_source
+    from ..acquire.harvest import harvest
+    from ..acquire.options import validate_options
+    from ..acquire.sources import open_source
+    from ..core.errors import SourceUnreachable, UsageError
+    from ..core.library import Library
+    from ..core.plans import resolve_plan
 
     validate_options(zoom=args.zoom, threads=args.threads, batch=args.batch, max_tiles=args.max_tiles,
                      max_requests=args.max_requests, rate=args.rate, patience=args.patience)

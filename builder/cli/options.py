@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from ..defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
+from ..core.defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
 
 DEFAULT_LIBRARY = "mosaic_library"
 
@@ -46,7 +46,7 @@ def _bounded(convert: Callable[[str], float], what: str, minimum, maximum) -> Ca
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
     """argparse type: an integer, optionally within bounds (inclusive).
 
-    Options whose range a library function already checks (``builder.fetchoptions.validate_options``,
+    Options whose range a library function already checks (``builder.acquire.options.validate_options``,
     ``Library.create``'s seed and cap) take ``integer()`` and leave the range to it, so a
     notebook and the command line get the same message.
 
@@ -87,7 +87,7 @@ def add_threads_option(parser: argparse.ArgumentParser, what: str, default: int 
     """``--threads N``: threads, in every command that has it; ``what`` says what they do.
 
     ``shown`` describes a ``None`` default; ``minimum=None`` leaves the range to the library
-    (``builder.fetchoptions.validate_options``).
+    (``builder.acquire.options.validate_options``).
     """
     parser.add_argument("--threads", type=integer(minimum), default=default, metavar="N",
                         help=f"{what} threads (default: {default if shown is None else shown})")
