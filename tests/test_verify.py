@@ -121,3 +121,20 @@ def test_cli_verify_exit_codes(damaged):
     assert run_cli("verify", "--library", root).returncode == 0
     with Library.open(root, readonly=True) as again:
         assert again.stats()["tiles"] > 100
+
+
+def test_every_kind_a_check_yields_is_documented_and_every_documented_kind_is_checked():
+    """The module docstring's list of kinds and the ``check_*`` generators name the same kinds."""
+    import ast
+    import re
+
+    import builder.ops.verify as verify
+
+    documented = set(re.findall(r"^\* ``(\w+)``", verify.__doc__, flags=re.MULTILINE))
+    yielded: dict[str, set[str]] = {}
+    for node in ast.parse(Path(verify.__file__).read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("check_"):
+            yielded[node.name] = {call.args[0].value for call in ast.walk(node)
+                                  if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Problem"}
+    assert all(yielded.values()) and len(yielded) >= 10, yielded  # each check yields a kind
+    assert set().union(*yielded.values()) == documented

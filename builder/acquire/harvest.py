@@ -77,7 +77,7 @@ from ..core.layout import DEFAULT_ZOOM, MAX_ZOOM
 from ..core.library import Library
 from ..core.plans import Plan, resolve_plan, world_plan
 from ..core.stats import per_thousand
-from ..core.summary import format_counts
+from ..core.summary import fields_dict, format_counts
 from .atlas import aimed_sampler, calibration_pairs, recalibrate
 from .engine import FetchEngine, drive
 from .ledger import (
@@ -207,38 +207,11 @@ class HarvestReport:
         return "; ".join(parts) + f"; stopped: {self.stop_reason}"
 
     def as_dict(self) -> dict:
-        return {
-            "source": self.source,
-            "plan": self.plan,
-            "zoom": self.zoom,
-            "seed": self.seed,
-            "accepted": self.accepted,
-            "rejected": dict(sorted(self.rejected.items())),
-            "missing": self.missing,
-            "failed": dict(sorted(self.failed.items())),
-            "faults": dict(sorted(self.faults.items())),
-            "unused": self.unused,
-            "released": self.released,
-            "retried_faults": self.retried_faults,
-            "requests": self.requests,
-            "batches": self.batches,
-            "seconds": round(self.seconds, 3),
-            "tiles_per_s": round(self.tiles_per_s, 2),
-            "buckets_populated": self.buckets_populated,
-            "buckets_new": self.buckets_new,
-            "by_region": self.region_yield(),
-            "stop_reason": self.stop_reason,
-            "interrupted": self.interrupted,
-            "source_down": self.source_down,
-            "recovery": self.recovery,
-            "target": self.target,
-            "aimed": self.aimed,
-            "hits": self.hits,
-            "hit_rate": round(self.hit_rate, 4),
-            "new_buckets_per_1000_requests": self.new_per_1000,
-            "reachable": self.reachable,
-            "calibration": self.calibration,
-        }
+        """Every field, with the figures derived from them beside the fields they come from."""
+        return fields_dict(self, seconds=round(self.seconds, 3), by_region=self.region_yield(),
+                           after={"seconds": {"tiles_per_s": round(self.tiles_per_s, 2)},
+                                  "hits": {"hit_rate": round(self.hit_rate, 4),
+                                           "new_buckets_per_1000_requests": self.new_per_1000}})
 
 
 # --- signals ----------------------------------------------------------------------------------

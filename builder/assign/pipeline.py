@@ -12,14 +12,14 @@ Per tile, in the order that makes a rejected tile cheapest:
    else a PNG encoded from the decoded pixels.
 
 Steps 1-6 run in worker processes (decode-bound work scales with cores).  The parent then
-re-checks cap and duplicates against the batch itself (workers only see committed rows) and
-hands the accepted tiles to the commit protocol (:mod:`builder.core.store`: journal, rename,
-insert, undo on failure), which also owns staging (step 6's write) and crash replay.
+judges every verdict again against the batch itself (workers only see committed rows; the rules
+are :mod:`builder.assign.admission`, synthetic tiles giving way to real ones) and hands the accepted
+tiles to the commit protocol (:mod:`builder.core.store`: journal, rename, insert, undo on failure),
+which also owns staging (step 6's write) and crash replay.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing
 import os
@@ -40,6 +40,7 @@ from ..core.errors import ImageRejected, LibraryError, UsageError
 from ..core.layout import DB_NAME, MAX_INPUT_BYTES, TEMP_DIR, THUMB_SIZE, TILE_SIZE
 from ..core.library import Library
 from ..core.thumbcache import ThumbnailCache
+from .admission import BucketState, Rules, admit, is_flat, record
 from .phash import MAX_RADIUS, MIN_HASH_CONTRAST, contrast, phash_from_pixels, phash_pixels, pixels_contrast
 
 logger = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ class Pipeline:
         lib.require_writer("storing tiles")
         check_radius(near_duplicate_radius)
         self.lib = lib
-        self.radius = near_duplicate_radius
+        self.rules = Rules(lib.cap, near_duplicate_radius, MIN_HASH_CONTRAST)
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.prefilter = prefilter
         self.default_provenance = default_provenance or {}
@@ -442,91 +443,59 @@ class Pipeline:
             self._near[bucket_id] = entries
         return entries
 
-    def _near_duplicate(self, an: Analysis, synthetic: bool, batch: list[tuple[str, int, bool, bool]]) -> bool:
-        """Within the radius of a tile of its bucket, committed or earlier in ``batch`` (a real tile:
-        of a real one), neither of them flat."""
-        if self.radius <= 0 or an.contrast is None or an.contrast < MIN_HASH_CONTRAST:
-            return False
-        value = int(an.phash, 16)
-        return any(not flat and bucket_id == an.bucket_id and (synthetic or not other_synthetic)
-                   and (value ^ other).bit_count() <= self.radius
-                   for bucket_id, other, flat, other_synthetic in itertools.chain(
-                       ((an.bucket_id, *e[1:]) for e in self._near_entries(an.bucket_id)), batch))
+    def _bucket_states(self, analyses: list[Analysis]) -> dict[int, BucketState]:
+        """What each bucket the batch may store into holds, as far as its verdicts can ask: the
+        pipeline's counts; the committed tiles with one of the batch's pHashes for the bucket (one
+        indexed query); every committed synthetic tile when the bucket holds some and may reach
+        the cap in this batch (the newest gives way there: a second query); with a radius, the
+        near-duplicate entries of its tiles."""
+        wanted: dict[int, list[str]] = {}
+        for an in analyses:
+            if an.reason is None:
+                wanted.setdefault(an.bucket_id, []).append(an.phash)
+        conn, states = self.lib.conn, {}
+        for bucket_id, hashes in wanted.items():
+            state = states[bucket_id] = BucketState(int(self.counts[bucket_id]), int(self.real_counts[bucket_id]))
+            unique = sorted(set(hashes))
+            for tile_id, tile_hash, flag in conn.execute(
+                    f"SELECT id, phash, synthetic FROM tiles WHERE bucket_id = ? AND phash IN ({', '.join('?' * len(unique))}) "
+                    "ORDER BY rowid DESC", (bucket_id, *unique)):
+                state.hashes.add(tile_hash)
+                if flag == 0:
+                    state.real_hashes.add(tile_hash)
+                elif flag == 1:
+                    state.synthetic.append((tile_id, tile_hash))
+            if state.total > state.real and state.total + len(hashes) >= self.rules.cap:
+                state.synthetic = conn.execute("SELECT id, phash FROM tiles WHERE bucket_id = ? AND synthetic = 1 "
+                                               "ORDER BY rowid DESC", (bucket_id,)).fetchall()
+        if self.rules.near_duplicate_radius > 0:
+            for bucket_id in {an.bucket_id for an in analyses if an.reason is None and not is_flat(an.contrast, self.rules)}:
+                states[bucket_id].near = [entry[1:] for entry in self._near_entries(bucket_id)]
+        return states
 
     def _decide_and_store(self, candidates: list[Candidate], analyses: list[Analysis],
                           on_commit: Callable | None) -> list[Outcome]:
-        """Re-check each worker verdict against this batch and the stored library, then store.
-
-        Real tiles always win: a real tile is refused only by real ones (cap, duplicate); when
-        its bucket is at the cap with synthetic tiles in it, the newest synthetic tile gives way
-        (and one with the same pHash always does), evicted in the same commit
-        (:func:`builder.core.store.commit`'s ``evict``).  A synthetic tile counts every tile.
-        """
+        """Judge each worker verdict again (:func:`builder.assign.admission.admit`) against its bucket as
+        the library and the batch's earlier tiles fill it, then store the accepted tiles, with the
+        synthetic tiles that give way to them evicted in the same commit
+        (:func:`builder.core.store.commit`'s ``evict``)."""
         outcomes: list[Outcome] = []
         accepted: list[tuple[Candidate, Analysis]] = []
         evict: list[tuple[str, int]] = []
-        evicted: set[str] = set()
-        batch_real: set[tuple[int, str]] = set()
-        batch_all: set[tuple[int, str]] = set()
-        batch_near: list = []  # (bucket, hash, flat?, synthetic?) of this batch's accepted tiles
-        conn = self.lib.conn
-        cap = self.lib.cap
-
-        def synthetic_to_evict(bucket_id: int, tile_hash: str | None) -> str | None:
-            """A committed synthetic tile of the bucket not yet evicted: the one with ``tile_hash``, else the newest."""
-            sql = "SELECT id FROM tiles WHERE bucket_id = ? AND synthetic = 1"
-            args: tuple = (bucket_id,)
-            if tile_hash is not None:
-                sql, args = sql + " AND phash = ?", (bucket_id, tile_hash)
-            for (tile_id,) in conn.execute(sql + " ORDER BY rowid DESC", args):
-                if tile_id not in evicted:
-                    return tile_id
-            return None
-
         try:
+            states = self._bucket_states(analyses)
             for cand, an in zip(candidates, analyses):
-                reason = an.reason
-                gives_way: list[str] = []
-                if reason is None:
-                    synthetic = is_synthetic(cand)
-                    key = (an.bucket_id, an.phash)
-                    # A synthetic tile is refused by any tile, a real one only by real ones.
-                    counts, seen, only_real = ((self.counts, batch_all, "") if synthetic else
-                                               (self.real_counts, batch_real, " AND synthetic = 0"))
-                    if counts[an.bucket_id] >= cap:
-                        reason = "bucket_full"
-                    elif key in seen or conn.execute(
-                        f"SELECT 1 FROM tiles WHERE bucket_id = ? AND phash = ?{only_real} LIMIT 1", key
-                    ).fetchone() or self._near_duplicate(an, synthetic, batch_near):
-                        reason = "duplicate"
-                    elif not synthetic:  # a synthetic twin, or the newest synthetic tile at the cap, gives way
-                        twin = synthetic_to_evict(an.bucket_id, an.phash)
-                        if twin is not None:
-                            gives_way.append(twin)
-                        elif self.counts[an.bucket_id] >= cap:
-                            newest = synthetic_to_evict(an.bucket_id, None)
-                            if newest is None:  # full with this batch's own synthetic tiles
-                                reason = "bucket_full"
-                            else:
-                                gives_way.append(newest)
-                    if reason is not None:
-                        store.unstage(self.lib.temp_dir, [an.tile_id])
-                    else:
-                        batch_all.add(key)
-                        if self.radius > 0 and an.contrast is not None:
-                            batch_near.append((an.bucket_id, int(an.phash, 16), an.contrast < MIN_HASH_CONTRAST,
-                                               synthetic))
-                        if not synthetic:
-                            batch_real.add(key)
-                            self.real_counts[an.bucket_id] += 1
-                        self.counts[an.bucket_id] += 1 - len(gives_way)
-                        for tile_id in gives_way:
-                            evicted.add(tile_id)
-                            evict.append((tile_id, an.bucket_id))
-                        accepted.append((cand, an))
+                synthetic = is_synthetic(cand)
+                decision = admit(an, synthetic, states.get(an.bucket_id) or BucketState(), self.rules)
+                if decision.accepted:
+                    record(states[an.bucket_id], an, synthetic, decision, self.rules)
+                    evict += [(tile_id, an.bucket_id) for tile_id in decision.evict]
+                    accepted.append((cand, an))
+                elif an.reason is None:  # staged by the worker, refused here
+                    store.unstage(self.lib.temp_dir, [an.tile_id])
                 outcomes.append(
-                    Outcome(cand.name, reason is None, reason, an.tile_id if reason is None else None,
-                            an.bucket_id, an.phash, an.lab, an.detail, tuple(gives_way))
+                    Outcome(cand.name, decision.accepted, decision.reason, an.tile_id if decision.accepted else None,
+                            an.bucket_id, an.phash, an.lab, an.detail, decision.evict)
                 )
             store.commit(
                 self.lib,
@@ -540,6 +509,8 @@ class Pipeline:
             self._near.clear()
             store.unstage(self.lib.temp_dir, (an.tile_id for an in analyses))
             raise
+        for bucket_id, state in states.items():
+            self.counts[bucket_id], self.real_counts[bucket_id] = state.total, state.real
         self._remember(accepted, evict)
         _cache_thumbnails(self.lib.root, [an for _c, an in accepted])
         return outcomes

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..core.defaults import EARTH
 from ..core.errors import UsageError
 from ..core.layout import CENTROIDS_NAME, SAMPLE_TARGET
 from ..core.summary import plural
@@ -187,10 +188,10 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
         for z in range(zoom, min(zoom + ZOOM_STEPS, MAX_DEMO_ZOOM + 1)):
             if have >= max_tiles:
                 break
-            report = harvest(lib, "earth", plan="all", zoom=z, threads=4, batch=100, max_tiles=max_tiles - have,
+            report = harvest(lib, EARTH, plan="all", zoom=z, threads=4, batch=100, max_tiles=max_tiles - have,
                              seed=seed, progress=progress, workers=workers)
             have = int(lib.bucket_counts().sum())
-            step("harvest", f"earth zoom {z}: {report.summary()}")
+            step("harvest", f"{EARTH} zoom {z}: {report.summary()}")
         if synthesize:
             show_bar = sys.stderr.isatty() if progress is None else progress
             made = synthesize_tiles(lib, progress=progress, workers=workers,

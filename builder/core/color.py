@@ -23,14 +23,35 @@ from .layout import N_BUCKETS
 CENTROIDS_SHAPE = (N_BUCKETS, 3)
 
 # skimage.color.colorconv: sRGB -> XYZ matrix and the D65 / 2 degree white point.
-_XYZ_FROM_RGB = np.array(
+XYZ_FROM_RGB = np.array(
     [
         [0.412453, 0.357580, 0.180423],
         [0.212671, 0.715160, 0.072169],
         [0.019334, 0.119193, 0.950227],
     ]
 )
-_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_linear(v):
+    """sRGB companding undone: channel values in 0..1 to linear light (skimage's formula).  Keeps
+    the input's float precision, so float32 lookup tables built from it stay float32."""
+    return np.where(v > 0.04045, ((v + 0.055) / 1.055) ** 2.4, v / 12.92)
+
+
+def linear_to_srgb(w):
+    """Linear light in 0..1 back to sRGB channel values in 0..1 (the inverse of :func:`srgb_to_linear`)."""
+    return np.where(w > 0.0031308, 1.055 * w ** (1 / 2.4) - 0.055, 12.92 * w)
+
+
+def lab_f(t):
+    """CIE LAB's ``f``: the cube root of ``X/Xn`` (``Y/Yn``, ``Z/Zn``), linear near black (skimage's constants)."""
+    return np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16.0 / 116.0)
+
+
+def lab_f_inverse(f):
+    """The inverse of :func:`lab_f`: ``f`` values back to ``X/Xn`` (``Y/Yn``, ``Z/Zn``)."""
+    return np.where(f > 0.2068966, f * f * f, (f - 16.0 / 116.0) / 7.787)
 
 
 class Assignment(NamedTuple):
@@ -55,10 +76,10 @@ def rgb_to_lab(rgb) -> np.ndarray:
     arr = np.asarray(rgb, dtype=np.float64) / 255.0
     if arr.shape[-1] != 3:
         raise ValueError(f"expected colours with 3 channels, got shape {arr.shape}")
-    linear = np.where(arr > 0.04045, ((arr + 0.055) / 1.055) ** 2.4, arr / 12.92)
-    xyz = (linear.reshape(-1, 1, 3) @ _XYZ_FROM_RGB.T).reshape(linear.shape)
-    xyz = xyz / _WHITE_D65
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    linear = srgb_to_linear(arr)
+    xyz = (linear.reshape(-1, 1, 3) @ XYZ_FROM_RGB.T).reshape(linear.shape)
+    xyz = xyz / WHITE_D65
+    f = lab_f(xyz)
     fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
     return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 

@@ -10,10 +10,15 @@ Tile and layout facts (tile size, zoom range, default zoom, bucket cap) live in
 from __future__ import annotations
 
 # --- harvest ---------------------------------------------------------------------------------
-DEFAULT_SOURCE = "arcgis"
+# The keywords ``--source`` takes for the built-in sources (each source's name, in the ``source``
+# column of its tiles, is its keyword): ArcGIS World Imagery over HTTPS, and the embedded world
+# image (offline).
+ARCGIS = "arcgis"
+EARTH = "earth"
+DEFAULT_SOURCE = ARCGIS
 # What ``--source`` takes (``builder.acquire.sources.open_source`` parses it); used in help and errors.
 SPEC_FORMS = (
-    "'arcgis', 'earth', an http(s):// URL template with {z}, {x} and {y}, "
+    f"'{ARCGIS}', '{EARTH}', an http(s):// URL template with {{z}}, {{x}} and {{y}}, "
     "a .mbtiles file, or an existing z/x/y tile folder"
 )
 DEFAULT_THREADS = 20  # fetch threads (I/O bound)

@@ -3,14 +3,27 @@
 One home for each fact, so that a limit or a name is stated once.  This module imports only
 the standard library: the CLI reads its defaults from here without paying for NumPy or Pillow.
 
-On-disk layout of a library (a contract: tools and users rely on these names)::
+On-disk layout of a library (a contract: tools and users rely on these names), every name a
+library can hold at its top level (``tests/test_layout.py`` checks it)::
 
     mosaic_library/
-      tiles.db          SQLite, WAL
-      centroids.npy     float64 (5000, 3), LAB; never overwritten
-      temp/             scratch, empty at rest
-      bucket_XXXX/      <uuid4>.png, PNG RGB 256x256
-      quarantine/       what repair took out of the bucket folders, never read as tiles
+      tiles.db                 SQLite, WAL; the tiles table and the rest are builder.core.db's
+      tiles.db-wal             SQLite's write-ahead log and its shared memory, beside tiles.db
+      tiles.db-shm             while a connection is open (and after a crash, until the next)
+      centroids.npy            float64 (5000, 3), LAB; never overwritten
+      bucket_XXXX/             <uuid4>.png, PNG RGB 256x256 (XXXX: 0000 to 4999, made on first use)
+      temp/                    scratch, empty at rest: tiles being staged, journal.json (the batch
+                               being stored, builder.core.store), a repair's journal, the database
+                               recover is rebuilding
+      .lock                    names the writer that holds the library (builder.core.lock)
+      .cache/                  derived data, rebuilt when it disagrees with tiles.db: the mosaic's
+                               thumbnails (builder.core.thumbcache)
+      inflight/                the fetch ledger's logs of batches not yet settled (builder.acquire.ledger)
+      quarantine/              what repair took out of the bucket folders, never read as tiles
+                               (builder.core.quarantine)
+      tiles.db.recovered       recover: the rebuilt database, complete, waiting to replace tiles.db
+      tiles.db.broken-<time>   recover: a damaged tiles.db set aside (with its -wal and -shm when
+                               it had them), never overwritten
 
 >>> bucket_name(42), tile_relpath(42, "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a")
 ('bucket_0042', 'bucket_0042/0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a.png')

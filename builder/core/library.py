@@ -1,13 +1,8 @@
 """The on-disk library: opening, creating, locking, recovery on open, paths; its figures
 (``stats``) are computed in :mod:`builder.core.stats`.
 
-Layout (contract; names and limits in :mod:`builder.core.layout`)::
-
-    mosaic_library/
-      tiles.db          SQLite, WAL
-      centroids.npy     float64 (5000, 3), LAB; never overwritten
-      temp/             scratch, empty at rest
-      bucket_XXXX/      <uuid4>.png, PNG RGB 256x256
+The folder's layout (a contract), every name it can hold, is drawn in :mod:`builder.core.layout`,
+with the names and limits.
 
 Writers hold the writer lock (:mod:`builder.core.lock`: an exclusive ``flock`` on the library folder
 itself, and on ``.lock``, which names the holder) for their whole life, so two harvests never

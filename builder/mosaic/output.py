@@ -17,7 +17,7 @@ from ..core.db import table_columns
 from ..core.defaults import OUTPUT_FORMATS
 from ..core.errors import UsageError
 from ..core.library import Library
-from ..core.summary import plural
+from ..core.summary import fields_dict, plural
 from .dzi import DZI_FORMATS, DziWriter
 from .fidelity import Fidelity, FidelityMeter
 from .match import MosaicPlan, plan_mosaic
@@ -147,9 +147,7 @@ class MosaicResult:
             "fallback_cells": p.fallback_cells,
             "synthetic_cells": self.synthetic_cells,
             "fidelity": self.fidelity.as_dict() if self.fidelity else None,
-            "options": {"no_repeat_radius": o.no_repeat_radius, "max_uses": o.max_uses, "blend": o.blend,
-                        "max_correction": o.max_correction, "contrast": o.contrast, "subcells": o.subcells,
-                        "detail": o.detail, "real_only": o.real_only, "overlay": o.overlay},
+            "options": fields_dict(o),
             "seconds": round(self.seconds, 3),
             "stages": {stage: round(value, 3) for stage, value in p.seconds.items()},
         }

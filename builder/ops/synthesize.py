@@ -75,7 +75,16 @@ from ..assign.pipeline import (
     mean_rgb_64,
     pool_context,
 )
-from ..core.color import CentroidIndex, rgb_to_lab
+from ..core.color import (
+    WHITE_D65,
+    XYZ_FROM_RGB,
+    CentroidIndex,
+    lab_f,
+    lab_f_inverse,
+    linear_to_srgb,
+    rgb_to_lab,
+    srgb_to_linear,
+)
 from ..core.decode import DecodedTile, decode_tile, encode_png
 from ..core.defaults import DEFAULT_MAX_USES, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
 from ..core.errors import BadTile, ImageRejected, UsageError
@@ -194,21 +203,17 @@ def validate_options(*, per_bucket: int, max_uses: int | None, near_duplicate_ra
 # Per-pixel conversions for the transfer itself, in float32 with lookup tables (skimage's
 # rgb2lab and lab2rgb take 20 and 16 ms a tile; these about 2 and 3).  They need not be exact:
 # the result is judged by the exact recipe (``recipe_lab``) on the uint8 pixels.
-_SRGB_TO_LINEAR = np.where((v := np.arange(256) / 255.0) > 0.04045, ((v + 0.055) / 1.055) ** 2.4, v / 12.92)
+_SRGB_TO_LINEAR = srgb_to_linear(np.arange(256) / 255.0)
 _LINEAR_STEPS = 1 << 16
-_LINEAR_TO_SRGB = np.clip(np.rint(255.0 * np.where(
-    (w := np.arange(_LINEAR_STEPS + 1) / _LINEAR_STEPS) > 0.0031308, 1.055 * w ** (1 / 2.4) - 0.055, 12.92 * w)),
-    0, 255).astype(np.uint8)
-_M = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-_XYZ_FROM_RGB_W = (_M / _WHITE[:, None]).T.astype(np.float32)  # rgb @ this = xyz / white
-_RGB_FROM_XYZ_W = (np.linalg.inv(_M) * _WHITE[None, :]).T.astype(np.float32)  # (xyz / white) @ this = rgb
+_LINEAR_TO_SRGB = np.clip(np.rint(255.0 * linear_to_srgb(np.arange(_LINEAR_STEPS + 1) / _LINEAR_STEPS)), 0, 255).astype(np.uint8)
+_XYZ_FROM_RGB_W = (XYZ_FROM_RGB / WHITE_D65[:, None]).T.astype(np.float32)  # rgb @ this = xyz / white
+_RGB_FROM_XYZ_W = (np.linalg.inv(XYZ_FROM_RGB) * WHITE_D65[None, :]).T.astype(np.float32)  # (xyz / white) @ this = rgb
 
 
 def _rgb2lab(rgb_u8: np.ndarray) -> np.ndarray:
     """Per-pixel CIE LAB (D65) of uint8 sRGB, float32."""
     xyz = _SRGB_TO_LINEAR.astype(np.float32)[rgb_u8] @ _XYZ_FROM_RGB_W
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    f = lab_f(xyz)
     return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])],
                     axis=-1).astype(np.float32)
 
@@ -218,7 +223,7 @@ def _lab2rgb_u8(lab: np.ndarray) -> np.ndarray:
     lab = np.asarray(lab, dtype=np.float32)
     fy = (lab[..., 0] + np.float32(16.0)) / np.float32(116.0)
     f = np.stack([fy + lab[..., 1] / np.float32(500.0), fy, fy - lab[..., 2] / np.float32(200.0)], axis=-1)
-    xyz = np.where(f > 0.2068966, f * f * f, (f - np.float32(16.0 / 116.0)) / np.float32(7.787))
+    xyz = lab_f_inverse(f)
     linear = np.clip(xyz @ _RGB_FROM_XYZ_W, 0.0, 1.0)
     return _LINEAR_TO_SRGB[np.rint(linear * _LINEAR_STEPS).astype(np.int32)]
 
@@ -268,7 +273,7 @@ def grey_std(rgb_u8: np.ndarray) -> float:
 def lightness(rgb_u8: np.ndarray) -> np.ndarray:
     """Per-pixel CIE L* of uint8 sRGB pixels, flattened (float64)."""
     y = _SRGB_TO_LINEAR.astype(np.float32)[rgb_u8] @ _XYZ_FROM_RGB_W[:, 1]
-    return (116.0 * np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16.0 / 116.0) - 16.0).ravel().astype(np.float64)
+    return (116.0 * lab_f(y) - 16.0).ravel().astype(np.float64)
 
 
 def texture_kept(source_rgb: np.ndarray, out_rgb: np.ndarray, source_lightness: np.ndarray | None = None) -> float:

@@ -24,6 +24,11 @@ Checks, each a problem ``kind``:
 Synthetic tiles get every other check like any tile: stored bucket, LAB and pHash must equal
 the card's recipe on their file.
 
+Each check is a small generator below (``check_*``) that yields the problems of one kind, or of a
+small group, from values the scan hands it; it reads SQL or files only where its docstring says
+so.  :func:`verify_library` is the scan: it streams the rows by bucket, lists each bucket's folder
+once, runs the checks on each row and each bucket, then the checks of the library as a whole.
+
 The deep checks decode each file **once** for all of them (PNG validity, LAB, pHash, the cached
 thumbnail: :mod:`builder.ops.inspection`), on a process pool; the colours and hashes of a chunk are
 computed together.  ``deep=False`` checks rows against the folders only.  What is found is a
@@ -38,13 +43,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from ..core import db, quarantine, store
+from ..core.color import CentroidIndex
 from ..core.errors import UnsafePath
 from ..core.layout import bucket_name, is_bucket_id, is_tile_id, parse_bucket_dir, tile_stem
 from ..core.library import Library
@@ -58,15 +65,168 @@ logger = logging.getLogger(__name__)
 
 LAB_TOLERANCE = 1e-6
 QUICK_THUMBNAIL_SAMPLE = 32  # cached thumbnails compared with their tiles by a quick verify (~0.1 s)
+CHUNK = 2048  # rows read, decoded and checked at a time: memory stays flat in the library's size
+
+
+class Row(NamedTuple):
+    """A ``tiles`` row as the scan reads it: the seed's columns, after the rowid."""
+
+    rowid: int
+    tile_id: str
+    bucket_id: int
+    filepath: str
+    phash: str
+    mean_l: float
+    mean_a: float
+    mean_b: float
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+
+def check_row_path(lib: Library, row: Row) -> Iterator[Problem]:
+    """``unsafe_row`` when no path can be derived from the row (its id or bucket), else
+    ``filepath_mismatch`` when its ``filepath`` column is not the one derived."""
+    try:
+        expected = lib.filepath_for(row.bucket_id, row.tile_id)
+    except UnsafePath as exc:
+        yield Problem("unsafe_row", str(row.tile_id)[:80], None, str(exc))
+        return
+    if row.filepath != expected:
+        yield Problem("filepath_mismatch", row.tile_id, row.bucket_id, f"{row.filepath!r} != {expected!r}")
+
+
+def check_file(lib: Library, row: Row, fact: FileFacts | None, listed: set[str]) -> Iterator[Problem]:
+    """``missing_file`` or ``bad_image``, from the file's facts; a quick run (no facts) looks for
+    the file in its folder's listing (``listed``: the tile stems there), then on disk."""
+    path = lib.tile_path(row.bucket_id, row.tile_id)
+    if fact is None:
+        if row.tile_id not in listed and not path.is_file():
+            yield Problem("missing_file", row.tile_id, row.bucket_id, str(path))
+    elif fact.error == MISSING:
+        yield Problem("missing_file", row.tile_id, row.bucket_id, str(path))
+    elif fact.error:
+        yield Problem("bad_image", row.tile_id, row.bucket_id, fact.error)
+
+
+def check_thumbnail(tile_id: str, bucket_id: int, fact: FileFacts) -> Iterator[Problem]:
+    """``bad_thumbnail``: the mosaic cache's thumbnail of the tile differs from the tile's own."""
+    if fact.thumb_ok is False:
+        yield Problem("bad_thumbnail", tile_id, bucket_id, "the mosaic cache's thumbnail differs from the tile")
+
+
+def check_colour(row: Row, fact: FileFacts) -> Iterator[Problem]:
+    """``lab_mismatch``: the stored LAB is not the file's (or not a number)."""
+    stored = np.array([row.mean_l, row.mean_a, row.mean_b], dtype=np.float64)
+    if not np.all(np.isfinite(stored)) or np.abs(stored - np.array(fact.lab)).max() > LAB_TOLERANCE:
+        yield Problem("lab_mismatch", row.tile_id, row.bucket_id, f"stored {(row.mean_l, row.mean_a, row.mean_b)} file {fact.lab}")
+
+
+def check_hash(row: Row, fact: FileFacts) -> Iterator[Problem]:
+    """``bad_phash``: the stored pHash is not the file's."""
+    if row.phash != fact.phash:
+        yield Problem("bad_phash", row.tile_id, row.bucket_id, f"stored {row.phash!r} file {fact.phash!r}")
+
+
+def check_bucket(row: Row, nearest: int) -> Iterator[Problem]:
+    """``wrong_bucket``: the tile's colour is nearest another centroid (-1: no colour to place)."""
+    if nearest != row.bucket_id:
+        yield Problem("wrong_bucket", row.tile_id, row.bucket_id, f"nearest centroid is {nearest}")
+
+
+def check_duplicate(row: Row, file_hash: str, nearest: int, held: dict[str, str], stray: dict[tuple[int, str], str],
+                    stored: Callable[[int, str, str], str | None]) -> Iterator[Problem]:
+    """``duplicate_phash``: the file's pHash met before in the bucket the tile belongs in.
+
+    A tile in its bucket is compared with the hashes met so far there (``held``: hash -> first
+    id) and with the wrong-bucket tiles that belong there (``stray``: (bucket, hash) -> first id);
+    a wrong-bucket tile with the others heading for its bucket and, through ``stored`` (one
+    query), with that bucket's rows.  The first holder of a hash is remembered, not reported.
+    """
+    if nearest != row.bucket_id:
+        home = nearest if nearest >= 0 else row.bucket_id
+        first = stray.get((home, file_hash))
+        if first is None and home != row.bucket_id:
+            first = stored(home, file_hash, row.tile_id)
+        if first is None:
+            stray[(home, file_hash)] = row.tile_id
+    else:
+        first = held.get(file_hash) or stray.get((row.bucket_id, file_hash))
+        if first is None:
+            held[file_hash] = row.tile_id
+    if first is not None:
+        yield Problem("duplicate_phash", row.tile_id, row.bucket_id, f"same phash as {first}")
+
+
+def check_cap(bucket_id: int, held: int, cap: int) -> Iterator[Problem]:
+    """``over_cap``: the bucket holds more tiles (with a file that decodes) than the cap."""
+    if held > cap:
+        yield Problem("over_cap", None, bucket_id, f"{held} tiles > cap {cap}")
+
+
+def check_synthetic(conn) -> Iterator[Problem]:
+    """``bad_synthetic`` (the flag is 0 or 1; a real tile has no source) and ``unknown_source``
+    (a synthetic tile's source is a real tile of the library); two queries."""
+    if "synthetic" not in db.table_columns(conn, "tiles"):
+        return
+    for tile_id, bucket_id, flag, source in conn.execute(
+            "SELECT id, bucket_id, synthetic, derived_from FROM tiles WHERE synthetic IS NOT 0 OR derived_from IS NOT NULL "
+            "ORDER BY rowid"):
+        if flag not in (0, 1) or (flag == 0 and source is not None):
+            yield Problem("bad_synthetic", tile_id, bucket_id, f"synthetic {flag!r}, derived_from {source!r}")
+    for tile_id, bucket_id, source in conn.execute(
+            "SELECT t.id, t.bucket_id, t.derived_from FROM tiles t LEFT JOIN tiles s ON s.id = t.derived_from "
+            "AND s.synthetic = 0 WHERE t.synthetic = 1 AND t.derived_from IS NOT NULL AND s.id IS NULL ORDER BY t.rowid"):
+        yield Problem("unknown_source", tile_id, bucket_id, f"derived_from {str(source)[:80]!r} is no real tile here")
+
+
+def check_folder_links(folders: Iterable[tuple[int, Path]]) -> Iterator[Problem]:
+    """``unsafe_path``: a bucket folder that is a symlink (never listed, never repaired through:
+    it leads out of the library)."""
+    for bucket_id, entry in folders:
+        if entry.is_symlink():
+            yield Problem("unsafe_path", None, bucket_id, f"{entry.name} is a symlink")
+
+
+def check_orphans(lib: Library, unknown: list[tuple[int, Path]]) -> Iterator[Problem]:
+    """``orphan_file``: entries of bucket folders that no row names (``unknown``), less those a
+    running writer is storing; a read-only run asks the journal and the rows again (queries)."""
+    # A journal is a batch being stored only while a writer runs; without one it is what a
+    # killed writer left, and its renamed-but-uncommitted files are orphans until the next open.
+    writer_busy = lib.readonly and Library.writer_active(lib.root)
+    in_flight = _journal_ids(lib) if writer_busy else set()
+    unknown = [(b, f) for b, f in unknown if tile_stem(f.name) not in in_flight]
+    if unknown and lib.readonly:
+        # A writer may have stored batches since the rows were read (a deep verify takes minutes):
+        # their files are in the folders, their rows committed after our snapshot.  Ask again.
+        in_flight = _journal_ids(lib) if Library.writer_active(lib.root) else set()
+        unknown = [
+            (b, f) for b, f in unknown
+            if tile_stem(f.name) not in in_flight and os.path.lexists(f) and not lib.conn.execute(
+                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (tile_stem(f.name), b)).fetchone()
+        ]
+    for bucket_id, f in unknown:  # the detail is the entry's path in the library ("/" at the end: a folder)
+        folder = "/" if f.is_dir() and not f.is_symlink() else ""
+        yield Problem("orphan_file", None, bucket_id, f.relative_to(lib.root).as_posix() + folder)
+
+
+def check_temp(lib: Library) -> Iterator[Problem]:
+    """``unsafe_path`` when ``temp/`` is a symlink, else ``orphan_file`` for each entry of it
+    (unless a writer is running: then it is that writer's scratch)."""
+    if lib.temp_dir.is_symlink():
+        yield Problem("unsafe_path", None, None, "temp is a symlink")
+    elif lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
+        for f in lib.temp_dir.iterdir():
+            yield Problem("orphan_file", None, None, str(f.relative_to(lib.root)))
+
+
+# --- the scan ------------------------------------------------------------------------------------
 
 
 def _journal_ids(lib: Library) -> set[str]:
     """Tiles of a batch being stored (or moved by a repair) right now by a running writer (not orphans)."""
     moves, _quarantined = store.read_repairs(lib.temp_dir)
     return {tile_id for tile_id, _bucket in store.read_journal(lib.temp_dir) or ()} | {r.tile_id for r in moves}
-
-
-CHUNK = 2048  # rows read, decoded and checked at a time: memory stays flat in the library's size
 
 
 class _Bucket:
@@ -83,11 +243,22 @@ class _Bucket:
         self.stems = {tile_stem(name) for name in self.names}
 
 
-def _row_chunks(lib: Library) -> Iterator[list[tuple]]:
+def _row_chunks(lib: Library) -> Iterator[list[Row]]:
     """Every row, by bucket then age, ``CHUNK`` at a time (one read snapshot: one statement)."""
     cursor = lib.conn.execute(f"SELECT rowid, {', '.join(db.SEED_COLUMNS)} FROM tiles ORDER BY bucket_id, rowid")
     while chunk := cursor.fetchmany(CHUNK):
-        yield chunk
+        yield [Row._make(row) for row in chunk]
+
+
+def _bucket_folders(lib: Library) -> list[tuple[int, Path]]:
+    """``(bucket, path)`` of every entry of the library named like a bucket folder that is one
+    (or a symlink to one), in name order."""
+    found = []
+    for entry in sorted(lib.root.iterdir()):
+        bucket_id = parse_bucket_dir(entry.name)
+        if bucket_id is not None and entry.is_dir():
+            found.append((bucket_id, entry))
+    return found
 
 
 class _Thumbs:
@@ -105,6 +276,162 @@ class _Thumbs:
         return self.index.rows(cache_keys(list(ids), [h if isinstance(h, str) else "" for h in phashes]))
 
 
+class _Inspector:
+    """The deep facts of the rows' files (:mod:`builder.ops.inspection`), on a process pool for a
+    library of more than a few tiles; none (``None`` facts) for a quick run."""
+
+    def __init__(self, lib: Library, files: TileFiles, deep: bool, workers: int | None, total: int) -> None:
+        self.files = files
+        self.thumbs = _Thumbs(lib) if deep else None
+        self.workers = workers or os.cpu_count() or 1
+        self.pool = None
+        if deep and self.workers > 1 and total >= 64:
+            self.pool = inspect_pool(files, self.workers, self.thumbs.file if self.thumbs else None)
+
+    def submit(self, rows: list[Row]) -> list | None:
+        """Start inspecting ``rows`` (inline without a pool: done on return)."""
+        if self.thumbs is None:
+            return None
+        cache_rows = self.thumbs.rows([r.tile_id for r in rows], [r.phash for r in rows]).tolist()
+        jobs = [(r.bucket_id, r.tile_id, c) for r, c in zip(rows, cache_rows)]
+        if self.pool is None:
+            return [f for i in range(0, len(jobs), INSPECT_CHUNK)
+                    for f in inspect_tiles(self.files, jobs[i:i + INSPECT_CHUNK], self.thumbs.pixels)]
+        size = max(1, min(INSPECT_CHUNK, len(jobs) // (2 * self.workers) or 1))
+        return [self.pool.submit(inspect_chunk, jobs[i:i + size]) for i in range(0, len(jobs), size)]
+
+    def collect(self, pending: list | None, n: int) -> list[FileFacts | None]:
+        """The facts of :meth:`submit`'s rows, in order."""
+        if pending is None:
+            return [None] * n
+        if self.pool is None:
+            return pending
+        return [fact for future in pending for fact in future.result()]
+
+    def ahead(self, chunks: Iterator[list[Row]]) -> Iterator[tuple[list[Row], list[FileFacts | None]]]:
+        """Each chunk with its facts; the next chunk is read and its decodes started before this
+        one is handed out, so the pool works while this one is checked."""
+        pending = None
+        for rows in chunks:
+            started = (rows, self.submit(rows))
+            if pending is not None:
+                yield pending[0], self.collect(pending[1], len(pending[0]))
+            pending = started
+        if pending is not None:
+            yield pending[0], self.collect(pending[1], len(pending[0]))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _nearest(index: CentroidIndex, rows: list[Row], facts: list[FileFacts | None]) -> list[int]:
+    """The nearest centroid of each row's colour (the file's, else the stored one): one KD-tree
+    query for the chunk; -1 where the colour is not a number."""
+    labs = np.array([f.lab if f is not None and f.lab is not None else _floats((r.mean_l, r.mean_a, r.mean_b))
+                     for r, f in zip(rows, facts)], dtype=np.float64).reshape(-1, 3)
+    nearest = np.full(len(rows), -1, dtype=np.int64)
+    finite = np.isfinite(labs).all(axis=1)
+    if finite.any():
+        nearest[finite] = index.assign_lab(labs[finite])[0].reshape(-1)
+    return nearest.tolist()
+
+
+class _Scan:
+    """What the scan carries from row to row: the report, the bucket being checked, the facts
+    repair needs, the wrong-bucket tiles' hashes and the folder entries no row named."""
+
+    def __init__(self, lib: Library, report: VerifyReport) -> None:
+        self.lib = lib
+        self.report = report
+        self.facts: dict[str, FileFacts] = {}  # what repair needs: the facts of tiles with a problem
+        self.visited: set[int] = set()
+        self.stray: dict[tuple[int, str], str] = {}  # (bucket it belongs in, hash) -> id, for wrong-bucket tiles
+        self.bucket: _Bucket | None = None
+        self.unknown: list[tuple[int, Path]] = []  # files with no row: orphans unless a writer just stored them
+
+    def add(self, problems: Iterable[Problem], fact: FileFacts | None = None) -> bool:
+        """Report ``problems`` (keeping ``fact`` for repair); True when there was one."""
+        found = False
+        for problem in problems:
+            self.report.problems.append(problem)
+            if fact is not None:
+                self.facts[problem.tile_id] = fact
+            found = True
+        return found
+
+    def safe_rows(self, chunks: Iterator[list[Row]]) -> Iterator[list[Row]]:
+        """Each chunk's rows a path can be derived from (the others reported)."""
+        for chunk in chunks:
+            self.report.rows += len(chunk)
+            safe = []
+            for row in chunk:
+                problems = list(check_row_path(self.lib, row))
+                self.add(problems)
+                if not any(p.kind == "unsafe_row" for p in problems):
+                    safe.append(row)
+            yield safe
+
+    def row(self, row: Row, fact: FileFacts | None, nearest: int) -> None:
+        """Every check of one row, its bucket's folder listed when its first row comes."""
+        if self.bucket is None or self.bucket.bucket_id != row.bucket_id:
+            self.close_bucket()
+            self.bucket = _Bucket(self.lib, row.bucket_id)
+            self.visited.add(row.bucket_id)
+        self.bucket.rows.add(row.tile_id)
+        if self.add(check_file(self.lib, row, fact, self.bucket.stems), fact):
+            return  # no file to check further, none to count against the cap
+        file_hash = row.phash
+        if fact is not None:
+            file_hash = fact.phash
+            self.report.thumbnails_checked += fact.thumb_ok is not None
+            self.add(check_thumbnail(row.tile_id, row.bucket_id, fact), fact)
+            self.add(check_colour(row, fact), fact)
+            self.add(check_hash(row, fact), fact)
+        self.bucket.ids.add(row.tile_id)
+        self.add(check_bucket(row, nearest), fact)
+        self.add(check_duplicate(row, file_hash, nearest, self.bucket.hashes, self.stray, self._stored_holder))
+
+    def _stored_holder(self, bucket_id: int, tile_hash: str, tile_id: str) -> str | None:
+        """Another row of ``bucket_id`` with ``tile_hash`` (one query)."""
+        clash = self.lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? AND phash = ? AND id != ?",
+                                      (bucket_id, tile_hash, tile_id)).fetchone()
+        return clash[0] if clash else None
+
+    def close_bucket(self) -> None:
+        """The bucket's last row has gone by: its folder's other entries, and its cap."""
+        bucket = self.bucket
+        if bucket is None:
+            return
+        self.report.files += len(bucket.names)
+        folder = self.lib.root / bucket_name(bucket.bucket_id)
+        self.unknown += [(bucket.bucket_id, folder / name) for name in bucket.names if tile_stem(name) not in bucket.rows]
+        self.add(check_cap(bucket.bucket_id, len(bucket.ids), self.lib.cap))
+
+    def unvisited_folders(self, folders: list[tuple[int, Path]]) -> None:
+        """The entries of bucket folders no row named (listed here: counted, and all unknown)."""
+        for bucket_id, entry in folders:
+            if entry.is_symlink() or bucket_id in self.visited:
+                continue
+            names = os.listdir(entry)
+            self.report.files += len(names)
+            self.unknown += [(bucket_id, entry / name) for name in names]
+
+    def sample_thumbnails(self, files: TileFiles, size: int = QUICK_THUMBNAIL_SAMPLE) -> None:
+        """A quick verify's look at the thumbnail cache: ``size`` random tiles it holds, decoded and compared."""
+        thumbs = _Thumbs(self.lib)
+        if thumbs.pixels is None:
+            return
+        sample = [r for r in self.lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY random() LIMIT ?",
+                                                   (size * 4,))
+                  if is_tile_id(r[0]) and is_bucket_id(r[1])]
+        cache_rows = thumbs.rows([r[0] for r in sample], [r[2] for r in sample])
+        jobs = [(b, t, int(c)) for (t, b, _h), c in zip(sample, cache_rows) if c >= 0][:size]
+        for (bucket_id, tile_id, _c), fact in zip(jobs, inspect_tiles(files, jobs, thumbs.pixels)):
+            self.report.thumbnails_checked += fact.thumb_ok is not None
+            self.add(check_thumbnail(tile_id, bucket_id, fact), fact)
+
+
 def verify_library(lib: Library, deep: bool = True, repair: bool = False, workers: int | None = None,
                    progress: bool | None = None) -> VerifyReport:
     """Check (and with ``repair``, fix) the library; see the module docstring for the kinds.
@@ -120,158 +447,33 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
     report = VerifyReport()
     show = sys.stderr.isatty() if progress is None else progress
     index = lib.index  # the library's own KD-tree, built once per open
-    problem_facts: dict[str, FileFacts] = {}  # what repair needs: facts of tiles with a problem
-    bad_thumbs: dict[str, int] = {}  # id -> bucket of tiles whose cached thumbnail is wrong
-    visited: set[int] = set()
-    stray: dict[tuple[int, str], str] = {}  # (bucket it belongs in, hash) -> id, for wrong-bucket tiles
-    current: _Bucket | None = None
-    unknown: list[tuple[int, Path]] = []  # files with no row: orphans unless a writer just stored them
-    thumbs = _Thumbs(lib) if deep else None
-
-    def close_bucket(bucket: _Bucket | None) -> None:
-        if bucket is None:
-            return
-        report.files += len(bucket.names)
-        for name in bucket.names:
-            if tile_stem(name) not in bucket.rows:
-                unknown.append((bucket.bucket_id, lib.root / bucket_name(bucket.bucket_id) / name))
-        if len(bucket.ids) > lib.cap:
-            report.problems.append(Problem("over_cap", None, bucket.bucket_id, f"{len(bucket.ids)} tiles > cap {lib.cap}"))
-
+    scan = _Scan(lib, report)
     files = TileFiles(lib.root)  # fresh: bucket folders are checked again on every run
-    n_workers = workers or os.cpu_count() or 1
     total = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
-    pool = None
-    if deep and n_workers > 1 and total >= 64:
-        pool = inspect_pool(files, n_workers, thumbs.file if thumbs else None)
-
-    def submit(safe: list[tuple]):
-        if not deep or thumbs is None:
-            return None
-        cache_rows = thumbs.rows([r[1] for r in safe], [r[4] for r in safe]).tolist()
-        jobs = [(r[2], r[1], c) for r, c in zip(safe, cache_rows)]
-        if pool is None:
-            return [f for i in range(0, len(jobs), INSPECT_CHUNK)
-                    for f in inspect_tiles(files, jobs[i:i + INSPECT_CHUNK], thumbs.pixels)]
-        size = max(1, min(INSPECT_CHUNK, len(jobs) // (2 * n_workers) or 1))
-        return [(pool.submit(inspect_chunk, jobs[i:i + size]), cache_rows[i:i + size]) for i in range(0, len(jobs), size)]
-
-    def collect(pending) -> list[FileFacts | None] | None:
-        if pending is None or not pool:
-            return pending
-        return [fact for future, _rows in pending for fact in future.result()]
-
-    def safe_rows(chunk: list[tuple]) -> list[tuple]:
-        out = []
-        for row in chunk:
-            _rowid, tile_id, bucket_id, filepath, *_ = row
-            try:
-                expected = lib.filepath_for(bucket_id, tile_id)
-            except UnsafePath as exc:
-                report.problems.append(Problem("unsafe_row", str(tile_id)[:80], None, str(exc)))
-                continue
-            if filepath != expected:
-                report.problems.append(Problem("filepath_mismatch", tile_id, bucket_id, f"{filepath!r} != {expected!r}"))
-            out.append(row)
-        return out
-
+    inspector = _Inspector(lib, files, deep, workers, total)
     try:
         with tqdm(total=total, unit="tile", desc="verify", disable=not show) as bar:
-            chunks = _row_chunks(lib)
-            ahead = None  # (rows, pending facts) of the next chunk, decoding on the pool
-            chunk = next(chunks, None)
-            if chunk is not None:
-                report.rows += len(chunk)
-                rows = safe_rows(chunk)
-                ahead = (rows, submit(rows))
-            while ahead is not None:
-                safe, pending = ahead
-                chunk = next(chunks, None)
-                if chunk is not None:  # start the next chunk's decodes before checking this one
-                    report.rows += len(chunk)
-                    rows = safe_rows(chunk)
-                    ahead = (rows, submit(rows))
-                else:
-                    ahead = None
-                facts = collect(pending) or [None] * len(safe)
-                labs = np.array([f.lab if f is not None and f.lab is not None else _floats(r[5:8])
-                                 for r, f in zip(safe, facts)], dtype=np.float64).reshape(-1, 3)
-                nearest_all = np.full(len(safe), -1, dtype=np.int64)
-                finite = np.isfinite(labs).all(axis=1)
-                if finite.any():  # one KD-tree query for the chunk
-                    nearest_all[finite] = index.assign_lab(labs[finite])[0].reshape(-1)
-                for row, fact, nearest in zip(safe, facts, nearest_all.tolist()):
-                    _rowid, tile_id, bucket_id, _fp, stored_hash, l_, a_, b_ = row
-                    if current is None or current.bucket_id != bucket_id:
-                        close_bucket(current)
-                        current = _Bucket(lib, bucket_id)
-                        visited.add(bucket_id)
-                    current.rows.add(tile_id)
-                    path = lib.tile_path(bucket_id, tile_id)
-                    if fact is None:
-                        if tile_id not in current.stems and not path.is_file():
-                            report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
-                            continue
-                        file_hash = stored_hash
-                    elif fact.error == MISSING:
-                        report.problems.append(Problem("missing_file", tile_id, bucket_id, str(path)))
-                        continue
-                    elif fact.error:
-                        report.problems.append(Problem("bad_image", tile_id, bucket_id, fact.error))
-                        problem_facts[tile_id] = fact
-                        continue
-                    else:
-                        lab, file_hash = fact.lab, fact.phash
-                        report.thumbnails_checked += fact.thumb_ok is not None
-                        if fact.thumb_ok is False:
-                            report.problems.append(Problem("bad_thumbnail", tile_id, bucket_id,
-                                                           "the mosaic cache's thumbnail differs from the tile"))
-                            problem_facts[tile_id] = fact
-                            bad_thumbs[tile_id] = bucket_id
-                        stored = np.array([l_, a_, b_], dtype=np.float64)
-                        if not np.all(np.isfinite(stored)) or np.abs(stored - np.array(lab)).max() > LAB_TOLERANCE:
-                            report.problems.append(Problem("lab_mismatch", tile_id, bucket_id,
-                                                           f"stored {(l_, a_, b_)} file {lab}"))
-                            problem_facts[tile_id] = fact
-                        if stored_hash != file_hash:
-                            report.problems.append(Problem("bad_phash", tile_id, bucket_id,
-                                                           f"stored {stored_hash!r} file {file_hash!r}"))
-                            problem_facts[tile_id] = fact
-                    current.ids.add(tile_id)
-                    if nearest != bucket_id:
-                        report.problems.append(Problem("wrong_bucket", tile_id, bucket_id, f"nearest centroid is {nearest}"))
-                        if fact is not None:
-                            problem_facts[tile_id] = fact
-                        home = nearest if nearest >= 0 else bucket_id
-                        first = stray.get((home, file_hash))
-                        if first is None and home != bucket_id:
-                            clash = lib.conn.execute("SELECT id FROM tiles WHERE bucket_id = ? AND phash = ? AND id != ?",
-                                                     (home, file_hash, tile_id)).fetchone()
-                            first = clash[0] if clash else None
-                        if first is not None:
-                            report.problems.append(Problem("duplicate_phash", tile_id, bucket_id, f"same phash as {first}"))
-                        else:
-                            stray[(home, file_hash)] = tile_id
-                        continue
-                    first = current.hashes.get(file_hash) or stray.get((bucket_id, file_hash))
-                    if first is not None:
-                        report.problems.append(Problem("duplicate_phash", tile_id, bucket_id, f"same phash as {first}"))
-                    else:
-                        current.hashes[file_hash] = tile_id
-                bar.update(len(safe))
-            close_bucket(current)
+            for rows, facts in inspector.ahead(scan.safe_rows(_row_chunks(lib))):
+                for row, fact, nearest in zip(rows, facts, _nearest(index, rows, facts)):
+                    scan.row(row, fact, nearest)
+                bar.update(len(rows))
+            scan.close_bucket()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        inspector.close()
 
     if not deep:
-        _sample_thumbnails(lib, files, report, problem_facts, bad_thumbs)
-    report.problems.extend(_synthetic_problems(lib))
-    _check_folders(lib, report, visited, unknown)
+        scan.sample_thumbnails(files)
+    scan.add(check_synthetic(lib.conn))
+    folders = _bucket_folders(lib)
+    scan.add(check_folder_links(folders))
+    scan.unvisited_folders(folders)
+    scan.add(check_orphans(lib, scan.unknown))
+    scan.add(check_temp(lib))
+    bad_thumbs = {p.tile_id: p.bucket_id for p in report.problems if p.kind == "bad_thumbnail"}
     if bad_thumbs and not repair:
         _mark_bad_thumbnails(lib, bad_thumbs)
     if repair and report.problems:
-        repair_library(lib, report, index, problem_facts, workers=workers)
+        repair_library(lib, report, index, scan.facts, workers=workers)
     report.quarantine = quarantine.list_items(lib.root)
     return report
 
@@ -287,26 +489,6 @@ def _floats(values) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _sample_thumbnails(lib: Library, files: TileFiles, report: VerifyReport, problem_facts: dict[str, FileFacts],
-                       bad_thumbs: dict[str, int], size: int = QUICK_THUMBNAIL_SAMPLE) -> None:
-    """A quick verify's look at the thumbnail cache: ``size`` random tiles it holds, decoded and compared."""
-    thumbs = _Thumbs(lib)
-    if thumbs.pixels is None:
-        return
-    sample = [r for r in lib.conn.execute("SELECT id, bucket_id, phash FROM tiles ORDER BY random() LIMIT ?", (size * 4,))
-              if is_tile_id(r[0]) and is_bucket_id(r[1])]
-    cache_rows = thumbs.rows([r[0] for r in sample], [r[2] for r in sample])
-    jobs = [(b, t, int(c)) for (t, b, _h), c in zip(sample, cache_rows) if c >= 0][:size]
-    facts = inspect_tiles(files, jobs, thumbs.pixels)
-    for (bucket_id, tile_id, _c), fact in zip(jobs, facts):
-        report.thumbnails_checked += fact.thumb_ok is not None
-        if fact.thumb_ok is False:
-            report.problems.append(Problem("bad_thumbnail", tile_id, bucket_id,
-                                           "the mosaic cache's thumbnail differs from the tile"))
-            problem_facts[tile_id] = fact
-            bad_thumbs[tile_id] = bucket_id
-
-
 def _mark_bad_thumbnails(lib: Library, bad: dict[str, int]) -> None:
     """Mark the cache rows of ``bad`` tiles so that no mosaic uses them (a read-only run repairs nothing)."""
     thumbs = _Thumbs(lib)
@@ -316,59 +498,3 @@ def _mark_bad_thumbnails(lib: Library, bad: dict[str, int]) -> None:
         thumbs.cache.mark_bad(rows[rows >= 0].tolist())
     except OSError as exc:
         logger.warning("could not mark %d wrong thumbnails in %s (%s)", len(ids), thumbs.cache.folder, exc)
-
-
-def _check_folders(lib: Library, report: VerifyReport, visited: set[int], unknown: list[tuple[int, Path]]) -> None:
-    """Orphans (entries with no row: ``unknown`` from the folders of buckets with rows, plus every
-    entry of a bucket folder no row names) and unsafe folders (symlinks), then ``temp/``."""
-    # A journal is a batch being stored only while a writer runs; without one it is what a
-    # killed writer left, and its renamed-but-uncommitted files are orphans until the next open.
-    for entry in sorted(lib.root.iterdir()):
-        bucket_id = parse_bucket_dir(entry.name)
-        if bucket_id is None or not entry.is_dir():
-            continue
-        if entry.is_symlink():  # never listed, never repaired through: it leads out of the library
-            report.problems.append(Problem("unsafe_path", None, bucket_id, f"{entry.name} is a symlink"))
-            continue
-        if bucket_id in visited:
-            continue  # listed with its rows
-        names = os.listdir(entry)
-        report.files += len(names)
-        unknown.extend((bucket_id, entry / name) for name in names)
-    writer_busy = lib.readonly and Library.writer_active(lib.root)
-    in_flight = _journal_ids(lib) if writer_busy else set()
-    unknown = [(b, f) for b, f in unknown if tile_stem(f.name) not in in_flight]
-    if unknown and lib.readonly:
-        # A writer may have stored batches since the rows were read (a deep verify takes minutes):
-        # their files are in the folders, their rows committed after our snapshot.  Ask again.
-        in_flight = _journal_ids(lib) if Library.writer_active(lib.root) else set()
-        unknown = [
-            (b, f) for b, f in unknown
-            if tile_stem(f.name) not in in_flight and os.path.lexists(f) and not lib.conn.execute(
-                "SELECT 1 FROM tiles WHERE id = ? AND bucket_id = ?", (tile_stem(f.name), b)).fetchone()
-        ]
-    for bucket_id, f in unknown:  # the detail is the entry's path in the library ("/" at the end: a folder)
-        folder = "/" if f.is_dir() and not f.is_symlink() else ""
-        report.problems.append(Problem("orphan_file", None, bucket_id, f.relative_to(lib.root).as_posix() + folder))
-    if lib.temp_dir.is_symlink():
-        report.problems.append(Problem("unsafe_path", None, None, "temp is a symlink"))
-    elif lib.temp_dir.is_dir() and not (lib.readonly and Library.writer_active(lib.root)):
-        for f in lib.temp_dir.iterdir():
-            report.problems.append(Problem("orphan_file", None, None, str(f.relative_to(lib.root))))
-
-
-def _synthetic_problems(lib: Library) -> list[Problem]:
-    """The synthetic flag and its source: 0 or 1; a real tile has no source; a synthetic one's is a real tile here."""
-    if "synthetic" not in db.table_columns(lib.conn, "tiles"):
-        return []
-    problems = []
-    for tile_id, bucket_id, flag, source in lib.conn.execute(
-            "SELECT id, bucket_id, synthetic, derived_from FROM tiles WHERE synthetic IS NOT 0 OR derived_from IS NOT NULL "
-            "ORDER BY rowid"):
-        if flag not in (0, 1) or (flag == 0 and source is not None):
-            problems.append(Problem("bad_synthetic", tile_id, bucket_id, f"synthetic {flag!r}, derived_from {source!r}"))
-    for tile_id, bucket_id, source in lib.conn.execute(
-            "SELECT t.id, t.bucket_id, t.derived_from FROM tiles t LEFT JOIN tiles s ON s.id = t.derived_from "
-            "AND s.synthetic = 0 WHERE t.synthetic = 1 AND t.derived_from IS NOT NULL AND s.id IS NULL ORDER BY t.rowid"):
-        problems.append(Problem("unknown_source", tile_id, bucket_id, f"derived_from {str(source)[:80]!r} is no real tile here"))
-    return problems

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..core.defaults import ARCGIS, EARTH
 from ..core.errors import MosaicError
 from ..core.layout import DATA_DIR, N_BUCKETS, TILE_SIZE, bucket_name
 from .schema import CONFIGS, INDEX_NAME, METADATA_ROWS_PER_GROUP, RELEASE_MANIFEST, ROWS_PER_GROUP, Config
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = DATA_DIR / "card_template.md"
 PLACEHOLDER_REPO = "USER/mosaic_library"
-EARTH_SOURCES = {"earth"}
+EARTH_SOURCES = {EARTH}
 _EQUATOR_M_PER_PX_Z0 = 156543.03392  # Web Mercator ground resolution at zoom 0, metres/pixel
 _SIZE_CATEGORIES = (
     (1_000, "n<1K"),
@@ -151,7 +152,7 @@ def source_kind(source: str) -> str:
     """
     if source in EARTH_SOURCES:
         return "nasa"
-    if source == "arcgis" or "arcgisonline.com" in source or "arcgis.com" in source:
+    if source == ARCGIS or "arcgisonline.com" in source or "arcgis.com" in source:
         return "esri"
     return "other"
 
