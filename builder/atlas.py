@@ -43,12 +43,9 @@ import json
 import logging
 import os
 import random
-import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,9 +55,9 @@ from . import db
 from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
-from .errors import ImageRejected, LibraryError, SourceUnreachable, UsageError
-from .fetch import FetchEngine, drive
+from .errors import ImageRejected, LibraryError, UsageError
 from .fetchoptions import validate_options as check_fetch_options
+from .fetchrun import Answers, FetchRun
 from .layout import (
     ATLAS_SAMPLE_PER_BUCKET,
     ATLAS_ZOOM_SPAN,
@@ -71,7 +68,7 @@ from .layout import (
     N_BUCKETS,
     TILE_SIZE,
 )
-from .ledger import ACCEPTED, Claim, FetchLedger, FetchResult, Prior, answer_status, rejected
+from .ledger import ACCEPTED, Claim, FetchLedger, Prior, rejected
 from .library import Library, file_sha256
 from .plans import Plan, world_plan
 from .regions import TileRef, tile_centre, tile_range
@@ -80,12 +77,10 @@ from .stats import aimed_figures, reachability, reachable_buckets
 
 logger = logging.getLogger(__name__)
 
-PREFETCH = 2  # batches queued beyond the one being folded (as harvest)
 # harvest --target calibrates by itself once this many aimed tiles have a measured colour and
 # the fit raises the cross-validated hit rate (see :func:`calibrate`).
 AUTO_CALIBRATE_MIN = 30
 CALIBRATION_FOLDS = 5
-SOURCE_DOWN = "source unreachable"
 
 
 # --- zooms and areas ---------------------------------------------------------------------------
@@ -495,51 +490,50 @@ def _ensure_meta(lib: Library, source: str, zoom: int, atlas_zoom: int, rebuild:
     return AtlasInfo(source, zoom, atlas_zoom, sample_size, None)
 
 
-class _AtlasRun:
-    def __init__(self, lib: Library, src: TileSource, info: AtlasInfo, report: AtlasReport, max_requests: int | None,
-                 batch: int, threads: int) -> None:
-        self.lib, self.src, self.info, self.report = lib, src, info, report
-        self.zoom, self.atlas_zoom = info.zoom, info.atlas_zoom
-        self.batch = batch
-        self.max_requests = max_requests
-        self.ledger = FetchLedger(lib.root, lib.conn, ledger_source(src.name, info.zoom),
-                                  table=db.ATLAS_LEDGER_TABLE, stored_in=None)
-        self.recovery = self.ledger.recover()
-        report.recovery = self.recovery.as_dict()
-        self.store = SampleStore(lib.conn, src.name, info.zoom, info.sample_size, info.calibration, lib.index)
-        self.engine = FetchEngine(src, self.ledger, threads, max_requests)
-        self.interrupt = threading.Event()
-        # The fold's decoding, LAB and KD-tree query release the GIL: one thread a core.
-        lib.index.tree  # noqa: B018 - built here, not by two folding threads at once
-        self.folder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="atlas-fold")
-        self.failing: list[tuple[TileRef, str, Prior | None]] = []
-        self.todo: list[TileRef] = []
+class _Atlas:
+    """The atlas's part of a fetch run (:class:`~builder.fetchrun.RunHooks`): the overview tiles
+    left to read, in order, and each batch's images folded into blocks, stored with the batch's
+    statuses in one transaction.  :class:`~builder.fetchrun.FetchRun` is the driver."""
 
-    def process(self, results: list[FetchResult]) -> None:
+    desc = "atlas"
+    exhausted_reason = "area done"
+    predicted = None
+
+    def __init__(self, run: FetchRun, info: AtlasInfo, report: AtlasReport, todo: list[TileRef]) -> None:
+        self.run = run
+        self.lib, self.info, self.report, self.todo = run.lib, info, report, todo
+        self.name = run.source.name
+        self.ledger = run.ledger
+        self.zoom = info.zoom
+        self.store = SampleStore(self.lib.conn, self.name, info.zoom, info.sample_size, info.calibration,
+                                 self.lib.index)
+        self.folder: ThreadPoolExecutor | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.todo
+
+    def prepare(self) -> None:
+        # The fold's decoding, LAB and KD-tree query release the GIL: one thread a core.
+        self.lib.index.tree  # noqa: B018 - built here, not by two folding threads at once
+        self.folder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="atlas-fold")
+
+    def bar_total(self) -> int | None:
+        return len(self.todo)
+
+    def next_claims(self, size: int, outstanding: int) -> list[Claim]:
+        take, self.todo = self.todo[:size], self.todo[size:]
+        return [Claim(ref) for ref in take]
+
+    def fold(self, answers: Answers, replay: bool) -> bool:
+        """Fold the images into blocks (on a thread a core); the blocks, every status and the
+        released claims commit in one transaction."""
+        assert self.folder is not None
         rep = self.report
-        down = self.engine.down is not None
-        rows: list[tuple[TileRef, str, str]] = []
-        released: list[TileRef] = []
+        rows = [(r.ref, status, r.at) for status, r in answers.settled]
         parts: list[Blocks] = []
-        folded: list[tuple[FetchResult, Future]] = []
-        faulted = []
-        answered = False
-        for r in results:
-            status = answer_status(r)
-            if not r.started or (down and r.fault is not None):
-                released.append(r.ref)
-                continue
-            if status is not None:
-                rows.append((r.ref, status, r.at))
-                if r.fault is not None:
-                    rep.failed[r.fault] += 1
-                    faulted.append((r.ref, status, None))
-                else:
-                    rep.missing += 1
-                    answered = True
-                continue
-            answered = True
-            folded.append((r, self.folder.submit(fold_tile, r.data, r.ref[:3], self.zoom, self.lib.index)))
+        folded = [(r, self.folder.submit(fold_tile, r.data, r.ref[:3], self.zoom, self.lib.index))
+                  for r in answers.images]
         for r, future in folded:
             reason, found = future.result()
             if reason is not None:
@@ -556,106 +550,46 @@ class _AtlasRun:
         with self.lib.conn:
             self.store.add(blocks)
             self.ledger.record(self.lib.conn, rows)
-            self.ledger.release(self.lib.conn, released)
+            self.ledger.release(self.lib.conn, [r.ref for r in answers.released])
             self.lib.conn.execute("UPDATE atlas_meta SET updated_at = ? WHERE source = ? AND zoom = ?",
-                                  (db.utc_now(), self.src.name, self.zoom))
+                                  (db.utc_now(), self.name, self.zoom))
         rep.blocks += len(blocks)
-        rep.released += len(released)
-        self.failing = faulted if answered else self.failing + faulted
+        return True
 
-    def retract_failing(self) -> None:
-        if self.failing:
-            with self.lib.conn:
-                self.ledger.retract(self.lib.conn, self.failing)
-            for _ref, status, _prior in self.failing:
-                self.report.failed[status.partition(":")[2]] -= 1
-            self.report.failed = +self.report.failed
-            self.report.released += len(self.failing)
-            self.failing = []
+    def target_reached(self) -> str | None:
+        return None
 
-    def fill(self) -> None:
-        while len(self.engine.pending) < PREFETCH and self.todo and not self.report.stop_reason:
-            size = self.batch
-            if self.max_requests is not None:
-                size = min(size, self.max_requests - self.engine.requests() - self.engine.in_flight())
-            if size <= 0:
-                return
-            take, self.todo = self.todo[:size], self.todo[size:]
-            self.engine.submit([Claim(ref) for ref in take])
+    def stalled(self) -> str | None:
+        return None
 
-    def stop(self, reason: str) -> None:
-        if not self.report.stop_reason:
-            self.report.stop_reason = reason
-        self.engine.halt()
+    def retracted(self, rows: list[tuple[TileRef, str, Prior | None]]) -> None:
+        """Nothing of the atlas's own counts a fault."""
 
-    def on_sigint(self) -> None:
-        self.interrupt.set()
-        self.engine.halt()
+    def show(self, bar: tqdm, answers: Answers) -> None:
+        bar.update(sum(1 for r in answers.results if r.started))
 
-    def loop(self, bar: tqdm) -> None:
-        if self.recovery.replay:
-            self.process(self.recovery.replay)
-            for log in self.recovery.logs:
-                self.ledger.settle(log)
-        while True:
-            self.fill()
-            if not self.engine.pending:
-                if not self.report.stop_reason:
-                    self.report.stop_reason = "area done" if not self.todo else "max_requests"
-                break
-            batch, results = self.engine.next_results()
-            self.fill()
-            self.process(results)
-            self.ledger.settle(batch.log)
-            bar.update(sum(1 for r in results if r.started))
-            if self.interrupt.is_set():
-                self.report.interrupted = True
-                self.stop("interrupted")
-            elif self.engine.down is not None:
-                self.stop(SOURCE_DOWN)
-            elif self.max_requests is not None and self.engine.requests() >= self.max_requests:
-                self.stop("max_requests")
-        if self.engine.conclude() is not None:
-            self.retract_failing()
-            if not self.report.interrupted:
-                self.report.stop_reason = SOURCE_DOWN
+    def finish(self, clean: bool) -> None:
+        if self.folder is not None:
+            self.folder.shutdown(wait=True, cancel_futures=True)
+
+    def tally(self) -> None:
+        self.report.samples, self.report.buckets_reachable = atlas_size(self.lib.conn, self.name, self.zoom)
 
 
 def _build(lib: Library, src: TileSource, plan: Plan, zoom: int, atlas_zoom: int, threads: int, batch: int,
            max_requests: int | None, rebuild: bool, progress: bool | None, seed: int, sample_size: int) -> AtlasReport:
-    started = time.perf_counter()
     info = _ensure_meta(lib, src.name, zoom, atlas_zoom, rebuild, sample_size)
     report = AtlasReport(source=src.name, area=plan.name, zoom=zoom, atlas_zoom=atlas_zoom,
                          block=block_size(zoom, atlas_zoom))
-    run = _AtlasRun(lib, src, info, report, max_requests, batch, threads)
+    ledger = FetchLedger(lib.root, lib.conn, ledger_source(src.name, info.zoom), table=db.ATLAS_LEDGER_TABLE,
+                         stored_in=None)
+    run = FetchRun(lib, src, ledger, report, threads=threads, batch=batch, max_requests=max_requests)
     refs = overview_refs(plan, atlas_zoom, seed)
-    known = run.ledger.known(atlas_zoom)
+    known = ledger.known(atlas_zoom)
+    todo = [r for r in refs if r[:3] not in known]
     report.overview_tiles = len(refs)
-    run.todo = [r for r in refs if r[:3] not in known]
-    report.already = len(refs) - len(run.todo)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(run.todo), unit="tile", desc="atlas", disable=not show, dynamic_ncols=True)
-    def interrupted() -> None:
-        report.interrupted = True
-        run.stop("interrupted")
-        cancelled = run.engine.abandon()
-        if cancelled:
-            with lib.conn:
-                run.ledger.release(lib.conn, cancelled)
-
-    try:
-        drive(run.engine, lambda: run.loop(bar), run.on_sigint, interrupted)
-    finally:
-        run.folder.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-        report.seconds = time.perf_counter() - started
-    report.requests = run.engine.requests()
-    report.samples, report.buckets_reachable = atlas_size(lib.conn, src.name, zoom)
-    if run.engine.down is not None and report.stop_reason == SOURCE_DOWN:
-        where = getattr(src, "host", None) or src.name
-        report.source_down = (f"source {where} {run.engine.down}; stopped after {report.requests} requests, "
-                              "no tile marked as tried")
-        raise SourceUnreachable(report.source_down, report)
+    report.already = len(refs) - len(todo)
+    run.run(_Atlas(run, info, report, todo), progress)
     return report
 
 

@@ -1,6 +1,6 @@
 """The fetch engine: tiles of one source fetched on threads, politely, through a fetch ledger.
 
-A driver (``harvest``; the colour atlas with its own ledger table) decides what to claim,
+A driver (:class:`~builder.fetchrun.FetchRun`, for ``harvest`` and the colour atlas) decides what to claim,
 when to stop and what to do with the answers; the engine does the rest, the same way for
 every driver:
 
@@ -18,8 +18,8 @@ every driver:
   begins, requests on the wire finish, and tiles that did not start come back unstarted for
   the driver to release; :meth:`FetchEngine.abandon` (a second Ctrl-C) cancels what is queued.
 
-:func:`graceful_sigint` is the Ctrl-C protocol drivers share: the first stops in order, the
-second raises KeyboardInterrupt.
+:class:`~builder.fetchrun.FetchRun` is the driver ``harvest`` and the atlas share (the loop,
+Ctrl-C, the request budget, the source found down).
 
 A driver whose answers need no pipeline, in full (a ledger table of its own, see
 :class:`~builder.ledger.FetchLedger`)::
@@ -39,12 +39,10 @@ A driver whose answers need no pipeline, in full (a ledger table of its own, see
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from .db import utc_now
@@ -227,47 +225,3 @@ class FetchEngine:
         if not self._gated_source:
             gate.attempted(None)
         return FetchResult(ref, data, None, "", utc_now())
-
-
-def drive(engine: FetchEngine, loop: Callable[[], None], on_sigint: Callable[[], None],
-          on_interrupt: Callable[[], None]) -> bool:
-    """Run a driver's ``loop`` over a started ``engine`` under :func:`graceful_sigint`, the way
-    every driver does: the first Ctrl-C calls ``on_sigint`` (stop in order), a second one ends
-    the loop with KeyboardInterrupt and ``on_interrupt`` runs (book the abandoned tiles); the
-    engine is closed in all cases, waiting for its threads only after a clean end.  True when
-    the loop ended cleanly."""
-    clean = False
-    with graceful_sigint(on_sigint):
-        engine.start()
-        try:
-            loop()
-            clean = True
-        except KeyboardInterrupt:
-            on_interrupt()
-        finally:
-            engine.close(wait=clean)
-    return clean
-
-
-@contextmanager
-def graceful_sigint(on_first: Callable[[], None]) -> Iterator[None]:
-    """First Ctrl-C calls ``on_first`` (stop in order); a second raises KeyboardInterrupt.
-
-    Does nothing off the main thread (signal handlers can only be set there).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = threading.Event()
-
-    def handler(signum, frame) -> None:
-        if fired.is_set():
-            raise KeyboardInterrupt
-        fired.set()
-        on_first()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
