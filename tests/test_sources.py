@@ -38,7 +38,7 @@ from builder.sources import (
     sniff_format,
 )
 from builder.sources.base import DOWN_AFTER_FAILURES, DOWN_AFTER_SECONDS, DOWN_MIN_SECONDS, UNREACHABLE_AFTER
-from builder.sources.http import NO_NAME, REFUSED, parse_retry_after
+from builder.sources.transport import NO_NAME, REFUSED, parse_retry_after
 from tests.support.tileserver import (
     PLACEHOLDER_SHA256,
     Rates,

@@ -49,12 +49,12 @@ from .http import (
     ARCGIS_TEMPLATE,
     USER_AGENT,
     HttpSource,
-    RateLimiter,
     add_query_param,
     arcgis_source,
     validate_template,
 )
 from .mbtiles import MBTilesSource
+from .transport import HttpTransport, RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ __all__ = [
     "FolderSource",
     "GateClosed",
     "HttpSource",
+    "HttpTransport",
     "MBTilesSource",
     "RateLimiter",
     "RequestGate",

@@ -161,6 +161,8 @@ class ClosingSource:
     """
 
     remote = False
+    screen_blank = True
+    host: str | None = None  # the server a remote source asks, named by "source ... unreachable"
 
     def close(self) -> None:  # pragma: no cover - every source defines its own
         raise NotImplementedError
