@@ -82,13 +82,12 @@ class FetchEngine:
         self.pending: deque[Batch] = deque()
         # A remote source's requests are logged (a kill must never lead to asking twice); a
         # local one's are not (reading a tile again costs nobody anything).
-        self._remote = bool(getattr(source, "remote", True))
+        self._remote = source.remote
         # A source that retries inside fetch() takes the gate itself, once per attempt.
-        self._gated_source = hasattr(source, "gate")
+        self._gated_source = source.takes_gate
         self._lock = threading.RLock()  # RLock: halt() may run in a signal handler on the main thread
         self._halted = False
         self._executor: ThreadPoolExecutor | None = None
-        self._saved_gate = None
         self._stats0 = self._stats_now()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -98,7 +97,7 @@ class FetchEngine:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
             if self._gated_source:
-                self._saved_gate, self.source.gate = self.source.gate, self.gate  # type: ignore[attr-defined]
+                self.source.attach(self.gate)
         return self
 
     def __enter__(self) -> FetchEngine:
@@ -117,8 +116,8 @@ class FetchEngine:
         if self._executor is not None:
             self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
-        if self._gated_source and self.source.gate is self.gate:  # type: ignore[attr-defined]
-            self.source.gate = self._saved_gate  # type: ignore[attr-defined]
+        if self._gated_source:
+            self.source.detach(self.gate)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -137,8 +136,7 @@ class FetchEngine:
 
     def _stats_now(self) -> Counter:
         """A copy of the source's counters (``SourceStats.snapshot`` is consistent under threads)."""
-        stats = self.source.stats
-        return Counter(stats.snapshot() if hasattr(stats, "snapshot") else stats)
+        return self.source.stats.snapshot()
 
     def stats_delta(self) -> Counter:
         """The source's counts added since the engine was made (only the positive ones)."""

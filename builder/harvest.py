@@ -87,7 +87,7 @@ from .ledger import (
 from .library import Library
 from .plans import Plan, resolve_plan, world_plan
 from .regions import Sampler, TileRef, tile_centre, tile_range
-from .sources import TileSource, is_blank_tile, open_source
+from .sources import TileSource, fault_counts, is_blank_tile, open_source
 from .stats import per_thousand
 from .summary import format_counts
 
@@ -99,8 +99,6 @@ __all__ = ["DEFAULT_BATCH", "DEFAULT_PATIENCE", "DEFAULT_THREADS", "DEFAULT_ZOOM
 
 # Floor of the yield estimate that sizes batches near --max-tiles (see _Harvest.next_claims).
 MIN_YIELD_ESTIMATE = 0.05
-# Keys of source.stats that are outcomes or counters rather than fault kinds.
-NON_FAULT_STATS = frozenset({"request", "retry", "ok", "missing", "failed", "placeholder"})
 
 
 def reject_blank(rgb: np.ndarray) -> str | None:
@@ -345,7 +343,7 @@ class _Harvest:
 
     def tally(self) -> None:
         rep = self.report
-        rep.faults = Counter({k: v for k, v in self.run.engine.stats_delta().items() if k not in NON_FAULT_STATS})
+        rep.faults = fault_counts(self.run.engine.stats_delta())
         rep.buckets_populated = int((self.lib.bucket_counts() > 0).sum())
         rep.buckets_new = rep.buckets_populated - self.buckets_before
 
@@ -368,7 +366,7 @@ class _Harvest:
             fresh = self.sampler.sample(size - len(claims), exclude=self.done)
             # An aimed sampler may hold back while its buckets' tiles are in flight: only
             # "done" (no bucket that needs a tile has a candidate left) is exhaustion.
-            if len(fresh) < size - len(claims) and getattr(self.sampler, "done", True):
+            if len(fresh) < size - len(claims) and self.sampler.done:
                 self.exhausted = True
             claims += [Claim(ref) for ref in fresh]
         self.done.update(c.ref[:3] for c in claims)
@@ -494,7 +492,7 @@ class _Harvest:
         assert self.pipe is not None
         bar.n = rep.accepted if self.max_tiles is not None else rep.fetched
         rejected_text = " ".join(f"{k}:{v}" for k, v in sorted(rep.rejected.items())) or "0"
-        faults = sum(v for k, v in self.run.engine.stats_delta().items() if k not in NON_FAULT_STATS)
+        faults = sum(fault_counts(self.run.engine.stats_delta()).values())
         bar.set_postfix_str(
             f"acc {rep.accepted} rej {rejected_text} none {rep.missing} faults {faults} "
             f"buckets {int((self.pipe.counts > 0).sum())}", refresh=False)

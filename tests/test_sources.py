@@ -254,7 +254,7 @@ def test_gate_budget_counts_every_attempt_including_retries_and_is_never_exceede
     with TileServer(distinct_tile, faults=lambda tile, attempt: "503" if attempt <= 2 else None) as server:
         gate = RequestGate(limit=23)
         with HttpSource(server.tile_template, retries=3, **FAST) as src, ThreadPoolExecutor(8) as pool:
-            src.gate = gate
+            src.attach(gate)
 
             def fetch(t):
                 try:
@@ -274,7 +274,7 @@ def test_gate_close_ends_a_backoff_pause_at_once():
     with TileServer(faults={TILE: ["503"] * 5}) as server:
         gate = RequestGate()
         with HttpSource(server.tile_template, retries=3, backoff_factor=30, jitter=False) as src:
-            src.gate = gate
+            src.attach(gate)
             threading.Timer(0.3, gate.close).start()
             started = time.monotonic()
             with pytest.raises(GateClosed):
@@ -293,7 +293,7 @@ def test_unreachable_hosts_say_why_and_settle_the_verdict(template, cause, free_
     a host that answered badly; three of them before any answer settle the verdict."""
     gate = RequestGate()
     with HttpSource(template.format(port=free_port), retries=4, backoff_factor=0.01) as src:
-        src.gate = gate
+        src.attach(gate)
         with pytest.raises((TileFault, GateClosed)) as info:
             src.fetch(*TILE)
     first_fault = info.value if isinstance(info.value, TileFault) else info.value.__cause__
@@ -686,3 +686,26 @@ def test_earth_source_takes_a_world_image_larger_than_the_tile_decode_limit(tmp_
         source.close()
     assert tile.size == (256, 256)
     assert np.asarray(tile)[..., 2].mean() > 150
+
+
+def test_the_source_base_declares_what_a_run_reads_with_conservative_defaults():
+    """A new source subclasses TileSource: without fetch and close it cannot be made; with them it
+    is taken as remote (never asked twice) and screened for blank tiles until it says otherwise."""
+
+    class Half(TileSource):
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="fetch"):
+        Half()
+
+    class Bytes(Half):
+        name = "bytes"
+
+        def fetch(self, z: int, x: int, y: int) -> bytes | None:
+            return None
+
+    with Bytes() as src:
+        assert (src.remote, src.screen_blank, src.host, src.takes_gate) == (True, True, None, False)
+    assert [(s.remote, s.takes_gate) for s in (EarthSource(), HttpSource("http://127.0.0.1:9/{z}/{x}/{y}"))] == [
+        (False, False), (True, True)]

@@ -15,7 +15,8 @@
 
 Every source: ``fetch(z, x, y) -> bytes | None`` (None: no tile there), raising
 :class:`TileFault` (a :class:`~builder.errors.SourceError` with ``kind``) for faults;
-``stats``, a thread-safe Counter of outcomes and of every fault seen; ``close()``.
+``stats``, a thread-safe Counter of outcomes and of every fault seen; ``close()``.  Every
+source subclasses :class:`TileSource`, which declares what a run reads from it.
 A run's requests pass through one :class:`RequestGate` (budget, halt, dead-source verdict
 from :class:`SourceHealth`); a source cut short by it raises :class:`GateClosed`.
 """
@@ -40,6 +41,7 @@ from .base import (
     TileFault,
     TileSource,
     check_tile_bytes,
+    fault_counts,
     is_blank_tile,
     sniff_format,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "add_query_param",
     "arcgis_source",
     "check_tile_bytes",
+    "fault_counts",
     "is_blank_tile",
     "open_source",
     "redact_url",

@@ -24,19 +24,22 @@ from PIL import Image
 
 from ..errors import SourceError
 from ..layout import EARTH_IMAGE, MERCATOR_MAX_LAT, TILE_SIZE, tile_in_range
-from .base import ClosingSource, SourceStats
+from .base import SourceStats, TileSource
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 60_000_000  # decode guard: the shipped image has 14.6 M
 
 
-class EarthSource(ClosingSource):
+class EarthSource(TileSource):
     """Tiles of any zoom from an equirectangular world image; named ``earth``.
 
     Above zoom ~3 each source pixel covers several output pixels, so tiles are smooth
     (bilinear), and at high zoom nearly uniform: use zoom 4 to 8 for varied tiles.
     """
+
+    remote = False  # rendering a tile again costs nobody anything
+    screen_blank = False  # rendered: its flat ocean is real imagery
 
     def __init__(self, image_path: str | Path = EARTH_IMAGE, *, tile_size: int = TILE_SIZE) -> None:
         self.image_path = Path(image_path)
@@ -45,7 +48,6 @@ class EarthSource(ClosingSource):
         self.name = "earth"
         self.tile_size = int(tile_size)
         self.stats = SourceStats()
-        self.screen_blank = False
         self._image: np.ndarray | None = None
         self._lock = threading.Lock()
 

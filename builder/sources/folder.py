@@ -12,15 +12,17 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
-from .base import ClosingSource, SourceStats, TileFault, check_tile_bytes
+from .base import SourceStats, TileFault, TileSource, check_tile_bytes
 
 logger = logging.getLogger(__name__)
 
 EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
-class FolderSource(ClosingSource):
+class FolderSource(TileSource):
     """Tiles stored as files ``root/z/x/y.<ext>``; named ``folder:<folder name>``."""
+
+    remote = False  # a file read again costs nobody anything
 
     def __init__(self, root: str | Path, *, tile_size: int | None = TILE_SIZE) -> None:
         self.root = Path(root)
@@ -35,7 +37,6 @@ class FolderSource(ClosingSource):
         self.name = f"folder:{self.root.resolve().name}"
         self.tile_size = tile_size
         self.stats = SourceStats()
-        self.screen_blank = True
 
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r})"

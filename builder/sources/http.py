@@ -21,9 +21,9 @@ from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
 from ..redact import redact_url
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
-    ClosingSource,
     RequestGate,
     SourceStats,
+    TileSource,
     body_sha256,
     check_tile_bytes,
 )
@@ -88,13 +88,13 @@ def add_query_param(template: str, key: str, value: str) -> str:
     return f"{template}{'&' if '?' in template else '?'}{key}={value}"
 
 
-class HttpSource(ClosingSource):
+class HttpSource(TileSource):
     """Tiles from ``template`` (a URL with {z}, {x}, {y}), validated, retried and counted.
 
     ``fetch`` returns image bytes, ``None`` for 404/204 and known placeholders, or raises
     :class:`TileFault` once retries are exhausted (or at once for faults a retry cannot
-    cure: bad_size, too_large, other 4xx), or :class:`GateClosed` when ``gate`` refuses an
-    attempt.  The asking is its :class:`~builder.sources.transport.HttpTransport`'s (retries,
+    cure: bad_size, too_large, other 4xx), or :class:`GateClosed` when the run's gate
+    (:meth:`attach`) refuses an attempt.  The asking is its :class:`~builder.sources.transport.HttpTransport`'s (retries,
     backoff, rate, gate).  ``stats`` counts: ``request`` (every attempt), one key per fault
     kind for every faulty attempt (``http_503``, ``timeout``, ``connection``, ``truncated``,
     ``not_image``, ``empty``, ...), ``retry``, and the outcomes ``ok``, ``missing`` (incl.
@@ -102,6 +102,7 @@ class HttpSource(ClosingSource):
     """
 
     remote = True  # every fetch costs the server a request: harvest never asks for a tile twice
+    takes_gate = True  # the transport takes the run's gate once per attempt, retries included
 
     def __init__(
         self,
@@ -129,7 +130,6 @@ class HttpSource(ClosingSource):
         self.tile_size = tile_size
         self.max_bytes = int(max_bytes)
         self.stats = SourceStats()
-        self.screen_blank = True
         self.transport = HttpTransport(
             self.name, retries=retries, backoff_factor=backoff_factor, backoff_max=backoff_max,
             retry_after_max=retry_after_max, timeout=timeout, rate=rate, burst=burst,
@@ -144,12 +144,15 @@ class HttpSource(ClosingSource):
 
     @property
     def gate(self) -> RequestGate | None:
-        """The run's request gate (set by the fetch engine for the length of a run), the transport's."""
+        """The run's request gate while a run uses the source (see :meth:`attach`)."""
         return self.transport.gate
 
-    @gate.setter
-    def gate(self, gate: RequestGate | None) -> None:
+    def attach(self, gate: RequestGate) -> None:
         self.transport.gate = gate
+
+    def detach(self, gate: RequestGate) -> None:
+        if self.transport.gate is gate:
+            self.transport.gate = None
 
     def url(self, z: int, x: int, y: int) -> str:
         return self.template.format(z=z, x=x, y=y)

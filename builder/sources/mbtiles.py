@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ..layout import TILE_SIZE, tile_in_range
-from .base import ClosingSource, SourceStats, TileFault, check_tile_bytes
+from .base import SourceStats, TileFault, TileSource, check_tile_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +24,16 @@ REQUIRED_COLUMNS = ("zoom_level", "tile_column", "tile_row", "tile_data")
 RASTER_FORMATS = frozenset({"png", "jpg", "jpeg", "webp"})
 
 
-class MBTilesSource(ClosingSource):
+class MBTilesSource(TileSource):
     """Raster tiles from ``path``; named ``mbtiles:<file name>``."""
+
+    remote = False  # a file read again costs nobody anything
 
     def __init__(self, path: str | Path, *, tile_size: int | None = TILE_SIZE) -> None:
         self.path = Path(path)
         self.name = f"mbtiles:{self.path.name}"
         self.tile_size = tile_size
         self.stats = SourceStats()
-        self.screen_blank = True
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = _open_readonly(self.path)
         try:
