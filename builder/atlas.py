@@ -56,21 +56,18 @@ from .color import CentroidIndex, rgb_to_lab
 from .decode import decode_tile
 from .defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
 from .errors import ImageRejected, LibraryError, UsageError
-from .fetchoptions import validate_options as check_fetch_options
+from .fetchoptions import AtlasOptions, default_atlas_zoom
 from .fetchrun import Answers, FetchRun
 from .layout import (
     ATLAS_SAMPLE_PER_BUCKET,
-    ATLAS_ZOOM_SPAN,
     CENTROIDS_NAME,
     DEFAULT_ZOOM,
-    MAX_ZOOM,
-    MIN_ZOOM,
     N_BUCKETS,
     TILE_SIZE,
 )
 from .ledger import ACCEPTED, Claim, FetchLedger, Prior, rejected
 from .library import Library, file_sha256
-from .plans import Plan, world_plan
+from .plans import Plan, bbox_plan, resolve_plan, world_plan
 from .regions import TileRef, tile_centre, tile_range
 from .sources import TileSource, is_blank_tile, open_source
 from .stats import aimed_figures, reachability, reachable_buckets
@@ -84,24 +81,6 @@ CALIBRATION_FOLDS = 5
 
 
 # --- zooms and areas ---------------------------------------------------------------------------
-
-
-def default_atlas_zoom(zoom: int) -> int:
-    """``zoom - 8`` (one pixel per tile), or 0 below zoom 8."""
-    return max(MIN_ZOOM, zoom - ATLAS_ZOOM_SPAN)
-
-
-def check_zooms(zoom: object, atlas_zoom: object | None) -> tuple[int, int]:
-    """``(zoom, atlas_zoom)`` validated; one-line UsageError otherwise."""
-    if not isinstance(zoom, int) or isinstance(zoom, bool) or not MIN_ZOOM <= zoom <= MAX_ZOOM:
-        raise UsageError(f"--zoom {zoom!r} is out of range: zoom must be an integer from {MIN_ZOOM} to {MAX_ZOOM}")
-    low = default_atlas_zoom(zoom)
-    if atlas_zoom is None:
-        return zoom, low
-    if not isinstance(atlas_zoom, int) or isinstance(atlas_zoom, bool) or not low <= atlas_zoom <= zoom:
-        raise UsageError(f"--atlas-zoom {atlas_zoom!r} must be an integer from {low} (zoom - 8, at least 0) "
-                         f"to the harvest zoom {zoom}")
-    return zoom, atlas_zoom
 
 
 def block_size(zoom: int, atlas_zoom: int) -> int:
@@ -444,11 +423,6 @@ class AtlasReport:
         return out
 
 
-def validate_options(*, threads: int, batch: int, max_requests: int | None, rate: float | None) -> None:
-    """The fetch options the atlas shares with harvest, checked as harvest checks them."""
-    check_fetch_options(zoom=0, threads=threads, batch=batch, max_requests=max_requests, rate=rate)
-
-
 def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None, zoom: int = DEFAULT_ZOOM,
                 atlas_zoom: int | None = None, *, threads: int = DEFAULT_THREADS, batch: int = DEFAULT_BATCH,
                 max_requests: int | None = None, rate: float | None = None, rebuild: bool = False,
@@ -458,17 +432,34 @@ def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None
     atlas of ``source`` at ``zoom`` (see the module doc).  Resumable: tiles in the atlas's
     ledger are not asked again.  Raises :class:`~builder.errors.SourceUnreachable` (with
     ``.report``) when the source is found down."""
-    zoom, atlas_zoom = check_zooms(zoom, atlas_zoom)
-    validate_options(threads=threads, batch=batch, max_requests=max_requests, rate=rate)
+    options = AtlasOptions(source=source if isinstance(source, str) else source.name, zoom=zoom,
+                           atlas_zoom=atlas_zoom, threads=threads, batch=batch, max_requests=max_requests, rate=rate,
+                           rebuild=rebuild, seed=seed, sample_size=sample_size)
+    return run_atlas(lib, options, source=None if isinstance(source, str) else source, plan=plan, progress=progress)
+
+
+def area_plan(options: AtlasOptions) -> Plan:
+    """The area the options name: ``--bbox``, ``--plan``, ``--phase``, else the whole world."""
+    if options.bbox is not None:
+        return bbox_plan(options.bbox)
+    if options.plan is not None or options.phase is not None:
+        return resolve_plan(options.plan if options.plan is not None else options.phase)
+    return world_plan()
+
+
+def run_atlas(lib: Library, options: AtlasOptions, *, source: TileSource | None = None, plan: Plan | None = None,
+              progress: bool | None = None) -> AtlasReport:
+    """:func:`build_atlas` with its options made (and so checked) already: the command line's way in.
+
+    ``source``: an open source (closed by the caller), else ``options.source`` is opened and
+    closed here; ``plan``: the area, else :func:`area_plan` of the options."""
     lib.require_writer("atlas")
-    the_plan = plan if plan is not None else world_plan()
-    owned = isinstance(source, str)
-    src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
+    the_plan = plan if plan is not None else area_plan(options)
+    src = source if source is not None else open_source(options.source, **options.source_options)
     try:
-        return _build(lib, src, the_plan, zoom, atlas_zoom, threads, batch, max_requests, rebuild, progress, seed,
-                      sample_size)
+        return _build(lib, src, the_plan, options, progress)
     finally:
-        if owned:
+        if source is None:
             src.close()
 
 
@@ -576,15 +567,16 @@ class _Atlas:
         self.report.samples, self.report.buckets_reachable = atlas_size(self.lib.conn, self.name, self.zoom)
 
 
-def _build(lib: Library, src: TileSource, plan: Plan, zoom: int, atlas_zoom: int, threads: int, batch: int,
-           max_requests: int | None, rebuild: bool, progress: bool | None, seed: int, sample_size: int) -> AtlasReport:
-    info = _ensure_meta(lib, src.name, zoom, atlas_zoom, rebuild, sample_size)
+def _build(lib: Library, src: TileSource, plan: Plan, options: AtlasOptions, progress: bool | None) -> AtlasReport:
+    zoom, atlas_zoom = options.zoom, options.overview_zoom
+    info = _ensure_meta(lib, src.name, zoom, atlas_zoom, options.rebuild, options.sample_size)
     report = AtlasReport(source=src.name, area=plan.name, zoom=zoom, atlas_zoom=atlas_zoom,
                          block=block_size(zoom, atlas_zoom))
     ledger = FetchLedger(lib.root, lib.conn, ledger_source(src.name, info.zoom), table=db.ATLAS_LEDGER_TABLE,
                          stored_in=None)
-    run = FetchRun(lib, src, ledger, report, threads=threads, batch=batch, max_requests=max_requests)
-    refs = overview_refs(plan, atlas_zoom, seed)
+    run = FetchRun(lib, src, ledger, report, threads=options.threads, batch=options.batch,
+                   max_requests=options.max_requests)
+    refs = overview_refs(plan, atlas_zoom, options.seed)
     known = ledger.known(atlas_zoom)
     todo = [r for r in refs if r[:3] not in known]
     report.overview_tiles = len(refs)
@@ -782,6 +774,6 @@ def recalibrate(lib: Library, sampler: AimedSampler, measured: int, exclude) -> 
     return result
 
 
-__all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasReport", "Calibration", "aimed_figures",
-           "aimed_sampler", "block_size", "build_atlas", "calibrate", "check_zooms", "default_atlas_zoom",
-           "reachability", "reachable_buckets", "tile_blocks"]
+__all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasOptions", "AtlasReport", "Calibration",
+           "aimed_figures", "aimed_sampler", "area_plan", "block_size", "build_atlas", "calibrate",
+           "default_atlas_zoom", "reachability", "reachable_buckets", "run_atlas", "tile_blocks"]

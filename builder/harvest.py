@@ -2,7 +2,8 @@
 
 One harvest run, in order:
 
-1. validate every option (one-line :class:`~builder.errors.UsageError` for a bad value);
+1. validate every option once, in :class:`~builder.fetchoptions.HarvestOptions` (one-line
+   :class:`~builder.errors.UsageError` for a bad value);
 2. settle what a killed run of this source left in flight (:meth:`FetchLedger.recover
    <builder.ledger.FetchLedger.recover>`): claims never requested are released, answers
    saved before the kill are stored first, so a kill costs at most the requests on the wire;
@@ -70,9 +71,9 @@ from tqdm import tqdm
 
 from .assign import Candidate, Outcome, Pipeline, check_radius
 from .atlas import aimed_sampler, calibration_pairs, recalibrate
-from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS, TARGETS
+from .defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
 from .errors import UsageError
-from .fetchoptions import validate_options
+from .fetchoptions import HarvestOptions
 from .fetchrun import PREFETCH, SOURCE_DOWN, Answers, FetchRun
 from .layout import DEFAULT_ZOOM, MAX_ZOOM
 from .ledger import (
@@ -94,8 +95,8 @@ from .summary import format_counts
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_PATIENCE", "DEFAULT_THREADS", "DEFAULT_ZOOM", "MAX_ZOOM", "PREFETCH",
-           "SOURCE_DOWN", "FetchResult", "HarvestReport", "harvest", "reject_blank", "resolve_plan",
-           "validate_options"]
+           "SOURCE_DOWN", "FetchResult", "HarvestOptions", "HarvestReport", "harvest", "reject_blank",
+           "resolve_plan", "run_harvest"]
 
 # Floor of the yield estimate that sizes batches near --max-tiles (see _Harvest.next_claims).
 MIN_YIELD_ESTIMATE = 0.05
@@ -532,29 +533,37 @@ def harvest(
     Raises :class:`~builder.errors.SourceUnreachable` (``.report`` set) when the source is found
     down.
     """
-    validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
-                     rate=rate, patience=patience)
-    check_radius(near_duplicate_radius)
+    options = HarvestOptions(
+        source=source if isinstance(source, str) else source.name, zoom=zoom, threads=threads, batch=batch,
+        max_tiles=max_tiles, max_requests=max_requests, seed=seed, rate=rate, patience=patience, workers=workers,
+        retry_faults=retry_faults, target=target, near_duplicate_radius=near_duplicate_radius)
+    if target is not None and plan is not None:
+        raise UsageError(f"--target {target} draws its tiles from the atlas: give it without --phase or --plan")
+    return run_harvest(lib, options, source=None if isinstance(source, str) else source, plan=plan, progress=progress)
+
+
+def run_harvest(lib: Library, options: HarvestOptions, *, source: TileSource | None = None,
+                plan: Plan | str | int | Path | None = None, progress: bool | None = None) -> HarvestReport:
+    """:func:`harvest` with its options made (and so checked) already: the command line's way in.
+
+    ``source``: an open source (closed by the caller), else ``options.source`` is opened and
+    closed here; ``plan``: a Plan, a phase or a plan file, else ``options.plan_spec``."""
+    check_radius(options.near_duplicate_radius)
     lib.require_writer("harvest")
-    if target is not None:
-        if target not in TARGETS:
-            raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
-        if plan is not None:
-            raise UsageError("--target draws its tiles from the atlas: give it without --phase or --plan")
-        the_plan = world_plan()._replace(name=f"target:{target}")
+    if options.target is not None:
+        the_plan = world_plan()._replace(name=f"target:{options.target}")
     else:
-        the_plan = resolve_plan(plan)
-    owned = isinstance(source, str)
-    src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
-    report = HarvestReport(source=src.name, plan=the_plan.name, zoom=zoom, target=target)
+        the_plan = resolve_plan(plan if plan is not None else options.plan_spec)
+    src = source if source is not None else open_source(options.source, **options.source_options)
+    report = HarvestReport(source=src.name, plan=the_plan.name, zoom=options.zoom, target=options.target)
     try:
         run = FetchRun(lib, src, FetchLedger(lib.root, lib.conn, src.name), report,
-                       threads=threads, batch=batch, max_requests=max_requests)
-        hooks = _Harvest(run, the_plan, zoom, max_tiles, seed, patience, report, retry_faults=retry_faults,
-                         target=target, processes=workers, screen_blank=src.screen_blank,
-                         radius=near_duplicate_radius)
+                       threads=options.threads, batch=options.batch, max_requests=options.max_requests)
+        hooks = _Harvest(run, the_plan, options.zoom, options.max_tiles, options.seed, options.patience, report,
+                         retry_faults=options.retry_faults, target=options.target, processes=options.workers,
+                         screen_blank=src.screen_blank, radius=options.near_duplicate_radius)
         run.run(hooks, progress)
     finally:
-        if owned:
+        if source is None:
             src.close()
     return report

@@ -18,9 +18,13 @@ and ``push`` keep the contract's ``--num-proc`` for their processes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import types
+import typing
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
+from ..fetchoptions import NEAR_DUPLICATE_HELP
 
 DEFAULT_LIBRARY = "mosaic_library"
 
@@ -46,7 +50,7 @@ def _bounded(convert: Callable[[str], float], what: str, minimum, maximum) -> Ca
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
     """argparse type: an integer, optionally within bounds (inclusive).
 
-    Options whose range a library function already checks (``builder.fetchoptions.validate_options``,
+    Options whose range a library function already checks (``builder.fetchoptions.HarvestOptions``,
     ``Library.create``'s seed and cap) take ``integer()`` and leave the range to it, so a
     notebook and the command line get the same message.
 
@@ -86,8 +90,7 @@ def add_threads_option(parser: argparse.ArgumentParser, what: str, default: int 
                        minimum: int | None = 1) -> None:
     """``--threads N``: threads, in every command that has it; ``what`` says what they do.
 
-    ``shown`` describes a ``None`` default; ``minimum=None`` leaves the range to the library
-    (``builder.fetchoptions.validate_options``).
+    ``shown`` describes a ``None`` default; ``minimum=None`` leaves the range to the library.
     """
     parser.add_argument("--threads", type=integer(minimum), default=default, metavar="N",
                         help=f"{what} threads (default: {default if shown is None else shown})")
@@ -96,6 +99,55 @@ def add_threads_option(parser: argparse.ArgumentParser, what: str, default: int 
 def add_near_duplicate_option(p: argparse.ArgumentParser) -> None:
     """``--near-duplicate-radius R`` (ingest, harvest, synthesize); its range is the library's check."""
     p.add_argument("--near-duplicate-radius", type=integer(), default=DEFAULT_NEAR_DUPLICATE_RADIUS, metavar="R",
-                   help="tiles of a bucket whose 64-bit pHashes differ in at most R bits are duplicates "
-                        f"(default: {DEFAULT_NEAR_DUPLICATE_RADIUS}, identical hashes only; flat, low-contrast "
-                        "tiles are held to identical hashes whatever R)")
+                   help=NEAR_DUPLICATE_HELP)
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of the options dataclass ``cls`` whose metadata puts it on the
+    command line (:func:`builder.fetchoptions.option`): flag, help, metavar and choices from the
+    metadata, the default from the field, the parser from the annotation (``bool``: a switch;
+    ``int``/``float``: :func:`integer`/:func:`number`, the range left to the dataclass's own
+    check; a tuple of floats: that many numbers).  Fields of one ``group`` are mutually exclusive."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli"):
+            continue
+        target = parser
+        if meta["group"] is not None:
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            target = groups[meta["group"]]
+        kind = _plain(hints[f.name])
+        kwargs: dict = {"default": f.default, "help": meta["help"], "dest": f.name}
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            if typing.get_origin(kind) is tuple:
+                kwargs["nargs"] = len(typing.get_args(kind))
+                kind = typing.get_args(kind)[0]
+            if kind is int:
+                kwargs["type"] = integer(meta["minimum"])
+            elif kind is float:
+                kwargs["type"] = number()
+            for key in ("metavar", "choices"):
+                if meta[key] is not None:
+                    kwargs[key] = meta[key]
+        target.add_argument(meta["flag"], **kwargs)
+
+
+def options_from(cls: type, args: argparse.Namespace, **extra):
+    """The options dataclass ``cls`` made (and so validated) from parsed ``args``: every field on
+    the command line, plus ``extra``; a list (``nargs``) becomes a tuple."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.metadata.get("cli")}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values, **extra)
+
+
+def _plain(annotation):
+    """``X`` of ``X | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return inner
+    return annotation
