@@ -239,6 +239,7 @@ class FetchRun:
                     self.stop(hooks.exhausted_reason if hooks.exhausted else "max_requests")
                 break
             batch, results = self.engine.next_results()
+            self.in_hand = len(results)  # popped from the queue, not folded yet: still outstanding
             self.fill()
             answers = self.fold(results, [batch.log])
             self.check_stop()
