@@ -314,11 +314,15 @@ class _Harvest:
             self.sampler = self.aimed
             report.reachable = self.aimed.reachable
         report.seed = self.sampler.seed
-        self.predicted = self.aimed.predicted if self.aimed is not None else None
         self.exhausted = False
         self.zero_streak = 0
         self.pipe: Pipeline | None = None
         self.buckets_before = int((self.lib.bucket_counts() > 0).sum())
+
+    @property
+    def predicted(self) -> dict | None:
+        """An aimed tile's predicted bucket, committed with its claim."""
+        return self.aimed.predicted if self.aimed is not None else None
 
     def _counts(self) -> np.ndarray:
         """Real tiles per bucket now (the pipeline's running counts once it exists): a bucket that
