@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import NamedTuple
@@ -49,7 +49,7 @@ from .db import utc_now
 from .errors import SourceError
 from .ledger import BatchLog, Claim, FetchLedger, FetchResult
 from .regions import TileRef
-from .sources import GateClosed, RequestGate, TileFault, TileSource
+from .sources import FetchStats, GateClosed, RequestGate, TileFault, TileSource
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,10 @@ class FetchEngine:
     """Fetch claimed tiles of ``source`` on ``threads`` threads; use as a context manager.
 
     ``max_requests``: the hard cap on attempts (HTTP retries included; for a source that does
-    not retry, fetch calls).  ``pending`` holds the submitted batches, oldest first.
+    not retry, fetch calls).  ``pending`` holds the submitted batches, oldest first.  ``stats``
+    counts the run's answers (:class:`~builder.sources.FetchStats`): the engine counts each
+    tile's outcome, and every attempt of a source that does not retry; a source that retries
+    reports its attempts itself.
     """
 
     def __init__(self, source: TileSource, ledger: FetchLedger, threads: int,
@@ -88,16 +91,16 @@ class FetchEngine:
         self._lock = threading.RLock()  # RLock: halt() may run in a signal handler on the main thread
         self._halted = False
         self._executor: ThreadPoolExecutor | None = None
-        self._stats0 = self._stats_now()
+        self.stats = FetchStats()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FetchEngine:
-        """Start the threads and put the run's gate on a source that retries by itself."""
+        """Start the threads and attach the run's gate and counts to a source that retries by itself."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
             if self._gated_source:
-                self.source.attach(self.gate)
+                self.source.attach(self.gate, self.stats)
         return self
 
     def __enter__(self) -> FetchEngine:
@@ -117,7 +120,7 @@ class FetchEngine:
             self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
         if self._gated_source:
-            self.source.detach(self.gate)
+            self.source.detach()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -134,17 +137,9 @@ class FetchEngine:
     def halted(self) -> bool:
         return self._halted
 
-    def _stats_now(self) -> Counter:
-        """A copy of the source's counters (``SourceStats.snapshot`` is consistent under threads)."""
-        return self.source.stats.snapshot()
-
-    def stats_delta(self) -> Counter:
-        """The source's counts added since the engine was made (only the positive ones)."""
-        return self._stats_now() - self._stats0
-
     def requests(self) -> int:
-        """Attempts so far: the gate's count, or the source's own if it counts more."""
-        return max(self.gate.spent, self.stats_delta().get("request", 0))
+        """Attempts so far (HTTP retries included), as the gate allowed them."""
+        return self.gate.spent
 
     def in_flight(self) -> int:
         """Tiles of the queued batches not answered yet."""
@@ -205,14 +200,17 @@ class FetchEngine:
         return result
 
     def _ask(self, ref: TileRef) -> FetchResult:
-        gate = self.gate
+        gate, stats = self.gate, self.stats
         try:
             data = self.source.fetch(ref.z, ref.x, ref.y)
         except GateClosed:
             return FetchResult(ref, started=False)
         except TileFault as fault:
-            if not self._gated_source and self._remote:
-                gate.attempted(fault)
+            if not self._gated_source:
+                stats.attempted(fault)
+                if self._remote:
+                    gate.attempted(fault)
+            stats.incr("failed")
             gate.gave_up()
             return FetchResult(ref, None, fault.kind, str(fault), utc_now())
         except SourceError as exc:  # a source that cannot answer at all (closed, unreadable archive)
@@ -221,5 +219,7 @@ class FetchEngine:
             gate.gave_up()
             return FetchResult(ref, None, "source_error", str(exc), utc_now())
         if not self._gated_source:
+            stats.attempted(None)
             gate.attempted(None)
+        stats.incr("ok" if data is not None else "missing")
         return FetchResult(ref, data, None, "", utc_now())

@@ -348,7 +348,7 @@ class _Harvest:
 
     def tally(self) -> None:
         rep = self.report
-        rep.faults = fault_counts(self.run.engine.stats_delta())
+        rep.faults = fault_counts(self.run.engine.stats.snapshot())
         rep.buckets_populated = int((self.lib.bucket_counts() > 0).sum())
         rep.buckets_new = rep.buckets_populated - self.buckets_before
 
@@ -497,7 +497,7 @@ class _Harvest:
         assert self.pipe is not None
         bar.n = rep.accepted if self.max_tiles is not None else rep.fetched
         rejected_text = " ".join(f"{k}:{v}" for k, v in sorted(rep.rejected.items())) or "0"
-        faults = sum(fault_counts(self.run.engine.stats_delta()).values())
+        faults = sum(fault_counts(self.run.engine.stats.snapshot()).values())
         bar.set_postfix_str(
             f"acc {rep.accepted} rej {rejected_text} none {rep.missing} faults {faults} "
             f"buckets {int((self.pipe.counts > 0).sum())}", refresh=False)

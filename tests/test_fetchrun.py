@@ -1,13 +1,16 @@
 """The fetch-run driver's one rule for booking a batch (:func:`builder.fetchrun.split_answers`),
 shared by harvest and the atlas: what is released, what is settled to a status, what goes to the
-run's own hooks, and when the source's failing streak ends.  The driver itself runs in every
-harvest and atlas test."""
+run's own hooks, and when the source's failing streak ends; and what the engine under it counts.
+The driver itself runs in every harvest and atlas test."""
 
 from __future__ import annotations
 
+from builder.fetch import FetchEngine
 from builder.fetchrun import split_answers
-from builder.ledger import FetchResult, Prior
+from builder.ledger import Claim, FetchLedger, FetchResult, Prior
 from builder.regions import TileRef
+from builder.sources import FolderSource, fault_counts
+from tests.support.tileserver import distinct_tile
 
 
 def ref(x: int) -> TileRef:
@@ -41,3 +44,21 @@ def test_only_faults_do_not_end_the_failing_streak():
     assert not split_answers([FAULT, UNSTARTED], down=False).answered
     assert split_answers([FAULT, NO_TILE], down=False).answered
     assert split_answers([FAULT, IMAGE], down=False).answered
+
+
+def test_the_engine_counts_what_a_local_source_answers(make_library, tmp_path):
+    """A source answers and counts nothing; the engine counts each fetch of a source that does not
+    retry as one request, its fault under its kind, and every tile's outcome."""
+    root = tmp_path / "tiles"
+    (root / "6" / "10").mkdir(parents=True)
+    (root / "6" / "10" / "20.jpg").write_bytes(distinct_tile(6, 10, 20))
+    (root / "6" / "10" / "21.jpg").write_bytes(b"<html>not a tile</html>")
+    lib = make_library()
+    with FolderSource(root) as source:
+        ledger = FetchLedger(lib.root, lib.conn, source.name)
+        with FetchEngine(source, ledger, threads=2) as engine:
+            engine.submit([Claim(TileRef(6, 10, y, "r", 0.0, 0.0)) for y in (20, 21, 22)])
+            _batch, results = engine.next_results()
+    assert [(r.data is not None, r.fault) for r in results] == [(True, None), (False, "not_image"), (False, None)]
+    assert dict(engine.stats) == {"request": 3, "ok": 1, "not_image": 1, "failed": 1, "missing": 1}
+    assert engine.requests() == 3 and fault_counts(engine.stats) == {"not_image": 1}

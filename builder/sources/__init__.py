@@ -15,8 +15,8 @@
 
 Every source: ``fetch(z, x, y) -> bytes | None`` (None: no tile there), raising
 :class:`TileFault` (a :class:`~builder.errors.SourceError` with ``kind``) for faults;
-``stats``, a thread-safe Counter of outcomes and of every fault seen; ``close()``.  Every
-source subclasses :class:`TileSource`, which declares what a run reads from it.
+``close()``.  Every source subclasses :class:`TileSource`, which declares what a run reads
+from it; a run counts the answers in a :class:`FetchStats`.
 A run's requests pass through one :class:`RequestGate` (budget, halt, dead-source verdict
 from :class:`SourceHealth`); a source cut short by it raises :class:`GateClosed`.
 """
@@ -34,10 +34,10 @@ from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     PERMANENT_KINDS,
     TRANSIENT_KINDS,
+    FetchStats,
     GateClosed,
     RequestGate,
     SourceHealth,
-    SourceStats,
     TileFault,
     TileSource,
     check_tile_bytes,
@@ -72,6 +72,7 @@ __all__ = [
     "TRANSIENT_KINDS",
     "USER_AGENT",
     "EarthSource",
+    "FetchStats",
     "FolderSource",
     "GateClosed",
     "HttpSource",
@@ -80,7 +81,6 @@ __all__ = [
     "RateLimiter",
     "RequestGate",
     "SourceHealth",
-    "SourceStats",
     "TileFault",
     "TileSource",
     "add_query_param",

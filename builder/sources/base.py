@@ -104,20 +104,23 @@ class GateClosed(SourceError):
     and harvest releases its claim so a later run asks for it."""
 
 
-# Keys of SourceStats that are outcomes or counters; every other key is a fault kind.
-OUTCOME_STATS = frozenset({"request", "retry", "ok", "missing", "failed", "placeholder"})
+# Keys of FetchStats that are counters or tile outcomes; every other key is a fault kind.
+OUTCOME_STATS = frozenset({"request", "retry", "ok", "missing", "failed"})
 
 
 def fault_counts(stats: Mapping[str, int]) -> Counter:
-    """The fault kinds of a source's counts (``http_503``: 2, ...), outcomes and counters left out."""
+    """The fault kinds of a run's counts (``http_503``: 2, ...), counters and outcomes left out."""
     return Counter({k: v for k, v in stats.items() if k not in OUTCOME_STATS and v > 0})
 
 
-class SourceStats(Counter):
-    """A Counter that many fetch threads may increment at once.
+class FetchStats(Counter):
+    """What a run counts of its source's answers (the fetch engine's, not the source's):
+    ``request`` (every attempt, retries included), one key per fault kind for every faulty
+    attempt (including faults a retry later cured: :func:`fault_counts`), ``retry``, and the
+    tiles' outcomes ``ok``, ``missing`` and ``failed``.
 
-    ``Counter.__iadd__``/``c[k] += 1`` is a read-modify-write and loses counts under threads,
-    so writers go through :meth:`incr`; readers use the ordinary Counter API, or
+    Many fetch threads write at once, and ``c[k] += 1`` is a read-modify-write that loses
+    counts under threads, so writers go through the methods; readers use the Counter API, or
     :meth:`snapshot` for a consistent copy.
     """
 
@@ -128,6 +131,13 @@ class SourceStats(Counter):
     def incr(self, key: str, n: int = 1) -> None:
         with self._lock:
             self[key] += n
+
+    def attempted(self, fault: TileFault | None) -> None:
+        """One request went out: answered (``fault`` None) or faulty."""
+        with self._lock:
+            self["request"] += 1
+            if fault is not None:
+                self[fault.kind] += 1
 
     def snapshot(self) -> Counter:
         with self._lock:
@@ -140,11 +150,12 @@ class SourceStats(Counter):
 class TileSource(ABC):
     """One provider of 256x256 XYZ (Web-Mercator, y down) tiles; every source subclasses it.
 
-    ``name`` is the stable identity written to the ``source`` column and the ``fetched`` key;
-    ``stats`` counts outcomes and every fault seen, including faults a retry later cured (its
-    fault kinds: :func:`fault_counts`).  ``fetch`` must be safe to call from many threads at
-    once; use a source as a context manager (``with open_source(...) as source:``) or
-    :meth:`close` it.
+    ``name`` is the stable identity written to the ``source`` column and the ``fetched`` key.
+    ``fetch`` answers (bytes, None, or a raised :class:`TileFault`) and counts nothing: the
+    fetch engine counts the answers (:class:`FetchStats`), and a source that retries inside
+    ``fetch`` reports each attempt to the counts it is attached to.  ``fetch`` must be safe to
+    call from many threads at once; use a source as a context manager (``with
+    open_source(...) as source:``) or :meth:`close` it.
 
     What a run reads from it, declared here with the conservative defaults:
 
@@ -156,13 +167,12 @@ class TileSource(ABC):
       sources, whose flat ocean is real);
     - ``host``: the server a remote source asks, named by the "source ... unreachable" line
       (None: the source's ``name`` is shown);
-    - ``takes_gate``: the source retries inside ``fetch`` and takes the run's
-      :class:`RequestGate` once per attempt (:meth:`attach`); otherwise the fetch engine takes
-      it once per fetch.
+    - ``takes_gate``: the source retries inside ``fetch``, takes the run's
+      :class:`RequestGate` once per attempt and reports every attempt to the run's
+      :class:`FetchStats` (:meth:`attach`); otherwise the fetch engine does both once per fetch.
     """
 
     name: str
-    stats: SourceStats
     remote: bool = True
     screen_blank: bool = True
     host: str | None = None
@@ -173,11 +183,12 @@ class TileSource(ABC):
         """The tile's bytes, or None when there is no tile there; raises :class:`TileFault` when
         the source misbehaved, :class:`GateClosed` when the run's gate refused an attempt."""
 
-    def attach(self, gate: RequestGate) -> None:  # noqa: B027 - a hook only takes_gate sources fill in
-        """For the length of a run, pass every attempt through ``gate`` (``takes_gate`` sources)."""
+    def attach(self, gate: RequestGate | None, attempts: FetchStats | None) -> None:  # noqa: B027 - takes_gate only
+        """For the length of a run (``takes_gate`` sources): pass every attempt through ``gate``
+        and report it to ``attempts`` (either may be None: no gate, nothing counted)."""
 
-    def detach(self, gate: RequestGate) -> None:  # noqa: B027 - as attach
-        """The run is over: stop using ``gate``."""
+    def detach(self) -> None:  # noqa: B027 - as attach
+        """The run is over: no gate, no counts."""
 
     @abstractmethod
     def close(self) -> None:

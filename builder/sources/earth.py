@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..errors import SourceError
 from ..layout import EARTH_IMAGE, MERCATOR_MAX_LAT, TILE_SIZE, tile_in_range
-from .base import SourceStats, TileSource
+from .base import TileSource
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class EarthSource(TileSource):
             raise SourceError(f"world image {str(self.image_path)!r} does not exist")
         self.name = "earth"
         self.tile_size = int(tile_size)
-        self.stats = SourceStats()
         self._image: np.ndarray | None = None
         self._lock = threading.Lock()
 
@@ -72,14 +71,12 @@ class EarthSource(TileSource):
 
     def fetch(self, z: int, x: int, y: int) -> bytes | None:
         if not tile_in_range(z, x, y):
-            self.stats.incr("missing")
             return None
         rgb = self.render(z, x, y)
         buf = io.BytesIO()
         # compress_level=1: these bytes are decoded once by the pipeline and thrown away;
         # level 6 would triple the encode time for a smaller transient buffer.
         Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=1)
-        self.stats.incr("ok")
         return buf.getvalue()
 
     def close(self) -> None:

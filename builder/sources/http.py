@@ -21,8 +21,8 @@ from ..layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
 from ..redact import redact_url
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
+    FetchStats,
     RequestGate,
-    SourceStats,
     TileSource,
     body_sha256,
     check_tile_bytes,
@@ -94,11 +94,9 @@ class HttpSource(TileSource):
     ``fetch`` returns image bytes, ``None`` for 404/204 and known placeholders, or raises
     :class:`TileFault` once retries are exhausted (or at once for faults a retry cannot
     cure: bad_size, too_large, other 4xx), or :class:`GateClosed` when the run's gate
-    (:meth:`attach`) refuses an attempt.  The asking is its :class:`~builder.sources.transport.HttpTransport`'s (retries,
-    backoff, rate, gate).  ``stats`` counts: ``request`` (every attempt), one key per fault
-    kind for every faulty attempt (``http_503``, ``timeout``, ``connection``, ``truncated``,
-    ``not_image``, ``empty``, ...), ``retry``, and the outcomes ``ok``, ``missing`` (incl.
-    ``placeholder``) and ``failed``.
+    (:meth:`attach`) refuses an attempt.  The asking is its
+    :class:`~builder.sources.transport.HttpTransport`'s: retries, backoff, rate, the gate, and
+    the count of every attempt in the run's :class:`~builder.sources.base.FetchStats`.
     """
 
     remote = True  # every fetch costs the server a request: harvest never asks for a tile twice
@@ -129,13 +127,12 @@ class HttpSource(TileSource):
         self.placeholders = frozenset(KNOWN_PLACEHOLDER_SHA256 | {h.lower() for h in placeholder_sha256})
         self.tile_size = tile_size
         self.max_bytes = int(max_bytes)
-        self.stats = SourceStats()
         self.transport = HttpTransport(
             self.name, retries=retries, backoff_factor=backoff_factor, backoff_max=backoff_max,
             retry_after_max=retry_after_max, timeout=timeout, rate=rate, burst=burst,
             headers={"User-Agent": user_agent, "Accept": "image/jpeg,image/png,image/webp,image/*;q=0.8",
                      **(headers or {})},
-            max_bytes=max_bytes, jitter=jitter, sleep=sleep, stats=self.stats)
+            max_bytes=max_bytes, jitter=jitter, sleep=sleep)
         self._shown_template = redact_url(self.template)
         self.host = host_of(self.template)
 
@@ -147,12 +144,11 @@ class HttpSource(TileSource):
         """The run's request gate while a run uses the source (see :meth:`attach`)."""
         return self.transport.gate
 
-    def attach(self, gate: RequestGate) -> None:
-        self.transport.gate = gate
+    def attach(self, gate: RequestGate | None, attempts: FetchStats | None) -> None:
+        self.transport.gate, self.transport.attempts = gate, attempts
 
-    def detach(self, gate: RequestGate) -> None:
-        if self.transport.gate is gate:
-            self.transport.gate = None
+    def detach(self) -> None:
+        self.transport.gate, self.transport.attempts = None, None
 
     def url(self, z: int, x: int, y: int) -> str:
         return self.template.format(z=z, x=x, y=y)
@@ -161,7 +157,6 @@ class HttpSource(TileSource):
         if self.transport.closed:
             raise SourceError(f"tile source {self.name!r} is closed")
         if not tile_in_range(z, x, y):
-            self.stats.incr("missing")
             return None
         return self.transport.get(self.url(z, x, y), self._shown_template.format(z=z, x=x, y=y),
                                   check=self.check_body)
@@ -170,7 +165,6 @@ class HttpSource(TileSource):
         """Inside each attempt: None for a known placeholder, the body if it is an image of the
         tile size, else a TileFault (retried when its kind is transient)."""
         if body and body_sha256(body) in self.placeholders:
-            self.stats.incr("placeholder")
             return None
         check_tile_bytes(body, shown, content_type=content_type, tile_size=self.tile_size, max_bytes=self.max_bytes)
         return body

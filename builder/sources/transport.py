@@ -47,7 +47,7 @@ from urllib3.util.retry import Retry
 
 from ..errors import SourceError, UsageError
 from ..layout import MAX_TILE_BYTES
-from .base import GateClosed, RequestGate, SourceStats, TileFault
+from .base import FetchStats, GateClosed, RequestGate, TileFault
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,10 @@ class RateLimiter:
 class HttpTransport:
     """GETs with retries, backoff, rate limit and the run's gate; see the module doc.
 
-    ``name`` is how errors name the source that uses it.  ``stats`` counts ``request`` (every
-    attempt), one key per fault kind for every faulty attempt (``http_503``, ``timeout``,
-    ``connection``, ``truncated``, ``not_image``, ``empty``, ...), ``retry``, and the outcomes
-    ``ok``, ``missing`` and ``failed``.  Safe to use from many threads at once.
+    ``name`` is how errors name the source that uses it.  ``attempts``, when a run sets it (a
+    :class:`~builder.sources.base.FetchStats`), counts every attempt, each faulty one under its
+    kind (``http_503``, ``timeout``, ``connection``, ``truncated``, ``not_image``, ``empty``,
+    ...), and every retry.  Safe to use from many threads at once.
     """
 
     def __init__(
@@ -177,7 +177,6 @@ class HttpTransport:
         max_bytes: int = MAX_TILE_BYTES,
         jitter: bool = True,
         sleep: Callable[[float], None] = time.sleep,
-        stats: SourceStats | None = None,
     ) -> None:
         if retries < 0:
             raise UsageError(f"retries must be >= 0, got {retries}")
@@ -190,7 +189,6 @@ class HttpTransport:
         self.headers = dict(headers or {})
         self.max_bytes = int(max_bytes)
         self.jitter = jitter
-        self.stats = stats if stats is not None else SourceStats()
         self._sleep = sleep
         # ``rate`` may be a RateLimiter, to share one bucket between sources (or fake its clock).
         if isinstance(rate, RateLimiter) or not rate:
@@ -202,6 +200,7 @@ class HttpTransport:
         self._sessions: list[requests.Session] = []
         self._closed = False
         self.gate: RequestGate | None = None  # set by the fetch engine for the length of a run
+        self.attempts: FetchStats | None = None  # as the gate
 
     @property
     def closed(self) -> bool:
@@ -216,7 +215,7 @@ class HttpTransport:
         up, :class:`GateClosed` when the run's gate refuses an attempt."""
         if self._closed:
             raise SourceError(f"tile source {self.name!r} is closed")
-        gate = self.gate
+        gate, counts = self.gate, self.attempts
         attempt = 0
         while True:
             attempt += 1
@@ -224,20 +223,20 @@ class HttpTransport:
                 self._limiter.acquire()  # (a closed gate refuses below: no token spent waiting for it)
             if gate is not None and not gate.take():
                 raise GateClosed(f"{shown}: no request allowed after {attempt - 1} attempts")
-            self.stats.incr("request")
             try:
                 body = self._attempt(url, shown, headers, ok_statuses, missing_statuses, check)
             except TileFault as fault:
-                self.stats.incr(fault.kind)
                 fault.attempts = attempt
+                if counts is not None:
+                    counts.attempted(fault)
                 if gate is not None:
                     gate.attempted(fault)
                 if not fault.retryable or attempt > self.retries:
-                    self.stats.incr("failed")
                     logger.debug("giving up on %s: %s", shown, fault)
                     raise
                 delay = self.retry_delay(attempt, fault.retry_after)
-                self.stats.incr("retry")
+                if counts is not None:
+                    counts.incr("retry")
                 logger.debug("retry %d of %s in %.2fs after %s", attempt, shown, delay, fault.kind)
                 if gate is not None:
                     if not gate.wait(delay):
@@ -245,12 +244,10 @@ class HttpTransport:
                 elif delay > 0:
                     self._sleep(delay)
                 continue
+            if counts is not None:
+                counts.attempted(None)
             if gate is not None:
                 gate.attempted(None)
-            if body is None:
-                self.stats.incr("missing")
-                return None
-            self.stats.incr("ok")
             return body
 
     def close(self) -> None:
