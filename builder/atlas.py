@@ -21,7 +21,8 @@ What is kept (tables in ``tiles.db``, DDL in :mod:`builder.db`), per atlas ``(so
   The atlas is therefore at most 5,000 x 64 rows whatever the area (``--world`` at zoom 15:
   16,384 overview requests, 320,000 rows at most);
 - ``atlas_fetched``: the overview tiles' fetch ledger (:class:`~builder.ledger.FetchLedger`):
-  polite, resumable and fail-fast exactly as harvest (the :class:`~builder.fetch.FetchEngine`),
+  polite, resumable and fail-fast exactly as harvest (the same driver,
+  :class:`~builder.fetchrun.FetchRun`, with the atlas's hooks :class:`_Atlas`),
   and each batch's samples commit in the transaction that records its tiles, so a kill loses
   nothing and a rerun continues.  Everything in these tables is derived from the source:
   ``--rebuild`` drops an atlas and makes it again.

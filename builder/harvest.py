@@ -52,6 +52,10 @@ the tiles not started (or waiting for a retry).  Ctrl-C stops submitting, stores
 in hand and returns the report (``interrupted`` set; the CLI exits 130); a second
 Ctrl-C abandons in-flight work at once (the pipeline's batch is atomic, unfinished claims
 stay ``claimed`` until the next run's recovery).
+
+The loop, Ctrl-C, the request budget, the released / settled split and the dead source are the
+fetch-run driver's (:class:`~builder.fetchrun.FetchRun`, shared with the atlas); this module
+holds harvest's hooks on it (:class:`_Harvest`) and its report.
 """
 
 from __future__ import annotations
