@@ -43,10 +43,10 @@ from datasets.builder import Key
 from datasets.exceptions import DatasetGenerationError
 
 # Re-exported: the row generation is shared with builder.publish (see the module docstring);
-# the tile facts live in builder.layout and the safe tile reader in builder.tilefiles.
-from builder.db import bucket_counts
-from builder.errors import BadTile, LibraryError, MosaicError
-from builder.layout import (
+# the tile facts live in builder.core.layout and the safe tile reader in builder.core.tilefiles.
+from builder.core.db import bucket_counts
+from builder.core.errors import BadTile, LibraryError, MosaicError
+from builder.core.layout import (
     CENTROIDS_NAME,
     DB_NAME,
     DEFAULT_CAP,
@@ -57,7 +57,8 @@ from builder.layout import (
     TILE_SIZE,
     tile_relpath,
 )
-from builder.library import Library
+from builder.core.library import Library
+from builder.core.tilefiles import TileFiles, check_png
 from builder.publish import rows as _rows
 from builder.publish import schema as _schema
 from builder.publish.rows import (
@@ -69,7 +70,6 @@ from builder.publish.rows import (
     plan_shards,
     split_plan,
 )
-from builder.tilefiles import TileFiles, check_png
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 (a) the fold of ``--tiles`` real overview tiles (the ``earth`` source's zoom-7 tiles for a zoom-15
     atlas: 65,536 one-pixel blocks each), CPU per tile in this process: the per-block code it
     replaced (every block's LAB and KD-tree query, every bucket recounted: the reference of
-    ``tests/test_atlas.py``) against :func:`builder.atlas.tile_blocks` and
-    :meth:`builder.atlas.SampleStore.add`, interleaved, medians; the kept samples must be the
+    ``tests/test_atlas.py``) against :func:`builder.acquire.atlas.tile_blocks` and
+    :meth:`builder.acquire.atlas.SampleStore.add`, interleaved, medians; the kept samples must be the
     same; target (issue 22): at most 20 ms a tile;
 (b) a fresh ``python -m builder atlas --source earth --zoom 15 --atlas-zoom 7 --bbox ...``: wall,
     CPU of the process tree per overview tile (rendering the earth tiles included: the source's
@@ -29,11 +29,11 @@ try:
 except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
-from builder import db  # noqa: E402  (common put the repo on sys.path)
-from builder.atlas import SampleStore, tile_blocks  # noqa: E402
-from builder.color import CentroidIndex  # noqa: E402
-from builder.layout import ATLAS_SAMPLE_PER_BUCKET, SHIPPED_CENTROIDS  # noqa: E402
-from builder.sources import open_source  # noqa: E402
+from builder.acquire.atlas import SampleStore, tile_blocks  # noqa: E402
+from builder.acquire.sources import open_source  # noqa: E402
+from builder.core import db  # noqa: E402  (common put the repo on sys.path)
+from builder.core.color import CentroidIndex  # noqa: E402
+from builder.core.layout import ATLAS_SAMPLE_PER_BUCKET, SHIPPED_CENTROIDS  # noqa: E402
 from tests.support.atlas_reference import per_block_tile_blocks, per_bucket_add  # noqa: E402
 
 BENCH = "atlas"

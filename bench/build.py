@@ -32,8 +32,8 @@ try:
 except ModuleNotFoundError:  # run as a script
     import common  # type: ignore[no-redef]
 
-from builder.ingest import ingest  # noqa: E402
-from builder.library import Library  # noqa: E402  (common put the repo on sys.path)
+from builder.core.library import Library  # noqa: E402  (common put the repo on sys.path)
+from builder.ops.ingest import ingest  # noqa: E402
 
 BENCH = "build"
 MEMORY_GROWTH_TARGET = 1 / 1.10  # ratio small/large peak: at most 10% more memory for 4x the tiles

@@ -4,7 +4,7 @@ Run as a fresh process the way a user runs ``python -m builder ingest``::
 
     python bench/card_recipe.py FOLDER LIBRARY     # PNG/JPEG files of FOLDER into a new LIBRARY
 
-It creates ``LIBRARY`` (the same schema and pragmas as the project, ``builder.db``, so only the
+It creates ``LIBRARY`` (the same schema and pragmas as the project, ``builder.core.db``, so only the
 per-tile way of working differs), reads the shipped centroids, and runs the card's six steps for
 each tile in turn: PIL open, 64x64 resize, mean, ``skimage.color.rgb2lab``, ``cKDTree.query``,
 cap check, ``imagehash.phash``, duplicate check, then step 6 as the card does it: the card
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from builder import db  # noqa: E402
-from builder.layout import SHIPPED_CENTROIDS  # noqa: E402
+from builder.core import db  # noqa: E402
+from builder.core.layout import SHIPPED_CENTROIDS  # noqa: E402
 
 CARD_CAP = 100
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -39,7 +39,7 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 def card_recipe_ingest(paths: list[Path], root: Path, centroids: np.ndarray) -> Counter:
     """The card's six steps for each tile in turn; returns the stored ``(bucket_id, phash)`` rows.
 
-    Same schema and pragmas as the project (``builder.db``), so only the per-tile way of
+    Same schema and pragmas as the project (``builder.core.db``), so only the per-tile way of
     working differs.  The KD-tree is built once, as the card's harvester would.  A 256x256 RGB
     PNG is stored as its own bytes (the card moves the downloaded file); other input is encoded.
     """

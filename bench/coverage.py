@@ -37,10 +37,10 @@ try:
 except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
-from builder.atlas import build_atlas  # noqa: E402
-from builder.harvest import harvest  # noqa: E402
-from builder.library import Library  # noqa: E402
-from builder.stats import per_thousand, reachable_buckets  # noqa: E402
+from builder.acquire.atlas import build_atlas  # noqa: E402
+from builder.acquire.harvest import harvest  # noqa: E402
+from builder.core.library import Library  # noqa: E402
+from builder.core.stats import per_thousand, reachable_buckets  # noqa: E402
 from tests.support.tileserver import TileServer, bluemarble_tile  # noqa: E402
 
 DEFAULT_CACHE = Path("/tmp/mosaic_bench_coverage")
@@ -48,7 +48,7 @@ THREADS = 8
 
 
 def earth_tiles():
-    from builder.sources.earth import EarthSource
+    from builder.acquire.sources.earth import EarthSource
 
     source = EarthSource()
     return lambda z, x, y: source.fetch(z, x, y)

@@ -29,12 +29,12 @@ try:
 except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
-from builder.harvest import harvest  # noqa: E402
-from builder.ingest import ingest  # noqa: E402
-from builder.library import Library  # noqa: E402
-from builder.plans import load_plan  # noqa: E402
-from builder.regions import Sampler  # noqa: E402
-from builder.sources import open_source  # noqa: E402
+from builder.acquire.harvest import harvest  # noqa: E402
+from builder.acquire.sources import open_source  # noqa: E402
+from builder.acquire.tiles import Sampler  # noqa: E402
+from builder.core.library import Library  # noqa: E402
+from builder.core.plans import load_plan  # noqa: E402
+from builder.ops.ingest import ingest  # noqa: E402
 from tests.support.tileserver import TileServer, distinct_tile  # noqa: E402
 
 

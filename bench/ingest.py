@@ -47,10 +47,10 @@ try:
 except ModuleNotFoundError:
     from card_recipe import card_recipe_ingest  # type: ignore[no-redef]
 
-from builder import db  # noqa: E402  (common put the repo on sys.path)
-from builder.ingest import ingest  # noqa: E402
-from builder.layout import SHIPPED_CENTROIDS  # noqa: E402
-from builder.library import Library  # noqa: E402
+from builder.core import db  # noqa: E402  (common put the repo on sys.path)
+from builder.core.layout import SHIPPED_CENTROIDS  # noqa: E402
+from builder.core.library import Library  # noqa: E402
+from builder.ops.ingest import ingest  # noqa: E402
 
 BENCH = "ingest"
 

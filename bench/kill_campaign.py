@@ -212,7 +212,7 @@ def run_mosaic_scenario(kills: int, work: Path, seed: int, progress=None) -> lis
     """Kill ``kills`` PNG and ``kills`` Deep Zoom mosaic runs over earlier outputs; print the figures."""
     from PIL import Image
 
-    from builder.layout import EARTH_IMAGE
+    from builder.core.layout import EARTH_IMAGE
     from tests.support.campaigns.mosaic import mosaic_campaign
     from tests.support.libraries import build_earth_library
 

@@ -51,7 +51,7 @@ opencv-python-headless pyparsing cycler kiwisolver fonttools contourpy python-da
    ``--max-uses 1``).  Every output is measured with :func:`measure_fidelity` against the input.
 
 The library is built once (if ``--library`` does not hold one) from real Blue Marble crops
-through ``builder.ingest.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,
+through ``builder.ops.ingest.ingest``: crops of 64..1024 px at random places, saved as JPEG and ingested,
 so buckets fill with real, de-duplicated tiles.  Timings are wall-clock on this machine;
 nothing here runs as a test.
 """
@@ -82,9 +82,9 @@ try:
 except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
     import common  # type: ignore[no-redef]
 
-from builder.color import rgb_to_lab  # noqa: E402
-from builder.ingest import ingest  # noqa: E402
-from builder.library import Library  # noqa: E402
+from builder.core.color import rgb_to_lab  # noqa: E402
+from builder.core.library import Library  # noqa: E402
+from builder.core.query import nearest_buckets  # noqa: E402
 from builder.mosaic import (  # noqa: E402
     DEFAULT_MAX_CORRECTION,
     THUMB_PREFIX,
@@ -99,7 +99,7 @@ from builder.mosaic import (  # noqa: E402
     plan_mosaic,
     render_mosaic,
 )
-from builder.query import nearest_buckets  # noqa: E402
+from builder.ops.ingest import ingest  # noqa: E402
 
 BLUEMARBLE = REPO / "data" / "bluemarble_5400x2700.jpg"
 N_COLOURS = 1_000_000

@@ -119,9 +119,9 @@ def bucket_plan(staging: Path) -> dict:
     ten fullest, and a colour whose nearest populated buckets hold at least 20 tiles."""
     import numpy as np
 
-    from builder.color import lab_to_rgb, load_centroids, rgb_to_hex
+    from builder.core.color import lab_to_rgb, load_centroids, rgb_to_hex
+    from builder.core.query import PopulatedIndex
     from builder.publish.index import bucket_counts, read_index
-    from builder.query import PopulatedIndex
 
     index = read_index(staging / "bucket_index.parquet")
     counts = bucket_counts(index, "default")
@@ -174,7 +174,7 @@ def main() -> None:
     parser.set_defaults(cache=scale.DEFAULT_CACHE)  # bench/scale.py's libraries, shared with it
     args = parser.parse_args()
     tiles = 300 if args.quick else args.tiles
-    from builder.summary import plural
+    from builder.core.summary import plural
     from tests.support.localhub import LocalHub
 
     root = dict(scale.make_libraries(args.cache, [tiles]))[tiles]

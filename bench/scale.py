@@ -48,7 +48,7 @@ DEFAULT_CACHE = Path(os.environ.get("MOSAIC_SCALE_CACHE", "/tmp/mosaic_scale_cac
 SIZES = (5_000, 25_000, 100_000)
 QUICK_SIZES = (300, 1_500)
 TILE = 256
-PNG_LEVEL = 1  # generated tiles: zlib level 1 with the RLE strategy (builder.decode.PNG_ZLIB_STRATEGY), lossless
+PNG_LEVEL = 1  # generated tiles: zlib level 1 with the RLE strategy (builder.core.decode.PNG_ZLIB_STRATEGY), lossless
 GEN_BATCH = 4_000
 SEED = 7  # the library tiles' stream; the 1,500 extra ingest tiles use another seed
 
@@ -134,7 +134,7 @@ def clone(source: Path, target: Path) -> Path:
     Tiles are never rewritten in place, so linking them is safe; everything else (``tiles.db``,
     the thumbnail cache in ``.cache/``, which is appended to, the in-flight logs) is copied.
     """
-    from builder.layout import parse_bucket_dir
+    from builder.core.layout import parse_bucket_dir
 
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -156,8 +156,8 @@ def _meta_path(lib_dir: Path) -> Path:
 
 def make_library(cache: Path, n: int, smaller: list[tuple[int, Path]]) -> Path:
     """The cached library of ``n`` tiles (``<cache>/lib_<n>/mosaic_library``), made if missing."""
-    from builder.ingest import ingest
-    from builder.library import Library
+    from builder.core.library import Library
+    from builder.ops.ingest import ingest
 
     lib_dir = cache / f"lib_{n}"
     root = lib_dir / "mosaic_library"
@@ -268,8 +268,8 @@ def serve(tiles: list[tuple[int, int, int]], conn) -> None:
 
 
 def planned_tiles(zoom: int, seed: int, n: int) -> list[tuple[int, int, int]]:
-    from builder.plans import load_plan
-    from builder.regions import Sampler
+    from builder.acquire.tiles import Sampler
+    from builder.core.plans import load_plan
 
     return [(r.z, r.x, r.y) for r in Sampler(load_plan("1"), zoom, seed).sample(n)]
 

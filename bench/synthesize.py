@@ -5,7 +5,7 @@ The library: ``--real`` real tiles harvested from the ``earth`` source (zoom 6, 
 the demo does; cached in the bench cache).  Each run works on a fresh copy, in a fresh process:
 
 (a) ``synthesize`` of ``--n`` empty buckets (the first ones, nearest colours or not), one worker
-    against two (``python -c`` calling ``builder.synthesize.synthesize(lib, buckets=...,
+    against two (``python -c`` calling ``builder.ops.synthesize.synthesize(lib, buckets=...,
     workers=W)``: the command has no option to limit the buckets), interleaved, medians: wall
     time, CPU of the whole process tree, and CPU over wall (cores kept busy; target 1.7 on two
     cores); the stored tiles must be the same for both;
@@ -39,8 +39,8 @@ TARGET_TEXTURED = 95.0  # % of synthetic tiles textured with the defaults (issue
 
 _RUN = """
 import json, sys
-from builder.library import Library
-from builder.synthesize import synthesize
+from builder.core.library import Library
+from builder.ops.synthesize import synthesize
 root, workers, buckets = sys.argv[1], int(sys.argv[2]), json.loads(open(sys.argv[3]).read())
 with Library.open(root) as lib:
     report = synthesize(lib, buckets=buckets, workers=workers, progress=False)
@@ -53,8 +53,8 @@ def harvested_library(cache: Path, real: int) -> Path:
     root = cache / f"synth_library_{real}" / "mosaic_library"
     if (root / "tiles.db").is_file():
         return root
-    from builder.harvest import harvest
-    from builder.library import Library
+    from builder.acquire.harvest import harvest
+    from builder.core.library import Library
 
     common.log(f"harvesting a {real}-tile library from earth into {root}")
     if root.parent.exists():

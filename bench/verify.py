@@ -39,11 +39,11 @@ PER_CHECK = r"""
 import sqlite3, sys
 from pathlib import Path
 import numpy as np
-from builder.assign import mean_rgb_64
-from builder.color import rgb_to_lab
-from builder.decode import decode_tile
-from builder.thumbcache import ThumbnailCache, cache_keys, thumbnail
-from builder.phash import phash
+from builder.assign.pipeline import mean_rgb_64
+from builder.core.color import rgb_to_lab
+from builder.core.decode import decode_tile
+from builder.core.thumbcache import ThumbnailCache, cache_keys, thumbnail
+from builder.assign.phash import phash
 root = Path(sys.argv[1])
 rows = sqlite3.connect(root / "tiles.db").execute("SELECT id, bucket_id, phash FROM tiles").fetchall()
 pixels, index = ThumbnailCache.of(root).load()
@@ -59,7 +59,7 @@ for (tile_id, bucket, _h), row in zip(rows, cached):
 DECODE_ONLY = r"""
 import sqlite3, sys
 from pathlib import Path
-from builder.decode import decode_tile
+from builder.core.decode import decode_tile
 root = Path(sys.argv[1])
 for tile_id, bucket in sqlite3.connect(root / "tiles.db").execute("SELECT id, bucket_id FROM tiles"):
     decode_tile((root / f"bucket_{bucket:04d}" / f"{tile_id}.png").read_bytes())

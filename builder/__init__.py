@@ -1,6 +1,6 @@
 """Mosaic Library builder: harvest, assign, verify and publish colour-bucketed satellite tiles."""
 
-from .errors import (
+from .core.errors import (
     BadTile,
     CentroidsError,
     ImageRejected,

@@ -69,7 +69,7 @@ def library_copy(library, tmp_path) -> Path:
 @pytest.fixture
 def make_library(tmp_path):
     """Factory: a fresh library under tmp_path (closed by the test or at teardown)."""
-    from builder.library import Library
+    from builder.core.library import Library
 
     opened = []
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.assign import mean_rgb_64
-from builder.atlas import (
+from builder.acquire.atlas import (
     AimedSampler,
     Blocks,
     SampleStore,
@@ -24,13 +23,14 @@ from builder.atlas import (
     reachability,
     tile_blocks,
 )
-from builder.color import rgb_to_lab
-from builder.db import ATLAS_LEDGER_TABLE
-from builder.decode import decode_tile
-from builder.errors import LibraryError, UsageError
-from builder.harvest import harvest
-from builder.library import Library
-from builder.sources import open_source
+from builder.acquire.harvest import harvest
+from builder.acquire.sources import open_source
+from builder.assign.pipeline import mean_rgb_64
+from builder.core.color import rgb_to_lab
+from builder.core.db import ATLAS_LEDGER_TABLE
+from builder.core.decode import decode_tile
+from builder.core.errors import LibraryError, UsageError
+from builder.core.library import Library
 from tests.support.atlas_reference import per_block_tile_blocks, per_bucket_add
 from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.images import png_bytes
@@ -213,7 +213,7 @@ def test_a_reservoir_keeps_the_smallest_keys_whatever_the_order(make_library):
     blocks = Blocks(np.arange(n), np.zeros(n, np.int64), np.zeros((n, 3)), rng.integers(0, 7, n), rng.random(n))
     lib.conn.execute("CREATE TABLE IF NOT EXISTS atlas_buckets (source, zoom, bucket_id, pixels, "
                      "PRIMARY KEY (source, zoom, bucket_id))")
-    from builder.db import create_atlas_tables
+    from builder.core.db import create_atlas_tables
 
     create_atlas_tables(lib.conn)
     store = SampleStore(lib.conn, "s", 9, 10, None, lib.index)
@@ -236,7 +236,7 @@ def test_nodata_pixels_and_flat_fills_are_skipped(make_library):
     blocks = tile_blocks(rgb, (3, 1, 2), 9, lib.index)
     assert len(blocks) == 64 * 64 - 2
     assert (0 + 1 * 64, 0 + 2 * 64) not in set(zip(blocks.x.tolist(), blocks.y.tolist()))
-    from builder.atlas import is_flat_fill
+    from builder.acquire.atlas import is_flat_fill
 
     flat = np.full((256, 256, 3), 128, np.uint8)
     flat[:10] = 7
@@ -318,7 +318,7 @@ def test_an_atlas_made_with_other_centroids_or_damaged_is_refused_with_one_line(
     with pytest.raises(LibraryError, match="made with other centroids"):
         harvest(lib, "earth", zoom=8, target="empty", progress=False)
     with lib.conn:
-        lib.conn.execute("UPDATE atlas_meta SET centroids_sha256 = ?", (__import__("builder.library").library.file_sha256(
+        lib.conn.execute("UPDATE atlas_meta SET centroids_sha256 = ?", (__import__("builder.core.library").core.library.file_sha256(
             lib.root / "centroids.npy"),))
         lib.conn.execute("UPDATE atlas_meta SET calibration = '{not json'")
     with pytest.raises(LibraryError, match="calibration is not readable"):
@@ -496,7 +496,7 @@ def test_sigkills_during_an_aimed_harvest_leave_a_consistent_library(tmp_path):
 def test_vectorised_fold_gives_the_per_block_results_on_real_overview_tiles(make_library, zoom, atlas_zoom):
     """Blocks (positions, LAB bit for bit, buckets, keys) and the samples kept after folding a run
     of real overview tiles (earth's, with a nodata corner) equal the per-block code's."""
-    from builder import db
+    from builder.core import db
 
     lib = make_library()
     earth = open_source("earth")

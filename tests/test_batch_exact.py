@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 from skimage.color import rgb2lab
 
-from builder.assign import CHUNK_MAX, Candidate, Worker, chunked, read_candidate
-from builder.color import rgb_to_lab
-from builder.decode import encode_png
+from builder.assign.pipeline import CHUNK_MAX, Candidate, Worker, chunked, read_candidate
+from builder.core.color import rgb_to_lab
+from builder.core.decode import encode_png
 from tests.support.images import jpeg_bytes, png_bytes, png_chunk, real_crops
 from tests.support.recipe import card_recipe
 
@@ -98,7 +98,7 @@ def _verdicts(outcomes):
 
 
 def test_process_stream_gives_the_same_verdicts_as_batch_by_batch(make_library, bluemarble):
-    from builder.assign import Pipeline
+    from builder.assign.pipeline import Pipeline
 
     batches = _stream_batches(bluemarble)
     one, two = make_library("one", cap=3), make_library("two", cap=3)
@@ -115,7 +115,7 @@ def test_process_stream_gives_the_same_verdicts_as_batch_by_batch(make_library, 
 
 
 def test_closing_a_stream_early_leaves_no_staged_files(make_library, bluemarble):
-    from builder.assign import Pipeline
+    from builder.assign.pipeline import Pipeline
 
     batches = _stream_batches(bluemarble)
     lib = make_library()
@@ -134,7 +134,7 @@ def _with_chunk_after_ihdr(data: bytes, kind: bytes, body: bytes) -> bytes:
 def test_stored_form_fast_decoder_gives_pillows_pixels(bluemarble):
     """libspng decodes a tile in the stored form (plain 8-bit RGB 256x256 PNG); the pixels are
     Pillow's, with colour-space hints too, and anything else takes Pillow's path."""
-    from builder.decode import decode_tile, is_stored_form
+    from builder.core.decode import decode_tile, is_stored_form
 
     crops = real_crops(bluemarble, 30, seed=5)
     datas = [png_bytes(c) for c in crops]
@@ -154,8 +154,8 @@ def test_stored_form_fast_decoder_gives_pillows_pixels(bluemarble):
 def test_stored_form_with_a_damaged_chunk_gets_pillows_verdict(bluemarble):
     """libspng ignores CRCs; the fast path checks them, so a flipped byte inside the image data
     never reaches it, and the tile is judged by Pillow as before (corrupt: never stored)."""
-    from builder.decode import decode_tile, is_stored_form
-    from builder.errors import ImageRejected
+    from builder.core.decode import decode_tile, is_stored_form
+    from builder.core.errors import ImageRejected
 
     data = bytearray(png_bytes(real_crops(bluemarble, 1, seed=6)[0]))
     data[len(data) // 2] ^= 0xFF
@@ -171,7 +171,7 @@ def test_stored_form_with_a_damaged_chunk_gets_pillows_verdict(bluemarble):
 def test_phash_settles_near_ties_with_scipys_dct():
     """Patterns whose DCT coefficients tie at the median (uniform, one-directional ramps and
     stripes, a checkerboard) hash exactly as imagehash does."""
-    from builder.phash import phash_batch
+    from builder.assign.phash import phash_batch
 
     ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
     stripes = np.tile(((np.arange(256) // 16) % 2 * 200).astype(np.uint8), (256, 1))

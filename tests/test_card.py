@@ -29,11 +29,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.color import lab_to_rgb
-from builder.errors import CentroidsError
-from builder.ingest import ingest
-from builder.layout import SHIPPED_CENTROIDS
-from builder.library import Library
+from builder.core.color import lab_to_rgb
+from builder.core.errors import CentroidsError
+from builder.core.layout import SHIPPED_CENTROIDS
+from builder.core.library import Library
+from builder.ops.ingest import ingest
 from builder.publish import build_staging
 from builder.publish.card import (
     CARD_TEMPLATE,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from builder.cli import COMMANDS, build_parser, main
-from builder.layout import SAMPLE_TARGET
+from builder.core.layout import SAMPLE_TARGET
 from tests.support.cli import bare_env, builder_argv
 from tests.support.paths import REPO
 

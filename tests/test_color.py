@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.color import rgb2lab
 
-from builder.color import (
+from builder.core.color import (
     CENTROIDS_SHAPE,
     CentroidIndex,
     hex_to_rgb,
@@ -12,8 +12,8 @@ from builder.color import (
     make_centroids,
     rgb_to_lab,
 )
-from builder.errors import CentroidsError
-from builder.layout import SHIPPED_CENTROIDS
+from builder.core.errors import CentroidsError
+from builder.core.layout import SHIPPED_CENTROIDS
 
 
 def test_rgb_to_lab_matches_skimage_on_random_and_extreme_colours():

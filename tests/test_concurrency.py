@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.library import Library
-from builder.verify import verify_library
+from builder.core.library import Library
+from builder.ops.verify import verify_library
 from tests.support.campaigns.crash import committed_rows, make_tile_pool
 from tests.support.card import card_snippet
 from tests.support.cli import builder_argv, run_cli

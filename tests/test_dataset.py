@@ -11,9 +11,9 @@ import datasets
 import pytest
 
 import mosaic_library
-from builder.errors import LibraryError, UnsafePath
-from builder.ingest import ingest
-from builder.library import Library
+from builder.core.errors import LibraryError, UnsafePath
+from builder.core.library import Library
+from builder.ops.ingest import ingest
 from mosaic_library import BadTile, MosaicLibrary, plan_shards
 from tests.support.libraries import build_published_library
 from tests.support.publish import db_rows, sha256

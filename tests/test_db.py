@@ -1,4 +1,4 @@
-"""The ``tiles`` table contract in one place (``builder.db``): every entry point that opens a
+"""The ``tiles`` table contract in one place (``builder.core.db``): every entry point that opens a
 ``tiles.db`` gives the same message for a file without the table or without the card's columns,
 and the shared helpers (select list, bucket counts, table names) work on real SQLite files."""
 
@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from builder import db
-from builder.errors import LibraryError
-from builder.library import Library
+from builder.core import db
+from builder.core.errors import LibraryError
+from builder.core.library import Library
 from builder.publish.restore import shipped_db_agrees
 from builder.publish.rows import open_tiles_db
 

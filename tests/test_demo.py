@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.demo import MOSAIC_GRID, MOSAIC_TILE
+from builder.cli.workflow import MOSAIC_GRID, MOSAIC_TILE
 from tests.support.html import Links
 
 

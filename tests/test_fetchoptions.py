@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
+from builder.acquire.options import AtlasOptions, HarvestOptions
 from builder.cli import build_parser
-from builder.errors import UsageError
-from builder.fetchoptions import AtlasOptions, HarvestOptions
+from builder.core.errors import UsageError
 
 
 def test_a_bad_value_is_refused_when_the_options_are_made_and_when_a_copy_is_derived():

@@ -1,15 +1,15 @@
-"""The fetch-run driver's one rule for booking a batch (:func:`builder.fetchrun.split_answers`),
+"""The fetch-run driver's one rule for booking a batch (:func:`builder.acquire.run.split_answers`),
 shared by harvest and the atlas: what is released, what is settled to a status, what goes to the
 run's own hooks, and when the source's failing streak ends; and what the engine under it counts.
 The driver itself runs in every harvest and atlas test."""
 
 from __future__ import annotations
 
-from builder.fetch import FetchEngine
-from builder.fetchrun import split_answers
-from builder.ledger import Claim, FetchLedger, FetchResult, Prior
-from builder.regions import TileRef
-from builder.sources import FolderSource, fault_counts
+from builder.acquire.engine import FetchEngine
+from builder.acquire.ledger import Claim, FetchLedger, FetchResult, Prior
+from builder.acquire.run import split_answers
+from builder.acquire.sources import FolderSource, fault_counts
+from builder.acquire.tiles import TileRef
 from tests.support.tileserver import distinct_tile
 
 

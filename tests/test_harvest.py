@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from builder.acquire.harvest import PREFETCH, harvest
+from builder.acquire.ledger import Claim, FetchLedger, FetchResult
+from builder.acquire.sources import EarthSource, HttpSource, is_blank_tile
+from builder.acquire.tiles import Sampler, tile_centre, tile_range
 from builder.cli import main
-from builder.harvest import PREFETCH, harvest
-from builder.ledger import Claim, FetchLedger, FetchResult
-from builder.library import Library
-from builder.plans import load_plan
-from builder.regions import Sampler, tile_centre, tile_range
-from builder.sources import EarthSource, HttpSource, is_blank_tile
-from builder.verify import verify_library
+from builder.core.library import Library
+from builder.core.plans import load_plan
+from builder.ops.verify import verify_library
 from tests.support.cli import run_cli
 from tests.support.tileserver import FAULTS, Rates, TileServer, distinct_tile, world_image
 

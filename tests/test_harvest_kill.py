@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from builder.layout import INFLIGHT_DIR
-from builder.ledger import read_batch_log
-from builder.library import Library
-from builder.plans import load_plan
-from builder.regions import tile_range
-from builder.verify import verify_library
+from builder.acquire.ledger import read_batch_log
+from builder.acquire.tiles import tile_range
+from builder.core.layout import INFLIGHT_DIR
+from builder.core.library import Library
+from builder.core.plans import load_plan
+from builder.ops.verify import verify_library
 from tests.support.campaigns.crash import burn_campaign, deep_verify
 from tests.support.cli import builder_argv, run_cli
 from tests.support.kill import kill_group, start_group

@@ -39,13 +39,13 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from builder import db
 from builder.cli import main
-from builder.decode import is_plain_png
-from builder.ingest import ingest
-from builder.layout import SHIPPED_CENTROIDS
-from builder.library import Library
-from builder.verify import verify_library
+from builder.core import db
+from builder.core.decode import is_plain_png
+from builder.core.layout import SHIPPED_CENTROIDS
+from builder.core.library import Library
+from builder.ops.ingest import ingest
+from builder.ops.verify import verify_library
 from tests.support.campaigns.crash import make_tile_pool, run_and_kill
 from tests.support.cli import builder_argv, cli_env, run_cli
 from tests.support.images import png_claiming, raw_png

@@ -1,6 +1,6 @@
 """The builder's module graph: no import cycle, counting every import (inside functions and
 ``if TYPE_CHECKING:`` blocks too, where a deferred import would hide one), and the library core
-stays below the pipeline (``builder.library`` never imports assignment or ingest, so they can
+stays below the pipeline (``builder.core.library`` never imports assignment or ingest, so they can
 import it)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from tests.support.paths import REPO
 
 PACKAGE = REPO / "builder"
 # Modules the CLI, the card and publish read without the heavy side: the standard library only.
-STDLIB_ONLY = ("builder.layout", "builder.db", "builder.tilefiles", "builder.store", "builder.plans",
-               "builder.redact", "builder.fetchoptions", "builder.defaults")
+STDLIB_ONLY = ("builder.core.layout", "builder.core.db", "builder.core.tilefiles", "builder.core.store", "builder.core.plans",
+               "builder.core.redact", "builder.acquire.options", "builder.core.defaults")
 
 
 def module_name(path: Path, package: Path) -> str:
@@ -170,8 +170,8 @@ def test_no_import_cycle_among_builder_modules_deferred_imports_counted():
     graph = import_graph()
     # The parser saw the real modules and their deferred imports: the CLI imports its commands'
     # modules inside run().
-    assert "builder.store" in graph and graph["builder.library"]
-    assert "builder.verify" in graph["builder.cli.verify"]
+    assert "builder.core.store" in graph and graph["builder.core.library"]
+    assert "builder.ops.verify" in graph["builder.cli.verify"]
     assert "builder.mosaic" in graph["builder.cli.mosaic"]  # through `from ..mosaic import ...` in run()
     cycle = find_cycle(graph)
     assert cycle is None, describe(cycle, graph)
@@ -181,24 +181,24 @@ def test_library_depends_on_neither_assignment_nor_ingest_nor_the_fetching_side(
     """Not even through a deferred import inside a method (``Library.ingest`` once closed a
     circle library -> ingest -> assign -> library that way; ``Library.stats`` reached the ledger,
     the sources and requests)."""
-    below = reachable(import_graph(), "builder.library")
-    assert {"builder.store", "builder.db", "builder.layout", "builder.tilefiles", "builder.stats"} <= below
-    assert not below & {"builder.assign", "builder.ingest", "builder.harvest", "builder.ledger", "builder.sources",
+    below = reachable(import_graph(), "builder.core.library")
+    assert {"builder.core.store", "builder.core.db", "builder.core.layout", "builder.core.tilefiles", "builder.core.stats"} <= below
+    assert not below & {"builder.assign.pipeline", "builder.ops.ingest", "builder.acquire.harvest", "builder.acquire.ledger", "builder.acquire.sources",
                         "builder.mosaic"}, sorted(below)
     # And at run time: importing the library loads none of them.
-    code = "import sys, builder.library; print(sorted(m for m in sys.modules if m.startswith('builder.')))"
+    code = "import sys, builder.core.library; print(sorted(m for m in sys.modules if m.startswith('builder.')))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "builder.assign" not in loaded and "builder.ingest" not in loaded and "builder.ledger" not in loaded, loaded
+    assert "builder.assign.pipeline" not in loaded and "builder.ops.ingest" not in loaded and "builder.acquire.ledger" not in loaded, loaded
 
 
 def test_the_write_path_and_the_checks_do_not_depend_on_the_mosaic_nor_publish_on_the_fetching_side():
     graph = import_graph()
-    for module in ("builder.assign", "builder.report", "builder.verify", "builder.repair", "builder.recover"):
+    for module in ("builder.assign.pipeline", "builder.ops.report", "builder.ops.verify", "builder.ops.repair", "builder.ops.recover"):
         assert not {m for m in reachable(graph, module) if m.startswith("builder.mosaic")}, module
-    assert "builder.publish.restore" not in reachable(graph, "builder.recover")
+    assert "builder.publish.restore" not in reachable(graph, "builder.ops.recover")
     publish = {m for m in graph if m.startswith("builder.publish")}
     beyond = set().union(*(reachable(graph, m) for m in publish))
-    assert not beyond & {"builder.regions", "builder.sources", "builder.sources.http", "builder.harvest"}, sorted(beyond)
+    assert not beyond & {"builder.acquire.tiles", "builder.acquire.sources", "builder.acquire.sources.http", "builder.acquire.harvest"}, sorted(beyond)
 
 
 def test_the_light_modules_need_only_the_standard_library():

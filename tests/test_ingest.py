@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.assign import Candidate, Pipeline
-from builder.db import SEED_COLUMNS, TILE_COLUMNS
-from builder.ingest import ingest
+from builder.assign.pipeline import Candidate, Pipeline
+from builder.core.db import SEED_COLUMNS, TILE_COLUMNS
+from builder.ops.ingest import ingest
 from tests.support.images import jpeg_bytes, png_bytes, png_claiming, real_crops
 from tests.support.recipe import card_recipe
 
@@ -148,7 +148,7 @@ def test_schema_is_the_cards_then_provenance(make_library):
 
 
 def test_old_seed_schema_is_migrated_on_open(tmp_path, make_library, bluemarble):
-    from builder.library import Library
+    from builder.core.library import Library
 
     lib = make_library()
     lib.ingest_ = None
@@ -176,7 +176,7 @@ def test_every_rejected_input_is_listed_with_its_reason(tmp_path, bluemarble, cl
     import json
     from pathlib import Path
 
-    from builder.library import Library
+    from builder.core.library import Library
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -8,7 +8,7 @@ the sources of their synthetic tiles, and ``verify`` passes on it ->
 against the pushed repo (but the card's k-means recipe, which reads nothing of the repo and takes
 about 50 s: ``tests/test_card.py`` runs it).
 
-Synthesize runs through its API (``builder.synthesize.synthesize``, a fresh process) for 40 empty
+Synthesize runs through its API (``builder.ops.synthesize.synthesize``, a fresh process) for 40 empty
 buckets instead of the CLI's every empty bucket (about 4,900 here: minutes; ``tests/test_demo.py``
 runs that one), so the journey stays under a minute and a half of CI.
 """
@@ -34,8 +34,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 SYNTHESIZE = """
 import sys
 import numpy as np
-from builder.library import Library
-from builder.synthesize import synthesize
+from builder.core.library import Library
+from builder.ops.synthesize import synthesize
 with Library.open(sys.argv[1]) as lib:
     empty = [int(b) for b in np.flatnonzero(lib.bucket_counts() == 0)]
     print(synthesize(lib, buckets=empty[::100][:40], progress=False).summary())

@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from builder.errors import LibraryError
-from builder.ledger import (
+from builder.acquire.ledger import (
     ACCEPTED,
     CLAIMED,
     NO_TILE,
@@ -25,8 +24,9 @@ from builder.ledger import (
     read_batch_log,
     rejected,
 )
-from builder.regions import TileRef, tile_centre
-from builder.stats import status_counts_by_region
+from builder.acquire.tiles import TileRef, tile_centre
+from builder.core.errors import LibraryError
+from builder.core.stats import status_counts_by_region
 from tests.support.tileserver import distinct_tile
 
 SOURCE = "http://tiles.example/{z}/{x}/{y}.png"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.assign import Candidate, Pipeline
-from builder.errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
-from builder.layout import SHIPPED_CENTROIDS
-from builder.library import Library
+from builder.assign.pipeline import Candidate, Pipeline
+from builder.core.errors import CentroidsError, LibraryError, LibraryLocked, UnsafePath
+from builder.core.layout import SHIPPED_CENTROIDS
+from builder.core.library import Library
 from tests.support.cli import run_cli
 from tests.support.images import png_bytes, real_crops
 

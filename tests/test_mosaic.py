@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.color import lab_to_rgb, rgb_to_lab
-from builder.errors import ImageRejected, UsageError
-from builder.ingest import ingest
-from builder.library import Library
+from builder.core.color import lab_to_rgb, rgb_to_lab
+from builder.core.errors import ImageRejected, UsageError
+from builder.core.library import Library
+from builder.core.thumbcache import cache_keys, read_thumbs
 from builder.mosaic import (
     CacheIndex,
     MosaicOptions,
@@ -25,7 +25,7 @@ from builder.mosaic import (
     required_tiles,
 )
 from builder.mosaic.tiletable import DEAD_ROWS_KEPT
-from builder.thumbcache import cache_keys, read_thumbs
+from builder.ops.ingest import ingest
 from tests.support.images import png_claiming
 
 SAMPLE = "data/sample_target.jpg"

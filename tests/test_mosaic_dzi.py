@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.library import Library
+from builder.core.library import Library
 from builder.mosaic import DZI_TILE, DziWriter, MosaicOptions, mosaic_file, plan_mosaic, render_mosaic
 from builder.mosaic.dzi import levels
 

@@ -10,8 +10,8 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from builder.cli import main
-from builder.errors import UsageError
-from builder.library import Library
+from builder.core.errors import UsageError
+from builder.core.library import Library
 from builder.mosaic import MosaicOptions, match_with_uses, plan_mosaic
 from builder.mosaic.fair import NoFullMatching, match_some
 

@@ -10,9 +10,9 @@ from PIL import Image
 from skimage.color import deltaE_ciede2000
 
 from builder.cli import main
-from builder.color import rgb_to_lab
-from builder.errors import UsageError
-from builder.library import Library
+from builder.core.color import rgb_to_lab
+from builder.core.errors import UsageError
+from builder.core.library import Library
 from builder.mosaic import (
     MosaicOptions,
     compare_samples,

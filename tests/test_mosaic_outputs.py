@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from builder.layout import PNG_SIGNATURE, SAMPLE_TARGET
+from builder.core.layout import PNG_SIGNATURE, SAMPLE_TARGET
 from tests.support.campaigns.mosaic import mosaic_campaign, output_digest, scratch_entries
 from tests.support.full_disk import run_on_full_disk
 from tests.support.libraries import build_earth_library

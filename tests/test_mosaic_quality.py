@@ -15,12 +15,12 @@ import skimage.data
 from PIL import Image
 
 from builder.cli import main
-from builder.color import rgb_to_lab
-from builder.errors import UsageError
-from builder.library import Library
+from builder.core.color import rgb_to_lab
+from builder.core.errors import UsageError
+from builder.core.library import Library
 from builder.mosaic import Layout, MosaicOptions, mosaic_file, plan_mosaic
 from builder.mosaic.target import target_samples
-from builder.synthesize import synthesize
+from builder.ops.synthesize import synthesize
 
 SAMPLE = "data/sample_target.jpg"
 # The copy's id sorts before or after every uuid4 of the library: whichever way ties happen to be

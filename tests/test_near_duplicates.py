@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.assign import Candidate, Pipeline
-from builder.errors import UsageError
-from builder.ingest import ingest
-from builder.phash import MIN_HASH_CONTRAST, contrast, hamming, phash
+from builder.assign.phash import MIN_HASH_CONTRAST, contrast, hamming, phash
+from builder.assign.pipeline import Candidate, Pipeline
+from builder.core.errors import UsageError
+from builder.ops.ingest import ingest
 from tests.support.images import png_bytes, real_crops
 
 

@@ -69,7 +69,7 @@ def test_an_installed_copy_runs_the_demo_from_another_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**clean, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    where = run([python, "-c", "import builder, mosaic_library; from builder.layout import DATA_DIR, "
+    where = run([python, "-c", "import builder, mosaic_library; from builder.core.layout import DATA_DIR, "
                  "SHIPPED_CENTROIDS; print(builder.__file__, mosaic_library.__file__, DATA_DIR, "
                  "SHIPPED_CENTROIDS.is_file(), sep='\\n')"], elsewhere, env).stdout.split()
     assert where == [str(site / "builder" / "__init__.py"), str(site / "mosaic_library.py"),

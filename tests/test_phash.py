@@ -4,7 +4,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from builder.phash import hamming, is_phash, phash, phash_batch
+from builder.assign.phash import hamming, is_phash, phash, phash_batch
 from tests.support.images import real_crops
 
 

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from builder.db import TILE_COLUMNS
-from builder.errors import LibraryError, UnsafePath, UsageError
-from builder.ingest import ingest
-from builder.library import Library
+from builder.core.db import TILE_COLUMNS
+from builder.core.errors import LibraryError, UnsafePath, UsageError
+from builder.core.library import Library
+from builder.ops.ingest import ingest
+from builder.ops.verify import verify_library
 from builder.publish import (
     build_staging,
     plan_upload,
@@ -29,7 +30,6 @@ from builder.publish import (
 )
 from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.staging import MANIFEST
-from builder.verify import verify_library
 from tests.support.images import real_crops
 from tests.support.libraries import build_published_library
 from tests.support.localhub import LocalHub
@@ -349,7 +349,7 @@ def test_credentials_in_a_source_url_are_never_published(library_copy, tmp_path)
     assert "sk_live_123" not in str(info.value)
     assert not (tmp_path / "staging").exists()
     # what harvest stores (the URL through its redact_url) is publishable
-    from builder.redact import redact_url
+    from builder.core.redact import redact_url
 
     conn = sqlite3.connect(library_copy / "tiles.db")
     with conn:
@@ -440,7 +440,7 @@ def test_push_dry_run_builds_then_prints_the_plan_without_the_token(library_copy
 
 PUSH_SCRIPT = r"""
 import sys
-from builder.errors import MosaicError
+from builder.core.errors import MosaicError
 from builder.publish import push_staging
 try:
     push_staging(sys.argv[1], "alice/mosaic")

@@ -7,9 +7,9 @@ import pytest
 from skimage.color import rgb2lab
 
 from builder.cli import main
-from builder.errors import UsageError
-from builder.library import Library
-from builder.query import lab_from_hex, lab_from_rgb, nearest_buckets, parse_hex, parse_lab, parse_rgb
+from builder.core.errors import UsageError
+from builder.core.library import Library
+from builder.core.query import lab_from_hex, lab_from_rgb, nearest_buckets, parse_hex, parse_lab, parse_rgb
 from tests.support.libraries import build_earth_library
 
 
@@ -122,8 +122,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(library, capsys, args, message):
 def synthetic_library(tmp_path_factory, bluemarble):
     """Three real tiles, and synthetic tiles in the five buckets nearest #2e8b57 (each source used
     once, so two of them are flat one-colour tiles)."""
-    from builder.ingest import ingest
-    from builder.synthesize import synthesize
+    from builder.ops.ingest import ingest
+    from builder.ops.synthesize import synthesize
     from tests.support.images import real_crops
 
     base = tmp_path_factory.mktemp("query_synthetic")

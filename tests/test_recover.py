@@ -13,9 +13,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from builder.errors import UsageError
-from builder.library import Library
-from builder.recover import readable_rows, recover_library
+from builder.core.errors import UsageError
+from builder.core.library import Library
+from builder.ops.recover import readable_rows, recover_library
 from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
@@ -30,7 +30,7 @@ from tests.support.libraries import copy_library
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """A library of about 200 tiles (some of them synthetic) and its release (a staging folder)."""
-    from builder.synthesize import synthesize
+    from builder.ops.synthesize import synthesize
 
     base = tmp_path_factory.mktemp("recover")
     root = base / "mosaic_library"

@@ -8,9 +8,9 @@ from collections import Counter
 import mercantile
 import pytest
 
-from builder.errors import UsageError
-from builder.plans import Plan, PlanError, Region, load_plan, validate_plan
-from builder.regions import Sampler, TileRef, tile_range
+from builder.acquire.tiles import Sampler, TileRef, tile_range
+from builder.core.errors import UsageError
+from builder.core.plans import Plan, PlanError, Region, load_plan, validate_plan
 
 CARD_PHASE1 = {
     "Desert (Sahara)": ((-10, 15, 30, 30), 15),

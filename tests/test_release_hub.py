@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from builder.library import Library
+from builder.core.library import Library
+from builder.ops.synthesize import synthesize
 from builder.publish import build_staging, plan_upload, push_staging, restore_library, spans
 from builder.publish.index import INDEX_SCHEMA, SPAN_COLUMNS, index_rows, read_index, select
 from builder.publish.manifest import ReleaseIncomplete, describe, read_manifest, write_manifest
 from builder.publish.remote import query_hub, restore_from_hub
 from builder.publish.restore import LocalShard, scratch_for, shard_rows
 from builder.publish.schema import INDEX_NAME, column_options
-from builder.synthesize import synthesize
 from tests.support.campaigns.restore import library_state
 from tests.support.libraries import build_published_library as make_library
 from tests.support.paths import REPO

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder import quarantine, store
-from builder.layout import JOURNAL_NAME, bucket_name
-from builder.library import Library
-from builder.verify import QUICK_THUMBNAIL_SAMPLE, verify_library
+from builder.core import quarantine, store
+from builder.core.layout import JOURNAL_NAME, bucket_name
+from builder.core.library import Library
+from builder.ops.verify import QUICK_THUMBNAIL_SAMPLE, verify_library
 from tests.support.campaigns.crash import (
     bucket_files,
     build_library,
@@ -192,7 +192,7 @@ def _tile_png(bluemarble, seed: int) -> bytes:
 def test_what_cannot_be_adopted_goes_to_quarantine_with_its_reason(tmp_path, bluemarble):
     root = tmp_path / "mosaic_library"
     with Library.create(root, cap=2) as lib:
-        from builder.ingest import ingest
+        from builder.ops.ingest import ingest
 
         folder = tmp_path / "in"
         folder.mkdir()
@@ -248,7 +248,7 @@ def test_what_cannot_be_adopted_goes_to_quarantine_with_its_reason(tmp_path, blu
 def test_an_orphan_tile_whose_bucket_is_full_is_kept_in_quarantine(tmp_path, bluemarble):
     root = tmp_path / "mosaic_library"
     with Library.create(root, cap=1) as lib:
-        from builder.assign import Candidate, Pipeline
+        from builder.assign.pipeline import Candidate, Pipeline
 
         with Pipeline(lib, workers=1) as pipe:
             first = pipe.process([Candidate("a", data=_tile_png(bluemarble, 1))])[0]
@@ -265,7 +265,7 @@ def test_an_orphan_tile_whose_bucket_is_full_is_kept_in_quarantine(tmp_path, blu
 def test_a_row_whose_file_went_to_another_bucket_gets_it_back(make_library, bluemarble):
     """What an interrupted move used to leave: the row in one bucket, its file in another."""
     lib = make_library()
-    from builder.assign import Candidate, Pipeline
+    from builder.assign.pipeline import Candidate, Pipeline
 
     with Pipeline(lib, workers=1) as pipe:
         out = pipe.process([Candidate(str(i), data=_tile_png(bluemarble, 40 + i)) for i in range(3)])
@@ -288,7 +288,7 @@ def test_repair_refuses_a_quarantine_that_is_a_symlink(make_library, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(outside, lib.root / "quarantine")
-    from builder.errors import UnsafePath
+    from builder.core.errors import UnsafePath
 
     with pytest.raises(UnsafePath, match="quarantine is a symlink"):
         verify_library(lib, repair=True, workers=1, progress=False)
@@ -300,7 +300,7 @@ def test_repair_refuses_a_quarantine_that_is_a_symlink(make_library, tmp_path):
 
 @pytest.fixture(scope="module")
 def cached_base(tmp_path_factory, bluemarble) -> pathlib.Path:
-    from builder.assign import Candidate, Pipeline
+    from builder.assign.pipeline import Candidate, Pipeline
 
     root = tmp_path_factory.mktemp("cached") / "mosaic_library"
     with Library.create(root) as lib, Pipeline(lib, workers=1) as pipe:
@@ -318,14 +318,14 @@ def cached_library(cached_base, tmp_path):
 
 
 def _cache_pixels(lib) -> np.memmap:
-    from builder.thumbcache import ThumbnailCache
+    from builder.core.thumbcache import ThumbnailCache
 
     cache = ThumbnailCache.of(lib.root)
     return np.memmap(cache.pixels_path, dtype=np.uint8, mode="r+").reshape(-1, 64, 64, 3)
 
 
 def _fresh_thumbnails(lib, ids) -> dict[str, np.ndarray]:
-    from builder.thumbcache import tile_thumbnail
+    from builder.core.thumbcache import tile_thumbnail
 
     buckets = dict(lib.conn.execute("SELECT id, bucket_id FROM tiles"))
     return {i: tile_thumbnail(lib, buckets[i], i) for i in ids}
@@ -358,8 +358,8 @@ def test_a_cache_with_swapped_rows_is_caught_by_verify_and_repaired(cached_libra
 
 
 def test_a_mosaic_never_uses_a_row_verify_found_wrong(cached_library):
+    from builder.core.thumbcache import ThumbnailCache
     from builder.mosaic.tiletable import load_tile_table
-    from builder.thumbcache import ThumbnailCache
 
     lib = cached_library
     ids, damaged = _swap_rows(lib)
@@ -412,7 +412,7 @@ def test_a_mosaic_never_draws_a_swapped_row_it_can_see_without_verify(cached_lib
 
 
 def test_a_full_verify_decodes_each_tile_once(cached_library, monkeypatch):
-    import builder.inspection as verify
+    import builder.ops.inspection as verify
 
     calls = []
     real = verify.decode_tile
@@ -426,8 +426,8 @@ def test_quarantine_is_invisible_to_every_reader(cached_library, tmp_path):
     """Valid tiles in quarantine/ (duplicates a repair took out) count nowhere: stats, the build,
     the report, the mosaic's tiles and the card's load_bucket see the rows' tiles only."""
     from builder.mosaic.tiletable import load_tile_table
+    from builder.ops.report import render_report
     from builder.publish import build_staging
-    from builder.report import render_report
     from tests.support.card import card_snippet
 
     lib = cached_library

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.errors import UsageError
-from builder.ingest import ingest
-from builder.library import Library
-from builder.report import (
+from builder.core.errors import UsageError
+from builder.core.library import Library
+from builder.ops.ingest import ingest
+from builder.ops.report import (
     AB_LIMIT,
     AB_PLOT,
     FIGURES,
@@ -195,7 +195,7 @@ def test_gallery_renders_in_headless_chromium_with_figures_at_a_readable_size(sy
 @pytest.fixture(scope="module")
 def synthetic_root(library_root, tmp_path_factory):
     """The report library with synthetic tiles in 40 of its empty buckets."""
-    from builder.synthesize import synthesize, targets
+    from builder.ops.synthesize import synthesize, targets
 
     root = tmp_path_factory.mktemp("synthetic") / "mosaic_library"
     shutil.copytree(library_root, root, ignore=shutil.ignore_patterns(".lock"))

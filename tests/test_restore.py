@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.library import Library
+from builder.core.library import Library
+from builder.ops.verify import verify_library
 from builder.publish import build_staging, restore_library
 from builder.publish.manifest import ReleaseIncomplete
 from builder.publish.restore import scratch_for
-from builder.verify import verify_library
 from tests.support.campaigns.restore import POINTS, library_state, restore_campaign
 from tests.support.cli import builder_argv, offline_env, run_cli
 from tests.support.libraries import build_mixed_library

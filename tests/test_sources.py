@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.errors import SourceError, UsageError
-from builder.sources import (
+from builder.acquire.sources import (
     KNOWN_PLACEHOLDER_SHA256,
     USER_AGENT,
     EarthSource,
@@ -38,8 +37,9 @@ from builder.sources import (
     open_source,
     sniff_format,
 )
-from builder.sources.base import DOWN_AFTER_FAILURES, DOWN_AFTER_SECONDS, DOWN_MIN_SECONDS, UNREACHABLE_AFTER
-from builder.sources.transport import NO_NAME, REFUSED, parse_retry_after
+from builder.acquire.sources.base import DOWN_AFTER_FAILURES, DOWN_AFTER_SECONDS, DOWN_MIN_SECONDS, UNREACHABLE_AFTER
+from builder.acquire.sources.transport import NO_NAME, REFUSED, parse_retry_after
+from builder.core.errors import SourceError, UsageError
 from tests.support.tileserver import (
     PLACEHOLDER_SHA256,
     Rates,
@@ -681,7 +681,7 @@ def test_open_source_dispatches_and_explains_unknown_values(tmp_path):
 def test_earth_source_takes_a_world_image_larger_than_the_tile_decode_limit(tmp_path):
     """Importing the tile decoder must not shrink Pillow's global limit under other decoders:
     an 8200x4100 world image (33.6 Mpx: Pillow refused it at twice a 16.7 Mpx global) still serves tiles."""
-    import builder.decode  # noqa: F401  (the module whose import once lowered the global limit)
+    import builder.core.decode  # noqa: F401  (the module whose import once lowered the global limit)
 
     world = np.zeros((4100, 8200, 3), dtype=np.uint8)
     world[:, :, 2] = 180  # all ocean blue

@@ -1,4 +1,4 @@
-"""The commit protocol (``builder.store``): a real writer process SIGKILLed at each step of a
+"""The commit protocol (``builder.core.store``): a real writer process SIGKILLed at each step of a
 batch's store, then the library checked as a user finds it (``tests.support.campaigns.crash``'s checks)
 and the batch found either wholly stored or wholly gone, as the step dictates.
 
@@ -14,10 +14,10 @@ import signal
 
 import pytest
 
-from builder import store
-from builder.assign import Candidate, Pipeline
-from builder.layout import JOURNAL_NAME
-from builder.library import Library
+from builder.assign.pipeline import Candidate, Pipeline
+from builder.core import store
+from builder.core.layout import JOURNAL_NAME
+from builder.core.library import Library
 from tests.support.campaigns.crash import Figures, bucket_files, check_after_kill, committed_rows
 from tests.support.images import one_bucket_pngs, png_bytes, real_crops
 from tests.support.kill import die_on_unlink, sigkill_self
@@ -123,7 +123,7 @@ def test_replay_reports_what_it_did(make_library, payloads, caplog, step, done):
     lib.close()
     assert os.WIFSIGNALED(_store_batch_in_a_child(root, payloads[:BATCH], step))
     leftovers = sorted(p.name for p in (root / "temp").iterdir())
-    with caplog.at_level(logging.INFO, logger="builder.store"), Library.open(root) as again:
+    with caplog.at_level(logging.INFO, logger="builder.core.store"), Library.open(root) as again:
         assert again.recover() == store.Replay()._asdict()  # a second replay finds nothing
     assert f"recovered {root}: {done._asdict()}" in caplog.messages, (leftovers, caplog.messages)
 

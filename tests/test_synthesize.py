@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.errors import UsageError
-from builder.ingest import ingest
-from builder.library import Library
-from builder.phash import MIN_HASH_CONTRAST
-from builder.synthesize import first_round, grey_std, recipe_lab, synthesize, targets, transfer, uses_limit
-from builder.verify import verify_library
+from builder.assign.phash import MIN_HASH_CONTRAST
+from builder.core.errors import UsageError
+from builder.core.library import Library
+from builder.ops.ingest import ingest
+from builder.ops.synthesize import first_round, grey_std, recipe_lab, synthesize, targets, transfer, uses_limit
+from builder.ops.verify import verify_library
 from tests.support.images import one_bucket_pngs, real_crops
 from tests.support.paths import REPO
 from tests.support.recipe import card_recipe
@@ -81,8 +81,8 @@ def test_synthetic_tiles_land_in_their_bucket_by_the_cards_recipe(library):
 
 
 def test_transfer_keeps_texture_and_hits_a_far_colour(bluemarble):
-    from builder.color import load_centroids
-    from builder.layout import SHIPPED_CENTROIDS
+    from builder.core.color import load_centroids
+    from builder.core.layout import SHIPPED_CENTROIDS
 
     centroids = load_centroids(SHIPPED_CENTROIDS)
     src = np.asarray(real_crops(bluemarble, 1, seed=3)[0])
@@ -212,7 +212,7 @@ def _one_bucket_tiles(bluemarble, n):
 
 
 def test_real_tiles_evict_synthetic_ones_at_the_cap_and_are_never_refused_for_them(make_library, bluemarble):
-    from builder.assign import Candidate, Pipeline
+    from builder.assign.pipeline import Candidate, Pipeline
 
     lib = make_library(cap=3)
     tiles = _one_bucket_tiles(bluemarble, 8)
@@ -240,7 +240,7 @@ def test_real_tiles_evict_synthetic_ones_at_the_cap_and_are_never_refused_for_th
 
 
 def test_a_real_tile_with_a_synthetic_twin_replaces_it_below_the_cap(make_library, bluemarble):
-    from builder.assign import Candidate, Pipeline
+    from builder.assign.pipeline import Candidate, Pipeline
 
     lib = make_library()
     tile = _one_bucket_tiles(bluemarble, 1)[0]
@@ -279,7 +279,7 @@ def test_verify_checks_synthetic_tiles_like_any_other_and_their_source(library):
 def test_stats_report_and_mosaic_know_synthetic_tiles(library, tmp_path):
     from builder.cli.stats import StatsReport
     from builder.mosaic import MosaicOptions, mosaic_file
-    from builder.report import BADGE_COLOUR, SHEET_GAP, render_report
+    from builder.ops.report import BADGE_COLOUR, SHEET_GAP, render_report
 
     lib = library
     real_buckets = int((lib.bucket_counts() > 0).sum())
@@ -338,7 +338,7 @@ def test_sigkill_during_synthesize_leaves_a_consistent_library(library):
 
 
 def test_ingest_reports_the_synthetic_tiles_its_real_ones_evicted(make_library, bluemarble, tmp_path):
-    from builder.assign import Candidate, Pipeline
+    from builder.assign.pipeline import Candidate, Pipeline
 
     lib = make_library(cap=1)
     tiles = _one_bucket_tiles(bluemarble, 2)
@@ -353,8 +353,8 @@ def test_ingest_reports_the_synthetic_tiles_its_real_ones_evicted(make_library, 
 
 
 def test_verify_repair_keeps_real_tiles_before_synthetic_ones(make_library, bluemarble):
-    from builder import db
-    from builder.assign import Candidate, Pipeline
+    from builder.assign.pipeline import Candidate, Pipeline
+    from builder.core import db
 
     lib = make_library(cap=2)
     tiles = _one_bucket_tiles(bluemarble, 2)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from builder.library import Library
+from builder.core.library import Library
+from builder.ops.synthesize import synthesize
 from builder.publish import build_staging
-from builder.synthesize import synthesize
 from mosaic_library import MosaicLibrary
 from tests.support.libraries import build_published_library, copy_library
 from tests.support.publish import db_rows
@@ -98,8 +98,8 @@ def test_the_card_counts_the_synthetic_tiles_and_lists_their_config(stagings):
 
 
 def test_restore_round_trips_the_synthetic_config(stagings, libraries, tmp_path):
+    from builder.ops.verify import verify_library
     from builder.publish.restore import restore_library
-    from builder.verify import verify_library
 
     _real, mixed_staging = stagings
     target = tmp_path / "restored" / "mosaic_library"

@@ -11,11 +11,11 @@ import threading
 import pytest
 from PIL import Image
 
-from builder.assign import Candidate, Pipeline
-from builder.errors import BadTile, TileOutsideLibrary, UnsafePath
-from builder.layout import MAX_TILE_BYTES
-from builder.tilefiles import MISSING, TileFiles
-from builder.verify import verify_library
+from builder.assign.pipeline import Candidate, Pipeline
+from builder.core.errors import BadTile, TileOutsideLibrary, UnsafePath
+from builder.core.layout import MAX_TILE_BYTES
+from builder.core.tilefiles import MISSING, TileFiles
+from builder.ops.verify import verify_library
 from tests.support.images import png_bytes, real_crops
 
 UNKNOWN_ID = "0b6e3a8c-5f1e-4c1a-9a57-2f4b8d9e1c3a"

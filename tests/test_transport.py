@@ -8,7 +8,7 @@ from __future__ import annotations
 import mercantile
 import pytest
 
-from builder.sources import FetchStats, GateClosed, HttpTransport, RequestGate, TileFault, check_tile_bytes
+from builder.acquire.sources import FetchStats, GateClosed, HttpTransport, RequestGate, TileFault, check_tile_bytes
 from tests.support.tileserver import TileServer
 
 TILE = (lambda t: (t.z, t.x, t.y))(mercantile.tile(10.0, 23.0, 6))

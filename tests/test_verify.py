@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from builder.ingest import ingest
-from builder.library import Library
-from builder.verify import verify_library
+from builder.core.library import Library
+from builder.ops.ingest import ingest
+from builder.ops.verify import verify_library
 from tests.support.cli import run_cli
 
 

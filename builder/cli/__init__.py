@@ -8,12 +8,12 @@ Each command lives in its own module under ``builder.cli`` with two functions:
   to every command, selects JSON) and whose exit code it returns.
 
 Command modules import the heavy modules (NumPy, SciPy, Pillow, ``datasets``...) inside
-``run()``, and take the defaults they show in ``--help`` from :mod:`builder.layout` and
-:mod:`builder.defaults`, so ``--help`` and argument errors cost no more than argparse.
+``run()``, and take the defaults they show in ``--help`` from :mod:`builder.core.layout` and
+:mod:`builder.core.defaults`, so ``--help`` and argument errors cost no more than argparse.
 
-Errors the user can cause are :class:`~builder.errors.MosaicError`: printed on one line, exit
+Errors the user can cause are :class:`~builder.core.errors.MosaicError`: printed on one line, exit
 status 2, no traceback.  Every line printed (results, errors, log warnings) goes through
-:func:`builder.summary.printable`, so a file name holding a newline or a terminal escape prints
+:func:`builder.core.summary.printable`, so a file name holding a newline or a terminal escape prints
 as one escaped line.  A bare ``python -m builder`` prints the command list; a mistyped command
 gets the closest one; a reader that stops reading (``query ... | head``) ends the command quietly.
 """
@@ -28,8 +28,8 @@ import sqlite3
 import sys
 
 from .. import __version__
-from ..errors import MosaicError
-from ..summary import printable
+from ..core.errors import MosaicError
+from ..core.summary import printable
 from .result import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 
 # Command modules, in the order ``--help`` lists them.
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def say(line: str, file=None) -> None:
-    """Print one line, escaped (:func:`~builder.summary.printable`): whatever names it quotes, it
+    """Print one line, escaped (:func:`~builder.core.summary.printable`): whatever names it quotes, it
     stays one line."""
     print(printable(line), file=file or sys.stdout, flush=file is sys.stderr)
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             damaged = any(word in str(exc) for word in ("malformed", "not a database"))
             hint = ""
             if damaged and getattr(args, "library", None):
-                from ..db import recover_hint
+                from ..core.db import recover_hint
 
                 hint = recover_hint(args.library)
             say(f"error: SQLite: {exc}{hint}", file=sys.stderr)

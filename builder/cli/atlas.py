@@ -1,10 +1,10 @@
 """``atlas``: learn where each colour is from a source's overview tiles (a thin layer over
-:func:`builder.atlas.build_atlas` and :func:`builder.atlas.calibrate`)."""
+:func:`builder.acquire.atlas.build_atlas` and :func:`builder.acquire.atlas.calibrate`)."""
 
 from __future__ import annotations
 
-from ..fetchoptions import AtlasOptions
-from ..layout import ATLAS_ZOOM_SPAN
+from ..acquire.options import AtlasOptions
+from ..core.layout import ATLAS_ZOOM_SPAN
 from .options import add_library_option, add_options, options_from
 from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_DOWN, CommandResult
 
@@ -27,10 +27,10 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..atlas import area_plan, calibrate, run_atlas
-    from ..errors import SourceUnreachable
-    from ..library import Library
-    from ..sources import open_source
+    from ..acquire.atlas import area_plan, calibrate, run_atlas
+    from ..acquire.sources import open_source
+    from ..core.errors import SourceUnreachable
+    from ..core.library import Library
 
     options = options_from(AtlasOptions, args)
     if args.calibrate:

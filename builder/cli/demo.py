@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..demo import DEFAULT_MAX_TILES, DEFAULT_OUTPUT, DEFAULT_SEED, DEFAULT_ZOOM, MAX_DEMO_ZOOM, run_demo
-from ..summary import printable
+from ..core.summary import printable
 from .options import add_threads_option, add_workers_option, integer
 from .result import CommandResult
+from .workflow import DEFAULT_MAX_TILES, DEFAULT_OUTPUT, DEFAULT_SEED, DEFAULT_ZOOM, MAX_DEMO_ZOOM, run_demo
 
 
 def register(sub):

@@ -1,8 +1,8 @@
-"""``harvest``: sample, fetch, assign and store tiles (a thin layer over :func:`builder.harvest.harvest`)."""
+"""``harvest``: sample, fetch, assign and store tiles (a thin layer over :func:`builder.acquire.harvest.harvest`)."""
 
 from __future__ import annotations
 
-from ..fetchoptions import HarvestOptions
+from ..acquire.options import HarvestOptions
 from .options import add_library_option, add_options, options_from
 from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_DOWN, CommandResult
 
@@ -26,11 +26,11 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..errors import SourceUnreachable
-    from ..harvest import run_harvest
-    from ..library import Library
-    from ..plans import resolve_plan
-    from ..sources import open_source
+    from ..acquire.harvest import run_harvest
+    from ..acquire.sources import open_source
+    from ..core.errors import SourceUnreachable
+    from ..core.library import Library
+    from ..core.plans import resolve_plan
 
     options = options_from(HarvestOptions, args)
     plan = None if options.target is not None else resolve_plan(options.plan_spec)

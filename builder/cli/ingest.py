@@ -25,8 +25,8 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..ingest import ingest
-    from ..library import Library
+    from ..core.library import Library
+    from ..ops.ingest import ingest
 
     with Library.open(args.library) as lib:
         report = ingest(lib, args.paths, workers=args.workers, near_duplicate_radius=args.near_duplicate_radius,
@@ -42,7 +42,7 @@ def unusable_inputs(report) -> str | None:
     Like ``verify``, exit status 1 says "ran, but found problems": a script notices a folder of
     broken files, and every usable tile beside them is stored anyway.
     """
-    from ..ingest import LIBRARY_REASONS
+    from ..ops.ingest import LIBRARY_REASONS
 
     bad = {reason: n for reason, n in sorted(report.rejected.items()) if reason not in LIBRARY_REASONS}
     if not bad:

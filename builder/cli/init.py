@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from ..layout import DEFAULT_CAP
+from ..core.layout import DEFAULT_CAP
 from .options import add_library_option, integer
 from .result import CommandResult
 
@@ -32,7 +32,7 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
+    from ..core.library import Library
 
     with Library.create(args.library, centroids=args.centroids, seed=args.seed, cap=args.cap) as lib:
         origin = args.centroids or (f"seed {args.seed}" if args.seed is not None else "shipped data/centroids.npy (seed 0)")

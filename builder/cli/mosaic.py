@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..defaults import (
+from ..core.defaults import (
     DEFAULT_BLEND,
     DEFAULT_CONTRAST,
     DEFAULT_DETAIL,
@@ -17,13 +17,13 @@ from ..defaults import (
     DZI_FORMATS,
     OUTPUT_FORMATS,
 )
-from ..layout import TILE_SIZE
+from ..core.layout import TILE_SIZE
 from .options import add_library_option, add_threads_option, integer, number
 from .result import CommandResult
 
 
 def _grid(text: str) -> tuple[int, int]:
-    from ..errors import UsageError
+    from ..core.errors import UsageError
     from ..mosaic import parse_grid  # only when --grid is given: --help stays light
 
     try:
@@ -77,7 +77,7 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
+    from ..core.library import Library
     from ..mosaic import MosaicOptions, mosaic_file
 
     options = MosaicOptions(

@@ -23,8 +23,8 @@ import types
 import typing
 from collections.abc import Callable
 
-from ..defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
-from ..fetchoptions import NEAR_DUPLICATE_HELP
+from ..acquire.options import NEAR_DUPLICATE_HELP
+from ..core.defaults import DEFAULT_NEAR_DUPLICATE_RADIUS
 
 DEFAULT_LIBRARY = "mosaic_library"
 
@@ -50,7 +50,7 @@ def _bounded(convert: Callable[[str], float], what: str, minimum, maximum) -> Ca
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
     """argparse type: an integer, optionally within bounds (inclusive).
 
-    Options whose range a library function already checks (``builder.fetchoptions.HarvestOptions``,
+    Options whose range a library function already checks (``builder.acquire.options.HarvestOptions``,
     ``Library.create``'s seed and cap) take ``integer()`` and leave the range to it, so a
     notebook and the command line get the same message.
 
@@ -104,7 +104,7 @@ def add_near_duplicate_option(p: argparse.ArgumentParser) -> None:
 
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argument per field of the options dataclass ``cls`` whose metadata puts it on the
-    command line (:func:`builder.fetchoptions.option`): flag, help, metavar and choices from the
+    command line (:func:`builder.acquire.options.option`): flag, help, metavar and choices from the
     metadata, the default from the field, the parser from the annotation (``bool``: a switch;
     ``int``/``float``: :func:`integer`/:func:`number`, the range left to the dataclass's own
     check; a tuple of floats: that many numbers).  Fields of one ``group`` are mutually exclusive."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..defaults import DEFAULT_QUERY_PATHS
-from ..summary import plural
+from ..core.defaults import DEFAULT_QUERY_PATHS
+from ..core.summary import plural
 from .options import add_library_option, integer
 from .result import CommandResult
 
@@ -15,7 +15,7 @@ class QueryReport(NamedTuple):
 
     label: str
     lab: tuple[float, float, float]
-    matches: list  # builder.query.BucketMatch, nearest first
+    matches: list  # builder.core.query.BucketMatch, nearest first
     real_only: bool = False
 
     def summary(self) -> str:
@@ -29,7 +29,7 @@ class QueryReport(NamedTuple):
                 f"{plural(len(self.matches), 'nearest bucket')}{only}, {populated} populated, {tiles}")
 
     def bucket_lines(self) -> list[str]:
-        from ..query import REAL
+        from ..core.query import REAL
 
         lines = []
         for m in self.matches:
@@ -67,8 +67,8 @@ def register(sub):
 
 def query_lab(args) -> tuple[tuple[float, float, float], str]:
     """The queried colour in LAB and how the user wrote it."""
-    from ..color import rgb_to_lab
-    from ..query import parse_hex, parse_lab, parse_rgb, rgb_to_hex
+    from ..core.color import rgb_to_lab
+    from ..core.query import parse_hex, parse_lab, parse_rgb, rgb_to_hex
 
     if args.lab is not None:
         return parse_lab(args.lab), "lab " + " ".join(args.lab)
@@ -78,8 +78,8 @@ def query_lab(args) -> tuple[tuple[float, float, float], str]:
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
-    from ..query import describe
+    from ..core.library import Library
+    from ..core.query import describe
 
     lab, label = query_lab(args)
     if args.hub is not None:
@@ -91,7 +91,7 @@ def run(args) -> CommandResult:
         report = QueryReport(label, lab, found, args.real_only)
         return CommandResult(report, after=report.bucket_lines())
     if args.revision:
-        from ..errors import UsageError
+        from ..core.errors import UsageError
 
         raise UsageError("--revision is for --hub")
     with Library.open(args.library, readonly=True) as lib:

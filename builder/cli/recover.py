@@ -22,7 +22,7 @@ def register(sub):
 def release_shards(release: str | Path) -> list[tuple[Path, bool]]:
     """``(shard, synthetic?)`` of a release folder's Parquet files, found as ``restore`` finds
     them; none when it holds none (recover then says what the folder lacks)."""
-    from ..errors import UsageError
+    from ..core.errors import UsageError
     from ..publish.restore import find_parquet, find_synthetic_parquet
 
     release = Path(release)
@@ -34,7 +34,7 @@ def release_shards(release: str | Path) -> list[tuple[Path, bool]]:
 
 
 def run(args) -> CommandResult:
-    from ..recover import recover_library
+    from ..ops.recover import recover_library
 
     shards = release_shards(args.release) if args.release is not None else []
     return CommandResult(recover_library(args.library, release=args.release, workers=args.workers,

@@ -18,8 +18,8 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
-    from ..report import render_report
+    from ..core.library import Library
+    from ..ops.report import render_report
 
     with Library.open(args.library, readonly=True) as lib:
         # render_report's ``workers`` are its tile-decoding threads.

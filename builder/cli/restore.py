@@ -22,7 +22,7 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..errors import UsageError
+    from ..core.errors import UsageError
 
     if (args.source is None) == (args.hub is None):
         raise UsageError("restore needs a SOURCE folder or --hub USER/NAME (one of them)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..summary import plural
+from ..core.summary import plural
 from .options import add_library_option
 from .result import CommandResult
 
@@ -61,7 +61,7 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
+    from ..core.library import Library
 
     with Library.open(args.library, readonly=True) as lib:
         report = StatsReport(lib.stats())

@@ -1,8 +1,8 @@
-"""``synthesize``: flagged synthetic tiles for the buckets without a real tile (:func:`builder.synthesize.synthesize`)."""
+"""``synthesize``: flagged synthetic tiles for the buckets without a real tile (:func:`builder.ops.synthesize.synthesize`)."""
 
 from __future__ import annotations
 
-from ..defaults import DEFAULT_MAX_USES, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
+from ..core.defaults import DEFAULT_MAX_USES, DEFAULT_PER_BUCKET, DEFAULT_SYNTH_SEED
 from .options import add_library_option, add_near_duplicate_option, add_workers_option, integer
 from .result import CommandResult
 
@@ -30,8 +30,8 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
-    from ..synthesize import synthesize
+    from ..core.library import Library
+    from ..ops.synthesize import synthesize
 
     with Library.open(args.library) as lib:
         report = synthesize(lib, per_bucket=args.per_bucket, max_uses=args.max_uses,

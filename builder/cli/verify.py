@@ -44,9 +44,9 @@ def quarantine_lines(report) -> list[str]:
 
 
 def run(args) -> CommandResult:
-    from ..library import Library
-    from ..quarantine import empty
-    from ..verify import verify_library
+    from ..core.library import Library
+    from ..core.quarantine import empty
+    from ..ops.verify import verify_library
 
     deep = not args.quick
     writer = args.repair or args.empty_quarantine

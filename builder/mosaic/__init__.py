@@ -45,7 +45,7 @@ How a mosaic is made, and why:
 
 Where each step lives: :mod:`.target` (options, ``--grid`` parsing, the layout, the target
 image), :mod:`.tiletable` (the tile table, read from the library's thumbnail cache,
-:mod:`builder.thumbcache`), :mod:`.match` (candidates, ranking, greedy placement,
+:mod:`builder.core.thumbcache`), :mod:`.match` (candidates, ranking, greedy placement,
 :class:`MosaicPlan`), :mod:`.fair` (the assignment), :mod:`.correct` (colour correction),
 :mod:`.render` (bands), :mod:`.fidelity` (the figures), :mod:`.pngstream` and :mod:`.dzi` (the
 streamed writers, the viewer page) and :mod:`.output` (writing a mosaic file,
@@ -53,8 +53,8 @@ streamed writers, the viewer page) and :mod:`.output` (writing a mosaic file,
 ``from builder.mosaic import ...`` is the API.
 """
 
-from ..layout import THUMB_SIZE
-from ..thumbcache import CACHE_VERSION, THUMB_PREFIX, CacheIndex, ThumbnailCache, cache_dir, tile_thumbnail
+from ..core.layout import THUMB_SIZE
+from ..core.thumbcache import CACHE_VERSION, THUMB_PREFIX, CacheIndex, ThumbnailCache, cache_dir, tile_thumbnail
 from .correct import correction_shift
 from .dzi import DZI_FORMATS, DZI_TILE, DziWriter, viewer_html
 from .fair import fair_grid, match_with_uses

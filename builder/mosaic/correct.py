@@ -20,7 +20,7 @@ rendering it.
 >>> import numpy as np
 >>> tile, want = np.full((1, 1, 3), 100.0), np.full((1, 1, 3), 200.0)
 >>> shift = correction_shift(tile, want, blend=1.0, max_correction=5.0)
->>> from skimage.color import deltaE_ciede2000; from builder.color import rgb_to_lab
+>>> from skimage.color import deltaE_ciede2000; from builder.core.color import rgb_to_lab
 >>> round(float(deltaE_ciede2000(rgb_to_lab(tile), rgb_to_lab(tile + shift))[0, 0]), 2)
 5.0
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..color import lab_to_rgb, rgb_to_lab
+from ..core.color import lab_to_rgb, rgb_to_lab
 from .fidelity import LUMA, STRUCTURE_SAMPLES
 
 BISECTIONS = 24  # halvings of the step along the shift: far below 0.01 CIEDE2000

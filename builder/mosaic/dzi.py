@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..defaults import DZI_FORMATS
-from ..scratch import scratch_path
+from ..core.defaults import DZI_FORMATS
+from ..core.scratch import scratch_path
 from .outfiles import install_dzi
 
 DZI_TILE = 256  # pixels a side of a pyramid tile (no overlap)

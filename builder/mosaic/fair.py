@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import LibraryError
+from ..core.errors import LibraryError
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from ..color import rgb_to_lab
-from ..errors import UsageError
+from ..core.color import rgb_to_lab
+from ..core.errors import UsageError
 from .pixels import block_sums
 
 COLOUR_SAMPLES = 2  # samples a cell side for the CIEDE2000 figure

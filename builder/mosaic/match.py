@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..color import rgb_to_lab
-from ..db import table_columns
-from ..errors import LibraryError, UsageError
-from ..layout import is_tile_id
-from ..library import Library
-from ..query import PopulatedIndex
+from ..core.color import rgb_to_lab
+from ..core.db import table_columns
+from ..core.errors import LibraryError, UsageError
+from ..core.layout import is_tile_id
+from ..core.library import Library
+from ..core.query import PopulatedIndex
 from .correct import luma_texture, preview_samples, texture_gain
 from .fair import fair_grid
 from .fidelity import COLOUR_SAMPLES, LUMA, STRUCTURE_SAMPLES, compare_samples

@@ -1,7 +1,7 @@
 """A mosaic's output files: never its input, swapped in whole, and no debris after a kill.
 
 A PNG mosaic is one file: it is streamed into a scratch file beside it
-(:func:`builder.scratch.scratch_path`) and renamed over ``OUT.png`` in one step.
+(:func:`builder.core.scratch.scratch_path`) and renamed over ``OUT.png`` in one step.
 
 A Deep Zoom mosaic is three names, ``OUT.dzi`` (the descriptor), ``OUT_files/`` (the pyramid)
 and ``OUT.html`` (the viewer), and no file system renames three names at once.  It is built
@@ -34,9 +34,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import UsageError
-from ..layout import PNG_SIGNATURE
-from ..scratch import dead_scratch, parse_scratch, scratch_path
+from ..core.errors import UsageError
+from ..core.layout import PNG_SIGNATURE
+from ..core.scratch import dead_scratch, parse_scratch, scratch_path
 
 logger = logging.getLogger(__name__)
 

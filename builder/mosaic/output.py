@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..db import table_columns
-from ..defaults import OUTPUT_FORMATS
-from ..errors import UsageError
-from ..library import Library
-from ..summary import plural
+from ..core.db import table_columns
+from ..core.defaults import OUTPUT_FORMATS
+from ..core.errors import UsageError
+from ..core.library import Library
+from ..core.summary import plural
 from .dzi import DZI_FORMATS, DziWriter
 from .fidelity import Fidelity, FidelityMeter
 from .match import MosaicPlan, plan_mosaic

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..scratch import scratch_path
+from ..core.scratch import scratch_path
 
 logger = logging.getLogger(__name__)
 

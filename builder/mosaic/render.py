@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import UsageError
-from ..layout import THUMB_SIZE, TILE_SIZE
-from ..library import Library
-from ..thumbcache import _read_tile, release_pages
+from ..core.errors import UsageError
+from ..core.layout import THUMB_SIZE, TILE_SIZE
+from ..core.library import Library
+from ..core.thumbcache import _read_tile, release_pages
 from .correct import interp_axis, plan_correction
 from .match import MosaicPlan, plan_mosaic
 from .target import MosaicOptions

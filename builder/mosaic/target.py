@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..defaults import (
+from ..core.defaults import (
     DEFAULT_BLEND,
     DEFAULT_CONTRAST,
     DEFAULT_DETAIL,
@@ -26,8 +26,8 @@ from ..defaults import (
     DEFAULT_RADIUS,
     DEFAULT_SUBCELLS,
 )
-from ..errors import ImageRejected, UsageError
-from ..layout import TILE_SIZE
+from ..core.errors import ImageRejected, UsageError
+from ..core.layout import TILE_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _sniff_target(path: Path) -> None:
 def open_target(source: str | os.PathLike | Image.Image) -> Image.Image:
     """Open an input picture lazily, with the checks that must come before decoding.
 
-    Pillow's own bomb limit is this process's (``builder.decode`` lowers it for tiles), so the
+    Pillow's own bomb limit is this process's (``builder.core.decode`` lowers it for tiles), so the
     header is read with our larger target limit and every size is checked here explicitly.
     """
     if isinstance(source, Image.Image):

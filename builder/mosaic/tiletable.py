@@ -1,6 +1,6 @@
 """The tile table: the tiles a mosaic can use, with their thumbnails and sub-cell colours.
 
-The thumbnails come from the library's :class:`~builder.thumbcache.ThumbnailCache`
+The thumbnails come from the library's :class:`~builder.core.thumbcache.ThumbnailCache`
 (``<library>/.cache/``), matched to ``tiles.db`` row by row, spot-checked against re-decoded
 tiles and extended with the tiles it lacks (:func:`load_tile_table`); the sub-cell colours are
 measured on them and kept in a small derived file beside the cache."""
@@ -20,13 +20,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..color import rgb_to_lab
-from ..db import table_columns
-from ..errors import LibraryError
-from ..layout import N_BUCKETS, THUMB_SIZE, is_bucket_id, is_tile_id
-from ..library import Library
-from ..scratch import scratch_path
-from ..thumbcache import (
+from ..core.color import rgb_to_lab
+from ..core.db import table_columns
+from ..core.errors import LibraryError
+from ..core.layout import N_BUCKETS, THUMB_SIZE, is_bucket_id, is_tile_id
+from ..core.library import Library
+from ..core.scratch import scratch_path
+from ..core.thumbcache import (
     CACHE_VERSION,
     KEY,
     THUMB_PREFIX,

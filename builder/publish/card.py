@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..errors import MosaicError
-from ..layout import DATA_DIR, N_BUCKETS, TILE_SIZE, bucket_name
+from ..core.errors import MosaicError
+from ..core.layout import DATA_DIR, N_BUCKETS, TILE_SIZE, bucket_name
 from .schema import CONFIGS, INDEX_NAME, METADATA_ROWS_PER_GROUP, RELEASE_MANIFEST, ROWS_PER_GROUP, Config
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class CardStats:
     synthetic_flat: int = 0
     synthetic_sources: int = 0
     synthetic_buckets: int = 0
-    # With a colour atlas: {populated, reachable_empty, not_seen} buckets (builder.atlas.reachability).
+    # With a colour atlas: {populated, reachable_empty, not_seen} buckets (builder.acquire.atlas.reachability).
     reachability: dict[str, int] | None = None
     # what SELECT COUNT(*) FROM tiles returns on the shipped tiles.db: real and synthetic tiles
     total_rows: int = 0
@@ -250,9 +250,9 @@ def _md(text: str) -> str:
 
 
 def _plans() -> list[tuple[str, list]]:
-    """The sampling plans (``builder.plans``) as ``(title, regions)``; empty if unavailable."""
+    """The sampling plans (``builder.core.plans``) as ``(title, regions)``; empty if unavailable."""
     try:
-        from ..plans import load_plan
+        from ..core.plans import load_plan
 
         return [
             ("Phase 1 - general biomes", list(load_plan("1").regions)),

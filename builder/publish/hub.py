@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import MosaicError, UsageError
+from ..core.errors import MosaicError, UsageError
 from . import manifest as release_manifest
 from .schema import CONFIGS, RELEASE_MANIFEST
 from .staging import MANIFEST, refresh_card

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..errors import LibraryError
+from ..core.errors import LibraryError
 from .schema import RELEASE_MANIFEST
 
 FORMAT = 1

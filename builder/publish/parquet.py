@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..errors import LibraryError, UnsafePath, UsageError
-from ..layout import N_BUCKETS, is_bucket_id
-from ..library import Library
+from ..core.errors import LibraryError, UnsafePath, UsageError
+from ..core.layout import N_BUCKETS, is_bucket_id
+from ..core.library import Library
 from . import rows, schema
 
 logger = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ def write_parquet(
     show = sys.stderr.isatty() if progress is None else progress
     results: dict[int, JobResult] = {}
     workers = max(1, min(num_proc, len(jobs)))
-    # fork, as builder.assign does: works from scripts without a __main__ guard and from notebooks.
+    # fork, as builder.assign.pipeline does: works from scripts without a __main__ guard and from notebooks.
     # The pool starts before the progress bar (tqdm's monitor thread) and before the parent has
     # used pyarrow, so no thread is running when it forks.
     pool = None

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..color import lab_to_rgb, load_centroids, rgb_to_hex
-from ..errors import MosaicError, UsageError
-from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
-from ..query import FLAT_SYNTHETIC, REAL, SYNTHETIC, BucketMatch, PopulatedIndex
+from ..core.color import lab_to_rgb, load_centroids, rgb_to_hex
+from ..core.errors import MosaicError, UsageError
+from ..core.layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
+from ..core.query import FLAT_SYNTHETIC, REAL, SYNTHETIC, BucketMatch, PopulatedIndex
 from . import index as bucket_index
 from . import manifest as release_manifest
 from .manifest import ReleaseIncomplete
@@ -296,7 +296,7 @@ def query_hub(repo_id: str, lab, k: int = 5, revision: str | None = None, token:
     """The ``k`` populated buckets nearest the LAB colour ``lab`` and their tiles, from the release's
     index, ``centroids.npy`` and ``metadata`` rows of those buckets (no image is fetched).
 
-    As :func:`builder.query.describe` answers it for a library (``populated=True``), but each
+    As :func:`builder.core.query.describe` answers it for a library (``populated=True``), but each
     tile is named by its id (the release has no folders) and kinds come from the metadata rows;
     ``real_only`` counts and lists real tiles only; ``max_paths`` lists at most that many ids a bucket.
     """

@@ -25,8 +25,8 @@ buckets are restored), so the partial library passes ``verify``; the report coun
 **All or nothing.**  The library is built in a scratch folder beside the target,
 ``.<name>.restore/<name>/`` (the library keeps its final name: ``filepath`` rows name it), and
 renamed into place when complete, so the target is either absent (or left empty) or a whole
-library.  Tiles enter through the store's commit protocol (:func:`builder.store.stage`,
-:func:`builder.store.commit`: journal, renames, one transaction per batch), so a crash at any
+library.  Tiles enter through the store's commit protocol (:func:`builder.core.store.stage`,
+:func:`builder.core.store.commit`: journal, renames, one transaction per batch), so a crash at any
 instant leaves the scratch library consistent.
 
 **Resumable.**  ``.<name>.restore/source.json`` records which release (and buckets) the scratch
@@ -59,11 +59,11 @@ from typing import NamedTuple, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import db, store
-from ..errors import LibraryError, LibraryLocked, MosaicError, UsageError
-from ..layout import CENTROIDS_NAME, DB_NAME, LABEL_NAMES, is_bucket_id
-from ..library import Library
-from ..tilefiles import check_png
+from ..core import db, store
+from ..core.errors import LibraryError, LibraryLocked, MosaicError, UsageError
+from ..core.layout import CENTROIDS_NAME, DB_NAME, LABEL_NAMES, is_bucket_id
+from ..core.library import Library
+from ..core.tilefiles import check_png
 from . import index as bucket_index
 from . import manifest as release_manifest
 from . import spans

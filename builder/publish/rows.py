@@ -7,7 +7,7 @@ at every ``build`` start, more than writing a thousand tiles.
 
 Security: a tile's file is derived from ``(bucket_id, id)`` after validating both (uuid4,
 ``0 <= bucket_id < 5000``); the ``filepath`` column is never opened.  Files are read through
-:class:`builder.tilefiles.TileFiles` (bucket folders checked to stay inside the library,
+:class:`builder.core.tilefiles.TileFiles` (bucket folders checked to stay inside the library,
 ``O_NOFOLLOW``, a size limit) and their PNG header checked.
 """
 
@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from .. import db as _db
-from ..errors import BadTile, LibraryError, UnsafePath
-from ..layout import DB_NAME, LABEL_NAMES, N_BUCKETS, is_bucket_id, tile_relpath  # noqa: F401  (LABEL_NAMES: read by publish.schema)
-from ..library import Library
-from ..tilefiles import TileFiles
+from ..core import db as _db
+from ..core.errors import BadTile, LibraryError, UnsafePath
+from ..core.layout import DB_NAME, LABEL_NAMES, N_BUCKETS, is_bucket_id, tile_relpath  # noqa: F401  (LABEL_NAMES: read by publish.schema)
+from ..core.library import Library
+from ..core.tilefiles import TileFiles
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Shard(NamedTuple):
 
 def open_tiles_db(db_path: Path) -> sqlite3.Connection:
     """Open a ``tiles.db`` (a library's or a snapshot) read-only, its table checked
-    (:func:`builder.db.open_readonly`: never migrates, never takes the writer's lock)."""
+    (:func:`builder.core.db.open_readonly`: never migrates, never takes the writer's lock)."""
     if not Path(db_path).is_file():  # SQLite would create it
         raise LibraryError(f"{DB_NAME} not found: {db_path}")
     return _db.open_readonly(db_path)

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from ..layout import LABEL_NAMES
+from ..core.layout import LABEL_NAMES
 
 ROWS_PER_GROUP = 100
 # The order every config's rows are written in, declared as the files' ``sorting_columns``.

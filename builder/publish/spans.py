@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 
-from ..layout import PNG_SIGNATURE
+from ..core.layout import PNG_SIGNATURE
 
 logger = logging.getLogger(__name__)
 

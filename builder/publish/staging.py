@@ -47,12 +47,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import __version__
-from .. import db as _db
-from ..errors import LibraryError, MosaicError, UsageError
-from ..layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
-from ..library import Library
-from ..redact import redact_url
-from ..summary import plural
+from ..core import db as _db
+from ..core.errors import LibraryError, MosaicError, UsageError
+from ..core.layout import CENTROIDS_NAME, DB_NAME, N_BUCKETS
+from ..core.library import Library
+from ..core.redact import redact_url
+from ..core.summary import plural
 from . import manifest as release_manifest
 from . import rows
 from .card import CardStats, render_card

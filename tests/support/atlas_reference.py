@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from builder.color import rgb_to_lab
+from builder.core.color import rgb_to_lab
 
 
 def per_block_tile_blocks(rgb, ref, zoom, index):
     """The fold as it was: every block's float mean, LAB and KD-tree query, one by one in NumPy."""
-    from builder.atlas import Blocks, block_size
+    from builder.acquire.atlas import Blocks, block_size
 
     az, ax, ay = ref
     b = block_size(zoom, az)
@@ -29,7 +29,7 @@ def per_block_tile_blocks(rgb, ref, zoom, index):
 
 def per_bucket_add(store, blocks):
     """SampleStore.add as it was: every block ranked, two statements per bucket touched."""
-    from builder.layout import N_BUCKETS
+    from builder.core.layout import N_BUCKETS
 
     conn, k = store.conn, store.size
     pixels = np.bincount(blocks.bucket, minlength=N_BUCKETS)

@@ -1,5 +1,5 @@
 """Real libraries built from recipes: Blue Marble crops stored through the project's own pipeline
-(``Library.create`` + ``builder.ingest.ingest``, and ``Pipeline`` with provenance), so every row,
+(``Library.create`` + ``builder.ops.ingest.ingest``, and ``Pipeline`` with provenance), so every row,
 hash and file is what a real library holds.
 
 Each ``build_*`` recipe is a plain function ``(root, image, **params) -> root``; the
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from builder.assign import Candidate, Pipeline
-from builder.ingest import ingest
-from builder.library import Library
+from builder.assign.pipeline import Candidate, Pipeline
+from builder.core.library import Library
+from builder.ops.ingest import ingest
 from tests.support.images import grid_crops, png_bytes, real_crops, varied_crops
 
 
@@ -99,7 +99,7 @@ def build_mixed_library(root: Path, image: Image.Image, n_ingest: int, n_harvest
                         every: int) -> Path:
     """:func:`build_published_library`, then synthetic tiles (two uses per source) for ``synthetic``
     empty buckets, every ``every``-th of them."""
-    from builder.synthesize import synthesize
+    from builder.ops.synthesize import synthesize
 
     build_published_library(root, image, n_ingest=n_ingest, n_harvest=n_harvest)
     with Library.open(root) as lib:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builder import db
+from builder.core import db
 from tests.support.cli import cli_env
 
 FAKE_TOKEN = "hf_fake_secret_value"

@@ -43,11 +43,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import LibraryError, LibraryLocked
-from builder.layout import bucket_name, parse_bucket_dir
-from builder.ledger import CLAIMED, FetchLedger
-from builder.library import Library
-from builder.verify import verify_library
+from builder.acquire.ledger import CLAIMED, FetchLedger
+from builder.core.errors import LibraryError, LibraryLocked
+from builder.core.layout import bucket_name, parse_bucket_dir
+from builder.core.library import Library
+from builder.ops.verify import verify_library
 from tests.support.cli import builder_argv, cli_env
 from tests.support.images import raw_png
 from tests.support.kill import group_killed_on_exit, kill_group, start_group
@@ -121,7 +121,7 @@ def sha256(path: Path) -> str:
 
 
 def ro_connect(root: Path) -> sqlite3.Connection:
-    """A plain read-only connection, independent of builder.db (what a notebook user opens)."""
+    """A plain read-only connection, independent of builder.core.db (what a notebook user opens)."""
     return sqlite3.connect(f"{(root / 'tiles.db').resolve().as_uri()}?mode=ro", uri=True, timeout=30)
 
 
@@ -528,7 +528,7 @@ def burn_scenario(root: Path, source: str, kills: int = 3, zoom: int = 7, phase:
 
 def build_library(root: Path, n: int, seed: int = 0, cap: int = 100) -> dict[str, tuple[int, str]]:
     """A library of about ``n`` distinct Blue Marble tiles (ingested on two processes); its rows."""
-    from builder.ingest import ingest
+    from builder.ops.ingest import ingest
 
     pool = make_tile_pool(root.parent / f"{root.name}_pool", n, seed=seed)
     with Library.create(root, cap=cap) as lib:

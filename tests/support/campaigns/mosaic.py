@@ -30,8 +30,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.layout import SAMPLE_TARGET
-from builder.scratch import parse_scratch, scratch_path
+from builder.core.layout import SAMPLE_TARGET
+from builder.core.scratch import parse_scratch, scratch_path
 from tests.support.cli import builder_argv, cli_env
 from tests.support.kill import group_killed_on_exit, kill_group, start_group
 from tests.support.paths import REPO

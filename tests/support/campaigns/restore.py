@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import db
+from builder.core import db
 from tests.support.cli import builder_argv, offline_env
 from tests.support.kill import group_killed_on_exit, kill_group, start_group
 from tests.support.paths import REPO
