@@ -524,7 +524,7 @@ class _Atlas:
         rep = self.report
         rows = [(r.ref, status, r.at) for status, r in answers.settled]
         parts: list[Blocks] = []
-        folded = [(r, self.folder.submit(fold_tile, r.data, r.ref[:3], self.zoom, self.lib.index))
+        folded = [(r, self.folder.submit(fold_tile, r.data, r.ref.key, self.zoom, self.lib.index))
                   for r in answers.images]
         for r, future in folded:
             reason, found = future.result()
@@ -579,7 +579,7 @@ def _build(lib: Library, src: TileSource, plan: Plan, options: AtlasOptions, pro
                    max_requests=options.max_requests)
     refs = overview_refs(plan, atlas_zoom, options.seed)
     known = ledger.known(atlas_zoom)
-    todo = [r for r in refs if r[:3] not in known]
+    todo = [r for r in refs if r.key not in known]
     report.overview_tiles = len(refs)
     report.already = len(refs) - len(todo)
     run.run(_Atlas(run, info, report, todo), progress)
@@ -722,7 +722,7 @@ class AimedSampler:
                 continue
             out.append(ref)
             self.outstanding[b] += 1
-            self.predicted[ref[:3]] = b
+            self.predicted[ref.key] = b
             weights[b] -= 1
             if weights[b] <= 0 or not tiles:
                 del weights[b]
@@ -731,7 +731,7 @@ class AimedSampler:
     def settle(self, refs) -> None:
         """The tiles' outcomes are known: they no longer count as drawn for their buckets."""
         for ref in refs:
-            b = self.predicted.get(ref[:3])
+            b = self.predicted.get(ref.key)
             if b is not None and self.outstanding[b] > 0:
                 self.outstanding[b] -= 1
 

@@ -378,7 +378,7 @@ class _Harvest:
             if len(fresh) < size - len(claims) and self.sampler.done:
                 self.exhausted = True
             claims += [Claim(ref) for ref in fresh]
-        self.done.update(c.ref[:3] for c in claims)
+        self.done.update(c.ref.key for c in claims)
         return claims
 
     def take_retries(self, size: int) -> list[Claim]:
@@ -406,7 +406,7 @@ class _Harvest:
         logs for a later run, rather than ``unused``."""
         rep = self.report
         results, images = answers.results, answers.images
-        retried = {r.ref[:3] for r in results if r.started and self.ledger.prior(r.ref[:3])}
+        retried = {r.ref.key for r in results if r.started and self.ledger.prior(r.ref.key)}
         accepted_here = 0
         start = 0
         while True:
@@ -431,7 +431,7 @@ class _Harvest:
             self.zero_streak = 0 if accepted_here else self.zero_streak + 1
         if self.aimed is not None:
             self.aimed.settle(r.ref for r in results)
-            self.measured += sum(1 for r in results if r.ref[:3] in self.aimed.predicted)
+            self.measured += sum(1 for r in results if r.ref.key in self.aimed.predicted)
             if self.measured >= (self.aimed.next_fit or math.inf):
                 # The true count (decoded candidates of the atlas, earlier runs included) decides.
                 n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
@@ -458,7 +458,7 @@ class _Harvest:
         rep = self.report
         accepted = 0
         for r, o in zip(chunk, outcomes):
-            predicted = self.aimed.predicted.get(r.ref[:3]) if self.aimed is not None else None
+            predicted = self.aimed.predicted.get(r.ref.key) if self.aimed is not None else None
             if predicted is not None and o.bucket_id is not None:
                 rep.aimed += 1
                 rep.hits += int(o.bucket_id == predicted)
@@ -475,7 +475,7 @@ class _Harvest:
             rep.by_region.setdefault(r.ref.region, Counter())["fetched"] += 1
             if status == UNUSED:
                 rep.unused += 1
-        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref[:3] in retried)
+        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref.key in retried)
         return accepted
 
     def retracted(self, rows: list[tuple[TileRef, str, Prior | None]]) -> None:

@@ -94,7 +94,7 @@ def split_answers(results: Sequence[FetchResult], down: bool,
             released.append(r)
         elif status is not None:
             settled.append((status, r))
-    faulted = [(r.ref, status, prior(r.ref[:3])) for status, r in settled if r.fault is not None]
+    faulted = [(r.ref, status, prior(r.ref.key)) for status, r in settled if r.fault is not None]
     answered = bool(images) or any(status == NO_TILE for status, _ in settled)
     return Answers(list(results), images, settled, released, faulted, answered)
 
