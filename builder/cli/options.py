@@ -9,7 +9,9 @@ one-line error naming the option and the value, exit status 2::
 Pool options mean the same in every command: ``--workers N`` is worker *processes* (ingest,
 harvest and verify analyse tiles on a process pool; the demo passes it on to them), ``--threads
 N`` is threads (harvest's fetch threads, the tile decoding of report and mosaic).  ``build``
-and ``push`` keep the contract's ``--num-proc`` for their processes.
+and ``push`` keep the contract's ``--num-proc`` for their processes.  The library API names them alike:
+``workers=`` is processes (``ingest``, ``verify_library``, ``Pipeline``...), ``threads=`` is threads
+(``MosaicOptions``, ``render_report``, ``load_tile_table``, ``harvest``).
 
 >>> integer(1)("3"), number(0, 1)("0.25")
 (3, 0.25)

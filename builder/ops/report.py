@@ -525,7 +525,7 @@ def check_output_dir(lib: Library, output: str | os.PathLike) -> Path:
 
 
 def render_report(lib: Library, output: str | os.PathLike, progress: bool | None = None,
-                  workers: int | None = None) -> ReportResult:
+                  threads: int | None = None) -> ReportResult:
     """Figures, contact sheets and ``index.html`` in ``output``; returns what was written."""
     out = check_output_dir(lib, output)
     out.mkdir(parents=True, exist_ok=True)
@@ -547,9 +547,9 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
     entries = []
     drawn = 0
     show = sys.stderr.isatty() if progress is None else progress
-    n_workers = max(1, workers or min(4, os.cpu_count() or 1))
+    n_threads = max(1, threads or min(4, os.cpu_count() or 1))
     try:
-        with ThreadPoolExecutor(n_workers) as pool, tqdm(total=len(ordered), unit="bucket", desc="contact sheets",
+        with ThreadPoolExecutor(n_threads) as pool, tqdm(total=len(ordered), unit="bucket", desc="contact sheets",
                                                            disable=not show) as bar:
             in_flight: deque = deque()
             for bucket_id in ordered.tolist():
@@ -566,7 +566,7 @@ def render_report(lib: Library, output: str | os.PathLike, progress: bool | None
                     drawn += 1
                     in_flight.append(pool.submit(render_sheet, lib, bucket_id, ids, sheets_dir / name, marked,
                                                  [h for _i, h, _f in rows], stored))
-                    while len(in_flight) > 2 * n_workers:
+                    while len(in_flight) > 2 * n_threads:
                         in_flight.popleft().result()
                 bar.update()
             for future in in_flight:
