@@ -517,7 +517,7 @@ class _Atlas:
         take, self.todo = self.todo[:size], self.todo[size:]
         return [Claim(ref) for ref in take]
 
-    def fold(self, answers: Answers, replay: bool) -> bool:
+    def fold(self, answers: Answers, recovered: bool) -> bool:
         """Fold the images into blocks (on a thread a core); the blocks, every status and the
         released claims commit in one transaction."""
         assert self.folder is not None
@@ -698,7 +698,7 @@ class AimedSampler:
         return max(0, self.cap - have)
 
     @property
-    def done(self) -> bool:
+    def all_exhausted(self) -> bool:
         """No bucket that needs a tile has a candidate left."""
         return not any(tiles and self.need(b) > 0 for b, tiles in self.pool.items())
 

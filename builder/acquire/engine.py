@@ -25,7 +25,7 @@ A driver whose answers need no pipeline, in full (a ledger table of its own, see
 :class:`~builder.acquire.ledger.FetchLedger`)::
 
     ledger = FetchLedger(lib.root, lib.conn, source.name, table="...", stored_in=None)
-    found = ledger.recover()              # a killed run's answers: use found.replay, then settle found.logs
+    found = ledger.recover_inflight()     # a killed run's answers: use found.images, then settle found.logs
     with FetchEngine(source, ledger, threads=8, max_requests=500) as engine:
         engine.submit([Claim(ref) for ref in refs if ref.key not in ledger.known(zoom)])
         while engine.pending:                 # once engine.down is set, release faults, do not record them

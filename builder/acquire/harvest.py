@@ -303,15 +303,15 @@ class _Harvest:
         self.processes = processes
         self.screen_blank = screen_blank
         self.radius = radius
-        self.done = self.ledger.known(zoom)
-        # --retry-faults: queued ahead of the sampler; they stay in self.done so it never draws them.
+        self.taken = self.ledger.known(zoom)
+        # --retry-faults: queued ahead of the sampler; they stay in self.taken so it never draws them.
         self.retry_queue: deque[Claim] = deque(transient_claims(self.ledger, plan, zoom) if retry_faults else ())
         # Resuming with the same seed walks the same permutation past every tile done before;
         # the sampler's skip guard must not mistake that for an exhausted region.
         self.aimed = None
         self.measured = 0  # aimed tiles answered so far (an upper bound of those with a measured colour)
         if target is None:
-            self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
+            self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.taken) + 1))
         else:  # drawn from the colour atlas, weighted by what each bucket still needs
             self.aimed, report.calibration = aimed_sampler(self.lib, self.name, zoom, target, self._counts, seed)
             self.measured = len(calibration_pairs(self.lib.conn, self.name, zoom)[0])
@@ -372,13 +372,13 @@ class _Harvest:
             return []
         claims = self.take_retries(size)
         if len(claims) < size:
-            fresh = self.sampler.sample(size - len(claims), exclude=self.done)
+            fresh = self.sampler.sample(size - len(claims), exclude=self.taken)
             # An aimed sampler may hold back while its buckets' tiles are in flight: only
             # "done" (no bucket that needs a tile has a candidate left) is exhaustion.
-            if len(fresh) < size - len(claims) and self.sampler.done:
+            if len(fresh) < size - len(claims) and self.sampler.all_exhausted:
                 self.exhausted = True
             claims += [Claim(ref) for ref in fresh]
-        self.done.update(c.ref.key for c in claims)
+        self.taken.update(c.ref.key for c in claims)
         return claims
 
     def take_retries(self, size: int) -> list[Claim]:
@@ -399,9 +399,9 @@ class _Harvest:
                         "region": r.region, "harvested_at": res.at},
         )
 
-    def fold(self, answers: Answers, replay: bool) -> bool:
+    def fold(self, answers: Answers, recovered: bool) -> bool:
         """Store one fetched batch and every tile's final status, in as few transactions as the
-        ``max_tiles`` limit allows (one, unless the limit falls inside this batch).  ``replay``:
+        ``max_tiles`` limit allows (one, unless the limit falls inside this batch).  ``recovered``:
         answers a killed run fetched; those the tile target leaves over stay claimed in their
         logs for a later run, rather than ``unused``."""
         rep = self.report
@@ -416,7 +416,7 @@ class _Harvest:
             chunk = images[start:start + room]
             start += len(chunk)
             final = room == 0 or start >= len(images)
-            left = [] if replay else [(UNUSED, r) for r in images[start:]]
+            left = [] if recovered else [(UNUSED, r) for r in images[start:]]
             extra = answers.settled + left if final else []
             gone = answers.released if final else []
             outcomes = self.pipe.process(  # type: ignore[union-attr]
@@ -436,10 +436,10 @@ class _Harvest:
                 # The true count (decoded candidates of the atlas, earlier runs included) decides.
                 n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
                 self.measured = n
-                fit = recalibrate(self.lib, self.aimed, n, self.done)
+                fit = recalibrate(self.lib, self.aimed, n, self.taken)
                 if fit is not None:
                     self.report.calibration = fit
-        return start >= len(images) or not replay
+        return start >= len(images) or not recovered
 
     def write_status(self, conn, chunk: list[FetchResult], outcomes: list[Outcome],
                      extra: list[tuple[str, FetchResult]], released: list[FetchResult]) -> None:

@@ -189,7 +189,7 @@ class Recovery:
     """What :meth:`FetchLedger.recover` found in the in-flight logs of killed runs.
 
     ``released``: claims never asked for, deleted (or given their fault back); ``settled``:
-    no-tile and fault answers recorded from the logs; ``replay``: image answers the caller must
+    no-tile and fault answers recorded from the logs; ``images``: image answers the caller must
     store (then :meth:`FetchLedger.settle` each of ``logs``); ``lost``: requests that were on the
     wire at the kill, left ``claimed``.
     """
@@ -197,11 +197,11 @@ class Recovery:
     released: int = 0
     settled: int = 0
     lost: int = 0
-    replay: list[FetchResult] = field(default_factory=list)
+    images: list[FetchResult] = field(default_factory=list)
     logs: list[BatchLog] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"released": self.released, "settled": self.settled, "replayed": len(self.replay), "lost": self.lost}
+        return {"released": self.released, "settled": self.settled, "replayed": len(self.images), "lost": self.lost}
 
 
 # --- the in-flight log of one batch -------------------------------------------------------------
@@ -521,11 +521,11 @@ class FetchLedger:
 
     # -- after a crash -----------------------------------------------------------------------
 
-    def recover(self) -> Recovery:
+    def recover_inflight(self) -> Recovery:
         """Resolve the in-flight logs a killed run of this source left (see the module doc).
 
         Run it before :meth:`known`.  Claims never asked for are released and no-tile or fault
-        answers recorded, in one transaction; image answers come back in ``replay`` (their
+        answers recorded, in one transaction; image answers come back in ``images`` (their
         claims registered here, so :meth:`record` and :meth:`release` treat them as this run's),
         to be stored by the caller, who then settles ``logs``.  Logs of other sources are left
         for a run of theirs.
@@ -563,7 +563,7 @@ class FetchLedger:
                 else:
                     images.append(answer)
             if images:
-                found.replay.extend(images)
+                found.images.extend(images)
                 found.logs.append(BatchLog(path, None))
             else:
                 done.append(path)
@@ -574,7 +574,7 @@ class FetchLedger:
         for path in done:
             path.unlink(missing_ok=True)
         found.released, found.settled = len(releases), len(settled)
-        if releases or settled or found.lost or found.replay:
+        if releases or settled or found.lost or found.images:
             logger.info("recovered the in-flight logs of %s: %s", self.source, found.as_dict())
         return found
 

@@ -118,9 +118,9 @@ class RunHooks(Protocol):
         tiles are claimed but not yet folded.  Sets ``exhausted`` when nothing is left; an
         empty list holds the claiming back for now."""
 
-    def fold(self, answers: Answers, replay: bool) -> bool:
+    def fold(self, answers: Answers, recovered: bool) -> bool:
         """Book one batch: use the images, record every status of ``answers.settled`` and
-        release ``answers.released`` in the same transactions.  ``replay``: answers of a killed
+        release ``answers.released`` in the same transactions.  ``recovered``: answers of a killed
         run.  Returns True when every tile of the batch is booked (its in-flight logs may go)."""
 
     def target_reached(self) -> str | None:
@@ -157,7 +157,7 @@ class FetchRun:
         self.report = report
         self.batch = batch
         self.max_requests = max_requests
-        self.recovery = ledger.recover()  # before known(): released claims may be drawn again
+        self.recovery = ledger.recover_inflight()  # before known(): released claims may be drawn again
         report.recovery = self.recovery.as_dict()
         self.engine = FetchEngine(source, ledger, threads, max_requests)
         self.interrupt = threading.Event()  # set by the first Ctrl-C
@@ -227,9 +227,9 @@ class FetchRun:
     def loop(self, bar: tqdm) -> None:
         hooks = self.hooks
         assert hooks is not None
-        if self.recovery.replay:  # answers a killed run fetched: booked before anything is asked
-            replay, self.recovery.replay = self.recovery.replay, []
-            self.fold(replay, self.recovery.logs, replay=True)
+        if self.recovery.images:  # answers a killed run fetched: booked before anything is asked
+            images, self.recovery.images = self.recovery.images, []
+            self.fold(images, self.recovery.logs, recovered=True)
             self.check_stop()
         while True:
             self.fill()
@@ -263,12 +263,12 @@ class FetchRun:
                 return
             self.engine.submit(claims, hooks.predicted)
 
-    def fold(self, results: list[FetchResult], logs: Sequence[BatchLog], replay: bool = False) -> Answers:
+    def fold(self, results: list[FetchResult], logs: Sequence[BatchLog], recovered: bool = False) -> Answers:
         """Split a batch, let the hooks book it, count what the driver counts, settle its logs."""
         assert self.hooks is not None
         answers = split_answers(results, self.engine.down is not None, self.ledger.prior)
         self.in_hand = len(results)
-        booked = self.hooks.fold(answers, replay)
+        booked = self.hooks.fold(answers, recovered)
         self.in_hand = 0
         rep = self.report
         for status, r in answers.settled:

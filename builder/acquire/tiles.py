@@ -200,7 +200,7 @@ class Sampler:
         return {s.region.name for s in self._states if s.exhausted}
 
     @property
-    def done(self) -> bool:
+    def all_exhausted(self) -> bool:
         return all(s.exhausted for s in self._states)
 
     def sample(self, n: int, exclude: Exclude = None) -> list[TileRef]:
