@@ -150,7 +150,13 @@ BRUTE_FORCE_MAX = 64
 def nearest_brute(points: np.ndarray, lab: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``k`` nearest rows of ``points`` to each colour of ``lab`` ``(n, 3)``, nearest first:
     ``(distances, indices)``, each ``(n, k)``.  For few colours (:data:`BRUTE_FORCE_MAX`)."""
-    d2 = ((lab[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+    # Channel by channel over contiguous columns: the same floats as
+    # ``((lab[:, None] - points[None]) ** 2).sum(axis=2)``, whose length-3 sums add in this order,
+    # at a tenth of the cost (no (n, 5000, 3) temporaries, no strided reduction).
+    columns = np.ascontiguousarray(np.asarray(points, dtype=np.float64).T)
+    d2 = np.square(lab[:, 0, None] - columns[0])
+    d2 += np.square(lab[:, 1, None] - columns[1])
+    d2 += np.square(lab[:, 2, None] - columns[2])
     if k == 1:
         order = d2.argmin(axis=1)[:, None]
     else:
