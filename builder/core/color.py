@@ -109,6 +109,18 @@ def make_centroids(seed: int = 0, n_colours: int = 500_000, n_clusters: int = N_
     return np.ascontiguousarray(kmeans.cluster_centers_, dtype=np.float64)
 
 
+def rows_distinct(rows: np.ndarray) -> bool:
+    """True when no two rows of ``rows`` (2-D) are equal: neighbours in lexicographic order
+    differ.  ``np.unique(axis=0)`` says the same but imports ``numpy.ma`` (~15 ms of every
+    command that opens a library).
+
+    >>> rows_distinct(np.array([[1, 2], [2, 1]])), rows_distinct(np.array([[1, 2], [0, 0], [1, 2]]))
+    (True, False)
+    """
+    ordered = rows[np.lexsort(rows.T[::-1])]
+    return not (ordered[1:] == ordered[:-1]).all(axis=1).any()
+
+
 def validate_centroids(centroids: np.ndarray, origin: str = "centroids") -> np.ndarray:
     """Check shape, dtype and finiteness; return a float64 C-contiguous copy."""
     if not isinstance(centroids, np.ndarray) or centroids.dtype.kind not in "fiu":
@@ -117,7 +129,7 @@ def validate_centroids(centroids: np.ndarray, origin: str = "centroids") -> np.n
         raise CentroidsError(f"{origin}: expected shape {CENTROIDS_SHAPE}, got {centroids.shape}")
     if not np.isfinite(centroids).all():
         raise CentroidsError(f"{origin}: contains NaN or infinite values")
-    if len(np.unique(centroids, axis=0)) != N_BUCKETS:
+    if not rows_distinct(centroids):
         raise CentroidsError(f"{origin}: centroids are not distinct")
     return np.ascontiguousarray(centroids, dtype=np.float64)
 
@@ -155,8 +167,10 @@ def nearest_brute(points: np.ndarray, lab: np.ndarray, k: int = 1) -> tuple[np.n
     # at a tenth of the cost (no (n, 5000, 3) temporaries, no strided reduction).
     columns = np.ascontiguousarray(np.asarray(points, dtype=np.float64).T)
     d2 = np.square(lab[:, 0, None] - columns[0])
-    d2 += np.square(lab[:, 1, None] - columns[1])
-    d2 += np.square(lab[:, 2, None] - columns[2])
+    term = np.empty_like(d2)
+    for channel in (1, 2):
+        np.subtract(lab[:, channel, None], columns[channel], out=term)
+        d2 += np.square(term, out=term)
     if k == 1:
         order = d2.argmin(axis=1)[:, None]
     else:
