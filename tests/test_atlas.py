@@ -283,7 +283,7 @@ def test_aimed_sampler_weights_by_need_and_holds_back_while_in_flight(make_libra
         counts[sampler.predicted[r[:3]]] = 1
     sampler.settle(first)
     # 35 buckets still need a tile, but their one candidate was tried: nothing left to draw.
-    assert sampler.done is True and sampler.sample(10) == []
+    assert sampler.all_exhausted is True and sampler.sample(10) == []
 
 
 # --- errors, dead sources, kills -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from builder.core.color import (
     hex_to_rgb,
     load_centroids,
     make_centroids,
+    nearest_brute,
     rgb_to_lab,
 )
 from builder.core.errors import CentroidsError
@@ -48,6 +49,34 @@ def test_kdtree_batch_assignment_equals_brute_force():
     d2 = ((lab[:, None, :] - c[None, :, :]) ** 2).sum(-1)
     assert np.array_equal(idx, d2.argmin(1))
     assert np.allclose(dist, np.sqrt(d2.min(1)))
+
+
+def test_small_batches_get_the_reference_distances_bit_for_bit_from_every_thread():
+    """The direct search (batches of up to 64 colours: every ingest chunk) gives the very floats of
+    the card-style ``((lab - c) ** 2).sum(-1)``, ties to the lower id, and threads sharing one
+    index (atlas folds tiles on a thread a core) each get their own working space."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = load_centroids(SHIPPED_CENTROIDS)
+    rng = np.random.default_rng(2)
+    batches = [rgb_to_lab(rng.uniform(0, 255, (int(n), 3))) for n in rng.integers(1, 65, 24)]
+    batches.append(np.concatenate([c[:32], c[:32] + 1e-9]))  # on a centroid, and a hair off it
+    d2s = [((lab[:, None, :] - c[None, :, :]) ** 2).sum(-1) for lab in batches]
+
+    def reference(d2, k):
+        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        return np.sqrt(np.take_along_axis(d2, order, axis=1)), order
+
+    for lab, d2 in zip(batches, d2s):
+        for k in (1, 3):
+            dist, ids = nearest_brute(c, lab, k)
+            ref_dist, ref_ids = reference(d2, k)
+            assert np.array_equal(ids, ref_ids) and np.array_equal(dist, ref_dist)
+    index = CentroidIndex(c)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(index.assign_lab, batches * 8))
+    for d2, (ids, dist) in zip(d2s * 8, got):
+        assert np.array_equal(ids, d2.argmin(1)) and np.array_equal(dist, np.sqrt(d2.min(1)))
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,17 @@
-"""The builder's module graph: no import cycle, counting every import (inside functions and
-``if TYPE_CHECKING:`` blocks too, where a deferred import would hide one), and the library core
-stays below the pipeline (``builder.core.library`` never imports assignment or ingest, so they can
-import it)."""
+"""The builder's module graph: folders by role whose imports go one way, and no import cycle,
+counting every import (inside functions and ``if TYPE_CHECKING:`` blocks too, where a deferred
+import would hide one).
+
+The layers (a module may import its own layer and those listed)::
+
+    cli       everything: the command line and the demo workflow on top
+    acquire   assign, core       harvest, atlas, the fetch engine and ledger, sources/
+    ops       assign, core       ingest, synthesize, verify, repair, recover, report
+    mosaic    core               photomosaics
+    publish   core               staging, Parquet, the card, push, restore
+    assign    core               the card's pipeline: analysis, admission, commit
+    core      (itself)           the library on disk and what reads it
+"""
 
 from __future__ import annotations
 
@@ -15,8 +25,23 @@ from tests.support.paths import REPO
 
 PACKAGE = REPO / "builder"
 # Modules the CLI, the card and publish read without the heavy side: the standard library only.
-STDLIB_ONLY = ("builder.core.layout", "builder.core.db", "builder.core.tilefiles", "builder.core.store", "builder.core.plans",
-               "builder.core.redact", "builder.acquire.options", "builder.core.defaults", "builder.assign.admission")
+STDLIB_ONLY = ("builder.core.errors", "builder.core.layout", "builder.core.db", "builder.core.tilefiles",
+               "builder.core.store", "builder.core.lock", "builder.core.scratch", "builder.core.summary",
+               "builder.core.quarantine", "builder.core.plans", "builder.core.redact", "builder.core.defaults",
+               "builder.acquire.options", "builder.assign.admission")
+# Each layer folder of builder/ and the layers its modules may import (their own included).
+LAYERS = {
+    "core": {"core"},
+    "assign": {"core", "assign"},
+    "acquire": {"core", "assign", "acquire"},
+    "ops": {"core", "assign", "ops"},
+    "mosaic": {"core", "mosaic"},
+    "publish": {"core", "publish"},
+    "cli": set(),  # filled below: everything
+}
+LAYERS["cli"] = set(LAYERS)
+# The package's two root files: the errors re-export and ``python -m builder``.
+ROOT_LAYER = {"builder": "core", "builder.__main__": "cli"}
 
 
 def module_name(path: Path, package: Path) -> str:
@@ -164,6 +189,91 @@ def test_the_checker_finds_a_cycle_through_a_package_init(tmp_path):
     assert find_cycle(graph) == ["pkg.c", "pkg.sub", "pkg.sub.x", "pkg.c"]
     run = subprocess.run([sys.executable, "-c", "import pkg.c"], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode != 0 and "partially initialized module 'pkg.c'" in run.stderr  # Python agrees
+
+
+def layer_of(module: str) -> str | None:
+    """The layer folder a module of ``builder`` lives in (``None`` for a module outside every layer)."""
+    if module in ROOT_LAYER:
+        return ROOT_LAYER[module]
+    folder = module.split(".")[1]
+    return folder if folder in LAYERS else None
+
+
+def layer_breaches(graph: dict[str, dict[str, int]]) -> list[str]:
+    """``importer:line -> imported`` for every import that goes up or sideways between layers."""
+    return [f"{module}:{line} -> {target}"
+            for module, targets in sorted(graph.items()) for target, line in sorted(targets.items())
+            if layer_of(target) not in LAYERS.get(layer_of(module), set())]
+
+
+def dangling_imports(path: Path, text: str | None = None, package: Path = PACKAGE) -> list[str]:
+    """``file:line -> module`` for every import in ``path`` (or in ``text`` read as that file) of a
+    ``builder`` module that does not exist, deferred ones included: a function that would fail
+    only when it runs."""
+    modules = {module_name(p, package) for p in package.rglob("*.py")}
+    here = ""
+    if package in path.parents:
+        here = module_name(path, package)
+        here = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text, str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = here.split(".")
+            targets = [".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))]
+        elif isinstance(node, ast.ImportFrom):
+            targets = [node.module or ""]
+        else:
+            continue
+        found += [f"{path.relative_to(REPO)}:{node.lineno} -> {target}" for target in targets
+                  if target.split(".")[0] == package.name and target not in modules]
+    return found
+
+
+def test_every_import_of_a_builder_module_names_one_that_exists():
+    files = [*PACKAGE.rglob("*.py"), *(REPO / "tests").rglob("*.py"), *(REPO / "bench").rglob("*.py"),
+             REPO / "mosaic_library.py"]
+    assert [line for path in files for line in dangling_imports(path)] == []
+    # A deferred import of a module's old home (before the folders by role) is found, with its line.
+    stats = PACKAGE / "cli" / "stats.py"
+    text = stats.read_text() + "\n\ndef planted():\n    from ..library import Library\n    from builder.harvest import harvest\n"
+    line = text.count("\n")  # the last line's number
+    assert dangling_imports(stats, text) == [f"builder/cli/stats.py:{line - 1} -> builder.library",
+                                             f"builder/cli/stats.py:{line} -> builder.harvest"]
+
+
+def test_every_module_lives_in_a_layer_folder():
+    graph = import_graph()
+    assert {m for m in graph if layer_of(m) is None} == set()
+    assert {m.split(".")[1] for m in graph if m not in ROOT_LAYER} == set(LAYERS)
+    assert [p.name for p in sorted(PACKAGE.glob("*.py"))] == ["__init__.py", "__main__.py"]
+
+
+def test_imports_go_one_way_between_layers_deferred_imports_counted():
+    graph = import_graph()
+    # The graph holds the deferred imports: the CLI imports its commands' modules inside run().
+    assert "builder.ops.verify" in graph["builder.cli.verify"] and "builder.acquire.harvest" in graph["builder.cli.harvest"]
+    assert layer_breaches(graph) == []
+
+
+def test_the_layer_check_finds_a_planted_breach_in_real_files(tmp_path):
+    """A deferred import inside a function of the core (the colour maths reaching up to verify)
+    and a module-level import sideways (publish reading the mosaic) are both found, with their lines."""
+    import shutil
+
+    package = tmp_path / "builder"
+    shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    color = package / "core" / "color.py"
+    color.write_text(color.read_text() + "\n\ndef planted():\n    from ..ops import verify\n    return verify\n")
+    line = color.read_text().count("\n") - 1
+    card = package / "publish" / "card.py"
+    card.write_text("from ..mosaic import render  # planted\n" + card.read_text())
+    breaches = layer_breaches(import_graph(package))
+    assert f"builder.core.color:{line} -> builder.ops.verify" in breaches
+    assert "builder.publish.card:1 -> builder.mosaic.render" in breaches
+    assert "builder.publish.card:1 -> builder.mosaic" in breaches  # the package's __init__ runs too
+    assert len(breaches) == 4, breaches  # and builder.ops, run by `from ..ops import verify`
 
 
 def test_no_import_cycle_among_builder_modules_deferred_imports_counted():

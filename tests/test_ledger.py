@@ -120,9 +120,9 @@ def test_recovery_releases_unrequested_claims_settles_answers_and_replays_images
     other.close()
 
     again = FetchLedger(lib.root, lib.conn, SOURCE)
-    found = again.recover()
+    found = again.recover_inflight()
     assert (found.released, found.settled, found.lost) == (3, 2, 2)  # 0, 5, 50 | 2, 4 | 1, 6
-    assert [(r.ref, r.data, r.at) for r in found.replay] == [(ref(3), image, "t3")]
+    assert [(r.ref, r.data, r.at) for r in found.images] == [(ref(3), image, "t3")]
     state = rows(lib)
     assert (9, 0, 5) not in state and (9, 5, 5) not in state
     assert state[(9, 50, 5)] == ("fault:http_503", "old")  # the retried tile's fault is back
@@ -136,9 +136,9 @@ def test_recovery_releases_unrequested_claims_settles_answers_and_replays_images
     for replayed in found.logs:
         again.settle(replayed)
     assert inflight(lib) == [other.path.name]
-    assert again.recover().as_dict() == {"released": 0, "settled": 0, "replayed": 0, "lost": 0}
+    assert again.recover_inflight().as_dict() == {"released": 0, "settled": 0, "replayed": 0, "lost": 0}
     assert lib.conn.execute("SELECT status FROM fetched WHERE source = 'earth'").fetchone() == (CLAIMED,)
-    assert FetchLedger(lib.root, lib.conn, "earth").recover().released == 1
+    assert FetchLedger(lib.root, lib.conn, "earth").recover_inflight().released == 1
     assert inflight(lib) == []
 
 
@@ -151,7 +151,7 @@ def test_a_log_cut_inside_its_header_is_dropped(make_library):
     log.path.write_bytes(data[: len(data) // 2])  # the claim's transaction never began
     with lib.conn:
         lib.conn.execute("DELETE FROM fetched")
-    assert ledger.recover().as_dict() == {"released": 0, "settled": 0, "replayed": 0, "lost": 0}
+    assert ledger.recover_inflight().as_dict() == {"released": 0, "settled": 0, "replayed": 0, "lost": 0}
     assert inflight(lib) == []
 
 
@@ -184,7 +184,7 @@ def test_another_ledger_table_keeps_its_own_books(make_library):
     harvest_log.close()
     atlas_log.close()
     assert atlas_log.path.name.startswith("overview_fetched-")
-    assert atlas_books.recover().released == 2  # nothing was requested
+    assert atlas_books.recover_inflight().released == 2  # nothing was requested
     assert rows(lib, "overview_fetched") == {} and set(rows(lib)) == {(9, 1, 5)}
     assert len(inflight(lib)) == 1  # harvest's log is harvest's business
     assert status_counts_by_region(lib.conn, "overview_fetched") == {}

@@ -200,7 +200,7 @@ def test_small_regions_exhaust_exactly_and_the_rest_carry_on():
     assert len(refs) == 200 and len(tiny) == tiny_count  # every tiny tile once, then only "big"
     rng = tile_range((40.27, 14.22, 40.33, 14.26), 15)
     assert {(r.x, r.y) for r in tiny} == {rng.tile_at(i) for i in range(rng.count)}
-    assert sampler.exhausted == {"tiny"} and not sampler.done
+    assert sampler.exhausted == {"tiny"} and not sampler.all_exhausted
 
 
 def test_sampling_stops_when_every_region_is_exhausted():
@@ -209,7 +209,7 @@ def test_sampling_stops_when_every_region_is_exhausted():
     total = sum(sampler.capacity().values())
     refs = sampler.sample(10_000)
     assert len(refs) <= total and len({(r.x, r.y) for r in refs}) == len(refs)
-    assert sampler.done and sampler.sample(10) == []
+    assert sampler.all_exhausted and sampler.sample(10) == []
 
 
 def test_overlapping_regions_never_repeat_a_tile():
@@ -239,9 +239,9 @@ def test_excluding_everything_terminates():
     plan = plan_of(("a", (0, 0, 5, 5), 1), ("b", (10, 10, 15, 15), 1))
     sampler = Sampler(plan, 9, seed=2)
     assert sampler.sample(10, exclude=lambda ref: True) == []
-    assert sampler.done
+    assert sampler.all_exhausted
     huge = Sampler(load_plan("1"), 15, seed=2, max_skips=500)
-    assert huge.sample(10, exclude=lambda ref: True) == [] and huge.done
+    assert huge.sample(10, exclude=lambda ref: True) == [] and huge.all_exhausted
 
 
 def test_bad_zoom_is_a_usage_error():

@@ -442,7 +442,7 @@ def test_quarantine_is_invisible_to_every_reader(cached_library, tmp_path):
     in_bucket = sum(1 for b, _h in rows.values() if b == bucket)
     assert lib.stats()["tiles"] == len(rows)
     assert set(load_tile_table(lib, progress=False).ids.tolist()) == set(rows)
-    report = render_report(lib, tmp_path / "report", workers=1)
+    report = render_report(lib, tmp_path / "report", threads=1)
     assert {e.bucket_id: e.count for e in report.buckets}[bucket] == in_bucket
     lib.close()
     import pyarrow.parquet as pq

@@ -16,17 +16,10 @@ from builder.cli import main
 from builder.core.errors import UsageError
 from builder.core.library import Library
 from builder.ops.ingest import ingest
-from builder.ops.report import (
-    AB_LIMIT,
-    AB_PLOT,
-    FIGURES,
-    SYNTHETIC_COLOUR,
-    centroid_colours,
-    colour_order,
-    region_rows,
-    render_figures,
-    render_report,
-)
+from builder.ops.report import render_report
+from builder.ops.report.canvas import SYNTHETIC_COLOUR
+from builder.ops.report.figures import AB_LIMIT, AB_PLOT, FIGURES, centroid_colours, region_rows, render_figures
+from builder.ops.report.page import colour_order
 from tests.support.html import Links
 from tests.support.libraries import build_earth_library
 

@@ -34,11 +34,13 @@ def _arm(step: str) -> dict:
         real_replace, done = os.replace, []
 
         def replace(src, dst, *args, **kwargs):
-            if pathlib.Path(dst).parent.name.startswith("bucket_"):
-                if len(done) == renames_before_kill:
-                    sigkill_self()
+            into_bucket = pathlib.Path(dst).parent.name.startswith("bucket_")
+            if into_bucket and len(done) == renames_before_kill:
+                sigkill_self()
+            result = real_replace(src, dst, *args, **kwargs)
+            if into_bucket:  # counted once done: a rename retried after making the bucket's folder counts once
                 done.append(dst)
-            return real_replace(src, dst, *args, **kwargs)
+            return result
 
         os.replace = replace
     elif step == "inserted":  # rows inserted, transaction not committed

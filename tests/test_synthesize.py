@@ -279,7 +279,8 @@ def test_verify_checks_synthetic_tiles_like_any_other_and_their_source(library):
 def test_stats_report_and_mosaic_know_synthetic_tiles(library, tmp_path):
     from builder.cli.stats import StatsReport
     from builder.mosaic import MosaicOptions, mosaic_file
-    from builder.ops.report import BADGE_COLOUR, SHEET_GAP, render_report
+    from builder.ops.report import render_report
+    from builder.ops.report.sheets import BADGE_COLOUR, SHEET_GAP
 
     lib = library
     real_buckets = int((lib.bucket_counts() > 0).sum())

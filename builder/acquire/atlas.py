@@ -21,7 +21,8 @@ What is kept (tables in ``tiles.db``, DDL in :mod:`builder.core.db`), per atlas 
   The atlas is therefore at most 5,000 x 64 rows whatever the area (``--world`` at zoom 15:
   16,384 overview requests, 320,000 rows at most);
 - ``atlas_fetched``: the overview tiles' fetch ledger (:class:`~builder.acquire.ledger.FetchLedger`):
-  polite, resumable and fail-fast exactly as harvest (the :class:`~builder.acquire.engine.FetchEngine`),
+  polite, resumable and fail-fast exactly as harvest (the same driver,
+  :class:`~builder.acquire.run.FetchRun`, with the atlas's hooks :class:`_Atlas`),
   and each batch's samples commit in the transaction that records its tiles, so a kill loses
   nothing and a rerun continues.  Everything in these tables is derived from the source:
   ``--rebuild`` drops an atlas and makes it again.
@@ -43,12 +44,9 @@ import json
 import logging
 import os
 import random
-import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,55 +56,32 @@ from ..core import db
 from ..core.color import CentroidIndex, rgb_to_lab
 from ..core.decode import decode_tile
 from ..core.defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
-from ..core.errors import ImageRejected, LibraryError, SourceUnreachable, UsageError
+from ..core.errors import ImageRejected, LibraryError, UsageError
 from ..core.layout import (
     ATLAS_SAMPLE_PER_BUCKET,
-    ATLAS_ZOOM_SPAN,
     CENTROIDS_NAME,
     DEFAULT_ZOOM,
-    MAX_ZOOM,
-    MIN_ZOOM,
     N_BUCKETS,
     TILE_SIZE,
 )
 from ..core.library import Library, file_sha256
-from ..core.plans import Plan, world_plan
+from ..core.plans import Plan, bbox_plan, resolve_plan, world_plan
 from ..core.stats import aimed_figures, reachability, reachable_buckets
-from .engine import FetchEngine, drive
-from .ledger import ACCEPTED, Claim, FetchLedger, FetchResult, Prior, answer_status, rejected
-from .options import validate_options as check_fetch_options
+from .ledger import ACCEPTED, Claim, FetchLedger, Prior, rejected
+from .options import AtlasOptions, default_atlas_zoom
+from .run import Answers, FetchRun
 from .sources import TileSource, is_blank_tile, open_source
 from .tiles import TileRef, tile_centre, tile_range
 
 logger = logging.getLogger(__name__)
 
-PREFETCH = 2  # batches queued beyond the one being folded (as harvest)
 # harvest --target calibrates by itself once this many aimed tiles have a measured colour and
 # the fit raises the cross-validated hit rate (see :func:`calibrate`).
 AUTO_CALIBRATE_MIN = 30
 CALIBRATION_FOLDS = 5
-SOURCE_DOWN = "source unreachable"
 
 
 # --- zooms and areas ---------------------------------------------------------------------------
-
-
-def default_atlas_zoom(zoom: int) -> int:
-    """``zoom - 8`` (one pixel per tile), or 0 below zoom 8."""
-    return max(MIN_ZOOM, zoom - ATLAS_ZOOM_SPAN)
-
-
-def check_zooms(zoom: object, atlas_zoom: object | None) -> tuple[int, int]:
-    """``(zoom, atlas_zoom)`` validated; one-line UsageError otherwise."""
-    if not isinstance(zoom, int) or isinstance(zoom, bool) or not MIN_ZOOM <= zoom <= MAX_ZOOM:
-        raise UsageError(f"--zoom {zoom!r} is out of range: zoom must be an integer from {MIN_ZOOM} to {MAX_ZOOM}")
-    low = default_atlas_zoom(zoom)
-    if atlas_zoom is None:
-        return zoom, low
-    if not isinstance(atlas_zoom, int) or isinstance(atlas_zoom, bool) or not low <= atlas_zoom <= zoom:
-        raise UsageError(f"--atlas-zoom {atlas_zoom!r} must be an integer from {low} (zoom - 8, at least 0) "
-                         f"to the harvest zoom {zoom}")
-    return zoom, atlas_zoom
 
 
 def block_size(zoom: int, atlas_zoom: int) -> int:
@@ -449,11 +424,6 @@ class AtlasReport:
         return out
 
 
-def validate_options(*, threads: int, batch: int, max_requests: int | None, rate: float | None) -> None:
-    """The fetch options the atlas shares with harvest, checked as harvest checks them."""
-    check_fetch_options(zoom=0, threads=threads, batch=batch, max_requests=max_requests, rate=rate)
-
-
 def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None, zoom: int = DEFAULT_ZOOM,
                 atlas_zoom: int | None = None, *, threads: int = DEFAULT_THREADS, batch: int = DEFAULT_BATCH,
                 max_requests: int | None = None, rate: float | None = None, rebuild: bool = False,
@@ -463,17 +433,34 @@ def build_atlas(lib: Library, source: TileSource | str, plan: Plan | None = None
     atlas of ``source`` at ``zoom`` (see the module doc).  Resumable: tiles in the atlas's
     ledger are not asked again.  Raises :class:`~builder.core.errors.SourceUnreachable` (with
     ``.report``) when the source is found down."""
-    zoom, atlas_zoom = check_zooms(zoom, atlas_zoom)
-    validate_options(threads=threads, batch=batch, max_requests=max_requests, rate=rate)
+    options = AtlasOptions(source=source if isinstance(source, str) else source.name, zoom=zoom,
+                           atlas_zoom=atlas_zoom, threads=threads, batch=batch, max_requests=max_requests, rate=rate,
+                           rebuild=rebuild, seed=seed, sample_size=sample_size)
+    return run_atlas(lib, options, source=None if isinstance(source, str) else source, plan=plan, progress=progress)
+
+
+def area_plan(options: AtlasOptions) -> Plan:
+    """The area the options name: ``--bbox``, ``--plan``, ``--phase``, else the whole world."""
+    if options.bbox is not None:
+        return bbox_plan(options.bbox)
+    if options.plan is not None or options.phase is not None:
+        return resolve_plan(options.plan if options.plan is not None else options.phase)
+    return world_plan()
+
+
+def run_atlas(lib: Library, options: AtlasOptions, *, source: TileSource | None = None, plan: Plan | None = None,
+              progress: bool | None = None) -> AtlasReport:
+    """:func:`build_atlas` with its options made (and so checked) already: the command line's way in.
+
+    ``source``: an open source (closed by the caller), else ``options.source`` is opened and
+    closed here; ``plan``: the area, else :func:`area_plan` of the options."""
     lib.require_writer("atlas")
-    the_plan = plan if plan is not None else world_plan()
-    owned = isinstance(source, str)
-    src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
+    the_plan = plan if plan is not None else area_plan(options)
+    src = source if source is not None else open_source(options.source, **options.source_options)
     try:
-        return _build(lib, src, the_plan, zoom, atlas_zoom, threads, batch, max_requests, rebuild, progress, seed,
-                      sample_size)
+        return _build(lib, src, the_plan, options, progress)
     finally:
-        if owned:
+        if source is None:
             src.close()
 
 
@@ -495,51 +482,50 @@ def _ensure_meta(lib: Library, source: str, zoom: int, atlas_zoom: int, rebuild:
     return AtlasInfo(source, zoom, atlas_zoom, sample_size, None)
 
 
-class _AtlasRun:
-    def __init__(self, lib: Library, src: TileSource, info: AtlasInfo, report: AtlasReport, max_requests: int | None,
-                 batch: int, threads: int) -> None:
-        self.lib, self.src, self.info, self.report = lib, src, info, report
-        self.zoom, self.atlas_zoom = info.zoom, info.atlas_zoom
-        self.batch = batch
-        self.max_requests = max_requests
-        self.ledger = FetchLedger(lib.root, lib.conn, ledger_source(src.name, info.zoom),
-                                  table=db.ATLAS_LEDGER_TABLE, stored_in=None)
-        self.recovery = self.ledger.recover()
-        report.recovery = self.recovery.as_dict()
-        self.store = SampleStore(lib.conn, src.name, info.zoom, info.sample_size, info.calibration, lib.index)
-        self.engine = FetchEngine(src, self.ledger, threads, max_requests)
-        self.interrupt = threading.Event()
-        # The fold's decoding, LAB and KD-tree query release the GIL: one thread a core.
-        lib.index.tree  # noqa: B018 - built here, not by two folding threads at once
-        self.folder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="atlas-fold")
-        self.failing: list[tuple[TileRef, str, Prior | None]] = []
-        self.todo: list[TileRef] = []
+class _Atlas:
+    """The atlas's part of a fetch run (:class:`~builder.acquire.run.RunHooks`): the overview tiles
+    left to read, in order, and each batch's images folded into blocks, stored with the batch's
+    statuses in one transaction.  :class:`~builder.acquire.run.FetchRun` is the driver."""
 
-    def process(self, results: list[FetchResult]) -> None:
+    desc = "atlas"
+    exhausted_reason = "area done"
+    predicted = None
+
+    def __init__(self, run: FetchRun, info: AtlasInfo, report: AtlasReport, todo: list[TileRef]) -> None:
+        self.run = run
+        self.lib, self.info, self.report, self.todo = run.lib, info, report, todo
+        self.name = run.source.name
+        self.ledger = run.ledger
+        self.zoom = info.zoom
+        self.store = SampleStore(self.lib.conn, self.name, info.zoom, info.sample_size, info.calibration,
+                                 self.lib.index)
+        self.folder: ThreadPoolExecutor | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.todo
+
+    def prepare(self) -> None:
+        # The fold's decoding, LAB and KD-tree query release the GIL: one thread a core.
+        self.lib.index.tree  # noqa: B018 - built here, not by two folding threads at once
+        self.folder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="atlas-fold")
+
+    def bar_total(self) -> int | None:
+        return len(self.todo)
+
+    def next_claims(self, size: int, outstanding: int) -> list[Claim]:
+        take, self.todo = self.todo[:size], self.todo[size:]
+        return [Claim(ref) for ref in take]
+
+    def fold(self, answers: Answers, recovered: bool) -> bool:
+        """Fold the images into blocks (on a thread a core); the blocks, every status and the
+        released claims commit in one transaction."""
+        assert self.folder is not None
         rep = self.report
-        down = self.engine.down is not None
-        rows: list[tuple[TileRef, str, str]] = []
-        released: list[TileRef] = []
+        rows = [(r.ref, status, r.at) for status, r in answers.settled]
         parts: list[Blocks] = []
-        folded: list[tuple[FetchResult, Future]] = []
-        faulted = []
-        answered = False
-        for r in results:
-            status = answer_status(r)
-            if not r.started or (down and r.fault is not None):
-                released.append(r.ref)
-                continue
-            if status is not None:
-                rows.append((r.ref, status, r.at))
-                if r.fault is not None:
-                    rep.failed[r.fault] += 1
-                    faulted.append((r.ref, status, None))
-                else:
-                    rep.missing += 1
-                    answered = True
-                continue
-            answered = True
-            folded.append((r, self.folder.submit(fold_tile, r.data, r.ref[:3], self.zoom, self.lib.index)))
+        folded = [(r, self.folder.submit(fold_tile, r.data, r.ref.key, self.zoom, self.lib.index))
+                  for r in answers.images]
         for r, future in folded:
             reason, found = future.result()
             if reason is not None:
@@ -556,106 +542,47 @@ class _AtlasRun:
         with self.lib.conn:
             self.store.add(blocks)
             self.ledger.record(self.lib.conn, rows)
-            self.ledger.release(self.lib.conn, released)
+            self.ledger.release(self.lib.conn, [r.ref for r in answers.released])
             self.lib.conn.execute("UPDATE atlas_meta SET updated_at = ? WHERE source = ? AND zoom = ?",
-                                  (db.utc_now(), self.src.name, self.zoom))
+                                  (db.utc_now(), self.name, self.zoom))
         rep.blocks += len(blocks)
-        rep.released += len(released)
-        self.failing = faulted if answered else self.failing + faulted
+        return True
 
-    def retract_failing(self) -> None:
-        if self.failing:
-            with self.lib.conn:
-                self.ledger.retract(self.lib.conn, self.failing)
-            for _ref, status, _prior in self.failing:
-                self.report.failed[status.partition(":")[2]] -= 1
-            self.report.failed = +self.report.failed
-            self.report.released += len(self.failing)
-            self.failing = []
+    def target_reached(self) -> str | None:
+        return None
 
-    def fill(self) -> None:
-        while len(self.engine.pending) < PREFETCH and self.todo and not self.report.stop_reason:
-            size = self.batch
-            if self.max_requests is not None:
-                size = min(size, self.max_requests - self.engine.requests() - self.engine.in_flight())
-            if size <= 0:
-                return
-            take, self.todo = self.todo[:size], self.todo[size:]
-            self.engine.submit([Claim(ref) for ref in take])
+    def stalled(self) -> str | None:
+        return None
 
-    def stop(self, reason: str) -> None:
-        if not self.report.stop_reason:
-            self.report.stop_reason = reason
-        self.engine.halt()
+    def retracted(self, rows: list[tuple[TileRef, str, Prior | None]]) -> None:
+        """Nothing of the atlas's own counts a fault."""
 
-    def on_sigint(self) -> None:
-        self.interrupt.set()
-        self.engine.halt()
+    def show(self, bar: tqdm, answers: Answers) -> None:
+        bar.update(sum(1 for r in answers.results if r.started))
 
-    def loop(self, bar: tqdm) -> None:
-        if self.recovery.replay:
-            self.process(self.recovery.replay)
-            for log in self.recovery.logs:
-                self.ledger.settle(log)
-        while True:
-            self.fill()
-            if not self.engine.pending:
-                if not self.report.stop_reason:
-                    self.report.stop_reason = "area done" if not self.todo else "max_requests"
-                break
-            batch, results = self.engine.next_results()
-            self.fill()
-            self.process(results)
-            self.ledger.settle(batch.log)
-            bar.update(sum(1 for r in results if r.started))
-            if self.interrupt.is_set():
-                self.report.interrupted = True
-                self.stop("interrupted")
-            elif self.engine.down is not None:
-                self.stop(SOURCE_DOWN)
-            elif self.max_requests is not None and self.engine.requests() >= self.max_requests:
-                self.stop("max_requests")
-        if self.engine.conclude() is not None:
-            self.retract_failing()
-            if not self.report.interrupted:
-                self.report.stop_reason = SOURCE_DOWN
+    def finish(self, clean: bool) -> None:
+        if self.folder is not None:
+            self.folder.shutdown(wait=True, cancel_futures=True)
+
+    def tally(self) -> None:
+        self.report.samples, self.report.buckets_reachable = atlas_size(self.lib.conn, self.name, self.zoom)
 
 
-def _build(lib: Library, src: TileSource, plan: Plan, zoom: int, atlas_zoom: int, threads: int, batch: int,
-           max_requests: int | None, rebuild: bool, progress: bool | None, seed: int, sample_size: int) -> AtlasReport:
-    started = time.perf_counter()
-    info = _ensure_meta(lib, src.name, zoom, atlas_zoom, rebuild, sample_size)
+def _build(lib: Library, src: TileSource, plan: Plan, options: AtlasOptions, progress: bool | None) -> AtlasReport:
+    zoom, atlas_zoom = options.zoom, options.overview_zoom
+    info = _ensure_meta(lib, src.name, zoom, atlas_zoom, options.rebuild, options.sample_size)
     report = AtlasReport(source=src.name, area=plan.name, zoom=zoom, atlas_zoom=atlas_zoom,
                          block=block_size(zoom, atlas_zoom))
-    run = _AtlasRun(lib, src, info, report, max_requests, batch, threads)
-    refs = overview_refs(plan, atlas_zoom, seed)
-    known = run.ledger.known(atlas_zoom)
+    ledger = FetchLedger(lib.root, lib.conn, ledger_source(src.name, info.zoom), table=db.ATLAS_LEDGER_TABLE,
+                         stored_in=None)
+    run = FetchRun(lib, src, ledger, report, threads=options.threads, batch=options.batch,
+                   max_requests=options.max_requests)
+    refs = overview_refs(plan, atlas_zoom, options.seed)
+    known = ledger.known(atlas_zoom)
+    todo = [r for r in refs if r.key not in known]
     report.overview_tiles = len(refs)
-    run.todo = [r for r in refs if r[:3] not in known]
-    report.already = len(refs) - len(run.todo)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(run.todo), unit="tile", desc="atlas", disable=not show, dynamic_ncols=True)
-    def interrupted() -> None:
-        report.interrupted = True
-        run.stop("interrupted")
-        cancelled = run.engine.abandon()
-        if cancelled:
-            with lib.conn:
-                run.ledger.release(lib.conn, cancelled)
-
-    try:
-        drive(run.engine, lambda: run.loop(bar), run.on_sigint, interrupted)
-    finally:
-        run.folder.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-        report.seconds = time.perf_counter() - started
-    report.requests = run.engine.requests()
-    report.samples, report.buckets_reachable = atlas_size(lib.conn, src.name, zoom)
-    if run.engine.down is not None and report.stop_reason == SOURCE_DOWN:
-        where = getattr(src, "host", None) or src.name
-        report.source_down = (f"source {where} {run.engine.down}; stopped after {report.requests} requests, "
-                              "no tile marked as tried")
-        raise SourceUnreachable(report.source_down, report)
+    report.already = len(refs) - len(todo)
+    run.run(_Atlas(run, info, report, todo), progress)
     return report
 
 
@@ -771,7 +698,7 @@ class AimedSampler:
         return max(0, self.cap - have)
 
     @property
-    def done(self) -> bool:
+    def all_exhausted(self) -> bool:
         """No bucket that needs a tile has a candidate left."""
         return not any(tiles and self.need(b) > 0 for b, tiles in self.pool.items())
 
@@ -795,7 +722,7 @@ class AimedSampler:
                 continue
             out.append(ref)
             self.outstanding[b] += 1
-            self.predicted[ref[:3]] = b
+            self.predicted[ref.key] = b
             weights[b] -= 1
             if weights[b] <= 0 or not tiles:
                 del weights[b]
@@ -804,7 +731,7 @@ class AimedSampler:
     def settle(self, refs) -> None:
         """The tiles' outcomes are known: they no longer count as drawn for their buckets."""
         for ref in refs:
-            b = self.predicted.get(ref[:3])
+            b = self.predicted.get(ref.key)
             if b is not None and self.outstanding[b] > 0:
                 self.outstanding[b] -= 1
 
@@ -848,6 +775,6 @@ def recalibrate(lib: Library, sampler: AimedSampler, measured: int, exclude) -> 
     return result
 
 
-__all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasReport", "Calibration", "aimed_figures",
-           "aimed_sampler", "block_size", "build_atlas", "calibrate", "check_zooms", "default_atlas_zoom",
-           "reachability", "reachable_buckets", "tile_blocks"]
+__all__ = ["AUTO_CALIBRATE_MIN", "TARGETS", "AimedSampler", "AtlasOptions", "AtlasReport", "Calibration",
+           "aimed_figures", "aimed_sampler", "area_plan", "block_size", "build_atlas", "calibrate",
+           "default_atlas_zoom", "reachability", "reachable_buckets", "run_atlas", "tile_blocks"]

@@ -1,6 +1,6 @@
 """The fetch engine: tiles of one source fetched on threads, politely, through a fetch ledger.
 
-A driver (``harvest``; the colour atlas with its own ledger table) decides what to claim,
+A driver (:class:`~builder.acquire.run.FetchRun`, for ``harvest`` and the colour atlas) decides what to claim,
 when to stop and what to do with the answers; the engine does the rest, the same way for
 every driver:
 
@@ -18,16 +18,16 @@ every driver:
   begins, requests on the wire finish, and tiles that did not start come back unstarted for
   the driver to release; :meth:`FetchEngine.abandon` (a second Ctrl-C) cancels what is queued.
 
-:func:`graceful_sigint` is the Ctrl-C protocol drivers share: the first stops in order, the
-second raises KeyboardInterrupt.
+:class:`~builder.acquire.run.FetchRun` is the driver ``harvest`` and the atlas share (the loop,
+Ctrl-C, the request budget, the source found down).
 
 A driver whose answers need no pipeline, in full (a ledger table of its own, see
 :class:`~builder.acquire.ledger.FetchLedger`)::
 
     ledger = FetchLedger(lib.root, lib.conn, source.name, table="...", stored_in=None)
-    found = ledger.recover()              # a killed run's answers: use found.replay, then settle found.logs
+    found = ledger.recover_inflight()     # a killed run's answers: use found.images, then settle found.logs
     with FetchEngine(source, ledger, threads=8, max_requests=500) as engine:
-        engine.submit([Claim(ref) for ref in refs if ref[:3] not in ledger.known(zoom)])
+        engine.submit([Claim(ref) for ref in refs if ref.key not in ledger.known(zoom)])
         while engine.pending:                 # once engine.down is set, release faults, do not record them
             batch, results = engine.next_results()
             with lib.conn:                # use the bytes, then book every tile in one transaction
@@ -39,18 +39,16 @@ A driver whose answers need no pipeline, in full (a ledger table of its own, see
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from ..core.db import utc_now
 from ..core.errors import SourceError
 from .ledger import BatchLog, Claim, FetchLedger, FetchResult
-from .sources import GateClosed, RequestGate, TileFault, TileSource
+from .sources import FetchStats, GateClosed, RequestGate, TileFault, TileSource
 from .tiles import TileRef
 
 logger = logging.getLogger(__name__)
@@ -72,7 +70,10 @@ class FetchEngine:
     """Fetch claimed tiles of ``source`` on ``threads`` threads; use as a context manager.
 
     ``max_requests``: the hard cap on attempts (HTTP retries included; for a source that does
-    not retry, fetch calls).  ``pending`` holds the submitted batches, oldest first.
+    not retry, fetch calls).  ``pending`` holds the submitted batches, oldest first.  ``stats``
+    counts the run's answers (:class:`~builder.acquire.sources.FetchStats`): the engine counts each
+    tile's outcome, and every attempt of a source that does not retry; a source that retries
+    reports its attempts itself.
     """
 
     def __init__(self, source: TileSource, ledger: FetchLedger, threads: int,
@@ -84,23 +85,22 @@ class FetchEngine:
         self.pending: deque[Batch] = deque()
         # A remote source's requests are logged (a kill must never lead to asking twice); a
         # local one's are not (reading a tile again costs nobody anything).
-        self._remote = bool(getattr(source, "remote", True))
+        self._remote = source.remote
         # A source that retries inside fetch() takes the gate itself, once per attempt.
-        self._gated_source = hasattr(source, "gate")
+        self._gated_source = source.takes_gate
         self._lock = threading.RLock()  # RLock: halt() may run in a signal handler on the main thread
         self._halted = False
         self._executor: ThreadPoolExecutor | None = None
-        self._saved_gate = None
-        self._stats0 = self._stats_now()
+        self.stats = FetchStats()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FetchEngine:
-        """Start the threads and put the run's gate on a source that retries by itself."""
+        """Start the threads and attach the run's gate and counts to a source that retries by itself."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
             if self._gated_source:
-                self._saved_gate, self.source.gate = self.source.gate, self.gate  # type: ignore[attr-defined]
+                self.source.attach(self.gate, self.stats)
         return self
 
     def __enter__(self) -> FetchEngine:
@@ -119,8 +119,8 @@ class FetchEngine:
         if self._executor is not None:
             self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
-        if self._gated_source and self.source.gate is self.gate:  # type: ignore[attr-defined]
-            self.source.gate = self._saved_gate  # type: ignore[attr-defined]
+        if self._gated_source:
+            self.source.detach()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -137,18 +137,9 @@ class FetchEngine:
     def halted(self) -> bool:
         return self._halted
 
-    def _stats_now(self) -> Counter:
-        """A copy of the source's counters (``SourceStats.snapshot`` is consistent under threads)."""
-        stats = self.source.stats
-        return Counter(stats.snapshot() if hasattr(stats, "snapshot") else stats)
-
-    def stats_delta(self) -> Counter:
-        """The source's counts added since the engine was made (only the positive ones)."""
-        return self._stats_now() - self._stats0
-
     def requests(self) -> int:
-        """Attempts so far: the gate's count, or the source's own if it counts more."""
-        return max(self.gate.spent, self.stats_delta().get("request", 0))
+        """Attempts so far (HTTP retries included), as the gate allowed them."""
+        return self.gate.spent
 
     def in_flight(self) -> int:
         """Tiles of the queued batches not answered yet."""
@@ -209,14 +200,17 @@ class FetchEngine:
         return result
 
     def _ask(self, ref: TileRef) -> FetchResult:
-        gate = self.gate
+        gate, stats = self.gate, self.stats
         try:
             data = self.source.fetch(ref.z, ref.x, ref.y)
         except GateClosed:
             return FetchResult(ref, started=False)
         except TileFault as fault:
-            if not self._gated_source and self._remote:
-                gate.attempted(fault)
+            if not self._gated_source:
+                stats.attempted(fault)
+                if self._remote:
+                    gate.attempted(fault)
+            stats.incr("failed")
             gate.gave_up()
             return FetchResult(ref, None, fault.kind, str(fault), utc_now())
         except SourceError as exc:  # a source that cannot answer at all (closed, unreadable archive)
@@ -225,49 +219,7 @@ class FetchEngine:
             gate.gave_up()
             return FetchResult(ref, None, "source_error", str(exc), utc_now())
         if not self._gated_source:
+            stats.attempted(None)
             gate.attempted(None)
+        stats.incr("ok" if data is not None else "missing")
         return FetchResult(ref, data, None, "", utc_now())
-
-
-def drive(engine: FetchEngine, loop: Callable[[], None], on_sigint: Callable[[], None],
-          on_interrupt: Callable[[], None]) -> bool:
-    """Run a driver's ``loop`` over a started ``engine`` under :func:`graceful_sigint`, the way
-    every driver does: the first Ctrl-C calls ``on_sigint`` (stop in order), a second one ends
-    the loop with KeyboardInterrupt and ``on_interrupt`` runs (book the abandoned tiles); the
-    engine is closed in all cases, waiting for its threads only after a clean end.  True when
-    the loop ended cleanly."""
-    clean = False
-    with graceful_sigint(on_sigint):
-        engine.start()
-        try:
-            loop()
-            clean = True
-        except KeyboardInterrupt:
-            on_interrupt()
-        finally:
-            engine.close(wait=clean)
-    return clean
-
-
-@contextmanager
-def graceful_sigint(on_first: Callable[[], None]) -> Iterator[None]:
-    """First Ctrl-C calls ``on_first`` (stop in order); a second raises KeyboardInterrupt.
-
-    Does nothing off the main thread (signal handlers can only be set there).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = threading.Event()
-
-    def handler(signum, frame) -> None:
-        if fired.is_set():
-            raise KeyboardInterrupt
-        fired.set()
-        on_first()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -2,7 +2,8 @@
 
 One harvest run, in order:
 
-1. validate every option (one-line :class:`~builder.core.errors.UsageError` for a bad value);
+1. validate every option once, in :class:`~builder.acquire.options.HarvestOptions` (one-line
+   :class:`~builder.core.errors.UsageError` for a bad value);
 2. settle what a killed run of this source left in flight (:meth:`FetchLedger.recover
    <builder.acquire.ledger.FetchLedger.recover>`): claims never requested are released, answers
    saved before the kill are stored first, so a kill costs at most the requests on the wire;
@@ -15,7 +16,7 @@ One harvest run, in order:
    across runs;
 5. hand each batch to the :class:`~builder.acquire.engine.FetchEngine`, which claims it through the
    ledger (committed before any request) and fetches it on ``threads`` threads; up to
-   :data:`PREFETCH` further batches are queued while the main thread runs the current one
+   :data:`~builder.acquire.run.PREFETCH` further batches are queued while the main thread runs the current one
    through the pipeline, so the network and both CPU cores stay busy;
 6. feed the tiles to ``pipe.process(..., on_commit=...)``; ``on_commit`` writes each tile's
    final ledger status in the same transaction as the tiles themselves.
@@ -51,6 +52,10 @@ the tiles not started (or waiting for a retry).  Ctrl-C stops submitting, stores
 in hand and returns the report (``interrupted`` set; the CLI exits 130); a second
 Ctrl-C abandons in-flight work at once (the pipeline's batch is atomic, unfinished claims
 stay ``claimed`` until the next run's recovery).
+
+The loop, Ctrl-C, the request budget, the released / settled split and the dead source are the
+fetch-run driver's (:class:`~builder.acquire.run.FetchRun`, shared with the atlas); this module
+holds harvest's hooks on it (:class:`_Harvest`) and its report.
 """
 
 from __future__ import annotations
@@ -58,11 +63,9 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
 import threading
-import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,44 +74,36 @@ import numpy as np
 from tqdm import tqdm
 
 from ..assign.pipeline import Candidate, Outcome, Pipeline, check_radius
-from ..core.defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS, TARGETS
-from ..core.errors import SourceUnreachable, UsageError
+from ..core.defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
+from ..core.errors import UsageError
 from ..core.layout import DEFAULT_ZOOM, MAX_ZOOM
 from ..core.library import Library
 from ..core.plans import Plan, resolve_plan, world_plan
 from ..core.stats import per_thousand
 from ..core.summary import fields_dict, format_counts
 from .atlas import aimed_sampler, calibration_pairs, recalibrate
-from .engine import FetchEngine, drive
 from .ledger import (
     ACCEPTED,
-    NO_TILE,
     UNUSED,
-    BatchLog,
     Claim,
     FetchLedger,
     FetchResult,
     Prior,
-    answer_status,
     rejected,
 )
-from .options import validate_options
-from .sources import TileSource, is_blank_tile, open_source
+from .options import HarvestOptions
+from .run import PREFETCH, SOURCE_DOWN, Answers, FetchRun
+from .sources import TileSource, fault_counts, is_blank_tile, open_source
 from .tiles import Sampler, TileRef, tile_centre, tile_range
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_PATIENCE", "DEFAULT_THREADS", "DEFAULT_ZOOM", "MAX_ZOOM", "PREFETCH",
-           "FetchResult", "HarvestReport", "harvest", "reject_blank", "resolve_plan", "validate_options"]
+           "SOURCE_DOWN", "FetchResult", "HarvestOptions", "HarvestReport", "harvest", "reject_blank",
+           "resolve_plan", "run_harvest"]
 
-# Batches queued for fetching beyond the one in the pipeline: one keeps the threads busy
-# while the main thread processes; a second covers the time the main thread spends claiming.
-PREFETCH = 2
-# Floor of the yield estimate that sizes batches near --max-tiles (see _Run.next_size).
+# Floor of the yield estimate that sizes batches near --max-tiles (see _Harvest.next_claims).
 MIN_YIELD_ESTIMATE = 0.05
-# Keys of source.stats that are outcomes or counters rather than fault kinds.
-NON_FAULT_STATS = frozenset({"request", "retry", "ok", "missing", "failed", "placeholder"})
-SOURCE_DOWN = "source unreachable"  # the stop reason of a run whose source was found down
 
 
 def reject_blank(rgb: np.ndarray) -> str | None:
@@ -258,111 +253,106 @@ def transient_claims(ledger: FetchLedger, plan: Plan, zoom: int) -> list[Claim]:
     return out
 
 
-class _Run:
-    """Scheduling of one harvest (what to claim next, when to stop, what the answers become);
-    :func:`harvest` is the interface, the :class:`~builder.acquire.engine.FetchEngine` does the fetching."""
+class _Harvest:
+    """Harvest's part of a fetch run (:class:`~builder.acquire.run.RunHooks`): what to claim next
+    (retries first, then the sampler or the atlas's aimed sampler, sized near ``max_tiles``),
+    the pipeline that stores the images with every tile's status, and when the run has done
+    enough.  :func:`harvest` is the interface, :class:`~builder.acquire.run.FetchRun` the driver."""
 
-    def __init__(self, lib: Library, source: TileSource, plan: Plan, zoom: int, threads: int, batch: int,
-                 max_tiles: int | None, max_requests: int | None, seed: int | None, patience: int,
-                 report: HarvestReport, retry_faults: bool = False, target: str | None = None) -> None:
-        self.lib = lib
-        self.source = source
-        self.name = source.name
+    desc = "harvest"
+    exhausted_reason = "plan exhausted"
+
+    def __init__(self, run: FetchRun, plan: Plan, zoom: int, max_tiles: int | None, seed: int | None,
+                 patience: int, report: HarvestReport, retry_faults: bool = False, target: str | None = None,
+                 processes: int | None = None, screen_blank: bool = True, radius: int = 0) -> None:
+        self.run = run
+        self.lib = run.lib
+        self.name = run.source.name
+        self.ledger = run.ledger
         self.zoom = zoom
-        self.threads = threads
-        self.batch = batch
         self.max_tiles = max_tiles
-        self.max_requests = max_requests
         self.patience = patience
         self.report = report
-        self.ledger = FetchLedger(lib.root, lib.conn, source.name)
-        self.recovery = self.ledger.recover()  # before known(): released claims may be drawn again
-        report.recovery = self.recovery.as_dict()
-        self.done = self.ledger.known(zoom)
-        # --retry-faults: queued ahead of the sampler; they stay in self.done so it never draws them.
+        self.processes = processes
+        self.screen_blank = screen_blank
+        self.radius = radius
+        self.taken = self.ledger.known(zoom)
+        # --retry-faults: queued ahead of the sampler; they stay in self.taken so it never draws them.
         self.retry_queue: deque[Claim] = deque(transient_claims(self.ledger, plan, zoom) if retry_faults else ())
         # Resuming with the same seed walks the same permutation past every tile done before;
         # the sampler's skip guard must not mistake that for an exhausted region.
         self.aimed = None
         self.measured = 0  # aimed tiles answered so far (an upper bound of those with a measured colour)
         if target is None:
-            self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.done) + 1))
+            self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.taken) + 1))
         else:  # drawn from the colour atlas, weighted by what each bucket still needs
-            self.aimed, report.calibration = aimed_sampler(lib, source.name, zoom, target, self._counts, seed)
-            self.measured = len(calibration_pairs(lib.conn, source.name, zoom)[0])
+            self.aimed, report.calibration = aimed_sampler(self.lib, self.name, zoom, target, self._counts, seed)
+            self.measured = len(calibration_pairs(self.lib.conn, self.name, zoom)[0])
             self.sampler = self.aimed
             report.reachable = self.aimed.reachable
         report.seed = self.sampler.seed
-        self.engine = FetchEngine(source, self.ledger, threads, max_requests)
-        self.interrupt = threading.Event()  # set by the first Ctrl-C
         self.exhausted = False
-        self.in_hand = 0  # tiles of the batch being processed
         self.zero_streak = 0
-        # Fault rows committed since the last batch in which the source answered anything,
-        # with the status written and the row they replaced: retracted if the source is found down.
-        self.failing: list[tuple[TileRef, str, Prior | None]] = []
         self.pipe: Pipeline | None = None
+        self.buckets_before = int((self.lib.bucket_counts() > 0).sum())
 
-    # -- bookkeeping -------------------------------------------------------------------------
+    @property
+    def predicted(self) -> dict | None:
+        """An aimed tile's predicted bucket, committed with its claim."""
+        return self.aimed.predicted if self.aimed is not None else None
 
     def _counts(self) -> np.ndarray:
         """Real tiles per bucket now (the pipeline's running counts once it exists): a bucket that
         holds only synthetic tiles still needs real ones, and they would take their place."""
         return self.pipe.real_counts if self.pipe is not None else self.lib.bucket_counts(real_only=True)
 
-    def stats_delta(self) -> Counter:
-        return self.engine.stats_delta()
+    # -- around the run --------------------------------------------------------------------------
 
-    def requests(self) -> int:
-        """Requests so far: HTTP attempts incl. retries, or fetch calls of a source that does not retry."""
-        return self.engine.requests()
+    def prepare(self) -> None:
+        """The pipeline first: its process pool forks here, before any thread exists."""
+        with _sigint_ignored():
+            self.pipe = Pipeline(self.lib, workers=self.processes, prefilter=reject_blank if self.screen_blank else None,
+                                 near_duplicate_radius=self.radius)
 
-    def stop(self, reason: str) -> None:
-        if not self.report.stop_reason:
-            self.report.stop_reason = reason
-            logger.info("harvest stopping: %s", reason)
-        self.engine.halt()
+    def bar_total(self) -> int | None:
+        return self.max_tiles
+
+    def finish(self, clean: bool) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+        if not clean:
+            self.lib.recover()  # scratch of an abandoned batch; the journal protocol kept the DB consistent
+
+    def tally(self) -> None:
+        rep = self.report
+        rep.faults = fault_counts(self.run.engine.stats.snapshot())
+        rep.buckets_populated = int((self.lib.bucket_counts() > 0).sum())
+        rep.buckets_new = rep.buckets_populated - self.buckets_before
 
     # -- claiming ------------------------------------------------------------------------------
 
-    def outstanding(self) -> int:
-        """Claimed tiles whose outcome is not counted yet (queued, fetching, or being processed)."""
-        return self.in_hand + self.engine.queued_tiles()
-
-    def next_size(self) -> int:
-        """Tiles to claim next: a full batch, less what the request budget or the tile target
-        can still use.  Near ``max_tiles`` the yield seen so far sizes the batch, so the
-        prefetch does not claim (and spend requests on) tiles the target no longer needs."""
-        size = self.batch
-        if self.max_requests is not None:
-            size = min(size, self.max_requests - self.requests() - self.engine.in_flight())
+    def next_claims(self, size: int, outstanding: int) -> list[Claim]:
+        """Retries first, then fresh tiles.  Near ``max_tiles`` the yield seen so far sizes the
+        batch, so the prefetch does not claim (and spend requests on) tiles the target no
+        longer needs."""
         if self.max_tiles is not None:
             rep = self.report
             tried = rep.fetched
             rate = max(rep.accepted / tried, MIN_YIELD_ESTIMATE) if tried else 1.0
-            need = self.max_tiles - rep.accepted - rate * self.outstanding()
+            need = self.max_tiles - rep.accepted - rate * outstanding
             size = min(size, math.ceil(need / rate)) if need > 0 else 0
-        return size
-
-    def fill(self) -> None:
-        """Claim and queue batches until PREFETCH are waiting (unless stopping)."""
-        while len(self.engine.pending) < PREFETCH and not self.report.stop_reason and not self.exhausted:
-            size = self.next_size()
-            if size <= 0:
-                return
-            claims = self.take_retries(size)
-            if len(claims) < size:
-                fresh = self.sampler.sample(size - len(claims), exclude=self.done)
-                # An aimed sampler may hold back while its buckets' tiles are in flight: only
-                # "done" (no bucket that needs a tile has a candidate left) is exhaustion.
-                if len(fresh) < size - len(claims) and getattr(self.sampler, "done", True):
-                    self.exhausted = True
-                claims += [Claim(ref) for ref in fresh]
-            if not claims:
-                return
-            # An aimed tile's predicted bucket is committed with its claim.
-            self.engine.submit(claims, self.aimed.predicted if self.aimed is not None else None)
-            self.done.update(c.ref[:3] for c in claims)
+        if size <= 0:
+            return []
+        claims = self.take_retries(size)
+        if len(claims) < size:
+            fresh = self.sampler.sample(size - len(claims), exclude=self.taken)
+            # An aimed sampler may hold back while its buckets' tiles are in flight: only
+            # "done" (no bucket that needs a tile has a candidate left) is exhaustion.
+            if len(fresh) < size - len(claims) and self.sampler.all_exhausted:
+                self.exhausted = True
+            claims += [Claim(ref) for ref in fresh]
+        self.taken.update(c.ref.key for c in claims)
+        return claims
 
     def take_retries(self, size: int) -> list[Claim]:
         """Up to ``size`` queued transient-fault tiles (--retry-faults)."""
@@ -371,7 +361,7 @@ class _Run:
             claims.append(self.retry_queue.popleft())
         return claims
 
-    # -- processing ------------------------------------------------------------------------------
+    # -- folding -------------------------------------------------------------------------------
 
     def candidate(self, res: FetchResult) -> Candidate:
         r = res.ref
@@ -382,26 +372,14 @@ class _Run:
                         "region": r.region, "harvested_at": res.at},
         )
 
-    def process(self, results: list[FetchResult], logs: Sequence[BatchLog] = (), replay: bool = False) -> None:
+    def fold(self, answers: Answers, recovered: bool) -> bool:
         """Store one fetched batch and every tile's final status, in as few transactions as the
-        ``max_tiles`` limit allows (one, unless the limit falls inside this batch); then settle
-        the batch's in-flight ``logs``.  Once the source is found down, its faults are released
-        rather than recorded: they say nothing about the tiles.  ``replay``: answers a killed run
-        fetched; those the tile target leaves over stay claimed in their logs for a later run,
-        rather than ``unused``."""
+        ``max_tiles`` limit allows (one, unless the limit falls inside this batch).  ``recovered``:
+        answers a killed run fetched; those the tile target leaves over stay claimed in their
+        logs for a later run, rather than ``unused``."""
         rep = self.report
-        down = self.engine.down is not None
-        retried = {r.ref[:3] for r in results if r.started and self.ledger.prior(r.ref[:3])}
-        priors = {r.ref[:3]: self.ledger.prior(r.ref[:3]) for r in results if r.fault is not None}
-        images = [r for r in results if r.started and r.fault is None and r.data is not None]
-        others: list[tuple[str, FetchResult]] = []  # (status, result) written with the last chunk
-        released: list[FetchResult] = []
-        for r in results:
-            status = answer_status(r)
-            if not r.started or (down and r.fault is not None):
-                released.append(r)
-            elif status is not None:
-                others.append((status, r))
+        results, images = answers.results, answers.images
+        retried = {r.ref.key for r in results if r.started and self.ledger.prior(r.ref.key)}
         accepted_here = 0
         start = 0
         while True:
@@ -411,35 +389,30 @@ class _Run:
             chunk = images[start:start + room]
             start += len(chunk)
             final = room == 0 or start >= len(images)
-            left = [] if replay else [(UNUSED, r) for r in images[start:]]
-            extra = others + left if final else []
-            gone = released if final else []
+            left = [] if recovered else [(UNUSED, r) for r in images[start:]]
+            extra = answers.settled + left if final else []
+            gone = answers.released if final else []
             outcomes = self.pipe.process(  # type: ignore[union-attr]
                 [self.candidate(r) for r in chunk],
                 on_commit=lambda conn, outs, c=chunk, e=extra, g=gone: self.write_status(conn, c, outs, e, g),
             )
-            accepted_here += self.account(chunk, outcomes, extra, gone, retried)
+            accepted_here += self.account(chunk, outcomes, extra, retried)
             if final:
                 break
-        if start >= len(images) or not replay:
-            for log in logs:
-                self.ledger.settle(log)
         rep.batches += 1
-        answered = bool(images) or any(status == NO_TILE for status, _ in others)
-        faulted = [(r.ref, status, priors.get(r.ref[:3])) for status, r in others if r.fault is not None]
-        self.failing = faulted if answered else self.failing + faulted
         if any(r.started for r in results):
             self.zero_streak = 0 if accepted_here else self.zero_streak + 1
         if self.aimed is not None:
             self.aimed.settle(r.ref for r in results)
-            self.measured += sum(1 for r in results if r.ref[:3] in self.aimed.predicted)
+            self.measured += sum(1 for r in results if r.ref.key in self.aimed.predicted)
             if self.measured >= (self.aimed.next_fit or math.inf):
                 # The true count (decoded candidates of the atlas, earlier runs included) decides.
                 n = len(calibration_pairs(self.lib.conn, self.name, self.zoom)[0])
                 self.measured = n
-                fit = recalibrate(self.lib, self.aimed, n, self.done)
+                fit = recalibrate(self.lib, self.aimed, n, self.taken)
                 if fit is not None:
                     self.report.calibration = fit
+        return start >= len(images) or not recovered
 
     def write_status(self, conn, chunk: list[FetchResult], outcomes: list[Outcome],
                      extra: list[tuple[str, FetchResult]], released: list[FetchResult]) -> None:
@@ -452,12 +425,13 @@ class _Run:
         self.ledger.release(conn, [r.ref for r in released])
 
     def account(self, chunk: list[FetchResult], outcomes: list[Outcome],
-                extra: list[tuple[str, FetchResult]], released: list[FetchResult], retried: set) -> int:
-        """Count a committed chunk into the report; returns the tiles it accepted."""
+                extra: list[tuple[str, FetchResult]], retried: set) -> int:
+        """Count a committed chunk into the report (the driver counts no-tile, faults and
+        released); returns the tiles it accepted."""
         rep = self.report
         accepted = 0
         for r, o in zip(chunk, outcomes):
-            predicted = self.aimed.predicted.get(r.ref[:3]) if self.aimed is not None else None
+            predicted = self.aimed.predicted.get(r.ref.key) if self.aimed is not None else None
             if predicted is not None and o.bucket_id is not None:
                 rep.aimed += 1
                 rep.hits += int(o.bucket_id == predicted)
@@ -472,100 +446,39 @@ class _Run:
         rep.accepted += accepted
         for status, r in extra:
             rep.by_region.setdefault(r.ref.region, Counter())["fetched"] += 1
-            if status == NO_TILE:
-                rep.missing += 1
-            elif status == UNUSED:
+            if status == UNUSED:
                 rep.unused += 1
-            else:
-                rep.failed[r.fault] += 1
-                logger.debug("gave up on %s/%s/%s: %s", r.ref.z, r.ref.x, r.ref.y, r.detail)
-        rep.released += len(released)
-        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref[:3] in retried)
+        rep.retried_faults += sum(1 for r in [*chunk, *(r for _, r in extra)] if r.ref.key in retried)
         return accepted
 
-    def retract_failing(self) -> None:
-        """The source is down: the faults recorded while it was failing go too (released, or a
-        retried tile's earlier fault restored), so the run marks no tile as tried for it."""
-        if not self.failing:
-            return
-        with self.lib.conn:
-            self.ledger.retract(self.lib.conn, self.failing)
-        rep = self.report
-        for ref, status, _prior in self.failing:
-            kind = status.partition(":")[2]
-            rep.failed[kind] -= 1
-            rep.by_region[ref.region]["fetched"] -= 1
-        rep.failed = +rep.failed
-        rep.released += len(self.failing)
-        self.failing = []
+    def retracted(self, rows: list[tuple[TileRef, str, Prior | None]]) -> None:
+        for ref, _status, _prior in rows:
+            self.report.by_region[ref.region]["fetched"] -= 1
 
-    def check_stop(self) -> None:
-        rep = self.report
-        if self.interrupt.is_set():
-            rep.interrupted = True
-            self.stop("interrupted")
-        elif self.engine.down is not None:
-            self.stop(SOURCE_DOWN)
-        elif self.max_tiles is not None and rep.accepted >= self.max_tiles:
-            self.stop("max_tiles")
-        elif self.max_requests is not None and self.requests() >= self.max_requests:
-            self.stop("max_requests")
-        elif self.zero_streak >= self.patience:
-            self.stop(f"no tile accepted in {self.patience} consecutive batches")
-        elif self.exhausted and not self.engine.pending:
-            self.stop("plan exhausted")
+    # -- stopping and showing ----------------------------------------------------------------------
 
-    # -- driving ---------------------------------------------------------------------------------
+    def target_reached(self) -> str | None:
+        if self.max_tiles is not None and self.report.accepted >= self.max_tiles:
+            return "max_tiles"
+        return None
 
-    def on_sigint(self) -> None:
-        self.interrupt.set()
-        self.engine.halt()
-        logger.warning("interrupted: finishing the requests in flight; Ctrl-C again to abandon them")
+    def stalled(self) -> str | None:
+        if self.zero_streak >= self.patience:
+            return f"no tile accepted in {self.patience} consecutive batches"
+        if self.exhausted and not self.run.engine.pending:
+            return "plan exhausted"
+        return None
 
-    def loop(self, bar: tqdm) -> None:
-        if self.recovery.replay:  # answers a killed run fetched: stored before anything is asked
-            replay, self.recovery.replay = self.recovery.replay, []
-            self.in_hand = len(replay)
-            self.process(replay, self.recovery.logs, replay=True)
-            self.in_hand = 0
-            self.check_stop()
-        while True:
-            self.fill()
-            if not self.engine.pending:
-                self.check_stop()
-                if not self.report.stop_reason:
-                    self.stop("plan exhausted" if self.exhausted else "max_requests")
-                break
-            batch, results = self.engine.next_results()
-            self.in_hand = len(results)
-            self.fill()
-            self.process(results, [batch.log])
-            self.in_hand = 0
-            self.check_stop()
-            self.show(bar)
-        if self.engine.conclude() is not None:
-            self.retract_failing()
-            if not self.report.interrupted:
-                self.report.stop_reason = SOURCE_DOWN
-
-    def show(self, bar: tqdm) -> None:
+    def show(self, bar: tqdm, answers: Answers) -> None:
         rep = self.report
         assert self.pipe is not None
         bar.n = rep.accepted if self.max_tiles is not None else rep.fetched
         rejected_text = " ".join(f"{k}:{v}" for k, v in sorted(rep.rejected.items())) or "0"
-        faults = sum(v for k, v in self.stats_delta().items() if k not in NON_FAULT_STATS)
+        faults = sum(fault_counts(self.run.engine.stats.snapshot()).values())
         bar.set_postfix_str(
             f"acc {rep.accepted} rej {rejected_text} none {rep.missing} faults {faults} "
             f"buckets {int((self.pipe.counts > 0).sum())}", refresh=False)
         bar.refresh()
-
-    def abandon(self) -> None:
-        """After a second Ctrl-C: cancel queued fetches and release their claims at once."""
-        cancelled = self.engine.abandon()
-        if cancelled:
-            with self.lib.conn:
-                self.ledger.release(self.lib.conn, cancelled)
-            self.report.released += len(cancelled)
 
 
 def harvest(
@@ -601,65 +514,37 @@ def harvest(
     Raises :class:`~builder.core.errors.SourceUnreachable` (``.report`` set) when the source is found
     down.
     """
-    validate_options(zoom=zoom, threads=threads, batch=batch, max_tiles=max_tiles, max_requests=max_requests,
-                     rate=rate, patience=patience)
-    check_radius(near_duplicate_radius)
+    options = HarvestOptions(
+        source=source if isinstance(source, str) else source.name, zoom=zoom, threads=threads, batch=batch,
+        max_tiles=max_tiles, max_requests=max_requests, seed=seed, rate=rate, patience=patience, workers=workers,
+        retry_faults=retry_faults, target=target, near_duplicate_radius=near_duplicate_radius)
+    if target is not None and plan is not None:
+        raise UsageError(f"--target {target} draws its tiles from the atlas: give it without --phase or --plan")
+    return run_harvest(lib, options, source=None if isinstance(source, str) else source, plan=plan, progress=progress)
+
+
+def run_harvest(lib: Library, options: HarvestOptions, *, source: TileSource | None = None,
+                plan: Plan | str | int | Path | None = None, progress: bool | None = None) -> HarvestReport:
+    """:func:`harvest` with its options made (and so checked) already: the command line's way in.
+
+    ``source``: an open source (closed by the caller), else ``options.source`` is opened and
+    closed here; ``plan``: a Plan, a phase or a plan file, else ``options.plan_spec``."""
+    check_radius(options.near_duplicate_radius)
     lib.require_writer("harvest")
-    if target is not None:
-        if target not in TARGETS:
-            raise UsageError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
-        if plan is not None:
-            raise UsageError("--target draws its tiles from the atlas: give it without --phase or --plan")
-        the_plan = world_plan()._replace(name=f"target:{target}")
+    if options.target is not None:
+        the_plan = world_plan()._replace(name=f"target:{options.target}")
     else:
-        the_plan = resolve_plan(plan)
-    owned = isinstance(source, str)
-    src: TileSource = open_source(source, **({"rate": rate} if rate else {})) if owned else source  # type: ignore[arg-type]
-    report = HarvestReport(source=src.name, plan=the_plan.name, zoom=zoom, target=target)
+        the_plan = resolve_plan(plan if plan is not None else options.plan_spec)
+    src = source if source is not None else open_source(options.source, **options.source_options)
+    report = HarvestReport(source=src.name, plan=the_plan.name, zoom=options.zoom, target=options.target)
     try:
-        run = _Run(lib, src, the_plan, zoom, threads, batch, max_tiles, max_requests, seed, patience, report,
-                   retry_faults=retry_faults, target=target)
-        before = int((lib.bucket_counts() > 0).sum())
-        _drive(run, progress, workers, getattr(src, "screen_blank", True), near_duplicate_radius)
-        report.requests = run.requests()
-        report.faults = Counter({k: v for k, v in run.stats_delta().items() if k not in NON_FAULT_STATS})
-        report.buckets_populated = int((lib.bucket_counts() > 0).sum())
-        report.buckets_new = report.buckets_populated - before
+        run = FetchRun(lib, src, FetchLedger(lib.root, lib.conn, src.name), report,
+                       threads=options.threads, batch=options.batch, max_requests=options.max_requests)
+        hooks = _Harvest(run, the_plan, options.zoom, options.max_tiles, options.seed, options.patience, report,
+                         retry_faults=options.retry_faults, target=options.target, processes=options.workers,
+                         screen_blank=src.screen_blank, radius=options.near_duplicate_radius)
+        run.run(hooks, progress)
     finally:
-        if owned:
+        if source is None:
             src.close()
-    if run.engine.down is not None and report.stop_reason == SOURCE_DOWN:
-        where = getattr(src, "host", None) or src.name
-        report.source_down = (f"source {where} {run.engine.down}; stopped after {report.requests} requests, "
-                              "no tile marked as tried")
-        raise SourceUnreachable(report.source_down, report)
     return report
-
-
-def _drive(run: _Run, progress: bool | None, workers: int | None, screen_blank: bool, radius: int = 0) -> None:
-    """Pipeline first (fork), then the bar, signals and threads (:func:`~builder.acquire.engine.drive`); tear down in reverse."""
-    lib, report = run.lib, run.report
-    show = sys.stderr.isatty() if progress is None else progress
-    started = time.perf_counter()
-    clean = False
-    with _sigint_ignored():
-        pipe = Pipeline(lib, workers=workers, prefilter=reject_blank if screen_blank else None,
-                        near_duplicate_radius=radius)
-    run.pipe = pipe
-
-    def interrupted() -> None:
-        report.interrupted = True
-        run.stop("interrupted")
-        run.abandon()
-
-    try:
-        bar = tqdm(total=run.max_tiles, unit="tile", desc="harvest", disable=not show, dynamic_ncols=True)
-        try:
-            clean = drive(run.engine, lambda: run.loop(bar), run.on_sigint, interrupted)
-        finally:
-            bar.close()
-    finally:
-        report.seconds = time.perf_counter() - started
-        pipe.close()
-        if not clean:
-            lib.recover()  # scratch of an abandoned batch; the journal protocol kept the DB consistent

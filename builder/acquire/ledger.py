@@ -74,7 +74,7 @@ from ..core import db
 from ..core.errors import LibraryError, UnsafePath
 from ..core.layout import INFLIGHT_DIR, MAX_TILE_BYTES
 from .sources import TRANSIENT_KINDS
-from .tiles import TileRef
+from .tiles import TileKey, TileRef
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,6 @@ TRANSIENT_STATUSES = tuple(sorted(fault(kind) for kind in TRANSIENT_KINDS))
 
 # --- values -----------------------------------------------------------------------------------
 
-Key = tuple[int, int, int]  # (z, x, y)
 
 
 class Prior(NamedTuple):
@@ -190,7 +189,7 @@ class Recovery:
     """What :meth:`FetchLedger.recover` found in the in-flight logs of killed runs.
 
     ``released``: claims never asked for, deleted (or given their fault back); ``settled``:
-    no-tile and fault answers recorded from the logs; ``replay``: image answers the caller must
+    no-tile and fault answers recorded from the logs; ``images``: image answers the caller must
     store (then :meth:`FetchLedger.settle` each of ``logs``); ``lost``: requests that were on the
     wire at the kill, left ``claimed``.
     """
@@ -198,11 +197,11 @@ class Recovery:
     released: int = 0
     settled: int = 0
     lost: int = 0
-    replay: list[FetchResult] = field(default_factory=list)
+    images: list[FetchResult] = field(default_factory=list)
     logs: list[BatchLog] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"released": self.released, "settled": self.settled, "replayed": len(self.replay), "lost": self.lost}
+        return {"released": self.released, "settled": self.settled, "replayed": len(self.images), "lost": self.lost}
 
 
 # --- the in-flight log of one batch -------------------------------------------------------------
@@ -299,9 +298,9 @@ class LogContents(NamedTuple):
 
     table: str
     source: str
-    claims: dict[Key, Claim]
-    requested: set[Key]
-    answers: dict[Key, FetchResult]
+    claims: dict[TileKey, Claim]
+    requested: set[TileKey]
+    answers: dict[TileKey, FetchResult]
 
 
 def read_batch_log(path: Path) -> LogContents | None:
@@ -321,12 +320,12 @@ def read_batch_log(path: Path) -> LogContents | None:
             claims = {}
             for z, x, y, region, lon, lat, prior_status, prior_at in header["claims"]:
                 ref = TileRef(int(z), int(x), int(y), region, float(lon), float(lat))
-                claims[ref[:3]] = Claim(ref, Prior(prior_status, prior_at) if prior_status else None)
+                claims[ref.key] = Claim(ref, Prior(prior_status, prior_at) if prior_status else None)
             table, source = str(header["table"]), str(header["source"])
         except (ValueError, KeyError, TypeError):
             return None
-        requested: set[Key] = set()
-        answers: dict[Key, FetchResult] = {}
+        requested: set[TileKey] = set()
+        answers: dict[TileKey, FetchResult] = {}
         while True:
             line = fh.readline(_RECORD_LINE_BYTES)
             if not line.endswith(b"\n"):
@@ -390,11 +389,11 @@ class FetchLedger:
         self.source = source
         self.table = table
         self.stored_in = stored_in
-        self._priors: dict[Key, Prior] = {}  # claimed retries of this session, by key
+        self._priors: dict[TileKey, Prior] = {}  # claimed retries of this session, by key
 
     # -- what is known -----------------------------------------------------------------------
 
-    def known(self, zoom: int) -> set[Key]:
+    def known(self, zoom: int) -> set[TileKey]:
         """Every z/x/y of this source at ``zoom`` with a row (any status), or stored."""
         done = {(zoom, x, y) for x, y in self.conn.execute(
             f"SELECT x, y FROM {self.table} WHERE source = ? AND z = ?", (self.source, zoom))}
@@ -416,7 +415,7 @@ class FetchLedger:
             rows = [r for r in rows if (r.x, r.y) not in stored]
         return rows
 
-    def prior(self, key: Key) -> Prior | None:
+    def prior(self, key: TileKey) -> Prior | None:
         """The fault row a claimed retry replaced (None for a fresh claim)."""
         return self._priors.get(key)
 
@@ -430,7 +429,7 @@ class FetchLedger:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def claim(self, claims: Sequence[Claim], predicted: dict[Key, int] | None = None) -> BatchLog:
+    def claim(self, claims: Sequence[Claim], predicted: dict[TileKey, int] | None = None) -> BatchLog:
         """Log the batch, then mark it claimed and commit (new rows; retries: fault rows updated
         in place, guarded by the status they had).  ``predicted``: the bucket the colour atlas
         predicted for some of the tiles (``fetched`` only), written in the same transaction.
@@ -455,12 +454,12 @@ class FetchLedger:
                         raise LibraryError(f"{self.root / 'tiles.db'}: {len(again) - cur.rowcount} of {len(again)} "
                                            "faulted tiles changed status while this run held the lock; not retrying")
                 if predicted:
-                    self.set_predicted(self.conn, [(c.ref, predicted[c.ref[:3]]) for c in claims
-                                                   if c.ref[:3] in predicted])
+                    self.set_predicted(self.conn, [(c.ref, predicted[c.ref.key]) for c in claims
+                                                   if c.ref.key in predicted])
         except BaseException:
             log.remove()
             raise
-        self._priors.update((c.ref[:3], c.prior) for c in again)
+        self._priors.update((c.ref.key, c.prior) for c in again)
         return log
 
     def record(self, conn: sqlite3.Connection, rows: Iterable[tuple[TileRef, str, str]]) -> None:
@@ -470,14 +469,14 @@ class FetchLedger:
             f"UPDATE {self.table} SET status = ?, tried_at = ? WHERE source = ? AND z = ? AND x = ? AND y = ?",
             [(status, at, self.source, r.z, r.x, r.y) for r, status, at in rows])
         for r, _status, _at in rows:
-            self._priors.pop(r[:3], None)
+            self._priors.pop(r.key, None)
 
     def release(self, conn: sqlite3.Connection, refs: Iterable[TileRef]) -> None:
         """Undo claims whose tile was never answered, inside the caller's transaction: the row
         goes, or a retried tile gets back the fault it had (and stays retryable)."""
         fresh, again = [], []
         for r in refs:
-            prior = self._priors.pop(r[:3], None)
+            prior = self._priors.pop(r.key, None)
             (again if prior else fresh).append((r, prior))
         conn.executemany(
             f"DELETE FROM {self.table} WHERE source = ? AND z = ? AND x = ? AND y = ? AND status = ?",
@@ -522,11 +521,11 @@ class FetchLedger:
 
     # -- after a crash -----------------------------------------------------------------------
 
-    def recover(self) -> Recovery:
+    def recover_inflight(self) -> Recovery:
         """Resolve the in-flight logs a killed run of this source left (see the module doc).
 
         Run it before :meth:`known`.  Claims never asked for are released and no-tile or fault
-        answers recorded, in one transaction; image answers come back in ``replay`` (their
+        answers recorded, in one transaction; image answers come back in ``images`` (their
         claims registered here, so :meth:`record` and :meth:`release` treat them as this run's),
         to be stored by the caller, who then settles ``logs``.  Logs of other sources are left
         for a run of theirs.
@@ -564,7 +563,7 @@ class FetchLedger:
                 else:
                     images.append(answer)
             if images:
-                found.replay.extend(images)
+                found.images.extend(images)
                 found.logs.append(BatchLog(path, None))
             else:
                 done.append(path)
@@ -575,11 +574,11 @@ class FetchLedger:
         for path in done:
             path.unlink(missing_ok=True)
         found.released, found.settled = len(releases), len(settled)
-        if releases or settled or found.lost or found.replay:
+        if releases or settled or found.lost or found.images:
             logger.info("recovered the in-flight logs of %s: %s", self.source, found.as_dict())
         return found
 
-    def _still_claimed(self, claims: dict[Key, Claim]) -> list[Key]:
+    def _still_claimed(self, claims: dict[TileKey, Claim]) -> list[TileKey]:
         """The keys among ``claims`` whose row still says ``claimed`` (the rest were settled)."""
         out = []
         for key in claims:

@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 _EDGE_EPS = 1e-9
 
 
+# A tile's address, (z, x, y) in that order (``mercantile.Tile`` is (x, y, z)).
+TileKey = tuple[int, int, int]
+
+
 class TileRef(NamedTuple):
     """A tile to fetch: XYZ address, the region it was drawn for, and its centre lon/lat."""
 
@@ -45,6 +49,15 @@ class TileRef(NamedTuple):
     region: str
     lon: float
     lat: float
+
+    @property
+    def key(self) -> TileKey:
+        """``(z, x, y)``: what the ledger, the atlas's predictions and a run's sets are keyed by.
+
+        >>> TileRef(15, 1, 2, "alps", 0.0, 0.0).key
+        (15, 1, 2)
+        """
+        return self.z, self.x, self.y
 
 
 class TileRange(NamedTuple):
@@ -187,7 +200,7 @@ class Sampler:
         return {s.region.name for s in self._states if s.exhausted}
 
     @property
-    def done(self) -> bool:
+    def all_exhausted(self) -> bool:
         return all(s.exhausted for s in self._states)
 
     def sample(self, n: int, exclude: Exclude = None) -> list[TileRef]:

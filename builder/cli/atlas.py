@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from ..core.defaults import DEFAULT_BATCH, DEFAULT_SOURCE, DEFAULT_THREADS, SPEC_FORMS
-from ..core.layout import ATLAS_ZOOM_SPAN, DEFAULT_ZOOM, MAX_ZOOM, MIN_ZOOM
-from .options import add_library_option, add_threads_option, integer, number
+from ..acquire.options import AtlasOptions
+from ..core.layout import ATLAS_ZOOM_SPAN
+from .options import add_library_option, add_options, options_from
 from .result import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_DOWN, CommandResult
 
 
@@ -19,25 +19,7 @@ def register(sub):
                     "to the tiles harvested so far and reports the hit rate before and after.",
     )
     add_library_option(p)
-    p.add_argument("--source", default=DEFAULT_SOURCE, metavar="SPEC",
-                   help=f"tile source: {SPEC_FORMS} (default: {DEFAULT_SOURCE})")
-    p.add_argument("--zoom", type=integer(), default=DEFAULT_ZOOM,
-                   help=f"the harvest zoom the atlas predicts, {MIN_ZOOM}..{MAX_ZOOM} (default: {DEFAULT_ZOOM})")
-    p.add_argument("--atlas-zoom", type=integer(), default=None, metavar="N",
-                   help=f"overview zoom read, from zoom - {ATLAS_ZOOM_SPAN} (the default; 0 below zoom "
-                        f"{ATLAS_ZOOM_SPAN}) to zoom; finer means 2**(N - zoom + 8) pixels a side per tile")
-    area = p.add_mutually_exclusive_group()
-    area.add_argument("--phase", choices=("1", "2", "all"), default=None, help="the card's sampling phase's boxes")
-    area.add_argument("--plan", metavar="FILE", default=None, help="a sampling plan JSON file's boxes")
-    area.add_argument("--bbox", type=number(), nargs=4, metavar=("W", "S", "E", "N"), default=None,
-                      help="one lon/lat box")
-    area.add_argument("--world", action="store_true", help="the whole world (the default)")
-    add_threads_option(p, "fetch", DEFAULT_THREADS, minimum=None)
-    p.add_argument("--batch", type=integer(), default=DEFAULT_BATCH, help=f"tiles per batch (default: {DEFAULT_BATCH})")
-    p.add_argument("--max-requests", type=integer(), default=None, metavar="N",
-                   help="make at most N requests (every HTTP attempt counts, retries included)")
-    p.add_argument("--rate", type=number(), default=None, metavar="R", help="HTTP requests per second at most")
-    p.add_argument("--rebuild", action="store_true", help="drop this source and zoom's atlas first and make it again")
+    add_options(p, AtlasOptions)
     p.add_argument("--calibrate", action="store_true",
                    help="only calibrate: fit the atlas's LAB to the harvested tiles' (affine, least squares), "
                         "report the hit rate before and after (cross-validated), keep the map if it helps")
@@ -45,35 +27,27 @@ def register(sub):
 
 
 def run(args) -> CommandResult:
-    from ..acquire.atlas import build_atlas, calibrate, check_zooms, validate_options
+    from ..acquire.atlas import area_plan, calibrate, run_atlas
     from ..acquire.sources import open_source
     from ..core.errors import SourceUnreachable
     from ..core.library import Library
-    from ..core.plans import bbox_plan, resolve_plan
 
-    zoom, atlas_zoom = check_zooms(args.zoom, args.atlas_zoom)
-    validate_options(threads=args.threads, batch=args.batch, max_requests=args.max_requests, rate=args.rate)
+    options = options_from(AtlasOptions, args)
     if args.calibrate:
         with Library.open(args.library) as lib:
-            source = open_source(args.source)
+            source = open_source(options.source)
             try:
                 name = source.name
             finally:
                 source.close()
-            result = calibrate(lib, name, zoom, min_tiles=8)
-        return CommandResult(_Calibrated(name, zoom, result), prefix="atlas: ")
-    if args.bbox is not None:
-        plan = bbox_plan(args.bbox)
-    elif args.plan is not None or args.phase is not None:
-        plan = resolve_plan(args.plan if args.plan is not None else args.phase)
-    else:
-        plan = None
-    source = open_source(args.source, **({"rate": args.rate} if args.rate else {}))
+            result = calibrate(lib, name, options.zoom, min_tiles=8)
+        return CommandResult(_Calibrated(name, options.zoom, result), prefix="atlas: ")
+    plan = area_plan(options)
+    source = open_source(options.source, **options.source_options)
     try:
         with Library.open(args.library) as lib:
             try:
-                report = build_atlas(lib, source, plan, zoom, atlas_zoom, threads=args.threads, batch=args.batch,
-                                     max_requests=args.max_requests, rebuild=args.rebuild)
+                report = run_atlas(lib, options, source=source, plan=plan)
             except SourceUnreachable as down:
                 return CommandResult(down.report, EXIT_SOURCE_DOWN, prefix="atlas: ", error=str(down))
     finally:

@@ -91,7 +91,7 @@ def run(args) -> CommandResult:
         detail=args.detail,
         max_uses=args.max_uses,
         subcells=args.subcells,
-        workers=args.threads,  # MosaicOptions.workers: tile-decoding threads
+        threads=args.threads,
         real_only=args.real_only,
         overlay=args.overlay,
     ).validate()

@@ -23,4 +23,4 @@ def run(args) -> CommandResult:
 
     with Library.open(args.library, readonly=True) as lib:
         # render_report's ``workers`` are its tile-decoding threads.
-        return CommandResult(render_report(lib, args.output, workers=args.threads))
+        return CommandResult(render_report(lib, args.output, threads=args.threads))

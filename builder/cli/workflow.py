@@ -206,10 +206,10 @@ def run_demo(output: str | os.PathLike = DEFAULT_OUTPUT, max_tiles: int = DEFAUL
     result.staging = built.output
     step("build", built.summary())
     with Library.open(root, readonly=True) as reader:
-        rep = render_report(reader, out / "report", progress=progress, workers=threads)
+        rep = render_report(reader, out / "report", progress=progress, threads=threads)
         result.report = rep.index
         step("report", rep.summary())
-        options = MosaicOptions(grid=MOSAIC_GRID, tile_size=MOSAIC_TILE, no_repeat_radius=2, workers=threads)
+        options = MosaicOptions(grid=MOSAIC_GRID, tile_size=MOSAIC_TILE, no_repeat_radius=2, threads=threads)
         mos = mosaic_file(reader, sample, out / "mosaic.png", options, progress=progress)
         result.mosaic = mos.output
         step("mosaic", mos.summary())

@@ -12,6 +12,7 @@ to the bit.  Centroids follow the dataset card's recipe exactly, with a seed.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -130,6 +131,18 @@ def make_centroids(seed: int = 0, n_colours: int = 500_000, n_clusters: int = N_
     return np.ascontiguousarray(kmeans.cluster_centers_, dtype=np.float64)
 
 
+def rows_distinct(rows: np.ndarray) -> bool:
+    """True when no two rows of ``rows`` (2-D) are equal: neighbours in lexicographic order
+    differ.  ``np.unique(axis=0)`` says the same but imports ``numpy.ma`` (~15 ms of every
+    command that opens a library).
+
+    >>> rows_distinct(np.array([[1, 2], [2, 1]])), rows_distinct(np.array([[1, 2], [0, 0], [1, 2]]))
+    (True, False)
+    """
+    ordered = rows[np.lexsort(rows.T[::-1])]
+    return not (ordered[1:] == ordered[:-1]).all(axis=1).any()
+
+
 def validate_centroids(centroids: np.ndarray, origin: str = "centroids") -> np.ndarray:
     """Check shape, dtype and finiteness; return a float64 C-contiguous copy."""
     if not isinstance(centroids, np.ndarray) or centroids.dtype.kind not in "fiu":
@@ -138,7 +151,7 @@ def validate_centroids(centroids: np.ndarray, origin: str = "centroids") -> np.n
         raise CentroidsError(f"{origin}: expected shape {CENTROIDS_SHAPE}, got {centroids.shape}")
     if not np.isfinite(centroids).all():
         raise CentroidsError(f"{origin}: contains NaN or infinite values")
-    if len(np.unique(centroids, axis=0)) != N_BUCKETS:
+    if not rows_distinct(centroids):
         raise CentroidsError(f"{origin}: centroids are not distinct")
     return np.ascontiguousarray(centroids, dtype=np.float64)
 
@@ -168,10 +181,41 @@ def load_centroids(path: str | os.PathLike) -> np.ndarray:
 BRUTE_FORCE_MAX = 64
 
 
-def nearest_brute(points: np.ndarray, lab: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+_SCRATCH = threading.local()
+
+
+def _thread_scratch(size: int) -> np.ndarray:
+    """This thread's float64 working space of at least ``size`` values, kept between calls
+    (threads folding atlas tiles each get their own)."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _SCRATCH.buffer = np.empty(size)
+    return buffer
+
+
+def nearest_brute(points: np.ndarray, lab: np.ndarray, k: int = 1,
+                  scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``k`` nearest rows of ``points`` to each colour of ``lab`` ``(n, 3)``, nearest first:
-    ``(distances, indices)``, each ``(n, k)``.  For few colours (:data:`BRUTE_FORCE_MAX`)."""
-    d2 = ((lab[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+    ``(distances, indices)``, each ``(n, k)``.  For few colours (:data:`BRUTE_FORCE_MAX`).
+
+    ``scratch``: a float64 buffer of at least ``2 * n * len(points)`` values to work in, for
+    callers that look up batch after batch (a fresh megabyte-sized temporary per call is
+    handed back to the kernel and faulted in again each time).
+    """
+    lab = np.asarray(lab, dtype=np.float64)
+    n, m = len(lab), len(points)
+    if scratch is None or scratch.size < 2 * n * m:
+        scratch = np.empty(2 * n * m)
+    d2, term = scratch[:n * m].reshape(n, m), scratch[n * m:2 * n * m].reshape(n, m)
+    # Channel by channel over contiguous columns: the same floats as
+    # ``((lab[:, None] - points[None]) ** 2).sum(axis=2)``, whose length-3 sums add in this order,
+    # at a tenth of the cost (no (n, m, 3) temporaries, no strided reduction).
+    columns = np.ascontiguousarray(np.asarray(points, dtype=np.float64).T)
+    np.subtract(lab[:, 0, None], columns[0], out=d2)
+    np.square(d2, out=d2)
+    for channel in (1, 2):
+        np.subtract(lab[:, channel, None], columns[channel], out=term)
+        d2 += np.square(term, out=term)
     if k == 1:
         order = d2.argmin(axis=1)[:, None]
     else:
@@ -206,7 +250,7 @@ class CentroidIndex:
         """Nearest ``k`` buckets for LAB colours ``(n, 3)``: ``(bucket_ids, distances)``."""
         lab = np.asarray(lab, dtype=np.float64).reshape(-1, 3)
         if len(lab) <= BRUTE_FORCE_MAX:
-            dist, idx = nearest_brute(self.centroids, lab, k)
+            dist, idx = nearest_brute(self.centroids, lab, k, _thread_scratch(2 * BRUTE_FORCE_MAX * len(self.centroids)))
             if k == 1:
                 dist, idx = dist[:, 0], idx[:, 0]
         else:

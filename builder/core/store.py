@@ -172,9 +172,12 @@ def commit(lib: Writable, tiles: Sequence[StagedTile],
     try:
         for tile in tiles:
             final = lib.tile_path(tile.bucket_id, tile.tile_id)
-            final.parent.mkdir(exist_ok=True)
             staged = staged_path(temp, tile.tile_id)
-            os.replace(staged, final)
+            try:
+                os.replace(staged, final)
+            except FileNotFoundError:  # the bucket's first tile: make its folder (one mkdir, not one a tile)
+                final.parent.mkdir(exist_ok=True)
+                os.replace(staged, final)
             moved.append((final, staged))
         with conn:
             conn.executemany(db.INSERT_TILE_SQL, [t.row for t in tiles])

@@ -580,7 +580,7 @@ def plan_mosaic(lib: Library, target: str | os.PathLike | Image.Image, options: 
     t_target = time.perf_counter()
     # --real-only reads the synthetic tiles too and strikes them from the same candidate lists, so
     # its plan is exactly the one the default falls back to when synthetic tiles do not help.
-    table = table if table is not None and table.subcells == s else load_tile_table(lib, s, options.workers, progress)
+    table = table if table is not None and table.subcells == s else load_tile_table(lib, s, options.threads, progress)
     t_table = time.perf_counter()
     synthetic = synthetic_rows(lib, table)
     if options.real_only and synthetic is not None and synthetic.all():

@@ -186,7 +186,7 @@ def iter_bands(lib: Library, plan: MosaicPlan, progress: bool | None = None,
     seconds["correct"] += time.perf_counter() - clock
     show = sys.stderr.isatty() if progress is None else progress
     table = plan.table
-    with _pool(plan.options.workers) as pool, tqdm(total=rows, unit="row", desc="mosaic", disable=not show) as bar:
+    with _pool(plan.options.threads) as pool, tqdm(total=rows, unit="row", desc="mosaic", disable=not show) as bar:
         for r in range(rows):
             clock = time.perf_counter()
             new = cache.missing(r)

@@ -56,7 +56,8 @@ class MosaicOptions:
     (``max_correction=0, contrast=False`` renders tiles untouched), ``detail`` the finer comparison that
     ranks the shortlist, ``max_uses`` the fair assignment (None: greedy, tiles reused freely
     outside the repetition radius), ``overlay`` the percentage of the input blended over the
-    finished mosaic (0: none), ``real_only`` leaves synthetic tiles out.
+    finished mosaic (0: none), ``real_only`` leaves synthetic tiles out, ``threads`` the threads
+    that decode thumbnails and render bands (None: up to 4).
     """
 
     cell_size: int | None = None
@@ -71,7 +72,7 @@ class MosaicOptions:
     max_uses: int | None = None
     min_candidates: int = DEFAULT_MIN_CANDIDATES
     shortlist: int = DEFAULT_SHORTLIST
-    workers: int | None = None
+    threads: int | None = None
     real_only: bool = False  # leave the library's synthetic tiles out of the candidates
     overlay: float = DEFAULT_OVERLAY  # percent of the input blended over the rendered mosaic (0: none)
 

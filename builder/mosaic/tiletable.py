@@ -177,11 +177,11 @@ def subcell_means(pixels: np.ndarray, subcells: int) -> np.ndarray:
 
 
 
-def _decode_thumbnails(lib: Library, todo: list[tuple[str, int, str]], workers: int | None,
+def _decode_thumbnails(lib: Library, todo: list[tuple[str, int, str]], threads: int | None,
                        progress: bool | None) -> list[np.ndarray | None]:
     show = sys.stderr.isatty() if progress is None else progress
     out: list[np.ndarray | None] = []
-    with _pool(workers) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
+    with _pool(threads) as pool, tqdm(total=len(todo), unit="tile", desc="tile thumbnails", disable=not show) as bar:
         for thumb in pool.map(lambda row: tile_thumbnail(lib, row[1], row[0]), todo):
             out.append(thumb)
             bar.update()
@@ -243,8 +243,8 @@ def _subcell_rgb(thumbs: np.ndarray, subcells: int, folder: Path | None, generat
     return rgb
 
 
-def _pool(workers: int | None) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max(1, workers or min(4, os.cpu_count() or 1)))
+def _pool(threads: int | None) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, threads or min(4, os.cpu_count() or 1)))
 
 
 # One tiles.db row a mosaic reads: its LAB lets a load notice a cached thumbnail of another colour.
@@ -337,7 +337,7 @@ def _held_rows(rows: np.ndarray, held: np.ndarray, sources: np.ndarray,
             read_thumbs(pixels, sources[held]))
 
 
-def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int | None = None,
+def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, threads: int | None = None,
                     progress: bool | None = None, use_cache: bool = True, real_only: bool = False) -> TileTable:
     """Every usable tile (``real_only``: every real one, synthetic tiles left out) with its
     thumbnail and sub-cell colours.
@@ -378,7 +378,7 @@ def load_tile_table(lib: Library, subcells: int = DEFAULT_SUBCELLS, workers: int
         checked[int(sources[i])] = fresh
     held, missing = np.flatnonzero(sources >= 0), np.flatnonzero(sources < 0)
     todo = [(rows["id"][i].decode("ascii"), int(rows["bucket"][i]), rows["phash"][i].decode("ascii")) for i in missing]
-    decoded = _decode_thumbnails(lib, todo, workers, progress) if todo else []
+    decoded = _decode_thumbnails(lib, todo, threads, progress) if todo else []
     good = [(row, thumb) for row, thumb in zip(todo, decoded) if thumb is not None]
     if writable and pixels is not None and len(pixels) - len(held) > max(DEAD_ROWS_KEPT, len(held)):
         # compaction: dead rows dropped, live ones kept in file order

@@ -30,6 +30,9 @@ mapping ``{(z, x, y): [kind, kind, ...]}`` (kinds for attempts 1, 2, ...), a :cl
     "wrong_size"        200 with a real 512x512 JPEG
     "404"               404
 
+A successful (or truncated) answer honours ``Range: bytes=first-last`` (206 with that slice of
+the tile), as a server of one big archive read by byte ranges would.
+
 Tiles listed in ``missing`` have no imagery: like ArcGIS, they are answered with the
 placeholder, or with 404 when the request carries ``blankTile=false``.
 
@@ -290,8 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif outcome == "wrong_size":
             self._send(200, wrong_size_jpeg(owner.tile_bytes(*tile)), "image/jpeg")
         elif outcome == "truncated":
-            body = owner.tile_bytes(*tile)
-            self._send(200, body[: len(body) // 2], "image/jpeg", declared_length=len(body))
+            status, body, headers = self._ranged(owner.tile_bytes(*tile))
+            self._send(status, body[: len(body) // 2], "image/jpeg", headers, declared_length=len(body))
             self.close_connection = True
         elif outcome == "stall":
             body = owner.tile_bytes(*tile)
@@ -304,7 +307,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(200, owner.tile_bytes(*tile), "image/jpeg")
         else:
-            self._send(200, owner.tile_bytes(*tile), "image/jpeg")
+            self._send_tile(owner.tile_bytes(*tile))
+
+    def _send_tile(self, body: bytes) -> None:
+        status, part, headers = self._ranged(body)
+        self._send(status, part, "image/jpeg", headers)
+
+    def _ranged(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """``(200, body, {})``, or 206 with the slice a ``Range: bytes=first-last`` header asks for."""
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", "").strip())
+        if wanted is None:
+            return 200, body, {}
+        first, last = int(wanted[1]), min(int(wanted[2]), len(body) - 1)
+        return 206, body[first:last + 1], {"Content-Range": f"bytes {first}-{last}/{len(body)}"}
 
     def _send(self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None,
               declared_length: int | None = None) -> None:

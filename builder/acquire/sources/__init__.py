@@ -15,7 +15,8 @@
 
 Every source: ``fetch(z, x, y) -> bytes | None`` (None: no tile there), raising
 :class:`TileFault` (a :class:`~builder.core.errors.SourceError` with ``kind``) for faults;
-``stats``, a thread-safe Counter of outcomes and of every fault seen; ``close()``.
+``close()``.  Every source subclasses :class:`TileSource`, which declares what a run reads
+from it; a run counts the answers in a :class:`FetchStats`.
 A run's requests pass through one :class:`RequestGate` (budget, halt, dead-source verdict
 from :class:`SourceHealth`); a source cut short by it raises :class:`GateClosed`.
 """
@@ -33,13 +34,14 @@ from .base import (
     KNOWN_PLACEHOLDER_SHA256,
     PERMANENT_KINDS,
     TRANSIENT_KINDS,
+    FetchStats,
     GateClosed,
     RequestGate,
     SourceHealth,
-    SourceStats,
     TileFault,
     TileSource,
     check_tile_bytes,
+    fault_counts,
     is_blank_tile,
     sniff_format,
 )
@@ -49,12 +51,12 @@ from .http import (
     ARCGIS_TEMPLATE,
     USER_AGENT,
     HttpSource,
-    RateLimiter,
     add_query_param,
     arcgis_source,
     validate_template,
 )
 from .mbtiles import MBTilesSource
+from .transport import HttpTransport, RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +72,21 @@ __all__ = [
     "TRANSIENT_KINDS",
     "USER_AGENT",
     "EarthSource",
+    "FetchStats",
     "FolderSource",
     "GateClosed",
     "HttpSource",
+    "HttpTransport",
     "MBTilesSource",
     "RateLimiter",
     "RequestGate",
     "SourceHealth",
-    "SourceStats",
     "TileFault",
     "TileSource",
     "add_query_param",
     "arcgis_source",
     "check_tile_bytes",
+    "fault_counts",
     "is_blank_tile",
     "open_source",
     "redact_url",

@@ -22,9 +22,10 @@ import io
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
-from typing import Protocol, Self, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Self
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -103,11 +104,23 @@ class GateClosed(SourceError):
     and harvest releases its claim so a later run asks for it."""
 
 
-class SourceStats(Counter):
-    """A Counter that many fetch threads may increment at once.
+# Keys of FetchStats that are counters or tile outcomes; every other key is a fault kind.
+OUTCOME_STATS = frozenset({"request", "retry", "ok", "missing", "failed"})
 
-    ``Counter.__iadd__``/``c[k] += 1`` is a read-modify-write and loses counts under threads,
-    so writers go through :meth:`incr`; readers use the ordinary Counter API, or
+
+def fault_counts(stats: Mapping[str, int]) -> Counter:
+    """The fault kinds of a run's counts (``http_503``: 2, ...), counters and outcomes left out."""
+    return Counter({k: v for k, v in stats.items() if k not in OUTCOME_STATS and v > 0})
+
+
+class FetchStats(Counter):
+    """What a run counts of its source's answers (the fetch engine's, not the source's):
+    ``request`` (every attempt, retries included), one key per fault kind for every faulty
+    attempt (including faults a retry later cured: :func:`fault_counts`), ``retry``, and the
+    tiles' outcomes ``ok``, ``missing`` and ``failed``.
+
+    Many fetch threads write at once, and ``c[k] += 1`` is a read-modify-write that loses
+    counts under threads, so writers go through the methods; readers use the Counter API, or
     :meth:`snapshot` for a consistent copy.
     """
 
@@ -119,6 +132,13 @@ class SourceStats(Counter):
         with self._lock:
             self[key] += n
 
+    def attempted(self, fault: TileFault | None) -> None:
+        """One request went out: answered (``fault`` None) or faulty."""
+        with self._lock:
+            self["request"] += 1
+            if fault is not None:
+                self[fault.kind] += 1
+
     def snapshot(self) -> Counter:
         with self._lock:
             return Counter(dict(self))
@@ -127,43 +147,52 @@ class SourceStats(Counter):
         return (Counter, (dict(self),))
 
 
-@runtime_checkable
-class TileSource(Protocol):
-    """One provider of 256x256 XYZ (Web-Mercator, y down) tiles.
+class TileSource(ABC):
+    """One provider of 256x256 XYZ (Web-Mercator, y down) tiles; every source subclasses it.
 
-    ``name`` is the stable identity written to the ``source`` column and the ``fetched`` key;
-    ``stats`` counts outcomes and every fault seen, including faults a retry later cured.
-    ``screen_blank`` tells harvest whether decoded tiles should go through
-    :func:`is_blank_tile` (True where placeholders or nodata fill can occur: servers and
-    archives scraped from them; False for rendered sources, whose flat ocean is real).
-    ``fetch`` must be safe to call from many threads at once.
+    ``name`` is the stable identity written to the ``source`` column and the ``fetched`` key.
+    ``fetch`` answers (bytes, None, or a raised :class:`TileFault`) and counts nothing: the
+    fetch engine counts the answers (:class:`FetchStats`), and a source that retries inside
+    ``fetch`` reports each attempt to the counts it is attached to.  ``fetch`` must be safe to
+    call from many threads at once; use a source as a context manager (``with
+    open_source(...) as source:``) or :meth:`close` it.
 
-    Optional: ``remote`` (True when each fetch costs a server a request, so no tile may be
-    asked for twice; a source without the attribute is taken as remote) and ``gate`` (a
-    source that retries inside ``fetch`` has a settable ``gate``; the fetch engine sets it to
-    the run's :class:`RequestGate`, which then counts and allows every attempt).
+    What a run reads from it, declared here with the conservative defaults:
+
+    - ``remote``: each fetch costs a server a request, so no tile may be asked for twice (the
+      fetch engine logs every request before it goes out); local sources set False, since
+      reading a file again costs nobody anything;
+    - ``screen_blank``: decoded tiles go through :func:`is_blank_tile` (True where placeholders
+      or nodata fill can occur: servers and archives scraped from them; False for rendered
+      sources, whose flat ocean is real);
+    - ``host``: the server a remote source asks, named by the "source ... unreachable" line
+      (None: the source's ``name`` is shown);
+    - ``takes_gate``: the source retries inside ``fetch``, takes the run's
+      :class:`RequestGate` once per attempt and reports every attempt to the run's
+      :class:`FetchStats` (:meth:`attach`); otherwise the fetch engine does both once per fetch.
     """
 
     name: str
-    stats: SourceStats
-    screen_blank: bool
+    remote: bool = True
+    screen_blank: bool = True
+    host: str | None = None
+    takes_gate: bool = False
 
-    def fetch(self, z: int, x: int, y: int) -> bytes | None: ...
+    @abstractmethod
+    def fetch(self, z: int, x: int, y: int) -> bytes | None:
+        """The tile's bytes, or None when there is no tile there; raises :class:`TileFault` when
+        the source misbehaved, :class:`GateClosed` when the run's gate refused an attempt."""
 
-    def close(self) -> None: ...
+    def attach(self, gate: RequestGate | None, attempts: FetchStats | None) -> None:  # noqa: B027 - takes_gate only
+        """For the length of a run (``takes_gate`` sources): pass every attempt through ``gate``
+        and report it to ``attempts`` (either may be None: no gate, nothing counted)."""
 
+    def detach(self) -> None:  # noqa: B027 - as attach
+        """The run is over: no gate, no counts."""
 
-class ClosingSource:
-    """Mixin for every source: ``with open_source(...) as source:`` closes it on exit.
-
-    ``remote`` is False here: reading a local file or image again costs nobody anything, so
-    a tile claimed by a run killed before it was stored is simply claimed again later.
-    """
-
-    remote = False
-
-    def close(self) -> None:  # pragma: no cover - every source defines its own
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the source holds (sessions, an open archive, nothing for a folder)."""
 
     def __enter__(self) -> Self:
         return self

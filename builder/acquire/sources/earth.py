@@ -24,19 +24,22 @@ from PIL import Image
 
 from ...core.errors import SourceError
 from ...core.layout import EARTH_IMAGE, MERCATOR_MAX_LAT, TILE_SIZE, tile_in_range
-from .base import ClosingSource, SourceStats
+from .base import TileSource
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 60_000_000  # decode guard: the shipped image has 14.6 M
 
 
-class EarthSource(ClosingSource):
+class EarthSource(TileSource):
     """Tiles of any zoom from an equirectangular world image; named ``earth``.
 
     Above zoom ~3 each source pixel covers several output pixels, so tiles are smooth
     (bilinear), and at high zoom nearly uniform: use zoom 4 to 8 for varied tiles.
     """
+
+    remote = False  # rendering a tile again costs nobody anything
+    screen_blank = False  # rendered: its flat ocean is real imagery
 
     def __init__(self, image_path: str | Path = EARTH_IMAGE, *, tile_size: int = TILE_SIZE) -> None:
         self.image_path = Path(image_path)
@@ -44,8 +47,6 @@ class EarthSource(ClosingSource):
             raise SourceError(f"world image {str(self.image_path)!r} does not exist")
         self.name = "earth"
         self.tile_size = int(tile_size)
-        self.stats = SourceStats()
-        self.screen_blank = False
         self._image: np.ndarray | None = None
         self._lock = threading.Lock()
 
@@ -70,14 +71,12 @@ class EarthSource(ClosingSource):
 
     def fetch(self, z: int, x: int, y: int) -> bytes | None:
         if not tile_in_range(z, x, y):
-            self.stats.incr("missing")
             return None
         rgb = self.render(z, x, y)
         buf = io.BytesIO()
         # compress_level=1: these bytes are decoded once by the pipeline and thrown away;
         # level 6 would triple the encode time for a smaller transient buffer.
         Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=1)
-        self.stats.incr("ok")
         return buf.getvalue()
 
     def close(self) -> None:

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from ...core.errors import SourceError
 from ...core.layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
-from .base import ClosingSource, SourceStats, TileFault, check_tile_bytes
+from .base import TileFault, TileSource, check_tile_bytes
 
 logger = logging.getLogger(__name__)
 
 EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
-class FolderSource(ClosingSource):
+class FolderSource(TileSource):
     """Tiles stored as files ``root/z/x/y.<ext>``; named ``folder:<folder name>``."""
+
+    remote = False  # a file read again costs nobody anything
 
     def __init__(self, root: str | Path, *, tile_size: int | None = TILE_SIZE) -> None:
         self.root = Path(root)
@@ -34,8 +36,6 @@ class FolderSource(ClosingSource):
         self.zooms = sorted(int(z) for z in zooms)
         self.name = f"folder:{self.root.resolve().name}"
         self.tile_size = tile_size
-        self.stats = SourceStats()
-        self.screen_blank = True
 
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r})"
@@ -52,7 +52,6 @@ class FolderSource(ClosingSource):
     def fetch(self, z: int, x: int, y: int) -> bytes | None:
         path = self.path_for(z, x, y) if tile_in_range(z, x, y) else None
         if path is None:
-            self.stats.incr("missing")
             return None
         where = f"{self.name} {z}/{x}/{y}"
         try:
@@ -60,14 +59,9 @@ class FolderSource(ClosingSource):
                 raise TileFault("too_large", f"{where}: {path.stat().st_size} bytes", retryable=False)
             body = path.read_bytes()
             check_tile_bytes(body, where, tile_size=self.tile_size, retryable=False)
-        except TileFault as fault:
-            self.stats.incr(fault.kind)
-            self.stats.incr("failed")
-            raise
         except OSError as exc:
             raise SourceError(f"cannot read tile file {str(path)!r}: {exc}") from exc
-        self.stats.incr("ok")
         return body
 
     def close(self) -> None:
-        """Nothing to release; present for the TileSource protocol."""
+        """Nothing to release."""

@@ -1,46 +1,19 @@
 """Tiles from an HTTP(S) server through a URL template: ArcGIS World Imagery or any XYZ server.
 
-Retries are done here, not by ``urllib3.Retry`` inside the adapter, for two reasons that
-harvest depends on: ``Retry`` hides the failures it cured (harvest must count every 503,
-timeout and reset, even when the second attempt worked), and it cannot retry faults found in
-the body after the status line (a truncated body, an HTML error page or an empty body sent
-with status 200). The adapter gets ``Retry(total=0)`` so each fault surfaces here once.
-Backoff is exponential with jitter; ``Retry-After`` (seconds or HTTP date) is honoured on
-429/503 but capped, so a hostile header cannot park a thread for an hour.
-
-Each fetching thread gets its own ``requests.Session`` (with one pooled keep-alive
-connection): requests does not promise that a Session is thread-safe, and a thread-local
-Session reuses its connection just as well. A token bucket shared by all threads caps the
-request rate when asked to.
-
-When a run sets ``gate`` (a :class:`~builder.acquire.sources.base.RequestGate`), every attempt,
-retries included, needs its permission: the request budget is a hard cap, a backoff pause
-ends as soon as the run stops or the source is found down (raising
-:class:`~builder.acquire.sources.base.GateClosed`), and each attempt's outcome feeds the gate's
-dead-source detection.  Connection faults say why the host could not be reached
-(``TileFault.unreachable``: name resolution, refused, connect timeout), which is what
-lets a run stop at once when there is no network.
+Retries, backoff, ``Retry-After``, the rate limit, the run's request gate and the sessions are
+the :class:`~builder.acquire.sources.transport.HttpTransport`'s; this module adds what is particular to
+tiles: the URL template, the placeholder digests, and the check that a body is an image of the
+tile size (run inside each attempt, so a bad body is retried like a bad status).
 """
 
 from __future__ import annotations
 
-import email.utils
-import errno
 import logging
-import random
 import re
-import socket
 import string
-import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
-from urllib3.util.retry import Retry
 
 from ... import __version__
 from ...core.errors import SourceError, UsageError
@@ -48,21 +21,21 @@ from ...core.layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
 from ...core.redact import redact_url
 from .base import (
     KNOWN_PLACEHOLDER_SHA256,
-    ClosingSource,
-    GateClosed,
+    FetchStats,
     RequestGate,
-    SourceStats,
-    TileFault,
+    TileSource,
     body_sha256,
     check_tile_bytes,
+)
+from .transport import (
+    HttpTransport,
+    RateLimiter,
 )
 
 logger = logging.getLogger(__name__)
 
 ARCGIS_TEMPLATE = "https://server.arcgisonline.com/ArcGIS/rest/services/World_Imagery/MapServer/tile/{z}/{y}/{x}"
 USER_AGENT = f"mosaic-library-builder/{__version__} (+https://huggingface.co/datasets)"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MISSING_STATUSES = frozenset({204, 404})
 TEMPLATE_FIELDS = frozenset({"z", "x", "y"})
 
 
@@ -108,35 +81,6 @@ def host_of(url: str) -> str:
     return netloc.rsplit("@", 1)[-1] or redact_url(url)
 
 
-# What an unreachable host looks like in the exception chain, as the one-line cause shown.
-NO_NAME = "name resolution failed (no network?)"
-REFUSED = "connection refused (is the server running?)"
-NO_ROUTE = "network unreachable (no network?)"
-CONNECT_TIMEOUT = "connection timed out (no network?)"
-
-
-def unreachable_cause(exc: BaseException) -> str | None:
-    """Why a connection could not be made at all, from a requests/urllib3 exception chain, or
-    None when the host was reached (a reset, a read timeout, a bad status...)."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        item = todo.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError":
-            return NO_NAME
-        if isinstance(item, ConnectionRefusedError):
-            return REFUSED
-        if isinstance(item, OSError) and item.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-            return NO_ROUTE
-        if isinstance(item, requests.exceptions.ConnectTimeout) or type(item).__name__ == "ConnectTimeoutError":
-            return CONNECT_TIMEOUT
-        todo.extend([*item.args, getattr(item, "reason", None), item.__cause__, item.__context__])
-    return None
-
-
 def add_query_param(template: str, key: str, value: str) -> str:
     """Append ``key=value`` to a URL template unless ``key`` is already there."""
     if re.search(rf"[?&]{re.escape(key)}=", template):
@@ -144,79 +88,19 @@ def add_query_param(template: str, key: str, value: str) -> str:
     return f"{template}{'&' if '?' in template else '?'}{key}={value}"
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-class RateLimiter:
-    """A token bucket shared by all fetch threads: at most ``rate`` requests per second.
-
-    Each caller reserves a token under the lock (the balance may go negative: that is the
-    queue) and sleeps off its own debt outside the lock, so waiting threads are spaced
-    ``1/rate`` apart without a busy loop. ``clock``/``sleep`` are injectable for tests.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float = 1.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if not rate > 0:
-            raise UsageError(f"rate must be > 0 requests per second, got {rate}")
-        if not burst >= 1:
-            raise UsageError(f"burst must be >= 1, got {burst}")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tokens = self.burst
-        self._last = clock()
-
-    def acquire(self) -> float:
-        """Take one token, sleeping as long as needed; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= 1.0
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-
-class HttpSource(ClosingSource):
+class HttpSource(TileSource):
     """Tiles from ``template`` (a URL with {z}, {x}, {y}), validated, retried and counted.
 
     ``fetch`` returns image bytes, ``None`` for 404/204 and known placeholders, or raises
     :class:`TileFault` once retries are exhausted (or at once for faults a retry cannot
-    cure: bad_size, too_large, other 4xx), or :class:`GateClosed` when ``gate`` refuses an
-    attempt. ``stats`` counts: ``request`` (every attempt),
-    one key per fault kind for every faulty attempt (``http_503``, ``timeout``,
-    ``connection``, ``truncated``, ``not_image``, ``empty``, ...), ``retry``, and the
-    outcomes ``ok``, ``missing`` (incl. ``placeholder``) and ``failed``.
+    cure: bad_size, too_large, other 4xx), or :class:`GateClosed` when the run's gate
+    (:meth:`attach`) refuses an attempt.  The asking is its
+    :class:`~builder.acquire.sources.transport.HttpTransport`'s: retries, backoff, rate, the gate, and
+    the count of every attempt in the run's :class:`~builder.acquire.sources.base.FetchStats`.
     """
 
     remote = True  # every fetch costs the server a request: harvest never asks for a tile twice
+    takes_gate = True  # the transport takes the run's gate once per attempt, retries included
 
     def __init__(
         self,
@@ -240,178 +124,53 @@ class HttpSource(ClosingSource):
     ) -> None:
         self.template = validate_template(template)
         self.name = name or redact_url(template)
-        if retries < 0:
-            raise UsageError(f"retries must be >= 0, got {retries}")
-        self.retries = int(retries)
-        self.backoff_factor = float(backoff_factor)
-        self.backoff_max = float(backoff_max)
-        self.retry_after_max = float(retry_after_max)
-        self.timeout = timeout
-        self.user_agent = user_agent
-        self.headers = dict(headers or {})
         self.placeholders = frozenset(KNOWN_PLACEHOLDER_SHA256 | {h.lower() for h in placeholder_sha256})
         self.tile_size = tile_size
         self.max_bytes = int(max_bytes)
-        self.jitter = jitter
-        self.stats = SourceStats()
-        self.screen_blank = True
-        self._sleep = sleep
-        # ``rate`` may be a RateLimiter, to share one bucket between sources (or fake its clock).
-        if isinstance(rate, RateLimiter) or not rate:
-            self._limiter = rate or None  # None or 0: no cap
-        else:
-            self._limiter = RateLimiter(rate, burst, sleep=sleep)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._sessions: list[requests.Session] = []
-        self._closed = False
+        self.transport = HttpTransport(
+            self.name, retries=retries, backoff_factor=backoff_factor, backoff_max=backoff_max,
+            retry_after_max=retry_after_max, timeout=timeout, rate=rate, burst=burst,
+            headers={"User-Agent": user_agent, "Accept": "image/jpeg,image/png,image/webp,image/*;q=0.8",
+                     **(headers or {})},
+            max_bytes=max_bytes, jitter=jitter, sleep=sleep)
         self._shown_template = redact_url(self.template)
         self.host = host_of(self.template)
-        self.gate: RequestGate | None = None  # set by the fetch engine for the length of a run
 
     def __repr__(self) -> str:
         return f"HttpSource({self.name!r})"
+
+    @property
+    def gate(self) -> RequestGate | None:
+        """The run's request gate while a run uses the source (see :meth:`attach`)."""
+        return self.transport.gate
+
+    def attach(self, gate: RequestGate | None, attempts: FetchStats | None) -> None:
+        self.transport.gate, self.transport.attempts = gate, attempts
+
+    def detach(self) -> None:
+        self.transport.gate, self.transport.attempts = None, None
 
     def url(self, z: int, x: int, y: int) -> str:
         return self.template.format(z=z, x=x, y=y)
 
     def fetch(self, z: int, x: int, y: int) -> bytes | None:
-        if self._closed:
+        if self.transport.closed:
             raise SourceError(f"tile source {self.name!r} is closed")
         if not tile_in_range(z, x, y):
-            self.stats.incr("missing")
             return None
-        url = self.url(z, x, y)
-        shown = self._shown_template.format(z=z, x=x, y=y)
-        gate = self.gate
-        attempt = 0
-        while True:
-            attempt += 1
-            if self._limiter is not None and not (gate is not None and gate.closed):
-                self._limiter.acquire()  # (a closed gate refuses below: no token spent waiting for it)
-            if gate is not None and not gate.take():
-                raise GateClosed(f"{shown}: no request allowed after {attempt - 1} attempts")
-            self.stats.incr("request")
-            try:
-                body = self._attempt(url, shown)
-            except TileFault as fault:
-                self.stats.incr(fault.kind)
-                fault.attempts = attempt
-                if gate is not None:
-                    gate.attempted(fault)
-                if not fault.retryable or attempt > self.retries:
-                    self.stats.incr("failed")
-                    logger.debug("giving up on %s: %s", shown, fault)
-                    raise
-                delay = self._retry_delay(attempt, fault.retry_after)
-                self.stats.incr("retry")
-                logger.debug("retry %d of %s in %.2fs after %s", attempt, shown, delay, fault.kind)
-                if gate is not None:
-                    if not gate.wait(delay):
-                        raise GateClosed(f"{shown}: stopped during the pause after attempt {attempt}") from fault
-                elif delay > 0:
-                    self._sleep(delay)
-                continue
-            if gate is not None:
-                gate.attempted(None)
-            if body is None:
-                self.stats.incr("missing")
-                return None
-            self.stats.incr("ok")
-            return body
+        return self.transport.get(self.url(z, x, y), self._shown_template.format(z=z, x=x, y=y),
+                                  check=self.check_body)
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
-
-    # -- one attempt ---------------------------------------------------------------------
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            # Retries happen in fetch() so that each fault is seen and counted.
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=Retry(total=0, read=False))
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers["User-Agent"] = self.user_agent
-            session.headers["Accept"] = "image/jpeg,image/png,image/webp,image/*;q=0.8"
-            session.headers.update(self.headers)
-            with self._lock:
-                if self._closed:
-                    session.close()
-                    raise SourceError(f"tile source {self.name!r} is closed")
-                self._sessions.append(session)
-            self._local.session = session
-        return session
-
-    def _attempt(self, url: str, shown: str) -> bytes | None:
-        """One GET: bytes, None for "no tile", or a TileFault naming what went wrong."""
-        try:
-            with self._session().get(url, timeout=self.timeout, stream=True) as resp:
-                status = resp.status_code
-                if status in MISSING_STATUSES:
-                    return None
-                if status != 200:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
-                    raise TileFault(
-                        f"http_{status}", f"{shown}: HTTP {status}",
-                        retryable=status in RETRY_STATUSES, retry_after=retry_after,
-                    )
-                body = self._read_body(resp, shown)
-                content_type = resp.headers.get("Content-Type")
-        except requests.exceptions.Timeout as exc:
-            raise TileFault("timeout", f"{shown}: {type(exc).__name__}", unreachable=unreachable_cause(exc)) from exc
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
-            raise TileFault("truncated", f"{shown}: body cut short ({type(exc).__name__})") from exc
-        except requests.exceptions.ConnectionError as exc:
-            if any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
-                raise TileFault("timeout", f"{shown}: read timed out in the body") from exc
-            cause = unreachable_cause(exc)
-            raise TileFault("connection", f"{shown}: {cause or type(exc).__name__}", unreachable=cause) from exc
-        except requests.exceptions.RequestException as exc:
-            raise TileFault("request_error", f"{shown}: {type(exc).__name__}: {exc}", retryable=False) from exc
+    def check_body(self, body: bytes, content_type: str | None, shown: str) -> bytes | None:
+        """Inside each attempt: None for a known placeholder, the body if it is an image of the
+        tile size, else a TileFault (retried when its kind is transient)."""
         if body and body_sha256(body) in self.placeholders:
-            self.stats.incr("placeholder")
             return None
         check_tile_bytes(body, shown, content_type=content_type, tile_size=self.tile_size, max_bytes=self.max_bytes)
         return body
 
-    def _read_body(self, resp: requests.Response, shown: str) -> bytes:
-        """Read at most ``max_bytes``; a body shorter than its Content-Length is truncated.
-
-        urllib3 normally raises on a short read (enforce_content_length); the explicit
-        comparison covers servers and proxies where it cannot tell.
-        """
-        chunks: list[bytes] = []
-        total = 0
-        for chunk in resp.iter_content(chunk_size=65536):
-            total += len(chunk)
-            if total > self.max_bytes:
-                raise TileFault("too_large", f"{shown}: body exceeds {self.max_bytes} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        declared = resp.headers.get("Content-Length")
-        encoding = resp.headers.get("Content-Encoding", "identity").lower()
-        if declared is not None and encoding == "identity":
-            try:
-                expected = int(declared)
-            except ValueError:
-                expected = None
-            if expected is not None and expected != len(body):
-                raise TileFault("truncated", f"{shown}: got {len(body)} of {expected} bytes")
-        return body
-
-    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.retry_after_max)
-        delay = min(self.backoff_max, self.backoff_factor * (2 ** (attempt - 1)))
-        if self.jitter:
-            delay *= 0.5 + 0.5 * random.random()
-        return delay
+    def close(self) -> None:
+        self.transport.close()
 
 
 def arcgis_source(template: str = ARCGIS_TEMPLATE, **options) -> HttpSource:

@@ -470,8 +470,8 @@ def burn_campaign(root: Path, source: str, plan: Path, zoom: int, kills: int, th
         if killed:
             lib = open_writer(root)
             try:
-                found = FetchLedger(lib.root, lib.conn, source).recover()
-                pending = {r.ref[:3] for r in found.replay}
+                found = FetchLedger(lib.root, lib.conn, source).recover_inflight()
+                pending = {r.ref.key for r in found.images}
                 lost = claimed_keys(lib, source) - pending - burnt
             finally:
                 lib.close()
@@ -480,7 +480,7 @@ def burn_campaign(root: Path, source: str, plan: Path, zoom: int, kills: int, th
             figures.unseen += len(unseen)
             figures.released += found.released
             figures.settled += found.settled
-            figures.replayed += len(found.replay)
+            figures.replayed += len(found.images)
             if len(lost) > threads:
                 figures.violations.append(f"round {figures.rounds}: {len(lost)} claims kept > {threads} threads")
             burnt |= lost
