@@ -74,7 +74,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..assign.pipeline import Candidate, Outcome, Pipeline, check_radius
-from ..core.defaults import DEFAULT_BATCH, DEFAULT_NEAR_DUPLICATE_RADIUS, DEFAULT_PATIENCE, DEFAULT_THREADS
+from ..core.defaults import (
+    DEFAULT_BATCH,
+    DEFAULT_NEAR_DUPLICATE_RADIUS,
+    DEFAULT_PATIENCE,
+    DEFAULT_SOURCE,
+    DEFAULT_THREADS,
+)
 from ..core.errors import UsageError
 from ..core.layout import DEFAULT_ZOOM, MAX_ZOOM
 from ..core.library import Library
@@ -483,7 +489,7 @@ class _Harvest:
 
 def harvest(
     lib: Library,
-    source: TileSource | str = "arcgis",
+    source: TileSource | str = DEFAULT_SOURCE,
     plan: Plan | str | int | Path | None = None,
     zoom: int = DEFAULT_ZOOM,
     threads: int = DEFAULT_THREADS,

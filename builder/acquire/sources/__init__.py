@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ...core.defaults import SPEC_FORMS
+from ...core.defaults import ARCGIS, DEFAULT_SOURCE, EARTH, SPEC_FORMS
 from ...core.errors import UsageError
 from ...core.layout import EARTH_IMAGE, MAX_TILE_BYTES, TILE_SIZE
 from ...core.redact import redact_url
@@ -103,7 +103,7 @@ HTTP_OPTIONS = frozenset(
 )
 
 
-def open_source(spec: str = "arcgis", **options) -> TileSource:
+def open_source(spec: str = DEFAULT_SOURCE, **options) -> TileSource:
     """Open the tile source that ``spec`` (a ``--source`` value) names; see the module doc.
 
     ``options`` go to the source's constructor (HTTP: retries, timeout, rate, ...; all:
@@ -117,9 +117,9 @@ def open_source(spec: str = "arcgis", **options) -> TileSource:
     spec = spec.strip()
     lowered = spec.lower()
     local = {k: v for k, v in options.items() if k not in HTTP_OPTIONS}
-    if lowered == "arcgis":
+    if lowered == ARCGIS:
         return arcgis_source(**options)
-    if lowered == "earth":
+    if lowered == EARTH:
         return EarthSource(**local)
     if lowered.startswith(("http://", "https://")):
         validate_template(spec)

@@ -22,6 +22,7 @@ import mercantile
 import numpy as np
 from PIL import Image
 
+from ...core.defaults import EARTH
 from ...core.errors import SourceError
 from ...core.layout import EARTH_IMAGE, MERCATOR_MAX_LAT, TILE_SIZE, tile_in_range
 from .base import TileSource
@@ -45,7 +46,7 @@ class EarthSource(TileSource):
         self.image_path = Path(image_path)
         if not self.image_path.is_file():
             raise SourceError(f"world image {str(self.image_path)!r} does not exist")
-        self.name = "earth"
+        self.name = EARTH
         self.tile_size = int(tile_size)
         self._image: np.ndarray | None = None
         self._lock = threading.Lock()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from ... import __version__
+from ...core.defaults import ARCGIS
 from ...core.errors import SourceError, UsageError
 from ...core.layout import MAX_TILE_BYTES, TILE_SIZE, tile_in_range
 from ...core.redact import redact_url
@@ -180,5 +181,5 @@ def arcgis_source(template: str = ARCGIS_TEMPLATE, **options) -> HttpSource:
     grey "Map data not yet available" JPEG; the placeholder's digest is still checked in
     case a server or cache ignores the parameter.
     """
-    options.setdefault("name", "arcgis")
+    options.setdefault("name", ARCGIS)
     return HttpSource(add_query_param(template, "blankTile", "false"), **options)
