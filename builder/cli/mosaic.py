@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from ..core.defaults import (
     DEFAULT_BLEND,
@@ -80,21 +81,9 @@ def run(args) -> CommandResult:
     from ..core.library import Library
     from ..mosaic import MosaicOptions, mosaic_file
 
-    options = MosaicOptions(
-        cell_size=args.cell_size,
-        grid=args.grid,
-        tile_size=args.tile_size,
-        no_repeat_radius=args.no_repeat_radius,
-        blend=args.blend,
-        max_correction=args.max_correction,
-        contrast=args.contrast,
-        detail=args.detail,
-        max_uses=args.max_uses,
-        subcells=args.subcells,
-        threads=args.threads,
-        real_only=args.real_only,
-        overlay=args.overlay,
-    ).validate()
+    # Every option the parser has is the MosaicOptions field of the same name (the rest keep their defaults).
+    given = vars(args)
+    options = MosaicOptions(**{f.name: given[f.name] for f in fields(MosaicOptions) if f.name in given}).validate()
     with Library.open(args.library, readonly=True) as lib:
         return CommandResult(mosaic_file(lib, args.input, args.output, options, fmt=args.format,
                                          dzi_image=args.dzi_image))

@@ -116,6 +116,22 @@ _FETCH_OUTCOME_TYPES = (
 FETCH_OUTCOME_COLUMNS = tuple(name for name, _type in _FETCH_OUTCOME_TYPES)
 
 
+def stored_lab(values: Sequence[object]) -> tuple[float, float, float]:
+    """A row's ``(mean_l, mean_a, mean_b)`` as floats, NaN for what is not a number (a damaged
+    row's colour: no nearest bucket, no colour check).
+
+    >>> stored_lab((50, "1.5", None))
+    (50.0, 1.5, nan)
+    """
+    out = []
+    for value in values:
+        try:
+            out.append(float(value))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out[0], out[1], out[2]
+
+
 def check_ledger_table_name(table: object) -> None:
     """A ledger table's name is put into SQL text: only a plain lower-case identifier is."""
     if not isinstance(table, str) or not _TABLE_NAME.match(table):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..core.color import rgb_to_lab
-from ..core.db import table_columns
+from ..core.db import stored_lab, table_columns
 from ..core.errors import LibraryError
 from ..core.layout import N_BUCKETS, THUMB_SIZE, is_bucket_id, is_tile_id
 from ..core.library import Library
@@ -259,21 +259,10 @@ def _tile_rows(lib: Library, real_only: bool) -> np.ndarray:
     cursor = lib.conn.execute(f"SELECT id, bucket_id, phash, mean_l, mean_a, mean_b FROM tiles{real} ORDER BY id")
     parts = []
     while chunk := cursor.fetchmany(SQL_CHUNK):
-        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16], _lab(lab))
+        good = [(tile_id.encode("ascii"), bucket_id, (tile_hash or "").encode("ascii", "replace")[:16], stored_lab(lab))
                 for tile_id, bucket_id, tile_hash, *lab in chunk if is_tile_id(tile_id) and is_bucket_id(bucket_id)]
         parts.append(np.array(good, dtype=ROW))
     return np.concatenate(parts) if parts else np.empty(0, ROW)
-
-
-def _lab(values: Sequence) -> tuple[float, float, float]:
-    """A row's stored LAB as floats; NaN where it is not a number (no colour check for that row)."""
-    out = []
-    for v in values:
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            out.append(float("nan"))
-    return out[0], out[1], out[2]
 
 
 # A cached thumbnail whose mean colour is further than this (CIE76) from the LAB tiles.db holds for

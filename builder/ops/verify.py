@@ -328,7 +328,7 @@ class _Inspector:
 def _nearest(index: CentroidIndex, rows: list[Row], facts: list[FileFacts | None]) -> list[int]:
     """The nearest centroid of each row's colour (the file's, else the stored one): one KD-tree
     query for the chunk; -1 where the colour is not a number."""
-    labs = np.array([f.lab if f is not None and f.lab is not None else _floats((r.mean_l, r.mean_a, r.mean_b))
+    labs = np.array([f.lab if f is not None and f.lab is not None else db.stored_lab((r.mean_l, r.mean_a, r.mean_b))
                      for r, f in zip(rows, facts)], dtype=np.float64).reshape(-1, 3)
     nearest = np.full(len(rows), -1, dtype=np.int64)
     finite = np.isfinite(labs).all(axis=1)
@@ -476,17 +476,6 @@ def verify_library(lib: Library, deep: bool = True, repair: bool = False, worker
         repair_library(lib, report, index, scan.facts, workers=workers)
     report.quarantine = quarantine.list_items(lib.root)
     return report
-
-
-def _floats(values) -> tuple[float, ...]:
-    """Stored LAB as floats; NaN for what is not a number (a damaged row: no nearest bucket)."""
-    out = []
-    for v in values:
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            out.append(float("nan"))
-    return tuple(out)
 
 
 def _mark_bad_thumbnails(lib: Library, bad: dict[str, int]) -> None:
