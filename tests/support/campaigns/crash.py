@@ -398,14 +398,16 @@ def harvest_campaign(root: Path, source: str, kills: int, cap: int = 6, seed: in
 def synthesize_campaign(root: Path, kills: int, max_uses: int = 2, seed: int = 0, max_delay: float = 4.0) -> Figures:
     """Kill ``python -m builder synthesize`` ``kills`` times on a library that already holds real
     tiles (``root``); check after every kill (synthetic tiles committed are never lost: synthesize
-    evicts nothing)."""
+    evicts nothing).  Rounds go on past ``kills`` until some synthetic tile was committed between
+    kills (on a loaded machine every kill may land before the first commit)."""
     started = time.monotonic()
     rng = random.Random(seed)
     figures = Figures(writer="synthesize")
     with Library.open(root, readonly=True) as lib:
         cap = lib.cap
+        before = lib.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
     log = root.parent / f"{root.name}.stderr"
-    while figures.kills < kills and figures.rounds < kills * 3:
+    while (figures.kills < kills or figures.rows <= before) and figures.rounds < kills * 4:
         figures.rounds += 1
         cmd = builder_argv("synthesize", "--library", root, "--max-uses", max_uses,
                            "--seed", figures.rounds)
