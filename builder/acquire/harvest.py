@@ -4,8 +4,8 @@ One harvest run, in order:
 
 1. validate every option once, in :class:`~builder.acquire.options.HarvestOptions` (one-line
    :class:`~builder.core.errors.UsageError` for a bad value);
-2. settle what a killed run of this source left in flight (:meth:`FetchLedger.recover
-   <builder.acquire.ledger.FetchLedger.recover>`): claims never requested are released, answers
+2. settle what a killed run of this source left in flight (:meth:`FetchLedger.recover_inflight
+   <builder.acquire.ledger.FetchLedger.recover_inflight>`): claims never requested are released, answers
    saved before the kill are stored first, so a kill costs at most the requests on the wire;
 3. create the assignment :class:`~builder.assign.pipeline.Pipeline` *before* any thread exists: its
    process pool forks when it is created, and forking beside running threads can copy a lock
