@@ -62,6 +62,7 @@ from ..core.layout import (
 )
 from ..core.library import Library, file_sha256
 from ..core.lock import WriterLock
+from ..core.summary import fields_dict
 from ..core.tilefiles import TileFiles
 from .inspection import inspect_stream
 from .verify import verify_library
@@ -98,9 +99,7 @@ class RecoverReport:
                 f"then verify --repair: {self.repair}")
 
     def as_dict(self) -> dict:
-        return {"library": str(self.library), "tiles": self.tiles, "from_release": self.from_release,
-                "from_salvage": self.from_salvage, "adopted": self.adopted, "salvaged": self.salvaged,
-                "from_release_tables": self.from_release_tables, "aside": self.aside, "repair": self.repair}
+        return fields_dict(self, library=str(self.library))
 
 
 def recover_library(root: str | os.PathLike, release: str | os.PathLike | None = None, workers: int | None = None,
