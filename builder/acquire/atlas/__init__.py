@@ -52,26 +52,26 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..core import db
-from ..core.color import CentroidIndex, rgb_to_lab
-from ..core.decode import decode_tile
-from ..core.defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
-from ..core.errors import ImageRejected, LibraryError, UsageError
-from ..core.layout import (
+from ...core import db
+from ...core.color import CentroidIndex, rgb_to_lab
+from ...core.decode import decode_tile
+from ...core.defaults import DEFAULT_BATCH, DEFAULT_THREADS, TARGETS
+from ...core.errors import ImageRejected, LibraryError, UsageError
+from ...core.layout import (
     ATLAS_SAMPLE_PER_BUCKET,
     CENTROIDS_NAME,
     DEFAULT_ZOOM,
     N_BUCKETS,
     TILE_SIZE,
 )
-from ..core.library import Library, file_sha256
-from ..core.plans import Plan, bbox_plan, resolve_plan, world_plan
-from ..core.stats import aimed_figures, reachability, reachable_buckets
-from .ledger import ACCEPTED, Claim, FetchLedger, Prior, rejected
-from .options import AtlasOptions, default_atlas_zoom
-from .run import Answers, FetchRun
-from .sources import TileSource, is_blank_tile, open_source
-from .tiles import TileRef, tile_centre, tile_range
+from ...core.library import Library, file_sha256
+from ...core.plans import Plan, bbox_plan, resolve_plan, world_plan
+from ...core.stats import aimed_figures, reachability, reachable_buckets
+from ..ledger import ACCEPTED, Claim, FetchLedger, Prior, rejected
+from ..options import AtlasOptions, default_atlas_zoom
+from ..run import Answers, FetchRun
+from ..sources import TileSource, is_blank_tile, open_source
+from ..tiles import TileRef, tile_centre, tile_range
 
 logger = logging.getLogger(__name__)
 
