@@ -264,6 +264,13 @@ def table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
+def has_synthetic_flag(conn: sqlite3.Connection) -> bool:
+    """Whether ``tiles`` has the ``synthetic`` column.  A writer migrates every library to it; a
+    read-only open of a library from before it (schema version 2) has none, and then every tile
+    is real."""
+    return "synthetic" in table_columns(conn, "tiles")
+
+
 def check_tiles_table(conn: sqlite3.Connection, path: str | os.PathLike | None = None) -> list[str]:
     """The ``tiles`` table's columns, after checking it exists and holds the card's seven columns.
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.color import rgb_to_lab
-from ..core.db import table_columns
+from ..core.db import has_synthetic_flag
 from ..core.errors import LibraryError, UsageError
 from ..core.layout import is_tile_id
 from ..core.library import Library
@@ -413,7 +413,7 @@ def unique_rows(ranked: np.ndarray) -> np.ndarray:
 
 def synthetic_rows(lib: Library, table: TileTable) -> np.ndarray | None:
     """``(n,)`` True for the table's synthetic tiles (None when the library has none)."""
-    if "synthetic" not in table_columns(lib.conn, "tiles"):
+    if not has_synthetic_flag(lib.conn):
         return None
     ids = [row[0].encode("ascii") for row in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 1")
            if is_tile_id(row[0])]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..core.db import table_columns
+from ..core.db import has_synthetic_flag
 from ..core.defaults import OUTPUT_FORMATS
 from ..core.errors import UsageError
 from ..core.library import Library
@@ -172,7 +172,7 @@ def mosaic_file(lib: Library, target: str | os.PathLike | Image.Image, output: s
 
 def synthetic_cells(lib: Library, plan: MosaicPlan) -> int:
     """Cells of ``plan`` whose tile is a synthetic one."""
-    if "synthetic" not in table_columns(lib.conn, "tiles"):
+    if not has_synthetic_flag(lib.conn):
         return 0
     synthetic = {tile_id for (tile_id,) in lib.conn.execute("SELECT id FROM tiles WHERE synthetic = 1")}
     if not synthetic:

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..core.color import rgb_to_lab
-from ..core.db import stored_lab, table_columns
+from ..core.db import has_synthetic_flag, stored_lab
 from ..core.errors import LibraryError
 from ..core.layout import N_BUCKETS, THUMB_SIZE, is_bucket_id, is_tile_id
 from ..core.library import Library
@@ -255,7 +255,7 @@ SQL_CHUNK = 20_000  # tiles.db rows read per fetchmany
 def _tile_rows(lib: Library, real_only: bool) -> np.ndarray:
     """Every ``tiles`` row with a tile id and a bucket id, as :data:`ROW` records in id order,
     read in chunks (no Python object kept per row)."""
-    real = " WHERE synthetic = 0" if real_only and "synthetic" in table_columns(lib.conn, "tiles") else ""
+    real = " WHERE synthetic = 0" if real_only and has_synthetic_flag(lib.conn) else ""
     cursor = lib.conn.execute(f"SELECT id, bucket_id, phash, mean_l, mean_a, mean_b FROM tiles{real} ORDER BY id")
     parts = []
     while chunk := cursor.fetchmany(SQL_CHUNK):

@@ -167,7 +167,7 @@ def check_cap(bucket_id: int, held: int, cap: int) -> Iterator[Problem]:
 def check_synthetic(conn) -> Iterator[Problem]:
     """``bad_synthetic`` (the flag is 0 or 1; a real tile has no source) and ``unknown_source``
     (a synthetic tile's source is a real tile of the library); two queries."""
-    if "synthetic" not in db.table_columns(conn, "tiles"):
+    if not db.has_synthetic_flag(conn):
         return
     for tile_id, bucket_id, flag, source in conn.execute(
             "SELECT id, bucket_id, synthetic, derived_from FROM tiles WHERE synthetic IS NOT 0 OR derived_from IS NOT NULL "

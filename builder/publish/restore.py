@@ -191,7 +191,7 @@ def db_counts(db_path: Path) -> tuple[int, int]:
     except (sqlite3.Error, LibraryError) as exc:
         raise ReleaseIncomplete(f"{db_path} is damaged ({exc})") from None
     try:
-        if "synthetic" in db.table_columns(conn, "tiles"):
+        if db.has_synthetic_flag(conn):
             real, synthetic = conn.execute("SELECT COALESCE(SUM(synthetic = 0), 0), COALESCE(SUM(synthetic = 1), 0) "
                                            "FROM tiles").fetchone()
         else:

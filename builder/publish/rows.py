@@ -58,7 +58,7 @@ def kind_filter(conn: sqlite3.Connection, synthetic: bool | None = False) -> str
     """
     if synthetic is None:
         return ""
-    if "synthetic" in _db.table_columns(conn, "tiles"):
+    if _db.has_synthetic_flag(conn):
         return f" AND synthetic = {int(bool(synthetic))}"
     return " AND 0" if synthetic else ""
 

@@ -278,7 +278,7 @@ def tile_counts(db_path: Path) -> dict[str, int]:
     """Real and synthetic rows of a ``tiles.db`` (the release's config sizes)."""
     conn = _db.connect(db_path, readonly=True)
     try:
-        has = "synthetic" in _db.table_columns(conn, "tiles")
+        has = _db.has_synthetic_flag(conn)
         real, synthetic = conn.execute(
             f"SELECT COALESCE(SUM({'synthetic = 0' if has else '1'}), 0), COALESCE(SUM({'synthetic = 1' if has else '0'}), 0) "
             "FROM tiles").fetchone()
