@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import string
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ... import __version__
@@ -30,7 +29,6 @@ from .base import (
 )
 from .transport import (
     HttpTransport,
-    RateLimiter,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,32 +106,25 @@ class HttpSource(TileSource):
         template: str,
         *,
         name: str | None = None,
-        retries: int = 4,
-        backoff_factor: float = 0.5,
-        backoff_max: float = 30.0,
-        retry_after_max: float = 60.0,
-        timeout: float | tuple[float, float] = (5.0, 20.0),
-        rate: float | RateLimiter | None = None,
-        burst: float = 1.0,
         user_agent: str = USER_AGENT,
         headers: dict[str, str] | None = None,
         placeholder_sha256: Iterable[str] = (),
         tile_size: int | None = TILE_SIZE,
         max_bytes: int = MAX_TILE_BYTES,
-        jitter: bool = True,
-        sleep: Callable[[float], None] = time.sleep,
+        **transport_options,
     ) -> None:
+        """``transport_options`` (``retries``, ``backoff_factor``, ``timeout``, ``rate``, ``sleep``...)
+        go to the :class:`~builder.acquire.sources.transport.HttpTransport`, which owns their defaults."""
         self.template = validate_template(template)
         self.name = name or redact_url(template)
         self.placeholders = frozenset(KNOWN_PLACEHOLDER_SHA256 | {h.lower() for h in placeholder_sha256})
         self.tile_size = tile_size
         self.max_bytes = int(max_bytes)
         self.transport = HttpTransport(
-            self.name, retries=retries, backoff_factor=backoff_factor, backoff_max=backoff_max,
-            retry_after_max=retry_after_max, timeout=timeout, rate=rate, burst=burst,
+            self.name,
             headers={"User-Agent": user_agent, "Accept": "image/jpeg,image/png,image/webp,image/*;q=0.8",
                      **(headers or {})},
-            max_bytes=max_bytes, jitter=jitter, sleep=sleep)
+            max_bytes=max_bytes, **transport_options)
         self._shown_template = redact_url(self.template)
         self.host = host_of(self.template)
 
