@@ -285,11 +285,11 @@ class _Harvest:
         self.taken = self.ledger.known(zoom)
         # --retry-faults: queued ahead of the sampler; they stay in self.taken so it never draws them.
         self.retry_queue: deque[Claim] = deque(transient_claims(self.ledger, plan, zoom) if retry_faults else ())
-        # Resuming with the same seed walks the same permutation past every tile done before;
-        # the sampler's skip guard must not mistake that for an exhausted region.
         self.aimed = None
         self.measured = 0  # aimed tiles answered so far (an upper bound of those with a measured colour)
         if target is None:
+            # Resuming with the same seed walks the same permutation past every tile done before;
+            # the sampler's skip guard must not mistake that for an exhausted region.
             self.sampler = Sampler(plan, zoom, seed, max_skips=max(100_000, len(self.taken) + 1))
         else:  # drawn from the colour atlas, weighted by what each bucket still needs
             self.aimed, report.calibration = aimed_sampler(self.lib, self.name, zoom, target, self._counts, seed)
