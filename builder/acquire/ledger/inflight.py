@@ -4,7 +4,6 @@ format, how a fetch thread appends to it, and how the next run reads what a kill
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -17,8 +16,6 @@ from ...core.errors import LibraryError
 from ...core.layout import MAX_TILE_BYTES
 from ..tiles import TileKey, TileRef
 from .records import FAULT, NO_TILE, Claim, FetchResult, Prior, fault
-
-logger = logging.getLogger(__name__)
 
 # --- the in-flight log of one batch -------------------------------------------------------------
 
