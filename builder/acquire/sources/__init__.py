@@ -23,6 +23,7 @@ from :class:`SourceHealth`); a source cut short by it raises :class:`GateClosed`
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -93,13 +94,12 @@ __all__ = [
     "sniff_format",
 ]
 
-# Options only the HTTP source understands. open_source drops them for local sources, so
+# Options only the HTTP source understands: the keyword options of HttpSource and of its
+# transport (``tile_size`` is every source's). open_source drops them for local sources, so
 # harvest can pass one set of options whatever --source is.
 HTTP_OPTIONS = frozenset(
-    {
-        "retries", "backoff_factor", "backoff_max", "retry_after_max", "timeout", "rate", "burst",
-        "user_agent", "headers", "placeholder_sha256", "max_bytes", "jitter", "sleep", "name",
-    }
+    name for cls in (HttpSource, HttpTransport) for name, param in inspect.signature(cls).parameters.items()
+    if param.kind is param.KEYWORD_ONLY and name != "tile_size"
 )
 
 
