@@ -134,4 +134,4 @@ def record(bucket: BucketState, verdict: Verdict, synthetic: bool, decision: Dec
     if decision.evict:
         bucket.synthetic = [entry for entry in bucket.synthetic if entry[0] not in decision.evict]
     if rules.near_duplicate_radius > 0 and verdict.contrast is not None:
-        bucket.near.append((int(verdict.phash, 16), verdict.contrast < rules.min_contrast, synthetic))
+        bucket.near.append((int(verdict.phash, 16), is_flat(verdict.contrast, rules), synthetic))
